@@ -1,0 +1,88 @@
+"""Process-wide plumbing: the rich consoles, progress bars, seeding and device choice.
+
+Chatter goes to stderr through `console`; results go to stdout through `out`. Nothing
+here knows about datasets or models.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence chatter and progress bars (results on stdout are still printed)."""
+    global _quiet
+    _quiet = quiet
+    console.quiet = quiet
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+def info(message: str) -> None:
+    console.print(message)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {message}")
+
+
+def progress(*extra_columns) -> Progress:
+    """A progress bar on stderr; invisible when quiet or when stderr is not a terminal."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra_columns,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=_quiet or not console.is_terminal,
+        transient=True,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so that a CPU run repeats exactly."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_workers() -> int:
+    """Loader or decode workers: every core but one for the main process, at least one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - 1)
+
+
+def relpath(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()

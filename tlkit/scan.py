@@ -1,0 +1,172 @@
+"""Find the images of a dataset folder, read their class labels, and check that they decode.
+
+Two layouts: the Kaggle flat one (`cat.0.jpg`: the class is the name before the first dot)
+and a class-foldered tree (`ROOT/<class>/...`). `tlkit check`, `tlkit split` and the later
+stages all call `scan_dataset`, so a file is judged the same way everywhere. Reads only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from tlkit.errors import TlkitError
+from tlkit.runtime import relpath
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+)
+# Threads, not processes: PIL releases the GIL while it decodes, and file I/O waits anyway.
+_THREADS = 8
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a full check learns about one image that decodes."""
+
+    width: int
+    height: int
+    mode: str
+    sha1: str
+
+
+@dataclass
+class Scan:
+    """The files of one dataset folder, sorted by path, sorted into what can be used and what not."""
+
+    root: Path
+    layout: str  # "flat" or "folders"
+    images: list[tuple[Path, str]] = field(default_factory=list)  # (path, class)
+    unlabelled: list[Path] = field(default_factory=list)  # no class in the name or place
+    non_images: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (path, why)
+    details: dict[Path, ImageInfo] = field(default_factory=dict)  # filled by a full check
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({label for _, label in self.images})
+
+    def class_counts(self) -> Counter:
+        return Counter(label for _, label in self.images)
+
+    @property
+    def problems(self) -> int:
+        return len(self.unlabelled) + len(self.non_images) + len(self.unreadable)
+
+    def duplicates(self) -> list[list[Path]]:
+        """Groups of files with identical bytes (needs a full check)."""
+        by_hash: dict[str, list[Path]] = defaultdict(list)
+        for path, info in self.details.items():
+            by_hash[info.sha1].append(path)
+        return sorted(sorted(group) for group in by_hash.values() if len(group) > 1)
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def flat_label(path: Path) -> str | None:
+    """`cat.12.jpg` -> `cat`; a name without `<class>.<id>.<ext>` carries no class."""
+    parts = path.name.split(".")
+    return parts[0] if len(parts) >= 3 and parts[0] else None
+
+
+def _visible_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def detect_layout(root: Path) -> str:
+    """`folders` when a subfolder holds images, else `flat`."""
+    for child in root.iterdir():
+        if child.is_dir() and not child.name.startswith("."):
+            if any(is_image_name(p) for p in _visible_files(child)):
+                return "folders"
+    return "flat"
+
+
+def _require_folder(root: Path) -> None:
+    if not root.exists():
+        raise TlkitError(f"{relpath(root)} does not exist. Give the folder that holds your images.")
+    if not root.is_dir():
+        raise TlkitError(f"{relpath(root)} is a file, not a folder. Give the folder that holds your images.")
+
+
+def list_dataset(root: Path) -> Scan:
+    """Sort every file under root into labelled images, unlabelled images and non-images."""
+    root = Path(root)
+    _require_folder(root)
+    scan = Scan(root=root, layout=detect_layout(root))
+    if scan.layout == "folders":
+        for path in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
+            # Loose files beside the class folders belong to no class.
+            (scan.unlabelled if is_image_name(path) else scan.non_images).append(path)
+        for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for path in _visible_files(class_dir):
+                if is_image_name(path):
+                    scan.images.append((path, class_dir.name))
+                else:
+                    scan.non_images.append(path)
+    else:
+        for path in _visible_files(root):
+            if not is_image_name(path):
+                scan.non_images.append(path)
+            elif (label := flat_label(path)) is None:
+                scan.unlabelled.append(path)
+            else:
+                scan.images.append((path, label))
+    if not scan.images and not scan.unlabelled and not scan.non_images:
+        raise TlkitError(f"{relpath(root)} is empty. Put your images there (cat.0.jpg, ... or <class>/<image>).")
+    return scan
+
+
+def check_image(path: Path, full: bool) -> ImageInfo | str:
+    """ImageInfo when the file is a usable image, else the reason it is not.
+
+    A quick check parses the header; a full one decodes the pixels too (at reduced size
+    where the format allows, which still reads every byte) and hashes the file.
+    """
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        with Image.open(path) as image:
+            width, height, mode = image.width, image.height, image.mode
+            if full:
+                image.draft("RGB", (64, 64))
+                image.load()
+            else:
+                image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        return f"cannot be decoded ({error})"
+    sha1 = hashlib.sha1(path.read_bytes()).hexdigest() if full else ""
+    return ImageInfo(width, height, mode, sha1)
+
+
+def verify_images(scan: Scan, full: bool = False, on_progress=None) -> Scan:
+    """Move images that do not decode from `scan.images` to `scan.unreadable`."""
+    paths = [path for path, _ in scan.images]
+    with ThreadPoolExecutor(_THREADS) as pool:
+        results = []
+        for result in pool.map(lambda p: check_image(p, full), paths):
+            results.append(result)
+            if on_progress:
+                on_progress()
+    kept = []
+    for (path, label), result in zip(scan.images, results):
+        if isinstance(result, str):
+            scan.unreadable.append((path, result))
+        else:
+            kept.append((path, label))
+            if full:
+                scan.details[path] = result
+    scan.images = kept
+    return scan
+
+
+def scan_dataset(root: Path, full: bool = False, on_progress=None) -> Scan:
+    """List a dataset folder and check every image in it."""
+    return verify_images(list_dataset(Path(root)), full=full, on_progress=on_progress)

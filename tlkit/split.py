@@ -1,0 +1,186 @@
+"""Split a flat or class-foldered image folder into training/ and validation/ ImageFolders.
+
+Stratified by class and seeded, so the same files and seed give the same split whatever
+order the file system lists them in. Never loses data: outputs are built in a temporary
+folder and renamed into place, and originals are removed (`--mode move`) only once the
+output is complete and checked.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from tlkit.errors import TlkitError
+from tlkit.runtime import relpath
+from tlkit.scan import Scan
+
+SUBSETS = ("training", "validation")
+MODES = ("link", "copy", "symlink", "move")
+MANIFEST = "split.csv"
+
+
+@dataclass
+class SplitPlan:
+    """Which image goes to which subset; `rows` are (source, class, subset, destination)."""
+
+    scan: Scan
+    out: Path
+    rows: list[tuple[Path, str, str, Path]]
+
+    def counts(self) -> dict[str, Counter]:
+        counts = {subset: Counter() for subset in SUBSETS}
+        for _, label, subset, _ in self.rows:
+            counts[subset][label] += 1
+        return counts
+
+
+def parse_val(text: str) -> int | float:
+    """`2000` -> 2000 images; `0.1` -> a tenth of them."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise TlkitError(f"--val {text!r} is neither a count (2000) nor a fraction (0.1).") from None
+    if value <= 0:
+        raise TlkitError(f"--val {text} must be above 0: give a count (2000) or a fraction (0.1).")
+    if value < 1:
+        return value
+    if value != int(value):
+        raise TlkitError(f"--val {text} is above 1 but not a whole number: give a count (2000) or a fraction (0.1).")
+    return int(value)
+
+
+def _val_count(val: int | float, total: int) -> int:
+    count = round(val * total) if isinstance(val, float) else val
+    if count >= total:
+        raise TlkitError(
+            f"--val {val} asks for {count} validation images but there are only {total} usable "
+            "images; ask for fewer so that some are left for training."
+        )
+    return max(count, 1)
+
+
+def plan_split(scan: Scan, val: int | float, out: Path, seed: int = 0) -> SplitPlan:
+    """Choose the validation images: stratified by class, reproducible for a seed."""
+    from sklearn.model_selection import train_test_split
+
+    images = sorted(scan.images)  # sorted: the split must not depend on listing order
+    if not images:
+        raise TlkitError(f"{relpath(scan.root)} holds no usable labelled images.")
+    counts = Counter(label for _, label in images)
+    if len(counts) < 2:
+        raise TlkitError(
+            f"{relpath(scan.root)} holds one class only ({next(iter(counts))}); a classifier needs "
+            "at least two. Flat names look like cat.0.jpg / dog.0.jpg; folders like cat/, dog/."
+        )
+    singles = sorted(label for label, n in counts.items() if n < 2)
+    if singles:
+        raise TlkitError(
+            f"class {', '.join(singles)} has a single image, so it cannot appear in both training "
+            "and validation. Add images of that class or remove it."
+        )
+    val_count = _val_count(val, len(images))
+    if val_count < len(counts) or len(images) - val_count < len(counts):
+        raise TlkitError(
+            f"--val {val} leaves {val_count} validation and {len(images) - val_count} training images "
+            f"for {len(counts)} classes; each subset needs at least one image per class."
+        )
+    labels = [label for _, label in images]
+    train, valid = train_test_split(images, test_size=val_count, random_state=seed, stratify=labels)
+    rows = []
+    for subset, chosen in (("training", train), ("validation", valid)):
+        for path, label in sorted(chosen):
+            rows.append((path, label, subset, Path(subset) / label / _name_in_class(scan, path)))
+    return SplitPlan(scan=scan, out=Path(out), rows=rows)
+
+
+def _name_in_class(scan: Scan, path: Path) -> Path:
+    """The file's path inside its class folder: its name, or its sub-path for foldered input."""
+    relative = path.relative_to(scan.root)
+    return Path(*relative.parts[1:]) if scan.layout == "folders" else Path(path.name)
+
+
+def default_out(src: Path) -> Path:
+    """`data/train` splits into `data/training` and `data/validation`."""
+    return Path(src).resolve().parent
+
+
+def check_outputs_free(out: Path, src: Path, force: bool) -> None:
+    """Refuse to overwrite earlier output, or to write inside the source, unless forced."""
+    src = src.resolve()
+    for name in (*SUBSETS, MANIFEST):
+        target = (out / name).resolve()
+        if src == target or target in src.parents:
+            raise TlkitError(
+                f"the source {relpath(src)} is inside the output {relpath(target)}; split the "
+                "original folder, or choose another --out."
+            )
+        if target.exists() and not force:
+            raise TlkitError(
+                f"{relpath(target)} already exists; nothing was written. Use --force to replace it, "
+                "or --out DIR to write elsewhere."
+            )
+
+
+def _place(src: Path, dest: Path, mode: str) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "symlink":
+        os.symlink(src.resolve(), dest)
+        return
+    if mode in ("link", "move"):
+        # A move is a hard link now and a delete of the original later, once all is in place.
+        try:
+            os.link(src, dest)
+            return
+        except OSError:
+            pass  # another file system, or one without hard links: copy instead
+    shutil.copy2(src, dest)
+
+
+def _write_manifest(plan: SplitPlan, path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["source", "class", "subset", "destination"])
+        for source, label, subset, destination in plan.rows:
+            writer.writerow([source.relative_to(plan.scan.root).as_posix(), label, subset, destination.as_posix()])
+
+
+def _verify_output(plan: SplitPlan, staging: Path) -> None:
+    """Every planned file is in the output exactly once, and nothing else is."""
+    found = sorted(p.relative_to(staging) for subset in SUBSETS for p in (staging / subset).rglob("*") if not p.is_dir())
+    expected = sorted(destination for *_, destination in plan.rows)
+    if found != expected:
+        raise RuntimeError(f"split output does not match its plan: {len(found)} files for {len(expected)} planned")
+
+
+def execute_split(plan: SplitPlan, mode: str = "link", force: bool = False, on_progress=None) -> None:
+    """Write the plan: build under a temporary folder, check it, then rename into place."""
+    out = plan.out
+    check_outputs_free(out, plan.scan.root, force)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = out / f".tlkit-split-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    for leftover in out.glob(".tlkit-split-*"):  # an earlier interrupted split
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging.mkdir()
+    for source, _, _, destination in plan.rows:
+        _place(source, staging / destination, mode)
+        if on_progress:
+            on_progress()
+    _write_manifest(plan, staging / MANIFEST)
+    _verify_output(plan, staging)
+    for name in (*SUBSETS, MANIFEST):
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)  # only reachable with force, checked above
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        os.replace(staging / name, target)
+    staging.rmdir()
+    if mode == "move":
+        for source, *_ in plan.rows:
+            source.unlink()

@@ -1,0 +1,47 @@
+"""Shared test helpers: tiny images made on the spot, and the real photos in ../shared/data."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test with the reason it is missing."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real data lives in ../shared/data beside the repo)")
+    return path
+
+
+def write_image(path: Path, size: tuple[int, int] = (16, 12), color: int = 0, mode: str = "RGB") -> Path:
+    """A small image whose pixels depend on `color`, in the format the suffix names."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(color)
+    channels = {"RGB": 3, "L": 1, "RGBA": 4, "CMYK": 4}[mode]
+    pixels = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+    image = Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode=mode)
+    image.save(path)
+    return path
+
+
+def make_flat(root: Path, counts: dict[str, int], suffix: str = ".jpg") -> Path:
+    """A Kaggle-style flat folder: <class>.<n><suffix>."""
+    for label, count in counts.items():
+        for n in range(count):
+            write_image(root / f"{label}.{n}{suffix}", color=zlib.crc32(f"{label}/{n}".encode()))
+    return root
+
+
+def make_foldered(root: Path, counts: dict[str, int], suffix: str = ".png") -> Path:
+    """A class-foldered tree: <class>/<n><suffix>."""
+    for label, count in counts.items():
+        for n in range(count):
+            write_image(root / label / f"{n}{suffix}", color=zlib.crc32(f"{label}/{n}".encode()))
+    return root

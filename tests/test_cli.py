@@ -1,0 +1,84 @@
+"""The command line: help, exit codes, and user errors as one clean message."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tlkit.cli import main
+
+from conftest import make_flat, write_image
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("split", "check"):
+        assert name in text
+
+
+def test_subcommand_help_shows_defaults_and_an_example(capsys):
+    with pytest.raises(SystemExit):
+        main(["split", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: link)" in text and "example:" in text and "tlkit split data/train --val 2000" in text
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "tlkit", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("tlkit ")
+
+
+def test_split_prints_the_table_and_writes(tmp_path, capsys):
+    src = make_flat(tmp_path / "train", {"cat": 6, "dog": 6})
+    assert main(["split", str(src), "--val", "0.5"]) == 0
+    captured = capsys.readouterr()
+    assert "training" in captured.out and "validation" in captured.out
+    assert (tmp_path / "training" / "cat").is_dir() and (tmp_path / "split.csv").is_file()
+
+
+def test_dry_run_writes_nothing(tmp_path, capsys):
+    src = make_flat(tmp_path / "train", {"cat": 6, "dog": 6})
+    assert main(["split", str(src), "--val", "4", "--dry-run"]) == 0
+    assert "dry run" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]
+
+
+def test_user_errors_are_one_message_without_traceback(tmp_path, capsys):
+    src = make_flat(tmp_path / "train", {"cat": 3, "dog": 3})
+    assert main(["split", str(src), "--val", "6"]) == 1
+    err = capsys.readouterr().err
+    assert "error:" in err and "only 6 usable images" in err and "Traceback" not in err
+    assert main(["split", str(tmp_path / "nowhere"), "--val", "2"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_split_lists_skipped_files(tmp_path, capsys):
+    src = make_flat(tmp_path / "train", {"cat": 4, "dog": 4})
+    (src / "readme.md").write_text("hi")
+    write_image(src / "42.jpg")
+    (src / "dog.99.jpg").write_bytes(b"")
+    assert main(["split", str(src), "--val", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "42.jpg" in err and "readme.md" in err and "dog.99.jpg" in err
+
+
+def test_check_reports_and_strict_fails(tmp_path, capsys):
+    src = make_flat(tmp_path / "train", {"cat": 3, "dog": 3})
+    assert main(["check", str(src)]) == 0
+    assert "no problems found" in capsys.readouterr().out
+    (src / "cat.7.jpg").write_bytes(b"broken")
+    write_image(src / "dog.8.png", mode="RGBA")
+    assert main(["check", str(src)]) == 0
+    captured = capsys.readouterr()
+    assert "problems found: 1" in captured.out and "cat.7.jpg" in captured.err and "dog.8.png" in captured.err
+    assert main(["check", "--strict", str(src)]) == 1
+    assert "--strict" in capsys.readouterr().err
+
+
+def test_quiet_silences_chatter(tmp_path, capsys):
+    src = make_flat(tmp_path / "train", {"cat": 4, "dog": 4})
+    assert main(["split", str(src), "--val", "2", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -1,0 +1,77 @@
+"""tlkit.scan: layouts, labels, and every kind of bad file."""
+
+from pathlib import Path
+
+import pytest
+
+from tlkit.errors import TlkitError
+from tlkit.scan import check_image, detect_layout, flat_label, list_dataset, scan_dataset
+
+from conftest import make_flat, make_foldered, write_image
+
+
+def test_flat_label_is_the_name_before_the_first_dot():
+    assert flat_label(Path("cat.12.jpg")) == "cat"
+    assert flat_label(Path("golden retriever.7.jpeg")) == "golden retriever"
+    assert flat_label(Path("123.jpg")) is None
+    assert flat_label(Path(".5.jpg")) is None
+
+
+def test_flat_layout_labels_and_skips(tmp_path):
+    make_flat(tmp_path, {"cat": 3, "dog": 2})
+    write_image(tmp_path / "1234.jpg")  # Kaggle test-set style name: no class
+    (tmp_path / "notes.txt").write_text("not an image")
+    scan = scan_dataset(tmp_path)
+    assert scan.layout == "flat"
+    assert scan.class_counts() == {"cat": 3, "dog": 2}
+    assert [p.name for p in scan.unlabelled] == ["1234.jpg"]
+    assert [p.name for p in scan.non_images] == ["notes.txt"]
+
+
+def test_foldered_layout_and_loose_files(tmp_path):
+    make_foldered(tmp_path, {"ant": 2, "bee": 3})
+    write_image(tmp_path / "loose.png")
+    assert detect_layout(tmp_path) == "folders"
+    scan = scan_dataset(tmp_path)
+    assert scan.classes == ["ant", "bee"]
+    assert [p.name for p in scan.unlabelled] == ["loose.png"]
+
+
+def test_unreadable_images_are_listed_with_a_reason(tmp_path):
+    make_flat(tmp_path, {"cat": 2, "dog": 2})
+    (tmp_path / "cat.9.jpg").write_bytes(b"")
+    (tmp_path / "dog.9.jpg").write_bytes(b"this is not a jpeg at all")
+    scan = scan_dataset(tmp_path)
+    reasons = {path.name: why for path, why in scan.unreadable}
+    assert "0 bytes" in reasons["cat.9.jpg"]
+    assert "cannot be decoded" in reasons["dog.9.jpg"]
+    assert len(scan.images) == 4
+
+
+def test_truncated_jpeg_fails_the_full_check_only(tmp_path):
+    path = write_image(tmp_path / "cat.0.jpg", size=(256, 256))
+    path.write_bytes(path.read_bytes()[:600])
+    assert isinstance(check_image(path, full=True), str)
+
+
+def test_full_check_reports_sizes_modes_and_duplicates(tmp_path):
+    write_image(tmp_path / "cat.0.png", size=(20, 10), color=1)
+    write_image(tmp_path / "cat.1.png", size=(20, 10), color=1)  # same bytes as cat.0
+    write_image(tmp_path / "dog.0.png", size=(30, 40), color=2, mode="L")
+    write_image(tmp_path / "dog.1.png", size=(8, 8), color=3, mode="RGBA")
+    scan = scan_dataset(tmp_path, full=True)
+    modes = {path.name: info.mode for path, info in scan.details.items()}
+    assert modes == {"cat.0.png": "RGB", "cat.1.png": "RGB", "dog.0.png": "L", "dog.1.png": "RGBA"}
+    assert scan.details[tmp_path / "dog.0.png"].width == 30
+    assert [[p.name for p in group] for group in scan.duplicates()] == [["cat.0.png", "cat.1.png"]]
+
+
+@pytest.mark.parametrize("make", ["missing", "file", "empty"])
+def test_bad_roots_raise_a_user_error(tmp_path, make):
+    root = tmp_path / "photos"
+    if make == "file":
+        root.write_text("x")
+    elif make == "empty":
+        root.mkdir()
+    with pytest.raises(TlkitError, match="photos"):
+        list_dataset(root)

@@ -1,0 +1,161 @@
+"""tlkit.split: stratified, reproducible splits that never lose a file."""
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+from tlkit import split as split_module
+from tlkit.errors import TlkitError
+from tlkit.scan import scan_dataset
+from tlkit.split import execute_split, parse_val, plan_split
+
+from conftest import make_flat, make_foldered, shared_data
+
+
+def _split(src: Path, val, out: Path, mode="link", seed=0, force=False):
+    plan = plan_split(scan_dataset(src), val, out, seed=seed)
+    execute_split(plan, mode=mode, force=force)
+    return plan
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("text, value", [("2000", 2000), ("0.1", 0.1), ("5.0", 5)])
+def test_parse_val_accepts_counts_and_fractions(text, value):
+    assert parse_val(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "abc", "2.5", ""])
+def test_parse_val_rejects_nonsense(text):
+    with pytest.raises(TlkitError, match="--val"):
+        parse_val(text)
+
+
+def test_split_is_stratified_and_written_beside_the_source(tmp_path):
+    src = make_flat(tmp_path / "train", {"cat": 10, "dog": 10})
+    plan = _split(src, 4, split_module.default_out(src))
+    counts = plan.counts()
+    assert counts["validation"] == {"cat": 2, "dog": 2}
+    assert counts["training"] == {"cat": 8, "dog": 8}
+    assert len(_files(tmp_path / "validation" / "cat")) == 2
+    assert len(_files(tmp_path / "training" / "dog")) == 8
+    assert len(_files(src)) == 20  # originals untouched
+
+
+def test_split_does_not_depend_on_listing_order_but_on_the_seed(tmp_path, monkeypatch):
+    src = make_flat(tmp_path / "train", {"cat": 12, "dog": 12})
+    first = plan_split(scan_dataset(src), 0.25, tmp_path / "out", seed=3)
+    real_rglob = Path.rglob
+    monkeypatch.setattr(Path, "rglob", lambda self, pattern: reversed(list(real_rglob(self, pattern))))
+    again = plan_split(scan_dataset(src), 0.25, tmp_path / "out", seed=3)
+    other_seed = plan_split(scan_dataset(src), 0.25, tmp_path / "out", seed=4)
+    assert again.rows == first.rows
+    assert other_seed.rows != first.rows
+
+
+def test_manifest_accounts_for_every_file(tmp_path):
+    src = make_foldered(tmp_path / "src", {"ant": 5, "bee": 7})
+    _split(src, 0.25, tmp_path / "out")
+    with open(tmp_path / "out" / "split.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["source"] for r in rows) == _files(src)
+    written = _files(tmp_path / "out")
+    assert sorted(r["destination"] for r in rows) == [f for f in written if f != "split.csv"]
+
+
+def test_link_copy_symlink_and_move_modes(tmp_path):
+    results = {}
+    for mode in ("link", "copy", "symlink", "move"):
+        src = make_flat(tmp_path / mode / "train", {"cat": 3, "dog": 3})
+        original = src / "cat.0.jpg"
+        inode = original.stat().st_ino
+        plan = _split(src, 2, tmp_path / mode / "out", mode=mode)
+        placed = next(tmp_path / mode / "out" / d for s, _, _, d in plan.rows if s == original)
+        results[mode] = (placed, inode, original)
+    placed, inode, original = results["link"]
+    assert placed.stat().st_ino == inode and original.exists()
+    placed, inode, original = results["copy"]
+    assert placed.stat().st_ino != inode and original.exists()
+    placed, inode, original = results["symlink"]
+    assert placed.is_symlink() and placed.resolve() == original.resolve()
+    placed, inode, original = results["move"]
+    assert placed.stat().st_ino == inode and not original.exists()
+    assert _files(tmp_path / "move" / "train") == []
+
+
+def test_existing_output_is_refused_unless_forced(tmp_path):
+    src = make_flat(tmp_path / "train", {"cat": 4, "dog": 4})
+    _split(src, 2, tmp_path, seed=0)
+    marker = tmp_path / "training" / "cat" / "mine.txt"
+    marker.write_text("user data")
+    with pytest.raises(TlkitError, match="already exists.*--force"):
+        _split(src, 2, tmp_path, seed=1)
+    assert marker.exists()
+    _split(src, 2, tmp_path, seed=1, force=True)
+    assert not marker.exists()
+    assert len(_files(tmp_path / "training")) == 6
+
+
+def test_interrupted_split_leaves_nothing_that_looks_done(tmp_path, monkeypatch):
+    src = make_flat(tmp_path / "train", {"cat": 5, "dog": 5})
+    real_place = split_module._place
+    calls = []
+
+    def crash_midway(source, dest, mode):
+        calls.append(source)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        real_place(source, dest, mode)
+
+    monkeypatch.setattr(split_module, "_place", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        _split(src, 2, tmp_path, mode="move")
+    assert not (tmp_path / "training").exists() and not (tmp_path / "split.csv").exists()
+    assert len(_files(src)) == 10  # a move deletes originals only at the very end
+    monkeypatch.setattr(split_module, "_place", real_place)
+    _split(src, 2, tmp_path, mode="move")
+    assert len(_files(tmp_path / "training")) == 8
+    assert not list(tmp_path.glob(".tlkit-split-*"))
+
+
+def test_odd_file_names_work(tmp_path):
+    src = make_flat(tmp_path / "train", {"chat noir": 3, "hündin": 3})
+    plan = _split(src, 2, tmp_path / "out")
+    assert set(plan.counts()["validation"]) == {"chat noir", "hündin"}
+    assert len(_files(tmp_path / "out" / "training" / "hündin")) == 2
+
+
+@pytest.mark.parametrize(
+    "counts, val, message",
+    [
+        ({"cat": 5, "dog": 5}, 10, "only 10 usable"),
+        ({"cat": 5, "dog": 5}, 0.99, "only 10 usable"),
+        ({"cat": 6}, 2, "one class only"),
+        ({"cat": 5, "dog": 1}, 2, "single image"),
+        ({"cat": 5, "dog": 5, "eel": 5}, 2, "at least one image per class"),
+    ],
+)
+def test_impossible_splits_say_why(tmp_path, counts, val, message):
+    src = make_flat(tmp_path / "train", counts)
+    with pytest.raises(TlkitError, match=message):
+        plan_split(scan_dataset(src), val, tmp_path / "out")
+
+
+def test_source_inside_output_is_refused(tmp_path):
+    src = make_foldered(tmp_path / "training", {"a": 3, "b": 3})
+    with pytest.raises(TlkitError, match="inside the output"):
+        split_module.check_outputs_free(tmp_path, src, force=True)
+
+
+def test_real_photos_split_200_200_801_801(tmp_path):
+    src = shared_data("dogs-vs-cats-2k") / "train"
+    plan = _split(src, 400, tmp_path)
+    counts = plan.counts()
+    assert counts["validation"] == {"cat": 200, "dog": 200}
+    assert counts["training"] == {"cat": 801, "dog": 801}
+    names = sorted(os.path.basename(f) for f in _files(tmp_path / "training") + _files(tmp_path / "validation"))
+    assert names == sorted(os.listdir(src))

@@ -23,6 +23,7 @@ IMAGE_SUFFIXES = frozenset(
 )
 # Threads, not processes: PIL releases the GIL while it decodes, and file I/O waits anyway.
 _THREADS = 8
+EMPTY_FILE = "empty file (0 bytes)"
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ def check_image(path: Path, full: bool) -> ImageInfo | str:
     """
     try:
         if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
+            return EMPTY_FILE
         with Image.open(path) as image:
             width, height, mode = image.width, image.height, image.mode
             if full:

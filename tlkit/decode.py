@@ -1,0 +1,170 @@
+"""Batched image decoding for the inference stages: precompute, predict and evaluate.
+
+Turns a list of files into normalised [N, C, H, W] batches on the model's device, following
+a backbone's eval preprocessing (resize, centre crop). On CUDA, JPEGs are decoded by nvjpeg
+in batches and resized there; other formats, and everything on a CPU, go through PIL in
+loader workers, large JPEGs decoded at reduced size (PIL draft). A file that fails to
+decode is recorded in `failures` and left out; it never stops the run.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from tlkit.scan import EMPTY_FILE
+
+_JPEG_MAGIC = b"\xff\xd8"
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # float [N, C, H, W], normalised, on the target device
+    indices: list[int]  # where these images stand in the input list
+
+
+def _eval_sizes(prep) -> tuple[int | tuple[int, int], tuple[int, int]]:
+    """(what to resize to, what to crop to): shorter side then centre crop, or straight resize."""
+    crop = tuple(prep.input_size)
+    return (prep.resize_size if prep.resize_size else crop), crop
+
+
+def _resize_crop(image, prep):
+    """The eval geometry on a PIL image or a uint8 tensor, on whatever device it sits."""
+    resize, crop = _eval_sizes(prep)
+    interpolation = InterpolationMode(prep.interpolation)
+    image = F.resize(image, resize if isinstance(resize, tuple) else [resize], interpolation=interpolation, antialias=True)
+    return F.center_crop(image, list(crop))
+
+
+def load_image(path: Path, prep) -> torch.Tensor:
+    """One file -> uint8 [C, H, W] in the model's geometry and channel count, via PIL."""
+    resize, _ = _eval_sizes(prep)
+    with Image.open(path) as image:
+        # JPEGs decode straight at 1/2, 1/4 or 1/8 scale when still at least the target size.
+        target = resize if isinstance(resize, tuple) else (resize, resize)
+        image.draft("RGB" if prep.in_chans == 3 else "L", (target[1], target[0]))
+        image = image.convert("RGB" if prep.in_chans == 3 else "L")
+        return F.pil_to_tensor(_resize_crop(image, prep))
+
+
+class _PilDataset(torch.utils.data.Dataset):
+    def __init__(self, paths: Sequence[Path], indices: Sequence[int], prep):
+        self.paths, self.indices, self.prep = paths, list(indices), prep
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int):
+        index = self.indices[item]
+        try:
+            if self.paths[index].stat().st_size == 0:
+                return index, None, EMPTY_FILE
+            return index, load_image(self.paths[index], self.prep), None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            return index, None, f"cannot be decoded ({error})"
+
+
+def _collate(samples):
+    """Keep what decoded; pass the failures on beside it."""
+    good = [(index, image) for index, image, _ in samples if image is not None]
+    failed = [(index, why) for index, image, why in samples if image is None]
+    images = torch.stack([image for _, image in good]) if good else None
+    return [index for index, _ in good], images, failed
+
+
+class ImageBatches:
+    """Iterate normalised batches of `paths`; `failures` maps a failed index to its reason."""
+
+    def __init__(self, paths: Sequence[Path], prep, *, device: torch.device, batch_size: int = 256,
+                 workers: int = 0, gpu_decode: bool | None = None):
+        self.paths, self.prep, self.device = [Path(p) for p in paths], prep, torch.device(device)
+        self.batch_size, self.workers = batch_size, workers
+        self.gpu_decode = self.device.type == "cuda" if gpu_decode is None else gpu_decode
+        self.failures: dict[int, str] = {}
+        mean = torch.tensor(prep.mean, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(prep.std, device=self.device).view(1, -1, 1, 1)
+        self._scale, self._shift = 1 / (255 * std), mean / std
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[Batch]:
+        self.failures.clear()
+        if self.gpu_decode:
+            yield from self._tensor_batches()
+        else:
+            yield from self._pil_batches(range(len(self.paths)))
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True).float() * self._scale - self._shift
+        return images.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else images
+
+    def _pil_batches(self, indices: Sequence[int]) -> Iterator[Batch]:
+        loader = torch.utils.data.DataLoader(
+            _PilDataset(self.paths, indices, self.prep), batch_size=self.batch_size,
+            num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for batch_indices, images, failed in loader:
+            self.failures.update(failed)
+            if batch_indices:
+                yield Batch(self._normalise(images), batch_indices)
+
+    def _tensor_batches(self) -> Iterator[Batch]:
+        """Read bytes in threads one batch ahead; decode JPEG batches with torchvision.io."""
+        chunks = [list(range(i, min(i + self.batch_size, len(self.paths))))
+                  for i in range(0, len(self.paths), self.batch_size)]
+        read_chunk = lambda chunk: [(i, _read(self.paths[i])) for i in chunk]  # noqa: E731
+        with ThreadPoolExecutor(max(2, self.workers)) as pool:
+            # Two chunks in flight: the next is read while this one decodes; memory stays bounded.
+            ahead = [pool.submit(read_chunk, chunk) for chunk in chunks[:2]]
+            for position in range(len(chunks)):
+                chunk_bytes = ahead.pop(0).result()
+                if position + 2 < len(chunks):
+                    ahead.append(pool.submit(read_chunk, chunks[position + 2]))
+                yield from self._decode_chunk(chunk_bytes)
+
+    def _decode_chunk(self, chunk_bytes: list[tuple[int, bytes | str]]) -> Iterator[Batch]:
+        jpegs = [(i, data) for i, data in chunk_bytes if isinstance(data, bytes) and data[:2] == _JPEG_MAGIC]
+        others = [i for i, data in chunk_bytes if not (isinstance(data, bytes) and data[:2] == _JPEG_MAGIC)]
+        self.failures.update({i: data for i, data in chunk_bytes if isinstance(data, str)})
+        others = [i for i in others if i not in self.failures]
+        if jpegs:
+            decoded = self._decode_jpegs(jpegs)
+            if decoded is None:  # one bad file fails the whole batch call: fall back file by file
+                others += [i for i, _ in jpegs]
+            else:
+                yield Batch(self._normalise(decoded), [i for i, _ in jpegs])
+        if others:
+            yield from self._pil_batches(sorted(others))
+
+    def _decode_jpegs(self, jpegs: list[tuple[int, bytes]]) -> torch.Tensor | None:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        mode = ImageReadMode.RGB if self.prep.in_chans == 3 else ImageReadMode.GRAY
+        data = [torch.frombuffer(bytearray(raw), dtype=torch.uint8) for _, raw in jpegs]
+        try:
+            with warnings.catch_warnings():
+                # torchvision 0.29 marks its image I/O as moving to TorchCodec; it still works.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                images = decode_jpeg(data, mode=mode, device=self.device)
+        except RuntimeError:
+            return None
+        return torch.stack([_resize_crop(image, self.prep) for image in images])
+
+
+def _read(path: Path) -> bytes | str:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return f"cannot be read ({error})"
+    return data if data else EMPTY_FILE

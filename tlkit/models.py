@@ -1,0 +1,451 @@
+"""The backbone factory: one registry of named networks, each built with its head swapped for
+`num_classes`, split into a trunk (images -> features) and a head (features -> logits), with
+the preprocessing its weights expect. Every stage gets its model from `create`.
+
+Weights are found and read by tlkit/weights.py; the small classic nets live in tlkit/nets.py.
+Images reach these models already normalised, and already with the channel count the model
+takes: the data layer repeats a grayscale photo to 3 channels for the pretrained backbones
+(timm models also accept in_chans=1, adapting their first convolution). No data, no training here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from tlkit import nets
+from tlkit.errors import TlkitError
+from tlkit.weights import CachedWeights, fetch, load_file, read_tensors, timm_weights, url_weights
+
+TIMM_PREFIX = "timm:"
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What an image must look like when it reaches the network, as the weights were trained."""
+
+    input_size: tuple[int, int]  # (height, width) the network is fed
+    resize_size: int | None  # eval: shorter side to this, then centre crop; None: resize straight to input_size
+    mean: tuple[float, ...]  # one per channel
+    std: tuple[float, ...]
+    interpolation: str  # "bilinear" | "bicubic" | "nearest"
+    in_chans: int
+
+    def to_dict(self) -> dict:
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(input_size=tuple(d["input_size"]), resize_size=d["resize_size"], mean=tuple(d["mean"]),
+                   std=tuple(d["std"]), interpolation=d["interpolation"], in_chans=d["in_chans"])
+
+
+@dataclass
+class Backbone:
+    """A classifier and its trunk/head split. `model`, `trunk` and `head` share their modules,
+    so training one trains the others. A timm trunk wraps the whole model, so its `.to()` and
+    `.train()` reach the head too; its parameters() and state_dict() are the trunk's only."""
+
+    name: str
+    model: nn.Module  # the whole classifier; model(x) == head(trunk(x)) exactly
+    trunk: nn.Module  # images [N, C, H, W] -> features [N, feature_dim]
+    head: nn.Module  # features -> logits [N, num_classes]
+    feature_dim: int
+    num_classes: int
+    preprocessing: Preprocessing
+    weights: str  # what was asked: "imagenet", "none", or the path given
+    pretrained: bool  # whether pretrained tensors were actually loaded
+    trunk_blocks: list[list[nn.Parameter]] = field(default_factory=list, repr=False)  # input to output
+    weights_note: str = ""  # where the tensors came from, which head layers start fresh
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        head_ids = {id(parameter) for parameter in self.head.parameters()}
+        return [parameter for parameter in self.model.parameters() if id(parameter) not in head_ids]
+
+    def freeze_trunk(self) -> None:
+        """requires_grad False on the trunk (BatchNorm running statistics still move in train mode)."""
+        for parameter in self.trunk_parameters():
+            parameter.requires_grad_(False)
+
+    def unfreeze(self, last_blocks: int | None = None) -> None:
+        """None: everything trainable. N: the last N trunk blocks and the head; earlier blocks frozen."""
+        if last_blocks is not None and last_blocks < 0:
+            raise ValueError(f"last_blocks must be None or >= 0, not {last_blocks}")
+        thawed = self.trunk_blocks[len(self.trunk_blocks) - last_blocks:] if last_blocks else []
+        thawed_ids = {id(parameter) for block in thawed for parameter in block}
+        for parameter in self.trunk_parameters():
+            parameter.requires_grad_(last_blocks is None or id(parameter) in thawed_ids)
+        for parameter in self.head_parameters():
+            parameter.requires_grad_(True)
+
+    def param_groups(self, lr: float, trunk_lr_mult: float = 1.0) -> list[dict]:
+        """Optimizer groups of the trainable parameters: the trunk at lr * trunk_lr_mult, the head at lr."""
+        groups = [
+            {"params": [p for p in self.trunk_parameters() if p.requires_grad], "lr": lr * trunk_lr_mult, "name": "trunk"},
+            {"params": [p for p in self.head_parameters() if p.requires_grad], "lr": lr, "name": "head"},
+        ]
+        return [group for group in groups if group["params"]]
+
+
+# ---------------------------------------------------------------- where torchvision nets are cut
+
+
+def _split_resnet(model: tvm.ResNet) -> tuple[nn.Module, nn.Module, list[nn.Module]]:
+    """Trunk through global pooling (what ResNet.forward does before fc); blocks: stem, layer1..4."""
+    stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+    stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+    trunk = nn.Sequential(OrderedDict(
+        stem=stem, layer1=stages[0], layer2=stages[1], layer3=stages[2], layer4=stages[3],
+        avgpool=model.avgpool, flatten=nn.Flatten(1),
+    ))
+    return trunk, model.fc, [stem, *stages]
+
+
+def _split_features_classifier(model: nn.Module) -> tuple[nn.Module, nn.Module, list[nn.Module]]:
+    """VGG / AlexNet: trunk features+avgpool, head the whole classifier (fc6, fc7 and the new last
+    layer), so ImageNet's fc6/fc7 are kept as the tutorial does; blocks end at each max-pool."""
+    trunk = nn.Sequential(OrderedDict(features=model.features, avgpool=model.avgpool, flatten=nn.Flatten(1)))
+    blocks, current = [], []
+    for layer in model.features:
+        current.append(layer)
+        if isinstance(layer, nn.MaxPool2d):
+            blocks.append(nn.Sequential(*current))
+            current = []
+    return trunk, model.classifier, blocks + ([nn.Sequential(*current)] if current else [])
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One registry entry. torchvision: builder, weights enum (tensors and preprocessing) and cut;
+    classic: builder and the recipe's input size, channels and normalisation; timm: a summary."""
+
+    family: str  # "torchvision" | "timm" | "classic"
+    summary: str
+    build: Callable[..., nn.Module] | None = None
+    imagenet: tvm.WeightsEnum | None = None
+    split: Callable[[nn.Module], tuple[nn.Module, nn.Module, list[nn.Module]]] | None = None
+    input_size: int = 224
+    in_chans: int = 3
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+
+
+REGISTRY: dict[str, Spec] = {
+    "resnet18": Spec("torchvision", "ResNet-18; trunk through global pooling, head fc",
+                     build=tvm.resnet18, imagenet=tvm.ResNet18_Weights.IMAGENET1K_V1, split=_split_resnet),
+    "vgg16": Spec("torchvision", "VGG-16; trunk features+avgpool, head classifier (fc6/fc7 kept, last layer new)",
+                  build=tvm.vgg16, imagenet=tvm.VGG16_Weights.IMAGENET1K_V1, split=_split_features_classifier),
+    "alexnet": Spec("torchvision", "AlexNet; trunk features+avgpool, head classifier (fc6/fc7 kept, last layer new)",
+                    build=tvm.alexnet, imagenet=tvm.AlexNet_Weights.IMAGENET1K_V1, split=_split_features_classifier),
+    "timm:resnet50": Spec("timm", "ResNet-50 from timm; any timm model works as timm:<name>"),
+    "timm:convnext_tiny": Spec("timm", "ConvNeXt-T from timm"),
+    "timm:vit_small_patch16_224": Spec("timm", "ViT-S/16 from timm (input size fixed when built)"),
+    "lenet": Spec("classic", "LeNet-5 (D2L): sigmoid, average pooling, 120-84, Xavier init",
+                  build=nets.lenet, input_size=28, in_chans=1, mean=(0.0,), std=(1.0,)),
+    "mnist-net": Spec("classic", "PyTorch MNIST example: conv 20/50, fc 500",
+                      build=nets.mnist_net, input_size=28, in_chans=1, mean=(0.1307,), std=(0.3081,)),
+    "mlp": Spec("classic", "linear 300-100-out, no activations", build=nets.mlp, input_size=28, in_chans=1),
+    "mlp-relu": Spec("classic", "linear 300-100-out with ReLU", build=nets.mlp_relu, input_size=28, in_chans=1),
+    "mlp-bn": Spec("classic", "linear 300-100-out with BatchNorm1d+ReLU", build=nets.mlp_bn, input_size=28, in_chans=1),
+    "simple-cnn": Spec("classic", "conv 32/64/128 + max-pool blocks, fc 512-64",
+                       build=nets.simple_cnn, input_size=32, in_chans=3),
+}
+
+
+def available() -> list[str]:
+    """Registry names, sorted; any other timm model also works as timm:<name>."""
+    return sorted(REGISTRY)
+
+
+def _spec(name: str) -> Spec:
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if name.startswith(TIMM_PREFIX):
+        return Spec("timm", f"timm model {name[len(TIMM_PREFIX):]}")
+    close = difflib.get_close_matches(name, REGISTRY, n=3)
+    import timm
+
+    hint = f" (timm has it: use timm:{name})" if timm.is_model(name) else (f" (did you mean {', '.join(close)}?)" if close else "")
+    raise TlkitError(f"unknown backbone '{name}'{hint}. Valid: {', '.join(available())}, "
+                     "or timm:<name> for any timm model (tlkit models --timm PATTERN lists them).")
+
+
+def _per_channel(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
+    """Mean or std for `in_chans` channels: repeated from one value, or averaged to one."""
+    if len(values) == in_chans:
+        return tuple(float(v) for v in values)
+    if len(values) == 1:
+        return (float(values[0]),) * in_chans
+    if in_chans == 1:
+        return (sum(values) / len(values),)
+    raise TlkitError(f"cannot adapt normalisation {values} to {in_chans} channels")
+
+
+def _head_keys(model: nn.Module, head: nn.Module) -> set[str]:
+    """The model's state-dict names of the head's tensors (found by identity, whatever the prefix)."""
+    head_ids = {id(tensor) for tensor in (*head.parameters(), *head.buffers())}
+    return {name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if id(tensor) in head_ids}
+
+
+def _in_features(head: nn.Module) -> int:
+    """The feature size at the cut: what the head's first Linear or 1x1 convolution takes."""
+    first = next(m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    return first.in_features if isinstance(first, nn.Linear) else first.in_channels
+
+
+def _blocks_of(modules: list[nn.Module]) -> list[list[nn.Parameter]]:
+    return [params for params in (list(module.parameters()) for module in modules) if params]
+
+
+# ---------------------------------------------------------------- the three families
+
+
+def _create_torchvision(name: str, spec: Spec, num_classes: int, weights: str, in_chans: int | None,
+                        img_size: int | None) -> Backbone:
+    if in_chans not in (None, 3):
+        raise TlkitError(f"{name} takes 3-channel images (the data layer repeats a grayscale photo to 3 "
+                         f"channels); for a 1-channel first convolution use a timm:<name> backbone.")
+    model = spec.build(weights=None, num_classes=num_classes)
+    trunk, head, blocks = spec.split(model)
+    note = "random initialisation (--weights none): no pretrained tensors"
+    if weights == "imagenet":
+        location = url_weights(spec.imagenet.url)
+        path = fetch(location, name)
+        note = load_file(model, _head_keys(model, head), path, f"ImageNet weights {path}", delete_hint=path)
+    elif weights != "none":
+        note = load_file(model, _head_keys(model, head), Path(weights), f"weights file {weights}")
+    # The weights enum carries the preprocessing as metadata, so it is there even for --weights none.
+    transform = spec.imagenet.transforms()
+    crop, resize = transform.crop_size[0], transform.resize_size[0]
+    size = img_size or crop
+    preprocessing = Preprocessing(
+        input_size=(size, size), resize_size=round(size * resize / crop), mean=tuple(transform.mean),
+        std=tuple(transform.std), interpolation=transform.interpolation.value, in_chans=3,
+    )
+    return Backbone(name, model, trunk, head, _in_features(head), num_classes, preprocessing, weights,
+                    pretrained=weights != "none", trunk_blocks=_blocks_of(blocks), weights_note=note)
+
+
+def _create_classic(name: str, spec: Spec, num_classes: int, weights: str, in_chans: int | None,
+                    img_size: int | None) -> Backbone:
+    if weights == "imagenet":
+        raise TlkitError(f"{name} has no pretrained weights; it trains from scratch (--weights none) "
+                         "or starts from a file (--weights PATH).")
+    chans, size = in_chans or spec.in_chans, img_size or spec.input_size
+    try:
+        model = spec.build(num_classes, in_chans=chans, img_size=size)
+    except ValueError as error:
+        raise TlkitError(f"{name}: {error}") from error
+    trunk, head = model[:-1], model[-1]
+    note = "random initialisation: trained from scratch"
+    if weights != "none":
+        note = load_file(model, _head_keys(model, head), Path(weights), f"weights file {weights}")
+    preprocessing = Preprocessing((size, size), None, _per_channel(spec.mean, chans), _per_channel(spec.std, chans),
+                                  "bilinear", chans)
+    return Backbone(name, model, trunk, head, head.in_features, num_classes, preprocessing, weights,
+                    pretrained=weights != "none", trunk_blocks=_blocks_of(list(trunk.children())), weights_note=note)
+
+
+class TimmTrunk(nn.Module):
+    """A timm model up to its classifier: forward_features, then forward_head(pre_logits=True).
+
+    It holds the whole model (so `.to()` and `.eval()` reach everything forward uses) but its
+    parameters() and state_dict() leave out the head's, like the torchvision trunks: a hash of
+    the trunk's weights must not change with a freshly initialised classifier.
+    """
+
+    def __init__(self, model: nn.Module, head: nn.Module):
+        super().__init__()
+        self.model = model
+        self._head_ids = {id(tensor) for tensor in (*head.parameters(), *head.buffers())}
+        self._head_keys = {f"model.{key}" for key in _head_keys(model, head)}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        for name, parameter in super().named_parameters(prefix, recurse, remove_duplicate):
+            if id(parameter) not in self._head_ids:
+                yield name, parameter
+
+    def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
+        state = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for key in self._head_keys:
+            state.pop(prefix + key, None)
+        return state
+
+
+def _timm_head(name: str, model: nn.Module) -> nn.Module:
+    """The module that turns pre_logits features into logits: timm's get_classifier(), when it is one."""
+    from timm.layers import ClassifierHead, NormMlpClassifierHead
+
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(classifier, nn.Conv2d) and classifier.kernel_size == (1, 1):
+        # Some timm heads are 1x1 convolutions (ResNetV2, DLA, DPN); pre_logits features arrive flattened.
+        return nn.Sequential(nn.Unflatten(1, (classifier.in_channels, 1, 1)), classifier, nn.Flatten(1))
+    # Pooling heads returned whole would pool twice; lists and tuples are several heads (distillation).
+    unusable = (nn.ModuleList, nn.Identity, ClassifierHead, NormMlpClassifierHead)
+    if isinstance(classifier, nn.Module) and not isinstance(classifier, unusable):
+        return classifier
+    raise TlkitError(f"{name}: its classifier ({type(classifier).__name__}) is not one module after the "
+                     "pre_logits features, so tlkit cannot cut it into trunk and head; pick another timm model.")
+
+
+def _timm_blocks(model: nn.Module, head: nn.Module) -> list[list[nn.Parameter]]:
+    """timm's coarse parameter groups (stem, stages or transformer blocks), head left out; a final
+    group of norm layers only (ViT's `norm`) joins the block before it."""
+    from timm.models import group_parameters
+
+    head_ids = {id(parameter) for parameter in head.parameters()}
+    by_name = dict(model.named_parameters())
+    if hasattr(model, "group_matcher"):
+        named_groups = group_parameters(model, model.group_matcher(coarse=True)).values()
+    else:  # the model's own parameters (embeddings, tokens) first, then one group per child
+        named_groups = [[n for n, _ in model.named_parameters(recurse=False)]] + [
+            [f"{child}.{p}" for p, _ in module.named_parameters()] for child, module in model.named_children()]
+    blocks = [[by_name[n] for n in names if id(by_name[n]) not in head_ids] for names in named_groups]
+    blocks = [block for block in blocks if block]
+    norm_ids = {id(p) for m in model.modules() if "Norm" in type(m).__name__ for p in m.parameters(recurse=False)}
+    if len(blocks) > 1 and all(id(parameter) in norm_ids for parameter in blocks[-1]):
+        blocks[-2:] = [blocks[-2] + blocks[-1]]
+    return blocks
+
+
+def _timm_config(name: str):
+    """timm's pretrained config for timm:<name> (None for a model without one); TlkitError for a bad name or tag."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    timm_name = name[len(TIMM_PREFIX):]
+    if not timm.is_model(timm_name):
+        close = timm.list_models(f"*{timm_name.split('.')[0]}*")[:8]
+        raise TlkitError(f"timm has no model '{timm_name}'" + (f"; close: {', '.join(close)}" if close else ""))
+    try:
+        return get_pretrained_cfg(timm_name)
+    except RuntimeError as error:  # an unknown tag after the dot
+        tags = timm.list_pretrained(f"{timm_name.split('.')[0]}.*")[:8]
+        raise TlkitError(f"{error} Known: {', '.join(tags) or 'none'}") from error
+
+
+def _timm_pretrained(name: str, options: dict):
+    """timm.create_model with ImageNet weights from the cache, through timm's own loader, which
+    adapts the first convolution to in_chans and drops a classifier shaped for other classes."""
+    import timm
+
+    location = timm_weights(name[len(TIMM_PREFIX):])
+    if location is None:
+        raise TlkitError(f"{name} has no pretrained weights in timm; use --weights none or --weights PATH.")
+    path = fetch(location, name)
+    tensors = read_tensors(path, delete_hint=location.folder)
+    try:
+        model = timm.create_model(name[len(TIMM_PREFIX):], pretrained=True,
+                                  pretrained_cfg_overlay={"state_dict": tensors}, **options)
+    except RuntimeError as error:
+        raise TlkitError(f"{path} does not fit {name}: {str(error).splitlines()[0]}; delete "
+                         f"{location.folder}, or use --weights PATH / --weights none.") from error
+    return model, f"ImageNet weights {path}; classifier newly initialised for {options['num_classes']} classes"
+
+
+def _timm_preprocessing(data_cfg: dict, in_chans: int, img_size: int | None) -> Preprocessing:
+    """From the model's pretrained_cfg, as timm's resolve_data_config reads it; crop_pct sets the resize."""
+    height, width = (img_size, img_size) if img_size else tuple(data_cfg["input_size"][1:])
+    crop_pct = data_cfg.get("crop_pct") or 0.875  # timm's default when a config gives none
+    interpolation = data_cfg.get("interpolation")
+    return Preprocessing(
+        input_size=(height, width), resize_size=math.floor(min(height, width) / crop_pct),
+        mean=_per_channel(tuple(data_cfg["mean"]), in_chans), std=_per_channel(tuple(data_cfg["std"]), in_chans),
+        interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic", in_chans=in_chans,
+    )
+
+
+def _create_timm(name: str, num_classes: int, weights: str, in_chans: int | None, img_size: int | None) -> Backbone:
+    import timm
+
+    cfg = _timm_config(name)
+    chans = in_chans or 3
+    # drop_rate 0: timm applies its head dropout before or after the pre_logits cut depending on
+    # the model; no dropout there keeps head(trunk(x)) training exactly like model(x).
+    options = {"num_classes": num_classes, "in_chans": chans, "drop_rate": 0.0}
+    if img_size and cfg is not None and cfg.fixed_input_size:
+        options["img_size"] = img_size  # position embeddings are sized when built (resampled when loaded)
+    if weights == "imagenet":
+        model, note = _timm_pretrained(name, options)
+    else:
+        try:
+            model = timm.create_model(name[len(TIMM_PREFIX):], pretrained=False, **options)
+        except TypeError as error:  # feature encoders take no num_classes / drop_rate
+            raise TlkitError(f"{name} cannot be built as a classifier: {error}") from error
+        note = "random initialisation (--weights none): no pretrained tensors"
+    head = _timm_head(name, model)
+    if weights not in ("imagenet", "none"):
+        note = load_file(model, _head_keys(model, head), Path(weights), f"weights file {weights}")
+    return Backbone(name, model, TimmTrunk(model, head), head, _in_features(head), num_classes,
+                    _timm_preprocessing(model.pretrained_cfg, chans, img_size), weights,
+                    pretrained=weights != "none", trunk_blocks=_timm_blocks(model, head), weights_note=note)
+
+
+def create(name: str, num_classes: int, weights: str = "default", in_chans: int | None = None,
+           img_size: int | None = None) -> Backbone:
+    """A backbone with its head swapped for `num_classes`, split into trunk and head.
+
+    weights: "default" (imagenet for the pretrained backbones, none for the classic nets),
+    "imagenet", "none", or a path to a .safetensors/.pth state dict or a tlkit checkpoint.
+    Raises TlkitError for user mistakes: unknown name (lists valid ones), weights not cached
+    offline (names file, folder and the alternatives --weights PATH / --weights none).
+    """
+    if num_classes < 1:
+        raise TlkitError(f"num_classes must be at least 1, not {num_classes}")
+    spec = _spec(name)
+    if weights == "default":
+        weights = "none" if spec.family == "classic" else "imagenet"
+    if spec.family == "torchvision":
+        return _create_torchvision(name, spec, num_classes, weights, in_chans, img_size)
+    if spec.family == "classic":
+        return _create_classic(name, spec, num_classes, weights, in_chans, img_size)
+    return _create_timm(name, num_classes, weights, in_chans, img_size)
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """One row of `tlkit models`."""
+
+    name: str
+    family: str
+    summary: str
+    feature_dim: int
+    input_size: tuple[int, int]
+    trunk_params: int
+    head_params: int
+    num_classes: int  # what head_params was counted for
+    weights: CachedWeights | None  # None: no pretrained weights exist
+
+
+def describe(name: str, num_classes: int | None = None) -> BackboneInfo:
+    """Sizes and weight availability of a backbone, built on the meta device (no memory, no init
+    time). num_classes None: 1000 (ImageNet's) for pretrained backbones, 10 for the classic nets."""
+    spec = _spec(name)
+    num_classes = num_classes or (10 if spec.family == "classic" else 1000)
+    with torch.device("meta"):
+        backbone = create(name, num_classes, weights="none")
+    if spec.family == "torchvision":
+        location = url_weights(spec.imagenet.url)
+    else:
+        location = timm_weights(name[len(TIMM_PREFIX):]) if spec.family == "timm" else None
+    return BackboneInfo(
+        name=name, family=spec.family, summary=spec.summary, feature_dim=backbone.feature_dim,
+        input_size=backbone.preprocessing.input_size,
+        trunk_params=sum(p.numel() for p in backbone.trunk_parameters()),
+        head_params=sum(p.numel() for p in backbone.head_parameters()), num_classes=num_classes, weights=location,
+    )

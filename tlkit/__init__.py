@@ -8,4 +8,13 @@ __version__ = "0.1.0"
 
 from tlkit.errors import TlkitError
 
-__all__ = ["TlkitError", "__version__"]
+__all__ = ["TlkitError", "__version__", "finetune"]
+
+
+def __getattr__(name: str):
+    """`tlkit.finetune(...)` without importing torch when `import tlkit` runs."""
+    if name == "finetune":
+        from tlkit.finetuning import finetune
+
+        return finetune
+    raise AttributeError(f"module 'tlkit' has no attribute {name!r}")

@@ -1,0 +1,109 @@
+"""Checkpoints rebuild and label their model alone; writes are atomic; run folders and runs/latest."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+import torch
+
+import tlkit.checkpoint as checkpoint
+from tlkit import models
+from tlkit.checkpoint import (
+    load_checkpoint, load_resume, new_run_dir, point_latest, read_meta, resolve_run, save_best, save_resume,
+)
+from tlkit.errors import TlkitError
+
+
+def meta_for(backbone, classes) -> dict:
+    prep = backbone.preprocessing
+    return {"backbone": backbone.name, "weights": backbone.weights, "num_classes": len(classes), "classes": classes,
+            "in_chans": prep.in_chans, "img_size": prep.input_size[0], "preprocessing": prep.to_dict(),
+            "metrics": {"val_acc": 0.5}, "config": {}, "epoch": 1}
+
+
+@pytest.mark.parametrize("name, img_size", [("simple-cnn", 24), ("timm:test_resnet", 32)])
+def test_checkpoint_rebuilds_and_labels_the_model(tmp_path, name, img_size):
+    backbone = models.create(name, num_classes=3, weights="none", img_size=img_size)
+    with torch.no_grad():
+        for parameter in backbone.model.parameters():
+            parameter.add_(0.01)  # not what a fresh build gives
+    save_best(tmp_path, backbone.model.state_dict(), meta_for(backbone, ["ant", "bee", "cat"]))
+    loaded = load_checkpoint(tmp_path)
+    images = torch.randn(2, 3, img_size, img_size)
+    backbone.model.eval()
+    with torch.inference_mode():
+        assert torch.equal(loaded.backbone.model(images), backbone.model(images))
+    assert loaded.classes == ["ant", "bee", "cat"]
+    assert loaded.backbone.preprocessing == backbone.preprocessing
+    assert load_checkpoint(tmp_path / "best.json").classes == loaded.classes  # the sidecar names it too
+    assert read_meta(tmp_path)["tlkit_version"]
+
+
+def test_a_failed_write_leaves_the_previous_best_intact(tmp_path, monkeypatch):
+    backbone = models.create("simple-cnn", num_classes=2, weights="none")
+    save_best(tmp_path, backbone.model.state_dict(), meta_for(backbone, ["a", "b"]))
+    before = {name: (tmp_path / name).read_bytes() for name in ("best.safetensors", "best.json")}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", disk_full)
+    with pytest.raises(TlkitError, match="No space left on device.*previous version"):
+        save_best(tmp_path, backbone.model.state_dict(), meta_for(backbone, ["x", "y"]))
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(os.listdir(tmp_path)) == ["best.json", "best.safetensors"]  # no temporary files left
+
+
+def test_resume_file_loads_with_weights_only(tmp_path):
+    import random
+
+    state = {"model": {"w": torch.ones(2)}, "rng": torch.get_rng_state(), "python": random.getstate(),
+             "history": [{"epoch": 1, "val_loss": 0.5}], "best": None}
+    save_resume(tmp_path, state)
+    loaded = load_resume(tmp_path)  # torch.load(weights_only=True) inside
+    assert torch.equal(loaded["model"]["w"], torch.ones(2)) and loaded["history"] == state["history"]
+    with pytest.raises(TlkitError, match="not a tlkit run folder"):
+        load_resume(tmp_path / "elsewhere")
+
+
+def test_run_folders_are_not_overwritten_without_force(tmp_path):
+    run = new_run_dir(tmp_path, "exp", force=False)
+    (run / "keep.txt").write_text("x")
+    with pytest.raises(TlkitError, match="--force.*--resume"):
+        new_run_dir(tmp_path, "exp", force=False)
+    assert not (new_run_dir(tmp_path, "exp", force=True) / "keep.txt").exists()
+    assert new_run_dir(tmp_path, None, force=False).parent == tmp_path  # a timestamp
+    with pytest.raises(TlkitError, match="usable folder name"):
+        new_run_dir(tmp_path, "latest", force=False)
+
+
+def test_latest_is_a_symlink_or_a_text_file(tmp_path, monkeypatch):
+    with pytest.raises(TlkitError, match="tlkit finetune"):
+        resolve_run(None, runs_dir=tmp_path)
+    first, second = (new_run_dir(tmp_path, name, force=False) for name in ("one", "two"))
+    point_latest(first)
+    assert (tmp_path / "latest").is_symlink() and resolve_run(None, runs_dir=tmp_path) == first.resolve()
+
+    def no_symlinks(*args, **kwargs):
+        raise OSError(errno.EPERM, "symlinks not allowed")
+
+    monkeypatch.setattr(checkpoint.os, "symlink", no_symlinks)
+    point_latest(second)
+    assert (tmp_path / "latest").read_text().strip() == "two"
+    assert resolve_run(None, runs_dir=tmp_path) == second
+    assert resolve_run(first) == first
+
+
+def test_a_foreign_sidecar_is_refused(tmp_path):
+    backbone = models.create("simple-cnn", num_classes=2, weights="none")
+    save_best(tmp_path, backbone.model.state_dict(), meta_for(backbone, ["a", "b"]))
+    meta = json.loads((tmp_path / "best.json").read_text())
+    meta["format_version"] = 99
+    (tmp_path / "best.json").write_text(json.dumps(meta))
+    with pytest.raises(TlkitError, match="cannot read"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(TlkitError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing")

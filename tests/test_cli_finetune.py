@@ -1,0 +1,140 @@
+"""`tlkit finetune` and `tlkit lr-find` through cli.main: outputs, messages for bad input, real photos."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_foldered, shared_data
+from test_train import make_learnable, one_thread  # noqa: F401  (one_thread: an autouse fixture)
+from tlkit.checkpoint import load_checkpoint, resolve_run
+from tlkit.cli import main
+
+QUICK = ["--backbone", "simple-cnn", "--weights", "none", "--workers", "0", "--batch-size", "8"]
+
+
+def finetune_cli(tmp_path: Path, data: Path, *extra: str) -> int:
+    return main(["finetune", "--data", str(data), "--runs-dir", str(tmp_path / "runs"), *QUICK, *extra])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_learnable(tmp_path_factory.mktemp("data"))
+
+
+def error_of(capsys) -> str:
+    return " ".join(capsys.readouterr().err.split())
+
+
+def test_no_split_folders_says_to_run_split(tmp_path, capsys):
+    assert finetune_cli(tmp_path, tmp_path / "nowhere") == 1
+    err = error_of(capsys)
+    assert "training does not exist" in err and "tlkit split" in err and "Traceback" not in err
+
+
+def test_class_mismatch_and_single_class_are_explained(tmp_path, capsys):
+    make_foldered(tmp_path / "odd" / "training", {"cat": 2, "dog": 2, "fox": 2})
+    make_foldered(tmp_path / "odd" / "validation", {"cat": 1, "dog": 1})
+    assert finetune_cli(tmp_path, tmp_path / "odd") == 1
+    assert "only in training: fox" in error_of(capsys)
+    make_foldered(tmp_path / "one" / "training", {"cat": 2})
+    make_foldered(tmp_path / "one" / "validation", {"cat": 1})
+    assert finetune_cli(tmp_path, tmp_path / "one") == 1
+    assert "one class only (cat)" in error_of(capsys)
+
+
+def test_unknown_config_key_is_named(tmp_path, data_dir, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("epochs: 1\nlearning_rate: 0.1\n")
+    assert finetune_cli(tmp_path, data_dir, "--config", str(config)) == 1
+    err = error_of(capsys)
+    assert "unknown setting(s) learning_rate" in err and "Valid settings:" in err
+    assert not (tmp_path / "runs").exists()  # nothing written for a run that never started
+
+
+def test_a_run_writes_every_output_and_they_load(tmp_path, data_dir, capsys):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("epochs: 5\noptimizer: adamw\nlr: 0.003\nscheduler: cosine\n")
+    assert finetune_cli(tmp_path, data_dir, "--config", str(config), "--epochs", "2", "--name", "cli") == 0
+    run = tmp_path / "runs" / "cli"
+    for name in ("config.yaml", "best.safetensors", "best.json", "resume.pt", "metrics.jsonl", "curves.png",
+                 "confusion.png", "report.json"):
+        assert (run / name).is_file(), name
+    captured = capsys.readouterr()
+    assert "best: epoch" in captured.out and "best.safetensors" in captured.out
+    saved = (run / "config.yaml").read_text()
+    assert "epochs: 2" in saved and "optimizer: adamw" in saved  # the flag won over the file
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((run / "report.json").read_text())["accuracy"] >= 0
+    assert resolve_run(None, runs_dir=tmp_path / "runs").resolve() == run.resolve()
+    checkpoint = load_checkpoint(run)
+    assert checkpoint.classes == ["cat", "dog"] and checkpoint.meta["backbone"] == "simple-cnn"
+    # Same run folder again: refused without --force, replaced with it.
+    assert finetune_cli(tmp_path, data_dir, "--epochs", "1", "--name", "cli") == 1
+    assert "already exists" in error_of(capsys)
+    assert finetune_cli(tmp_path, data_dir, "--epochs", "1", "--name", "cli", "--force") == 0
+
+
+def test_python_entry_point_result_equals_the_reloaded_checkpoint(tmp_path, data_dir):
+    import tlkit
+
+    result = tlkit.finetune(data=str(data_dir), backbone="simple-cnn", weights="none", epochs=1, batch_size=8,
+                            workers=0, runs_dir=str(tmp_path / "runs"), name="api")
+    images = torch.randn(3, 3, 32, 32)
+    reloaded = load_checkpoint(result.run_dir)
+    result.backbone.model.eval()
+    with torch.inference_mode():
+        assert torch.equal(reloaded.backbone.model(images), result.backbone.model(images))
+
+
+def test_import_tlkit_stays_cheap():
+    code = "import sys, tlkit; print('torch' in sys.modules, 'finetune' in tlkit.__all__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]
+    import tlkit
+
+    assert callable(tlkit.finetune)
+
+
+def test_resume_refuses_another_backbone_and_a_non_run(tmp_path, data_dir, capsys):
+    assert finetune_cli(tmp_path, data_dir, "--epochs", "1", "--name", "r") == 0
+    capsys.readouterr()
+    assert main(["finetune", "--resume", str(tmp_path / "runs" / "r"), "--backbone", "lenet"]) == 1
+    assert "trained with backbone simple-cnn, not lenet" in error_of(capsys)
+    assert main(["finetune", "--resume", str(tmp_path)]) == 1
+    assert "not a tlkit run folder" in error_of(capsys)
+
+
+def test_lr_find_plots_and_suggests(tmp_path, data_dir, capsys):
+    plot = tmp_path / "lr.png"
+    assert main(["lr-find", "--data", str(data_dir), *QUICK, "--steps", "10", "--out", str(plot)]) == 0
+    assert plot.is_file() and "suggested lr:" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_fine_tune_on_the_real_photos(tmp_path, capsys):
+    """A subset of the shared dogs-vs-cats photos at 32 px: the loss falls, every output loads."""
+    photos = shared_data("dogs-vs-cats-2k") / "train"
+    flat = tmp_path / "photos"
+    flat.mkdir()
+    for label in ("cat", "dog"):
+        for n in range(200):
+            os.link(photos / f"{label}.{n}.jpg", flat / f"{label}.{n}.jpg")
+    assert main(["split", str(flat), "--val", "80", "--out", str(tmp_path / "data")]) == 0
+    assert main(["finetune", "--data", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"),
+                 "--backbone", "simple-cnn", "--weights", "none", "--img-size", "32", "--epochs", "3",
+                 "--optimizer", "adamw", "--lr", "0.002", "--batch-size", "32", "--workers", "0",
+                 "--name", "real", "-q"]) == 0
+    run = tmp_path / "runs" / "real"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert load_checkpoint(run).classes == ["cat", "dog"]
+    assert json.loads((run / "report.json").read_text())["cat"]["support"] == 40
+    for name in ("curves.png", "confusion.png", "resume.pt", "config.yaml"):
+        assert (run / name).stat().st_size > 0

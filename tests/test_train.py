@@ -1,0 +1,238 @@
+"""The training loop: schedulers, freezing, best-weight restore, resume, early stopping, seeds, lr-find."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tlkit.callbacks import Callback
+from tlkit.checkpoint import load_checkpoint
+from tlkit.config import make_config
+from tlkit.errors import TlkitError
+from tlkit.finetuning import build_trainer, finetune
+from tlkit.lrfind import lr_range_test, plot_lr_find
+from tlkit.train import evaluate, fit
+
+CLASSES = ["cat", "dog"]
+
+
+def make_learnable(root: Path, train_per_class: int = 12, val_per_class: int = 4, size: int = 24) -> Path:
+    """DATA/training and DATA/validation where a class is told by brightness (dark cats, bright dogs)."""
+    rng = np.random.default_rng(0)
+    for subset, count in (("training", train_per_class), ("validation", val_per_class)):
+        for label_index, label in enumerate(CLASSES):
+            folder = root / subset / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for n in range(count):
+                base = 60 + 120 * label_index
+                pixels = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{n}.png")
+    return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and do not stall when other jobs share the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_learnable(tmp_path_factory.mktemp("data"))
+
+
+def settings(data_dir: Path, **overrides) -> dict:
+    base = dict(data=str(data_dir), backbone="simple-cnn", weights="none", epochs=2, batch_size=8,
+                workers=0, optimizer="sgd", lr=0.01, scheduler="none", seed=3)
+    return {**base, **overrides}
+
+
+def trainer_for(data_dir: Path, **overrides):
+    return build_trainer(make_config(settings(data_dir, **overrides)), CLASSES)
+
+
+def snapshot(module: torch.nn.Module) -> dict:
+    return {key: value.detach().clone() for key, value in module.state_dict().items()}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.parametrize("scheduler", ["step", "plateau", "cosine", "onecycle", "none"])
+def test_every_scheduler_runs_without_pytorch_warnings(data_dir, scheduler):
+    trainer, _, _ = trainer_for(data_dir, scheduler=scheduler, epochs=3, step_size=1, gamma=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(trainer)
+    assert not [w for w in caught if "lr_scheduler" in str(w.filename) or "scheduler" in str(w.message)]
+    lrs = [row["lr"] for row in trainer.history]
+    assert len(lrs) == 3
+    if scheduler == "step":  # recorded before the epoch's step: 0.01, then halved each epoch
+        assert lrs == pytest.approx([0.01, 0.005, 0.0025])
+    elif scheduler == "none":
+        assert lrs == [0.01, 0.01, 0.01]
+    elif scheduler in ("cosine", "onecycle"):
+        assert lrs[-1] < lrs[0] or scheduler == "onecycle" and len(set(lrs)) == 3
+
+
+def test_frozen_trunk_stays_put_and_unfreeze_after_thaws_it(data_dir):
+    trunk_states = []
+
+    class RecordTrunk(Callback):
+        def on_epoch_end(self, trainer):
+            trunk_states.append(snapshot(backbone.trunk))
+
+    trainer, backbone, _ = trainer_for(data_dir, backbone="timm:test_resnet", img_size=24, unfreeze_after=1,
+                                       epochs=2)
+    trainer.callbacks.append(RecordTrunk())
+    before_trunk, before_head = snapshot(backbone.trunk), snapshot(backbone.head)
+    fit(trainer)
+    # Epoch 1: head only; the trunk (BatchNorm statistics included) does not move.
+    head_keys = set(snapshot(backbone.head))
+    trunk_only = lambda state: {k: v for k, v in state.items() if not any(k.endswith(h) for h in head_keys)}  # noqa: E731
+    assert same(trunk_only(trunk_states[0]), trunk_only(before_trunk))
+    assert not same(trunk_states[1], trunk_states[0])  # epoch 2: everything trains
+    assert not same(snapshot(backbone.head), before_head)
+
+
+def test_freeze_trunk_trains_the_head_only(data_dir):
+    trainer, backbone, _ = trainer_for(data_dir, freeze="trunk", epochs=1)
+    trunk_before = [p.detach().clone() for p in backbone.trunk_parameters()]
+    head_before = [p.detach().clone() for p in backbone.head_parameters()]
+    fit(trainer)
+    assert all(torch.equal(a, b) for a, b in zip(trunk_before, backbone.trunk_parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(head_before, backbone.head_parameters()))
+
+
+def test_trunk_lr_mult_gives_the_trunk_its_own_lr(data_dir):
+    trainer, _, _ = trainer_for(data_dir, lr=0.02, trunk_lr_mult=0.1)
+    lrs = {group["name"]: group["lr"] for group in trainer.optimizer.param_groups}
+    assert lrs == pytest.approx({"trunk": 0.002, "head": 0.02})
+
+
+class LrBump(Callback):
+    """From epoch `at` on, another lr; a negative one climbs the loss, so the last epochs are worse."""
+
+    def __init__(self, at: int, lr: float):
+        self.at, self.lr = at, lr
+
+    def on_epoch_start(self, trainer):
+        if trainer.epoch + 1 >= self.at:
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = self.lr
+
+
+def test_restored_model_scores_the_best_epoch_not_the_last(data_dir, tmp_path):
+    result = finetune(**settings(data_dir, epochs=4, lr=0.05, runs_dir=str(tmp_path / "runs"), name="best"),
+                      callbacks=[LrBump(at=3, lr=-0.5)])
+    history = result.history
+    best_row = min(history, key=lambda row: row["val_loss"])
+    assert result.best_epoch == best_row["epoch"] == 2
+    assert not history[-1]["val_loss"] <= best_row["val_loss"]  # the last epoch is worse (or NaN)
+    trainer, _, data = trainer_for(data_dir)
+    rescored = evaluate(result.backbone.model, data.val_loader, trainer.normalize)
+    assert rescored["val_loss"] == best_row["val_loss"]
+    assert rescored["val_acc"] == best_row["val_acc"] == result.report["accuracy"]
+    reloaded = load_checkpoint(result.run_dir)
+    assert evaluate(reloaded.backbone.model, data.val_loader, trainer.normalize)["val_loss"] == best_row["val_loss"]
+
+
+class InterruptAt(Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer):
+        if trainer.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_equals_an_uninterrupted_run(data_dir, tmp_path):
+    recipe = settings(data_dir, epochs=4, optimizer="adamw", lr=3e-3, scheduler="onecycle",
+                      monitor="val_acc", patience=3, runs_dir=str(tmp_path / "runs"))
+    whole = finetune(**recipe, name="whole")
+    with pytest.raises(KeyboardInterrupt):
+        finetune(**recipe, name="cut", callbacks=[InterruptAt(2)])
+    resumed = finetune(resume=tmp_path / "runs" / "cut")
+    timing = ("seconds", "images_per_s")
+    strip = lambda rows: [{k: v for k, v in row.items() if k not in timing} for row in rows]  # noqa: E731
+    assert strip(resumed.history) == strip(whole.history)
+    assert same(resumed.backbone.model.state_dict(), whole.backbone.model.state_dict())
+    last = [torch.load(run / "resume.pt", weights_only=True)["model"] for run in (whole.run_dir, resumed.run_dir)]
+    assert same(*last)
+    lines = (resumed.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in lines] == [1, 2, 3, 4]
+
+
+def test_same_seed_repeats_exactly_on_the_cpu(data_dir):
+    states = []
+    for _ in range(2):
+        trainer, backbone, _ = trainer_for(data_dir, epochs=1)
+        fit(trainer)
+        states.append(snapshot(backbone.model))
+    assert same(*states)
+
+
+def test_early_stopping_stops(data_dir):
+    trainer, _, _ = trainer_for(data_dir, epochs=10, lr=1e-9, monitor="val_acc", patience=2)
+    fit(trainer)
+    assert len(trainer.history) == 3
+    assert "early stop" in trainer.stop_reason
+
+
+def test_loss_is_averaged_per_sample_and_accuracy_is_a_float(data_dir):
+    trainer, backbone, data = trainer_for(data_dir, batch_size=3)  # 8 images: batches of 3, 3, 2
+    result = evaluate(backbone.model, data.val_loader, trainer.normalize, collect=True)
+    images = torch.cat([trainer.normalize(batch) for batch, _, _ in data.val_loader])
+    targets = torch.tensor(result["targets"])
+    with torch.inference_mode():
+        expected = torch.nn.functional.cross_entropy(backbone.model(images), targets)
+    assert result["val_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert isinstance(result["val_acc"], float)
+
+
+def test_out_of_gpu_memory_suggests_a_smaller_batch(data_dir, monkeypatch):
+    import tlkit.train
+
+    def out_of_memory(trainer):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(tlkit.train, "train_one_epoch", out_of_memory)
+    trainer, _, _ = trainer_for(data_dir, batch_size=8)
+    with pytest.raises(TlkitError, match="--batch-size 4"):
+        fit(trainer)
+
+
+def test_an_image_that_fails_to_decode_is_skipped_and_counted(tmp_path):
+    data_dir = make_learnable(tmp_path / "data", train_per_class=6, val_per_class=2)
+    broken = data_dir / "training" / "cat" / "broken.png"
+    broken.write_bytes(b"not a png at all")
+    trainer, _, _ = trainer_for(data_dir, epochs=1, batch_size=16)  # one batch: no short tail dropped
+    fit(trainer)
+    assert trainer.skipped == {str(broken)}
+    assert len(trainer.history) == 1
+
+
+def test_lr_find_sweeps_suggests_and_restores_the_state(data_dir, tmp_path):
+    trainer, backbone, _ = trainer_for(data_dir, optimizer="adamw")
+    fit(trainer)  # so the optimizer has state to restore
+    model_before = snapshot(backbone.model)
+    optimizer_before = trainer.optimizer.state_dict()
+    moments = {k: v["exp_avg"].clone() for k, v in optimizer_before["state"].items()}
+    lrs_before = [group["lr"] for group in trainer.optimizer.param_groups]
+    result = lr_range_test(trainer, start_lr=1e-5, end_lr=1.0, steps=12)
+    assert result.lrs == sorted(result.lrs) and 1e-5 <= result.suggested_lr <= 1.0
+    assert same(snapshot(backbone.model), model_before)
+    assert all(torch.equal(trainer.optimizer.state_dict()["state"][k]["exp_avg"], v) for k, v in moments.items())
+    assert [group["lr"] for group in trainer.optimizer.param_groups] == lrs_before
+    plot_lr_find(tmp_path / "lr.png", result)
+    assert (tmp_path / "lr.png").stat().st_size > 1000

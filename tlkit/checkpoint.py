@@ -1,0 +1,212 @@
+"""Run folders and what is saved in them: best weights, their JSON sidecar, the resume file.
+
+`best.safetensors` + `best.json` rebuild *and* label a model on their own; `resume.pt`
+holds tensors and plain types only (it loads with `torch.load(weights_only=True)`). Every
+file is written to a temporary name and renamed, so a failed write leaves the old one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tlkit import __version__
+from tlkit.errors import TlkitError
+from tlkit.runtime import relpath
+
+BEST_WEIGHTS = "best.safetensors"
+BEST_META = "best.json"
+RESUME = "resume.pt"
+LATEST = "latest"
+FORMAT = "tlkit-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A model rebuilt from a checkpoint, with its class names and everything recorded beside it."""
+
+    backbone: object  # tlkit.models.Backbone, its model in eval mode
+    classes: list[str]
+    meta: dict
+    path: Path  # the .safetensors file
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(temporary path), then rename it over `path`; on failure `path` is untouched."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise TlkitError(
+            f"could not write {relpath(path)} ({error.strerror or error}); the previous version, if any, "
+            "is left as it was. Free some disk space or choose another --runs-dir."
+        ) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- best weights
+
+
+def save_best(run_dir: Path, state_dict: dict, meta: dict) -> Path:
+    """Write best.safetensors and best.json; both or neither replace the previous pair."""
+    from safetensors.torch import save_file
+
+    # safetensors refuses tensors that share memory; separate contiguous copies on the CPU.
+    tensors = {key: value.detach().cpu().contiguous().clone() for key, value in state_dict.items()}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "tlkit_version": __version__, **meta}
+    weights_path, meta_path = Path(run_dir) / BEST_WEIGHTS, Path(run_dir) / BEST_META
+    staged_weights = weights_path.with_name(f".{weights_path.name}.staged")
+    staged_meta = meta_path.with_name(f".{meta_path.name}.staged")
+    atomic_write(staged_weights, lambda tmp: save_file(tensors, str(tmp), metadata={"tlkit": "1"}))
+    atomic_write_text(staged_meta, json.dumps(meta, indent=2))
+    os.replace(staged_weights, weights_path)
+    os.replace(staged_meta, meta_path)
+    return weights_path
+
+
+def checkpoint_paths(path: Path) -> tuple[Path, Path]:
+    """(weights, sidecar) for a run folder, a .safetensors file or its .json sidecar."""
+    path = Path(path)
+    if path.is_dir():
+        return path / BEST_WEIGHTS, path / BEST_META
+    return path.with_suffix(".safetensors"), path.with_suffix(".json")
+
+
+def read_meta(path: Path) -> dict:
+    """The sidecar of a checkpoint, checked to be one tlkit can read."""
+    weights_path, meta_path = checkpoint_paths(path)
+    for needed in (weights_path, meta_path):
+        if not needed.is_file():
+            raise TlkitError(
+                f"{relpath(needed)} does not exist; a checkpoint is a .safetensors file with its .json "
+                "beside it, as `tlkit finetune` writes them into runs/<name>/."
+            )
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+        raise TlkitError(
+            f"{relpath(meta_path)} was written by tlkit {meta.get('tlkit_version', '?')} in a format this "
+            f"tlkit {__version__} cannot read; upgrade tlkit or retrain."
+        )
+    return meta
+
+
+def load_checkpoint(path: Path | str | None = None, device: str = "cpu") -> Checkpoint:
+    """Rebuild the model of a run folder or checkpoint file (None: the latest run) and load its weights."""
+    from safetensors.torch import load_file
+
+    from tlkit import models
+
+    path = Path(path) if path is not None else resolve_run(None)
+    weights_path, _ = checkpoint_paths(path)
+    meta = read_meta(path)
+    backbone = models.create(
+        meta["backbone"], num_classes=meta["num_classes"], weights="none",
+        in_chans=meta["in_chans"], img_size=meta["img_size"],
+    )
+    backbone.model.load_state_dict(load_file(str(weights_path), device="cpu"))
+    backbone.preprocessing = models.Preprocessing.from_dict(meta["preprocessing"])
+    backbone.model.to(device).eval()
+    return Checkpoint(backbone=backbone, classes=list(meta["classes"]), meta=meta, path=weights_path)
+
+
+# ---------------------------------------------------------------- resume file
+
+
+def save_resume(run_dir: Path, state: dict) -> None:
+    import torch
+
+    atomic_write(Path(run_dir) / RESUME, lambda tmp: torch.save(state, tmp))
+
+
+def load_resume(run_dir: Path) -> dict:
+    import torch
+
+    path = Path(run_dir) / RESUME
+    if not path.is_file():
+        raise TlkitError(
+            f"{relpath(path)} does not exist: {relpath(run_dir)} is not a tlkit run folder, or its run "
+            "stopped before the first epoch ended. Start it again without --resume (add --force)."
+        )
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------- run folders
+
+
+def new_run_dir(runs_dir: Path, name: str | None, force: bool) -> Path:
+    """Create runs/<name>/ (a timestamp when no name is given); never overwrite without force."""
+    runs_dir = Path(runs_dir)
+    if name is None:
+        name = time.strftime("%Y%m%d-%H%M%S")
+        while (runs_dir / name).exists():
+            name += "-1"
+    if not name or name == LATEST or "/" in name or "\\" in name or name.startswith("."):
+        raise TlkitError(f"--name {name!r} is not a usable folder name (no slashes, not {LATEST!r}).")
+    run_dir = runs_dir / name
+    if run_dir.exists():
+        if not force:
+            raise TlkitError(
+                f"{relpath(run_dir)} already exists; nothing was written. Use --force to replace it, "
+                f"--resume {relpath(run_dir)} to continue it, or another --name."
+            )
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def point_latest(run_dir: Path) -> None:
+    """Make runs/latest name this run: a symlink, or a text file where symlinks fail."""
+    run_dir = Path(run_dir)
+    latest = run_dir.parent / LATEST
+    link = latest.with_name(f".{LATEST}.tmp-{os.getpid()}")
+    try:
+        link.unlink(missing_ok=True)
+        os.symlink(run_dir.name, link)
+        os.replace(link, latest)
+    except OSError:
+        link.unlink(missing_ok=True)
+        if latest.is_symlink():
+            latest.unlink()
+        atomic_write_text(latest, run_dir.name + "\n")
+
+
+def resolve_run(path: Path | str | None, runs_dir: Path | str = "runs") -> Path:
+    """The run folder (or checkpoint file) meant: the given path, else what runs/latest names."""
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise TlkitError(f"{relpath(path)} does not exist; give a run folder (runs/NAME) or a .safetensors file.")
+        return path
+    latest = Path(runs_dir) / LATEST
+    if latest.is_symlink() or latest.is_dir():
+        target = latest.resolve()
+    elif latest.is_file():
+        target = Path(runs_dir) / latest.read_text(encoding="utf-8").strip()
+    else:
+        raise TlkitError(
+            f"no run found ({relpath(latest)} does not exist); run `tlkit finetune` first, or name a run folder."
+        )
+    if not target.is_dir():
+        raise TlkitError(f"{relpath(latest)} names {relpath(target)}, which no longer exists; name a run folder.")
+    return target

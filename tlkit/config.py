@@ -1,0 +1,149 @@
+"""The settings of a fine-tune run as one dataclass, and the YAML files that seed them.
+
+Precedence: the dataclass defaults, then a `--config` YAML file, then the flags given.
+Unknown keys are an error that names them and the valid ones. Knows nothing of models
+or data; it only checks that each value is of the right kind and in range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tlkit.errors import TlkitError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("step", "plateau", "cosine", "onecycle", "none")
+FREEZE_MODES = ("none", "trunk")
+MONITORS = ("val_loss", "val_acc")
+PRECISIONS = ("bf16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+_KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that decides what a run computes (and where it writes)."""
+
+    data: str = "data"  # holds training/ and validation/, as `tlkit split` writes them
+    backbone: str = "resnet18"
+    weights: str = "default"  # default | imagenet | none | a file
+    img_size: int | None = None  # None: the backbone's own input size
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    weight_decay: float | None = None  # None: PyTorch's default for the optimizer (sgd 0, adamw 0.01)
+    scheduler: str = "step"
+    step_size: int = 7  # step scheduler: epochs between drops
+    gamma: float = 0.1  # step scheduler: factor of each drop
+    freeze: str = "none"  # trunk: train the head only
+    unfreeze_after: int | None = None  # train the head alone for this many epochs, then everything
+    trunk_lr_mult: float = 1.0  # the trunk's lr is lr times this
+    label_smoothing: float = 0.0
+    augment: bool = True  # random resized crops and flips on the training images
+    monitor: str = "val_loss"  # which validation metric picks the best epoch
+    patience: int | None = None  # early stopping: epochs without improvement; None: never
+    precision: str = "bf16"  # CUDA only; the CPU always computes in fp32
+    device: str = "auto"
+    workers: int | None = None  # loader processes; None: every core but one
+    seed: int = 0
+    name: str | None = None  # run folder name; None: a timestamp
+    runs_dir: str = "runs"
+
+
+def config_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(FinetuneConfig)]
+
+
+def _check_keys(values: dict, where: str) -> None:
+    unknown = sorted(set(values) - set(config_keys()))
+    if unknown:
+        raise TlkitError(
+            f"{where}: unknown setting(s) {', '.join(unknown)}. Valid settings: {', '.join(config_keys())}."
+        )
+
+
+def _coerce(key: str, value, where: str):
+    """YAML reads `1e-3` as a string and `5` as an int; give each setting its declared kind."""
+    kind = typing.get_type_hints(FinetuneConfig)[key]
+    options = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
+    if value is None:
+        if type(None) in typing.get_args(kind):
+            return None
+        raise TlkitError(f"{where}: {key} needs a value ({_KIND_NAMES[options[0]]}).")
+    target = options[0]
+    try:
+        if target is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "yes", "1", "false", "no", "0"):
+                return str(value).lower() in ("true", "yes", "1")
+            raise ValueError(value)
+        if target is int and isinstance(value, float) and value != int(value):
+            raise ValueError(value)
+        return target(value)
+    except (TypeError, ValueError):
+        raise TlkitError(f"{where}: {key} must be {_KIND_NAMES[target]}, not {value!r}.") from None
+
+
+def _check_ranges(config: FinetuneConfig, where: str) -> None:
+    choices = {
+        "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "freeze": FREEZE_MODES,
+        "monitor": MONITORS, "precision": PRECISIONS, "device": DEVICES,
+    }
+    for key, valid in choices.items():
+        if getattr(config, key) not in valid:
+            raise TlkitError(f"{where}: {key} {getattr(config, key)!r} is not one of {', '.join(valid)}.")
+    positive = ("epochs", "batch_size", "lr", "step_size", "img_size", "patience", "trunk_lr_mult")
+    for key in positive:
+        value = getattr(config, key)
+        if value is not None and value <= 0:
+            raise TlkitError(f"{where}: {key} must be above 0, not {value}.")
+    for key in ("unfreeze_after", "workers", "weight_decay", "momentum", "label_smoothing"):
+        value = getattr(config, key)
+        if value is not None and value < 0:
+            raise TlkitError(f"{where}: {key} must be 0 or more, not {value}.")
+
+
+def make_config(values: dict, where: str = "settings") -> FinetuneConfig:
+    """A checked FinetuneConfig from plain values (keys may use - or _)."""
+    values = {str(key).replace("-", "_"): value for key, value in values.items()}
+    _check_keys(values, where)
+    config = FinetuneConfig(**{key: _coerce(key, value, where) for key, value in values.items()})
+    _check_ranges(config, where)
+    return config
+
+
+def read_config_file(path: Path) -> dict:
+    """The settings of a YAML file, as plain values; unknown keys are an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise TlkitError(f"config file {path} does not exist.")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise TlkitError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise TlkitError(f"{path} must hold `setting: value` lines, not a {type(values).__name__}.")
+    make_config(values, where=str(path))  # checks names, kinds and ranges, naming the file
+    return {str(key).replace("-", "_"): value for key, value in values.items()}
+
+
+def resolve_config(config_file: Path | None, flags: dict) -> FinetuneConfig:
+    """Defaults, then the file's settings, then the flags given (flags win)."""
+    file_values = read_config_file(config_file) if config_file else {}
+    return make_config({**file_values, **flags}, where="flags" if not config_file else f"{config_file} + flags")
+
+
+def config_to_dict(config: FinetuneConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_yaml(config: FinetuneConfig) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)

@@ -1,0 +1,211 @@
+"""Training and validation images as PyTorch datasets and loaders, built from a backbone's preprocessing.
+
+Reads DATA/training and DATA/validation (what `tlkit split` writes) and checks that both
+hold the same two or more classes. Batches are uint8 [N, C, H, W]; the trainer normalises
+them on its device. Augmentation draws from a seed per sample, so the data of an epoch is
+the same whatever the worker count, and a resumed run sees what an uninterrupted one saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import RandomResizedCrop
+from torchvision.transforms.v2 import functional as F
+
+from tlkit.decode import load_image as load_eval_image
+from tlkit.errors import TlkitError
+from tlkit.runtime import relpath
+from tlkit.scan import is_image_name
+
+SUBSETS = ("training", "validation")
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+@dataclass
+class DataBundle:
+    """What the trainer iterates, and what it reports."""
+
+    classes: list[str]
+    train_set: "FolderDataset"
+    val_set: "FolderDataset"
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    train_sampler: "EpochSampler"
+    skipped: set[str] = field(default_factory=set)  # files that failed to decode, met so far
+
+
+def subset_dirs(data_dir: Path) -> tuple[Path, Path]:
+    """DATA/training and DATA/validation, or a message saying to run `tlkit split`."""
+    data_dir = Path(data_dir)
+    dirs = tuple(data_dir / subset for subset in SUBSETS)
+    for subset_dir in dirs:
+        if not subset_dir.is_dir():
+            raise TlkitError(
+                f"{relpath(subset_dir)} does not exist. Fine-tuning reads {relpath(data_dir)}/training and "
+                f"{relpath(data_dir)}/validation: run `tlkit split YOUR_PHOTOS --val 0.2 --out {relpath(data_dir)}` "
+                "first, or point --data at the folder that holds them."
+            )
+    return dirs
+
+
+def _class_folders(subset_dir: Path) -> list[str]:
+    return sorted(p.name for p in subset_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def check_classes(data_dir: Path) -> list[str]:
+    """The class names, the same in training and validation, at least two, none empty."""
+    train_dir, val_dir = subset_dirs(data_dir)
+    train_classes, val_classes = _class_folders(train_dir), _class_folders(val_dir)
+    if train_classes != val_classes:
+        only_train = sorted(set(train_classes) - set(val_classes))
+        only_val = sorted(set(val_classes) - set(train_classes))
+        parts = [f"only in training: {', '.join(only_train)}" if only_train else "",
+                 f"only in validation: {', '.join(only_val)}" if only_val else ""]
+        raise TlkitError(
+            f"the class folders of {relpath(train_dir)} and {relpath(val_dir)} differ ("
+            + "; ".join(p for p in parts if p) + "). Both need the same classes: re-run `tlkit split`."
+        )
+    if len(train_classes) < 2:
+        found = f"one class only ({train_classes[0]})" if train_classes else "no class folders"
+        raise TlkitError(
+            f"{relpath(train_dir)} holds {found}; a classifier needs at least two classes, one folder each "
+            "(training/cat/, training/dog/)."
+        )
+    return train_classes
+
+
+def _wanted_file(path: str) -> bool:
+    return is_image_name(Path(path)) and not Path(path).name.startswith(".")
+
+
+class FolderDataset(ImageFolder):
+    """An ImageFolder whose items are (uint8 image, class index), or (None, path) when decoding fails.
+
+    An index may be a plain int or (int, seed); the seed drives that sample's augmentation.
+    """
+
+    def __init__(self, root: Path, load):
+        super().__init__(str(root), loader=str, is_valid_file=_wanted_file, allow_empty=True)
+        self.load = load
+        empty = [name for name, count in zip(self.classes, torch.bincount(
+            torch.tensor(self.targets, dtype=torch.long), minlength=len(self.classes)).tolist()) if count == 0]
+        if empty:
+            raise TlkitError(f"class folder(s) {', '.join(empty)} of {relpath(root)} hold no images.")
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        path, target = self.samples[index]
+        try:
+            return self.load(Path(path), seed), target
+        except DECODE_ERRORS:
+            return None, path
+
+
+class EvalLoad:
+    """Deterministic: the backbone's eval geometry (resize + centre crop, or a straight resize)."""
+
+    def __init__(self, prep):
+        self.prep = prep
+
+    def __call__(self, path: Path, seed: int | None = None) -> torch.Tensor:
+        return load_eval_image(path, self.prep)
+
+
+class TrainLoad:
+    """Random resized crop and horizontal flip at the input size, drawn from the sample's seed."""
+
+    def __init__(self, prep, scale: tuple[float, float] = (0.08, 1.0)):
+        self.prep = prep
+        self.crop = RandomResizedCrop(
+            list(prep.input_size), scale=scale, interpolation=InterpolationMode(prep.interpolation), antialias=True
+        )
+
+    def __call__(self, path: Path, seed: int | None = None) -> torch.Tensor:
+        mode = "RGB" if self.prep.in_chans == 3 else "L"
+        with Image.open(path) as image:
+            # JPEGs decode at 1/2..1/8 scale when that still leaves twice the input size.
+            height, width = self.prep.input_size
+            image.draft(mode, (2 * width, 2 * height))
+            image = image.convert(mode)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            image = self.crop(image)
+            if torch.rand(1).item() < 0.5:
+                image = F.horizontal_flip(image)
+        return F.pil_to_tensor(image)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffled order and a seed per sample, both fixed by (seed, epoch): resumable, worker-independent."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator).tolist()
+        return iter(zip(order, seeds))
+
+
+def collate_skipping(samples: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack what decoded; name what did not (the trainer counts and reports those)."""
+    good = [(image, target) for image, target in samples if image is not None]
+    skipped = [path for image, path in samples if image is None]
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), skipped
+    images = torch.stack([image for image, _ in good])
+    return images, torch.tensor([target for _, target in good]), skipped
+
+
+def _loader(dataset, batch_size: int, sampler, workers: int, device: torch.device, drop_last: bool):
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        collate_fn=collate_skipping, pin_memory=device.type == "cuda", drop_last=drop_last,
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        # Its own generator: drawing worker seeds must not move the global RNG (dropout, init).
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def make_data(data_dir: Path, prep, *, batch_size: int, workers: int, device: torch.device,
+              seed: int, augment: bool = True) -> DataBundle:
+    """Datasets and loaders for DATA/training (shuffled, augmented) and DATA/validation (in order)."""
+    classes = check_classes(data_dir)
+    train_dir, val_dir = subset_dirs(data_dir)
+    train_set = FolderDataset(train_dir, TrainLoad(prep) if augment else EvalLoad(prep))
+    val_set = FolderDataset(val_dir, EvalLoad(prep))
+    sampler = EpochSampler(len(train_set), seed)
+    # A last batch of one image breaks BatchNorm in training mode; drop the short tail instead.
+    drop_last = len(train_set) > batch_size
+    return DataBundle(
+        classes=classes, train_set=train_set, val_set=val_set, train_sampler=sampler,
+        train_loader=_loader(train_set, batch_size, sampler, workers, device, drop_last),
+        val_loader=_loader(val_set, batch_size, None, workers, device, False),
+    )
+
+
+class Normalizer:
+    """uint8 batches -> float, normalised with the backbone's mean/std, on the device (channels_last on CUDA)."""
+
+    def __init__(self, prep, device: torch.device):
+        mean = torch.tensor(prep.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(prep.std, device=device).view(1, -1, 1, 1)
+        self.scale, self.shift, self.device = 1 / (255 * std), mean / std, device
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True).float() * self.scale - self.shift
+        return images.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else images

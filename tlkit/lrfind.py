@@ -1,0 +1,100 @@
+"""The learning-rate range test (Leslie Smith; fastai's lr_find): train briefly while the lr grows
+exponentially, record the loss, suggest the lr where the loss falls fastest.
+
+Leaves the model and optimizer exactly as it found them; writes nothing but the plot.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tlkit.checkpoint import atomic_write
+from tlkit.runtime import progress
+from tlkit.train import Trainer, set_training_mode
+
+
+@dataclass
+class LrFindResult:
+    lrs: list[float]  # the head's lr at each step
+    losses: list[float]  # the smoothed training loss after each step
+    suggested_lr: float  # where the smoothed loss falls fastest (steepest descent in log lr)
+    min_loss_lr: float  # where it is lowest; a tenth of this is the other common choice
+
+
+def _batches(loader):
+    """The loader's batches, again and again, for as many steps as the sweep wants."""
+    while True:
+        yield from loader
+
+
+def lr_range_test(trainer: Trainer, *, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100,
+                  smoothing: float = 0.98, diverge: float = 4.0) -> LrFindResult:
+    """Sweep the lr from start_lr to end_lr over `steps` batches (each group keeps its ratio to the head's)."""
+    model, optimizer = trainer.model, trainer.optimizer
+    saved_model = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    saved_optimizer = copy.deepcopy(optimizer.state_dict())  # its tensors change in place as it steps
+    head_lr = optimizer.param_groups[-1]["lr"]
+    ratios = [group["lr"] / head_lr for group in optimizer.param_groups]
+    lrs, losses, running, best = [], [], 0.0, math.inf
+    trainer.call("on_epoch_start")  # the freeze schedule of the first epoch
+    set_training_mode(trainer)
+    try:
+        with progress() as bar:
+            task = bar.add_task("lr range test", total=steps)
+            for step, (images, labels, _) in zip(range(steps), _batches(trainer.train_loader)):
+                if not len(labels):
+                    continue  # every image of this batch failed to decode
+                lr = start_lr * (end_lr / start_lr) ** (step / max(1, steps - 1))
+                for group, ratio in zip(optimizer.param_groups, ratios):
+                    group["lr"] = lr * ratio
+                images, labels = trainer.normalize(images), labels.to(trainer.device, non_blocking=True)
+                with trainer.autocast():
+                    loss = trainer.criterion(model(images), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                running = smoothing * running + (1 - smoothing) * loss.item()
+                smoothed = running / (1 - smoothing ** (step + 1))  # bias-corrected running mean
+                lrs.append(lr)
+                losses.append(smoothed)
+                bar.advance(task)
+                best = min(best, smoothed)
+                if not math.isfinite(smoothed) or (step > 10 and smoothed > diverge * best):
+                    break  # diverged: larger lrs only get worse
+    finally:
+        model.load_state_dict(saved_model)
+        optimizer.load_state_dict(saved_optimizer)
+    return LrFindResult(lrs=lrs, losses=losses, **suggest(lrs, losses))
+
+
+def suggest(lrs: list[float], losses: list[float]) -> dict:
+    """The steepest fall of the loss (in log lr) before its minimum, and the lr of the minimum."""
+    finite = [(lr, loss) for lr, loss in zip(lrs, losses) if math.isfinite(loss)]
+    if len(finite) < 3:
+        return {"suggested_lr": finite[0][0] if finite else lrs[0], "min_loss_lr": finite[0][0] if finite else lrs[0]}
+    lowest = min(range(len(finite)), key=lambda i: finite[i][1])
+    slopes = [(finite[i + 1][1] - finite[i][1]) / (math.log(finite[i + 1][0]) - math.log(finite[i][0]))
+              for i in range(max(1, lowest))]
+    steepest = min(range(len(slopes)), key=lambda i: slopes[i])
+    return {"suggested_lr": finite[steepest][0], "min_loss_lr": finite[lowest][0]}
+
+
+def plot_lr_find(path: Path, result: LrFindResult) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    axes.plot(result.lrs, result.losses)
+    axes.set_xscale("log")
+    axes.axvline(result.suggested_lr, color="tab:red", linestyle="--", label=f"suggested {result.suggested_lr:.2e}")
+    axes.axvline(result.min_loss_lr, color="tab:gray", linestyle=":", label=f"min loss {result.min_loss_lr:.2e}")
+    axes.set(xlabel="learning rate (log scale)", ylabel="training loss (smoothed)", title="lr range test")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))

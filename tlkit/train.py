@@ -1,0 +1,247 @@
+"""The training loop: train_one_epoch(), evaluate() and fit() around a Trainer that holds the state.
+
+The loop knows a model, an optimizer, a scheduler, loaders and callbacks, not where they
+came from (tlkit/finetuning.py builds them). Everything a resumed run needs is in
+Trainer.state_dict(): tensors and plain types only. Schedulers step after optimizer.step()
+(per batch for cosine / one-cycle), ReduceLROnPlateau after validation.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+from rich.progress import TextColumn
+
+from tlkit.errors import TlkitError
+from tlkit.runtime import console, progress
+
+PER_BATCH_SCHEDULERS = ("cosine", "onecycle")
+DISPLAY_EVERY = 10  # batches between progress-bar figures (each reads the loss back from the GPU)
+
+
+def make_optimizer(param_groups: list[dict], config) -> torch.optim.Optimizer:
+    """SGD with momentum, or AdamW; weight_decay None keeps PyTorch's default."""
+    decay = {} if config.weight_decay is None else {"weight_decay": config.weight_decay}
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum, **decay)
+    return torch.optim.AdamW(param_groups, lr=config.lr, **decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config, steps_per_epoch: int):
+    """The scheduler the config names (None for `none`)."""
+    schedulers = torch.optim.lr_scheduler
+    total_steps = max(1, config.epochs * steps_per_epoch)
+    if config.scheduler == "step":
+        return schedulers.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+    if config.scheduler == "plateau":
+        return schedulers.ReduceLROnPlateau(optimizer, mode="min", factor=config.gamma, patience=2)
+    if config.scheduler == "cosine":
+        return schedulers.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if config.scheduler == "onecycle":
+        momentum = config.optimizer == "adamw" or config.momentum > 0
+        return schedulers.OneCycleLR(optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+                                     total_steps=total_steps, cycle_momentum=momentum)
+    return None
+
+
+class Trainer:
+    """The state of one run: what trains, on what, and what it has done so far."""
+
+    def __init__(self, *, model: nn.Module, optimizer, scheduler, scheduler_name: str, train_loader,
+                 val_loader, train_sampler, normalize, device: torch.device, precision: str, epochs: int,
+                 label_smoothing: float = 0.0, callbacks: list | None = None, run_dir=None, meta: dict | None = None):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.scheduler_name = scheduler_name
+        self.train_loader, self.val_loader, self.train_sampler = train_loader, val_loader, train_sampler
+        self.normalize, self.device, self.epochs = normalize, device, epochs
+        self.use_bf16 = device.type == "cuda" and precision == "bf16"
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.callbacks = list(callbacks or [])
+        self.run_dir, self.meta = run_dir, dict(meta or {})
+        self.history: list[dict] = []  # one row per finished epoch
+        self.epoch = 0  # epochs finished
+        self.stop_reason: str | None = None
+        # (frozen trunk, head) while the trunk is frozen: the trunk stays in eval mode (BatchNorm keeps
+        # its statistics, dropout off), so training it frozen equals training the head on its features.
+        self.frozen: tuple[nn.Module, nn.Module] | None = None
+        self.skipped: set[str] = set()  # images that failed to decode
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_bf16 else nullcontext()
+
+    def call(self, event: str) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self)
+
+    def checkpoint_meta(self, row: dict) -> dict:
+        return {**self.meta, "epoch": row["epoch"], "metrics": row}
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly where the run is; loads with weights_only=True."""
+        import numpy as np
+
+        numpy_state = np.random.get_state()
+        return {
+            "epoch": self.epoch, "history": self.history, "stop_reason": self.stop_reason,
+            "skipped": sorted(self.skipped), "meta": self.meta,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
+            "rng": {
+                "torch": torch.get_rng_state(), "python": random.getstate(),
+                "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        import numpy as np
+
+        self.epoch, self.history, self.stop_reason = state["epoch"], state["history"], state["stop_reason"]
+        self.skipped = set(state["skipped"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        for callback in self.callbacks:
+            callback.load_state_dict(state["callbacks"].get(type(callback).__name__, {}))
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        kind, keys, *rest = rng["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _stats_text(loss_sum, correct, seen: int, started: float) -> str:
+    if not seen:
+        return ""
+    return (f"loss {float(loss_sum) / seen:.4f}  acc {float(correct) / seen:.3f}  "
+            f"{seen / max(time.perf_counter() - started, 1e-9):,.0f} img/s")
+
+
+def set_training_mode(trainer: Trainer) -> None:
+    """model.train(), except a frozen trunk, which stays in eval mode."""
+    trainer.model.train()
+    if trainer.frozen is not None:
+        trunk, head = trainer.frozen
+        trunk.eval()
+        head.train()  # a timm trunk wraps the whole model: put the head back in training mode
+
+
+def train_one_epoch(trainer: Trainer) -> dict:
+    """One pass over the training images; returns the per-sample mean loss, accuracy, images/s."""
+    model, optimizer = trainer.model, trainer.optimizer
+    set_training_mode(trainer)
+    per_batch = trainer.scheduler is not None and trainer.scheduler_name in PER_BATCH_SCHEDULERS
+    loss_sum = torch.zeros((), device=trainer.device)  # summed on the device: no sync per batch
+    correct = torch.zeros((), device=trainer.device, dtype=torch.long)
+    seen, started = 0, time.perf_counter()
+    with progress(TextColumn("{task.fields[stats]}")) as bar:
+        task = bar.add_task(f"epoch {trainer.epoch + 1}/{trainer.epochs}", total=len(trainer.train_loader), stats="")
+        for batch_index, (images, labels, skipped) in enumerate(trainer.train_loader):
+            trainer.skipped.update(skipped)
+            if len(labels):
+                images, labels = trainer.normalize(images), labels.to(trainer.device, non_blocking=True)
+                with trainer.autocast():
+                    logits = model(images)
+                    loss = trainer.criterion(logits, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if per_batch:
+                    trainer.scheduler.step()
+                loss_sum += loss.detach() * len(labels)  # mean per batch x batch size = per-sample sum
+                correct += (logits.argmax(dim=1) == labels).sum()
+                seen += len(labels)
+            trainer.call("on_batch_end")
+            if batch_index % DISPLAY_EVERY == 0 or batch_index + 1 == len(trainer.train_loader):
+                bar.update(task, stats=_stats_text(loss_sum, correct, seen, started))
+            bar.advance(task)
+    seconds = time.perf_counter() - started
+    if seen == 0:
+        raise TlkitError("no training image could be decoded in this epoch; check the images with `tlkit check`.")
+    return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
+            "train_images": seen, "seconds": seconds, "images_per_s": seen / seconds}
+
+
+def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, collect: bool = False,
+             skipped: set | None = None) -> dict:
+    """Mean loss and accuracy over a loader in eval mode; with collect, the targets and predictions too."""
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen, targets, predictions = 0, [], []
+    with torch.inference_mode():
+        for images, labels, bad in loader:
+            if skipped is not None:
+                skipped.update(bad)
+            if not len(labels):
+                continue
+            images, labels = normalize(images), labels.to(device, non_blocking=True)
+            with autocast():
+                logits = model(images)
+            loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+            predicted = logits.argmax(dim=1)
+            correct += (predicted == labels).sum()
+            seen += len(labels)
+            if collect:
+                targets += labels.tolist()
+                predictions += predicted.tolist()
+    if seen == 0:
+        raise TlkitError("no validation image could be decoded; check them with `tlkit check`.")
+    result = {"val_loss": float(loss_sum) / seen, "val_acc": float(correct) / seen, "val_images": seen}
+    return {**result, "targets": targets, "predictions": predictions} if collect else result
+
+
+def _run_epoch(trainer: Trainer) -> dict:
+    trainer.train_sampler.set_epoch(trainer.epoch + 1)
+    trainer.call("on_epoch_start")
+    train = train_one_epoch(trainer)
+    lr = trainer.optimizer.param_groups[-1]["lr"]  # the head's: the last group
+    val = evaluate(trainer.model, trainer.val_loader, trainer.normalize, autocast=trainer.autocast,
+                   skipped=trainer.skipped)
+    if trainer.scheduler_name == "plateau":
+        trainer.scheduler.step(val["val_loss"])
+    elif trainer.scheduler is not None and trainer.scheduler_name not in PER_BATCH_SCHEDULERS:
+        trainer.scheduler.step()
+    return {"epoch": trainer.epoch + 1, "train_loss": train["train_loss"], "train_acc": train["train_acc"],
+            "val_loss": val["val_loss"], "val_acc": val["val_acc"], "lr": lr,
+            "seconds": round(train["seconds"], 3), "images_per_s": round(train["images_per_s"], 1)}
+
+
+def _summary_line(row: dict, epochs: int, best_epoch: int | None) -> str:
+    best = "  [green]* best[/]" if best_epoch == row["epoch"] else ""
+    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  "
+            f"{row['images_per_s']:,.0f} img/s  {row['seconds']:.1f}s{best}")
+
+
+def fit(trainer: Trainer, save_resume=None) -> None:
+    """Train until trainer.epochs (or a callback stops it); then the callbacks' on_fit_end (best weights back)."""
+    trainer.call("on_fit_start")
+    best = next((cb for cb in trainer.callbacks if hasattr(cb, "best_epoch")), None)
+    try:
+        while trainer.epoch < trainer.epochs and trainer.stop_reason is None:
+            row = _run_epoch(trainer)
+            trainer.history.append(row)
+            trainer.epoch = row["epoch"]
+            trainer.call("on_epoch_end")
+            console.print(_summary_line(row, trainer.epochs, best.best_epoch if best else None))
+            if save_resume is not None:
+                save_resume(trainer.state_dict())
+    except torch.OutOfMemoryError:
+        batch_size = trainer.train_loader.batch_size
+        raise TlkitError(
+            f"out of GPU memory at batch size {batch_size}; try --batch-size {max(1, batch_size // 2)} "
+            "(or a smaller --img-size)."
+        ) from None
+    if trainer.stop_reason:
+        console.print(trainer.stop_reason)
+    trainer.call("on_fit_end")

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -57,8 +58,8 @@ def load_image(path: Path, prep) -> torch.Tensor:
 
 
 class _PilDataset(torch.utils.data.Dataset):
-    def __init__(self, paths: Sequence[Path], indices: Sequence[int], prep):
-        self.paths, self.indices, self.prep = paths, list(indices), prep
+    def __init__(self, paths: Sequence[Path], indices: Sequence[int], load):
+        self.paths, self.indices, self.load = paths, list(indices), load
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -68,7 +69,7 @@ class _PilDataset(torch.utils.data.Dataset):
         try:
             if self.paths[index].stat().st_size == 0:
                 return index, None, EMPTY_FILE
-            return index, load_image(self.paths[index], self.prep), None
+            return index, self.load(self.paths[index]), None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
             return index, None, f"cannot be decoded ({error})"
 
@@ -85,10 +86,12 @@ class ImageBatches:
     """Iterate normalised batches of `paths`; `failures` maps a failed index to its reason."""
 
     def __init__(self, paths: Sequence[Path], prep, *, device: torch.device, batch_size: int = 256,
-                 workers: int = 0, gpu_decode: bool | None = None):
+                 workers: int = 0, gpu_decode: bool | None = None, load=None):
+        """`load(path) -> uint8 [C, H, W]` replaces the eval geometry (augmented views); PIL path only."""
         self.paths, self.prep, self.device = [Path(p) for p in paths], prep, torch.device(device)
         self.batch_size, self.workers = batch_size, workers
-        self.gpu_decode = self.device.type == "cuda" if gpu_decode is None else gpu_decode
+        self.load = load or partial(load_image, prep=prep)
+        self.gpu_decode = (self.device.type == "cuda" if gpu_decode is None else gpu_decode) and load is None
         self.failures: dict[int, str] = {}
         mean = torch.tensor(prep.mean, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(prep.std, device=self.device).view(1, -1, 1, 1)
@@ -110,7 +113,7 @@ class ImageBatches:
 
     def _pil_batches(self, indices: Sequence[int]) -> Iterator[Batch]:
         loader = torch.utils.data.DataLoader(
-            _PilDataset(self.paths, indices, self.prep), batch_size=self.batch_size,
+            _PilDataset(self.paths, indices, self.load), batch_size=self.batch_size,
             num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )

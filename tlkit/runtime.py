@@ -86,3 +86,16 @@ def relpath(path: Path) -> str:
 
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+def select_device(name: str = "auto"):
+    """`auto`: CUDA when PyTorch sees a GPU, else the CPU; `cuda` without a GPU is a user error."""
+    import torch
+
+    from tlkit.errors import TlkitError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TlkitError(f"--device {name} was asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto.")
+    return torch.device(name)

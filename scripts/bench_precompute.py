@@ -1,0 +1,120 @@
+"""Precompute throughput, three ways on the same files in one run (images/s):
+
+1. the seed tutorial's way: ImageFolder + PIL + DataLoader(num_workers=3) + fp32 trunk, batch 64;
+2. `tlkit precompute` (tlkit.features.precompute: decode pipeline, bf16 trunk on CUDA, cache write);
+3. the trunk alone on random tensors (the compute ceiling), bf16 + channels_last on CUDA.
+
+The real photos are hard-linked `--copies` times into a scratch folder to reach scale
+(2,002 x 10 = ~20,000). Weights are random (none can be downloaded here); speed does not
+depend on them.
+
+    python scripts/bench_precompute.py --copies 10 --backbones resnet18 vgg16 alexnet
+    python scripts/bench_precompute.py --copies 1 --limit 256 --backbones resnet18   # a CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from tlkit import models
+from tlkit.features import precompute
+from tlkit.runtime import default_workers, select_device
+
+SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-2k" / "train"
+
+
+def build_data(src: Path, work: Path, copies: int, limit: int | None) -> int:
+    """work/training/<class>/ with each photo linked `copies` times; a one-image validation/."""
+    shutil.rmtree(work, ignore_errors=True)
+    cats, dogs = sorted(src.glob("cat.*.jpg")), sorted(src.glob("dog.*.jpg"))
+    half = None if limit is None else limit // 2
+    photos = cats[:half] + dogs[:half]
+    for copy in range(copies):
+        for photo in photos:
+            label = photo.name.split(".")[0]
+            target = work / "training" / label / f"{copy}-{photo.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(photo, target)
+    for label in sorted({p.name.split(".")[0] for p in photos}):
+        (work / "validation" / label).mkdir(parents=True, exist_ok=True)
+        os.link(next(p for p in photos if p.name.startswith(label + ".")), work / "validation" / label / "0.jpg")
+    return copies * len(photos)
+
+
+def seed_way(backbone, folder: Path, device: torch.device) -> float:
+    from torchvision import datasets, transforms
+
+    prep = backbone.preprocessing
+    transform = transforms.Compose([transforms.Resize(prep.input_size), transforms.ToTensor(),
+                                    transforms.Normalize(prep.mean, prep.std)])
+    loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(folder), transform), batch_size=64, num_workers=3)
+    trunk = backbone.trunk.to(device).eval()
+    start, seen = time.perf_counter(), 0
+    with torch.inference_mode():
+        for images, _ in loader:
+            trunk(images.to(device)).cpu()
+            seen += len(images)
+    return seen / (time.perf_counter() - start)
+
+
+def tlkit_way(backbone, data: Path, device: torch.device, batch_size: int) -> float:
+    cache = data / ".bench-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    start = time.perf_counter()
+    sets = precompute(backbone, data, cache_root=cache, device=device, batch_size=batch_size,
+                      workers=default_workers(), force=True)
+    seen = sum(len(s.files) for s in sets.values())
+    return seen / (time.perf_counter() - start)
+
+
+def trunk_alone(backbone, device: torch.device, batch_size: int, batches: int) -> float:
+    trunk = backbone.trunk.to(device).eval()
+    images = torch.randn(batch_size, 3, *backbone.preprocessing.input_size, device=device)
+    if device.type == "cuda":
+        trunk, images = trunk.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    with torch.inference_mode(), autocast:
+        trunk(images)  # warm-up: cudnn picks its kernels
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(batches):
+            trunk(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return batches * batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", type=Path, default=SHARED_PHOTOS, help="flat folder of cat.N.jpg / dog.N.jpg")
+    parser.add_argument("--copies", type=int, default=10, help="times each photo is linked (default: 10)")
+    parser.add_argument("--limit", type=int, help="use only the first N photos (CPU smoke runs)")
+    parser.add_argument("--backbones", nargs="+", default=["resnet18", "vgg16", "alexnet"])
+    parser.add_argument("--batch-size", type=int, default=256, help="tlkit and trunk-alone batch (default: 256)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/tlkit-bench-precompute"))
+    args = parser.parse_args()
+    device = select_device(args.device)
+    count = build_data(args.src, args.work, args.copies, args.limit)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"{count} images on {name}, torch {torch.__version__}")
+    print(f"{'backbone':<10} {'seed way':>9} {'tlkit':>9} {'trunk only':>11} {'tlkit/seed':>10} {'tlkit/trunk':>11}")
+    for backbone_name in args.backbones:
+        backbone = models.create(backbone_name, num_classes=2, weights="none")
+        seed = seed_way(backbone, args.work / "training", device)
+        ours = tlkit_way(backbone, args.work, device, args.batch_size)
+        ceiling = trunk_alone(backbone, device, args.batch_size, batches=max(2, min(20, count // args.batch_size)))
+        print(f"{backbone_name:<10} {seed:>9,.0f} {ours:>9,.0f} {ceiling:>11,.0f} {ours / seed:>9.1f}x "
+              f"{ours / ceiling:>10.0%}")
+    shutil.rmtree(args.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""tlkit.features: the feature cache (hits, misses, every invalidation) and its loader."""
+
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tlkit import features as features_module
+from tlkit.data import EpochSampler
+from tlkit.features import FeatureLoader, FeatureSet, cache_dir_for, clear_caches, list_caches, precompute
+
+from conftest import make_foldered, write_image
+
+
+class _Prep(SimpleNamespace):
+    def to_dict(self):
+        return dict(vars(self))
+
+
+def _backbone(seed=0, size=16, name="tiny"):
+    torch.manual_seed(seed)
+    trunk = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten(1))
+    prep = _Prep(input_size=(size, size), resize_size=None, mean=(0.5,) * 3, std=(0.5,) * 3,
+                 interpolation="bilinear", in_chans=3)
+    return SimpleNamespace(name=name, trunk=trunk, feature_dim=16, preprocessing=prep)
+
+
+@pytest.fixture
+def data(tmp_path):
+    make_foldered(tmp_path / "data" / "training", {"cat": 4, "dog": 4})
+    make_foldered(tmp_path / "data" / "validation", {"cat": 2, "dog": 2})
+    return tmp_path / "data"
+
+
+def _run(data, backbone=None, capsys=None, **kwargs):
+    sets = precompute(backbone or _backbone(), data, device=torch.device("cpu"), batch_size=3, **kwargs)
+    said = capsys.readouterr().err if capsys else ""
+    return sets, said
+
+
+def test_features_match_the_trunk_and_the_cache_is_reused(data, capsys):
+    backbone = _backbone()
+    sets, said = _run(data, backbone, capsys, dtype="float32")
+    assert "no cache yet" in said
+    assert sets["training"].features.shape == (8, 16) and list(sets["training"].labels) == [0] * 4 + [1] * 4
+    from tlkit.decode import load_image
+
+    image = load_image(data / "training" / sets["training"].files[5], backbone.preprocessing).float() / 255
+    with torch.inference_mode():
+        expected = backbone.trunk(((image - 0.5) / 0.5)[None])[0].numpy()
+    np.testing.assert_allclose(sets["training"].features[5], expected, rtol=1e-5, atol=1e-6)
+    again, said = _run(data, backbone, capsys, dtype="float32")
+    assert "using the cache" in said
+    np.testing.assert_array_equal(again["validation"].features, sets["validation"].features)
+
+
+@pytest.mark.parametrize("change, reason", [
+    ("add", "added, removed or edited"),
+    ("remove", "added, removed or edited"),
+    ("edit", "added, removed or edited"),
+    ("weights", "other trunk weights"),
+    ("size", "other preprocessing"),
+    ("views", "augmented views"),
+    ("backbone", "no cache yet"),  # another backbone has a folder of its own
+])
+def test_every_change_recomputes_and_says_why(data, capsys, change, reason):
+    _run(data, capsys=capsys)
+    backbone, kwargs = _backbone(), {}
+    if change == "add":
+        write_image(data / "training" / "cat" / "new.png", color=99)
+    elif change == "remove":
+        os.remove(data / "validation" / "dog" / "0.png")
+    elif change == "edit":
+        path = data / "training" / "dog" / "1.png"
+        write_image(path, color=12345)
+        os.utime(path, ns=(1, 1))
+    elif change == "weights":
+        backbone = _backbone(seed=1)
+    elif change == "size":
+        backbone = _backbone(size=20)
+    elif change == "views":
+        kwargs = {"views": 2}
+    elif change == "backbone":
+        backbone = _backbone(name="other")
+    _, said = _run(data, backbone, capsys, **kwargs)
+    assert reason in said
+
+
+def test_interrupted_precompute_leaves_no_valid_cache(data, capsys, monkeypatch):
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(features_module, "_run_trunk", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _run(data)
+    monkeypatch.undo()
+    assert list_caches(data / ".tlkit-cache") == []
+    _, said = _run(data, capsys=capsys)
+    assert "no cache yet" in said and len(list_caches(data / ".tlkit-cache")) == 1
+    assert not list((data / ".tlkit-cache").glob(".*partial*"))  # the interrupted one's leftover is gone
+    assert clear_caches(data / ".tlkit-cache") == 1 and list_caches(data / ".tlkit-cache") == []
+
+
+def test_a_corrupt_image_is_named_and_left_out(data, capsys):
+    (data / "training" / "cat" / "9.png").write_bytes(b"garbage")
+    sets, said = _run(data, capsys=capsys)
+    assert "cat/9.png" in said and "left out" in said
+    assert len(sets["training"].files) == 8 and "cat/9.png" not in sets["training"].files
+
+
+def test_views_store_k_augmented_copies(data):
+    sets, _ = _run(data, views=3)
+    views = sets["training"].features
+    assert views.shape == (3, 8, 16) and sets["validation"].features.shape == (4, 16)
+    assert not np.array_equal(views[0], views[1])
+    again = precompute(_backbone(), data, device=torch.device("cpu"), views=3, force=True)["training"].features
+    np.testing.assert_array_equal(again, views)  # seeded by (view, file): a recompute is identical
+
+
+def test_loader_order_matches_the_image_sampler():
+    labels = np.arange(10)
+    feature_set = FeatureSet(features=np.arange(10, dtype=np.float32)[:, None], labels=labels, files=[])
+    loader = FeatureLoader(feature_set, batch_size=4, device=torch.device("cpu"), shuffle=True, seed=7, drop_last=True)
+    sampler = EpochSampler(10, seed=7)
+    for epoch in (1, 2):
+        loader.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        order = [index for index, _ in sampler][:8]
+        got = torch.cat([labels for _, labels, _ in loader]).tolist()
+        assert got == order and len(loader) == 2
+
+
+def test_loader_draws_one_view_per_image():
+    features = np.stack([np.full((6, 1), view, dtype=np.float32) for view in range(3)])
+    loader = FeatureLoader(FeatureSet(features, np.arange(6), []), batch_size=6, device=torch.device("cpu"),
+                           shuffle=False)
+    seen = set()
+    for epoch in range(1, 6):
+        loader.set_epoch(epoch)
+        (batch, _, _), = list(loader)
+        seen.update(batch.flatten().tolist())
+    assert seen == {0.0, 1.0, 2.0}
+
+
+def test_cache_folder_names_are_safe():
+    assert cache_dir_for("c", "timm:resnet50").name == "timm-resnet50"

@@ -1,0 +1,285 @@
+"""Precompute: run a frozen trunk over the images once and cache its features on disk.
+
+Cached features are a dataset of their own (FeatureDataset), not a mode of the model. A
+cache is valid only for the exact backbone, trunk weights (hashed tensors), preprocessing,
+views and files (path, size, modification time) it was made from; anything else makes
+tlkit recompute and say why. Written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tlkit import __version__
+from tlkit.decode import ImageBatches
+from tlkit.errors import TlkitError
+from tlkit.runtime import info, progress, relpath, warn
+
+CACHE_FORMAT = 1
+MANIFEST = "manifest.json"
+SUBSETS = ("training", "validation")
+
+
+@dataclass
+class FeatureSet:
+    """One subset's cached features; rows whose image failed to decode are left out."""
+
+    features: np.ndarray  # float16 [N, D], or [K, N, D] for K augmented views (memory-mapped)
+    labels: np.ndarray  # int64 [N]
+    files: list[str]  # relative to the subset folder, in row order
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A hash of the tensors themselves: two checkpoints with one name are told apart."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_list(subset_dir: Path, classes: list[str]) -> list[tuple[str, int, int, int]]:
+    """(relative path, class index, size, mtime_ns) of every image, sorted: what a cache is valid for."""
+    from tlkit.scan import is_image_name
+
+    rows = []
+    for index, label in enumerate(classes):
+        for path in sorted((subset_dir / label).rglob("*")):
+            if path.is_file() and is_image_name(path) and not path.name.startswith("."):
+                stat = path.stat()
+                rows.append((path.relative_to(subset_dir).as_posix(), index, stat.st_size, stat.st_mtime_ns))
+    return rows
+
+
+def cache_identity(backbone, classes: list[str], files: dict[str, list], views: int, dtype: str) -> dict:
+    """Everything a cache depends on, in JSON types; the manifest stores it to explain a miss."""
+    identity = {
+        "format": CACHE_FORMAT,
+        "backbone": backbone.name,
+        "trunk_weights_sha256": weights_digest(backbone.trunk),
+        "preprocessing": backbone.preprocessing.to_dict(),
+        "classes": classes,
+        "views": views,
+        "dtype": dtype,
+        "files_sha256": {subset: _digest_rows(rows) for subset, rows in files.items()},
+    }
+    return json.loads(json.dumps(identity))  # tuples become lists, as they come back from the manifest
+
+
+def _digest_rows(rows: list) -> str:
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def why_stale(cache_dir: Path, identity: dict) -> str | None:
+    """None when the cache in cache_dir matches `identity`, else the reason it cannot be used."""
+    manifest_path = cache_dir / MANIFEST
+    if not manifest_path.is_file():
+        return "no cache yet"
+    try:
+        stored = json.loads(manifest_path.read_text())["identity"]
+    except (ValueError, KeyError):
+        return f"{relpath(manifest_path)} is unreadable"
+    reasons = {
+        "format": "the cache format changed",
+        "backbone": "another backbone",
+        "trunk_weights_sha256": "other trunk weights",
+        "preprocessing": "other preprocessing (image size, resize, mean/std)",
+        "classes": "other classes",
+        "views": "another number of augmented views",
+        "dtype": "another feature dtype",
+    }
+    for key, reason in reasons.items():
+        if stored.get(key) != identity[key]:
+            return reason
+    for subset, digest in identity["files_sha256"].items():
+        if stored.get("files_sha256", {}).get(subset) != digest:
+            return f"files in {subset}/ were added, removed or edited"
+    return None
+
+
+def cache_dir_for(cache_root: Path, backbone_name: str) -> Path:
+    """One cache folder per backbone; `timm:resnet50` -> `timm-resnet50`."""
+    return Path(cache_root) / backbone_name.replace(":", "-").replace("/", "-")
+
+
+def _run_trunk(backbone, batches: ImageBatches, rows: np.ndarray, done: np.ndarray, on_progress) -> None:
+    """Fill rows[i] with the trunk's features of image i; done[i] marks the images that decoded."""
+    device = batches.device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    with torch.inference_mode(), autocast:
+        for batch in batches:
+            rows[batch.indices] = backbone.trunk(batch.images).float().cpu().numpy()
+            done[batch.indices] = True
+            on_progress(len(batch.indices))
+
+
+class _ViewLoad:
+    """The training augmentation with a seed fixed by (view, file), so a recompute is identical."""
+
+    def __init__(self, train_load, view: int):
+        self.train_load, self.view = train_load, view
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        import zlib
+
+        return self.train_load(path, seed=zlib.crc32(f"{self.view}/{path.name}".encode()))
+
+
+def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, views: int, dtype: str,
+                    device: torch.device, batch_size: int, workers: int, on_progress) -> dict[str, str]:
+    """Write target (.npy, memory-mapped while filled); returns {failed file: reason}."""
+    from tlkit.data import TrainLoad
+
+    paths = [subset_dir / rel for rel, *_ in rows]
+    shape = (views, len(rows), backbone.feature_dim) if views else (len(rows), backbone.feature_dim)
+    array = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
+    done = np.zeros(len(rows), dtype=bool)
+    loads = [_ViewLoad(TrainLoad(backbone.preprocessing), view) for view in range(views)] or [None]
+    failures: dict[int, str] = {}
+    for view, load in enumerate(loads):
+        batches = ImageBatches(paths, backbone.preprocessing, device=device, batch_size=batch_size,
+                               workers=workers, load=load)
+        _run_trunk(backbone, batches, array[view] if views else array, done, on_progress)
+        failures.update(batches.failures)
+    array.flush()
+    del array
+    return {rows[index][0]: why for index, why in sorted(failures.items())}
+
+
+def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, device: torch.device,
+               batch_size: int = 256, workers: int = 0, views: int = 0, dtype: str = "float16",
+               force: bool = False) -> dict[str, FeatureSet]:
+    """Features of DATA/training and DATA/validation from the cache, computing them if stale."""
+    from tlkit.data import check_classes
+
+    data_dir = Path(data_dir)
+    classes = check_classes(data_dir)
+    files = {subset: file_list(data_dir / subset, classes) for subset in SUBSETS}
+    identity = cache_identity(backbone, classes, files, views, dtype)
+    cache_dir = cache_dir_for(cache_root or default_cache_root(data_dir), backbone.name)
+    reason = "--force" if force else why_stale(cache_dir, identity)
+    if reason is None:
+        info(f"features: using the cache in {relpath(cache_dir)}")
+        return load_cache(cache_dir)
+    info(f"features: computing ({reason}) into {relpath(cache_dir)}")
+    backbone.trunk.to(device).eval()
+    if device.type == "cuda":
+        backbone.trunk.to(memory_format=torch.channels_last)
+    for leftover in cache_dir.parent.glob(f".{cache_dir.name}.partial-*"):  # interrupted earlier
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = cache_dir.with_name(f".{cache_dir.name}.partial-{os.getpid()}")
+    staging.mkdir(parents=True)
+    subsets = {}
+    with progress() as bar:
+        for subset in SUBSETS:
+            subset_views = views if subset == "training" else 0
+            task = bar.add_task(f"features {subset}", total=len(files[subset]) * max(1, subset_views))
+            failed = _compute_subset(
+                backbone, data_dir / subset, files[subset], staging / f"{subset}.npy", views=subset_views,
+                dtype=dtype, device=device, batch_size=batch_size, workers=workers,
+                on_progress=lambda n, task=task: bar.advance(task, n))
+            for name, why in failed.items():
+                warn(f"{subset}/{name} {why}; left out of the cache")
+            subsets[subset] = {"files": [row[0] for row in files[subset]],
+                               "labels": [row[1] for row in files[subset]], "failed": failed}
+    manifest = {"tlkit": __version__, "identity": identity, "subsets": subsets}
+    (staging / MANIFEST).write_text(json.dumps(manifest))  # last: a folder without it is no cache
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    os.replace(staging, cache_dir)
+    return load_cache(cache_dir)
+
+
+def default_cache_root(data_dir: Path) -> Path:
+    return Path(data_dir) / ".tlkit-cache"
+
+
+def load_cache(cache_dir: Path) -> dict[str, FeatureSet]:
+    """The subsets of a complete cache, memory-mapped; failed images' rows left out."""
+    manifest = json.loads((cache_dir / MANIFEST).read_text())
+    sets = {}
+    for subset, entry in manifest["subsets"].items():
+        features = np.load(cache_dir / f"{subset}.npy", mmap_mode="r")
+        keep = [i for i, name in enumerate(entry["files"]) if name not in entry["failed"]]
+        if len(keep) < len(entry["files"]):
+            features = features[..., keep, :]  # copies: only when some image failed
+        sets[subset] = FeatureSet(features=features, labels=np.asarray(entry["labels"], dtype=np.int64)[keep],
+                                  files=[entry["files"][i] for i in keep])
+    return sets
+
+
+def list_caches(cache_root: Path) -> list[dict]:
+    """What `tlkit cache ls` shows: one row per complete cache."""
+    rows = []
+    for manifest_path in sorted(Path(cache_root).glob(f"*/{MANIFEST}")):
+        manifest = json.loads(manifest_path.read_text())
+        size = sum(p.stat().st_size for p in manifest_path.parent.iterdir())
+        identity = manifest["identity"]
+        rows.append({"folder": manifest_path.parent, "backbone": identity["backbone"],
+                     "input_size": identity["preprocessing"]["input_size"], "views": identity["views"],
+                     "images": {s: len(e["files"]) for s, e in manifest["subsets"].items()}, "bytes": size})
+    return rows
+
+
+def clear_caches(cache_root: Path) -> int:
+    """Delete every cache (and leftovers of interrupted ones) under cache_root; returns how many."""
+    folders = [p for p in Path(cache_root).iterdir() if p.is_dir()] if Path(cache_root).is_dir() else []
+    for folder in folders:
+        shutil.rmtree(folder)
+    return len(folders)
+
+
+class FeatureLoader:
+    """Cached features in batches shaped like the image loaders' (features, labels, skipped).
+
+    Held on the device when they fit, so an epoch is a few hundred index lookups. The order
+    comes from (seed, epoch) exactly as data.EpochSampler draws it, which makes training from
+    the cache step for step the same as training through a frozen trunk. With K augmented
+    views, each epoch draws one view per image. It is its own sampler (`set_epoch`).
+    """
+
+    def __init__(self, feature_set: FeatureSet, *, batch_size: int, device: torch.device, shuffle: bool,
+                 seed: int = 0, drop_last: bool = False):
+        features = torch.from_numpy(np.ascontiguousarray(feature_set.features))
+        try:
+            features = features.to(device)
+        except torch.OutOfMemoryError:
+            warn("cached features do not fit on the GPU; they stay in host memory")
+            features = features.pin_memory() if device.type == "cuda" else features
+        self.features, self.device = features, device
+        self.labels = torch.from_numpy(feature_set.labels).to(features.device)
+        self.views = features.shape[0] if features.dim() == 3 else 0
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def size(self) -> int:
+        return len(self.labels)
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
+        view_of = torch.randint(0, max(1, self.views), (self.size,), generator=generator)
+        order, view_of = order.to(self.features.device), view_of.to(self.features.device)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            rows = order[start:start + self.batch_size]
+            batch = self.features[view_of[rows], rows] if self.views else self.features[rows]
+            yield batch.to(self.device, non_blocking=True).float(), self.labels[rows].to(self.device), []
+
+
+def to_device_float(device: torch.device):
+    """The Trainer's `normalize` for features: they are normalised already."""
+    return lambda features: features.to(device, non_blocking=True).float()

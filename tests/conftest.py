@@ -45,3 +45,23 @@ def make_foldered(root: Path, counts: dict[str, int], suffix: str = ".png") -> P
         for n in range(count):
             write_image(root / label / f"{n}{suffix}", color=zlib.crc32(f"{label}/{n}".encode()))
     return root
+
+
+def make_checkpoint(run_dir: Path, classes=("cat", "dog"), backbone: str = "simple-cnn", img_size: int = 32,
+                    seed: int = 0) -> Path:
+    """A run folder with best.safetensors + best.json of a randomly initialised small model."""
+    import torch
+
+    from tlkit import models
+    from tlkit.checkpoint import point_latest, save_best
+
+    torch.manual_seed(seed)
+    made = models.create(backbone, num_classes=len(classes), weights="none", img_size=img_size)
+    prep = made.preprocessing
+    meta = {"backbone": backbone, "weights": "none", "pretrained": False, "num_classes": len(classes),
+            "classes": list(classes), "in_chans": prep.in_chans, "img_size": img_size,
+            "preprocessing": prep.to_dict(), "config": {"data": str(run_dir / "no-data")}}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_best(run_dir, made.model.state_dict(), meta)
+    point_latest(run_dir)
+    return run_dir

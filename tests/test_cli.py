@@ -82,3 +82,8 @@ def test_quiet_silences_chatter(tmp_path, capsys):
     src = make_flat(tmp_path / "train", {"cat": 4, "dog": 4})
     assert main(["split", str(src), "--val", "2", "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_quiet_still_prints_errors(tmp_path, capsys):
+    assert main(["split", str(tmp_path / "nowhere"), "--val", "2", "--quiet"]) == 1
+    assert "does not exist" in capsys.readouterr().err

@@ -1,0 +1,70 @@
+"""tlkit.export and `tlkit export`: round trips through TorchScript and ONNX, checked on images."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tlkit.checkpoint import load_checkpoint
+from tlkit.cli import main
+from tlkit.decode import ImageBatches
+
+from conftest import make_checkpoint, write_image
+
+
+@pytest.fixture
+def run(tmp_path):
+    return make_checkpoint(tmp_path / "runs" / "tiny")
+
+
+@pytest.fixture
+def images(tmp_path):
+    return [write_image(tmp_path / "img" / f"{n}.jpg", size=(36, 30), color=n) for n in range(5)]
+
+
+def _reference(run, images):
+    checkpoint = load_checkpoint(run)
+    (batch,) = ImageBatches(images, checkpoint.backbone.preprocessing, device="cpu", batch_size=8)
+    with torch.inference_mode():
+        return batch.images, checkpoint.backbone.model(batch.images).numpy()
+
+
+def test_torchscript_round_trip_with_dynamic_batch(run, images, tmp_path, capsys):
+    target = tmp_path / "model.pt"
+    assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target),
+                 "--images", *map(str, images)]) == 0
+    assert "verified on 5 real image(s)" in capsys.readouterr().err
+    inputs, expected = _reference(run, images)
+    loaded = torch.jit.load(str(target))
+    with torch.inference_mode():
+        np.testing.assert_allclose(loaded(inputs).numpy(), expected, atol=1e-4)
+        np.testing.assert_allclose(loaded(inputs[:3]).numpy(), expected[:3], atol=1e-4)
+    meta = json.loads(target.with_suffix(".json").read_text())
+    assert meta["classes"] == ["cat", "dog"] and meta["input"]["height"] == 32
+    assert meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_onnx_round_trip(run, images, tmp_path):
+    if importlib.util.find_spec("onnxruntime") is None:
+        pytest.skip("onnxruntime is not installed (pip install 'tlkit[onnx]')")
+    import onnxruntime
+
+    target = tmp_path / "model.onnx"
+    assert main(["export", "--format", "onnx", "--checkpoint", str(run), "--out", str(target),
+                 "--images", *map(str, images)]) == 0
+    inputs, expected = _reference(run, images)
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    for count in (1, 5):
+        got = session.run(["logits"], {"images": inputs[:count].numpy()})[0]
+        np.testing.assert_allclose(got, expected[:count], atol=1e-4)
+    assert json.loads(target.with_suffix(".json").read_text())["check"]["verified"] is True
+
+
+def test_existing_export_needs_force_and_no_images_is_said(run, tmp_path, capsys):
+    target = tmp_path / "model.pt"
+    assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target)]) == 0
+    assert "random tensors" in capsys.readouterr().err
+    assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target)]) == 1
+    assert "--force" in capsys.readouterr().err

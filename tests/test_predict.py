@@ -1,0 +1,128 @@
+"""tlkit.predict and `tlkit predict`: every output format, TTA, top-k, bad files and names."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tlkit.checkpoint import load_checkpoint
+from tlkit.cli import main
+from tlkit.decode import ImageBatches
+from tlkit.errors import TlkitError
+from tlkit.predict import find_images, predict_files, write_predictions
+
+from conftest import make_checkpoint, write_image
+
+
+@pytest.fixture
+def run(tmp_path):
+    return make_checkpoint(tmp_path / "runs" / "tiny")
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    for n in (3, 1, 2):
+        write_image(folder / f"{n}.jpg", size=(40, 30), color=n)
+    write_image(folder / "nested" / "10.png", size=(20, 20), color=10)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "4.jpg").write_bytes(b"\xff\xd8 broken")
+    return folder
+
+
+def _rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_probabilities_are_the_models_softmax(run, photos):
+    checkpoint = load_checkpoint(run)
+    paths, non_images = find_images([photos])
+    assert non_images == 1 and [p.name for p in paths] == ["1.jpg", "2.jpg", "3.jpg", "4.jpg", "10.png"]
+    pred = predict_files(checkpoint, paths, device=torch.device("cpu"), batch_size=2)
+    assert list(pred.failures) == [3]
+    (batch,) = ImageBatches(paths[:1], checkpoint.backbone.preprocessing, device="cpu")
+    with torch.inference_mode():
+        expected = checkpoint.backbone.model(batch.images).softmax(dim=1).numpy()
+    np.testing.assert_allclose(pred.probabilities[0], expected[0], rtol=1e-5)
+    assert np.isnan(pred.probabilities[3]).all()
+
+
+def test_tta_averages_with_the_flipped_view(run, photos):
+    checkpoint = load_checkpoint(run)
+    paths = [photos / "1.jpg"]
+    plain = predict_files(checkpoint, paths, device=torch.device("cpu")).probabilities
+    tta = predict_files(checkpoint, paths, device=torch.device("cpu"), tta=True).probabilities
+    (batch,) = ImageBatches(paths, checkpoint.backbone.preprocessing, device="cpu")
+    with torch.inference_mode():
+        flipped = checkpoint.backbone.model(batch.images.flip(-1)).softmax(dim=1).numpy()
+    np.testing.assert_allclose(tta, (plain + flipped) / 2, rtol=1e-5)
+
+
+def test_csv_json_and_topk(run, photos, tmp_path, capsys):
+    assert main(["predict", str(photos), "--checkpoint", str(run), "--out", str(tmp_path / "p.csv")]) == 0
+    rows = _rows(tmp_path / "p.csv")
+    assert len(rows) == 5 and set(rows[0]) == {"path", "label", "confidence", "p_cat", "p_dog", "error"}
+    broken = next(r for r in rows if r["path"].endswith("4.jpg"))
+    assert broken["label"] == "" and "cannot be decoded" in broken["error"]
+    good = rows[0]
+    assert good["label"] in ("cat", "dog") and abs(float(good["p_cat"]) + float(good["p_dog"]) - 1) < 1e-5
+    assert "4.jpg" in capsys.readouterr().err
+    assert main(["predict", str(photos), "--checkpoint", str(run), "--out", str(tmp_path / "p.json"),
+                 "--format", "json", "--topk", "1"]) == 0
+    records = json.loads((tmp_path / "p.json").read_text())
+    assert len(records[0]["probabilities"]) == 1 and "error" in records[3]
+
+
+def test_kaggle_format_uses_numeric_ids_and_p_dog(run, photos, tmp_path):
+    (photos / "4.jpg").unlink()
+    assert main(["predict", str(photos), "--checkpoint", str(run), "--format", "kaggle",
+                 "--out", str(tmp_path / "sub.csv")]) == 0
+    lines = (tmp_path / "sub.csv").read_text().splitlines()
+    assert lines[0] == "id,label" and [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "10"]
+    csv_out = tmp_path / "p.csv"
+    main(["predict", str(photos), "--checkpoint", str(run), "--out", str(csv_out)])
+    p_dog = {r["path"].rsplit("/", 1)[-1].split(".")[0]: float(r["p_dog"]) for r in _rows(csv_out)}
+    assert all(abs(float(line.split(",")[1]) - p_dog[line.split(",")[0]]) < 1e-5 for line in lines[1:])
+
+
+def test_kaggle_id_that_is_not_a_number(run, tmp_path, capsys):
+    write_image(tmp_path / "x" / "cat.5.jpg")
+    assert main(["predict", str(tmp_path / "x"), "--checkpoint", str(run), "--format", "kaggle",
+                 "--out", str(tmp_path / "s.csv")]) == 1
+    assert "cat.5.jpg" in capsys.readouterr().err
+
+
+def test_existing_output_needs_force(run, photos, tmp_path, capsys):
+    target = tmp_path / "p.csv"
+    target.write_text("mine")
+    assert main(["predict", str(photos), "--checkpoint", str(run), "--out", str(target)]) == 1
+    assert target.read_text() == "mine" and "--force" in capsys.readouterr().err
+    assert main(["predict", str(photos), "--checkpoint", str(run), "--out", str(target), "--force"]) == 0
+    assert target.read_text().startswith("path,")
+
+
+def test_latest_run_is_the_default_and_its_absence_is_explained(run, photos, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(photos)]) == 0
+    assert (tmp_path / "predictions.csv").exists()
+    assert main(["predict", str(photos), "--runs-dir", "elsewhere"]) == 1
+    assert "tlkit finetune" in capsys.readouterr().err
+
+
+def test_a_checkpoint_for_another_format_is_refused(run, photos, capsys):
+    meta = json.loads((run / "best.json").read_text())
+    (run / "best.json").write_text(json.dumps({**meta, "format_version": 99, "tlkit_version": "9.0"}))
+    assert main(["predict", str(photos), "--checkpoint", str(run)]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_bad_topk_and_no_images(run, photos, tmp_path):
+    pred = predict_files(load_checkpoint(run), [photos / "1.jpg"], device=torch.device("cpu"))
+    with pytest.raises(TlkitError, match="--topk"):
+        write_predictions(pred, tmp_path / "x.csv", topk=5)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TlkitError, match="no image files"):
+        find_images([tmp_path / "empty"])

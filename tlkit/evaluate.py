@@ -1,0 +1,105 @@
+"""`tlkit evaluate`: a trained model's numbers on labelled photos, and what it gets wrong.
+
+Accuracy and scikit-learn's per-class precision / recall / F1, a confusion matrix, and a
+contact sheet of the most confident mistakes (fastai's "top losses"). Labels come from
+the folder the same way `tlkit split` reads them (tlkit.scan).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tlkit.callbacks import class_report, plot_confusion, write_report, _save_figure
+from tlkit.checkpoint import Checkpoint
+from tlkit.errors import TlkitError
+from tlkit.predict import Predictions, predict_files
+from tlkit.runtime import relpath
+from tlkit.scan import list_dataset
+
+OUTPUTS = ("report.json", "confusion.png", "mistakes.png")
+
+
+def default_out_dir(checkpoint: Checkpoint, data_dir: Path) -> Path:
+    """Beside the checkpoint: runs/NAME/evaluate-validation/ for data/validation."""
+    return checkpoint.path.parent / f"evaluate-{Path(data_dir).resolve().name}"
+
+
+def labelled_images(data_dir: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """The images of a flat or class-foldered folder, with their class indices in the model's order."""
+    scan = list_dataset(Path(data_dir))
+    unknown = sorted(set(scan.classes) - set(classes))
+    if unknown:
+        raise TlkitError(
+            f"{relpath(Path(data_dir))} has class(es) {', '.join(unknown)} that the model does not know; it "
+            f"was trained on {', '.join(classes)}. Remove those images or train a model that has them."
+        )
+    if not scan.images:
+        raise TlkitError(f"{relpath(Path(data_dir))} holds no labelled images (cat.0.jpg or <class>/<image>).")
+    return [path for path, _ in scan.images], [classes.index(label) for _, label in scan.images]
+
+
+def most_confident_mistakes(pred: Predictions, targets: list[int], limit: int) -> list[dict]:
+    """Wrong predictions, the most confident first."""
+    mistakes = []
+    for index, (row, target) in enumerate(zip(pred.probabilities, targets)):
+        if index in pred.failures or int(row.argmax()) == target:
+            continue
+        mistakes.append({"path": str(pred.paths[index]), "true": pred.classes[target],
+                         "predicted": pred.classes[int(row.argmax())], "confidence": float(row.max())})
+    return sorted(mistakes, key=lambda m: -m["confidence"])[:limit]
+
+
+def plot_mistakes(path: Path, mistakes: list[dict]) -> None:
+    """A contact sheet: each image with its true label, the predicted one and the confidence."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    columns = min(4, max(1, len(mistakes)))
+    rows = max(1, -(-len(mistakes) // columns))
+    figure = Figure(figsize=(3 * columns, 3.2 * rows))
+    axes_grid = np.atleast_1d(figure.subplots(rows, columns)).flat
+    for axes in axes_grid:
+        axes.axis("off")
+    for axes, mistake in zip(np.atleast_1d(figure.axes), mistakes):
+        with Image.open(mistake["path"]) as image:
+            image.thumbnail((256, 256))
+            axes.imshow(np.asarray(image.convert("RGB")))
+        axes.set_title(f"true {mistake['true']}\npred {mistake['predicted']} ({mistake['confidence']:.2f})",
+                       fontsize=9)
+    if not mistakes:
+        figure.axes[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    _save_figure(figure, path)
+
+
+def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, device: torch.device,
+                    batch_size: int = 256, workers: int = 0, tta: bool = False, force: bool = False,
+                    mistakes: int = 16) -> dict:
+    """Predict every labelled image of data_dir, write report.json, confusion.png and mistakes.png."""
+    out_dir = Path(out_dir)
+    taken = [name for name in OUTPUTS if (out_dir / name).exists()]
+    if taken and not force:
+        raise TlkitError(f"{relpath(out_dir)} already holds {', '.join(taken)}; nothing was written. Use "
+                         "--force to replace them, or --out DIR.")
+    paths, targets = labelled_images(data_dir, checkpoint.classes)
+    pred = predict_files(checkpoint, paths, device=device, batch_size=batch_size, workers=workers, tta=tta)
+    scored = [i for i in range(len(paths)) if i not in pred.failures]
+    if not scored:
+        raise TlkitError(f"no image in {relpath(Path(data_dir))} could be decoded; check them with `tlkit check`.")
+    y_true = [targets[i] for i in scored]
+    y_pred = pred.predicted()[scored].tolist()
+    report = {
+        "checkpoint": str(checkpoint.path), "data": str(data_dir), "images": len(scored), "tta": tta,
+        "accuracy": None, "per_class": class_report(y_true, y_pred, checkpoint.classes),
+        "failed": {str(paths[i]): why for i, why in sorted(pred.failures.items())},
+        "most_confident_mistakes": most_confident_mistakes(pred, targets, mistakes),
+        "images_per_s": len(paths) / max(pred.seconds, 1e-9),
+    }
+    report["accuracy"] = report["per_class"]["accuracy"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_report(out_dir / "report.json", report)
+    plot_confusion(out_dir / "confusion.png", y_true, y_pred, checkpoint.classes)
+    plot_mistakes(out_dir / "mistakes.png", report["most_confident_mistakes"])
+    return report

@@ -1,0 +1,112 @@
+"""`tlkit export`: a checkpoint as ONNX or TorchScript, with its preprocessing beside it.
+
+Every export is checked before it is kept: the exported model's outputs on real images
+(or, without any, on random ones, said plainly) must match PyTorch's, at two batch sizes.
+ONNX is checked with onnxruntime when it is installed; otherwise the export says so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tlkit.checkpoint import Checkpoint, atomic_write, atomic_write_text
+from tlkit.decode import ImageBatches
+from tlkit.errors import TlkitError
+from tlkit.runtime import relpath
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+TOLERANCE = 1e-3  # absolute, on logits; fp32 kernels differ between runtimes in the last bits
+
+
+def sample_images(checkpoint: Checkpoint, images: list[Path]) -> tuple[torch.Tensor, str]:
+    """Up to 8 normalised real images to verify with; random ones when none can be found."""
+    prep = checkpoint.backbone.preprocessing
+    if images:
+        batches = ImageBatches(images[:8], prep, device=torch.device("cpu"), batch_size=8)
+        decoded = [batch.images for batch in batches]
+        if decoded:
+            return torch.cat(decoded), f"{sum(len(d) for d in decoded)} real image(s)"
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(4, prep.in_chans, *prep.input_size, generator=generator), "4 random tensors (no images given)"
+
+
+@contextmanager
+def _quiet_deprecations():
+    """torch 2.14 marks TorchScript and the TorchScript-based ONNX exporter deprecated; both still
+    work, and their warnings would only alarm a user who asked for exactly this format."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    with _quiet_deprecations():
+        traced = torch.jit.trace(model, example[:1], check_trace=False)
+        atomic_write(path, lambda tmp: traced.save(str(tmp)))
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    def write(tmp: Path) -> None:
+        # The TorchScript-based exporter: one self-contained file, and no onnxscript needed.
+        torch.onnx.export(model, (example[:1],), str(tmp), dynamo=False, input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=17)
+
+    with _quiet_deprecations():
+        atomic_write(path, write)
+
+
+def _run_exported(fmt: str, path: Path, images: torch.Tensor) -> np.ndarray | None:
+    if fmt == "torchscript":
+        with torch.inference_mode(), _quiet_deprecations():
+            return torch.jit.load(str(path)).eval()(images).numpy()
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"images": images.numpy()})[0]
+
+
+def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path, *, images: list[Path] = (),
+                      force: bool = False) -> dict:
+    """Write the model and `<out>.json` (input size, mean/std, classes); verify; return what was checked."""
+    out = Path(out)
+    sidecar = out.with_suffix(".json")
+    for target in (out, sidecar):
+        if target.exists() and not force:
+            raise TlkitError(f"{relpath(target)} already exists; nothing was written. Use --force, or --out FILE.")
+    model = checkpoint.backbone.model.float().cpu().eval()
+    samples, source = sample_images(checkpoint, list(images))
+    with torch.inference_mode():
+        expected = model(samples).numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (_export_onnx if fmt == "onnx" else _export_torchscript)(model, samples, out)
+    check = {"format": fmt, "file": str(out), "verified_on": source, "batch_sizes": [1, len(samples)]}
+    got = [_run_exported(fmt, out, samples[:1]), _run_exported(fmt, out, samples)]
+    if got[0] is None:
+        check["verified"] = False
+        check["note"] = "onnxruntime is not installed, so the export was not run; pip install 'tlkit[onnx]'"
+    else:
+        error = max(float(np.abs(got[0] - expected[:1]).max()), float(np.abs(got[1] - expected).max()))
+        if error > TOLERANCE:
+            os.remove(out)
+            raise TlkitError(f"the {fmt} export's outputs differ from PyTorch's by {error:.2g} (over "
+                             f"{TOLERANCE}); nothing was kept. Please report this with the backbone name.")
+        check.update(verified=True, max_abs_difference=error)
+    prep = checkpoint.backbone.preprocessing
+    meta = {"backbone": checkpoint.meta.get("backbone"), "classes": checkpoint.classes,
+            "input": {"layout": "NCHW", "dtype": "float32", "batch": "dynamic", "channels": prep.in_chans,
+                      "height": prep.input_size[0], "width": prep.input_size[1]},
+            "preprocessing": prep.to_dict(), "output": "logits (softmax gives probabilities)", "check": check}
+    atomic_write_text(sidecar, json.dumps(meta, indent=2))
+    return check

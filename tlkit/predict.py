@@ -1,0 +1,160 @@
+"""Use a trained model: label new photos (predict) and measure it on labelled ones (evaluate).
+
+The model comes from a checkpoint alone (tlkit.checkpoint.load_checkpoint); images go
+through the same batched decode as precompute (tlkit.decode). A file that fails to decode
+is a row with an error, never the end of the run. Writes only the outputs it is asked for.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tlkit.checkpoint import Checkpoint, atomic_write_text
+from tlkit.decode import ImageBatches
+from tlkit.errors import TlkitError
+from tlkit.runtime import progress, relpath
+from tlkit.scan import is_image_name
+
+FORMATS = ("csv", "json", "kaggle")
+
+
+@dataclass
+class Predictions:
+    """Class probabilities for each file; the rows of failed files are NaN, with the reason in `failures`."""
+
+    paths: list[Path]
+    probabilities: np.ndarray  # float32 [N, C]
+    classes: list[str]
+    failures: dict[int, str]
+    seconds: float
+
+    def predicted(self) -> np.ndarray:
+        return np.nan_to_num(self.probabilities, nan=-1.0).argmax(axis=1)
+
+
+def find_images(paths: list[Path]) -> tuple[list[Path], int]:
+    """Image files among `paths` (folders searched recursively), sorted; and how many non-images were passed over."""
+    images, others = [], 0
+    for path in map(Path, paths):
+        if not path.exists():
+            raise TlkitError(f"{relpath(path)} does not exist; give image files or folders of them.")
+        candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for candidate in candidates:
+            if candidate.name.startswith("."):
+                continue
+            if is_image_name(candidate):
+                images.append(candidate)
+            else:
+                others += 1
+    if not images:
+        raise TlkitError(f"no image files in {', '.join(relpath(Path(p)) for p in paths)} "
+                         f"(looked for .jpg, .png, ...; {others} other file(s) passed over).")
+    return images, others
+
+
+def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.device, batch_size: int = 256,
+                  workers: int = 0, tta: bool = False, gpu_decode: bool | None = None) -> Predictions:
+    """Softmax probabilities of every image; with tta, averaged with the horizontally flipped view."""
+    model = checkpoint.backbone.model.to(device).eval()
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    batches = ImageBatches(paths, checkpoint.backbone.preprocessing, device=device, batch_size=batch_size,
+                           workers=workers, gpu_decode=gpu_decode)
+    probabilities = np.full((len(paths), len(checkpoint.classes)), np.nan, dtype=np.float32)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    started = time.perf_counter()
+    with progress() as bar, torch.inference_mode(), autocast:
+        task = bar.add_task("predicting", total=len(paths))
+        for batch in batches:
+            scores = model(batch.images).float().softmax(dim=1)
+            if tta:
+                scores = (scores + model(batch.images.flip(-1)).float().softmax(dim=1)) / 2
+            probabilities[batch.indices] = scores.cpu().numpy()
+            bar.advance(task, len(batch.indices))
+        bar.update(task, completed=len(paths))
+    return Predictions(paths=list(paths), probabilities=probabilities, classes=list(checkpoint.classes),
+                       failures=dict(batches.failures), seconds=time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------- writing predictions
+
+
+def _top(row: np.ndarray, classes: list[str], k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-row)[:k]
+    return [(classes[i], float(row[i])) for i in order]
+
+
+def _csv_text(pred: Predictions, topk: int | None) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    if topk:
+        extra = [name for rank in range(1, topk + 1) for name in (f"top{rank}", f"p{rank}")]
+    else:
+        extra = [f"p_{name}" for name in pred.classes]
+    writer.writerow(["path", "label", "confidence", *extra, "error"])
+    for index, path in enumerate(pred.paths):
+        if index in pred.failures:
+            writer.writerow([str(path), "", "", *([""] * len(extra)), pred.failures[index]])
+            continue
+        row = pred.probabilities[index]
+        (label, confidence), *_ = _top(row, pred.classes, 1)
+        if topk:
+            values = [v for name, p in _top(row, pred.classes, topk) for v in (name, f"{p:.6f}")]
+        else:
+            values = [f"{p:.6f}" for p in row]
+        writer.writerow([str(path), label, f"{confidence:.6f}", *values, ""])
+    return buffer.getvalue()
+
+
+def _json_text(pred: Predictions, topk: int | None) -> str:
+    records = []
+    for index, path in enumerate(pred.paths):
+        if index in pred.failures:
+            records.append({"path": str(path), "error": pred.failures[index]})
+            continue
+        row = pred.probabilities[index]
+        ranked = _top(row, pred.classes, topk or len(pred.classes))
+        records.append({"path": str(path), "label": ranked[0][0], "confidence": ranked[0][1],
+                        "probabilities": dict(ranked)})
+    return json.dumps(records, indent=1)
+
+
+def _kaggle_text(pred: Predictions) -> str:
+    """Dogs-vs-Cats submission: `id,label` with the id from `123.jpg` and the probability of `dog`."""
+    if len(pred.classes) != 2:
+        raise TlkitError(f"--format kaggle needs a two-class model; this one has {len(pred.classes)} classes.")
+    positive = pred.classes.index("dog") if "dog" in pred.classes else 1
+    rows = []
+    for index, path in enumerate(pred.paths):
+        if not path.stem.isdigit():
+            raise TlkitError(f"--format kaggle takes ids from file names like 123.jpg; {relpath(path)} is not "
+                             "one. Use --format csv, or predict on the Kaggle test folder.")
+        if index in pred.failures:
+            raise TlkitError(f"{relpath(path)} {pred.failures[index]}, so it has no prediction and a Kaggle "
+                             "submission needs every id; replace the file or use --format csv.")
+        rows.append((int(path.stem), float(pred.probabilities[index, positive])))
+    return "id,label\n" + "".join(f"{id_},{p:.6f}\n" for id_, p in sorted(rows))
+
+
+def write_predictions(pred: Predictions, out: Path, *, fmt: str = "csv", topk: int | None = None,
+                      force: bool = False) -> Path:
+    """Write predictions in `fmt`; an existing file is replaced only with force."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace it, "
+                         "or --out to write elsewhere.")
+    if topk is not None and not 1 <= topk <= len(pred.classes):
+        raise TlkitError(f"--topk {topk} must be between 1 and the number of classes ({len(pred.classes)}).")
+    text = {"csv": lambda: _csv_text(pred, topk), "json": lambda: _json_text(pred, topk),
+            "kaggle": lambda: _kaggle_text(pred)}[fmt]()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, text)
+    return out

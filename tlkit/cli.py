@@ -173,6 +173,498 @@ def _add_check(subparsers) -> None:
     parser.set_defaults(func=cmd_check)
 
 
+# ---------------------------------------------------------------- finetune, lr-find
+
+# Flags for FinetuneConfig fields: (flag, kind, choices name or None, help). Their argparse
+# default is SUPPRESS, so only the flags given reach the config and override its YAML file.
+_SETTING_FLAGS = (
+    ("--data", str, None, "folder holding training/ and validation/ (what `tlkit split` wrote)"),
+    ("--backbone", str, None, "network to fine-tune (`tlkit models` lists them; timm:NAME for timm)"),
+    ("--weights", str, None, "imagenet, none (random init), a weights file, or default (imagenet where the backbone has it)"),
+    ("--img-size", int, None, "input size in px (default: the backbone's own)"),
+    ("--epochs", int, None, "epochs to train"),
+    ("--batch-size", int, None, "images per batch"),
+    ("--optimizer", str, "OPTIMIZERS", "optimizer"),
+    ("--lr", float, None, "learning rate (of the head; the trunk's is lr x --trunk-lr-mult)"),
+    ("--momentum", float, None, "SGD momentum"),
+    ("--weight-decay", float, None, "weight decay (default: PyTorch's, sgd 0, adamw 0.01)"),
+    ("--scheduler", str, "SCHEDULERS", "lr schedule: step, plateau (on val loss), cosine, onecycle, none"),
+    ("--step-size", int, None, "step schedule: epochs between lr drops"),
+    ("--gamma", float, None, "step / plateau schedule: factor of each lr drop"),
+    ("--freeze", str, "FREEZE_MODES", "trunk: train the head only; none: train everything"),
+    ("--unfreeze-after", int, None, "train the head alone for E epochs, then every layer (default: never)"),
+    ("--trunk-lr-mult", float, None, "the trunk's lr as a multiple of --lr (discriminative lrs)"),
+    ("--label-smoothing", float, None, "label smoothing of the training loss"),
+    ("--monitor", str, "MONITORS", "validation metric that picks the best epoch"),
+    ("--patience", int, None, "stop after this many epochs without improvement (default: never)"),
+    ("--precision", str, "PRECISIONS", "CUDA arithmetic (bf16 autocast or fp32); the CPU always uses fp32"),
+    ("--device", str, "DEVICES", "where to train"),
+    ("--workers", int, None, "image loader processes (default: every core but one)"),
+    ("--seed", int, None, "seed of init, data order and augmentation: a CPU run repeats exactly"),
+    ("--name", str, None, "run folder name under --runs-dir (default: a timestamp)"),
+    ("--runs-dir", str, None, "where run folders go"),
+)
+_LR_FIND_SKIPS = ("--epochs", "--scheduler", "--step-size", "--gamma", "--unfreeze-after", "--monitor",
+                  "--patience", "--name", "--runs-dir")
+
+
+def _add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per FinetuneConfig field; the help shows the built-in default."""
+    from tlkit import config as config_module
+
+    defaults = config_module.FinetuneConfig()
+    parser.add_argument("--config", type=Path, help="YAML file of settings (flags given win over it)")
+    for flag, kind, choices, text in _SETTING_FLAGS:
+        if flag in skip:
+            continue
+        key = flag[2:].replace("-", "_")
+        shown = "" if "(default" in text else f" (default: {getattr(defaults, key)})"
+        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text + shown,
+                            choices=getattr(config_module, choices) if choices else None)
+    parser.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=argparse.SUPPRESS,
+                        help="no random crops or flips on the training images")
+
+
+def _given_settings(args: argparse.Namespace) -> dict:
+    from tlkit.config import config_keys
+
+    return {key: getattr(args, key) for key in config_keys() if hasattr(args, key)}
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from tlkit.finetuning import finetune
+
+    finetune(args.config, resume=args.resume, force=args.force, **_given_settings(args))
+    return 0
+
+
+def _add_finetune(subparsers) -> None:
+    parser = _subparser(
+        subparsers, "finetune", "fine-tune a backbone on DATA/training, keep the best epoch on DATA/validation",
+        "Train a backbone on DATA/training and validate on DATA/validation each epoch; keep the best "
+        "epoch's weights. Writes runs/NAME/: config.yaml, best.safetensors + best.json, resume.pt, "
+        "metrics.jsonl, curves.png, confusion.png, report.json (and tb/ with tensorboard installed).",
+        "tlkit finetune --config configs/resnet18-tutorial.yaml --data data --name cats",
+    )
+    _add_setting_flags(parser)
+    parser.add_argument("--resume", type=Path, help="continue the interrupted run in this folder (runs/NAME)")
+    parser.add_argument("--force", action="store_true", help="replace an existing run folder of the same --name")
+    parser.set_defaults(func=cmd_finetune)
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from tlkit.config import resolve_config
+    from tlkit.data import check_classes
+    from tlkit.finetuning import build_trainer
+    from tlkit.lrfind import lr_range_test, plot_lr_find
+
+    config = resolve_config(args.config, {**_given_settings(args), "scheduler": "none"})
+    trainer, _, _ = build_trainer(config, check_classes(Path(config.data)))
+    result = lr_range_test(trainer, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps)
+    plot_lr_find(args.out, result)
+    console.print(f"loss vs lr: {relpath(args.out)}")
+    out.print(f"suggested lr: {result.suggested_lr:.2e} (steepest fall of the loss); "
+              f"minimum loss at {result.min_loss_lr:.2e} (a tenth of it, {result.min_loss_lr / 10:.2e}, also works)")
+    return 0
+
+
+def _add_lr_find(subparsers) -> None:
+    parser = _subparser(
+        subparsers, "lr-find", "learning-rate range test: a short sweep, a plot, a suggested --lr",
+        "Train for a few batches while the learning rate grows exponentially from --start-lr to "
+        "--end-lr, plot the loss against it and suggest the lr where the loss falls fastest. "
+        "Nothing is trained for keeps.",
+        "tlkit lr-find --backbone resnet18 --data data --freeze trunk",
+    )
+    _add_setting_flags(parser, skip=_LR_FIND_SKIPS)
+    parser.add_argument("--start-lr", type=float, default=1e-7, help="lr of the first step")
+    parser.add_argument("--end-lr", type=float, default=10.0, help="lr of the last step")
+    parser.add_argument("--steps", type=int, default=100, help="batches in the sweep (it stops early when the loss explodes)")
+    parser.add_argument("--out", type=Path, default=Path("runs/lr-find.png"), help="where the plot goes")
+    parser.set_defaults(func=cmd_lr_find)
+
+
+# ---------------------------------------------------------------- train (classic datasets), summary
+
+_SOURCE_FLAGS = ("dataset", "data_root", "val", "mean", "std", "download")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tlkit.datasets import open_source, resolve_train_settings, saved_source_settings, split_settings
+    from tlkit.finetuning import finetune
+    from tlkit.models import available
+
+    flags = {**_given_settings(args), **{key: getattr(args, key) for key in _SOURCE_FLAGS if hasattr(args, key)}}
+    if args.resume is not None:
+        if args.config is not None:
+            raise TlkitError("--resume continues with the run's own settings; leave out --config.")
+        given_source, settings = split_settings(flags, "flags")
+        source_settings = {**saved_source_settings(args.resume), **given_source}
+    else:
+        source_settings, settings = resolve_train_settings(args.config, flags)
+        if "backbone" not in settings:
+            raise TlkitError(f"no model given: add --model ({', '.join(available())}, or timm:NAME).")
+    source = open_source(**source_settings)
+    console.print(f"data: {source.describe()}")
+    finetune(resume=args.resume, force=args.force, source=source, **settings)
+    return 0
+
+
+def _add_train(subparsers) -> None:
+    from tlkit.datasets import dataset_help
+
+    parser = _subparser(
+        subparsers, "train", "train a model on MNIST, Fashion-MNIST, CIFAR-10, digits or a folder",
+        "Train any tlkit model (the classic nets from scratch, or a pretrained backbone) on a built-in "
+        "dataset or a folder, with the fine-tune loop: same run folder, checkpoints, metrics, plots and "
+        "--resume. Built-in datasets are read from --data-root (downloaded when absent and online); "
+        "--val carves a validation set from the training data; the final report uses the test split.",
+        "tlkit train --config configs/mnist-net.yaml --data-root ~/data",
+    )
+    parser.add_argument("--dataset", default=argparse.SUPPRESS, help=dataset_help())
+    parser.add_argument("--model", dest="backbone", metavar="MODEL", default=argparse.SUPPRESS,
+                        help="network to train (`tlkit models` lists them): lenet, mnist-net, mlp, mlp-relu, "
+                        "mlp-bn, simple-cnn, alexnet, resnet18, timm:NAME ...")
+    parser.add_argument("--data-root", default=argparse.SUPPRESS,
+                        help="where the built-in datasets' raw files are, or go (default: data)")
+    parser.add_argument("--val", default=argparse.SUPPRESS,
+                        help="validation images carved from the training data: a count or a fraction (default: 0.1)")
+    parser.add_argument("--mean", default=argparse.SUPPRESS,
+                        help="normalisation mean, one value or one per channel (default: the dataset's; "
+                        "a pretrained backbone's own)")
+    parser.add_argument("--std", default=argparse.SUPPRESS, help="normalisation std, like --mean")
+    parser.add_argument("--no-download", dest="download", action="store_const", const=False,
+                        default=argparse.SUPPRESS, help="never download; read the files in --data-root only")
+    _add_setting_flags(parser, skip=("--data", "--backbone"))
+    parser.add_argument("--resume", type=Path, help="continue the interrupted run in this folder (runs/NAME)")
+    parser.add_argument("--force", action="store_true", help="replace an existing run folder of the same --name")
+    parser.set_defaults(func=cmd_train)
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from tlkit.summary import parse_input, summarize
+
+    backbone, rows, shape = summarize(args.model, parse_input(args.input) if args.input else None, args.classes)
+    table = Table(title=f"{args.model}, input {'x'.join(map(str, shape))}")
+    for column, justify in (("#", "right"), ("layer", "left"), ("type", "left"), ("output", "right"), ("params", "right")):
+        table.add_column(column, justify=justify)
+    for index, row in enumerate(rows, start=1):
+        name = f"{row.name} [dim](head)[/]" if row.in_head else row.name
+        table.add_row(str(index), name, row.kind, "x".join(map(str, row.output_shape)), f"{row.params:,}" if row.params else "")
+    out.print(table)
+    trunk, head = (sum(p.numel() for p in params) for params in (backbone.trunk_parameters(), backbone.head_parameters()))
+    out.print(f"parameters: {trunk + head:,} (trunk {trunk:,}, head {head:,}); {backbone.feature_dim} features "
+              f"reach the head; {args.classes} classes")
+    return 0
+
+
+def _add_summary(subparsers) -> None:
+    parser = _subparser(
+        subparsers, "summary", "a model's layers: output shape and parameters of each",
+        "Build MODEL (no weights are loaded) and run one input of the given shape through it, "
+        "listing every layer's output shape and parameter count.",
+        "tlkit summary lenet --input 1x28x28",
+    )
+    parser.add_argument("model", help="a model name (`tlkit models` lists them; timm:NAME for timm)")
+    parser.add_argument("--input", help="input shape CxHxW, e.g. 1x28x28 (default: the model's own)")
+    parser.add_argument("--classes", type=int, default=10, help="outputs of the last layer")
+    parser.set_defaults(func=cmd_summary)
+
+
+# ---------------------------------------------------------------- precompute and the feature cache
+
+
+def cmd_precompute(args: argparse.Namespace) -> int:
+    from tlkit import models
+    from tlkit.data import check_classes
+    from tlkit.features import precompute
+    from tlkit.runtime import default_workers, seed_everything, select_device
+
+    classes = check_classes(Path(args.data))
+    seed_everything(args.seed)  # random-init weights (--weights none) repeat, and so does their cache
+    backbone = models.create(args.backbone, num_classes=len(classes), weights=args.weights, img_size=args.img_size)
+    sets = precompute(backbone, Path(args.data), cache_root=args.cache_dir, device=select_device(args.device),
+                      batch_size=args.batch_size, views=args.precompute_views, dtype=args.cache_dtype,
+                      workers=default_workers() if args.workers is None else args.workers, force=args.force)
+    table = Table(title=f"{backbone.name} features ({backbone.feature_dim} per image)")
+    for column in ("subset", "images", "array"):
+        table.add_column(column, justify="left" if column == "subset" else "right")
+    for subset, feature_set in sets.items():
+        table.add_row(subset, str(len(feature_set.files)), " x ".join(map(str, feature_set.features.shape)))
+    out.print(table)
+    return 0
+
+
+def _add_precompute_flags(parser) -> None:
+    """The flags `precompute` and `finetune --precompute-features` share."""
+    parser.add_argument("--cache-dir", type=Path, help="feature cache folder (default: DATA/.tlkit-cache)")
+    parser.add_argument("--precompute-views", type=int, default=0,
+                        help="cache K augmented views of each training image (0: the plain view only)")
+    parser.add_argument("--cache-dtype", choices=("float16", "float32"), default="float16",
+                        help="how cached features are stored")
+
+
+def _add_precompute(subparsers) -> None:
+    parser = _subparser(
+        subparsers, "precompute", "run the frozen trunk once and cache its features on disk",
+        "Compute the trunk features of DATA/training and DATA/validation once and cache them, so that "
+        "`tlkit finetune --precompute-features` trains the head in seconds. A cache is reused only "
+        "while the backbone, its weights, the preprocessing and every file are unchanged.",
+        "tlkit precompute --backbone vgg16",
+    )
+    parser.add_argument("--data", default="data", help="folder with training/ and validation/")
+    parser.add_argument("--backbone", default="resnet18", help="see `tlkit models`")
+    parser.add_argument("--weights", default="default", help="imagenet, none, or a weights file")
+    parser.add_argument("--img-size", type=int, help="input size (default: the backbone's own)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per trunk batch")
+    parser.add_argument("--workers", type=int, help="decode workers (default: all cores but one)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of a random initialisation")
+    parser.add_argument("--force", action="store_true", help="recompute even when the cache is valid")
+    _add_precompute_flags(parser)
+    parser.set_defaults(func=cmd_precompute)
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from tlkit.features import clear_caches, default_cache_root, list_caches
+
+    root = args.cache_dir or default_cache_root(Path(args.data))
+    if args.action == "clear":
+        out.print(f"removed {clear_caches(root)} cache folder(s) from {relpath(root)}")
+        return 0
+    caches = list_caches(root)
+    if not caches:
+        out.print(f"no feature caches in {relpath(root)}")
+        return 0
+    table = Table(title=f"feature caches in {relpath(root)}")
+    for column in ("backbone", "input", "views", "training", "validation", "MB"):
+        table.add_column(column, justify="left" if column == "backbone" else "right")
+    for cache in caches:
+        table.add_row(cache["backbone"], "x".join(map(str, cache["input_size"])), str(cache["views"]),
+                      str(cache["images"].get("training", 0)), str(cache["images"].get("validation", 0)),
+                      f"{cache['bytes'] / 1e6:,.1f}")
+    out.print(table)
+    return 0
+
+
+def _add_cache(subparsers) -> None:
+    parser = _subparser(
+        subparsers, "cache", "list or clear the feature caches",
+        "List the feature caches `tlkit precompute` made (ls), or delete them (clear).",
+        "tlkit cache ls --data data",
+    )
+    parser.add_argument("action", choices=("ls", "clear"), help="ls: list; clear: delete every cache")
+    parser.add_argument("--data", default="data", help="the data folder whose cache is meant")
+    parser.add_argument("--cache-dir", type=Path, help="the cache folder (default: DATA/.tlkit-cache)")
+    parser.set_defaults(func=cmd_cache)
+
+
+# ---------------------------------------------------------------- predict, evaluate, export
+
+
+def _add_inference_flags(parser) -> None:
+    parser.add_argument("--checkpoint", help="a run folder or .safetensors file (default: runs/latest)")
+    parser.add_argument("--runs-dir", default="runs", help="where runs/latest is looked for")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per batch")
+    parser.add_argument("--workers", type=int, help="decode workers (default: all cores but one)")
+    parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped view")
+
+
+def _load_for_inference(args: argparse.Namespace):
+    from tlkit.checkpoint import load_checkpoint, resolve_run
+    from tlkit.runtime import default_workers, select_device
+
+    device = select_device(args.device)
+    checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir), device=str(device))
+    workers = default_workers() if args.workers is None else args.workers
+    console.print(f"model: {relpath(checkpoint.path)} ({checkpoint.meta.get('backbone')}, "
+                  f"classes {', '.join(checkpoint.classes)})")
+    return checkpoint, device, workers
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tlkit.predict import find_images, predict_files, write_predictions
+
+    checkpoint, device, workers = _load_for_inference(args)
+    paths, non_images = find_images(args.paths)
+    pred = predict_files(checkpoint, paths, device=device, batch_size=args.batch_size, workers=workers,
+                         tta=args.tta)
+    target = write_predictions(pred, Path(args.out), fmt=args.format, topk=args.topk, force=args.force)
+    table = Table(title=f"{len(paths)} images, {len(paths) / max(pred.seconds, 1e-9):,.0f} images/s")
+    table.add_column("predicted class")
+    table.add_column("images", justify="right")
+    predicted = Counter(pred.classes[i] for n, i in enumerate(pred.predicted()) if n not in pred.failures)
+    for label in pred.classes:
+        table.add_row(label, str(predicted[label]))
+    out.print(table)
+    if non_images:
+        console.print(f"non-image files passed over: {non_images}")
+    _list_paths("images that could not be decoded (rows with an error)",
+                [(pred.paths[i], why) for i, why in sorted(pred.failures.items())])
+    console.print(f"predictions: {relpath(target)}")
+    return 0
+
+
+def _add_predict(subparsers) -> None:
+    from tlkit.predict import FORMATS
+
+    parser = _subparser(
+        subparsers, "predict", "label new photos with a trained model",
+        "Predict the class of every image in PATH (files, or folders searched recursively) with the "
+        "best weights of a run, and write one row per image.",
+        "tlkit predict data/test --format kaggle --out submission.csv",
+    )
+    parser.add_argument("paths", nargs="+", type=Path, help="image files or folders")
+    _add_inference_flags(parser)
+    parser.add_argument("--out", default="predictions.csv", help="the file to write")
+    parser.add_argument("--format", choices=FORMATS, default="csv",
+                        help="csv / json: label, confidence, probabilities; kaggle: id,label (P(dog))")
+    parser.add_argument("--topk", type=int, help="write the K best classes instead of every probability")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    parser.set_defaults(func=cmd_predict)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tlkit.evaluate import default_out_dir, evaluate_folder
+
+    checkpoint, device, workers = _load_for_inference(args)
+    out_dir = Path(args.out) if args.out else default_out_dir(checkpoint, args.dir)
+    report = evaluate_folder(checkpoint, args.dir, out_dir, device=device, batch_size=args.batch_size,
+                             workers=workers, tta=args.tta, force=args.force)
+    table = Table(title=f"{relpath(Path(args.dir))}: accuracy {report['accuracy']:.4f} on {report['images']} images")
+    for column in ("class", "precision", "recall", "f1", "images"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for label in checkpoint.classes:
+        row = report["per_class"][label]
+        table.add_row(label, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1-score']:.4f}",
+                      str(int(row["support"])))
+    out.print(table)
+    _list_paths("images that could not be decoded (left out)", list(report["failed"].items()))
+    console.print(f"wrote {relpath(out_dir)}/: report.json, confusion.png, mistakes.png")
+    return 0
+
+
+def _add_evaluate(subparsers) -> None:
+    parser = _subparser(
+        subparsers, "evaluate", "measure a trained model on labelled photos",
+        "Accuracy and per-class precision / recall / F1 on DIR (class folders or flat cat.0.jpg names), "
+        "a confusion matrix and the most confident mistakes.",
+        "tlkit evaluate data/validation",
+    )
+    parser.add_argument("dir", type=Path, help="labelled images: <class>/<image> or <class>.<n>.jpg")
+    _add_inference_flags(parser)
+    parser.add_argument("--out", help="output folder (default: RUN/evaluate-<DIR name>)")
+    parser.add_argument("--force", action="store_true", help="replace earlier outputs in --out")
+    parser.set_defaults(func=cmd_evaluate)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tlkit.checkpoint import load_checkpoint, resolve_run
+    from tlkit.export import FORMATS, export_checkpoint
+    from tlkit.predict import find_images
+
+    checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir))
+    target = Path(args.out) if args.out else checkpoint.path.with_name(f"model{FORMATS[args.format]}")
+    images = find_images(args.images)[0] if args.images else _validation_images(checkpoint)
+    check = export_checkpoint(checkpoint, args.format, target, images=images, force=args.force)
+    if check["verified"]:
+        console.print(f"verified on {check['verified_on']} at batch sizes {check['batch_sizes']}: max "
+                      f"difference {check['max_abs_difference']:.2e}")
+    else:
+        warn(check["note"])
+    out.print(f"{relpath(target)} and {relpath(target.with_suffix('.json'))}")
+    return 0
+
+
+def _validation_images(checkpoint) -> list[Path]:
+    """A few images of the run's own validation set, to check the export on, when they are still there."""
+    from tlkit.scan import is_image_name
+
+    folder = Path(checkpoint.meta.get("config", {}).get("data", "data")) / "validation"
+    found = sorted(p for p in folder.rglob("*") if is_image_name(p)) if folder.is_dir() else []
+    return found[:: max(1, len(found) // 8)][:8]
+
+
+def _add_export(subparsers) -> None:
+    from tlkit.export import FORMATS
+
+    parser = _subparser(
+        subparsers, "export", "write a trained model as ONNX or TorchScript",
+        "Export the best weights of a run with their preprocessing in a .json beside them, and check that "
+        "the export gives PyTorch's outputs on real images.",
+        "tlkit export --format onnx --out model.onnx",
+    )
+    parser.add_argument("--format", choices=sorted(FORMATS), required=True, help="onnx or torchscript")
+    parser.add_argument("--checkpoint", help="a run folder or .safetensors file (default: runs/latest)")
+    parser.add_argument("--runs-dir", default="runs", help="where runs/latest is looked for")
+    parser.add_argument("--out", help="the file to write (default: RUN/model.onnx or RUN/model.pt)")
+    parser.add_argument("--images", nargs="*", type=Path,
+                        help="images to verify on (default: a few of the run's validation images)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
+    parser.set_defaults(func=cmd_export)
+
+
+# ---------------------------------------------------------------- models
+
+TIMM_LIST_LIMIT = 40  # rows a --timm pattern adds at most
+WIDE_TABLE = 150  # terminal columns from which `tlkit models` also shows weight files and summaries
+
+
+def _weights_here(info) -> str:
+    if info.weights is None:
+        return "-"  # trains from scratch, or timm has no pretrained weights for it
+    return "[green]cached[/]" if info.weights.path else "[yellow]not cached[/]"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from tlkit.models import available, describe
+    from tlkit.weights import hf_cache_folder, torch_hub_folder
+
+    names = available()
+    if args.timm:
+        import timm
+
+        matches = [f"timm:{name}" for name in timm.list_models(args.timm) if f"timm:{name}" not in names]
+        names += matches[:TIMM_LIST_LIMIT]
+        if len(matches) > TIMM_LIST_LIMIT:
+            warn(f"{len(matches)} timm models match {args.timm!r}; showing the first {TIMM_LIST_LIMIT}")
+    wide = out.width >= WIDE_TABLE  # the file names and summaries only fit a wide terminal
+    heads = (f"{args.num_classes} classes" if args.num_classes
+             else "1000 classes, 10 for the nets trained from scratch")
+    table = Table(title=f"backbones (parameters with a head for {heads}; pretrained: ImageNet weights in the cache)")
+    for column in ("name", "features", "input", "parameters", "pretrained") + (("file", "about") if wide else ()):
+        table.add_column(column, justify="right" if column in ("features", "input", "parameters") else "left",
+                         no_wrap=column == "name")
+    for name in names:
+        try:
+            info = describe(name, args.num_classes)
+        except TlkitError as error:  # a --timm match tlkit cannot cut into trunk and head
+            table.add_row(name, "-", "-", "-", "[red]unsupported[/]", *(("", str(error)) if wide else ()))
+            continue
+        row = [name, f"{info.feature_dim:,}", "x".join(map(str, info.input_size)),
+               f"{info.trunk_params + info.head_params:,}", _weights_here(info)]
+        table.add_row(*row, *((info.weights.file_name if info.weights else "", info.summary) if wide else ()))
+    out.print(table)
+    console.print(f"ImageNet weights are looked for in {torch_hub_folder()} (torchvision) and {hf_cache_folder()} "
+                  "(timm); nothing is downloaded here. timm models work as timm:<name> (--timm PATTERN lists them).")
+    return 0
+
+
+def _add_models(subparsers) -> None:
+    parser = _subparser(
+        subparsers, "models", "list the backbones: feature size, input size, parameters, weights cached here",
+        "List every registered backbone with its feature size at the trunk/head cut, its default input "
+        "size, its parameter count and whether its ImageNet weights are in the local cache right now "
+        "(nothing is downloaded).",
+        "tlkit models --timm 'convnext_*'",
+    )
+    parser.add_argument("--timm", metavar="PATTERN", help="also list the timm models matching PATTERN (e.g. 'convnext_*')")
+    parser.add_argument("--num-classes", type=int, help="count head parameters for this many classes "
+                        "(default: 1000, or 10 for the nets trained from scratch)")
+    parser.set_defaults(func=cmd_models)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -187,7 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tlkit {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for add in (_add_split, _add_check):
+    for add in (_add_split, _add_check, _add_finetune, _add_lr_find, _add_precompute, _add_cache,
+                _add_predict, _add_evaluate, _add_export, _add_train, _add_summary, _add_models):
         add(subparsers)
     return parser
 
@@ -198,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TlkitError as error:
+        set_quiet(False)  # --quiet silences chatter, never the reason a command failed
         console.print(f"[bold red]error:[/] {error}")
         return 1
     except KeyboardInterrupt:

@@ -1,0 +1,402 @@
+"""What `tlkit train` trains on: MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's digits, or a folder.
+
+Opens a dataset (raw files via tlkit/rawdata.py, folders via tlkit/data.py), carves a
+validation set where it has none, chooses the normalisation, and serves uint8 images at
+the model's channels and size in the DataBundle the fine-tune loop runs on unchanged.
+Builds models only through tlkit.models.create; runs no training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as F
+
+from tlkit.data import DataBundle, EpochSampler, EvalLoad, FolderDataset, TrainLoad, _loader, check_classes
+from tlkit.errors import TlkitError
+from tlkit.runtime import relpath
+from tlkit.split import _val_count, parse_val
+
+SHIFT_FRACTION = 1 / 14  # augmentation of in-memory images: a random shift of up to 2 px of MNIST's 28
+STATS_SAMPLE = 2000  # images of a folder read to estimate its mean and std
+
+
+# ---------------------------------------------------------------- serving images to a model
+
+
+def adapt_image(image: torch.Tensor, in_chans: int, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 [C, H, W] -> the model's channel count (grey repeated, or RGB to luminance) and size."""
+    if image.shape[0] == 3 and in_chans == 1:
+        image = F.rgb_to_grayscale(image)
+    if tuple(image.shape[1:]) != tuple(size):
+        image = F.resize(image, list(size), antialias=True)
+    return image.expand(3, -1, -1) if image.shape[0] == 1 and in_chans == 3 else image
+
+
+def _shift(image: torch.Tensor, seed: int, flip: bool) -> torch.Tensor:
+    """A random shift of up to SHIFT_FRACTION of the side (and a mirror when `flip`), drawn from the sample's seed."""
+    generator = torch.Generator().manual_seed(seed)
+    height, width = image.shape[1:]
+    most = max(1, round(min(height, width) * SHIFT_FRACTION))
+    dx, dy = torch.randint(0, 2 * most + 1, (2,), generator=generator).tolist()
+    image = F.pad(image, [most] * 4)[:, dy:dy + height, dx:dx + width]
+    return image.flip(-1) if flip and torch.rand(1, generator=generator).item() < 0.5 else image
+
+
+class MemoryImages(torch.utils.data.Dataset):
+    """uint8 images held in memory, served like data.FolderDataset: (uint8 [C, H, W], class index).
+
+    An index may be a plain int or (int, seed); the seed drives that sample's augmentation.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, in_chans: int, size: tuple[int, int],
+                 augment: bool = False, flip: bool = False):
+        self.images, self.labels = images, labels
+        self.in_chans, self.size, self.augment, self.flip = in_chans, tuple(size), augment, flip
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        image = self.images[index]
+        if self.augment and seed is not None:
+            image = _shift(image, seed, self.flip)
+        return adapt_image(image, self.in_chans, self.size), int(self.labels[index])
+
+
+class IndexedSubset(torch.utils.data.Dataset):
+    """Some items of a dataset; passes (index, seed) items through, unlike torch's Subset."""
+
+    def __init__(self, dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        return self.dataset[(self.indices[index], seed)]
+
+
+def carve_val(labels: list[int], val: int | float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(training, validation) indices: `val` images (a count or a fraction), stratified by class when possible."""
+    from sklearn.model_selection import train_test_split
+
+    count = _val_count(val, len(labels))
+    indices = np.arange(len(labels))
+    try:
+        train, valid = train_test_split(indices, test_size=count, random_state=seed, stratify=labels)
+    except ValueError:  # a class too small to appear on both sides: split without stratifying
+        train, valid = train_test_split(indices, test_size=count, random_state=seed)
+    return sorted(train.tolist()), sorted(valid.tolist())
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images [N, C, H, W], on the 0-1 scale."""
+    pixels = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255
+    std = pixels.std(dim=1).clamp_min(1e-3)  # a blank channel must not divide by zero
+    return tuple(pixels.mean(dim=1).tolist()), tuple(std.tolist())
+
+
+def _per_channel(values, in_chans: int) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) not in (1, in_chans):
+        raise TlkitError(f"--mean/--std give {len(values)} values; the model takes {in_chans} channel(s): give 1 or {in_chans}.")
+    return values * in_chans if len(values) == 1 else values
+
+
+@dataclass
+class TrainData(DataBundle):
+    """A DataBundle with the test split, where the dataset has one (used for the final report)."""
+
+    test_set: object = None
+    test_loader: torch.utils.data.DataLoader | None = None
+
+
+# ---------------------------------------------------------------- what `tlkit train` trains on
+
+
+@dataclass
+class TrainingSource:
+    """A dataset opened for `tlkit train`: classes, subsets, and how to serve them to a given model."""
+
+    title: str
+    classes: list[str]
+    settings: dict  # what rebuilds this source (dataset, data_root, val, mean, std); recorded in the run
+    channels: int  # of the images as stored
+    image_size: int | None  # their side; None when images differ in size (folders)
+    sizes: dict = field(default_factory=dict)  # images per subset, for the announcement
+    known_stats: tuple | None = None  # (mean, std) of the training set, when the dataset's are known
+
+    def describe(self) -> str:
+        subsets = " / ".join(f"{count:,} {subset}" for subset, count in self.sizes.items())
+        shape = f"{self.channels}x{self.image_size}x{self.image_size}" if self.image_size else "images"
+        return f"{self.title}: {subsets} ({shape}, {len(self.classes)} classes)"
+
+    def create_backbone(self, config, num_classes: int):
+        """The model config.backbone names, fed this data: the classic nets at the data's channels and size."""
+        from tlkit import models
+        from tlkit.summary import check_input_fits
+
+        spec = models.REGISTRY.get(config.backbone)
+        classic = spec is not None and spec.family == "classic"
+        in_chans = self.channels if classic else None
+        img_size = config.img_size or (self.image_size if classic else None)
+        backbone = check_input_fits(config.backbone, num_classes, weights=config.weights, in_chans=in_chans,
+                                    img_size=img_size)
+        backbone.preprocessing = self.preprocessing_for(backbone)
+        return backbone
+
+    def preprocessing_for(self, backbone):
+        """The backbone's geometry with this data's normalisation: the settings' mean/std if given; a
+        pretrained backbone's own; else the training set's (known per dataset, or measured)."""
+        prep = backbone.preprocessing
+        mean, std = self.settings.get("mean"), self.settings.get("std")
+        if mean is not None or std is not None:
+            mean, std = _per_channel(mean or prep.mean, prep.in_chans), _per_channel(std or prep.std, prep.in_chans)
+        elif backbone.pretrained:
+            mean, std = prep.mean, prep.std
+        elif self.known_stats is not None and self.channels <= prep.in_chans:
+            mean, std = (_per_channel(values, prep.in_chans) for values in self.known_stats)
+        else:
+            mean, std = channel_stats(self.stats_sample(prep))
+        return replace(prep, mean=tuple(mean), std=tuple(std), **self.geometry(prep))
+
+    def geometry(self, prep) -> dict:
+        return {}
+
+    def stats_sample(self, prep) -> torch.Tensor:
+        raise NotImplementedError
+
+    def make_data(self, prep, *, batch_size: int, workers: int, device: torch.device, seed: int,
+                  augment: bool = True) -> TrainData:
+        raise NotImplementedError
+
+
+def _bundle(classes, train_set, val_set, test_set, *, batch_size: int, workers: int, device, seed: int) -> TrainData:
+    """Loaders as data.make_data makes them (shuffled by a resumable sampler, failed decodes skipped)."""
+    sampler = EpochSampler(len(train_set), seed)
+    drop_last = len(train_set) > batch_size  # a last batch of one image breaks BatchNorm in training mode
+    return TrainData(
+        classes=classes, train_set=train_set, val_set=val_set, train_sampler=sampler,
+        train_loader=_loader(train_set, batch_size, sampler, workers, device, drop_last),
+        val_loader=_loader(val_set, batch_size, None, workers, device, False), test_set=test_set,
+        test_loader=_loader(test_set, batch_size, None, workers, device, False) if test_set is not None else None,
+    )
+
+
+@dataclass
+class MemorySource(TrainingSource):
+    """MNIST, Fashion-MNIST, CIFAR-10 or digits: uint8 tensors in memory, (images, labels) per subset."""
+
+    train: tuple = ()
+    val: tuple = ()
+    test: tuple | None = None
+    flip: bool = False
+
+    def geometry(self, prep) -> dict:
+        return {"resize_size": None}  # resized straight to the input size, as a file would be when predicting
+
+    def stats_sample(self, prep) -> torch.Tensor:
+        images = self.train[0][torch.randperm(len(self.train[0]), generator=torch.Generator().manual_seed(0))[:10_000]]
+        return torch.stack([adapt_image(image, prep.in_chans, image.shape[1:]) for image in images])
+
+    def make_data(self, prep, *, batch_size: int, workers: int, device: torch.device, seed: int,
+                  augment: bool = True) -> TrainData:
+        geometry = {"in_chans": prep.in_chans, "size": tuple(prep.input_size)}
+        train_set = MemoryImages(*self.train, augment=augment, flip=self.flip, **geometry)
+        val_set = MemoryImages(*self.val, **geometry)
+        test_set = MemoryImages(*self.test, **geometry) if self.test is not None else None
+        # Images already in memory at the right size need no loader processes (they would only add copies).
+        resized = tuple(prep.input_size) != (self.image_size, self.image_size)
+        return _bundle(self.classes, train_set, val_set, test_set, batch_size=batch_size,
+                       workers=workers if resized else 0, device=device, seed=seed)
+
+
+@dataclass
+class FolderSource(TrainingSource):
+    """A folder: class folders (validation carved by --val) or training/ + validation/ (+ test/)."""
+
+    root: Path = Path(".")
+    train_indices: list[int] | None = None  # None: root holds training/ and validation/
+    val_indices: list[int] | None = None
+
+    def _test_dir(self) -> Path | None:
+        return self.root / "test" if self.train_indices is None and (self.root / "test").is_dir() else None
+
+    def _train_set(self, load):
+        if self.train_indices is None:
+            return FolderDataset(self.root / "training", load)
+        return IndexedSubset(FolderDataset(self.root, load), self.train_indices)
+
+    def stats_sample(self, prep) -> torch.Tensor:
+        train_set = self._train_set(EvalLoad(prep))
+        chosen = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:STATS_SAMPLE].tolist()
+        images = [image for image, _ in (train_set[index] for index in chosen) if image is not None]
+        return torch.stack(images)
+
+    def make_data(self, prep, *, batch_size: int, workers: int, device: torch.device, seed: int,
+                  augment: bool = True) -> TrainData:
+        train_set = self._train_set(TrainLoad(prep) if augment else EvalLoad(prep))
+        if self.train_indices is None:
+            val_set = FolderDataset(self.root / "validation", EvalLoad(prep))
+        else:
+            val_set = IndexedSubset(FolderDataset(self.root, EvalLoad(prep)), self.val_indices)
+        test_dir = self._test_dir()
+        test_set = FolderDataset(test_dir, EvalLoad(prep)) if test_dir else None
+        return _bundle(self.classes, train_set, val_set, test_set, batch_size=batch_size, workers=workers,
+                       device=device, seed=seed)
+
+
+# ---------------------------------------------------------------- opening a dataset by name
+
+SOURCE_DEFAULTS = {"dataset": None, "data_root": "data", "val": None, "mean": None, "std": None, "download": True}
+DEFAULT_VAL = 0.1  # the validation share carved from training data that has no validation set
+
+
+def dataset_names() -> list[str]:
+    from tlkit.rawdata import BUILTINS
+
+    return [*sorted(BUILTINS), "digits"]
+
+
+def dataset_help() -> str:
+    return f"{', '.join(dataset_names())}, or a folder (class folders, or training/ + validation/ from `tlkit split`)"
+
+
+def _floats(value, key: str) -> list[float] | None:
+    """`0.5`, `"0.485,0.456,0.406"` or a YAML list -> a list of floats."""
+    if value is None:
+        return None
+    parts = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    try:
+        return [float(part) for part in parts]
+    except (TypeError, ValueError):
+        raise TlkitError(f"{key} {value!r} is not a number or a comma-separated list of numbers.") from None
+
+
+def memory_source(title: str, classes: list[str], train: tuple, test: tuple | None = None, *,
+                  settings: dict | None = None, **extra) -> MemorySource:
+    """A source over uint8 images [N, C, H, W] and labels in memory; validation carved from `train`
+    by settings["val"] (default a tenth). extra: known_stats=(mean, std), flip=True."""
+    settings = {**SOURCE_DEFAULTS, "dataset": title, **(settings or {})}
+    images, labels = train
+    if len(labels) and int(labels.max()) >= len(classes):
+        raise TlkitError(f"{title}: label {int(labels.max())} found, but the dataset has {len(classes)} classes.")
+    val = parse_val(str(settings["val"] if settings["val"] is not None else DEFAULT_VAL))
+    train_indices, val_indices = (torch.tensor(part) for part in carve_val(labels.tolist(), val))
+    sizes = {"training": len(train_indices), "validation": len(val_indices)}
+    if test is not None:
+        sizes["test"] = len(test[1])
+    return MemorySource(
+        title=title, classes=list(classes), settings=settings, channels=images.shape[1], image_size=images.shape[-1],
+        sizes=sizes, train=(images[train_indices], labels[train_indices]),
+        val=(images[val_indices], labels[val_indices]), test=test, **extra,
+    )
+
+
+def _first_image_channels(dataset: FolderDataset) -> int:
+    from PIL import Image
+
+    with Image.open(dataset.samples[0][0]) as image:
+        return 1 if image.mode in ("L", "1", "I;16", "I", "F") else 3
+
+
+def _folder_source(root: Path, settings: dict) -> FolderSource:
+    """training/ + validation/ as `tlkit split` writes them, or class folders to carve --val from."""
+    if (root / "training").is_dir() or (root / "validation").is_dir():
+        classes = check_classes(root)
+        train_set, val_set = FolderDataset(root / "training", None), FolderDataset(root / "validation", None)
+        sizes = {"training": len(train_set), "validation": len(val_set)}
+        if (root / "test").is_dir():
+            sizes["test"] = len(FolderDataset(root / "test", None))
+        return FolderSource(title=relpath(root), classes=classes, settings=settings, sizes=sizes,
+                            channels=_first_image_channels(train_set), image_size=None, root=root)
+    try:
+        whole = FolderDataset(root, None)
+    except FileNotFoundError:
+        whole = None
+    if whole is None or len(whole.classes) < 2 or not len(whole):
+        raise TlkitError(f"{relpath(root)} holds no class folders (cat/, dog/, ...) nor training/ + validation/; "
+                         f"for a flat folder of cat.0.jpg, dog.0.jpg run `tlkit split {relpath(root)} --val 0.2` first.")
+    val = parse_val(str(settings["val"] if settings["val"] is not None else DEFAULT_VAL))
+    train_indices, val_indices = carve_val(whole.targets, val)
+    return FolderSource(title=relpath(root), classes=whole.classes, settings=settings, channels=_first_image_channels(whole),
+                        image_size=None, sizes={"training": len(train_indices), "validation": len(val_indices)},
+                        root=root, train_indices=train_indices, val_indices=val_indices)
+
+
+def open_source(dataset: str, *, data_root: str | Path = "data", val: str | float | None = None, mean=None, std=None,
+                download: bool = True) -> TrainingSource:
+    """A dataset by name (mnist, fashion-mnist, cifar10, digits) or folder, ready to serve any model."""
+    from tlkit import rawdata
+
+    settings = {"dataset": str(dataset), "data_root": str(data_root), "val": val,
+                "mean": _floats(mean, "--mean"), "std": _floats(std, "--std"), "download": bool(download)}
+    if dataset in rawdata.BUILTINS:
+        spec = rawdata.BUILTINS[dataset]
+        splits = rawdata.load_builtin(dataset, Path(data_root), download=download)
+        return memory_source(spec.title, list(spec.classes), splits["train"], splits.get("test"), settings=settings,
+                             known_stats=(spec.mean, spec.std), flip=spec.flip)
+    if dataset == "digits":
+        return memory_source("digits (scikit-learn)", [str(n) for n in range(10)], rawdata.load_digits(), settings=settings)
+    if Path(dataset).is_dir():
+        if val is not None and (Path(dataset) / "validation").is_dir():
+            raise TlkitError(f"{relpath(Path(dataset))} already holds validation/; leave out --val.")
+        return _folder_source(Path(dataset), settings)
+    raise TlkitError(f"unknown dataset {dataset!r} (and no such folder). Valid: {dataset_help()}.")
+
+
+# ---------------------------------------------------------------- `tlkit train` settings
+
+
+def split_settings(values: dict, where: str) -> tuple[dict, dict]:
+    """A train config's values -> (dataset settings, FinetuneConfig settings); `model` means `backbone`."""
+    from tlkit.config import config_keys
+
+    values = {str(key).replace("-", "_"): value for key, value in values.items()}
+    if "model" in values:
+        values["backbone"] = values.pop("model")
+    unknown = sorted(set(values) - set(SOURCE_DEFAULTS) - set(config_keys()))
+    if unknown:
+        valid = [*SOURCE_DEFAULTS, "model", *(key for key in config_keys() if key not in ("backbone", "data"))]
+        raise TlkitError(f"{where}: unknown setting(s) {', '.join(unknown)}. Valid settings: {', '.join(valid)}.")
+    source = {key: values.pop(key) for key in list(values) if key in SOURCE_DEFAULTS}
+    return source, values
+
+
+def resolve_train_settings(config_file: Path | None, flags: dict) -> tuple[dict, dict]:
+    """Defaults, then the YAML file, then the flags given: (open_source keywords, finetune settings)."""
+    import yaml
+
+    file_values = {}
+    if config_file is not None:
+        if not Path(config_file).is_file():
+            raise TlkitError(f"config file {config_file} does not exist.")
+        try:
+            file_values = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise TlkitError(f"{config_file} is not valid YAML: {error}") from None
+        if not isinstance(file_values, dict):
+            raise TlkitError(f"{config_file} must hold `setting: value` lines.")
+    file_source, file_settings = split_settings(file_values, str(config_file))
+    flag_source, flag_settings = split_settings(flags, "flags")
+    source = {**SOURCE_DEFAULTS, **file_source, **flag_source}
+    if source["dataset"] is None:
+        raise TlkitError(f"no dataset given: add --dataset ({dataset_help()}).")
+    return source, {**file_settings, **flag_settings}
+
+
+def saved_source_settings(run_dir: Path) -> dict:
+    """The dataset settings an earlier `tlkit train` run recorded (to resume it on the same data)."""
+    from tlkit.checkpoint import load_resume
+
+    saved = load_resume(Path(run_dir))["meta"].get("data_source")
+    if not saved:
+        raise TlkitError(f"{relpath(Path(run_dir))} is a `tlkit finetune` run; continue it with "
+                         f"`tlkit finetune --resume {relpath(Path(run_dir))}`.")
+    return saved

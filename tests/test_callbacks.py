@@ -22,7 +22,8 @@ def row(epoch: int, val_loss: float, val_acc: float = 0.5) -> dict:
 
 
 def fake_trainer(model=None):
-    return SimpleNamespace(model=model or torch.nn.Linear(2, 2), history=[], run_dir=None, stop_reason=None,
+    model = model or torch.nn.Linear(2, 2)
+    return SimpleNamespace(model=model, checkpointed=model, history=[], run_dir=None, stop_reason=None,
                            epoch=0, frozen=None, checkpoint_meta=lambda r: {})
 
 

@@ -125,6 +125,6 @@ def test_mnist_net_learns_real_mnist_digits(tmp_path):
     train, test = (images[:2000], labels[:2000]), (images[-500:], labels[-500:])
     source = memory_source("MNIST t10k", list(BUILTINS["mnist"].classes), train, test, settings={"val": 200},
                            known_stats=(BUILTINS["mnist"].mean, BUILTINS["mnist"].std))
-    result = finetune(source=source, backbone="mnist-net", epochs=2, lr=0.05, momentum=0.9, batch_size=64,
+    result = finetune(source=source, backbone="mnist-net", epochs=3, lr=0.05, momentum=0.9, batch_size=64,
                       scheduler="none", augment=False, workers=0, runs_dir=str(tmp_path), name="real")
     assert result.report["subset"] == "test" and result.report["accuracy"] > 0.9

@@ -52,13 +52,13 @@ class BestWeights(Callback):
             return
         self.best_value, self.best_epoch = row[self.monitor], row["epoch"]
         # clone(): state_dict() returns live references that the next optimizer step would change.
-        self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()}
+        self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in trainer.checkpointed.state_dict().items()}
         if trainer.run_dir is not None:
             save_best(trainer.run_dir, self.best_state, trainer.checkpoint_meta(row))
 
     def on_fit_end(self, trainer) -> None:
         if self.best_state is not None:
-            trainer.model.load_state_dict(self.best_state)
+            trainer.checkpointed.load_state_dict(self.best_state)
 
     def state_dict(self) -> dict:
         return {"best_value": self.best_value, "best_epoch": self.best_epoch, "best_state": self.best_state}

@@ -200,12 +200,15 @@ _SETTING_FLAGS = (
     ("--precision", str, "PRECISIONS", "CUDA arithmetic (bf16 autocast or fp32); the CPU always uses fp32"),
     ("--device", str, "DEVICES", "where to train"),
     ("--workers", int, None, "image loader processes (default: every core but one)"),
+    ("--precompute-views", int, None, "with --precompute-features: augmented views cached per training image"),
+    ("--cache-dir", str, None, "feature cache folder (default: DATA/.tlkit-cache)"),
+    ("--cache-dtype", str, "CACHE_DTYPES", "how cached features are stored"),
     ("--seed", int, None, "seed of init, data order and augmentation: a CPU run repeats exactly"),
     ("--name", str, None, "run folder name under --runs-dir (default: a timestamp)"),
     ("--runs-dir", str, None, "where run folders go"),
 )
 _LR_FIND_SKIPS = ("--epochs", "--scheduler", "--step-size", "--gamma", "--unfreeze-after", "--monitor",
-                  "--patience", "--name", "--runs-dir")
+                  "--patience", "--name", "--runs-dir", "--precompute-views", "--cache-dir", "--cache-dtype")
 
 
 def _add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
@@ -221,6 +224,8 @@ def _add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
         shown = "" if "(default" in text else f" (default: {getattr(defaults, key)})"
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text + shown,
                             choices=getattr(config_module, choices) if choices else None)
+    parser.add_argument("--precompute-features", action="store_const", const=True, default=argparse.SUPPRESS,
+                        help="run the frozen trunk once, cache its features, train the head from the cache")
     parser.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=argparse.SUPPRESS,
                         help="no random crops or flips on the training images")
 

@@ -22,6 +22,7 @@ FREEZE_MODES = ("none", "trunk")
 MONITORS = ("val_loss", "val_acc")
 PRECISIONS = ("bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
+CACHE_DTYPES = ("float16", "float32")
 _KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 
 
@@ -52,6 +53,10 @@ class FinetuneConfig:
     precision: str = "bf16"  # CUDA only; the CPU always computes in fp32
     device: str = "auto"
     workers: int | None = None  # loader processes; None: every core but one
+    precompute_features: bool = False  # train the head on cached trunk features (tlkit/features.py)
+    precompute_views: int = 0  # with precompute: K augmented views cached per training image
+    cache_dir: str | None = None  # feature cache folder; None: DATA/.tlkit-cache
+    cache_dtype: str = "float16"  # how cached features are stored
     seed: int = 0
     name: str | None = None  # run folder name; None: a timestamp
     runs_dir: str = "runs"
@@ -95,7 +100,7 @@ def _coerce(key: str, value, where: str):
 def _check_ranges(config: FinetuneConfig, where: str) -> None:
     choices = {
         "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "freeze": FREEZE_MODES,
-        "monitor": MONITORS, "precision": PRECISIONS, "device": DEVICES,
+        "monitor": MONITORS, "precision": PRECISIONS, "device": DEVICES, "cache_dtype": CACHE_DTYPES,
     }
     for key, valid in choices.items():
         if getattr(config, key) not in valid:
@@ -105,7 +110,7 @@ def _check_ranges(config: FinetuneConfig, where: str) -> None:
         value = getattr(config, key)
         if value is not None and value <= 0:
             raise TlkitError(f"{where}: {key} must be above 0, not {value}.")
-    for key in ("unfreeze_after", "workers", "weight_decay", "momentum", "label_smoothing"):
+    for key in ("unfreeze_after", "workers", "weight_decay", "momentum", "label_smoothing", "precompute_views"):
         value = getattr(config, key)
         if value is not None and value < 0:
             raise TlkitError(f"{where}: {key} must be 0 or more, not {value}.")

@@ -116,6 +116,8 @@ class ImageBatches:
             _PilDataset(self.paths, indices, self.load), batch_size=self.batch_size,
             num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            # Its own generator: drawing worker seeds must not move the global RNG (dropout, init).
+            generator=torch.Generator().manual_seed(0),
         )
         for batch_indices, images, failed in loader:
             self.failures.update(failed)

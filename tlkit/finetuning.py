@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
+import yaml
+
 from tlkit import callbacks as cbs
 from tlkit.checkpoint import (
     BEST_META, BEST_WEIGHTS, RESUME, atomic_write_text, load_resume, new_run_dir, point_latest, save_best,
@@ -49,18 +51,26 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_trainer(config: FinetuneConfig, classes: list[str], *, extra_callbacks=()) -> tuple[Trainer, object, DataBundle]:
-    """The backbone, its data and a Trainer, all from the config (seeded first, so init repeats)."""
+def build_trainer(config: FinetuneConfig, classes: list[str], *, extra_callbacks=(),
+                  source=None) -> tuple[Trainer, object, DataBundle]:
+    """The backbone, its data and a Trainer, all from the config (seeded first, so init repeats).
+
+    source: another data source than config.data (tlkit.datasets.TrainingSource, for `tlkit train`);
+    it builds the backbone fed its data and the DataBundle.
+    """
     from tlkit import models
 
     seed_everything(config.seed)
     device = select_device(config.device)
-    backbone = models.create(config.backbone, num_classes=len(classes), weights=config.weights,
-                             img_size=config.img_size)
+    if source is None:
+        backbone = models.create(config.backbone, num_classes=len(classes), weights=config.weights,
+                                 img_size=config.img_size)
+    else:
+        backbone = source.create_backbone(config, num_classes=len(classes))
     prep = backbone.preprocessing
     workers = default_workers() if config.workers is None else config.workers
-    data = make_data(Path(config.data), prep, batch_size=config.batch_size, workers=workers, device=device,
-                     seed=config.seed, augment=config.augment)
+    loaders = dict(batch_size=config.batch_size, workers=workers, device=device, seed=config.seed, augment=config.augment)
+    data = make_data(Path(config.data), prep, **loaders) if source is None else source.make_data(prep, **loaders)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         backbone.model.to(device, memory_format=torch.channels_last)
@@ -78,8 +88,9 @@ def build_trainer(config: FinetuneConfig, classes: list[str], *, extra_callbacks
         callbacks.append(cbs.EarlyStopping(config.monitor, config.patience))
     meta = {
         "backbone": backbone.name, "weights": backbone.weights, "pretrained": backbone.pretrained,
-        "num_classes": len(classes), "classes": classes, "in_chans": prep.in_chans, "img_size": config.img_size,
+        "num_classes": len(classes), "classes": classes, "in_chans": prep.in_chans, "img_size": prep.input_size[0],
         "preprocessing": prep.to_dict(), "monitor": config.monitor, "config": config_to_dict(config),
+        "data_source": source.settings if source is not None else None,
     }
     trainer = Trainer(
         model=backbone.model, optimizer=optimizer, scheduler=scheduler, scheduler_name=config.scheduler,
@@ -109,34 +120,38 @@ def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneC
 
 
 def finetune(config_file: Path | str | None = None, *, resume: Path | str | None = None, force: bool = False,
-             callbacks=(), **settings) -> FinetuneResult:
+             callbacks=(), source=None, **settings) -> FinetuneResult:
     """Fine-tune a backbone on DATA/training, pick the best epoch on DATA/validation, write runs/<name>/.
 
     settings are FinetuneConfig fields (data="data", backbone="resnet18", epochs=10, ...); they
     override the YAML config_file. resume: a run folder to continue where it stopped.
+    source: train on this (tlkit.datasets.TrainingSource) instead of config.data; the final report
+    uses its test split where it has one.
     """
     if resume is not None:
         config, state = _resume_config(Path(resume), config_file, settings)
     else:
         config, state = resolve_config(Path(config_file) if config_file else None, settings), None
-    classes = check_classes(Path(config.data))
+    classes = source.classes if source is not None else check_classes(Path(config.data))
     if state is not None and state["meta"]["classes"] != classes:
         raise TlkitError(f"{relpath(Path(config.data))} holds classes {classes}, but {relpath(Path(resume))} "
                          f"was trained on {state['meta']['classes']}; resume with its own --data.")
-    trainer, backbone, data = build_trainer(config, classes, extra_callbacks=callbacks)
+    trainer, backbone, data = build_trainer(config, classes, extra_callbacks=callbacks, source=source)
     run_dir = Path(resume) if resume is not None else new_run_dir(Path(config.runs_dir), config.name, force)
     _attach_run_dir(trainer, config, run_dir)
     if state is not None:
         trainer.load_state_dict(state)
         info(f"resuming {relpath(run_dir)} after epoch {trainer.epoch} of {config.epochs}")
     else:
-        atomic_write_text(run_dir / "config.yaml", config_yaml(config))
+        source_yaml = yaml.safe_dump(source.settings, sort_keys=False) if source is not None else ""
+        atomic_write_text(run_dir / "config.yaml", source_yaml + config_yaml(config))
     point_latest(run_dir)
     _announce(config, backbone, data, trainer.device, run_dir)
     try:
         fit(trainer, save_resume=lambda resume_state: save_resume(run_dir, resume_state))
     except KeyboardInterrupt:
-        console.print(f"continue this run with: tlkit finetune --resume {relpath(run_dir)}")
+        command = "train" if source is not None else "finetune"
+        console.print(f"continue this run with: tlkit {command} --resume {relpath(run_dir)}")
         raise
     return _finish(trainer, backbone, data, run_dir)
 
@@ -164,8 +179,10 @@ def _finish(trainer: Trainer, backbone, data: DataBundle, run_dir: Path) -> Fine
     best = next(cb for cb in trainer.callbacks if isinstance(cb, cbs.BestWeights))
     if best.best_state is None:
         raise TlkitError(f"no epoch gave a usable {best.monitor} (NaN: the training diverged); try a lower --lr.")
-    result = evaluate(trainer.model, data.val_loader, trainer.normalize, autocast=trainer.autocast, collect=True)
-    report = cbs.class_report(result["targets"], result["predictions"], data.classes)
+    # The final report is on the test split where the data has one (tlkit train), else on validation.
+    subset, loader = ("test", data.test_loader) if getattr(data, "test_loader", None) else ("validation", data.val_loader)
+    result = evaluate(trainer.model, loader, trainer.normalize, autocast=trainer.autocast, collect=True)
+    report = {**cbs.class_report(result["targets"], result["predictions"], data.classes), "subset": subset}
     best_row = next(row for row in trainer.history if row["epoch"] == best.best_epoch)
     save_best(run_dir, best.best_state, trainer.checkpoint_meta(best_row))
     cbs.plot_confusion(run_dir / "confusion.png", result["targets"], result["predictions"], data.classes)
@@ -189,7 +206,7 @@ def _print_summary(history: list[dict], best_epoch: int, report: dict, outputs: 
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
         table.add_row(key.replace("_", " "), f"{best_row[key]:.4f}", f"{last_row[key]:.4f}")
     out.print(table)
-    out.print(f"validation accuracy of the saved model: {report['accuracy']:.4f}")
+    out.print(f"{report.get('subset', 'validation')} accuracy of the saved model: {report['accuracy']:.4f}")
     for name, path in outputs.items():
         out.print(f"  {name:<16} {relpath(path)}")
     if skipped:

@@ -55,6 +55,9 @@ class Trainer:
                  val_loader, train_sampler, normalize, device: torch.device, precision: str, epochs: int,
                  label_smoothing: float = 0.0, callbacks: list | None = None, run_dir=None, meta: dict | None = None):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        # What a checkpoint holds: the whole classifier, also while `model` is its head alone
+        # (training from cached features). Set by the builder; the model itself by default.
+        self.checkpointed: nn.Module = model
         self.scheduler_name = scheduler_name
         self.train_loader, self.val_loader, self.train_sampler = train_loader, val_loader, train_sampler
         self.normalize, self.device, self.epochs = normalize, device, epochs

@@ -247,7 +247,7 @@ class FeatureLoader:
 
     def __init__(self, feature_set: FeatureSet, *, batch_size: int, device: torch.device, shuffle: bool,
                  seed: int = 0, drop_last: bool = False):
-        features = torch.from_numpy(np.ascontiguousarray(feature_set.features))
+        features = torch.from_numpy(np.array(feature_set.features))  # a writable copy of the memory map
         try:
             features = features.to(device)
         except torch.OutOfMemoryError:

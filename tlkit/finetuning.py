@@ -7,6 +7,7 @@ runs/latest) and what the user sees at the end. `tlkit.finetune(...)` and the CL
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from tlkit.checkpoint import (
 from tlkit.config import FinetuneConfig, config_to_dict, config_yaml, make_config, resolve_config
 from tlkit.data import DataBundle, Normalizer, check_classes, make_data
 from tlkit.errors import TlkitError
-from tlkit.runtime import console, default_workers, info, out, relpath, seed_everything, warn
+from tlkit.runtime import console, default_workers, info, out, relpath, seed_everything, select_device, warn
 from tlkit.train import Trainer, evaluate, fit, make_optimizer, make_scheduler
 
 LIST_LIMIT = 10
@@ -43,30 +44,26 @@ class FinetuneResult:
     skipped: list[str]
 
 
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TlkitError("--device cuda was asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto.")
-    return torch.device(name)
-
-
-def build_trainer(config: FinetuneConfig, classes: list[str], *, extra_callbacks=(),
-                  source=None) -> tuple[Trainer, object, DataBundle]:
-    """The backbone, its data and a Trainer, all from the config (seeded first, so init repeats).
-
-    source: another data source than config.data (tlkit.datasets.TrainingSource, for `tlkit train`);
-    it builds the backbone fed its data and the DataBundle.
-    """
+def _create_backbone(config: FinetuneConfig, classes: list[str], source=None):
+    """Seeded first, so a random initialisation repeats."""
     from tlkit import models
 
     seed_everything(config.seed)
+    if source is not None:
+        return source.create_backbone(config, num_classes=len(classes))
+    return models.create(config.backbone, num_classes=len(classes), weights=config.weights, img_size=config.img_size)
+
+
+def build_trainer(config: FinetuneConfig, classes: list[str], *, extra_callbacks=(), source=None,
+                  backbone=None) -> tuple[Trainer, object, DataBundle]:
+    """The backbone, its data and a Trainer, all from the config.
+
+    source: another data source than config.data (tlkit.datasets.TrainingSource, for `tlkit train`);
+    it builds the backbone fed its data and the DataBundle. backbone: continue with this one
+    (after training its head from cached features) instead of building it, and without reseeding.
+    """
     device = select_device(config.device)
-    if source is None:
-        backbone = models.create(config.backbone, num_classes=len(classes), weights=config.weights,
-                                 img_size=config.img_size)
-    else:
-        backbone = source.create_backbone(config, num_classes=len(classes))
+    backbone = backbone or _create_backbone(config, classes, source)
     prep = backbone.preprocessing
     workers = default_workers() if config.workers is None else config.workers
     loaders = dict(batch_size=config.batch_size, workers=workers, device=device, seed=config.seed, augment=config.augment)
@@ -86,12 +83,7 @@ def build_trainer(config: FinetuneConfig, classes: list[str], *, extra_callbacks
     callbacks = [cbs.FreezeSchedule(backbone, config.freeze, config.unfreeze_after), cbs.BestWeights(config.monitor)]
     if config.patience is not None:
         callbacks.append(cbs.EarlyStopping(config.monitor, config.patience))
-    meta = {
-        "backbone": backbone.name, "weights": backbone.weights, "pretrained": backbone.pretrained,
-        "num_classes": len(classes), "classes": classes, "in_chans": prep.in_chans, "img_size": prep.input_size[0],
-        "preprocessing": prep.to_dict(), "monitor": config.monitor, "config": config_to_dict(config),
-        "data_source": source.settings if source is not None else None,
-    }
+    meta = _run_meta(config, backbone, classes, source)
     trainer = Trainer(
         model=backbone.model, optimizer=optimizer, scheduler=scheduler, scheduler_name=config.scheduler,
         train_loader=data.train_loader, val_loader=data.val_loader, train_sampler=data.train_sampler,
@@ -99,6 +91,79 @@ def build_trainer(config: FinetuneConfig, classes: list[str], *, extra_callbacks
         label_smoothing=config.label_smoothing, callbacks=callbacks + list(extra_callbacks), meta=meta,
     )
     return trainer, backbone, data
+
+
+def _run_meta(config: FinetuneConfig, backbone, classes: list[str], source=None) -> dict:
+    """What best.json and the resume file record beside the weights, to rebuild and label the model."""
+    prep = backbone.preprocessing
+    return {
+        "backbone": backbone.name, "weights": backbone.weights, "pretrained": backbone.pretrained,
+        "num_classes": len(classes), "classes": classes, "in_chans": prep.in_chans, "img_size": prep.input_size[0],
+        "preprocessing": prep.to_dict(), "monitor": config.monitor, "config": config_to_dict(config),
+        "data_source": source.settings if source is not None else None,
+    }
+
+
+@dataclass
+class FeatureBundle:
+    """Cached features standing in for the images (what _finish needs of a DataBundle)."""
+
+    classes: list[str]
+    train_loader: object
+    val_loader: object
+
+
+def head_epochs(config: FinetuneConfig) -> int:
+    """With --precompute-features, the epochs the head trains from the cache."""
+    return config.unfreeze_after if config.unfreeze_after is not None else config.epochs
+
+
+def build_feature_trainer(config: FinetuneConfig, classes: list[str], *, extra_callbacks=()) -> tuple[Trainer, object, FeatureBundle]:
+    """The head alone, trained on the frozen trunk's cached features (computed now if stale).
+
+    Same init, order and optimizer as training through the frozen trunk, so the same head comes out.
+    """
+    from tlkit.features import FeatureLoader, precompute, to_device_float
+
+    device = select_device(config.device)
+    backbone = _create_backbone(config, classes)
+    sets = precompute(backbone, Path(config.data), cache_root=config.cache_dir, device=device,
+                      workers=default_workers() if config.workers is None else config.workers,
+                      views=config.precompute_views, dtype=config.cache_dtype)
+    backbone.model.to(device)
+    backbone.freeze_trunk()
+    train_size = len(sets["training"].labels)
+    train_loader = FeatureLoader(sets["training"], batch_size=config.batch_size, device=device, shuffle=True,
+                                 seed=config.seed, drop_last=train_size > config.batch_size)
+    val_loader = FeatureLoader(sets["validation"], batch_size=config.batch_size, device=device, shuffle=False)
+    optimizer = make_optimizer(backbone.param_groups(config.lr, config.trunk_lr_mult), config)
+    schedule = dataclasses.replace(config, epochs=head_epochs(config))
+    scheduler = make_scheduler(optimizer, schedule, steps_per_epoch=len(train_loader))
+    callbacks = [cbs.BestWeights(config.monitor)]
+    if config.patience is not None:
+        callbacks.append(cbs.EarlyStopping(config.monitor, config.patience))
+    trainer = Trainer(
+        model=backbone.head, optimizer=optimizer, scheduler=scheduler, scheduler_name=config.scheduler,
+        train_loader=train_loader, val_loader=val_loader, train_sampler=train_loader,
+        normalize=to_device_float(device), device=device, precision=config.precision, epochs=schedule.epochs,
+        label_smoothing=config.label_smoothing, callbacks=callbacks + list(extra_callbacks),
+        meta=_run_meta(config, backbone, classes),
+    )
+    trainer.checkpointed = backbone.model  # best.safetensors holds the whole classifier
+    return trainer, backbone, FeatureBundle(classes, train_loader, val_loader)
+
+
+def _continue_end_to_end(head_trainer: Trainer, config: FinetuneConfig, classes: list[str], backbone,
+                         extra_callbacks) -> tuple[Trainer, DataBundle]:
+    """After --unfreeze-after E epochs on the cache: every layer, on the images, same history and trackers."""
+    trainer, _, data = build_trainer(config, classes, extra_callbacks=extra_callbacks, backbone=backbone)
+    trainer.history, trainer.epoch, trainer.skipped = head_trainer.history, head_trainer.epoch, head_trainer.skipped
+    earlier = {type(callback).__name__: callback for callback in head_trainer.callbacks}
+    for callback in trainer.callbacks:
+        if type(callback).__name__ in earlier:
+            callback.load_state_dict(earlier[type(callback).__name__].state_dict())
+    info(f"epoch {trainer.epoch + 1}: the head is trained; continuing end to end on the images")
+    return trainer, data
 
 
 def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneConfig, dict]:
@@ -136,7 +201,16 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     if state is not None and state["meta"]["classes"] != classes:
         raise TlkitError(f"{relpath(Path(config.data))} holds classes {classes}, but {relpath(Path(resume))} "
                          f"was trained on {state['meta']['classes']}; resume with its own --data.")
-    trainer, backbone, data = build_trainer(config, classes, extra_callbacks=callbacks, source=source)
+    if config.precompute_features and source is not None:
+        raise TlkitError("--precompute-features needs DATA/training and DATA/validation image folders "
+                         "(tlkit finetune); built-in datasets train end to end.")
+    # With --precompute-features the head trains on cached features first. A resume file written up
+    # to the last head epoch holds the head alone; later ones, the whole model.
+    from_features = config.precompute_features and (state is None or state["epoch"] <= head_epochs(config))
+    if from_features:
+        trainer, backbone, data = build_feature_trainer(config, classes, extra_callbacks=callbacks)
+    else:
+        trainer, backbone, data = build_trainer(config, classes, extra_callbacks=callbacks, source=source)
     run_dir = Path(resume) if resume is not None else new_run_dir(Path(config.runs_dir), config.name, force)
     _attach_run_dir(trainer, config, run_dir)
     if state is not None:
@@ -147,13 +221,21 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
         atomic_write_text(run_dir / "config.yaml", source_yaml + config_yaml(config))
     point_latest(run_dir)
     _announce(config, backbone, data, trainer.device, run_dir)
+    command = "train" if source is not None else "finetune"
+    _fit(trainer, run_dir, command)
+    if from_features and trainer.epoch < config.epochs and trainer.stop_reason is None:
+        trainer, data = _continue_end_to_end(trainer, config, classes, backbone, callbacks)
+        _attach_run_dir(trainer, config, run_dir)
+        _fit(trainer, run_dir, command)
+    return _finish(trainer, backbone, data, run_dir)
+
+
+def _fit(trainer: Trainer, run_dir: Path, command: str) -> None:
     try:
         fit(trainer, save_resume=lambda resume_state: save_resume(run_dir, resume_state))
     except KeyboardInterrupt:
-        command = "train" if source is not None else "finetune"
         console.print(f"continue this run with: tlkit {command} --resume {relpath(run_dir)}")
         raise
-    return _finish(trainer, backbone, data, run_dir)
 
 
 def _attach_run_dir(trainer: Trainer, config: FinetuneConfig, run_dir: Path) -> None:
@@ -169,9 +251,13 @@ def _announce(config: FinetuneConfig, backbone, data: DataBundle, device: torch.
     init = "pretrained weights" if backbone.pretrained else "random init (no pretrained weights)"
     precision = "bf16" if device.type == "cuda" and config.precision == "bf16" else "fp32"
     size = "x".join(str(n) for n in backbone.preprocessing.input_size)
-    info(f"fine-tuning {backbone.name} ({init}) at {size} px on {len(data.train_set)} training / "
-         f"{len(data.val_set)} validation images, {len(data.classes)} classes; {device.type}, {precision}; "
-         f"{config.optimizer} lr {config.lr:g}, {config.scheduler} schedule -> {relpath(run_dir)}")
+    if isinstance(data, FeatureBundle):
+        what = f"the head, on cached features of {data.train_loader.size} training / {data.val_loader.size}"
+    else:
+        what = f"{len(data.train_set)} training / {len(data.val_set)}"
+    info(f"fine-tuning {backbone.name} ({init}) at {size} px: {what} validation images, {len(data.classes)} "
+         f"classes; {device.type}, {precision}; {config.optimizer} lr {config.lr:g}, {config.scheduler} schedule "
+         f"-> {relpath(run_dir)}")
 
 
 def _finish(trainer: Trainer, backbone, data: DataBundle, run_dir: Path) -> FinetuneResult:

@@ -1,0 +1,101 @@
+"""`finetune --precompute-features`: the head trained from cached features is the head trained
+through the frozen trunk; resumes and --unfreeze-after continue exactly; predict reads the result."""
+
+import pytest
+import torch
+
+from tlkit import finetune
+from tlkit.callbacks import Callback
+from tlkit.checkpoint import load_checkpoint
+from tlkit.cli import main
+
+from conftest import make_foldered
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_foldered(root / "training", {"cat": 10, "dog": 9})
+    make_foldered(root / "validation", {"cat": 4, "dog": 4})
+    return root
+
+
+def recipe(data_dir, tmp_path, **overrides):
+    base = dict(data=str(data_dir), backbone="timm:test_resnet", weights="none", img_size=32, epochs=3,
+                batch_size=4, workers=0, optimizer="sgd", lr=0.05, momentum=0.9, scheduler="step", step_size=2,
+                seed=5, augment=False, cache_dtype="float32", runs_dir=str(tmp_path / "runs"))
+    return {**base, **overrides}
+
+
+def _close(first: dict, second: dict, tolerance: float) -> bool:
+    return first.keys() == second.keys() and all(
+        torch.allclose(first[k].float(), second[k].float(), rtol=tolerance, atol=tolerance) for k in first)
+
+
+def _rows(history):
+    return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in history]
+
+
+def test_cached_features_train_the_same_head_as_the_frozen_trunk(data_dir, tmp_path):
+    through_trunk = finetune(**recipe(data_dir, tmp_path, freeze="trunk", name="frozen"))
+    from_cache = finetune(**recipe(data_dir, tmp_path, precompute_features=True, name="cached"))
+    assert _close(from_cache.backbone.model.state_dict(), through_trunk.backbone.model.state_dict(), 1e-4)
+    for ours, theirs in zip(from_cache.history, through_trunk.history):
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
+        assert ours["train_acc"] == pytest.approx(theirs["train_acc"])
+    # The checkpoint is the whole classifier: it rebuilds and scores like the trained model.
+    reloaded = load_checkpoint(from_cache.run_dir)
+    assert _close(reloaded.backbone.model.state_dict(), from_cache.backbone.model.state_dict(), 0)
+
+
+class InterruptAt(Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer):
+        if trainer.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cut_after", [2, 3])  # resumes inside the head phase, and at its end
+def test_unfreeze_after_and_resume_repeat_exactly(data_dir, tmp_path, cut_after):
+    settings = recipe(data_dir, tmp_path, precompute_features=True, unfreeze_after=2, epochs=4, augment=True,
+                      precompute_views=2)
+    whole = finetune(**settings, name="whole")
+    assert len(whole.history) == 4
+    with pytest.raises(KeyboardInterrupt):
+        finetune(**settings, name="cut", callbacks=[InterruptAt(cut_after)])
+    resumed = finetune(resume=tmp_path / "runs" / "cut")
+    assert _rows(resumed.history) == _rows(whole.history)
+    assert _close(resumed.backbone.model.state_dict(), whole.backbone.model.state_dict(), 0)
+
+
+def test_precompute_features_from_the_command_line(data_dir, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    args = ["finetune", "--data", str(data_dir), "--backbone", "simple-cnn", "--weights", "none", "--img-size", "32",
+            "--epochs", "2", "--batch-size", "4", "--workers", "0", "--precompute-features", "--runs-dir", str(runs),
+            "--cache-dir", str(tmp_path / "cache"), "--name", "first"]
+    assert main(args) == 0
+    assert "computing (no cache yet)" in capsys.readouterr().err
+    assert main([*args[:-1], "second"]) == 0
+    assert "using the cache" in capsys.readouterr().err
+    assert main(["predict", str(data_dir / "validation"), "--checkpoint", str(runs / "second"),
+                 "--out", str(tmp_path / "p.csv"), "--workers", "0"]) == 0
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 9
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "simple-cnn" in capsys.readouterr().out
+
+
+def test_built_in_datasets_refuse_precompute(tmp_path, capsys):
+    assert main(["train", "--dataset", "digits", "--model", "mlp", "--precompute-features", "--epochs", "1",
+                 "--runs-dir", str(tmp_path / "runs")]) == 1
+    assert "--precompute-features" in capsys.readouterr().err

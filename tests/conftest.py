@@ -1,4 +1,5 @@
-"""Shared test helpers: tiny images made on the spot, and the real photos in ../shared/data."""
+"""Shared test helpers: tiny images and checkpoints made on the spot, the real photos in
+../shared/data, an offline weights cache, and a callback that interrupts a run."""
 
 from __future__ import annotations
 
@@ -65,3 +66,47 @@ def make_checkpoint(run_dir: Path, classes=("cat", "dog"), backbone: str = "simp
     save_best(run_dir, made.model.state_dict(), meta)
     point_latest(run_dir)
     return run_dir
+
+
+@pytest.fixture
+def offline_caches(tmp_path, monkeypatch):
+    """Empty temporary caches, offline, and any attempt to open a connection fails the test.
+    Modules that load weights use it for every test: pytestmark = pytest.mark.usefixtures(...)."""
+    import torch
+
+    from tlkit import weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"a test tried to open a connection: {args}")
+
+    monkeypatch.setattr(weights.socket, "create_connection", no_network)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+
+
+def interrupt_at(epoch: int):
+    """A fine-tune callback that stops the run like Ctrl-C at the end of `epoch` (before its resume file)."""
+    from tlkit.callbacks import Callback
+
+    class InterruptAt(Callback):
+        def on_epoch_end(self, trainer):
+            if trainer.epoch == epoch:
+                raise KeyboardInterrupt
+
+    return InterruptAt()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine two threads
+    spin-waiting on each other made whole modules several times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

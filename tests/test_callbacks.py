@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import precision_recall_fscore_support
 
-from tlkit import models
+from tlkit import callbacks, models
 from tlkit.callbacks import (
     BestWeights, EarlyStopping, FreezeSchedule, MetricsLog, TensorBoard, class_report, plot_confusion, plot_curves,
     tensorboard_available,
@@ -78,6 +78,15 @@ def test_plots_are_written(tmp_path):
     plot_confusion(tmp_path / "confusion.png", [0, 1, 1, 2], [0, 1, 2, 2], ["a", "b", "c"])
     for name in ("curves.png", "confusion.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_confusion_title_names_the_subset(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(callbacks, "save_figure", lambda figure, path: figures.append(figure))
+    plot_confusion(tmp_path / "test.png", [0, 1, 1], [0, 1, 0], ["a", "b"], subset="test")
+    plot_confusion(tmp_path / "default.png", [0, 1], [0, 1], ["a", "b"])
+    titles = [figure.axes[0].get_title() for figure in figures]
+    assert titles == ["confusion (3 test images)", "confusion (2 validation images)"]
 
 
 def test_class_report_matches_scikit_learn():

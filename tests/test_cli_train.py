@@ -76,7 +76,7 @@ def test_recipe_config_on_idx_files_reports_on_the_test_split(tmp_path):
 
 @needs_source_hook
 @pytest.mark.parametrize("flags,message", [
-    (["--model", "lenet5"], "unknown backbone 'lenet5'.*Valid: alexnet, lenet, mlp"),
+    (["--model", "lenet5"], "unknown backbone 'lenet5'.*Valid: alexnet, lenet, lenet-relu, mlp"),
     (["--model", "mnist-net"], r"mnist-net cannot take 1x8x8 images: layer conv2.0.*add --img-size 16"),
 ])
 def test_bad_model_for_the_data(tmp_path, capsys, flags, message):

@@ -5,19 +5,12 @@ import pytest
 import torch
 
 from tlkit import finetune
-from tlkit.callbacks import Callback
 from tlkit.checkpoint import load_checkpoint
 from tlkit.cli import main
 
-from conftest import make_foldered
+from conftest import interrupt_at, make_foldered
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +49,6 @@ def test_cached_features_train_the_same_head_as_the_frozen_trunk(data_dir, tmp_p
     assert _close(reloaded.backbone.model.state_dict(), from_cache.backbone.model.state_dict(), 0)
 
 
-class InterruptAt(Callback):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer):
-        if trainer.epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("cut_after", [2, 3])  # resumes inside the head phase, and at its end
 def test_unfreeze_after_and_resume_repeat_exactly(data_dir, tmp_path, cut_after):
@@ -73,7 +57,7 @@ def test_unfreeze_after_and_resume_repeat_exactly(data_dir, tmp_path, cut_after)
     whole = finetune(**settings, name="whole")
     assert len(whole.history) == 4
     with pytest.raises(KeyboardInterrupt):
-        finetune(**settings, name="cut", callbacks=[InterruptAt(cut_after)])
+        finetune(**settings, name="cut", callbacks=[interrupt_at(cut_after)])
     resumed = finetune(resume=tmp_path / "runs" / "cut")
     assert _rows(resumed.history) == _rows(whole.history)
     assert _close(resumed.backbone.model.state_dict(), whole.backbone.model.state_dict(), 0)
@@ -95,7 +79,8 @@ def test_precompute_features_from_the_command_line(data_dir, tmp_path, capsys):
     assert "simple-cnn" in capsys.readouterr().out
 
 
-def test_built_in_datasets_refuse_precompute(tmp_path, capsys):
-    assert main(["train", "--dataset", "digits", "--model", "mlp", "--precompute-features", "--epochs", "1",
-                 "--runs-dir", str(tmp_path / "runs")]) == 1
-    assert "--precompute-features" in capsys.readouterr().err
+def test_built_in_datasets_refuse_precompute(tmp_path):
+    from tlkit.errors import TlkitError
+
+    with pytest.raises(TlkitError, match="--precompute-features"):
+        finetune(data=str(tmp_path), precompute_features=True, source=object())

@@ -14,23 +14,14 @@ import torchvision.models as tvm
 from safetensors.torch import save_file
 from torch import nn
 
-from test_weights import offline_caches  # noqa: F401  (autouse: empty temporary caches, offline, no network)
 from tlkit import cli, models, weights
 from tlkit.errors import TlkitError
 
 # timm's tiny test models, and ResNetV2 for a classifier that is a 1x1 convolution
 TIMM_TEST_MODELS = ["timm:test_resnet", "timm:test_vit", "timm:test_convnext", "timm:test_efficientnet", "timm:resnetv2_18"]
 SMALL_INPUT = {"alexnet": 64}  # AlexNet's pooling needs at least 63 px; everything else runs at 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Inputs this small gain nothing from a second thread, and on a busy 2-core machine two
-    threads spin-waiting on each other made this module three times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Empty temporary caches, offline, no network (the fixture lives in conftest.py).
+pytestmark = pytest.mark.usefixtures("offline_caches", "one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from torch import nn
 
 from tlkit import nets
 
-BUILDERS = [nets.lenet, nets.mnist_net, nets.mlp, nets.mlp_relu, nets.mlp_bn, nets.simple_cnn]
+BUILDERS = [nets.lenet, nets.lenet_relu, nets.mnist_net, nets.mlp, nets.mlp_relu, nets.mlp_bn, nets.simple_cnn]
 
 
 def _parameter_count(net: nn.Module) -> int:
@@ -35,6 +35,17 @@ def test_lenet_weights_are_xavier_uniform():
     xavier_bound = math.sqrt(6 / (400 + 120))
     # PyTorch's default bound for this layer would be 1/sqrt(400) = 0.05, well below what Xavier reaches.
     assert 0.09 < fc1.weight.abs().max().item() <= xavier_bound
+
+
+def test_lenet_relu_is_lenet_with_relu_max_pooling_and_default_init():
+    torch.manual_seed(0)
+    sigmoid_net, relu_net = nets.lenet(10), nets.lenet_relu(10)
+    assert _parameter_count(relu_net) == _parameter_count(sigmoid_net)
+    assert sum(isinstance(m, nn.ReLU) for m in relu_net.modules()) == 4
+    assert [type(m) for m in relu_net.conv1] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d]
+    assert not any(isinstance(m, (nn.Sigmoid, nn.AvgPool2d)) for m in relu_net.modules())
+    # PyTorch's default bound for fc1 is 1/sqrt(400) = 0.05; Xavier would reach past 0.09.
+    assert relu_net.fc1[0].weight.abs().max().item() <= 1 / math.sqrt(400)
 
 
 def test_mnist_net_is_the_examples_net():

@@ -18,7 +18,11 @@ from tlkit.finetuning import build_trainer, finetune
 from tlkit.lrfind import lr_range_test, plot_lr_find
 from tlkit.train import evaluate, fit
 
+from conftest import interrupt_at
+
 CLASSES = ["cat", "dog"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_learnable(root: Path, train_per_class: int = 12, val_per_class: int = 4, size: int = 24) -> Path:
@@ -33,15 +37,6 @@ def make_learnable(root: Path, train_per_class: int = 12, val_per_class: int = 4
                 pixels = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{n}.png")
     return root
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and do not stall when other jobs share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -146,22 +141,13 @@ def test_restored_model_scores_the_best_epoch_not_the_last(data_dir, tmp_path):
     assert evaluate(reloaded.backbone.model, data.val_loader, trainer.normalize)["val_loss"] == best_row["val_loss"]
 
 
-class InterruptAt(Callback):
-    def __init__(self, epoch: int):
-        self.epoch = epoch
-
-    def on_epoch_end(self, trainer):
-        if trainer.epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.slow
 def test_resume_after_interruption_equals_an_uninterrupted_run(data_dir, tmp_path):
     recipe = settings(data_dir, epochs=4, optimizer="adamw", lr=3e-3, scheduler="onecycle",
                       monitor="val_acc", patience=3, runs_dir=str(tmp_path / "runs"))
     whole = finetune(**recipe, name="whole")
     with pytest.raises(KeyboardInterrupt):
-        finetune(**recipe, name="cut", callbacks=[InterruptAt(2)])
+        finetune(**recipe, name="cut", callbacks=[interrupt_at(2)])
     resumed = finetune(resume=tmp_path / "runs" / "cut")
     timing = ("seconds", "images_per_s")
     strip = lambda rows: [{k: v for k, v in row.items() if k not in timing} for row in rows]  # noqa: E731

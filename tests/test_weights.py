@@ -14,21 +14,8 @@ from tlkit import weights
 from tlkit.errors import TlkitError
 
 RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
-
-
-@pytest.fixture(autouse=True)
-def offline_caches(tmp_path, monkeypatch):
-    """Empty temporary caches, offline, and any attempt to open a connection fails the test."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def no_network(*args, **kwargs):
-        raise AssertionError(f"a test tried to open a connection: {args}")
-
-    monkeypatch.setattr(weights.socket, "create_connection", no_network)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+# Empty temporary caches, offline, no network (the fixture lives in conftest.py).
+pytestmark = pytest.mark.usefixtures("offline_caches")
 
 
 def _small_net() -> nn.Sequential:

@@ -153,7 +153,7 @@ def tensorboard_available() -> bool:
 # ---------------------------------------------------------------- plots and reports
 
 
-def _save_figure(figure, path: Path) -> None:
+def save_figure(figure, path: Path) -> None:
     # Figure.savefig without pyplot renders with Agg: no display, no global backend switch.
     atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
 
@@ -170,11 +170,13 @@ def plot_curves(path: Path, history: list[dict]) -> None:
         axes.set_title(title)
         axes.grid(alpha=0.3)
         axes.legend()
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
-def plot_confusion(path: Path, targets: list[int], predictions: list[int], classes: list[str]) -> None:
-    """The confusion matrix as an image: rows the true class, columns the predicted one."""
+def plot_confusion(path: Path, targets: list[int], predictions: list[int], classes: list[str], *,
+                   subset: str = "validation") -> None:
+    """The confusion matrix as an image: rows the true class, columns the predicted one; `subset`
+    names the images in the title."""
     from matplotlib.figure import Figure
     from sklearn.metrics import confusion_matrix
 
@@ -185,14 +187,14 @@ def plot_confusion(path: Path, targets: list[int], predictions: list[int], class
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes, fraction=0.046)
     axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true",
-             title=f"confusion ({len(targets)} validation images)")
+             title=f"confusion ({len(targets)} {subset} images)")
     axes.set_xticklabels(classes, rotation=90 if len(classes) > 6 else 0)
     axes.set_yticklabels(classes)
     if len(classes) <= 30:
         for (row, col), count in zip(((r, c) for r in range(len(classes)) for c in range(len(classes))), matrix.flat):
             dark = count > matrix.max() / 2
             axes.text(col, row, str(count), ha="center", va="center", color="white" if dark else "black")
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def class_report(targets: list[int], predictions: list[int], classes: list[str]) -> dict:

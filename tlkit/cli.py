@@ -207,8 +207,9 @@ _SETTING_FLAGS = (
     ("--name", str, None, "run folder name under --runs-dir (default: a timestamp)"),
     ("--runs-dir", str, None, "where run folders go"),
 )
+_PRECOMPUTE_FLAGS = ("--precompute-features", "--precompute-views", "--cache-dir", "--cache-dtype")
 _LR_FIND_SKIPS = ("--epochs", "--scheduler", "--step-size", "--gamma", "--unfreeze-after", "--monitor",
-                  "--patience", "--name", "--runs-dir", "--precompute-views", "--cache-dir", "--cache-dtype")
+                  "--patience", "--name", "--runs-dir", *_PRECOMPUTE_FLAGS)
 
 
 def _add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
@@ -224,8 +225,9 @@ def _add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
         shown = "" if "(default" in text else f" (default: {getattr(defaults, key)})"
         parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text + shown,
                             choices=getattr(config_module, choices) if choices else None)
-    parser.add_argument("--precompute-features", action="store_const", const=True, default=argparse.SUPPRESS,
-                        help="run the frozen trunk once, cache its features, train the head from the cache")
+    if "--precompute-features" not in skip:
+        parser.add_argument("--precompute-features", action="store_const", const=True, default=argparse.SUPPRESS,
+                            help="run the frozen trunk once, cache its features, train the head from the cache")
     parser.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=argparse.SUPPRESS,
                         help="no random crops or flips on the training images")
 
@@ -340,7 +342,7 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--std", default=argparse.SUPPRESS, help="normalisation std, like --mean")
     parser.add_argument("--no-download", dest="download", action="store_const", const=False,
                         default=argparse.SUPPRESS, help="never download; read the files in --data-root only")
-    _add_setting_flags(parser, skip=("--data", "--backbone"))
+    _add_setting_flags(parser, skip=("--data", "--backbone", *_PRECOMPUTE_FLAGS))
     parser.add_argument("--resume", type=Path, help="continue the interrupted run in this folder (runs/NAME)")
     parser.add_argument("--force", action="store_true", help="replace an existing run folder of the same --name")
     parser.set_defaults(func=cmd_train)

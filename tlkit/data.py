@@ -171,7 +171,9 @@ def collate_skipping(samples: list) -> tuple[torch.Tensor, torch.Tensor, list[st
     return images, torch.tensor([target for _, target in good]), skipped
 
 
-def _loader(dataset, batch_size: int, sampler, workers: int, device: torch.device, drop_last: bool):
+def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, sampler: torch.utils.data.Sampler | None,
+                workers: int, device: torch.device, drop_last: bool) -> torch.utils.data.DataLoader:
+    """A loader whose batches are (uint8 images, labels, paths that failed to decode)."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
         collate_fn=collate_skipping, pin_memory=device.type == "cuda", drop_last=drop_last,
@@ -193,8 +195,8 @@ def make_data(data_dir: Path, prep, *, batch_size: int, workers: int, device: to
     drop_last = len(train_set) > batch_size
     return DataBundle(
         classes=classes, train_set=train_set, val_set=val_set, train_sampler=sampler,
-        train_loader=_loader(train_set, batch_size, sampler, workers, device, drop_last),
-        val_loader=_loader(val_set, batch_size, None, workers, device, False),
+        train_loader=make_loader(train_set, batch_size, sampler, workers, device, drop_last),
+        val_loader=make_loader(val_set, batch_size, None, workers, device, False),
     )
 
 

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from tlkit.data import DataBundle, EpochSampler, EvalLoad, FolderDataset, TrainLoad, _loader, check_classes
+from tlkit.data import DataBundle, EpochSampler, EvalLoad, FolderDataset, TrainLoad, check_classes, make_loader
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
-from tlkit.split import _val_count, parse_val
+from tlkit.split import parse_val, val_count
 
 SHIFT_FRACTION = 1 / 14  # augmentation of in-memory images: a random shift of up to 2 px of MNIST's 28
 STATS_SAMPLE = 2000  # images of a folder read to estimate its mean and std
@@ -86,7 +86,7 @@ def carve_val(labels: list[int], val: int | float, seed: int = 0) -> tuple[list[
     """(training, validation) indices: `val` images (a count or a fraction), stratified by class when possible."""
     from sklearn.model_selection import train_test_split
 
-    count = _val_count(val, len(labels))
+    count = val_count(val, len(labels))
     indices = np.arange(len(labels))
     try:
         train, valid = train_test_split(indices, test_size=count, random_state=seed, stratify=labels)
@@ -183,9 +183,9 @@ def _bundle(classes, train_set, val_set, test_set, *, batch_size: int, workers: 
     drop_last = len(train_set) > batch_size  # a last batch of one image breaks BatchNorm in training mode
     return TrainData(
         classes=classes, train_set=train_set, val_set=val_set, train_sampler=sampler,
-        train_loader=_loader(train_set, batch_size, sampler, workers, device, drop_last),
-        val_loader=_loader(val_set, batch_size, None, workers, device, False), test_set=test_set,
-        test_loader=_loader(test_set, batch_size, None, workers, device, False) if test_set is not None else None,
+        train_loader=make_loader(train_set, batch_size, sampler, workers, device, drop_last),
+        val_loader=make_loader(val_set, batch_size, None, workers, device, False), test_set=test_set,
+        test_loader=make_loader(test_set, batch_size, None, workers, device, False) if test_set is not None else None,
     )
 
 

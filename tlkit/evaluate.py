@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tlkit.callbacks import class_report, plot_confusion, write_report, _save_figure
+from tlkit.callbacks import class_report, plot_confusion, save_figure, write_report
 from tlkit.checkpoint import Checkpoint
 from tlkit.errors import TlkitError
 from tlkit.predict import Predictions, predict_files
@@ -71,7 +71,7 @@ def plot_mistakes(path: Path, mistakes: list[dict]) -> None:
                        fontsize=9)
     if not mistakes:
         figure.axes[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, device: torch.device,
@@ -100,6 +100,7 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, de
     report["accuracy"] = report["per_class"]["accuracy"]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_report(out_dir / "report.json", report)
-    plot_confusion(out_dir / "confusion.png", y_true, y_pred, checkpoint.classes)
+    plot_confusion(out_dir / "confusion.png", y_true, y_pred, checkpoint.classes,
+                   subset=Path(data_dir).resolve().name)
     plot_mistakes(out_dir / "mistakes.png", report["most_confident_mistakes"])
     return report

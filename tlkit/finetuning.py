@@ -197,13 +197,13 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
         config, state = _resume_config(Path(resume), config_file, settings)
     else:
         config, state = resolve_config(Path(config_file) if config_file else None, settings), None
+    if config.precompute_features and source is not None:
+        raise TlkitError("--precompute-features needs DATA/training and DATA/validation image folders "
+                         "(tlkit finetune); built-in datasets train end to end.")
     classes = source.classes if source is not None else check_classes(Path(config.data))
     if state is not None and state["meta"]["classes"] != classes:
         raise TlkitError(f"{relpath(Path(config.data))} holds classes {classes}, but {relpath(Path(resume))} "
                          f"was trained on {state['meta']['classes']}; resume with its own --data.")
-    if config.precompute_features and source is not None:
-        raise TlkitError("--precompute-features needs DATA/training and DATA/validation image folders "
-                         "(tlkit finetune); built-in datasets train end to end.")
     # With --precompute-features the head trains on cached features first. A resume file written up
     # to the last head epoch holds the head alone; later ones, the whole model.
     from_features = config.precompute_features and (state is None or state["epoch"] <= head_epochs(config))

@@ -1,5 +1,5 @@
-"""The small from-scratch networks of the reference programs: LeNet-5, the MNIST example's
-net, three MLPs and a CIFAR-style SimpleCNN.
+"""The small from-scratch networks of the reference programs: LeNet-5 (sigmoid and ReLU), the
+MNIST example's net, three MLPs and a CIFAR-style SimpleCNN.
 
 Each is an `nn.Sequential` of named blocks whose last entry is the `classifier` Linear, so
 the trunk is `net[:-1]` and the head `net[-1]`. Input size and channels are parameters. They
@@ -48,18 +48,30 @@ def _conv_block(in_chans: int, out_chans: int, kernel: int, padding: int, activa
     return nn.Sequential(nn.Conv2d(in_chans, out_chans, kernel, padding=padding), activation(), pool(2))
 
 
+def _lenet_layout(num_classes: int, in_chans: int, img_size: int, activation: type[nn.Module],
+                  pool: type[nn.Module]) -> nn.Sequential:
+    """LeNet-5's layers: conv 6 (5x5, padding 2) and 16 (5x5), each activated and pooled, then 120-84-classes."""
+    return _classic(
+        [("conv1", _conv_block(in_chans, 6, 5, 2, activation, pool)),
+         ("conv2", _conv_block(6, 16, 5, 0, activation, pool))],
+        [120, 84], activation, num_classes, in_chans, img_size,
+    )
+
+
 def lenet(num_classes: int, in_chans: int = 1, img_size: int = 28) -> nn.Sequential:
     """LeNet-5 as in Dive into Deep Learning: conv 6 and 16 (5x5), sigmoid, average pooling,
     120-84-classes, Xavier-uniform weights (the book's init; default init trains far slower)."""
-    net = _classic(
-        [("conv1", _conv_block(in_chans, 6, 5, 2, nn.Sigmoid, nn.AvgPool2d)),
-         ("conv2", _conv_block(6, 16, 5, 0, nn.Sigmoid, nn.AvgPool2d))],
-        [120, 84], nn.Sigmoid, num_classes, in_chans, img_size,
-    )
+    net = _lenet_layout(num_classes, in_chans, img_size, nn.Sigmoid, nn.AvgPool2d)
     for module in net.modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             nn.init.xavier_uniform_(module.weight)
     return net
+
+
+def lenet_relu(num_classes: int, in_chans: int = 1, img_size: int = 28) -> nn.Sequential:
+    """The modern LeNet-5: the same layers with ReLU and max-pooling, PyTorch's default init
+    (ReLU does not saturate, so it needs no Xavier init to train)."""
+    return _lenet_layout(num_classes, in_chans, img_size, nn.ReLU, nn.MaxPool2d)
 
 
 def mnist_net(num_classes: int, in_chans: int = 1, img_size: int = 28) -> nn.Sequential:

@@ -154,12 +154,12 @@ def _download(name: str, spec: Builtin, data_root: Path) -> None:
     """Fetch the raw files into torchvision's layout, or say which files to put where."""
     import socket
 
-    from tlkit.weights import _offline_reason
+    from tlkit.weights import offline_reason
 
     expected = ", ".join(f for split in ("train", "test") for f in spec.files[split])
     where = data_root / spec.folder / ("" if spec.folder.startswith("cifar") else "raw")
     url = CIFAR_URL if name == "cifar10" else "https://ossci-datasets.s3.amazonaws.com/mnist/"
-    reason = _offline_reason(url if name != "fashion-mnist" else "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/")
+    reason = offline_reason(url if name != "fashion-mnist" else "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/")
     advice = (f"{spec.title} needs {expected} (IDX files may be .gz) in {relpath(where)}/ or directly in "
               f"{relpath(data_root)}/; copy them there, or point --data-root at the folder that holds them.")
     if reason:

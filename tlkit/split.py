@@ -54,7 +54,8 @@ def parse_val(text: str) -> int | float:
     return int(value)
 
 
-def _val_count(val: int | float, total: int) -> int:
+def val_count(val: int | float, total: int) -> int:
+    """How many of `total` images --val asks for (a count, or a fraction of total); TlkitError if none would be left to train on."""
     count = round(val * total) if isinstance(val, float) else val
     if count >= total:
         raise TlkitError(
@@ -83,14 +84,14 @@ def plan_split(scan: Scan, val: int | float, out: Path, seed: int = 0) -> SplitP
             f"class {', '.join(singles)} has a single image, so it cannot appear in both training "
             "and validation. Add images of that class or remove it."
         )
-    val_count = _val_count(val, len(images))
-    if val_count < len(counts) or len(images) - val_count < len(counts):
+    val_size = val_count(val, len(images))
+    if val_size < len(counts) or len(images) - val_size < len(counts):
         raise TlkitError(
-            f"--val {val} leaves {val_count} validation and {len(images) - val_count} training images "
+            f"--val {val} leaves {val_size} validation and {len(images) - val_size} training images "
             f"for {len(counts)} classes; each subset needs at least one image per class."
         )
     labels = [label for _, label in images]
-    train, valid = train_test_split(images, test_size=val_count, random_state=seed, stratify=labels)
+    train, valid = train_test_split(images, test_size=val_size, random_state=seed, stratify=labels)
     rows = []
     for subset, chosen in (("training", train), ("validation", valid)):
         for path, label in sorted(chosen):

@@ -88,7 +88,7 @@ def timm_weights(timm_name: str) -> CachedWeights | None:
     return hf_weights(cfg.hf_hub_id) if cfg.hf_hub_id else url_weights(cfg.url)
 
 
-def _offline_reason(url: str) -> str | None:
+def offline_reason(url: str) -> str | None:
     """Why a download cannot work right now, or None when it might."""
     for variable in OFFLINE_VARIABLES:
         if os.environ.get(variable, "").strip().lower() in ("1", "true", "yes", "on"):
@@ -107,7 +107,7 @@ def fetch(location: CachedWeights, backbone: str) -> Path:
     """The cached file, downloading it first when the network allows; never waits on a dead network."""
     if location.path is not None:
         return location.path
-    reason = _offline_reason(location.url)
+    reason = offline_reason(location.url)
     if reason:
         raise TlkitError(
             f"{backbone}: the ImageNet weights are not cached and cannot be downloaded ({reason}). "

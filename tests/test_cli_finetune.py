@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_foldered, shared_data
-from test_train import make_learnable, one_thread  # noqa: F401  (one_thread: an autouse fixture)
+from conftest import make_foldered, make_learnable, shared_data
 from tlkit.checkpoint import load_checkpoint, resolve_run
 from tlkit.cli import main
 
 QUICK = ["--backbone", "simple-cnn", "--weights", "none", "--workers", "0", "--batch-size", "8"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def finetune_cli(tmp_path: Path, data: Path, *extra: str) -> int:

@@ -15,7 +15,6 @@ from test_datasets import write_mnist
 from tlkit import cli, models
 from tlkit.config import make_config
 from tlkit.datasets import memory_source, resolve_train_settings
-from tlkit.errors import TlkitError
 from tlkit.finetuning import finetune
 from tlkit.rawdata import BUILTINS, read_idx_pair
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from tlkit.callbacks import Callback
 from tlkit.checkpoint import load_checkpoint
@@ -18,25 +16,11 @@ from tlkit.finetuning import build_trainer, finetune
 from tlkit.lrfind import lr_range_test, plot_lr_find
 from tlkit.train import evaluate, fit
 
-from conftest import interrupt_at
+from conftest import interrupt_at, make_learnable
 
 CLASSES = ["cat", "dog"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def make_learnable(root: Path, train_per_class: int = 12, val_per_class: int = 4, size: int = 24) -> Path:
-    """DATA/training and DATA/validation where a class is told by brightness (dark cats, bright dogs)."""
-    rng = np.random.default_rng(0)
-    for subset, count in (("training", train_per_class), ("validation", val_per_class)):
-        for label_index, label in enumerate(CLASSES):
-            folder = root / subset / label
-            folder.mkdir(parents=True, exist_ok=True)
-            for n in range(count):
-                base = 60 + 120 * label_index
-                pixels = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{n}.png")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import torch
 
 from tlkit import __version__
 from tlkit.decode import ImageBatches
-from tlkit.errors import TlkitError
 from tlkit.runtime import info, progress, relpath, warn
 
 CACHE_FORMAT = 1

@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from tlkit.checkpoint import atomic_write
 from tlkit.runtime import progress

@@ -156,7 +156,6 @@ def check_input_fits(name: str, num_classes: int, *, weights: str, in_chans: int
 
 def summarize(name: str, input_shape: tuple[int, int, int] | None = None, num_classes: int = 10):
     """(backbone on the meta device, its layer rows, the input shape used) for `tlkit summary`."""
-    from tlkit import models
 
     in_chans, size = (input_shape[0], input_shape[1]) if input_shape else (None, None)
     if input_shape and input_shape[1] != input_shape[2]:

@@ -1,0 +1,92 @@
+"""`tlkit predict` throughput against the seed tutorial's way of predicting, in one run on the
+same files (images/s):
+
+1. the tutorial's way: ImageFolder + PIL + DataLoader(num_workers=3) + fp32 model, batch 64;
+2. tlkit's predict_files (batched decode: nvjpeg on CUDA, PIL workers otherwise; bf16 on CUDA).
+
+The real photos are hard-linked `--copies` times to reach scale (2,002 x 10 = ~20,000).
+Weights are random (none can be downloaded here); speed does not depend on them.
+
+    python scripts/bench_predict.py --copies 10                       # the issue's H100 run
+    python scripts/bench_predict.py --copies 1 --limit 256 --batch-size 64   # a CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from tlkit import models
+from tlkit.checkpoint import Checkpoint
+from tlkit.predict import predict_files
+from tlkit.runtime import default_workers, select_device
+
+SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-2k" / "train"
+
+
+def link_photos(src: Path, work: Path, copies: int, limit: int | None) -> list[Path]:
+    """work/<class>/<copy>-<name>: an ImageFolder for the tutorial way, a file list for tlkit."""
+    shutil.rmtree(work, ignore_errors=True)
+    half = None if limit is None else limit // 2
+    photos = sorted(src.glob("cat.*.jpg"))[:half] + sorted(src.glob("dog.*.jpg"))[:half]
+    paths = []
+    for copy in range(copies):
+        for photo in photos:
+            target = work / photo.name.split(".")[0] / f"{copy}-{photo.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(photo, target)
+            paths.append(target)
+    return sorted(paths)
+
+
+def tutorial_way(backbone, folder: Path, device: torch.device) -> float:
+    from torchvision import datasets, transforms
+
+    prep = backbone.preprocessing
+    transform = transforms.Compose([transforms.Resize(prep.input_size), transforms.ToTensor(),
+                                    transforms.Normalize(prep.mean, prep.std)])
+    loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(folder), transform), batch_size=64, num_workers=3)
+    model = backbone.model.to(device).eval()
+    start, seen = time.perf_counter(), 0
+    with torch.inference_mode():
+        for images, _ in loader:
+            model(images.to(device)).softmax(dim=1).cpu()
+            seen += len(images)
+    return seen / (time.perf_counter() - start)
+
+
+def tlkit_way(backbone, paths: list[Path], device: torch.device, batch_size: int) -> float:
+    checkpoint = Checkpoint(backbone=backbone, classes=["cat", "dog"], meta={}, path=Path("bench"))
+    start = time.perf_counter()
+    predict_files(checkpoint, paths, device=device, batch_size=batch_size, workers=default_workers())
+    return len(paths) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", type=Path, default=SHARED_PHOTOS, help="flat folder of cat.N.jpg / dog.N.jpg")
+    parser.add_argument("--copies", type=int, default=10, help="times each photo is linked (default: 10)")
+    parser.add_argument("--limit", type=int, help="use only the first N photos (CPU smoke runs)")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--batch-size", type=int, default=256, help="tlkit's batch (default: 256)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/tlkit-bench-predict"))
+    args = parser.parse_args()
+    device = select_device(args.device)
+    paths = link_photos(args.src, args.work, args.copies, args.limit)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    backbone = models.create(args.backbone, num_classes=2, weights="none")
+    print(f"{len(paths)} images, {args.backbone}, on {name}, torch {torch.__version__}")
+    tutorial = tutorial_way(backbone, args.work, device)
+    ours = tlkit_way(backbone, paths, device, args.batch_size)
+    print(f"tutorial way {tutorial:,.0f} img/s   tlkit predict {ours:,.0f} img/s   ratio {ours / tutorial:.1f}x")
+    shutil.rmtree(args.work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,4 +22,4 @@ echo "  $demo/training/, $demo/validation/, $demo/split.csv    the split and its
 echo "  demo/runs/digits/            best.safetensors + best.json, metrics.jsonl, curves.png, confusion.png"
 echo "  demo/runs/digits/evaluate-validation/   report.json, confusion.png, mistakes.png"
 echo "  demo/predictions.csv         a prediction for every validation image of the digit 7"
-echo "  demo/digits.onnx (+ .json)   the model for deployment, checked against PyTorch"
+echo "  demo/digits.onnx (+ digits.onnx.json)   the model for deployment, checked against PyTorch"

@@ -10,6 +10,7 @@ import torch
 from tlkit.checkpoint import load_checkpoint
 from tlkit.cli import main
 from tlkit.decode import ImageBatches
+from tlkit.export import sidecar_path
 
 from conftest import make_checkpoint, write_image
 
@@ -41,7 +42,7 @@ def test_torchscript_round_trip_with_dynamic_batch(run, images, tmp_path, capsys
     with torch.inference_mode():
         np.testing.assert_allclose(loaded(inputs).numpy(), expected, atol=1e-4)
         np.testing.assert_allclose(loaded(inputs[:3]).numpy(), expected[:3], atol=1e-4)
-    meta = json.loads(target.with_suffix(".json").read_text())
+    meta = json.loads(sidecar_path(target).read_text())
     assert meta["classes"] == ["cat", "dog"] and meta["input"]["height"] == 32
     assert meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
 
@@ -59,7 +60,7 @@ def test_onnx_round_trip(run, images, tmp_path):
     for count in (1, 5):
         got = session.run(["logits"], {"images": inputs[:count].numpy()})[0]
         np.testing.assert_allclose(got, expected[:count], atol=1e-4)
-    assert json.loads(target.with_suffix(".json").read_text())["check"]["verified"] is True
+    assert json.loads(sidecar_path(target).read_text())["check"]["verified"] is True
 
 
 def test_existing_export_needs_force_and_no_images_is_said(run, tmp_path, capsys):
@@ -68,3 +69,21 @@ def test_existing_export_needs_force_and_no_images_is_said(run, tmp_path, capsys
     assert "random tensors" in capsys.readouterr().err
     assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target)]) == 1
     assert "--force" in capsys.readouterr().err
+
+
+def test_export_beside_the_checkpoint_leaves_best_json_alone(run, tmp_path):
+    before = (run / "best.json").read_text()
+    assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(run / "best.pt")]) == 0
+    assert (run / "best.json").read_text() == before and (run / "best.pt.json").is_file()
+    assert load_checkpoint(run).classes == ["cat", "dog"]
+
+
+def test_a_failed_check_keeps_the_earlier_export(run, tmp_path, monkeypatch):
+    from tlkit import export as export_module
+
+    target = tmp_path / "model.pt"
+    assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target)]) == 0
+    earlier = target.read_bytes()
+    monkeypatch.setattr(export_module, "TOLERANCE", -1.0)  # every comparison now fails
+    assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target), "--force"]) == 1
+    assert target.read_bytes() == earlier and not list(tmp_path.glob(".*unverified"))

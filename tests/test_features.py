@@ -147,3 +147,10 @@ def test_loader_draws_one_view_per_image():
 
 def test_cache_folder_names_are_safe():
     assert cache_dir_for("c", "timm:resnet50").name == "timm-resnet50"
+
+
+def test_clear_deletes_only_caches(data, capsys):
+    _run(data)
+    assert clear_caches(data) == 0  # the data folder itself: its training/ and validation/ stay
+    assert (data / "training").is_dir() and (data / "validation").is_dir()
+    assert clear_caches(data / ".tlkit-cache") == 1

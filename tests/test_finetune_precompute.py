@@ -84,3 +84,20 @@ def test_built_in_datasets_refuse_precompute(tmp_path):
 
     with pytest.raises(TlkitError, match="--precompute-features"):
         finetune(data=str(tmp_path), precompute_features=True, source=object())
+
+
+def test_end_to_end_phase_gets_its_own_schedule(data_dir, tmp_path):
+    result = finetune(**recipe(data_dir, tmp_path, precompute_features=True, unfreeze_after=1, epochs=3,
+                               scheduler="cosine", name="cosine"))
+    lrs = [row["lr"] for row in result.history]
+    # The lr at each epoch's end: the head's cosine over 1 epoch ends at 0; a fresh cosine over the 2
+    # epochs left is half way down after epoch 2 and at 0 after epoch 3 (not restarted at the peak).
+    assert lrs == pytest.approx([0.0, 0.025, 0.0], abs=1e-9)
+
+
+def test_resume_follows_the_phase_that_wrote_the_file(data_dir, tmp_path):
+    settings = recipe(data_dir, tmp_path, epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(**settings, name="images", callbacks=[interrupt_at(2)])
+    resumed = finetune(resume=tmp_path / "runs" / "images", precompute_features=True)  # a flag added later
+    assert len(resumed.history) == 3

@@ -126,3 +126,19 @@ def test_bad_topk_and_no_images(run, photos, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TlkitError, match="no image files"):
         find_images([tmp_path / "empty"])
+
+
+def test_output_problems_are_found_before_any_prediction(run, photos, tmp_path, monkeypatch, capsys):
+    import tlkit.predict as predict_module
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("predicted before checking the output")
+
+    monkeypatch.setattr(predict_module, "predict_files", must_not_run)
+    (tmp_path / "taken.csv").write_text("mine")
+    for extra in (["--out", str(tmp_path / "taken.csv")], ["--topk", "3", "--out", str(tmp_path / "a.csv")]):
+        assert main(["predict", str(photos), "--checkpoint", str(run), *extra]) == 1
+    write_image(photos / "cat.5.jpg")
+    assert main(["predict", str(photos), "--checkpoint", str(run), "--format", "kaggle",
+                 "--out", str(tmp_path / "k.csv")]) == 1
+    assert "cat.5.jpg" in capsys.readouterr().err

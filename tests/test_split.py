@@ -159,3 +159,19 @@ def test_real_photos_split_200_200_801_801(tmp_path):
     assert counts["training"] == {"cat": 801, "dog": 801}
     names = sorted(os.path.basename(f) for f in _files(tmp_path / "training") + _files(tmp_path / "validation"))
     assert names == sorted(os.listdir(src))
+
+
+def test_hidden_folders_are_ignored(tmp_path):
+    src = make_flat(tmp_path / "train", {"cat": 3, "dog": 3})
+    (src / ".ipynb_checkpoints").mkdir()
+    (src / ".ipynb_checkpoints" / "cat.0.jpg").write_bytes((src / "cat.0.jpg").read_bytes())
+    for seed in range(4):  # a copy of cat.0.jpg must never reach the output beside the original
+        plan = _split(src, 2, tmp_path / f"out{seed}", seed=seed)
+        assert len(plan.rows) == 6 and all(".ipynb" not in str(source) for source, *_ in plan.rows)
+        assert len(_files(tmp_path / f"out{seed}" / "training") + _files(tmp_path / f"out{seed}" / "validation")) == 6
+
+
+def test_output_inside_the_source_is_refused(tmp_path):
+    src = make_flat(tmp_path / "train", {"cat": 3, "dog": 3})
+    with pytest.raises(TlkitError, match="inside the source"):
+        split_module.check_outputs_free(src / "sub", src, force=False)

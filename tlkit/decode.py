@@ -129,6 +129,7 @@ class ImageBatches:
         chunks = [list(range(i, min(i + self.batch_size, len(self.paths))))
                   for i in range(0, len(self.paths), self.batch_size)]
         read_chunk = lambda chunk: [(i, _read(self.paths[i])) for i in chunk]  # noqa: E731
+        for_pil: list[int] = []  # other formats, and JPEG batches nvjpeg refused: one PIL pass at the end
         with ThreadPoolExecutor(max(2, self.workers)) as pool:
             # Two chunks in flight: the next is read while this one decodes; memory stays bounded.
             ahead = [pool.submit(read_chunk, chunk) for chunk in chunks[:2]]
@@ -136,21 +137,20 @@ class ImageBatches:
                 chunk_bytes = ahead.pop(0).result()
                 if position + 2 < len(chunks):
                     ahead.append(pool.submit(read_chunk, chunks[position + 2]))
-                yield from self._decode_chunk(chunk_bytes)
+                yield from self._decode_chunk(chunk_bytes, for_pil)
+        if for_pil:
+            yield from self._pil_batches(sorted(for_pil))
 
-    def _decode_chunk(self, chunk_bytes: list[tuple[int, bytes | str]]) -> Iterator[Batch]:
-        jpegs = [(i, data) for i, data in chunk_bytes if isinstance(data, bytes) and data[:2] == _JPEG_MAGIC]
-        others = [i for i, data in chunk_bytes if not (isinstance(data, bytes) and data[:2] == _JPEG_MAGIC)]
+    def _decode_chunk(self, chunk_bytes: list[tuple[int, bytes | str]], for_pil: list[int]) -> Iterator[Batch]:
         self.failures.update({i: data for i, data in chunk_bytes if isinstance(data, str)})
-        others = [i for i in others if i not in self.failures]
+        jpegs = [(i, data) for i, data in chunk_bytes if isinstance(data, bytes) and data[:2] == _JPEG_MAGIC]
+        for_pil += [i for i, data in chunk_bytes if isinstance(data, bytes) and data[:2] != _JPEG_MAGIC]
         if jpegs:
             decoded = self._decode_jpegs(jpegs)
-            if decoded is None:  # one bad file fails the whole batch call: fall back file by file
-                others += [i for i, _ in jpegs]
+            if decoded is None:  # one bad file fails the whole batch call: those go file by file
+                for_pil += [i for i, _ in jpegs]
             else:
                 yield Batch(self._normalise(decoded), [i for i, _ in jpegs])
-        if others:
-            yield from self._pil_batches(sorted(others))
 
     def _decode_jpegs(self, jpegs: list[tuple[int, bytes]]) -> torch.Tensor | None:
         from torchvision.io import ImageReadMode, decode_jpeg

@@ -77,11 +77,30 @@ def _run_exported(fmt: str, path: Path, images: torch.Tensor) -> np.ndarray | No
     return session.run(["logits"], {"images": images.numpy()})[0]
 
 
+def sidecar_path(out: Path) -> Path:
+    """`model.onnx` -> `model.onnx.json`: never the `best.json` of a checkpoint beside it."""
+    return out.with_name(out.name + ".json")
+
+
+def _verified(fmt: str, path: Path, samples: torch.Tensor, expected: np.ndarray, source: str) -> dict:
+    """Run the exported file at batch 1 and at the full sample batch; compare with PyTorch."""
+    check = {"format": fmt, "verified_on": source, "batch_sizes": [1, len(samples)]}
+    got = [_run_exported(fmt, path, samples[:1]), _run_exported(fmt, path, samples)]
+    if got[0] is None:
+        return {**check, "verified": False,
+                "note": "onnxruntime is not installed, so the export was not run; pip install 'tlkit[onnx]'"}
+    error = max(float(np.abs(got[0] - expected[:1]).max()), float(np.abs(got[1] - expected).max()))
+    if error > TOLERANCE:
+        raise TlkitError(f"the {fmt} export's outputs differ from PyTorch's by {error:.2g} (over {TOLERANCE}); "
+                         "nothing was written. Please report this with the backbone name.")
+    return {**check, "verified": True, "max_abs_difference": error}
+
+
 def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path, *, images: list[Path] = (),
                       force: bool = False) -> dict:
     """Write the model and `<out>.json` (input size, mean/std, classes); verify; return what was checked."""
     out = Path(out)
-    sidecar = out.with_suffix(".json")
+    sidecar = sidecar_path(out)
     for target in (out, sidecar):
         if target.exists() and not force:
             raise TlkitError(f"{relpath(target)} already exists; nothing was written. Use --force, or --out FILE.")
@@ -90,19 +109,14 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path, *, images: li
     with torch.inference_mode():
         expected = model(samples).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
-    (_export_onnx if fmt == "onnx" else _export_torchscript)(model, samples, out)
-    check = {"format": fmt, "file": str(out), "verified_on": source, "batch_sizes": [1, len(samples)]}
-    got = [_run_exported(fmt, out, samples[:1]), _run_exported(fmt, out, samples)]
-    if got[0] is None:
-        check["verified"] = False
-        check["note"] = "onnxruntime is not installed, so the export was not run; pip install 'tlkit[onnx]'"
-    else:
-        error = max(float(np.abs(got[0] - expected[:1]).max()), float(np.abs(got[1] - expected).max()))
-        if error > TOLERANCE:
-            os.remove(out)
-            raise TlkitError(f"the {fmt} export's outputs differ from PyTorch's by {error:.2g} (over "
-                             f"{TOLERANCE}); nothing was kept. Please report this with the backbone name.")
-        check.update(verified=True, max_abs_difference=error)
+    # Exported and checked under another name first: a failed check leaves an earlier export in place.
+    staged = out.with_name(f".{out.name}.unverified")
+    try:
+        (_export_onnx if fmt == "onnx" else _export_torchscript)(model, samples, staged)
+        check = {**_verified(fmt, staged, samples, expected, source), "file": str(out)}
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
     prep = checkpoint.backbone.preprocessing
     meta = {"backbone": checkpoint.meta.get("backbone"), "classes": checkpoint.classes,
             "input": {"layout": "NCHW", "dtype": "float32", "batch": "dynamic", "channels": prep.in_chans,

@@ -78,7 +78,9 @@ def flat_label(path: Path) -> str | None:
 
 
 def _visible_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    """Files under folder, leaving out hidden ones and everything in hidden folders (.ipynb_checkpoints)."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def detect_layout(root: Path) -> str:

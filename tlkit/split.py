@@ -100,9 +100,10 @@ def plan_split(scan: Scan, val: int | float, out: Path, seed: int = 0) -> SplitP
 
 
 def _name_in_class(scan: Scan, path: Path) -> Path:
-    """The file's path inside its class folder: its name, or its sub-path for foldered input."""
+    """The file's path inside its class folder: its path under SRC (flat) or under SRC/<class>
+    (folders), so two files of the same name in different subfolders never meet."""
     relative = path.relative_to(scan.root)
-    return Path(*relative.parts[1:]) if scan.layout == "folders" else Path(path.name)
+    return Path(*relative.parts[1:]) if scan.layout == "folders" else relative
 
 
 def default_out(src: Path) -> Path:
@@ -119,6 +120,11 @@ def check_outputs_free(out: Path, src: Path, force: bool) -> None:
             raise TlkitError(
                 f"the source {relpath(src)} is inside the output {relpath(target)}; split the "
                 "original folder, or choose another --out."
+            )
+        if src in target.parents:
+            raise TlkitError(
+                f"the output {relpath(target)} would be inside the source {relpath(src)}, where the next "
+                "split or check would take it for a class; choose an --out outside it."
             )
         if target.exists() and not force:
             raise TlkitError(
@@ -137,6 +143,8 @@ def _place(src: Path, dest: Path, mode: str) -> None:
         try:
             os.link(src, dest)
             return
+        except FileExistsError:
+            raise  # two sources, one destination: a bug to see, never a file to overwrite
         except OSError:
             pass  # another file system, or one without hard links: copy instead
     shutil.copy2(src, dest)

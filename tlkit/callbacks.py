@@ -12,6 +12,7 @@ import math
 import time
 from pathlib import Path
 
+from tlkit import distributed
 from tlkit.checkpoint import atomic_write, atomic_write_text, save_best
 
 
@@ -53,7 +54,7 @@ class BestWeights(Callback):
         self.best_value, self.best_epoch = row[self.monitor], row["epoch"]
         # clone(): state_dict() returns live references that the next optimizer step would change.
         self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in trainer.checkpointed.state_dict().items()}
-        if trainer.run_dir is not None:
+        if trainer.run_dir is not None and distributed.is_main():  # under torchrun, rank 0 alone writes
             save_best(trainer.run_dir, self.best_state, trainer.checkpoint_meta(row))
 
     def on_fit_end(self, trainer) -> None:

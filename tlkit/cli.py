@@ -29,6 +29,21 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
+def _count(minimum: int):
+    """An argparse type: a whole number of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
 _COMMON = argparse.ArgumentParser(add_help=False)
 _COMMON.add_argument("-q", "--quiet", action="store_true", help="no progress bars or chatter")
 
@@ -186,6 +201,7 @@ _SETTING_FLAGS = (
     ("--batch-size", int, None, "images per batch"),
     ("--optimizer", str, "OPTIMIZERS", "optimizer"),
     ("--lr", float, None, "learning rate (of the head; the trunk's is lr x --trunk-lr-mult)"),
+    ("--lr-scale", str, "LR_SCALES", "under torchrun, linear: lr x the number of processes (--batch-size is per process)"),
     ("--momentum", float, None, "SGD momentum"),
     ("--weight-decay", float, None, "weight decay (default: PyTorch's, sgd 0, adamw 0.01)"),
     ("--scheduler", str, "SCHEDULERS", "lr schedule: step, plateau (on val loss), cosine, onecycle, none"),
@@ -286,7 +302,7 @@ def _add_lr_find(subparsers) -> None:
     _add_setting_flags(parser, skip=_LR_FIND_SKIPS)
     parser.add_argument("--start-lr", type=float, default=1e-7, help="lr of the first step")
     parser.add_argument("--end-lr", type=float, default=10.0, help="lr of the last step")
-    parser.add_argument("--steps", type=int, default=100, help="batches in the sweep (it stops early when the loss explodes)")
+    parser.add_argument("--steps", type=_count(1), default=100, help="batches in the sweep (it stops early when the loss explodes)")
     parser.add_argument("--out", type=Path, default=Path("runs/lr-find.png"), help="where the plot goes")
     parser.set_defaults(func=cmd_lr_find)
 
@@ -374,7 +390,7 @@ def _add_summary(subparsers) -> None:
     )
     parser.add_argument("model", help="a model name (`tlkit models` lists them; timm:NAME for timm)")
     parser.add_argument("--input", help="input shape CxHxW, e.g. 1x28x28 (default: the model's own)")
-    parser.add_argument("--classes", type=int, default=10, help="outputs of the last layer")
+    parser.add_argument("--classes", type=_count(1), default=10, help="outputs of the last layer")
     parser.set_defaults(func=cmd_summary)
 
 
@@ -405,7 +421,7 @@ def cmd_precompute(args: argparse.Namespace) -> int:
 def _add_precompute_flags(parser) -> None:
     """The flags `precompute` and `finetune --precompute-features` share."""
     parser.add_argument("--cache-dir", type=Path, help="feature cache folder (default: DATA/.tlkit-cache)")
-    parser.add_argument("--precompute-views", type=int, default=0,
+    parser.add_argument("--precompute-views", type=_count(0), default=0,
                         help="cache K augmented views of each training image (0: the plain view only)")
     parser.add_argument("--cache-dtype", choices=("float16", "float32"), default="float16",
                         help="how cached features are stored")
@@ -422,10 +438,10 @@ def _add_precompute(subparsers) -> None:
     parser.add_argument("--data", default="data", help="folder with training/ and validation/")
     parser.add_argument("--backbone", default="resnet18", help="see `tlkit models`")
     parser.add_argument("--weights", default="default", help="imagenet, none, or a weights file")
-    parser.add_argument("--img-size", type=int, help="input size (default: the backbone's own)")
+    parser.add_argument("--img-size", type=_count(1), help="input size (default: the backbone's own)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per trunk batch")
-    parser.add_argument("--workers", type=int, help="decode workers (default: all cores but one)")
+    parser.add_argument("--batch-size", type=_count(1), default=256, help="images per trunk batch")
+    parser.add_argument("--workers", type=_count(0), help="decode workers (default: all cores but one)")
     parser.add_argument("--seed", type=int, default=0, help="seed of a random initialisation")
     parser.add_argument("--force", action="store_true", help="recompute even when the cache is valid")
     _add_precompute_flags(parser)
@@ -473,8 +489,8 @@ def _add_inference_flags(parser) -> None:
     parser.add_argument("--checkpoint", help="a run folder or .safetensors file (default: runs/latest)")
     parser.add_argument("--runs-dir", default="runs", help="where runs/latest is looked for")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--batch-size", type=int, default=256, help="images per batch")
-    parser.add_argument("--workers", type=int, help="decode workers (default: all cores but one)")
+    parser.add_argument("--batch-size", type=_count(1), default=256, help="images per batch")
+    parser.add_argument("--workers", type=_count(0), help="decode workers (default: all cores but one)")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped view")
 
 
@@ -491,10 +507,12 @@ def _load_for_inference(args: argparse.Namespace):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tlkit.predict import find_images, predict_files, write_predictions
+    from tlkit.predict import check_request, find_images, predict_files, write_predictions
 
     checkpoint, device, workers = _load_for_inference(args)
     paths, non_images = find_images(args.paths)
+    check_request(Path(args.out), fmt=args.format, topk=args.topk, classes=checkpoint.classes, paths=paths,
+                  force=args.force)
     pred = predict_files(checkpoint, paths, device=device, batch_size=args.batch_size, workers=workers,
                          tta=args.tta)
     target = write_predictions(pred, Path(args.out), fmt=args.format, topk=args.topk, force=args.force)
@@ -527,7 +545,7 @@ def _add_predict(subparsers) -> None:
     parser.add_argument("--out", default="predictions.csv", help="the file to write")
     parser.add_argument("--format", choices=FORMATS, default="csv",
                         help="csv / json: label, confidence, probabilities; kaggle: id,label (P(dog))")
-    parser.add_argument("--topk", type=int, help="write the K best classes instead of every probability")
+    parser.add_argument("--topk", type=_count(1), help="write the K best classes instead of every probability")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.set_defaults(func=cmd_predict)
 
@@ -568,7 +586,7 @@ def _add_evaluate(subparsers) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from tlkit.checkpoint import load_checkpoint, resolve_run
-    from tlkit.export import FORMATS, export_checkpoint
+    from tlkit.export import FORMATS, export_checkpoint, sidecar_path
     from tlkit.predict import find_images
 
     checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir))
@@ -580,7 +598,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                       f"difference {check['max_abs_difference']:.2e}")
     else:
         warn(check["note"])
-    out.print(f"{relpath(target)} and {relpath(target.with_suffix('.json'))}")
+    out.print(f"{relpath(target)} and {relpath(sidecar_path(target))}")
     return 0
 
 
@@ -667,7 +685,7 @@ def _add_models(subparsers) -> None:
         "tlkit models --timm 'convnext_*'",
     )
     parser.add_argument("--timm", metavar="PATTERN", help="also list the timm models matching PATTERN (e.g. 'convnext_*')")
-    parser.add_argument("--num-classes", type=int, help="count head parameters for this many classes "
+    parser.add_argument("--num-classes", type=_count(1), help="count head parameters for this many classes "
                         "(default: 1000, or 10 for the nets trained from scratch)")
     parser.set_defaults(func=cmd_models)
 
@@ -695,6 +713,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_quiet(getattr(args, "quiet", False))
+    from tlkit.distributed import quiet_unless_main
+
+    quiet_unless_main()  # under torchrun, rank 0 alone prints
     try:
         return args.func(args)
     except TlkitError as error:

@@ -23,6 +23,7 @@ MONITORS = ("val_loss", "val_acc")
 PRECISIONS = ("bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 CACHE_DTYPES = ("float16", "float32")
+LR_SCALES = ("none", "linear")
 _KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 
 
@@ -38,6 +39,7 @@ class FinetuneConfig:
     batch_size: int = 64
     optimizer: str = "sgd"
     lr: float = 1e-3
+    lr_scale: str = "none"  # under torchrun, linear: lr times the number of processes (the batch grows as much)
     momentum: float = 0.9  # SGD only
     weight_decay: float | None = None  # None: PyTorch's default for the optimizer (sgd 0, adamw 0.01)
     scheduler: str = "step"
@@ -101,6 +103,7 @@ def _check_ranges(config: FinetuneConfig, where: str) -> None:
     choices = {
         "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "freeze": FREEZE_MODES,
         "monitor": MONITORS, "precision": PRECISIONS, "device": DEVICES, "cache_dtype": CACHE_DTYPES,
+        "lr_scale": LR_SCALES,
     }
     for key, valid in choices.items():
         if getattr(config, key) not in valid:

@@ -18,6 +18,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
+from tlkit import distributed
 from tlkit.decode import load_image as load_eval_image
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
@@ -143,7 +144,11 @@ class TrainLoad:
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """A shuffled order and a seed per sample, both fixed by (seed, epoch): resumable, worker-independent."""
+    """A shuffled order and a seed per sample, both fixed by (seed, epoch): resumable, worker-independent.
+
+    Under torchrun each process takes its share of that one order (positions rank, rank + world, ...),
+    so the processes together see what a single one would, whatever their number.
+    """
 
     def __init__(self, size: int, seed: int):
         self.size, self.seed, self.epoch = size, seed, 1
@@ -152,13 +157,27 @@ class EpochSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size
+        return self.size // distributed.world_size()
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
-        seeds = torch.randint(0, 2**62, (self.size,), generator=generator).tolist()
-        return iter(zip(order, seeds))
+        order = torch.randperm(self.size, generator=generator)
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
+        mine = distributed.shard_order(torch.arange(self.size), equal=True)
+        return iter(zip(order[mine].tolist(), seeds[mine].tolist()))
+
+
+class ShardSampler(torch.utils.data.Sampler):
+    """Indices in order; under torchrun this process's share of them (for validation: each image once in all)."""
+
+    def __init__(self, size: int):
+        self.indices = distributed.shard_order(torch.arange(size), equal=False).tolist()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
 
 
 def collate_skipping(samples: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -192,11 +211,11 @@ def make_data(data_dir: Path, prep, *, batch_size: int, workers: int, device: to
     val_set = FolderDataset(val_dir, EvalLoad(prep))
     sampler = EpochSampler(len(train_set), seed)
     # A last batch of one image breaks BatchNorm in training mode; drop the short tail instead.
-    drop_last = len(train_set) > batch_size
+    drop_last = len(sampler) > batch_size
     return DataBundle(
         classes=classes, train_set=train_set, val_set=val_set, train_sampler=sampler,
         train_loader=make_loader(train_set, batch_size, sampler, workers, device, drop_last),
-        val_loader=make_loader(val_set, batch_size, None, workers, device, False),
+        val_loader=make_loader(val_set, batch_size, ShardSampler(len(val_set)), workers, device, False),
     )
 
 

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from tlkit.data import DataBundle, EpochSampler, EvalLoad, FolderDataset, TrainLoad, check_classes, make_loader
+from tlkit.data import (
+    DataBundle, EpochSampler, EvalLoad, FolderDataset, ShardSampler, TrainLoad, check_classes, make_loader,
+)
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
 from tlkit.split import parse_val, val_count
@@ -184,8 +186,11 @@ def _bundle(classes, train_set, val_set, test_set, *, batch_size: int, workers: 
     return TrainData(
         classes=classes, train_set=train_set, val_set=val_set, train_sampler=sampler,
         train_loader=make_loader(train_set, batch_size, sampler, workers, device, drop_last),
-        val_loader=make_loader(val_set, batch_size, None, workers, device, False), test_set=test_set,
-        test_loader=make_loader(test_set, batch_size, None, workers, device, False) if test_set is not None else None,
+        # Sharded under torchrun (each image on one process; metrics are summed across them).
+        val_loader=make_loader(val_set, batch_size, ShardSampler(len(val_set)), workers, device, False),
+        test_set=test_set,
+        test_loader=(make_loader(test_set, batch_size, ShardSampler(len(test_set)), workers, device, False)
+                     if test_set is not None else None),
     )
 
 

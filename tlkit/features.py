@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tlkit import __version__
+from tlkit import __version__, distributed
 from tlkit.decode import ImageBatches
 from tlkit.runtime import info, progress, relpath, warn
 
@@ -134,23 +134,49 @@ class _ViewLoad:
 
 def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, views: int, dtype: str,
                     device: torch.device, batch_size: int, workers: int, on_progress) -> dict[str, str]:
-    """Write target (.npy, memory-mapped while filled); returns {failed file: reason}."""
+    """Write target (.npy, memory-mapped while filled); returns {failed file: reason}.
+
+    Under torchrun each process computes its share of the rows and rank 0 writes them all, in order.
+    """
     from tlkit.data import TrainLoad
 
-    paths = [subset_dir / rel for rel, *_ in rows]
-    shape = (views, len(rows), backbone.feature_dim) if views else (len(rows), backbone.feature_dim)
-    array = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
-    done = np.zeros(len(rows), dtype=bool)
+    mine = distributed.shard(range(len(rows)))  # every row in a single process
+    paths = [subset_dir / rows[index][0] for index in mine]
+    shape = (views, len(mine), backbone.feature_dim) if views else (len(mine), backbone.feature_dim)
+    if distributed.world_size() == 1:
+        array = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
+    else:
+        array = np.zeros(shape, dtype=dtype)  # this share, in memory until rank 0 gathers it
+    done = np.zeros(len(mine), dtype=bool)
     loads = [_ViewLoad(TrainLoad(backbone.preprocessing), view) for view in range(views)] or [None]
     failures: dict[int, str] = {}
     for view, load in enumerate(loads):
         batches = ImageBatches(paths, backbone.preprocessing, device=device, batch_size=batch_size,
                                workers=workers, load=load)
         _run_trunk(backbone, batches, array[view] if views else array, done, on_progress)
-        failures.update(batches.failures)
-    array.flush()
+        failures.update({mine[index]: why for index, why in batches.failures.items()})
+    if distributed.world_size() > 1:
+        failures = _write_gathered(array, failures, target, len(rows))
+    else:
+        array.flush()
     del array
     return {rows[index][0]: why for index, why in sorted(failures.items())}
+
+
+def _write_gathered(share: np.ndarray, failures: dict[int, str], target: Path, rows: int) -> dict[int, str]:
+    """Rank 0 writes every process's share into target in the original row order; returns all failures."""
+    gathered = distributed.gather_to_main((share, failures))
+    if gathered is None:
+        return failures
+    world = len(gathered)
+    shape = (*share.shape[:-2], rows, share.shape[-1])  # [views,] rows, features
+    array = np.lib.format.open_memmap(target, mode="w+", dtype=share.dtype, shape=shape)
+    every_failure = {}
+    for rank, (part, failed) in enumerate(gathered):
+        array[..., rank::world, :] = part  # distributed.shard gave rank the rows rank, rank + world, ...
+        every_failure.update(failed)
+    array.flush()
+    return every_failure
 
 
 def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, device: torch.device,
@@ -164,7 +190,9 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
     files = {subset: file_list(data_dir / subset, classes) for subset in SUBSETS}
     identity = cache_identity(backbone, classes, files, views, dtype)
     cache_dir = cache_dir_for(cache_root or default_cache_root(data_dir), backbone.name)
-    reason = "--force" if force else why_stale(cache_dir, identity)
+    distributed.setup(device)
+    # Decided once, by rank 0: every process must take the same branch (the compute gathers).
+    reason = "--force" if force else distributed.on_main(lambda: why_stale(cache_dir, identity))
     if reason is None:
         info(f"features: using the cache in {relpath(cache_dir)}")
         return load_cache(cache_dir)
@@ -172,15 +200,13 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
     backbone.trunk.to(device).eval()
     if device.type == "cuda":
         backbone.trunk.to(memory_format=torch.channels_last)
-    for leftover in cache_dir.parent.glob(f".{cache_dir.name}.partial-*"):  # interrupted earlier
-        shutil.rmtree(leftover, ignore_errors=True)
-    staging = cache_dir.with_name(f".{cache_dir.name}.partial-{os.getpid()}")
-    staging.mkdir(parents=True)
+    staging = distributed.on_main(lambda: _new_staging(cache_dir))
     subsets = {}
     with progress() as bar:
         for subset in SUBSETS:
             subset_views = views if subset == "training" else 0
-            task = bar.add_task(f"features {subset}", total=len(files[subset]) * max(1, subset_views))
+            share = len(distributed.shard(files[subset]))
+            task = bar.add_task(f"features {subset}", total=share * max(1, subset_views))
             failed = _compute_subset(
                 backbone, data_dir / subset, files[subset], staging / f"{subset}.npy", views=subset_views,
                 dtype=dtype, device=device, batch_size=batch_size, workers=workers,
@@ -189,11 +215,22 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
                 warn(f"{subset}/{name} {why}; left out of the cache")
             subsets[subset] = {"files": [row[0] for row in files[subset]],
                                "labels": [row[1] for row in files[subset]], "failed": failed}
-    manifest = {"tlkit": __version__, "identity": identity, "subsets": subsets}
-    (staging / MANIFEST).write_text(json.dumps(manifest))  # last: a folder without it is no cache
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    os.replace(staging, cache_dir)
+    if distributed.is_main():
+        manifest = {"tlkit": __version__, "identity": identity, "subsets": subsets}
+        (staging / MANIFEST).write_text(json.dumps(manifest))  # last: a folder without it is no cache
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        os.replace(staging, cache_dir)
+    distributed.barrier()  # the other processes read the cache once rank 0 has renamed it into place
     return load_cache(cache_dir)
+
+
+def _new_staging(cache_dir: Path) -> Path:
+    """An empty folder beside cache_dir to build the cache in (leftovers of interrupted runs removed)."""
+    for leftover in cache_dir.parent.glob(f".{cache_dir.name}.partial-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = cache_dir.with_name(f".{cache_dir.name}.partial-{os.getpid()}")
+    staging.mkdir(parents=True)
+    return staging
 
 
 def default_cache_root(data_dir: Path) -> Path:
@@ -228,8 +265,13 @@ def list_caches(cache_root: Path) -> list[dict]:
 
 
 def clear_caches(cache_root: Path) -> int:
-    """Delete every cache (and leftovers of interrupted ones) under cache_root; returns how many."""
-    folders = [p for p in Path(cache_root).iterdir() if p.is_dir()] if Path(cache_root).is_dir() else []
+    """Delete every cache (and leftovers of interrupted ones) under cache_root; returns how many.
+
+    Only folders that are caches: a --cache-dir pointed at the wrong place must not cost a dataset."""
+    root = Path(cache_root)
+    if not root.is_dir():
+        return 0
+    folders = [p for p in root.iterdir() if p.is_dir() and ((p / MANIFEST).is_file() or ".partial-" in p.name)]
     for folder in folders:
         shutil.rmtree(folder)
     return len(folders)
@@ -241,7 +283,8 @@ class FeatureLoader:
     Held on the device when they fit, so an epoch is a few hundred index lookups. The order
     comes from (seed, epoch) exactly as data.EpochSampler draws it, which makes training from
     the cache step for step the same as training through a frozen trunk. With K augmented
-    views, each epoch draws one view per image. It is its own sampler (`set_epoch`).
+    views, each epoch draws one view per image. It is its own sampler (`set_epoch`). Under torchrun
+    each process takes its share of the order, as EpochSampler does.
     """
 
     def __init__(self, feature_set: FeatureSet, *, batch_size: int, device: torch.device, shuffle: bool,
@@ -265,13 +308,19 @@ class FeatureLoader:
     def size(self) -> int:
         return len(self.labels)
 
+    def _share(self) -> torch.Tensor:
+        """This process's positions in the order; training shares are equally long (same steps everywhere)."""
+        return distributed.shard_order(torch.arange(self.size), equal=self.shuffle)
+
     def __len__(self) -> int:
-        return self.size // self.batch_size if self.drop_last else -(-self.size // self.batch_size)
+        rows = len(self._share())
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
         view_of = torch.randint(0, max(1, self.views), (self.size,), generator=generator)
+        order = order[self._share()]  # view_of stays indexed by image
         order, view_of = order.to(self.features.device), view_of.to(self.features.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             rows = order[start:start + self.batch_size]

@@ -16,7 +16,7 @@ from rich.table import Table
 
 import yaml
 
-from tlkit import callbacks as cbs
+from tlkit import callbacks as cbs, distributed
 from tlkit.checkpoint import (
     BEST_META, BEST_WEIGHTS, RESUME, atomic_write_text, load_resume, new_run_dir, point_latest, save_best,
     save_resume,
@@ -63,6 +63,7 @@ def build_trainer(config: FinetuneConfig, classes: list[str], *, extra_callbacks
     (after training its head from cached features) instead of building it, and without reseeding.
     """
     device = select_device(config.device)
+    distributed.setup(device)  # under torchrun: before the loaders, which take this process's share
     backbone = backbone or _create_backbone(config, classes, source)
     prep = backbone.preprocessing
     workers = default_workers() if config.workers is None else config.workers
@@ -78,8 +79,12 @@ def build_trainer(config: FinetuneConfig, classes: list[str], *, extra_callbacks
             # make OpenMP threads wait on each other (several times slower on a 2-core machine).
             torch.set_num_threads(max(1, default_workers() + 1 - workers))
     backbone.unfreeze()  # every group in the optimizer from the start; freezing only stops gradients
-    optimizer = make_optimizer(backbone.param_groups(config.lr, config.trunk_lr_mult), config)
-    scheduler = make_scheduler(optimizer, config, steps_per_epoch=len(data.train_loader))
+    optimizer = make_optimizer(backbone.param_groups(scaled_lr(config), config.trunk_lr_mult), config)
+    # After a head trained from cached features, the images get the epochs that are left: a fresh
+    # optimizer and schedule over those (not a schedule restarted at its peak for the whole run).
+    epochs_left = config.epochs - head_epochs(config) if config.precompute_features else config.epochs
+    scheduler = make_scheduler(optimizer, dataclasses.replace(config, epochs=max(1, epochs_left)),
+                               steps_per_epoch=len(data.train_loader))
     callbacks = [cbs.FreezeSchedule(backbone, config.freeze, config.unfreeze_after), cbs.BestWeights(config.monitor)]
     if config.patience is not None:
         callbacks.append(cbs.EarlyStopping(config.monitor, config.patience))
@@ -90,7 +95,16 @@ def build_trainer(config: FinetuneConfig, classes: list[str], *, extra_callbacks
         normalize=Normalizer(prep, device), device=device, precision=config.precision, epochs=config.epochs,
         label_smoothing=config.label_smoothing, callbacks=callbacks + list(extra_callbacks), meta=meta,
     )
+    # A frozen trunk gets no gradients; DistributedDataParallel must be told to expect that. (After a head
+    # trained from cached features, the trunk is never frozen again.)
+    freezes = config.freeze == "trunk" or (config.unfreeze_after is not None and not config.precompute_features)
+    trainer.train_model = distributed.wrap_model(backbone.model, device, find_unused_parameters=freezes)
     return trainer, backbone, data
+
+
+def scaled_lr(config: FinetuneConfig) -> float:
+    """The lr the optimizer starts from: --lr, times the number of processes with --lr-scale linear."""
+    return config.lr * distributed.world_size() if config.lr_scale == "linear" else config.lr
 
 
 def _run_meta(config: FinetuneConfig, backbone, classes: list[str], source=None) -> dict:
@@ -126,17 +140,18 @@ def build_feature_trainer(config: FinetuneConfig, classes: list[str], *, extra_c
     from tlkit.features import FeatureLoader, precompute, to_device_float
 
     device = select_device(config.device)
+    distributed.setup(device)
     backbone = _create_backbone(config, classes)
     sets = precompute(backbone, Path(config.data), cache_root=config.cache_dir, device=device,
                       workers=default_workers() if config.workers is None else config.workers,
                       views=config.precompute_views, dtype=config.cache_dtype)
     backbone.model.to(device)
     backbone.freeze_trunk()
-    train_size = len(sets["training"].labels)
+    share_size = len(sets["training"].labels) // distributed.world_size()  # this process's training rows
     train_loader = FeatureLoader(sets["training"], batch_size=config.batch_size, device=device, shuffle=True,
-                                 seed=config.seed, drop_last=train_size > config.batch_size)
+                                 seed=config.seed, drop_last=share_size > config.batch_size)
     val_loader = FeatureLoader(sets["validation"], batch_size=config.batch_size, device=device, shuffle=False)
-    optimizer = make_optimizer(backbone.param_groups(config.lr, config.trunk_lr_mult), config)
+    optimizer = make_optimizer(backbone.param_groups(scaled_lr(config), config.trunk_lr_mult), config)
     schedule = dataclasses.replace(config, epochs=head_epochs(config))
     scheduler = make_scheduler(optimizer, schedule, steps_per_epoch=len(train_loader))
     callbacks = [cbs.BestWeights(config.monitor)]
@@ -147,9 +162,10 @@ def build_feature_trainer(config: FinetuneConfig, classes: list[str], *, extra_c
         train_loader=train_loader, val_loader=val_loader, train_sampler=train_loader,
         normalize=to_device_float(device), device=device, precision=config.precision, epochs=schedule.epochs,
         label_smoothing=config.label_smoothing, callbacks=callbacks + list(extra_callbacks),
-        meta=_run_meta(config, backbone, classes),
+        meta={**_run_meta(config, backbone, classes), "phase": "head"},
     )
     trainer.checkpointed = backbone.model  # best.safetensors holds the whole classifier
+    trainer.train_model = distributed.wrap_model(backbone.head, device)
     return trainer, backbone, FeatureBundle(classes, train_loader, val_loader)
 
 
@@ -162,7 +178,8 @@ def _continue_end_to_end(head_trainer: Trainer, config: FinetuneConfig, classes:
     for callback in trainer.callbacks:
         if type(callback).__name__ in earlier:
             callback.load_state_dict(earlier[type(callback).__name__].state_dict())
-    info(f"epoch {trainer.epoch + 1}: the head is trained; continuing end to end on the images")
+    info(f"epoch {trainer.epoch + 1}: the head is trained; every layer now trains on the images, with a "
+         f"fresh optimizer and {config.scheduler} schedule over the {config.epochs - trainer.epoch} epochs left")
     return trainer, data
 
 
@@ -204,22 +221,29 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     if state is not None and state["meta"]["classes"] != classes:
         raise TlkitError(f"{relpath(Path(config.data))} holds classes {classes}, but {relpath(Path(resume))} "
                          f"was trained on {state['meta']['classes']}; resume with its own --data.")
-    # With --precompute-features the head trains on cached features first. A resume file written up
-    # to the last head epoch holds the head alone; later ones, the whole model.
-    from_features = config.precompute_features and (state is None or state["epoch"] <= head_epochs(config))
+    # With --precompute-features the head trains on cached features first. A resume file says which
+    # phase wrote it (its weights are the head alone, or the whole model), whatever flags are given now.
+    if state is not None:
+        from_features = state["meta"].get("phase") == "head"
+    else:
+        from_features = config.precompute_features
     if from_features:
         trainer, backbone, data = build_feature_trainer(config, classes, extra_callbacks=callbacks)
     else:
         trainer, backbone, data = build_trainer(config, classes, extra_callbacks=callbacks, source=source)
-    run_dir = Path(resume) if resume is not None else new_run_dir(Path(config.runs_dir), config.name, force)
+    if resume is not None:
+        run_dir = Path(resume)
+    else:  # under torchrun rank 0 makes the folder (and names it) and tells the others
+        run_dir = distributed.on_main(lambda: new_run_dir(Path(config.runs_dir), config.name, force))
     _attach_run_dir(trainer, config, run_dir)
     if state is not None:
         trainer.load_state_dict(state)
         info(f"resuming {relpath(run_dir)} after epoch {trainer.epoch} of {config.epochs}")
-    else:
+    elif distributed.is_main():
         source_yaml = yaml.safe_dump(source.settings, sort_keys=False) if source is not None else ""
         atomic_write_text(run_dir / "config.yaml", source_yaml + config_yaml(config))
-    point_latest(run_dir)
+    if distributed.is_main():
+        point_latest(run_dir)
     _announce(config, backbone, data, trainer.device, run_dir)
     command = "train" if source is not None else "finetune"
     _fit(trainer, run_dir, command)
@@ -227,12 +251,15 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
         trainer, data = _continue_end_to_end(trainer, config, classes, backbone, callbacks)
         _attach_run_dir(trainer, config, run_dir)
         _fit(trainer, run_dir, command)
-    return _finish(trainer, backbone, data, run_dir)
+    result = _finish(trainer, backbone, data, run_dir)
+    distributed.barrier()  # every process returns once rank 0 has written the run folder
+    return result
 
 
 def _fit(trainer: Trainer, run_dir: Path, command: str) -> None:
     try:
-        fit(trainer, save_resume=lambda resume_state: save_resume(run_dir, resume_state))
+        fit(trainer, save_resume=(lambda resume_state: save_resume(run_dir, resume_state))
+            if distributed.is_main() else None)
     except KeyboardInterrupt:
         console.print(f"continue this run with: tlkit {command} --resume {relpath(run_dir)}")
         raise
@@ -241,6 +268,8 @@ def _fit(trainer: Trainer, run_dir: Path, command: str) -> None:
 def _attach_run_dir(trainer: Trainer, config: FinetuneConfig, run_dir: Path) -> None:
     """The run folder is made only once everything checked out; give it to the trainer and its writers."""
     trainer.run_dir = run_dir
+    if not distributed.is_main():
+        return  # under torchrun rank 0 alone writes
     writers = [cbs.MetricsLog(run_dir / "metrics.jsonl"), cbs.Curves(run_dir / "curves.png")]
     if cbs.tensorboard_available():
         writers.append(cbs.TensorBoard(run_dir / "tb"))
@@ -256,8 +285,14 @@ def _announce(config: FinetuneConfig, backbone, data: DataBundle, device: torch.
     else:
         what = f"{len(data.train_set)} training / {len(data.val_set)}"
     info(f"fine-tuning {backbone.name} ({init}) at {size} px: {what} validation images, {len(data.classes)} "
-         f"classes; {device.type}, {precision}; {config.optimizer} lr {config.lr:g}, {config.scheduler} schedule "
+         f"classes; {device.type}, {precision}; {config.optimizer} lr {scaled_lr(config):g}, "
+         f"{config.scheduler} schedule "
          f"-> {relpath(run_dir)}")
+    world = distributed.world_size()
+    if world > 1:
+        info(f"{world} processes (DistributedDataParallel): effective batch size {config.batch_size * world} "
+             f"({config.batch_size} per process x {world}); lr {scaled_lr(config):g} "
+             f"(--lr {config.lr:g}, --lr-scale {config.lr_scale})")
 
 
 def _finish(trainer: Trainer, backbone, data: DataBundle, run_dir: Path) -> FinetuneResult:
@@ -270,16 +305,18 @@ def _finish(trainer: Trainer, backbone, data: DataBundle, run_dir: Path) -> Fine
     result = evaluate(trainer.model, loader, trainer.normalize, autocast=trainer.autocast, collect=True)
     report = {**cbs.class_report(result["targets"], result["predictions"], data.classes), "subset": subset}
     best_row = next(row for row in trainer.history if row["epoch"] == best.best_epoch)
-    save_best(run_dir, best.best_state, trainer.checkpoint_meta(best_row))
-    cbs.plot_confusion(run_dir / "confusion.png", result["targets"], result["predictions"], data.classes)
-    cbs.write_report(run_dir / "report.json", report)
+    if distributed.is_main():  # under torchrun rank 0 alone writes (every process holds the same results)
+        save_best(run_dir, best.best_state, trainer.checkpoint_meta(best_row))
+        cbs.plot_confusion(run_dir / "confusion.png", result["targets"], result["predictions"], data.classes)
+        cbs.write_report(run_dir / "report.json", report)
+    skipped = sorted(set().union(*distributed.all_gather(trainer.skipped)))  # met by any process
     outputs = {name: run_dir / name for name in (
         "config.yaml", BEST_WEIGHTS, BEST_META, RESUME, "metrics.jsonl", "curves.png", "confusion.png", "report.json")}
     if (run_dir / "tb").is_dir():
         outputs["tb"] = run_dir / "tb"
-    _print_summary(trainer.history, best.best_epoch, report, outputs, sorted(trainer.skipped))
+    _print_summary(trainer.history, best.best_epoch, report, outputs, skipped)
     return FinetuneResult(run_dir=run_dir, classes=data.classes, history=trainer.history, best_epoch=best.best_epoch,
-                          report=report, outputs=outputs, backbone=backbone, skipped=sorted(trainer.skipped))
+                          report=report, outputs=outputs, backbone=backbone, skipped=skipped)
 
 
 def _print_summary(history: list[dict], best_epoch: int, report: dict, outputs: dict, skipped: list[str]) -> None:

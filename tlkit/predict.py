@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tlkit import distributed
 from tlkit.checkpoint import Checkpoint, atomic_write_text
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
@@ -62,13 +63,18 @@ def find_images(paths: list[Path]) -> tuple[list[Path], int]:
 
 def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.device, batch_size: int = 256,
                   workers: int = 0, tta: bool = False, gpu_decode: bool | None = None) -> Predictions:
-    """Softmax probabilities of every image; with tta, averaged with the horizontally flipped view."""
+    """Softmax probabilities of every image; with tta, averaged with the horizontally flipped view.
+
+    Under torchrun each process predicts its share of the files; every process returns all of them.
+    """
+    distributed.setup(device)
     model = checkpoint.backbone.model.to(device).eval()
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    batches = ImageBatches(paths, checkpoint.backbone.preprocessing, device=device, batch_size=batch_size,
-                           workers=workers, gpu_decode=gpu_decode)
-    probabilities = np.full((len(paths), len(checkpoint.classes)), np.nan, dtype=np.float32)
+    mine = distributed.shard(range(len(paths)))  # every file in a single process
+    batches = ImageBatches([paths[index] for index in mine], checkpoint.backbone.preprocessing, device=device,
+                           batch_size=batch_size, workers=workers, gpu_decode=gpu_decode)
+    probabilities = np.full((len(mine), len(checkpoint.classes)), np.nan, dtype=np.float32)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     started = time.perf_counter()
     with progress() as bar, torch.inference_mode(), autocast:
@@ -80,8 +86,23 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.de
             probabilities[batch.indices] = scores.cpu().numpy()
             bar.advance(task, len(batch.indices))
         bar.update(task, completed=len(paths))
+    failures = {mine[index]: why for index, why in batches.failures.items()}
+    if distributed.world_size() > 1:
+        probabilities, failures = _merge_shares(probabilities, failures, len(paths))
     return Predictions(paths=list(paths), probabilities=probabilities, classes=list(checkpoint.classes),
-                       failures=dict(batches.failures), seconds=time.perf_counter() - started)
+                       failures=failures, seconds=time.perf_counter() - started)
+
+
+def _merge_shares(share: np.ndarray, failures: dict[int, str], count: int) -> tuple[np.ndarray, dict[int, str]]:
+    """Every process's rows back in the order of the files (distributed.shard gave rank the rows rank,
+    rank + world, ...)."""
+    gathered = distributed.all_gather((share, failures))
+    probabilities = np.empty((count, share.shape[1]), dtype=share.dtype)
+    every_failure = {}
+    for rank, (part, failed) in enumerate(gathered):
+        probabilities[rank::len(gathered)] = part
+        every_failure.update(failed)
+    return probabilities, dict(sorted(every_failure.items()))
 
 
 # ---------------------------------------------------------------- writing predictions
@@ -129,14 +150,9 @@ def _json_text(pred: Predictions, topk: int | None) -> str:
 
 def _kaggle_text(pred: Predictions) -> str:
     """Dogs-vs-Cats submission: `id,label` with the id from `123.jpg` and the probability of `dog`."""
-    if len(pred.classes) != 2:
-        raise TlkitError(f"--format kaggle needs a two-class model; this one has {len(pred.classes)} classes.")
     positive = pred.classes.index("dog") if "dog" in pred.classes else 1
     rows = []
     for index, path in enumerate(pred.paths):
-        if not path.stem.isdigit():
-            raise TlkitError(f"--format kaggle takes ids from file names like 123.jpg; {relpath(path)} is not "
-                             "one. Use --format csv, or predict on the Kaggle test folder.")
         if index in pred.failures:
             raise TlkitError(f"{relpath(path)} {pred.failures[index]}, so it has no prediction and a Kaggle "
                              "submission needs every id; replace the file or use --format csv.")
@@ -144,15 +160,32 @@ def _kaggle_text(pred: Predictions) -> str:
     return "id,label\n" + "".join(f"{id_},{p:.6f}\n" for id_, p in sorted(rows))
 
 
+def check_request(out: Path, *, fmt: str, topk: int | None, classes: list[str], paths: list[Path],
+                  force: bool) -> None:
+    """Everything that would stop the writing, checked before any image is predicted."""
+    if Path(out).exists() and not force:
+        raise TlkitError(f"{relpath(Path(out))} already exists; nothing was written. Use --force to replace it, "
+                         "or --out to write elsewhere.")
+    if topk is not None and not 1 <= topk <= len(classes):
+        raise TlkitError(f"--topk {topk} must be between 1 and the number of classes ({len(classes)}).")
+    if fmt == "kaggle":
+        if len(classes) != 2:
+            raise TlkitError(f"--format kaggle needs a two-class model; this one has {len(classes)} classes.")
+        named = [path for path in paths if not Path(path).stem.isdigit()]
+        if named:
+            raise TlkitError(f"--format kaggle takes ids from file names like 123.jpg; {relpath(Path(named[0]))} "
+                             f"is not one ({len(named)} such file(s)). Use --format csv, or predict on the Kaggle "
+                             "test folder.")
+
+
 def write_predictions(pred: Predictions, out: Path, *, fmt: str = "csv", topk: int | None = None,
                       force: bool = False) -> Path:
-    """Write predictions in `fmt`; an existing file is replaced only with force."""
+    """Write predictions in `fmt`; an existing file is replaced only with force. Under torchrun rank 0
+    alone writes (every process holds all the predictions)."""
     out = Path(out)
-    if out.exists() and not force:
-        raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace it, "
-                         "or --out to write elsewhere.")
-    if topk is not None and not 1 <= topk <= len(pred.classes):
-        raise TlkitError(f"--topk {topk} must be between 1 and the number of classes ({len(pred.classes)}).")
+    if not distributed.is_main():
+        return out
+    check_request(out, fmt=fmt, topk=topk, classes=pred.classes, paths=pred.paths, force=force)
     text = {"csv": lambda: _csv_text(pred, topk), "json": lambda: _json_text(pred, topk),
             "kaggle": lambda: _kaggle_text(pred)}[fmt]()
     out.parent.mkdir(parents=True, exist_ok=True)

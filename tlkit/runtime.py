@@ -95,7 +95,12 @@ def select_device(name: str = "auto"):
     from tlkit.errors import TlkitError
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TlkitError(f"--device {name} was asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto.")
-    return torch.device(name)
+    if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # under torchrun: one GPU per process
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise TlkitError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None

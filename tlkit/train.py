@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from rich.progress import TextColumn
 
+from tlkit import distributed
 from tlkit.errors import TlkitError
 from tlkit.runtime import console, progress
 
@@ -58,6 +59,9 @@ class Trainer:
         # What a checkpoint holds: the whole classifier, also while `model` is its head alone
         # (training from cached features). Set by the builder; the model itself by default.
         self.checkpointed: nn.Module = model
+        # What the training steps call: `model` itself, or under torchrun a DistributedDataParallel around it
+        # (set by the builder). Everything else (evaluation, state, checkpoints) uses the unwrapped `model`.
+        self.train_model: nn.Module = model
         self.scheduler_name = scheduler_name
         self.train_loader, self.val_loader, self.train_sampler = train_loader, val_loader, train_sampler
         self.normalize, self.device, self.epochs = normalize, device, epochs
@@ -138,8 +142,8 @@ def set_training_mode(trainer: Trainer) -> None:
 
 
 def train_one_epoch(trainer: Trainer) -> dict:
-    """One pass over the training images; returns the per-sample mean loss, accuracy, images/s."""
-    model, optimizer = trainer.model, trainer.optimizer
+    """One pass over the training images; returns the per-sample mean loss, accuracy, images/s (of every process)."""
+    model, optimizer = trainer.train_model, trainer.optimizer
     set_training_mode(trainer)
     per_batch = trainer.scheduler is not None and trainer.scheduler_name in PER_BATCH_SCHEDULERS
     loss_sum = torch.zeros((), device=trainer.device)  # summed on the device: no sync per batch
@@ -167,6 +171,8 @@ def train_one_epoch(trainer: Trainer) -> dict:
                 bar.update(task, stats=_stats_text(loss_sum, correct, seen, started))
             bar.advance(task)
     seconds = time.perf_counter() - started
+    loss_sum, correct, seen = distributed.sum_all([loss_sum, correct, seen], trainer.device)
+    seen = int(seen)
     if seen == 0:
         raise TlkitError("no training image could be decoded in this epoch; check the images with `tlkit check`.")
     return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
@@ -175,7 +181,10 @@ def train_one_epoch(trainer: Trainer) -> dict:
 
 def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, collect: bool = False,
              skipped: set | None = None) -> dict:
-    """Mean loss and accuracy over a loader in eval mode; with collect, the targets and predictions too."""
+    """Mean loss and accuracy over a loader in eval mode; with collect, the targets and predictions too.
+
+    Under torchrun each process evaluates its share of the loader, and the result is over all of them.
+    """
     model.eval()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
@@ -197,9 +206,14 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
             if collect:
                 targets += labels.tolist()
                 predictions += predicted.tolist()
+    loss_sum, correct, seen = distributed.sum_all([loss_sum, correct, seen], device)
+    if collect and distributed.world_size() > 1:
+        shares = distributed.all_gather((targets, predictions))
+        targets, predictions = [t for share, _ in shares for t in share], [p for _, share in shares for p in share]
     if seen == 0:
         raise TlkitError("no validation image could be decoded; check them with `tlkit check`.")
-    result = {"val_loss": float(loss_sum) / seen, "val_acc": float(correct) / seen, "val_images": seen}
+    seen = int(seen)
+    result = {"val_loss": loss_sum / seen, "val_acc": correct / seen, "val_images": seen}
     return {**result, "targets": targets, "predictions": predictions} if collect else result
 
 

@@ -154,3 +154,30 @@ def test_clear_deletes_only_caches(data, capsys):
     assert clear_caches(data) == 0  # the data folder itself: its training/ and validation/ stay
     assert (data / "training").is_dir() and (data / "validation").is_dir()
     assert clear_caches(data / ".tlkit-cache") == 1
+
+
+def test_a_live_precompute_keeps_its_staging_folder_and_ls_survives_a_bad_manifest(data, capsys):
+    import subprocess
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        live = data / ".tlkit-cache" / f".tiny.partial-{sleeper.pid}"
+        live.mkdir(parents=True)
+        _run(data)
+        assert live.is_dir()  # another process's work in progress is left alone
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    (data / ".tlkit-cache" / "tiny" / "manifest.json").write_text("{not json")
+    assert list_caches(data / ".tlkit-cache") == []
+    assert "unreadable" in capsys.readouterr().err
+
+
+def test_bf16_features_are_not_reused_for_fp32(data, tmp_path):
+    from tlkit.features import cache_identity, why_stale
+
+    backbone = _backbone()
+    _run(data, backbone)  # on the CPU: fp32
+    files = {s: features_module.file_list(data / s, ["cat", "dog"]) for s in ("training", "validation")}
+    as_bf16 = cache_identity(backbone, ["cat", "dog"], files, 0, "float16", compute="cuda-bf16")
+    assert why_stale(data / ".tlkit-cache" / "tiny", as_bf16) == "another arithmetic (bf16 on CUDA vs fp32)"

@@ -408,6 +408,7 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     backbone = models.create(args.backbone, num_classes=len(classes), weights=args.weights, img_size=args.img_size)
     sets = precompute(backbone, Path(args.data), cache_root=args.cache_dir, device=select_device(args.device),
                       batch_size=args.batch_size, views=args.precompute_views, dtype=args.cache_dtype,
+                      precision=args.precision,
                       workers=default_workers() if args.workers is None else args.workers, force=args.force)
     table = Table(title=f"{backbone.name} features ({backbone.feature_dim} per image)")
     for column in ("subset", "images", "array"):
@@ -440,6 +441,8 @@ def _add_precompute(subparsers) -> None:
     parser.add_argument("--weights", default="default", help="imagenet, none, or a weights file")
     parser.add_argument("--img-size", type=_count(1), help="input size (default: the backbone's own)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                        help="CUDA arithmetic of the trunk (the CPU always uses fp32); use the run's own")
     parser.add_argument("--batch-size", type=_count(1), default=256, help="images per trunk batch")
     parser.add_argument("--workers", type=_count(0), help="decode workers (default: all cores but one)")
     parser.add_argument("--seed", type=int, default=0, help="seed of a random initialisation")

@@ -58,7 +58,8 @@ def file_list(subset_dir: Path, classes: list[str]) -> list[tuple[str, int, int,
     return rows
 
 
-def cache_identity(backbone, classes: list[str], files: dict[str, list], views: int, dtype: str) -> dict:
+def cache_identity(backbone, classes: list[str], files: dict[str, list], views: int, dtype: str,
+                   compute: str = "fp32") -> dict:
     """Everything a cache depends on, in JSON types; the manifest stores it to explain a miss."""
     identity = {
         "format": CACHE_FORMAT,
@@ -68,6 +69,7 @@ def cache_identity(backbone, classes: list[str], files: dict[str, list], views: 
         "classes": classes,
         "views": views,
         "dtype": dtype,
+        "compute": compute,  # "cuda-bf16" or "fp32": bf16 features are not the ones an fp32 run would see
         "files_sha256": {subset: _digest_rows(rows) for subset, rows in files.items()},
     }
     return json.loads(json.dumps(identity))  # tuples become lists, as they come back from the manifest
@@ -94,6 +96,7 @@ def why_stale(cache_dir: Path, identity: dict) -> str | None:
         "classes": "other classes",
         "views": "another number of augmented views",
         "dtype": "another feature dtype",
+        "compute": "another arithmetic (bf16 on CUDA vs fp32)",
     }
     for key, reason in reasons.items():
         if stored.get(key) != identity[key]:
@@ -109,14 +112,12 @@ def cache_dir_for(cache_root: Path, backbone_name: str) -> Path:
     return Path(cache_root) / backbone_name.replace(":", "-").replace("/", "-")
 
 
-def _run_trunk(backbone, batches: ImageBatches, rows: np.ndarray, done: np.ndarray, on_progress) -> None:
-    """Fill rows[i] with the trunk's features of image i; done[i] marks the images that decoded."""
-    device = batches.device
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+def _run_trunk(backbone, batches: ImageBatches, rows: np.ndarray, bf16: bool, on_progress) -> None:
+    """Fill rows[i] with the trunk's features of image i (images that fail to decode stay zero)."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
     with torch.inference_mode(), autocast:
         for batch in batches:
             rows[batch.indices] = backbone.trunk(batch.images).float().cpu().numpy()
-            done[batch.indices] = True
             on_progress(len(batch.indices))
 
 
@@ -132,7 +133,7 @@ class _ViewLoad:
         return self.train_load(path, seed=zlib.crc32(f"{self.view}/{path.name}".encode()))
 
 
-def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, views: int, dtype: str,
+def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, views: int, dtype: str, bf16: bool,
                     device: torch.device, batch_size: int, workers: int, on_progress) -> dict[str, str]:
     """Write target (.npy, memory-mapped while filled); returns {failed file: reason}.
 
@@ -147,13 +148,12 @@ def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, vie
         array = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
     else:
         array = np.zeros(shape, dtype=dtype)  # this share, in memory until rank 0 gathers it
-    done = np.zeros(len(mine), dtype=bool)
     loads = [_ViewLoad(TrainLoad(backbone.preprocessing), view) for view in range(views)] or [None]
     failures: dict[int, str] = {}
     for view, load in enumerate(loads):
         batches = ImageBatches(paths, backbone.preprocessing, device=device, batch_size=batch_size,
                                workers=workers, load=load)
-        _run_trunk(backbone, batches, array[view] if views else array, done, on_progress)
+        _run_trunk(backbone, batches, array[view] if views else array, bf16, on_progress)
         failures.update({mine[index]: why for index, why in batches.failures.items()})
     if distributed.world_size() > 1:
         failures = _write_gathered(array, failures, target, len(rows))
@@ -181,14 +181,17 @@ def _write_gathered(share: np.ndarray, failures: dict[int, str], target: Path, r
 
 def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, device: torch.device,
                batch_size: int = 256, workers: int = 0, views: int = 0, dtype: str = "float16",
-               force: bool = False) -> dict[str, FeatureSet]:
-    """Features of DATA/training and DATA/validation from the cache, computing them if stale."""
+               precision: str = "bf16", force: bool = False) -> dict[str, FeatureSet]:
+    """Features of DATA/training and DATA/validation from the cache, computing them if stale.
+
+    precision: bf16 autocast on CUDA (as training runs), or fp32; the CPU always computes in fp32."""
     from tlkit.data import check_classes
 
     data_dir = Path(data_dir)
     classes = check_classes(data_dir)
     files = {subset: file_list(data_dir / subset, classes) for subset in SUBSETS}
-    identity = cache_identity(backbone, classes, files, views, dtype)
+    compute = "cuda-bf16" if device.type == "cuda" and precision == "bf16" else "fp32"
+    identity = cache_identity(backbone, classes, files, views, dtype, compute)
     cache_dir = cache_dir_for(cache_root or default_cache_root(data_dir), backbone.name)
     distributed.setup(device)
     # Decided once, by rank 0: every process must take the same branch (the compute gathers).
@@ -209,7 +212,7 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
             task = bar.add_task(f"features {subset}", total=share * max(1, subset_views))
             failed = _compute_subset(
                 backbone, data_dir / subset, files[subset], staging / f"{subset}.npy", views=subset_views,
-                dtype=dtype, device=device, batch_size=batch_size, workers=workers,
+                dtype=dtype, bf16=compute == "cuda-bf16", device=device, batch_size=batch_size, workers=workers,
                 on_progress=lambda n, task=task: bar.advance(task, n))
             for name, why in failed.items():
                 warn(f"{subset}/{name} {why}; left out of the cache")
@@ -227,10 +230,23 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
 def _new_staging(cache_dir: Path) -> Path:
     """An empty folder beside cache_dir to build the cache in (leftovers of interrupted runs removed)."""
     for leftover in cache_dir.parent.glob(f".{cache_dir.name}.partial-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+        if not _process_alive(leftover.name.rsplit("-", 1)[-1]):  # not another precompute at work
+            shutil.rmtree(leftover, ignore_errors=True)
     staging = cache_dir.with_name(f".{cache_dir.name}.partial-{os.getpid()}")
     staging.mkdir(parents=True)
     return staging
+
+
+def _process_alive(pid_text: str) -> bool:
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
 
 
 def default_cache_root(data_dir: Path) -> Path:
@@ -255,12 +271,16 @@ def list_caches(cache_root: Path) -> list[dict]:
     """What `tlkit cache ls` shows: one row per complete cache."""
     rows = []
     for manifest_path in sorted(Path(cache_root).glob(f"*/{MANIFEST}")):
-        manifest = json.loads(manifest_path.read_text())
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            identity, subsets = manifest["identity"], manifest["subsets"]
+        except (ValueError, KeyError):
+            warn(f"{relpath(manifest_path)} is unreadable; `tlkit cache clear` removes it")
+            continue
         size = sum(p.stat().st_size for p in manifest_path.parent.iterdir())
-        identity = manifest["identity"]
         rows.append({"folder": manifest_path.parent, "backbone": identity["backbone"],
                      "input_size": identity["preprocessing"]["input_size"], "views": identity["views"],
-                     "images": {s: len(e["files"]) for s, e in manifest["subsets"].items()}, "bytes": size})
+                     "images": {s: len(e["files"]) - len(e["failed"]) for s, e in subsets.items()}, "bytes": size})
     return rows
 
 

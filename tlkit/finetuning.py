@@ -144,7 +144,7 @@ def build_feature_trainer(config: FinetuneConfig, classes: list[str], *, extra_c
     backbone = _create_backbone(config, classes)
     sets = precompute(backbone, Path(config.data), cache_root=config.cache_dir, device=device,
                       workers=default_workers() if config.workers is None else config.workers,
-                      views=config.precompute_views, dtype=config.cache_dtype)
+                      views=config.precompute_views, dtype=config.cache_dtype, precision=config.precision)
     backbone.model.to(device)
     backbone.freeze_trunk()
     share_size = len(sets["training"].labels) // distributed.world_size()  # this process's training rows

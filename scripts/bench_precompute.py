@@ -22,45 +22,19 @@ from pathlib import Path
 
 import torch
 
+from _bench_common import SHARED_PHOTOS, link_photos, tutorial_throughput
 from tlkit import models
 from tlkit.features import precompute
 from tlkit.runtime import default_workers, select_device
 
-SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-2k" / "train"
-
-
 def build_data(src: Path, work: Path, copies: int, limit: int | None) -> int:
-    """work/training/<class>/ with each photo linked `copies` times; a one-image validation/."""
+    """work/training/<class>/ with each photo linked `copies` times; a one-image-per-class validation/."""
     shutil.rmtree(work, ignore_errors=True)
-    cats, dogs = sorted(src.glob("cat.*.jpg")), sorted(src.glob("dog.*.jpg"))
-    half = None if limit is None else limit // 2
-    photos = cats[:half] + dogs[:half]
-    for copy in range(copies):
-        for photo in photos:
-            label = photo.name.split(".")[0]
-            target = work / "training" / label / f"{copy}-{photo.name}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(photo, target)
-    for label in sorted({p.name.split(".")[0] for p in photos}):
-        (work / "validation" / label).mkdir(parents=True, exist_ok=True)
-        os.link(next(p for p in photos if p.name.startswith(label + ".")), work / "validation" / label / "0.jpg")
-    return copies * len(photos)
-
-
-def seed_way(backbone, folder: Path, device: torch.device) -> float:
-    from torchvision import datasets, transforms
-
-    prep = backbone.preprocessing
-    transform = transforms.Compose([transforms.Resize(prep.input_size), transforms.ToTensor(),
-                                    transforms.Normalize(prep.mean, prep.std)])
-    loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(folder), transform), batch_size=64, num_workers=3)
-    trunk = backbone.trunk.to(device).eval()
-    start, seen = time.perf_counter(), 0
-    with torch.inference_mode():
-        for images, _ in loader:
-            trunk(images.to(device)).cpu()
-            seen += len(images)
-    return seen / (time.perf_counter() - start)
+    paths = link_photos(src, work / "training", copies, limit)
+    for label in ("cat", "dog"):
+        (work / "validation" / label).mkdir(parents=True)
+        os.link(next(p for p in paths if p.parent.name == label), work / "validation" / label / "0.jpg")
+    return len(paths)
 
 
 def tlkit_way(backbone, data: Path, device: torch.device, batch_size: int) -> float:
@@ -108,7 +82,7 @@ def main() -> None:
     print(f"{'backbone':<10} {'seed way':>9} {'tlkit':>9} {'trunk only':>11} {'tlkit/seed':>10} {'tlkit/trunk':>11}")
     for backbone_name in args.backbones:
         backbone = models.create(backbone_name, num_classes=2, weights="none")
-        seed = seed_way(backbone, args.work / "training", device)
+        seed = tutorial_throughput(backbone.trunk, backbone.preprocessing, args.work / "training", device)
         ours = tlkit_way(backbone, args.work, device, args.batch_size)
         ceiling = trunk_alone(backbone, device, args.batch_size, batches=max(2, min(20, count // args.batch_size)))
         print(f"{backbone_name:<10} {seed:>9,.0f} {ours:>9,.0f} {ceiling:>11,.0f} {ours / seed:>9.1f}x "

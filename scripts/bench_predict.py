@@ -21,44 +21,11 @@ from pathlib import Path
 
 import torch
 
+from _bench_common import SHARED_PHOTOS, link_photos, tutorial_throughput
 from tlkit import models
 from tlkit.checkpoint import Checkpoint
 from tlkit.predict import predict_files
 from tlkit.runtime import default_workers, select_device
-
-SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-2k" / "train"
-
-
-def link_photos(src: Path, work: Path, copies: int, limit: int | None) -> list[Path]:
-    """work/<class>/<copy>-<name>: an ImageFolder for the tutorial way, a file list for tlkit."""
-    shutil.rmtree(work, ignore_errors=True)
-    half = None if limit is None else limit // 2
-    photos = sorted(src.glob("cat.*.jpg"))[:half] + sorted(src.glob("dog.*.jpg"))[:half]
-    paths = []
-    for copy in range(copies):
-        for photo in photos:
-            target = work / photo.name.split(".")[0] / f"{copy}-{photo.name}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(photo, target)
-            paths.append(target)
-    return sorted(paths)
-
-
-def tutorial_way(backbone, folder: Path, device: torch.device) -> float:
-    from torchvision import datasets, transforms
-
-    prep = backbone.preprocessing
-    transform = transforms.Compose([transforms.Resize(prep.input_size), transforms.ToTensor(),
-                                    transforms.Normalize(prep.mean, prep.std)])
-    loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(folder), transform), batch_size=64, num_workers=3)
-    model = backbone.model.to(device).eval()
-    start, seen = time.perf_counter(), 0
-    with torch.inference_mode():
-        for images, _ in loader:
-            model(images.to(device)).softmax(dim=1).cpu()
-            seen += len(images)
-    return seen / (time.perf_counter() - start)
-
 
 def tlkit_way(backbone, paths: list[Path], device: torch.device, batch_size: int) -> float:
     checkpoint = Checkpoint(backbone=backbone, classes=["cat", "dog"], meta={}, path=Path("bench"))
@@ -78,11 +45,12 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/tlkit-bench-predict"))
     args = parser.parse_args()
     device = select_device(args.device)
+    shutil.rmtree(args.work, ignore_errors=True)
     paths = link_photos(args.src, args.work, args.copies, args.limit)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     backbone = models.create(args.backbone, num_classes=2, weights="none")
     print(f"{len(paths)} images, {args.backbone}, on {name}, torch {torch.__version__}")
-    tutorial = tutorial_way(backbone, args.work, device)
+    tutorial = tutorial_throughput(backbone.model, backbone.preprocessing, args.work, device)
     ours = tlkit_way(backbone, paths, device, args.batch_size)
     print(f"tutorial way {tutorial:,.0f} img/s   tlkit predict {ours:,.0f} img/s   ratio {ours / tutorial:.1f}x")
     shutil.rmtree(args.work, ignore_errors=True)

@@ -18,7 +18,7 @@ import yaml
 
 from tlkit import callbacks as cbs, distributed
 from tlkit.checkpoint import (
-    BEST_META, BEST_WEIGHTS, RESUME, atomic_write_text, load_resume, new_run_dir, point_latest, save_best,
+    BEST_META, BEST_WEIGHTS, RESUME, atomic_write_text, load_resume, new_run_dir, point_latest,
     save_resume,
 )
 from tlkit.config import FinetuneConfig, config_to_dict, config_yaml, make_config, resolve_config
@@ -304,9 +304,8 @@ def _finish(trainer: Trainer, backbone, data: DataBundle, run_dir: Path) -> Fine
     subset, loader = ("test", data.test_loader) if getattr(data, "test_loader", None) else ("validation", data.val_loader)
     result = evaluate(trainer.model, loader, trainer.normalize, autocast=trainer.autocast, collect=True)
     report = {**cbs.class_report(result["targets"], result["predictions"], data.classes), "subset": subset}
-    best_row = next(row for row in trainer.history if row["epoch"] == best.best_epoch)
+    # best.safetensors was written by BestWeights when that epoch ended; not again here.
     if distributed.is_main():  # under torchrun rank 0 alone writes (every process holds the same results)
-        save_best(run_dir, best.best_state, trainer.checkpoint_meta(best_row))
         cbs.plot_confusion(run_dir / "confusion.png", result["targets"], result["predictions"], data.classes)
         cbs.write_report(run_dir / "report.json", report)
     skipped = sorted(set().union(*distributed.all_gather(trainer.skipped)))  # met by any process

@@ -110,9 +110,12 @@ def test_finetune_matches_one_process_and_rank_0_alone_writes(two_processes, one
     run_dirs = [p for p in runs.iterdir() if p.name != LATEST]
     assert len(run_dirs) == 1 and (runs / LATEST).resolve() == run_dirs[0].resolve()
     run_dir = run_dirs[0]
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted(
-        ["config.yaml", "best.safetensors", "best.json", "resume.pt", "metrics.jsonl", "curves.png",
-         "confusion.png", "report.json"])  # no leftover temporary files of a second writer
+    from tlkit.callbacks import tensorboard_available
+
+    expected = ["config.yaml", "best.safetensors", "best.json", "resume.pt", "metrics.jsonl", "curves.png",
+                "confusion.png", "report.json", *(["tb"] if tensorboard_available() else [])]
+    # no leftover temporary files of a second writer
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(expected)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     _assert_rows_match(history, one_process.history[:2])
     report = json.loads((run_dir / "report.json").read_text())

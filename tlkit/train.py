@@ -153,6 +153,13 @@ def train_one_epoch(trainer: Trainer) -> dict:
         task = bar.add_task(f"epoch {trainer.epoch + 1}/{trainer.epochs}", total=len(trainer.train_loader), stats="")
         for batch_index, (images, labels, skipped) in enumerate(trainer.train_loader):
             trainer.skipped.update(skipped)
+            if not len(labels) and distributed.world_size() > 1:
+                # Skipping this step here would leave the other processes waiting in DDP's all-reduce.
+                raise TlkitError(
+                    f"every image of a training batch failed to decode in process {distributed.rank()} "
+                    f"({', '.join(sorted(skipped)[:3])}, ...); under torchrun each batch needs a usable image. "
+                    "Find the broken files with `tlkit check` and remove them."
+                )
             if len(labels):
                 images, labels = trainer.normalize(images), labels.to(trainer.device, non_blocking=True)
                 with trainer.autocast():

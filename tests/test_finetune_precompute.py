@@ -101,3 +101,20 @@ def test_resume_follows_the_phase_that_wrote_the_file(data_dir, tmp_path):
         finetune(**settings, name="images", callbacks=[interrupt_at(2)])
     resumed = finetune(resume=tmp_path / "runs" / "images", precompute_features=True)  # a flag added later
     assert len(resumed.history) == 3
+
+
+def test_precompute_and_cache_commands(data_dir, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    args = ["precompute", "--data", str(data_dir), "--backbone", "simple-cnn", "--weights", "none", "--img-size", "32",
+            "--workers", "0", "--cache-dir", str(cache), "--precompute-views", "2", "--precision", "fp32"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "2 x 19 x 64" in captured.out and "8 x 64" in captured.out  # views x images x features; plain validation
+    assert main(args) == 0 and "using the cache" in capsys.readouterr().err
+    assert main(["cache", "ls", "--cache-dir", str(cache)]) == 0
+    assert "simple-cnn" in capsys.readouterr().out
+    assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0
+    assert "removed 1 cache folder" in capsys.readouterr().out and not any(cache.iterdir())
+    with pytest.raises(SystemExit):
+        main([*args, "--batch-size", "0"])
+    assert "--batch-size" in capsys.readouterr().err

@@ -52,7 +52,7 @@ def trunk_alone(backbone, device: torch.device, batch_size: int, batches: int) -
     images = torch.randn(batch_size, 3, *backbone.preprocessing.input_size, device=device)
     if device.type == "cuda":
         trunk, images = trunk.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     with torch.inference_mode(), autocast:
         trunk(images)  # warm-up: cudnn picks its kernels
         if device.type == "cuda":

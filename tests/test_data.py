@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import make_foldered, write_image
-from tlkit.data import EpochSampler, Normalizer, check_classes, collate_skipping, make_data
+from tlkit.data import EpochSampler, check_classes, collate_skipping, make_data
+from tlkit.decode import Normalizer
 from tlkit.errors import TlkitError
 from tlkit.models import Preprocessing
 

@@ -15,7 +15,7 @@ import torch
 
 from conftest import make_foldered
 from tlkit import datasets, models, rawdata
-from tlkit.data import Normalizer
+from tlkit.decode import Normalizer
 from tlkit.errors import TlkitError
 
 IDX_NAMES = {split: rawdata.IDX_SPLITS[split] for split in ("train", "test")}

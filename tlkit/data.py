@@ -217,16 +217,3 @@ def make_data(data_dir: Path, prep, *, batch_size: int, workers: int, device: to
         train_loader=make_loader(train_set, batch_size, sampler, workers, device, drop_last),
         val_loader=make_loader(val_set, batch_size, ShardSampler(len(val_set)), workers, device, False),
     )
-
-
-class Normalizer:
-    """uint8 batches -> float, normalised with the backbone's mean/std, on the device (channels_last on CUDA)."""
-
-    def __init__(self, prep, device: torch.device):
-        mean = torch.tensor(prep.mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(prep.std, device=device).view(1, -1, 1, 1)
-        self.scale, self.shift, self.device = 1 / (255 * std), mean / std, device
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True).float() * self.scale - self.shift
-        return images.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else images

@@ -82,6 +82,19 @@ def _collate(samples):
     return [index for index, _ in good], images, failed
 
 
+class Normalizer:
+    """uint8 batches -> float, normalised with the backbone's mean/std, on the device (channels_last on CUDA)."""
+
+    def __init__(self, prep, device: torch.device):
+        mean = torch.tensor(prep.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(prep.std, device=device).view(1, -1, 1, 1)
+        self.scale, self.shift, self.device = 1 / (255 * std), mean / std, device
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True).float() * self.scale - self.shift
+        return images.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else images
+
+
 class ImageBatches:
     """Iterate normalised batches of `paths`; `failures` maps a failed index to its reason."""
 
@@ -93,9 +106,7 @@ class ImageBatches:
         self.load = load or partial(load_image, prep=prep)
         self.gpu_decode = (self.device.type == "cuda" if gpu_decode is None else gpu_decode) and load is None
         self.failures: dict[int, str] = {}
-        mean = torch.tensor(prep.mean, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(prep.std, device=self.device).view(1, -1, 1, 1)
-        self._scale, self._shift = 1 / (255 * std), mean / std
+        self._normalise = Normalizer(prep, self.device)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -106,10 +117,6 @@ class ImageBatches:
             yield from self._tensor_batches()
         else:
             yield from self._pil_batches(range(len(self.paths)))
-
-    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True).float() * self._scale - self._shift
-        return images.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else images
 
     def _pil_batches(self, indices: Sequence[int]) -> Iterator[Batch]:
         loader = torch.utils.data.DataLoader(

@@ -90,14 +90,14 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, de
         raise TlkitError(f"no image in {relpath(Path(data_dir))} could be decoded; check them with `tlkit check`.")
     y_true = [targets[i] for i in scored]
     y_pred = pred.predicted()[scored].tolist()
+    per_class = class_report(y_true, y_pred, checkpoint.classes)
     report = {
         "checkpoint": str(checkpoint.path), "data": str(data_dir), "images": len(scored), "tta": tta,
-        "accuracy": None, "per_class": class_report(y_true, y_pred, checkpoint.classes),
+        "accuracy": per_class["accuracy"], "per_class": per_class,
         "failed": {str(paths[i]): why for i, why in sorted(pred.failures.items())},
         "most_confident_mistakes": most_confident_mistakes(pred, targets, mistakes),
         "images_per_s": len(paths) / max(pred.seconds, 1e-9),
     }
-    report["accuracy"] = report["per_class"]["accuracy"]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_report(out_dir / "report.json", report)
     plot_confusion(out_dir / "confusion.png", y_true, y_pred, checkpoint.classes,

@@ -22,7 +22,8 @@ from tlkit.checkpoint import (
     save_resume,
 )
 from tlkit.config import FinetuneConfig, config_to_dict, config_yaml, make_config, resolve_config
-from tlkit.data import DataBundle, Normalizer, check_classes, make_data
+from tlkit.data import DataBundle, check_classes, make_data
+from tlkit.decode import Normalizer
 from tlkit.errors import TlkitError
 from tlkit.runtime import console, default_workers, info, out, relpath, seed_everything, select_device, warn
 from tlkit.train import Trainer, evaluate, fit, make_optimizer, make_scheduler

@@ -75,7 +75,7 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.de
     batches = ImageBatches([paths[index] for index in mine], checkpoint.backbone.preprocessing, device=device,
                            batch_size=batch_size, workers=workers, gpu_decode=gpu_decode)
     probabilities = np.full((len(mine), len(checkpoint.classes)), np.nan, dtype=np.float32)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     started = time.perf_counter()
     with progress() as bar, torch.inference_mode(), autocast:
         task = bar.add_task("predicting", total=len(paths))

@@ -1,15 +1,19 @@
 """Benchmark: images/s of end-to-end ResNet18 fine-tuning, tlkit's loop vs the seed tutorial's loop.
 
-Three figures from one run on the same files and device:
+Figures from one run on the same files and device (and, for each loader, how many images/s it
+can put on the device with no model: --feed-only measures only those):
   1. the tutorial's way: ImageFolder + PIL transforms + DataLoader(num_workers=3), fp32, batch 64;
   2. tlkit's loop (tlkit.train.train_one_epoch: seeded sampler, uint8 batches normalised on the
-     device, bf16 autocast and channels_last on CUDA);
-  3. the model alone on random tensors (the compute ceiling for the training step).
+     device, bf16 autocast and channels_last on CUDA), decoding every epoch in loader workers;
+  3. the same loop with --cache-images: photos decoded once (timed on its own), then random resized
+     crops and flips cut on the device from the cached pixels;
+  4. the model alone on random tensors (the compute ceiling for the training step).
 The shared 2,002 photos are hard-linked --copies times into a class-foldered set (~20,000 at 10).
 On a machine without CUDA it runs at a tiny scale (64 px, a few batches) as a smoke test.
 
     python scripts/bench_finetune.py                      # CUDA: 224 px, 10 copies, 2 epochs
     python scripts/bench_finetune.py --copies 1 --max-batches 5   # CPU smoke run
+    python scripts/bench_finetune.py --copies 1 --img-size 224 --max-batches 1000 --feed-only   # CPU loaders
 """
 
 from __future__ import annotations
@@ -58,15 +62,35 @@ def _timed_epochs(run_epoch, epochs: int) -> list[float]:
     return rates
 
 
-def tutorial_loop(data: Path, img_size: int, device: torch.device, epochs: int, max_batches: int | None) -> list[float]:
-    from torchvision import datasets, models, transforms
+def feed_rate(batches, to_device, max_batches: int | None) -> float:
+    """images/s of one pass over a loader with each batch put on the device, no model: how fast it can feed."""
+    def run_epoch() -> int:
+        seen = 0
+        for batch, (images, labels, *_) in enumerate(batches):
+            if max_batches is not None and batch >= max_batches:
+                break
+            to_device(images)
+            seen += len(labels)
+        return seen
+
+    return _timed_epochs(run_epoch, 1)[0]
+
+
+def tutorial_loader(data: Path, img_size: int) -> torch.utils.data.DataLoader:
+    from torchvision import datasets, transforms
 
     transform = transforms.Compose([
         transforms.Resize((img_size, img_size)), transforms.ToTensor(),
         transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
     ])
-    loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(data / "training"), transform), batch_size=64,
-                                         shuffle=True, num_workers=3)
+    return torch.utils.data.DataLoader(datasets.ImageFolder(str(data / "training"), transform), batch_size=64,
+                                       shuffle=True, num_workers=3)
+
+
+def tutorial_loop(data: Path, img_size: int, device: torch.device, epochs: int, max_batches: int | None) -> list[float]:
+    from torchvision import models
+
+    loader = tutorial_loader(data, img_size)
     model = models.resnet18(weights=None)
     model.fc = torch.nn.Linear(512, 2)
     model.to(device).train()
@@ -90,16 +114,21 @@ def tutorial_loop(data: Path, img_size: int, device: torch.device, epochs: int, 
 
 
 def tlkit_loop(data: Path, img_size: int, epochs: int, batch_size: int, workers: int | None,
-               max_batches: int | None) -> list[float]:
+               max_batches: int | None, cache_images: bool = False) -> dict:
+    """images/s of each epoch (`epochs` 0: none), of the loader alone, and the seconds spent building
+    the decoded-image cache (0 without it)."""
     from tlkit.config import make_config
     from tlkit.data import check_classes
     from tlkit.finetuning import build_trainer
     from tlkit.train import train_one_epoch
 
     config = make_config({"data": str(data), "backbone": "resnet18", "weights": "none", "img_size": img_size,
-                          "batch_size": batch_size, "workers": workers, "epochs": epochs, "scheduler": "none",
-                          "optimizer": "sgd", "lr": 0.001})
+                          "batch_size": batch_size, "workers": workers, "epochs": max(1, epochs), "scheduler": "none",
+                          "optimizer": "sgd", "lr": 0.001, "cache_images": cache_images,
+                          "cache_dir": str(data / "cache")})
+    started = time.perf_counter()
     trainer, _, data_bundle = build_trainer(config, check_classes(data))
+    build_seconds = time.perf_counter() - started
     if max_batches is not None:  # CPU smoke runs: a few batches per epoch
         data_bundle.train_sampler.size = min(data_bundle.train_sampler.size, max_batches * batch_size)
     trainer.call("on_epoch_start")
@@ -110,7 +139,8 @@ def tlkit_loop(data: Path, img_size: int, epochs: int, batch_size: int, workers:
         trainer.epoch += 1
         return result["train_images"]
 
-    return _timed_epochs(run_epoch, epochs)
+    return {"images_per_s": _timed_epochs(run_epoch, epochs), "build_seconds": round(build_seconds, 2),
+            "feed_images_per_s": feed_rate(trainer.train_loader, trainer.normalize, max_batches)}
 
 
 def model_only(img_size: int, device: torch.device, batch_size: int, steps: int) -> float:
@@ -153,6 +183,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64 if cuda else 32)
     parser.add_argument("--workers", type=int, default=None, help="tlkit's loader workers (default: cores - 1)")
     parser.add_argument("--max-batches", type=int, default=None if cuda else 5)
+    parser.add_argument("--feed-only", action="store_true",
+                        help="the loaders alone (images/s each can put on the device), no training")
     args = parser.parse_args()
     if not args.photos.is_dir():
         sys.exit(f"{args.photos} is absent; pass --photos DIR (the flat cat.N.jpg / dog.N.jpg folder)")
@@ -161,18 +193,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
         data = replicate(args.photos, Path(tmp), args.copies)
         count = sum(1 for _ in (data / "training").rglob("*.jpg"))
-        results = {
-            "device": torch.cuda.get_device_name() if cuda else "cpu", "training_images": count,
-            "img_size": args.img_size, "batch_size": args.batch_size,
-            "tutorial_images_per_s": tutorial_loop(data, args.img_size, device, args.epochs, args.max_batches),
-            "tlkit_images_per_s": tlkit_loop(data, args.img_size, args.epochs, args.batch_size, args.workers,
-                                             args.max_batches),
-            "model_only_images_per_s": model_only(args.img_size, device, args.batch_size, steps=20 if cuda else 3),
-        }
-    tutorial, ours, ceiling = (results["tutorial_images_per_s"][-1], results["tlkit_images_per_s"][-1],
-                               results["model_only_images_per_s"])
-    results["speedup_vs_tutorial"] = round(ours / tutorial, 2)
-    results["fraction_of_model_only"] = round(ours / ceiling, 3)
+        results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "training_images": count,
+                   "img_size": args.img_size, "batch_size": args.batch_size}
+        epochs = 0 if args.feed_only else args.epochs
+        normalise = lambda images: images.to(device, non_blocking=True)  # noqa: E731 (the tutorial normalised in workers)
+        results["tutorial_feed_images_per_s"] = feed_rate(tutorial_loader(data, args.img_size), normalise,
+                                                          args.max_batches)
+        loop = (data, args.img_size, epochs, args.batch_size, args.workers, args.max_batches)
+        for name, cached in (("tlkit", False), ("tlkit_cached", True)):
+            for key, value in tlkit_loop(*loop, cache_images=cached).items():
+                results[f"{name}_{key}"] = value
+        if not args.feed_only:
+            results["tutorial_images_per_s"] = tutorial_loop(data, args.img_size, device, args.epochs,
+                                                             args.max_batches)
+            results["model_only_images_per_s"] = model_only(args.img_size, device, args.batch_size,
+                                                            steps=20 if cuda else 3)
+    for name in ("tlkit", "tlkit_cached"):
+        results[f"{name}_feed_vs_tutorial_feed"] = round(
+            results[f"{name}_feed_images_per_s"] / results["tutorial_feed_images_per_s"], 2)
+        if not args.feed_only:
+            ours = results[f"{name}_images_per_s"][-1]
+            results[f"{name}_speedup_vs_tutorial"] = round(ours / results["tutorial_images_per_s"][-1], 2)
+            results[f"{name}_fraction_of_model_only"] = round(ours / results["model_only_images_per_s"], 3)
     print(json.dumps(results, indent=2))
 
 

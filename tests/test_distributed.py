@@ -1,5 +1,5 @@
-"""Two processes on the CPU (gloo), set up as torchrun sets them up: fine-tune, precompute and predict
-give what one process gives, rank 0 alone writes and prints, and the run resumes in one process.
+"""Two processes on the CPU (gloo), set up as torchrun sets them up: fine-tune (from the images and
+from the decoded-image cache), precompute and predict give what one process gives, rank 0 alone writes and prints, and the run resumes in one process.
 
 One spawned job runs all three commands through cli.main (a process start costs seconds here);
 the tests compare its outputs with one-process runs in the pytest process.
@@ -66,6 +66,9 @@ def _job(rank: int, root: str, port: int) -> None:
         main(["precompute", "--data", f"{root}/data", "--cache-dir", f"{root}/cache2", "--batch-size", "5", *FEATURES]),
         main(["predict", f"{root}/data/validation", "--checkpoint", f"{root}/runs/{LATEST}", "--device", "cpu",
               "--workers", "0", "--batch-size", "3", "--out", f"{root}/predictions.csv"]),
+        main(["finetune", "--data", f"{root}/data", "--runs-dir", f"{root}/runs-cached", "--epochs", "2",
+              "--batch-size", str(PER_PROCESS_BATCH), "--cache-images", "--cache-dir", f"{root}/images",
+              *_flags(RECIPE)]),
     ]
     sys.stdout.flush()
     if any(codes):
@@ -161,3 +164,17 @@ def test_predict_gives_one_process_rows_in_order(two_processes, tmp_path):
     assert [row["label"] for row in ours] == [row["label"] for row in theirs]
     for mine, one in zip(ours, theirs):
         assert float(mine["p_cat"]) == pytest.approx(float(one["p_cat"]), abs=2e-6)
+
+
+def test_cached_images_train_as_one_process_does(two_processes, tmp_path):
+    (folder,) = (two_processes / "images").iterdir()  # one cache, no staging folder left
+    assert folder.name.startswith("images-") and (folder / "manifest.json").is_file()
+    single = finetune(data=str(two_processes / "data"), runs_dir=str(tmp_path / "runs"), epochs=2,
+                      batch_size=WORLD * PER_PROCESS_BATCH, cache_images=True, cache_dir=str(tmp_path / "images"),
+                      **RECIPE)
+    (single_folder,) = (tmp_path / "images").iterdir()
+    for subset in ("training", "validation"):  # each process decoded its share into the one file
+        assert np.array_equal(np.load(folder / f"{subset}.npy"), np.load(single_folder / f"{subset}.npy"))
+    run_dir = (two_processes / "runs-cached" / LATEST).resolve()
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    _assert_rows_match(history, single.history)

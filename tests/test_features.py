@@ -10,7 +10,8 @@ from torch import nn
 
 from tlkit import features as features_module
 from tlkit.data import EpochSampler
-from tlkit.features import FeatureLoader, FeatureSet, cache_dir_for, clear_caches, list_caches, precompute
+from tlkit.cache import clear_caches, list_caches
+from tlkit.features import FeatureLoader, FeatureSet, cache_dir_for, precompute
 
 from conftest import make_foldered, write_image
 
@@ -174,10 +175,11 @@ def test_a_live_precompute_keeps_its_staging_folder_and_ls_survives_a_bad_manife
 
 
 def test_bf16_features_are_not_reused_for_fp32(data, tmp_path):
-    from tlkit.features import cache_identity, why_stale
+    from tlkit.cache import why_stale
+    from tlkit.features import STALE_REASONS, cache_identity
 
     backbone = _backbone()
     _run(data, backbone)  # on the CPU: fp32
     files = {s: features_module.file_list(data / s, ["cat", "dog"]) for s in ("training", "validation")}
     as_bf16 = cache_identity(backbone, ["cat", "dog"], files, 0, "float16", compute="cuda-bf16")
-    assert why_stale(data / ".tlkit-cache" / "tiny", as_bf16) == "another arithmetic (bf16 on CUDA vs fp32)"
+    assert why_stale(data / ".tlkit-cache" / "tiny", as_bf16, STALE_REASONS) == "another arithmetic (bf16 on CUDA vs fp32)"

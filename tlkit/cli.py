@@ -217,7 +217,7 @@ _SETTING_FLAGS = (
     ("--device", str, "DEVICES", "where to train"),
     ("--workers", int, None, "image loader processes (default: every core but one)"),
     ("--precompute-views", int, None, "with --precompute-features: augmented views cached per training image"),
-    ("--cache-dir", str, None, "feature cache folder (default: DATA/.tlkit-cache)"),
+    ("--cache-dir", str, None, "folder of the feature and decoded-image caches (default: DATA/.tlkit-cache)"),
     ("--cache-dtype", str, "CACHE_DTYPES", "how cached features are stored"),
     ("--seed", int, None, "seed of init, data order and augmentation: a CPU run repeats exactly"),
     ("--name", str, None, "run folder name under --runs-dir (default: a timestamp)"),
@@ -244,6 +244,10 @@ def _add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
     if "--precompute-features" not in skip:
         parser.add_argument("--precompute-features", action="store_const", const=True, default=argparse.SUPPRESS,
                             help="run the frozen trunk once, cache its features, train the head from the cache")
+    if "--cache-images" not in skip:
+        parser.add_argument("--cache-images", action="store_const", const=True, default=argparse.SUPPRESS,
+                            help="decode every photo once into the cache folder (uint8, about 200 KB a photo at "
+                                 "224 px) and crop and flip on the device: later epochs and runs decode nothing")
     parser.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=argparse.SUPPRESS,
                         help="no random crops or flips on the training images")
 
@@ -358,7 +362,7 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--std", default=argparse.SUPPRESS, help="normalisation std, like --mean")
     parser.add_argument("--no-download", dest="download", action="store_const", const=False,
                         default=argparse.SUPPRESS, help="never download; read the files in --data-root only")
-    _add_setting_flags(parser, skip=("--data", "--backbone", *_PRECOMPUTE_FLAGS))
+    _add_setting_flags(parser, skip=("--data", "--backbone", "--cache-images", *_PRECOMPUTE_FLAGS))
     parser.add_argument("--resume", type=Path, help="continue the interrupted run in this folder (runs/NAME)")
     parser.add_argument("--force", action="store_true", help="replace an existing run folder of the same --name")
     parser.set_defaults(func=cmd_train)
@@ -452,7 +456,7 @@ def _add_precompute(subparsers) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from tlkit.features import clear_caches, default_cache_root, list_caches
+    from tlkit.cache import clear_caches, default_cache_root, list_caches
 
     root = args.cache_dir or default_cache_root(Path(args.data))
     if args.action == "clear":
@@ -460,13 +464,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
         return 0
     caches = list_caches(root)
     if not caches:
-        out.print(f"no feature caches in {relpath(root)}")
+        out.print(f"no caches in {relpath(root)}")
         return 0
-    table = Table(title=f"feature caches in {relpath(root)}")
-    for column in ("backbone", "input", "views", "training", "validation", "MB"):
-        table.add_column(column, justify="left" if column == "backbone" else "right")
+    table = Table(title=f"caches in {relpath(root)}")
+    for column in ("holds", "input", "views", "training", "validation", "MB"):
+        table.add_column(column, justify="left" if column == "holds" else "right")
     for cache in caches:
-        table.add_row(cache["backbone"], "x".join(map(str, cache["input_size"])), str(cache["views"]),
+        table.add_row(cache["holds"], "x".join(map(str, cache["input_size"])), str(cache["views"]),
                       str(cache["images"].get("training", 0)), str(cache["images"].get("validation", 0)),
                       f"{cache['bytes'] / 1e6:,.1f}")
     out.print(table)

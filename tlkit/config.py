@@ -55,9 +55,10 @@ class FinetuneConfig:
     precision: str = "bf16"  # CUDA only; the CPU always computes in fp32
     device: str = "auto"
     workers: int | None = None  # loader processes; None: every core but one
+    cache_images: bool = False  # decode every photo once into DATA/.tlkit-cache, augment on the device
     precompute_features: bool = False  # train the head on cached trunk features (tlkit/features.py)
     precompute_views: int = 0  # with precompute: K augmented views cached per training image
-    cache_dir: str | None = None  # feature cache folder; None: DATA/.tlkit-cache
+    cache_dir: str | None = None  # feature and decoded-image caches; None: DATA/.tlkit-cache
     cache_dtype: str = "float16"  # how cached features are stored
     seed: int = 0
     name: str | None = None  # run folder name; None: a timestamp

@@ -99,14 +99,15 @@ class ImageBatches:
     """Iterate normalised batches of `paths`; `failures` maps a failed index to its reason."""
 
     def __init__(self, paths: Sequence[Path], prep, *, device: torch.device, batch_size: int = 256,
-                 workers: int = 0, gpu_decode: bool | None = None, load=None):
-        """`load(path) -> uint8 [C, H, W]` replaces the eval geometry (augmented views); PIL path only."""
+                 workers: int = 0, gpu_decode: bool | None = None, load=None, normalise: bool = True):
+        """`load(path) -> uint8 [C, H, W]` replaces the eval geometry (augmented views); PIL path only.
+        normalise False: the batches stay uint8 (what the decoded-image cache stores)."""
         self.paths, self.prep, self.device = [Path(p) for p in paths], prep, torch.device(device)
         self.batch_size, self.workers = batch_size, workers
         self.load = load or partial(load_image, prep=prep)
         self.gpu_decode = (self.device.type == "cuda" if gpu_decode is None else gpu_decode) and load is None
         self.failures: dict[int, str] = {}
-        self._normalise = Normalizer(prep, self.device)
+        self._normalise = Normalizer(prep, self.device) if normalise else (lambda images: images.to(self.device))
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -10,21 +10,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tlkit import __version__, distributed
+from tlkit import distributed
+from tlkit.cache import (
+    SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest, to_device,
+    why_stale,
+)
 from tlkit.decode import ImageBatches
 from tlkit.runtime import info, progress, relpath, warn
 
 CACHE_FORMAT = 1
-MANIFEST = "manifest.json"
-SUBSETS = ("training", "validation")
+STALE_REASONS = {
+    "format": "the cache format changed",
+    "backbone": "another backbone",
+    "trunk_weights_sha256": "other trunk weights",
+    "preprocessing": "other preprocessing (image size, resize, mean/std)",
+    "classes": "other classes",
+    "views": "another number of augmented views",
+    "dtype": "another feature dtype",
+    "compute": "another arithmetic (bf16 on CUDA vs fp32)",
+}
 
 
 @dataclass
@@ -45,19 +55,6 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def file_list(subset_dir: Path, classes: list[str]) -> list[tuple[str, int, int, int]]:
-    """(relative path, class index, size, mtime_ns) of every image, sorted: what a cache is valid for."""
-    from tlkit.scan import is_image_name
-
-    rows = []
-    for index, label in enumerate(classes):
-        for path in sorted((subset_dir / label).rglob("*")):
-            if path.is_file() and is_image_name(path) and not path.name.startswith("."):
-                stat = path.stat()
-                rows.append((path.relative_to(subset_dir).as_posix(), index, stat.st_size, stat.st_mtime_ns))
-    return rows
-
-
 def cache_identity(backbone, classes: list[str], files: dict[str, list], views: int, dtype: str,
                    compute: str = "fp32") -> dict:
     """Everything a cache depends on, in JSON types; the manifest stores it to explain a miss."""
@@ -70,41 +67,9 @@ def cache_identity(backbone, classes: list[str], files: dict[str, list], views: 
         "views": views,
         "dtype": dtype,
         "compute": compute,  # "cuda-bf16" or "fp32": bf16 features are not the ones an fp32 run would see
-        "files_sha256": {subset: _digest_rows(rows) for subset, rows in files.items()},
+        "files_sha256": {subset: digest_rows(rows) for subset, rows in files.items()},
     }
     return json.loads(json.dumps(identity))  # tuples become lists, as they come back from the manifest
-
-
-def _digest_rows(rows: list) -> str:
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
-
-
-def why_stale(cache_dir: Path, identity: dict) -> str | None:
-    """None when the cache in cache_dir matches `identity`, else the reason it cannot be used."""
-    manifest_path = cache_dir / MANIFEST
-    if not manifest_path.is_file():
-        return "no cache yet"
-    try:
-        stored = json.loads(manifest_path.read_text())["identity"]
-    except (ValueError, KeyError):
-        return f"{relpath(manifest_path)} is unreadable"
-    reasons = {
-        "format": "the cache format changed",
-        "backbone": "another backbone",
-        "trunk_weights_sha256": "other trunk weights",
-        "preprocessing": "other preprocessing (image size, resize, mean/std)",
-        "classes": "other classes",
-        "views": "another number of augmented views",
-        "dtype": "another feature dtype",
-        "compute": "another arithmetic (bf16 on CUDA vs fp32)",
-    }
-    for key, reason in reasons.items():
-        if stored.get(key) != identity[key]:
-            return reason
-    for subset, digest in identity["files_sha256"].items():
-        if stored.get("files_sha256", {}).get(subset) != digest:
-            return f"files in {subset}/ were added, removed or edited"
-    return None
 
 
 def cache_dir_for(cache_root: Path, backbone_name: str) -> Path:
@@ -195,7 +160,7 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
     cache_dir = cache_dir_for(cache_root or default_cache_root(data_dir), backbone.name)
     distributed.setup(device)
     # Decided once, by rank 0: every process must take the same branch (the compute gathers).
-    reason = "--force" if force else distributed.on_main(lambda: why_stale(cache_dir, identity))
+    reason = "--force" if force else distributed.on_main(lambda: why_stale(cache_dir, identity, STALE_REASONS))
     if reason is None:
         info(f"features: using the cache in {relpath(cache_dir)}")
         return load_cache(cache_dir)
@@ -203,7 +168,7 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
     backbone.trunk.to(device).eval()
     if device.type == "cuda":
         backbone.trunk.to(memory_format=torch.channels_last)
-    staging = distributed.on_main(lambda: _new_staging(cache_dir))
+    staging = distributed.on_main(lambda: new_staging(cache_dir))
     subsets = {}
     with progress() as bar:
         for subset in SUBSETS:
@@ -219,82 +184,24 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
             subsets[subset] = {"files": [row[0] for row in files[subset]],
                                "labels": [row[1] for row in files[subset]], "failed": failed}
     if distributed.is_main():
-        manifest = {"tlkit": __version__, "identity": identity, "subsets": subsets}
-        (staging / MANIFEST).write_text(json.dumps(manifest))  # last: a folder without it is no cache
-        shutil.rmtree(cache_dir, ignore_errors=True)
-        os.replace(staging, cache_dir)
+        summary = {"holds": f"{backbone.name} features", "input_size": list(backbone.preprocessing.input_size),
+                   "views": views}
+        commit(staging, cache_dir, identity=identity, subsets=subsets, summary=summary)
     distributed.barrier()  # the other processes read the cache once rank 0 has renamed it into place
     return load_cache(cache_dir)
 
 
-def _new_staging(cache_dir: Path) -> Path:
-    """An empty folder beside cache_dir to build the cache in (leftovers of interrupted runs removed)."""
-    for leftover in cache_dir.parent.glob(f".{cache_dir.name}.partial-*"):
-        if not _process_alive(leftover.name.rsplit("-", 1)[-1]):  # not another precompute at work
-            shutil.rmtree(leftover, ignore_errors=True)
-    staging = cache_dir.with_name(f".{cache_dir.name}.partial-{os.getpid()}")
-    staging.mkdir(parents=True)
-    return staging
-
-
-def _process_alive(pid_text: str) -> bool:
-    if not pid_text.isdigit() or int(pid_text) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, another user's
-    return True
-
-
-def default_cache_root(data_dir: Path) -> Path:
-    return Path(data_dir) / ".tlkit-cache"
-
-
 def load_cache(cache_dir: Path) -> dict[str, FeatureSet]:
     """The subsets of a complete cache, memory-mapped; failed images' rows left out."""
-    manifest = json.loads((cache_dir / MANIFEST).read_text())
     sets = {}
-    for subset, entry in manifest["subsets"].items():
+    for subset, entry in read_manifest(cache_dir)["subsets"].items():
         features = np.load(cache_dir / f"{subset}.npy", mmap_mode="r")
-        keep = [i for i, name in enumerate(entry["files"]) if name not in entry["failed"]]
+        keep = kept_rows(entry)
         if len(keep) < len(entry["files"]):
             features = features[..., keep, :]  # copies: only when some image failed
         sets[subset] = FeatureSet(features=features, labels=np.asarray(entry["labels"], dtype=np.int64)[keep],
                                   files=[entry["files"][i] for i in keep])
     return sets
-
-
-def list_caches(cache_root: Path) -> list[dict]:
-    """What `tlkit cache ls` shows: one row per complete cache."""
-    rows = []
-    for manifest_path in sorted(Path(cache_root).glob(f"*/{MANIFEST}")):
-        try:
-            manifest = json.loads(manifest_path.read_text())
-            identity, subsets = manifest["identity"], manifest["subsets"]
-        except (ValueError, KeyError):
-            warn(f"{relpath(manifest_path)} is unreadable; `tlkit cache clear` removes it")
-            continue
-        size = sum(p.stat().st_size for p in manifest_path.parent.iterdir())
-        rows.append({"folder": manifest_path.parent, "backbone": identity["backbone"],
-                     "input_size": identity["preprocessing"]["input_size"], "views": identity["views"],
-                     "images": {s: len(e["files"]) - len(e["failed"]) for s, e in subsets.items()}, "bytes": size})
-    return rows
-
-
-def clear_caches(cache_root: Path) -> int:
-    """Delete every cache (and leftovers of interrupted ones) under cache_root; returns how many.
-
-    Only folders that are caches: a --cache-dir pointed at the wrong place must not cost a dataset."""
-    root = Path(cache_root)
-    if not root.is_dir():
-        return 0
-    folders = [p for p in root.iterdir() if p.is_dir() and ((p / MANIFEST).is_file() or ".partial-" in p.name)]
-    for folder in folders:
-        shutil.rmtree(folder)
-    return len(folders)
 
 
 class FeatureLoader:
@@ -309,11 +216,9 @@ class FeatureLoader:
 
     def __init__(self, feature_set: FeatureSet, *, batch_size: int, device: torch.device, shuffle: bool,
                  seed: int = 0, drop_last: bool = False):
-        features = torch.from_numpy(np.array(feature_set.features))  # a writable copy of the memory map
-        try:
-            features = features.to(device)
-        except torch.OutOfMemoryError:
-            warn("cached features do not fit on the GPU; they stay in host memory")
+        features = to_device(feature_set.features, device, "cached features")
+        if isinstance(features, np.ndarray):  # on the CPU, or too large for the GPU: host memory
+            features = torch.from_numpy(np.array(features))  # a writable copy of the memory map
             features = features.pin_memory() if device.type == "cuda" else features
         self.features, self.device = features, device
         self.labels = torch.from_numpy(feature_set.labels).to(features.device)

@@ -69,7 +69,14 @@ def build_trainer(config: FinetuneConfig, classes: list[str], *, extra_callbacks
     prep = backbone.preprocessing
     workers = default_workers() if config.workers is None else config.workers
     loaders = dict(batch_size=config.batch_size, workers=workers, device=device, seed=config.seed, augment=config.augment)
-    data = make_data(Path(config.data), prep, **loaders) if source is None else source.make_data(prep, **loaders)
+    if source is not None:
+        data = source.make_data(prep, **loaders)
+    elif config.cache_images:
+        from tlkit.imagecache import make_cached_data
+
+        data = make_cached_data(Path(config.data), prep, cache_root=config.cache_dir, **loaders)
+    else:
+        data = make_data(Path(config.data), prep, **loaders)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         backbone.model.to(device, memory_format=torch.channels_last)
@@ -215,9 +222,10 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
         config, state = _resume_config(Path(resume), config_file, settings)
     else:
         config, state = resolve_config(Path(config_file) if config_file else None, settings), None
-    if config.precompute_features and source is not None:
-        raise TlkitError("--precompute-features needs DATA/training and DATA/validation image folders "
-                         "(tlkit finetune); built-in datasets train end to end.")
+    for flag, asked in (("--precompute-features", config.precompute_features), ("--cache-images", config.cache_images)):
+        if asked and source is not None:
+            raise TlkitError(f"{flag} needs DATA/training and DATA/validation image folders (tlkit finetune); "
+                             "built-in datasets are decoded into memory already and train end to end.")
     classes = source.classes if source is not None else check_classes(Path(config.data))
     if state is not None and state["meta"]["classes"] != classes:
         raise TlkitError(f"{relpath(Path(config.data))} holds classes {classes}, but {relpath(Path(resume))} "

@@ -1,0 +1,162 @@
+"""`--cache-images`: photos decoded once into uint8 arrays, crops and flips drawn and cut on the device.
+
+The cached run must be the uncached run: same validation pixels, same training when nothing is
+augmented, the same crop distribution when it is; and a stale cache is never used."""
+
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms.v2 import RandomResizedCrop
+
+from tlkit import finetune
+from tlkit.cli import main
+from tlkit.decode import load_image
+from tlkit.imagecache import cache_images, crop_resize_flip, random_crop_boxes, storage_side
+from tlkit.models import Preprocessing
+
+from conftest import interrupt_at, make_foldered, shared_data, write_image
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PREP = Preprocessing(input_size=(32, 32), resize_size=36, mean=(0.5,) * 3, std=(0.25,) * 3,
+                     interpolation="bilinear", in_chans=3)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    root = tmp_path / "data"
+    make_foldered(root / "training", {"cat": 7, "dog": 6}, suffix=".jpg")
+    make_foldered(root / "validation", {"cat": 3, "dog": 3}, suffix=".jpg")
+    for path in sorted((root / "training").rglob("*.jpg")):  # photos of several sizes and aspect ratios
+        write_image(path, size=(40 + 7 * len(path.stem) + int(path.stem) * 5, 30 + int(path.stem) * 3),
+                    color=int(path.stem))
+    return root
+
+
+def recipe(data_dir, tmp_path, **overrides):
+    base = dict(data=str(data_dir), backbone="simple-cnn", weights="none", img_size=32, epochs=2, batch_size=4,
+                workers=0, optimizer="sgd", lr=0.05, scheduler="none", seed=3, runs_dir=str(tmp_path / "runs"),
+                cache_dir=str(tmp_path / "cache"))
+    return {**base, **overrides}
+
+
+def _rows(history):
+    return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in history]
+
+
+def test_boxes_follow_random_resized_crop():
+    """Same areas, aspect ratios and positions as torchvision's own draw, photo by photo."""
+    height, width, count = 375, 500, 4000
+    ours = random_crop_boxes(torch.tensor([[height, width]] * count), torch.Generator().manual_seed(0))
+    assert (ours[:, :2] >= 0).all() and (ours[:, 2] <= width).all() and (ours[:, 3] <= height).all()
+    crop_w, crop_h = ours[:, 2] - ours[:, 0], ours[:, 3] - ours[:, 1]
+    torch.manual_seed(0)
+    theirs = torch.tensor([RandomResizedCrop.get_params(torch.empty(3, height, width), [0.08, 1.0],
+                                                        [3 / 4, 4 / 3]) for _ in range(count)], dtype=torch.float32)
+    their_h, their_w = theirs[:, 2], theirs[:, 3]
+    area, their_area = crop_w * crop_h / (height * width), their_w * their_h / (height * width)
+    pairs = [(area.mean(), their_area.mean()), (area.std(), their_area.std()),
+             ((crop_w / crop_h).log().mean(), (their_w / their_h).log().mean()),
+             ((ours[:, 0] / width).mean(), (theirs[:, 1] / width).mean())]
+    for mine, reference in pairs:
+        assert float(mine) == pytest.approx(float(reference), abs=0.02)
+
+
+def test_a_photo_no_crop_fits_gets_the_centre_crop():
+    boxes = random_crop_boxes(torch.tensor([[10, 1000]]), torch.Generator().manual_seed(0))
+    # 10 x 1000: no area of 8%..100% fits at aspect 3/4..4/3; torchvision cuts 10 x 13 from the centre.
+    assert boxes.tolist() == [[493.0, 0.0, 506.0, 10.0]]
+
+
+def test_crop_resize_flip_cuts_the_boxes():
+    image = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    image[..., :4] = 200  # left half bright
+    whole = torch.tensor([[0.0, 0.0, 8.0, 8.0]])
+    assert torch.allclose(crop_resize_flip(image, whole, torch.tensor([False]), (8, 8)), image.float())
+    assert torch.allclose(crop_resize_flip(image, whole, torch.tensor([True]), (8, 8)), image.flip(-1).float())
+    # Bilinear samples reach half a pixel past a box edge: a box inside the bright half stays bright.
+    left = crop_resize_flip(image, torch.tensor([[0.0, 0.0, 3.0, 8.0]]), torch.tensor([False]), (5, 5))
+    assert left.shape == (1, 3, 5, 5) and torch.allclose(left, torch.full_like(left, 200.0))
+
+
+def test_cache_holds_the_eval_pixels_and_is_reused(data_dir, tmp_path, capfd):
+    cache_root = tmp_path / "cache"
+    sets = cache_images(data_dir, PREP, cache_root=cache_root, device=torch.device("cpu"))
+    assert "decoding every photo once (no cache yet)" in capfd.readouterr().err
+    val = sets["validation"]
+    for row, name in enumerate(val.files):
+        assert np.array_equal(val.images[row], load_image(data_dir / "validation" / name, PREP).numpy())
+    train = sets["training"]
+    side = storage_side(PREP)
+    assert train.images.shape == (13, 3, side, side) and len(train.labels) == 13
+    first = data_dir / "training" / train.files[0]
+    from PIL import Image
+
+    with Image.open(first) as photo:
+        assert tuple(train.photo_sizes[0]) == (photo.height, photo.width)
+    cache_images(data_dir, PREP, cache_root=cache_root, device=torch.device("cpu"))
+    assert "using the cache" in capfd.readouterr().err
+
+
+def test_an_edited_photo_makes_the_cache_stale_and_says_why(data_dir, tmp_path, capfd):
+    cache_images(data_dir, PREP, cache_root=tmp_path / "cache", device=torch.device("cpu"))
+    photo = next((data_dir / "training" / "cat").iterdir())
+    write_image(photo, size=(50, 50), color=99)
+    os.utime(photo, ns=(1, 1))
+    capfd.readouterr()
+    cache_images(data_dir, PREP, cache_root=tmp_path / "cache", device=torch.device("cpu"))
+    assert "files in training/ were added, removed or edited" in capfd.readouterr().err
+
+
+def test_each_geometry_has_its_own_cache(data_dir, tmp_path, capfd):
+    smaller = Preprocessing(**{**PREP.__dict__, "input_size": (24, 24), "resize_size": 28})
+    for prep in (PREP, smaller):
+        cache_images(data_dir, prep, cache_root=tmp_path / "cache", device=torch.device("cpu"))
+        assert "(no cache yet)" in capfd.readouterr().err
+    cache_images(data_dir, PREP, cache_root=tmp_path / "cache", device=torch.device("cpu"))
+    assert "using the cache" in capfd.readouterr().err
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_without_augmentation_the_cached_run_is_the_uncached_run(data_dir, tmp_path):
+    plain = finetune(**recipe(data_dir, tmp_path, augment=False, name="plain"))
+    cached = finetune(**recipe(data_dir, tmp_path, augment=False, cache_images=True, name="cached"))
+    assert _rows(cached.history) == _rows(plain.history)  # same pixels, order and arithmetic: bit for bit
+    state, reference = cached.backbone.model.state_dict(), plain.backbone.model.state_dict()
+    assert all(torch.equal(state[key], reference[key]) for key in state)
+
+
+def test_cached_run_with_augmentation_learns_resumes_and_reports_a_broken_photo(data_dir, tmp_path):
+    broken = data_dir / "training" / "dog" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    settings = recipe(data_dir, tmp_path, cache_images=True, epochs=3)
+    whole = finetune(**settings, name="whole")
+    assert whole.skipped == [str(broken)]
+    assert math.isfinite(whole.history[-1]["train_loss"])
+    with pytest.raises(KeyboardInterrupt):
+        finetune(**settings, name="cut", callbacks=[interrupt_at(2)])
+    resumed = finetune(resume=tmp_path / "runs" / "cut")
+    assert _rows(resumed.history) == _rows(whole.history)
+
+
+def test_cache_images_from_the_cli_on_real_photos(tmp_path, capsys):
+    photos = shared_data("dogs-vs-cats-2k") / "train"
+    data = tmp_path / "data"
+    for label in ("cat", "dog"):
+        for n in range(16):
+            subset = "validation" if n < 4 else "training"
+            (data / subset / label).mkdir(parents=True, exist_ok=True)
+            shutil.copy(photos / f"{label}.{n}.jpg", data / subset / label / f"{n}.jpg")
+    args = ["finetune", "--data", str(data), "--backbone", "simple-cnn", "--weights", "none", "--img-size", "48",
+            "--epochs", "2", "--batch-size", "8", "--workers", "0", "--cache-images", "--runs-dir",
+            str(tmp_path / "runs"), "--name", "real"]
+    assert main(args) == 0
+    assert main(["cache", "ls", "--cache-dir", str(data / ".tlkit-cache")]) == 0
+    listing = capsys.readouterr().out
+    assert "decoded images" in listing and "24" in listing and "8" in listing
+    rows = (tmp_path / "runs" / "real" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2

@@ -1,0 +1,155 @@
+"""What the two on-disk caches share: the trunk's features (features.py) and decoded images (imagecache.py).
+
+A cache is a folder holding one array per subset and a manifest.json, written last. Its
+identity (everything it was computed from, the files' paths, sizes and modification times
+included) is stored in the manifest; a cache whose identity differs from what a run needs is
+stale, and the run says why before recomputing. Built in a staging folder beside it and
+renamed into place, so an interrupted build never leaves a cache that looks valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tlkit import __version__
+from tlkit.runtime import relpath, warn
+
+MANIFEST = "manifest.json"
+SUBSETS = ("training", "validation")
+_CHUNK_BYTES = 256 * 2**20  # host memory a copy to the GPU goes through at a time
+
+
+def default_cache_root(data_dir: Path) -> Path:
+    return Path(data_dir) / ".tlkit-cache"
+
+
+def file_list(subset_dir: Path, classes: list[str]) -> list[tuple[str, int, int, int]]:
+    """(relative path, class index, size, mtime_ns) of every image, sorted: what a cache is valid for."""
+    from tlkit.scan import is_image_name
+
+    rows = []
+    for index, label in enumerate(classes):
+        for path in sorted((subset_dir / label).rglob("*")):
+            if path.is_file() and is_image_name(path) and not path.name.startswith("."):
+                stat = path.stat()
+                rows.append((path.relative_to(subset_dir).as_posix(), index, stat.st_size, stat.st_mtime_ns))
+    return rows
+
+
+def digest_rows(rows: list) -> str:
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def why_stale(cache_dir: Path, identity: dict, reasons: dict[str, str]) -> str | None:
+    """None when the cache in cache_dir matches `identity`, else the reason it cannot be used.
+
+    reasons: identity key -> what a difference there means; files_sha256 is checked last, per subset."""
+    manifest_path = cache_dir / MANIFEST
+    if not manifest_path.is_file():
+        return "no cache yet"
+    try:
+        stored = json.loads(manifest_path.read_text())["identity"]
+    except (ValueError, KeyError):
+        return f"{relpath(manifest_path)} is unreadable"
+    for key, reason in reasons.items():
+        if stored.get(key) != identity[key]:
+            return reason
+    for subset, digest in identity["files_sha256"].items():
+        if stored.get("files_sha256", {}).get(subset) != digest:
+            return f"files in {subset}/ were added, removed or edited"
+    return None
+
+
+def new_staging(cache_dir: Path) -> Path:
+    """An empty folder beside cache_dir to build the cache in (leftovers of interrupted runs removed)."""
+    for leftover in cache_dir.parent.glob(f".{cache_dir.name}.partial-*"):
+        if not _process_alive(leftover.name.rsplit("-", 1)[-1]):  # not another build at work
+            shutil.rmtree(leftover, ignore_errors=True)
+    staging = cache_dir.with_name(f".{cache_dir.name}.partial-{os.getpid()}")
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _process_alive(pid_text: str) -> bool:
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
+def commit(staging: Path, cache_dir: Path, *, identity: dict, subsets: dict, summary: dict) -> None:
+    """Write the manifest (last: a folder without it is no cache) and rename the staging folder into place.
+
+    summary: what `tlkit cache ls` shows (holds, input_size, views)."""
+    manifest = {"tlkit": __version__, "identity": identity, "subsets": subsets, "summary": summary}
+    (staging / MANIFEST).write_text(json.dumps(manifest))
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    os.replace(staging, cache_dir)
+
+
+def read_manifest(cache_dir: Path) -> dict:
+    return json.loads((cache_dir / MANIFEST).read_text())
+
+
+def kept_rows(entry: dict) -> list[int]:
+    """The rows of a subset whose image decoded (failed ones stay zero in the array and are left out)."""
+    return [i for i, name in enumerate(entry["files"]) if name not in entry["failed"]]
+
+
+def list_caches(cache_root: Path) -> list[dict]:
+    """What `tlkit cache ls` shows: one row per complete cache."""
+    rows = []
+    for manifest_path in sorted(Path(cache_root).glob(f"*/{MANIFEST}")):
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            summary, subsets = manifest["summary"], manifest["subsets"]
+        except (ValueError, KeyError):
+            warn(f"{relpath(manifest_path)} is unreadable; `tlkit cache clear` removes it")
+            continue
+        size = sum(p.stat().st_size for p in manifest_path.parent.iterdir())
+        rows.append({"folder": manifest_path.parent, **summary,
+                     "images": {s: len(e["files"]) - len(e["failed"]) for s, e in subsets.items()}, "bytes": size})
+    return rows
+
+
+def clear_caches(cache_root: Path) -> int:
+    """Delete every cache (and leftovers of interrupted ones) under cache_root; returns how many.
+
+    Only folders that are caches: a --cache-dir pointed at the wrong place must not cost a dataset."""
+    root = Path(cache_root)
+    if not root.is_dir():
+        return 0
+    folders = [p for p in root.iterdir() if p.is_dir() and ((p / MANIFEST).is_file() or ".partial-" in p.name)]
+    for folder in folders:
+        shutil.rmtree(folder)
+    return len(folders)
+
+
+def to_device(array: np.ndarray, device: torch.device, what: str) -> torch.Tensor | np.ndarray:
+    """A cached array on the GPU when it fits, copied through host memory a chunk at a time.
+
+    On the CPU, or when it does not fit, the memory map itself: rows are read as batches ask for them."""
+    if device.type != "cuda":
+        return array
+    try:
+        tensor = torch.empty(array.shape, dtype=torch.from_numpy(np.empty(0, array.dtype)).dtype, device=device)
+    except torch.OutOfMemoryError:
+        warn(f"{what} ({array.nbytes / 1e9:.1f} GB) do not fit on the GPU; they are read from disk batch by batch")
+        return array
+    rows_per_chunk = max(1, _CHUNK_BYTES // max(1, array[:1].nbytes))  # along the first axis
+    for start in range(0, len(array), rows_per_chunk):
+        chunk = slice(start, start + rows_per_chunk)
+        tensor[chunk] = torch.from_numpy(np.ascontiguousarray(array[chunk])).to(device)
+    return tensor

@@ -1,0 +1,290 @@
+"""Decoded-image cache (`--cache-images`): decode every photo once, then augment on the device.
+
+JPEG decoding is what limits end-to-end fine-tuning on a GPU. With the cache, the first
+epoch decodes DATA/training and DATA/validation into memory-mapped uint8 arrays, and every
+later epoch, and every later run with the same image geometry, reads pixels instead:
+- validation at the backbone's exact eval geometry (resize, centre crop): what the images
+  give uncached, so the validation numbers are the same;
+- training as the whole photo resized to S x S (S: the eval resize, 256 for 224), with the
+  photo's own height and width recorded, so that a random resized crop is drawn in the photo's
+  coordinates (same areas and aspect ratios as uncached training) and cut out of the stored
+  pixels on the device, with a flip, by one batched torchvision.ops.roi_align.
+The arrays live on the GPU when they fit. A cache is valid only for the exact files (path,
+size, modification time), classes and geometry it was made from (tlkit/cache.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tlkit import distributed
+from tlkit.cache import (
+    SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest, to_device,
+    why_stale,
+)
+from tlkit.decode import ImageBatches
+from tlkit.runtime import info, progress, relpath, warn
+
+CACHE_FORMAT = 1
+STALE_REASONS = {
+    "format": "the cache format changed",
+    "geometry": "another image geometry (size, resize, interpolation, channels)",
+    "classes": "other classes",
+}
+CROP_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults, as the uncached TrainLoad
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+@dataclass
+class ImageSet:
+    """One subset's decoded images; rows whose photo failed to decode are left out."""
+
+    images: np.ndarray  # uint8 [N, C, H, W], memory-mapped
+    photo_sizes: np.ndarray  # int64 [N, 2]: each photo's own (height, width); training only, else empty
+    labels: np.ndarray  # int64 [N]
+    files: list[str]  # relative to the subset folder, in row order
+    failed: list[str]  # photos left out, relative to the subset folder
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def storage_side(prep) -> int:
+    """The side a whole training photo is stored at: the eval resize (256 for 224), at least 8/7 of the input."""
+    return max(prep.resize_size or 0, math.ceil(max(prep.input_size) * 8 / 7))
+
+
+def _geometries(prep, augment: bool) -> dict:
+    """Per subset, the Preprocessing its pixels are stored in (only the geometry fields matter)."""
+    side = storage_side(prep)
+    whole_photo = dataclasses.replace(prep, input_size=(side, side), resize_size=None)  # squashed, nothing cut
+    return {"training": whole_photo if augment else prep, "validation": prep}
+
+
+def _geometry_dict(geometry) -> dict:
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(geometry).items()
+            if key in ("input_size", "resize_size", "interpolation", "in_chans")}
+
+
+def cache_images(data_dir: Path, prep, *, augment: bool = True, cache_root: Path | None = None,
+                 device: torch.device, batch_size: int = 256, workers: int = 0) -> dict[str, ImageSet]:
+    """DATA/training and DATA/validation decoded, from the cache or decoded now (and cached)."""
+    from tlkit.data import check_classes
+
+    data_dir = Path(data_dir)
+    classes = check_classes(data_dir)
+    files = {subset: file_list(data_dir / subset, classes) for subset in SUBSETS}
+    geometries = _geometries(prep, augment)
+    identity = json.loads(json.dumps({
+        "format": CACHE_FORMAT,
+        "geometry": {subset: _geometry_dict(geometry) for subset, geometry in geometries.items()},
+        "classes": classes,
+        "files_sha256": {subset: digest_rows(rows) for subset, rows in files.items()},
+    }))
+    # One folder per geometry: backbones that see images alike (resnet18, vgg16 at 224) share it.
+    key = hashlib.sha256(json.dumps(identity["geometry"], sort_keys=True).encode()).hexdigest()[:10]
+    cache_dir = Path(cache_root or default_cache_root(data_dir)) / f"images-{prep.input_size[0]}px-{key}"
+    distributed.setup(device)
+    reason = distributed.on_main(lambda: why_stale(cache_dir, identity, STALE_REASONS))  # one decision for all
+    if reason is None:
+        info(f"decoded images: using the cache in {relpath(cache_dir)}")
+        return load_images(cache_dir)
+    info(f"decoded images: decoding every photo once ({reason}) into {relpath(cache_dir)}")
+    staging = distributed.on_main(lambda: new_staging(cache_dir))
+    subsets = {}
+    with progress() as bar:
+        for subset in SUBSETS:
+            task = bar.add_task(f"decoding {subset}", total=len(distributed.shard(files[subset])))
+            failed = _decode_subset(data_dir / subset, files[subset], staging / f"{subset}.npy", geometries[subset],
+                                    device=device, batch_size=batch_size, workers=workers,
+                                    on_progress=lambda n, task=task: bar.advance(task, n))
+            for name, why in failed.items():
+                warn(f"{subset}/{name} {why}; left out of the cache")
+            subsets[subset] = {"files": [row[0] for row in files[subset]],
+                               "labels": [row[1] for row in files[subset]], "failed": failed}
+    if distributed.is_main():
+        if augment:
+            paths = [data_dir / "training" / row[0] for row in files["training"]]
+            np.save(staging / "training-photo-sizes.npy", _photo_sizes(paths, geometries["training"], workers))
+        summary = {"holds": "decoded images", "input_size": list(prep.input_size), "views": 0}
+        commit(staging, cache_dir, identity=identity, subsets=subsets, summary=summary)
+    distributed.barrier()  # the others read the cache once rank 0 has renamed it into place
+    return load_images(cache_dir)
+
+
+def _decode_subset(subset_dir: Path, rows: list, target: Path, geometry, *, device: torch.device, batch_size: int,
+                   workers: int, on_progress) -> dict[str, str]:
+    """Fill target (uint8 .npy, memory-mapped) with every photo in `geometry`; returns {failed file: reason}.
+
+    Under torchrun each process decodes its share (rows rank, rank + world, ...) into the one file."""
+    shape = (len(rows), geometry.in_chans, *geometry.input_size)
+    if distributed.is_main():
+        np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=shape).flush()
+    distributed.barrier()
+    array = np.load(target, mmap_mode="r+")
+    mine = distributed.shard(range(len(rows)))
+    batches = ImageBatches([subset_dir / rows[index][0] for index in mine], geometry, device=device,
+                           batch_size=batch_size, workers=workers, normalise=False)
+    for batch in batches:
+        array[[mine[i] for i in batch.indices]] = batch.images.cpu().numpy()
+        on_progress(len(batch.indices))
+    array.flush()
+    del array
+    failures = {}
+    for share in distributed.all_gather({mine[index]: why for index, why in batches.failures.items()}):
+        failures.update(share)
+    return {rows[index][0]: why for index, why in sorted(failures.items())}
+
+
+def _photo_sizes(paths: list[Path], stored, workers: int) -> np.ndarray:
+    """(height, width) of each photo from its header; the stored size where the header cannot be read."""
+    def size_of(path: Path) -> tuple[int, int]:
+        try:
+            with Image.open(path) as image:
+                return image.height, image.width
+        except Exception:  # noqa: BLE001 (the photo failed to decode too, and is left out)
+            return tuple(stored.input_size)
+
+    with ThreadPoolExecutor(max(4, 2 * workers)) as pool:
+        return np.array(list(pool.map(size_of, paths)), dtype=np.int64).reshape(-1, 2)
+
+
+def load_images(cache_dir: Path) -> dict[str, ImageSet]:
+    """The subsets of a complete cache, memory-mapped; failed photos' rows left out."""
+    sets = {}
+    for subset, entry in read_manifest(cache_dir)["subsets"].items():
+        images = np.load(cache_dir / f"{subset}.npy", mmap_mode="r")
+        sizes_file = cache_dir / f"{subset}-photo-sizes.npy"
+        sizes = np.load(sizes_file) if sizes_file.is_file() else np.zeros((len(images), 2), dtype=np.int64)
+        keep = kept_rows(entry)
+        if len(keep) < len(entry["files"]):
+            images = images[keep]  # copies: only when some photo failed
+        sets[subset] = ImageSet(images=images, photo_sizes=sizes[keep], labels=np.asarray(entry["labels"])[keep],
+                                files=[entry["files"][i] for i in keep], failed=sorted(entry["failed"]))
+    return sets
+
+
+def random_crop_boxes(photo_sizes: torch.Tensor, generator: torch.Generator, scale=CROP_SCALE, ratio=CROP_RATIO,
+                      attempts: int = 10) -> torch.Tensor:
+    """RandomResizedCrop.get_params for every photo at once: float [N, 4] boxes (x0, y0, x1, y1) in photo pixels.
+
+    torchvision draws one photo at a time (a Python loop per image would cost the GPU its feed);
+    this draws the same distribution in tensors: up to `attempts` (area, aspect) tries, the first
+    that fits, else a centre crop at the nearest allowed aspect ratio."""
+    count = len(photo_sizes)
+    height, width = photo_sizes[:, :1].double(), photo_sizes[:, 1:].double()
+    area = height * width * torch.empty(count, attempts, dtype=torch.float64).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(count, attempts, dtype=torch.float64).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    crop_w, crop_h = (area * log_ratio.exp()).sqrt().round(), (area / log_ratio.exp()).sqrt().round()
+    fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
+    first = fits.double().argmax(dim=1, keepdim=True)  # the first attempt that fits
+    crop_w, crop_h = crop_w.gather(1, first), crop_h.gather(1, first)
+    where = torch.rand(count, 2, dtype=torch.float64, generator=generator)
+    x0 = (where[:, :1] * (width - crop_w + 1)).floor()
+    y0 = (where[:, 1:] * (height - crop_h + 1)).floor()
+    # None fits: the whole photo, cut to the nearest allowed aspect ratio, centred.
+    aspect = width / height
+    centre_w = torch.where(aspect > ratio[1], (height * ratio[1]).round(), width)
+    centre_h = torch.where(aspect < ratio[0], (width / ratio[0]).round(), height)
+    fallback = ~fits.any(dim=1, keepdim=True)
+    crop_w, crop_h = torch.where(fallback, centre_w, crop_w), torch.where(fallback, centre_h, crop_h)
+    x0 = torch.where(fallback, ((width - centre_w) / 2).floor(), x0)
+    y0 = torch.where(fallback, ((height - centre_h) / 2).floor(), y0)
+    return torch.cat([x0, y0, x0 + crop_w, y0 + crop_h], dim=1).float()
+
+
+def crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
+                     out_size: tuple[int, int]) -> torch.Tensor:
+    """Cut boxes[i] (x0, y0, x1, y1 in images' pixels) out of images[i], resize to out_size, mirror where flips.
+
+    One roi_align call for the batch (bilinear, several samples per output pixel when shrinking);
+    returns float [N, C, *out_size] in 0..255, on images' device."""
+    from torchvision.ops import roi_align
+
+    rois = torch.cat([torch.arange(len(images), device=images.device, dtype=torch.float32)[:, None],
+                      boxes.to(images.device, torch.float32)], dim=1)
+    crops = roi_align(images.float(), rois, output_size=tuple(out_size), sampling_ratio=-1, aligned=True)
+    flips = flips.to(images.device).view(-1, 1, 1, 1)
+    return torch.where(flips, crops.flip(-1), crops)
+
+
+class CachedImageLoader:
+    """Cached images in batches shaped like the image loaders' (images, labels, skipped); its own sampler.
+
+    The order comes from (seed, epoch) exactly as data.EpochSampler draws it, and so do the crops
+    and flips: an epoch is the same whatever the process count, and a resumed run repeats it.
+    Photos that failed to decode are reported once per epoch, in its first batch."""
+
+    def __init__(self, image_set: ImageSet, *, subset_dir: Path, batch_size: int, device: torch.device,
+                 shuffle: bool, augment_to: tuple[int, int] | None = None, seed: int = 0, drop_last: bool = False):
+        """augment_to: the input size random resized crops are cut to (training); None: the stored pixels as they are."""
+        self.images = to_device(image_set.images, device, "decoded images")
+        self.labels = torch.from_numpy(image_set.labels).to(device)
+        self.size = len(self.labels)
+        self.photo_sizes = torch.from_numpy(image_set.photo_sizes)
+        stored = image_set.images.shape[-2:]
+        self.stored_per_photo = torch.tensor([stored[1], stored[0]]) / self.photo_sizes.flip(1).clamp(min=1)
+        self.failed = [str(subset_dir / name) for name in image_set.failed]
+        self.device, self.augment_to = device, augment_to
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _share(self) -> torch.Tensor:
+        return distributed.shard_order(torch.arange(self.size), equal=self.shuffle)
+
+    def __len__(self) -> int:
+        rows = len(self._share())
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+
+    def _rows(self, rows: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.images, torch.Tensor):
+            return self.images[rows.to(self.images.device)]
+        batch = torch.from_numpy(self.images[rows.numpy()])  # read from the memory map
+        return batch.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else batch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
+        if self.augment_to is not None:  # drawn for every photo, so the draw does not depend on the share
+            boxes = random_crop_boxes(self.photo_sizes, generator) * self.stored_per_photo.repeat(1, 2)
+            flips = torch.rand(self.size, generator=generator) < 0.5
+        order = order[self._share()]
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            rows = order[start:start + self.batch_size]
+            images = self._rows(rows)
+            if self.augment_to is not None:
+                images = crop_resize_flip(images, boxes[rows], flips[rows], self.augment_to)
+            yield images, self.labels[rows.to(self.labels.device)], self.failed if start == 0 else []
+
+
+def make_cached_data(data_dir: Path, prep, *, batch_size: int, workers: int, device: torch.device, seed: int,
+                     augment: bool = True, cache_root: Path | None = None):
+    """data.make_data's DataBundle, served from the decoded-image cache (built now if stale)."""
+    from tlkit.data import DataBundle, check_classes
+
+    data_dir = Path(data_dir)
+    sets = cache_images(data_dir, prep, augment=augment, cache_root=cache_root, device=device, workers=workers)
+    train_set, val_set = sets["training"], sets["validation"]
+    # A last batch of one image breaks BatchNorm in training mode; drop the short tail instead.
+    drop_last = len(train_set) // distributed.world_size() > batch_size
+    train_loader = CachedImageLoader(train_set, subset_dir=data_dir / "training", batch_size=batch_size,
+                                     device=device, shuffle=True, augment_to=prep.input_size if augment else None,
+                                     seed=seed, drop_last=drop_last)
+    val_loader = CachedImageLoader(val_set, subset_dir=data_dir / "validation", batch_size=batch_size,
+                                   device=device, shuffle=False)
+    return DataBundle(classes=check_classes(data_dir), train_set=train_set, val_set=val_set,
+                      train_loader=train_loader, val_loader=val_loader, train_sampler=train_loader)

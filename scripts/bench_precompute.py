@@ -2,7 +2,9 @@
 
 1. the seed tutorial's way: ImageFolder + PIL + DataLoader(num_workers=3) + fp32 trunk, batch 64;
 2. `tlkit precompute` (tlkit.features.precompute: decode pipeline, bf16 trunk on CUDA, cache write);
-3. the trunk alone on random tensors (the compute ceiling), bf16 + channels_last on CUDA.
+3. the trunk alone on random tensors (the compute ceiling), bf16 + channels_last on CUDA;
+and then the head's training epochs from the cache just written, through tlkit's Trainer as
+`finetune --precompute-features` runs them (seconds per epoch over every cached training row).
 
 The real photos are hard-linked `--copies` times into a scratch folder to reach scale
 (2,002 x 10 = ~20,000). Weights are random (none can be downloaded here); speed does not
@@ -37,14 +39,37 @@ def build_data(src: Path, work: Path, copies: int, limit: int | None) -> int:
     return len(paths)
 
 
-def tlkit_way(backbone, data: Path, device: torch.device, batch_size: int) -> float:
+def tlkit_way(backbone, data: Path, device: torch.device, batch_size: int) -> tuple[float, dict]:
     cache = data / ".bench-cache"
     shutil.rmtree(cache, ignore_errors=True)
     start = time.perf_counter()
     sets = precompute(backbone, data, cache_root=cache, device=device, batch_size=batch_size,
                       workers=default_workers(), force=True)
     seen = sum(len(s.files) for s in sets.values())
-    return seen / (time.perf_counter() - start)
+    return seen / (time.perf_counter() - start), sets
+
+
+def head_epochs(backbone, train_set, device: torch.device, batch_size: int, epochs: int = 3) -> list[float]:
+    """Seconds of each head epoch over the cached training features (the first includes moving them to the GPU)."""
+    from tlkit.features import FeatureLoader, to_device_float
+    from tlkit.train import Trainer, train_one_epoch
+
+    seconds = []
+    start = time.perf_counter()
+    loader = FeatureLoader(train_set, batch_size=batch_size, device=device, shuffle=True, drop_last=True)
+    head = backbone.head.to(device)
+    trainer = Trainer(model=head, optimizer=torch.optim.SGD(head.parameters(), lr=1e-3, momentum=0.9),
+                      scheduler=None, scheduler_name="none", train_loader=loader, val_loader=loader,
+                      train_sampler=loader, normalize=to_device_float(device), device=device, precision="bf16",
+                      epochs=epochs)
+    for epoch in range(1, epochs + 1):
+        loader.set_epoch(epoch)
+        train_one_epoch(trainer)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+        start = time.perf_counter()
+    return seconds
 
 
 def trunk_alone(backbone, device: torch.device, batch_size: int, batches: int) -> float:
@@ -79,14 +104,17 @@ def main() -> None:
     count = build_data(args.src, args.work, args.copies, args.limit)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"{count} images on {name}, torch {torch.__version__}")
-    print(f"{'backbone':<10} {'seed way':>9} {'tlkit':>9} {'trunk only':>11} {'tlkit/seed':>10} {'tlkit/trunk':>11}")
+    print(f"{'backbone':<10} {'seed way':>9} {'tlkit':>9} {'trunk only':>11} {'tlkit/seed':>10} {'tlkit/trunk':>11} "
+          f"{'head epochs (s)':>22}")
     for backbone_name in args.backbones:
         backbone = models.create(backbone_name, num_classes=2, weights="none")
         seed = tutorial_throughput(backbone.trunk, backbone.preprocessing, args.work / "training", device)
-        ours = tlkit_way(backbone, args.work, device, args.batch_size)
+        ours, sets = tlkit_way(backbone, args.work, device, args.batch_size)
+        epochs = head_epochs(backbone, sets["training"], device, args.batch_size)
         ceiling = trunk_alone(backbone, device, args.batch_size, batches=max(2, min(20, count // args.batch_size)))
         print(f"{backbone_name:<10} {seed:>9,.0f} {ours:>9,.0f} {ceiling:>11,.0f} {ours / seed:>9.1f}x "
-              f"{ours / ceiling:>10.0%}")
+              f"{ours / ceiling:>10.0%} {' '.join(f'{t:.3f}' for t in epochs):>22}")
+    print(f"head epochs: over {count} cached training rows, batch {args.batch_size}")
     shutil.rmtree(args.work, ignore_errors=True)
 
 

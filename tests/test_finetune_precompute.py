@@ -118,3 +118,31 @@ def test_precompute_and_cache_commands(data_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*args, "--batch-size", "0"])
     assert "--batch-size" in capsys.readouterr().err
+
+
+def test_the_head_phase_writes_the_whole_classifier_once(data_dir, tmp_path, monkeypatch):
+    """Head epochs take a second; the checkpoint (the trunk too) is written when the phase ends, not each time."""
+    from tlkit import callbacks
+    from tlkit.checkpoint import load_resume
+
+    written, save_best = [], callbacks.save_best
+    monkeypatch.setattr(callbacks, "save_best", lambda run_dir, state, meta: (
+        written.append(meta["epoch"]), save_best(run_dir, state, meta)))
+    result = finetune(**recipe(data_dir, tmp_path, precompute_features=True, epochs=4, name="once"))
+    assert written == [result.best_epoch]
+    best_state = load_resume(result.run_dir)["callbacks"]["BestWeights"]["best_state"]
+    assert best_state.keys() == result.backbone.head.state_dict().keys()  # the resume file holds the head alone
+    assert _close(load_checkpoint(result.run_dir).backbone.model.state_dict(), result.backbone.model.state_dict(), 0)
+
+
+def test_an_interrupted_head_phase_keeps_its_best_checkpoint(data_dir, tmp_path):
+    import json
+
+    settings = recipe(data_dir, tmp_path, precompute_features=True, epochs=4, monitor="val_loss", name="cut")
+    with pytest.raises(KeyboardInterrupt):
+        finetune(**settings, callbacks=[interrupt_at(2)])
+    run_dir = tmp_path / "runs" / "cut"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    best = min(rows, key=lambda row: row["val_loss"])
+    assert json.loads((run_dir / "best.json").read_text())["epoch"] == best["epoch"]
+    assert load_checkpoint(run_dir).classes == ["cat", "dog"]

@@ -1,7 +1,7 @@
 """What happens around the training loop: best weights, early stopping, logs, plots, TensorBoard.
 
-Five events, each given the trainer explicitly: on_fit_start, on_epoch_start, on_batch_end,
-on_epoch_end, on_fit_end. A callback with state a resumed run needs has state_dict() and
+Six events, each given the trainer explicitly: on_fit_start, on_epoch_start, on_batch_end,
+on_epoch_end, on_fit_end, and on_interrupt when a run stops on Ctrl-C. A callback with state a resumed run needs has state_dict() and
 load_state_dict(). Also the plots and the per-class report written at the end of a run.
 """
 
@@ -24,11 +24,16 @@ class Callback:
     def on_batch_end(self, trainer) -> None: ...
     def on_epoch_end(self, trainer) -> None: ...
     def on_fit_end(self, trainer) -> None: ...
+    def on_interrupt(self, trainer) -> None: ...  # Ctrl-C or a kill signal Python sees: the run stops
 
     def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+def _cpu_copy(module) -> dict:
+    return {key: value.detach().to("cpu", copy=True) for key, value in module.state_dict().items()}
 
 
 def is_better(monitor: str, value: float, best: float | None) -> bool:
@@ -39,27 +44,47 @@ def is_better(monitor: str, value: float, best: float | None) -> bool:
 
 
 class BestWeights(Callback):
-    """Keeps a true copy of the best epoch's weights, writes them as the best checkpoint, restores them at the end."""
+    """Keeps a true copy of the best epoch's weights, writes them as the best checkpoint, restores them at the end.
+
+    While the head alone trains (on cached features) the copy is of the head, and the checkpoint (the
+    whole classifier: 528 MB for VGG16) is written once, when that phase ends or is interrupted, not at
+    every improving epoch of a second. The resume file holds the best head meanwhile."""
 
     def __init__(self, monitor: str):
         self.monitor = monitor
         self.best_value: float | None = None
         self.best_epoch: int | None = None
-        self.best_state: dict | None = None  # {name: tensor}, copies on the CPU
+        self.best_state: dict | None = None  # {name: tensor} of what trains, copies on the CPU
 
     def on_epoch_end(self, trainer) -> None:
         row = trainer.history[-1]
         if not is_better(self.monitor, row[self.monitor], self.best_value):
             return
         self.best_value, self.best_epoch = row[self.monitor], row["epoch"]
-        # clone(): state_dict() returns live references that the next optimizer step would change.
-        self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in trainer.checkpointed.state_dict().items()}
-        if trainer.run_dir is not None and distributed.is_main():  # under torchrun, rank 0 alone writes
-            save_best(trainer.run_dir, self.best_state, trainer.checkpoint_meta(row))
+        # A copy: state_dict() returns live references that the next optimizer step would change.
+        self.best_state = _cpu_copy(trainer.model)
+        if trainer.model is trainer.checkpointed:
+            self._write(trainer)
 
     def on_fit_end(self, trainer) -> None:
-        if self.best_state is not None:
-            trainer.checkpointed.load_state_dict(self.best_state)
+        if self.best_state is None:
+            return
+        trainer.model.load_state_dict(self.best_state)
+        if trainer.model is not trainer.checkpointed:  # the head phase ends: the whole classifier from now on
+            self.best_state = _cpu_copy(trainer.checkpointed)
+            self._write(trainer)
+
+    def on_interrupt(self, trainer) -> None:
+        if self.best_state is not None and trainer.model is not trainer.checkpointed:
+            trainer.model.load_state_dict(self.best_state)
+            self._write(trainer)
+
+    def _write(self, trainer) -> None:
+        if trainer.run_dir is None or not distributed.is_main():  # under torchrun, rank 0 alone writes
+            return
+        row = next(row for row in trainer.history if row["epoch"] == self.best_epoch)
+        state = self.best_state if trainer.model is trainer.checkpointed else trainer.checkpointed.state_dict()
+        save_best(trainer.run_dir, state, trainer.checkpoint_meta(row))
 
     def state_dict(self) -> dict:
         return {"best_value": self.best_value, "best_epoch": self.best_epoch, "best_state": self.best_state}

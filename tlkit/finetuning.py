@@ -313,7 +313,7 @@ def _finish(trainer: Trainer, backbone, data: DataBundle, run_dir: Path) -> Fine
     subset, loader = ("test", data.test_loader) if getattr(data, "test_loader", None) else ("validation", data.val_loader)
     result = evaluate(trainer.model, loader, trainer.normalize, autocast=trainer.autocast, collect=True)
     report = {**cbs.class_report(result["targets"], result["predictions"], data.classes), "subset": subset}
-    # best.safetensors was written by BestWeights when that epoch ended; not again here.
+    # best.safetensors was written by BestWeights (when that epoch or the head phase ended); not again here.
     if distributed.is_main():  # under torchrun rank 0 alone writes (every process holds the same results)
         cbs.plot_confusion(run_dir / "confusion.png", result["targets"], result["predictions"], data.classes)
         cbs.write_report(run_dir / "report.json", report)

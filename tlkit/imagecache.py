@@ -252,7 +252,7 @@ class CachedImageLoader:
 
     def _rows(self, rows: torch.Tensor) -> torch.Tensor:
         if isinstance(self.images, torch.Tensor):
-            return self.images[rows.to(self.images.device)]
+            return self.images[rows]
         batch = torch.from_numpy(self.images[rows.numpy()])  # read from the memory map
         return batch.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else batch
 
@@ -262,7 +262,11 @@ class CachedImageLoader:
         if self.augment_to is not None:  # drawn for every photo, so the draw does not depend on the share
             boxes = random_crop_boxes(self.photo_sizes, generator) * self.stored_per_photo.repeat(1, 2)
             flips = torch.rand(self.size, generator=generator) < 0.5
-        order = order[self._share()]
+        # Indices where the pixels are (the GPU, or the memory map's host), moved once per epoch, not per batch.
+        where = self.images.device if isinstance(self.images, torch.Tensor) else torch.device("cpu")
+        order = order[self._share()].to(where)
+        if self.augment_to is not None:
+            boxes, flips = boxes.to(where), flips.to(where)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             rows = order[start:start + self.batch_size]
             images = self._rows(rows)

@@ -260,6 +260,9 @@ def fit(trainer: Trainer, save_resume=None) -> None:
             console.print(_summary_line(row, trainer.epochs, best.best_epoch if best else None))
             if save_resume is not None:
                 save_resume(trainer.state_dict())
+    except KeyboardInterrupt:
+        trainer.call("on_interrupt")
+        raise
     except torch.OutOfMemoryError:
         batch_size = trainer.train_loader.batch_size
         raise TlkitError(

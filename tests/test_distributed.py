@@ -1,5 +1,5 @@
 """Two processes on the CPU (gloo), set up as torchrun sets them up: fine-tune (from the images and
-from the decoded-image cache), precompute and predict give what one process gives, rank 0 alone writes and prints, and the run resumes in one process.
+from the decoded-image cache), precompute, predict and evaluate give what one process gives, rank 0 alone writes and prints, and the run resumes in one process.
 
 One spawned job runs all three commands through cli.main (a process start costs seconds here);
 the tests compare its outputs with one-process runs in the pytest process.
@@ -66,6 +66,8 @@ def _job(rank: int, root: str, port: int) -> None:
         main(["precompute", "--data", f"{root}/data", "--cache-dir", f"{root}/cache2", "--batch-size", "5", *FEATURES]),
         main(["predict", f"{root}/data/validation", "--checkpoint", f"{root}/runs/{LATEST}", "--device", "cpu",
               "--workers", "0", "--batch-size", "3", "--out", f"{root}/predictions.csv"]),
+        main(["evaluate", f"{root}/data/validation", "--checkpoint", f"{root}/runs/{LATEST}", "--device", "cpu",
+              "--workers", "0", "--batch-size", "3", "--out", f"{root}/evaluate"]),
         main(["finetune", "--data", f"{root}/data", "--runs-dir", f"{root}/runs-cached", "--epochs", "2",
               "--batch-size", str(PER_PROCESS_BATCH), "--cache-images", "--cache-dir", f"{root}/images",
               *_flags(RECIPE)]),
@@ -83,12 +85,12 @@ def two_processes(tmp_path_factory) -> Path:
     # An odd number of validation images: the two shares differ in length, and every image counts once.
     shutil.copy(root / "data/validation/cat/0.png", root / "data/validation/cat/extra.png")
     context = mp.start_processes(_job, args=(str(root), _free_port()), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not context.join(timeout=1):
         if time.monotonic() > deadline:  # a collective that waits forever: fail, don't hang CI
             for process in context.processes:
                 process.kill()
-            pytest.fail("the two-process job did not finish in 120 s")
+            pytest.fail("the two-process job did not finish in 300 s")
     return root
 
 
@@ -178,3 +180,14 @@ def test_cached_images_train_as_one_process_does(two_processes, tmp_path):
     run_dir = (two_processes / "runs-cached" / LATEST).resolve()
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     _assert_rows_match(history, single.history)
+
+
+def test_evaluate_writes_once_what_one_process_reports(two_processes, tmp_path):
+    assert sorted(p.name for p in (two_processes / "evaluate").iterdir()) == [
+        "confusion.png", "mistakes.png", "report.json"]  # no second writer's leftovers
+    assert main(["evaluate", str(two_processes / "data" / "validation"), "--checkpoint",
+                 str(two_processes / "runs" / LATEST), "--device", "cpu", "--workers", "0",
+                 "--out", str(tmp_path / "one")]) == 0
+    ours, theirs = (json.loads((folder / "report.json").read_text()) for folder in (two_processes / "evaluate",
+                                                                                   tmp_path / "one"))
+    assert ours["images"] == theirs["images"] == 11 and ours["per_class"] == theirs["per_class"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tlkit import distributed
 from tlkit.callbacks import class_report, plot_confusion, save_figure, write_report
 from tlkit.checkpoint import Checkpoint
 from tlkit.errors import TlkitError
@@ -98,9 +99,10 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, de
         "most_confident_mistakes": most_confident_mistakes(pred, targets, mistakes),
         "images_per_s": len(paths) / max(pred.seconds, 1e-9),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_report(out_dir / "report.json", report)
-    plot_confusion(out_dir / "confusion.png", y_true, y_pred, checkpoint.classes,
-                   subset=Path(data_dir).resolve().name)
-    plot_mistakes(out_dir / "mistakes.png", report["most_confident_mistakes"])
+    if distributed.is_main():  # under torchrun every process holds every prediction; rank 0 alone writes
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_report(out_dir / "report.json", report)
+        plot_confusion(out_dir / "confusion.png", y_true, y_pred, checkpoint.classes,
+                       subset=Path(data_dir).resolve().name)
+        plot_mistakes(out_dir / "mistakes.png", report["most_confident_mistakes"])
     return report

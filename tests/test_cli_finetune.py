@@ -112,6 +112,18 @@ def test_resume_refuses_another_backbone_and_a_non_run(tmp_path, data_dir, capsy
     assert "not a tlkit run folder" in error_of(capsys)
 
 
+def test_resume_with_another_process_count_warns_about_the_scaled_lr(tmp_path, data_dir, capsys):
+    assert finetune_cli(tmp_path, data_dir, "--epochs", "2", "--lr-scale", "linear", "--name", "r") == 0
+    resume_file = tmp_path / "runs" / "r" / "resume.pt"
+    state = torch.load(resume_file, weights_only=True)
+    state["epoch"], state["history"] = 1, state["history"][:1]
+    state["meta"]["processes"] = 2  # as if two torchrun processes had trained the first epoch
+    torch.save(state, resume_file)
+    capsys.readouterr()
+    assert main(["finetune", "--resume", str(tmp_path / "runs" / "r")]) == 0
+    assert "trained by 2 process(es) and resumes with 1" in error_of(capsys)
+
+
 def test_lr_find_plots_and_suggests(tmp_path, data_dir, capsys):
     plot = tmp_path / "lr.png"
     assert main(["lr-find", "--data", str(data_dir), *QUICK, "--steps", "10", "--out", str(plot)]) == 0

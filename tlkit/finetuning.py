@@ -123,6 +123,7 @@ def _run_meta(config: FinetuneConfig, backbone, classes: list[str], source=None)
         "num_classes": len(classes), "classes": classes, "in_chans": prep.in_chans, "img_size": prep.input_size[0],
         "preprocessing": prep.to_dict(), "monitor": config.monitor, "config": config_to_dict(config),
         "data_source": source.settings if source is not None else None,
+        "processes": distributed.world_size(),  # the lr of --lr-scale linear depends on it
     }
 
 
@@ -248,6 +249,10 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     if state is not None:
         trainer.load_state_dict(state)
         info(f"resuming {relpath(run_dir)} after epoch {trainer.epoch} of {config.epochs}")
+        before, now = state["meta"].get("processes", 1), distributed.world_size()
+        if config.lr_scale == "linear" and before != now:
+            warn(f"the run was trained by {before} process(es) and resumes with {now}: its optimizer and schedule "
+                 f"keep the lr scaled for {before} (--lr-scale linear); the result differs from either run")
     elif distributed.is_main():
         source_yaml = yaml.safe_dump(source.settings, sort_keys=False) if source is not None else ""
         atomic_write_text(run_dir / "config.yaml", source_yaml + config_yaml(config))

@@ -146,3 +146,17 @@ def test_an_interrupted_head_phase_keeps_its_best_checkpoint(data_dir, tmp_path)
     best = min(rows, key=lambda row: row["val_loss"])
     assert json.loads((run_dir / "best.json").read_text())["epoch"] == best["epoch"]
     assert load_checkpoint(run_dir).classes == ["cat", "dog"]
+
+
+def test_a_failure_while_saving_on_ctrl_c_does_not_hide_the_interrupt(data_dir, tmp_path, capsys):
+    from tlkit.callbacks import Callback
+
+    class DiskFull(Callback):
+        def on_interrupt(self, trainer):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(**recipe(data_dir, tmp_path, precompute_features=True, name="full"),
+                 callbacks=[interrupt_at(1), DiskFull()])
+    err = capsys.readouterr().err
+    assert "could not save on the way out" in err and "tlkit finetune --resume" in err

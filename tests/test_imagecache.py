@@ -85,11 +85,14 @@ def test_crop_resize_flip_cuts_the_boxes():
 
 def test_cache_holds_the_eval_pixels_and_is_reused(data_dir, tmp_path, capfd):
     cache_root = tmp_path / "cache"
+    (data_dir / "validation" / "cat" / "0a.jpg").write_bytes(b"")  # sorts among the good ones: rows must not shift
     sets = cache_images(data_dir, PREP, cache_root=cache_root, device=torch.device("cpu"))
-    assert "decoding every photo once (no cache yet)" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "decoding every photo once (no cache yet)" in err and "validation/cat/0a.jpg" in err
     val = sets["validation"]
-    for row, name in enumerate(val.files):
-        assert np.array_equal(val.images[row], load_image(data_dir / "validation" / name, PREP).numpy())
+    assert val.failed == ["cat/0a.jpg"] and len(val) == 6 and val.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    for index, name in enumerate(val.files):
+        assert np.array_equal(val.images[val.rows[index]], load_image(data_dir / "validation" / name, PREP).numpy())
     train = sets["training"]
     side = storage_side(PREP)
     assert train.images.shape == (13, 3, side, side) and len(train.labels) == 13

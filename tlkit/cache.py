@@ -24,6 +24,7 @@ from tlkit.runtime import relpath, warn
 MANIFEST = "manifest.json"
 SUBSETS = ("training", "validation")
 _CHUNK_BYTES = 256 * 2**20  # host memory a copy to the GPU goes through at a time
+GPU_RESERVE = 0.3  # share of the GPU's memory a cache must leave free for the model and its batches
 
 
 def default_cache_root(data_dir: Path) -> Path:
@@ -114,7 +115,10 @@ def list_caches(cache_root: Path) -> list[dict]:
     for manifest_path in sorted(Path(cache_root).glob(f"*/{MANIFEST}")):
         try:
             manifest = json.loads(manifest_path.read_text())
-            summary, subsets = manifest["summary"], manifest["subsets"]
+            subsets, identity = manifest["subsets"], manifest["identity"]
+            summary = manifest.get("summary") or {  # feature caches written before the summary existed
+                "holds": f"{identity['backbone']} features", "input_size": identity["preprocessing"]["input_size"],
+                "views": identity["views"]}
         except (ValueError, KeyError):
             warn(f"{relpath(manifest_path)} is unreadable; `tlkit cache clear` removes it")
             continue
@@ -138,18 +142,20 @@ def clear_caches(cache_root: Path) -> int:
 
 
 def to_device(array: np.ndarray, device: torch.device, what: str) -> torch.Tensor | np.ndarray:
-    """A cached array on the GPU when it fits, copied through host memory a chunk at a time.
+    """A cached array on the GPU when it fits beside training, copied through host memory a chunk at a time.
 
-    On the CPU, or when it does not fit, the memory map itself: rows are read as batches ask for them."""
+    On the CPU, or when it would leave the GPU less than GPU_RESERVE of its memory free (the model,
+    its gradients and activations need that), the memory map itself: rows are read as batches ask."""
     if device.type != "cuda":
         return array
-    try:
-        tensor = torch.empty(array.shape, dtype=torch.from_numpy(np.empty(0, array.dtype)).dtype, device=device)
-    except torch.OutOfMemoryError:
-        warn(f"{what} ({array.nbytes / 1e9:.1f} GB) do not fit on the GPU; they are read from disk batch by batch")
+    free, total = torch.cuda.mem_get_info(device)
+    if array.nbytes > free - GPU_RESERVE * total:
+        warn(f"{what} ({array.nbytes / 1e9:.1f} GB) would leave too little GPU memory for training "
+             f"({free / 1e9:.1f} GB free); they are read from disk batch by batch")
         return array
+    tensor = torch.empty(array.shape, dtype=torch.from_numpy(np.empty(0, array.dtype)).dtype, device=device)
     rows_per_chunk = max(1, _CHUNK_BYTES // max(1, array[:1].nbytes))  # along the first axis
     for start in range(0, len(array), rows_per_chunk):
         chunk = slice(start, start + rows_per_chunk)
-        tensor[chunk] = torch.from_numpy(np.ascontiguousarray(array[chunk])).to(device)
+        tensor[chunk] = torch.from_numpy(np.array(array[chunk])).to(device)  # np.array: a writable copy
     return tensor

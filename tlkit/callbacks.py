@@ -60,24 +60,31 @@ class BestWeights(Callback):
         row = trainer.history[-1]
         if not is_better(self.monitor, row[self.monitor], self.best_value):
             return
-        self.best_value, self.best_epoch = row[self.monitor], row["epoch"]
         # A copy: state_dict() returns live references that the next optimizer step would change.
         self.best_state = _cpu_copy(trainer.model)
+        self.best_value, self.best_epoch = row[self.monitor], row["epoch"]  # after the copy: a Ctrl-C in it
         if trainer.model is trainer.checkpointed:
             self._write(trainer)
 
     def on_fit_end(self, trainer) -> None:
         if self.best_state is None:
             return
-        trainer.model.load_state_dict(self.best_state)
+        self._restore(trainer)
         if trainer.model is not trainer.checkpointed:  # the head phase ends: the whole classifier from now on
             self.best_state = _cpu_copy(trainer.checkpointed)
             self._write(trainer)
 
     def on_interrupt(self, trainer) -> None:
         if self.best_state is not None and trainer.model is not trainer.checkpointed:
-            trainer.model.load_state_dict(self.best_state)
+            self._restore(trainer)
             self._write(trainer)
+
+    def _restore(self, trainer) -> None:
+        """The best weights back into what trains (or into the whole classifier, where an older head-phase
+        resume file held all of it)."""
+        trains_keys = trainer.model.state_dict().keys()
+        (trainer.model if self.best_state.keys() == trains_keys else trainer.checkpointed).load_state_dict(
+            self.best_state)
 
     def _write(self, trainer) -> None:
         if trainer.run_dir is None or not distributed.is_main():  # under torchrun, rank 0 alone writes

@@ -49,8 +49,9 @@ CROP_RATIO = (3 / 4, 4 / 3)
 class ImageSet:
     """One subset's decoded images; rows whose photo failed to decode are left out."""
 
-    images: np.ndarray  # uint8 [N, C, H, W], memory-mapped
-    photo_sizes: np.ndarray  # int64 [N, 2]: each photo's own (height, width); training only, else empty
+    images: np.ndarray  # uint8 [every file, C, H, W], memory-mapped; failed photos' rows are zeros
+    rows: np.ndarray  # int64 [N]: the row of `images` that holds each usable photo
+    photo_sizes: np.ndarray  # int64 [N, 2]: each photo's own (height, width); training only, else zeros
     labels: np.ndarray  # int64 [N]
     files: list[str]  # relative to the subset folder, in row order
     failed: list[str]  # photos left out, relative to the subset folder
@@ -105,17 +106,19 @@ def cache_images(data_dir: Path, prep, *, augment: bool = True, cache_root: Path
     with progress() as bar:
         for subset in SUBSETS:
             task = bar.add_task(f"decoding {subset}", total=len(distributed.shard(files[subset])))
-            failed = _decode_subset(data_dir / subset, files[subset], staging / f"{subset}.npy", geometries[subset],
-                                    device=device, batch_size=batch_size, workers=workers,
-                                    on_progress=lambda n, task=task: bar.advance(task, n))
+            # Validation (and unaugmented training) through PIL, as the uncached loader decodes it: same pixels.
+            whole_photos = subset == "training" and augment
+            failed, sizes = _decode_subset(
+                data_dir / subset, files[subset], staging / f"{subset}.npy", geometries[subset], device=device,
+                batch_size=batch_size, workers=workers, gpu_decode=None if whole_photos else False,
+                photo_sizes=whole_photos, on_progress=lambda n, task=task: bar.advance(task, n))
+            if sizes is not None and distributed.is_main():
+                np.save(staging / f"{subset}-photo-sizes.npy", sizes)
             for name, why in failed.items():
                 warn(f"{subset}/{name} {why}; left out of the cache")
             subsets[subset] = {"files": [row[0] for row in files[subset]],
                                "labels": [row[1] for row in files[subset]], "failed": failed}
     if distributed.is_main():
-        if augment:
-            paths = [data_dir / "training" / row[0] for row in files["training"]]
-            np.save(staging / "training-photo-sizes.npy", _photo_sizes(paths, geometries["training"], workers))
         summary = {"holds": "decoded images", "input_size": list(prep.input_size), "views": 0}
         commit(staging, cache_dir, identity=identity, subsets=subsets, summary=summary)
     distributed.barrier()  # the others read the cache once rank 0 has renamed it into place
@@ -123,30 +126,38 @@ def cache_images(data_dir: Path, prep, *, augment: bool = True, cache_root: Path
 
 
 def _decode_subset(subset_dir: Path, rows: list, target: Path, geometry, *, device: torch.device, batch_size: int,
-                   workers: int, on_progress) -> dict[str, str]:
-    """Fill target (uint8 .npy, memory-mapped) with every photo in `geometry`; returns {failed file: reason}.
+                   workers: int, gpu_decode: bool | None, photo_sizes: bool,
+                   on_progress) -> tuple[dict[str, str], np.ndarray | None]:
+    """Fill target (uint8 .npy, memory-mapped) with every photo in `geometry`.
 
-    Under torchrun each process decodes its share (rows rank, rank + world, ...) into the one file."""
+    Returns {failed file: reason} and, with photo_sizes, each photo's (height, width). Under torchrun
+    each process decodes its share (rows rank, rank + world, ...) into the one file (one machine's
+    page cache keeps the interleaved rows coherent: build a cache on one machine)."""
     shape = (len(rows), geometry.in_chans, *geometry.input_size)
     if distributed.is_main():
         np.lib.format.open_memmap(target, mode="w+", dtype=np.uint8, shape=shape).flush()
     distributed.barrier()
     array = np.load(target, mmap_mode="r+")
     mine = distributed.shard(range(len(rows)))
-    batches = ImageBatches([subset_dir / rows[index][0] for index in mine], geometry, device=device,
-                           batch_size=batch_size, workers=workers, normalise=False)
+    paths = [subset_dir / rows[index][0] for index in mine]
+    batches = ImageBatches(paths, geometry, device=device, batch_size=batch_size, workers=workers,
+                           gpu_decode=gpu_decode, normalise=False)
     for batch in batches:
         array[[mine[i] for i in batch.indices]] = batch.images.cpu().numpy()
         on_progress(len(batch.indices))
     array.flush()
     del array
-    failures = {}
-    for share in distributed.all_gather({mine[index]: why for index, why in batches.failures.items()}):
-        failures.update(share)
-    return {rows[index][0]: why for index, why in sorted(failures.items())}
+    my_sizes = dict(zip(mine, _photo_sizes(paths, geometry, workers))) if photo_sizes else {}
+    failures, sizes = {}, {}
+    for share_failures, share_sizes in distributed.all_gather(
+            ({mine[index]: why for index, why in batches.failures.items()}, my_sizes)):
+        failures.update(share_failures)
+        sizes.update(share_sizes)
+    in_order = np.array([sizes[index] for index in range(len(rows))], dtype=np.int64) if photo_sizes else None
+    return {rows[index][0]: why for index, why in sorted(failures.items())}, in_order
 
 
-def _photo_sizes(paths: list[Path], stored, workers: int) -> np.ndarray:
+def _photo_sizes(paths: list[Path], stored, workers: int) -> list[tuple[int, int]]:
     """(height, width) of each photo from its header; the stored size where the header cannot be read."""
     def size_of(path: Path) -> tuple[int, int]:
         try:
@@ -156,20 +167,19 @@ def _photo_sizes(paths: list[Path], stored, workers: int) -> np.ndarray:
             return tuple(stored.input_size)
 
     with ThreadPoolExecutor(max(4, 2 * workers)) as pool:
-        return np.array(list(pool.map(size_of, paths)), dtype=np.int64).reshape(-1, 2)
+        return list(pool.map(size_of, paths))
 
 
 def load_images(cache_dir: Path) -> dict[str, ImageSet]:
-    """The subsets of a complete cache, memory-mapped; failed photos' rows left out."""
+    """The subsets of a complete cache, memory-mapped; failed photos left out (their rows stay, unused)."""
     sets = {}
     for subset, entry in read_manifest(cache_dir)["subsets"].items():
         images = np.load(cache_dir / f"{subset}.npy", mmap_mode="r")
         sizes_file = cache_dir / f"{subset}-photo-sizes.npy"
         sizes = np.load(sizes_file) if sizes_file.is_file() else np.zeros((len(images), 2), dtype=np.int64)
-        keep = kept_rows(entry)
-        if len(keep) < len(entry["files"]):
-            images = images[keep]  # copies: only when some photo failed
-        sets[subset] = ImageSet(images=images, photo_sizes=sizes[keep], labels=np.asarray(entry["labels"])[keep],
+        keep = np.asarray(kept_rows(entry), dtype=np.int64)
+        sets[subset] = ImageSet(images=images, rows=keep, photo_sizes=sizes[keep],
+                                labels=np.asarray(entry["labels"], dtype=np.int64)[keep],
                                 files=[entry["files"][i] for i in keep], failed=sorted(entry["failed"]))
     return sets
 
@@ -230,6 +240,7 @@ class CachedImageLoader:
                  shuffle: bool, augment_to: tuple[int, int] | None = None, seed: int = 0, drop_last: bool = False):
         """augment_to: the input size random resized crops are cut to (training); None: the stored pixels as they are."""
         self.images = to_device(image_set.images, device, "decoded images")
+        self.row_of = torch.from_numpy(image_set.rows)  # usable photo -> its row in images
         self.labels = torch.from_numpy(image_set.labels).to(device)
         self.size = len(self.labels)
         self.photo_sizes = torch.from_numpy(image_set.photo_sizes)
@@ -265,11 +276,12 @@ class CachedImageLoader:
         # Indices where the pixels are (the GPU, or the memory map's host), moved once per epoch, not per batch.
         where = self.images.device if isinstance(self.images, torch.Tensor) else torch.device("cpu")
         order = order[self._share()].to(where)
+        row_of = self.row_of.to(where)
         if self.augment_to is not None:
             boxes, flips = boxes.to(where), flips.to(where)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             rows = order[start:start + self.batch_size]
-            images = self._rows(rows)
+            images = self._rows(row_of[rows])
             if self.augment_to is not None:
                 images = crop_resize_flip(images, boxes[rows], flips[rows], self.augment_to)
             yield images, self.labels[rows.to(self.labels.device)], self.failed if start == 0 else []

@@ -261,7 +261,10 @@ def fit(trainer: Trainer, save_resume=None) -> None:
             if save_resume is not None:
                 save_resume(trainer.state_dict())
     except KeyboardInterrupt:
-        trainer.call("on_interrupt")
+        try:
+            trainer.call("on_interrupt")
+        except Exception as error:  # noqa: BLE001 (the Ctrl-C and its --resume hint must still come through)
+            console.print(f"[red]could not save on the way out: {error}[/]")
         raise
     except torch.OutOfMemoryError:
         batch_size = trainer.train_loader.batch_size

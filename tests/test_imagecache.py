@@ -163,3 +163,19 @@ def test_cache_images_from_the_cli_on_real_photos(tmp_path, capsys):
     assert "decoded images" in listing and "24" in listing and "8" in listing
     rows = (tmp_path / "runs" / "real" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 2
+
+
+def test_a_disk_without_room_stops_before_writing(data_dir, tmp_path, monkeypatch, capsys):
+    from collections import namedtuple
+
+    from tlkit import cache
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    args = ["finetune", "--data", str(data_dir), "--backbone", "simple-cnn", "--weights", "none", "--img-size", "32",
+            "--workers", "0", "--epochs", "1", "--cache-images", "--runs-dir", str(tmp_path / "runs")]
+    assert main(args) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the decoded images need" in err and "--cache-dir" in err and "Traceback" not in err
+    assert not (data_dir / ".tlkit-cache").exists() or not any((data_dir / ".tlkit-cache").iterdir())
+    assert not (tmp_path / "runs").exists()  # no run folder for a run that never started

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from tlkit import __version__
+from tlkit.errors import TlkitError
 from tlkit.runtime import relpath, warn
 
 MANIFEST = "manifest.json"
@@ -66,6 +67,16 @@ def why_stale(cache_dir: Path, identity: dict, reasons: dict[str, str]) -> str |
         if stored.get("files_sha256", {}).get(subset) != digest:
             return f"files in {subset}/ were added, removed or edited"
     return None
+
+
+def check_space(cache_dir: Path, needed: int, what: str) -> None:
+    """Stop before writing when the disk cannot hold the cache (a memory-mapped write would crash on a full disk)."""
+    existing = next(folder for folder in (cache_dir, *cache_dir.parents) if folder.exists())
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise TlkitError(
+            f"{what} need {needed / 1e9:.2f} GB in {relpath(cache_dir.parent)}, which has {free / 1e9:.2f} GB free; "
+            "nothing was written. Free some space, or point --cache-dir at a disk with room.")
 
 
 def new_staging(cache_dir: Path) -> Path:

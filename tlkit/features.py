@@ -18,8 +18,8 @@ import torch
 
 from tlkit import distributed
 from tlkit.cache import (
-    SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest, to_device,
-    why_stale,
+    SUBSETS, check_space, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
+    to_device, why_stale,
 )
 from tlkit.decode import ImageBatches
 from tlkit.runtime import info, progress, relpath, warn
@@ -168,6 +168,9 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
     backbone.trunk.to(device).eval()
     if device.type == "cuda":
         backbone.trunk.to(memory_format=torch.channels_last)
+    rows = len(files["training"]) * max(1, views) + len(files["validation"])
+    needed = rows * backbone.feature_dim * np.dtype(dtype).itemsize
+    distributed.on_main(lambda: check_space(cache_dir, needed, "the features"))
     staging = distributed.on_main(lambda: new_staging(cache_dir))
     subsets = {}
     with progress() as bar:

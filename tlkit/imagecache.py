@@ -29,8 +29,8 @@ from PIL import Image
 
 from tlkit import distributed
 from tlkit.cache import (
-    SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest, to_device,
-    why_stale,
+    SUBSETS, check_space, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
+    to_device, why_stale,
 )
 from tlkit.decode import ImageBatches
 from tlkit.runtime import info, progress, relpath, warn
@@ -101,6 +101,9 @@ def cache_images(data_dir: Path, prep, *, augment: bool = True, cache_root: Path
         info(f"decoded images: using the cache in {relpath(cache_dir)}")
         return load_images(cache_dir)
     info(f"decoded images: decoding every photo once ({reason}) into {relpath(cache_dir)}")
+    needed = sum(len(files[subset]) * geometry.in_chans * math.prod(geometry.input_size)
+                 for subset, geometry in geometries.items())
+    distributed.on_main(lambda: check_space(cache_dir, needed, "the decoded images"))
     staging = distributed.on_main(lambda: new_staging(cache_dir))
     subsets = {}
     with progress() as bar:

@@ -268,9 +268,12 @@ def fit(trainer: Trainer, save_resume=None) -> None:
         raise
     except torch.OutOfMemoryError:
         batch_size = trainer.train_loader.batch_size
+        held = getattr(trainer.train_loader, "images", None)  # --cache-images keeps the pixels on the GPU
+        cache = (f", or leave out --cache-images (its pixels take {held.nbytes / 1e9:.1f} GB of the GPU)"
+                 if isinstance(held, torch.Tensor) and held.is_cuda else "")
         raise TlkitError(
             f"out of GPU memory at batch size {batch_size}; try --batch-size {max(1, batch_size // 2)} "
-            "(or a smaller --img-size)."
+            f"(or a smaller --img-size{cache})."
         ) from None
     if trainer.stop_reason:
         console.print(trainer.stop_reason)

@@ -246,8 +246,9 @@ def _add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
                             help="run the frozen trunk once, cache its features, train the head from the cache")
     if "--cache-images" not in skip:
         parser.add_argument("--cache-images", action="store_const", const=True, default=argparse.SUPPRESS,
-                            help="decode every photo once into the cache folder (uint8, about 200 KB a photo at "
-                                 "224 px) and crop and flip on the device: later epochs and runs decode nothing")
+                            help="decode every photo once into the cache folder (uint8, about 340 KB a training "
+                                 "photo at 224 px) and crop and flip on the device: later epochs and runs decode "
+                                 "nothing")
     parser.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=argparse.SUPPRESS,
                         help="no random crops or flips on the training images")
 

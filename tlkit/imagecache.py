@@ -5,7 +5,7 @@ epoch decodes DATA/training and DATA/validation into memory-mapped uint8 arrays,
 later epoch, and every later run with the same image geometry, reads pixels instead:
 - validation at the backbone's exact eval geometry (resize, centre crop): what the images
   give uncached, so the validation numbers are the same;
-- training as the whole photo resized to S x S (S: the eval resize, 256 for 224), with the
+- training as the whole photo resized to S x S (S: 1.5 x the input, 336 for 224), with the
   photo's own height and width recorded, so that a random resized crop is drawn in the photo's
   coordinates (same areas and aspect ratios as uncached training) and cut out of the stored
   pixels on the device, with a flip, by one batched torchvision.ops.roi_align.
@@ -61,8 +61,11 @@ class ImageSet:
 
 
 def storage_side(prep) -> int:
-    """The side a whole training photo is stored at: the eval resize (256 for 224), at least 8/7 of the input."""
-    return max(prep.resize_size or 0, math.ceil(max(prep.input_size) * 8 / 7))
+    """The side a whole training photo is stored at: 1.5 x the input (336 for 224), at least the eval resize.
+
+    Crops cover 8%..100% of a photo; at 1.5 x most of them (from 45% of the area up) are cut at or above
+    the input's resolution and shrunk, as the uncached loader's do, rather than blown up from fewer pixels."""
+    return max(prep.resize_size or 0, math.ceil(max(prep.input_size) * 3 / 2))
 
 
 def _geometries(prep, augment: bool) -> dict:

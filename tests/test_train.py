@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -206,3 +208,17 @@ def test_lr_find_sweeps_suggests_and_restores_the_state(data_dir, tmp_path):
     assert [group["lr"] for group in trainer.optimizer.param_groups] == lrs_before
     plot_lr_find(tmp_path / "lr.png", result)
     assert (tmp_path / "lr.png").stat().st_size > 1000
+
+
+def test_lr_suggestion_follows_the_fall_and_admits_noise():
+    from tlkit.lrfind import suggest
+
+    lrs = [10 ** (-7 + 8 * i / 99) for i in range(100)]
+    # Flat until 1e-4, falls fastest around 1e-3, bottoms out at 1e-2, explodes after.
+    falling = [0.7 - 0.4 / (1 + math.exp(-3 * (math.log10(lr) + 3))) + (0.5 * (lr - 1e-2) if lr > 1e-2 else 0)
+               for lr in lrs]
+    result = suggest(lrs, falling)
+    assert result["loss_fell"] and 3e-4 <= result["suggested_lr"] <= 3e-3
+    rng = np.random.default_rng(0)
+    flat = [0.695 + 0.002 * rng.standard_normal() for _ in lrs]  # nothing learnt: noise only
+    assert not suggest(lrs, flat)["loss_fell"]

@@ -293,6 +293,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     console.print(f"loss vs lr: {relpath(args.out)}")
     out.print(f"suggested lr: {result.suggested_lr:.2e} (steepest fall of the loss); "
               f"minimum loss at {result.min_loss_lr:.2e} (a tenth of it, {result.min_loss_lr / 10:.2e}, also works)")
+    if not result.loss_fell:
+        warn(f"the loss hardly fell during the sweep ({min(result.losses):.4f} at its lowest): the lrs above follow "
+             f"noise. Look at {relpath(args.out)}, or sweep longer (--steps) with a larger --batch-size.")
     return 0
 
 

@@ -16,6 +16,8 @@ from tlkit.checkpoint import atomic_write
 from tlkit.runtime import progress
 from tlkit.train import Trainer, set_training_mode
 
+MIN_FALL = 0.05  # the loss must fall by this share of its starting value for a suggestion to mean something
+
 
 @dataclass
 class LrFindResult:
@@ -23,6 +25,7 @@ class LrFindResult:
     losses: list[float]  # the smoothed training loss after each step
     suggested_lr: float  # where the smoothed loss falls fastest (steepest descent in log lr)
     min_loss_lr: float  # where it is lowest; a tenth of this is the other common choice
+    loss_fell: bool  # False: the loss never fell clearly, and the two lrs above are noise
 
 
 def _batches(loader):
@@ -72,15 +75,22 @@ def lr_range_test(trainer: Trainer, *, start_lr: float = 1e-7, end_lr: float = 1
 
 
 def suggest(lrs: list[float], losses: list[float]) -> dict:
-    """The steepest fall of the loss (in log lr) before its minimum, and the lr of the minimum."""
+    """The steepest fall of the loss (in log lr) before its minimum, the lr of the minimum, and whether the
+    loss fell clearly at all (by MIN_FALL of where it started); without a fall the suggestion follows noise.
+
+    The first tenth of the sweep is left out: the running mean is still settling there, and those lrs are
+    far too small to train with anyway."""
     finite = [(lr, loss) for lr, loss in zip(lrs, losses) if math.isfinite(loss)]
     if len(finite) < 3:
-        return {"suggested_lr": finite[0][0] if finite else lrs[0], "min_loss_lr": finite[0][0] if finite else lrs[0]}
-    lowest = min(range(len(finite)), key=lambda i: finite[i][1])
-    slopes = [(finite[i + 1][1] - finite[i][1]) / (math.log(finite[i + 1][0]) - math.log(finite[i][0]))
-              for i in range(max(1, lowest))]
-    steepest = min(range(len(slopes)), key=lambda i: slopes[i])
-    return {"suggested_lr": finite[steepest][0], "min_loss_lr": finite[lowest][0]}
+        first = finite[0][0] if finite else lrs[0]
+        return {"suggested_lr": first, "min_loss_lr": first, "loss_fell": False}
+    skip = len(finite) // 10
+    lowest = min(range(skip, len(finite)), key=lambda i: finite[i][1])
+    slopes = {i: (finite[i + 1][1] - finite[i][1]) / (math.log(finite[i + 1][0]) - math.log(finite[i][0]))
+              for i in range(skip, max(skip + 1, lowest))}
+    steepest = min(slopes, key=slopes.get)
+    fell = finite[lowest][1] < (1 - MIN_FALL) * finite[skip][1]
+    return {"suggested_lr": finite[steepest][0], "min_loss_lr": finite[lowest][0], "loss_fell": fell}
 
 
 def plot_lr_find(path: Path, result: LrFindResult) -> None:

@@ -267,11 +267,23 @@ class CachedImageLoader:
         rows = len(self._share())
         return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 
-    def _rows(self, rows: torch.Tensor) -> torch.Tensor:
+    def _pixels(self, row_batches: list[torch.Tensor]):
+        """Each batch's stored pixels, on the device: indexed there, or read from the memory map one batch
+        ahead in a thread (numpy copies without the GIL), so the disk overlaps the training step."""
         if isinstance(self.images, torch.Tensor):
-            return self.images[rows]
-        batch = torch.from_numpy(self.images[rows.numpy()])  # read from the memory map
-        return batch.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else batch
+            yield from (self.images[rows] for rows in row_batches)
+            return
+
+        def read(rows: torch.Tensor) -> torch.Tensor:
+            batch = torch.from_numpy(self.images[rows.numpy()])
+            return batch.pin_memory() if self.device.type == "cuda" else batch
+
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(read, row_batches[0]) if row_batches else None
+            for following in [*row_batches[1:], None]:
+                batch = ahead.result()
+                ahead = pool.submit(read, following) if following is not None else None
+                yield batch.to(self.device, non_blocking=True)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -282,15 +294,15 @@ class CachedImageLoader:
         # Indices where the pixels are (the GPU, or the memory map's host), moved once per epoch, not per batch.
         where = self.images.device if isinstance(self.images, torch.Tensor) else torch.device("cpu")
         order = order[self._share()].to(where)
-        row_of = self.row_of.to(where)
         if self.augment_to is not None:
             boxes, flips = boxes.to(where), flips.to(where)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            rows = order[start:start + self.batch_size]
-            images = self._rows(row_of[rows])
+        batches = [order[start:start + self.batch_size] for start in range(0, len(self) * self.batch_size,
+                                                                            self.batch_size)]
+        row_of = self.row_of.to(where)
+        for number, (rows, images) in enumerate(zip(batches, self._pixels([row_of[rows] for rows in batches]))):
             if self.augment_to is not None:
                 images = crop_resize_flip(images, boxes[rows], flips[rows], self.augment_to)
-            yield images, self.labels[rows.to(self.labels.device)], self.failed if start == 0 else []
+            yield images, self.labels[rows.to(self.labels.device)], self.failed if number == 0 else []
 
 
 def make_cached_data(data_dir: Path, prep, *, batch_size: int, workers: int, device: torch.device, seed: int,

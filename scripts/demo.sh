@@ -4,7 +4,7 @@
 set -euo pipefail
 source "$(dirname "$0")/_setup_venv.sh"
 demo=demo/digits
-rm -rf "$demo"  # the demo's own folder, remade on every run
+rm -rf "$demo" demo/runs  # the demo's own folders (git-ignored), remade on every run
 
 python scripts/make_digits.py "$demo/train"
 tlkit check "$demo/train"

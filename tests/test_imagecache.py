@@ -179,3 +179,12 @@ def test_a_disk_without_room_stops_before_writing(data_dir, tmp_path, monkeypatc
     assert "the decoded images need" in err and "--cache-dir" in err and "Traceback" not in err
     assert not (data_dir / ".tlkit-cache").exists() or not any((data_dir / ".tlkit-cache").iterdir())
     assert not (tmp_path / "runs").exists()  # no run folder for a run that never started
+
+
+def test_cached_features_then_cached_images(data_dir, tmp_path):
+    """--precompute-features --unfreeze-after with --cache-images: the head from cached features, then every
+    layer on cached images; both caches live side by side in the one cache folder."""
+    result = finetune(**recipe(data_dir, tmp_path, precompute_features=True, unfreeze_after=1, epochs=2,
+                               cache_images=True, name="both"))
+    assert len(result.history) == 2 and math.isfinite(result.history[-1]["val_loss"])
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["images", "simple"]

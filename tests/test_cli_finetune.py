@@ -39,6 +39,18 @@ def test_no_split_folders_says_to_run_split(tmp_path, capsys):
     assert "training does not exist" in err and "tlkit split" in err and "Traceback" not in err
 
 
+def test_photos_given_as_data_get_the_split_command_that_works(tmp_path, capsys):
+    from conftest import make_flat
+
+    photos = make_flat(tmp_path / "data" / "train", {"cat": 5, "dog": 5})
+    assert finetune_cli(tmp_path, photos) == 1
+    err = error_of(capsys)
+    assert "holds photos" in err and "--data" in err
+    command = err.split("Run `")[1].split("`")[0].split()  # the suggested command, as a user would paste it
+    assert command[:2] == ["tlkit", "split"] and main([*command[1:], "--quiet"]) == 0
+    assert (tmp_path / "data" / "training").is_dir()
+
+
 def test_class_mismatch_and_single_class_are_explained(tmp_path, capsys):
     make_foldered(tmp_path / "odd" / "training", {"cat": 2, "dog": 2, "fox": 2})
     make_foldered(tmp_path / "odd" / "validation", {"cat": 1, "dog": 1})

@@ -154,6 +154,9 @@ def test_clear_deletes_only_caches(data, capsys):
     _run(data)
     assert clear_caches(data) == 0  # the data folder itself: its training/ and validation/ stay
     assert (data / "training").is_dir() and (data / "validation").is_dir()
+    (data / "notes").mkdir()
+    (data / "notes" / "manifest.json").write_text("{}")  # someone else's manifest: not a cache
+    assert clear_caches(data) == 0 and (data / "notes" / "manifest.json").is_file()
     assert clear_caches(data / ".tlkit-cache") == 1
 
 

@@ -95,6 +95,17 @@ def test_kaggle_id_that_is_not_a_number(run, tmp_path, capsys):
     assert "cat.5.jpg" in capsys.readouterr().err
 
 
+def test_kaggle_id_met_twice_and_a_non_checkpoint_file(run, tmp_path, capsys):
+    write_image(tmp_path / "x" / "1.jpg")
+    write_image(tmp_path / "x" / "more" / "1.jpg", color=3)
+    assert main(["predict", str(tmp_path / "x"), "--checkpoint", str(run), "--format", "kaggle",
+                 "--out", str(tmp_path / "s.csv")]) == 1
+    assert "both id 1" in " ".join(capsys.readouterr().err.split()) and not (tmp_path / "s.csv").exists()
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    assert main(["predict", str(tmp_path / "x"), "--checkpoint", str(tmp_path / "model.onnx")]) == 1
+    assert "model.onnx is not a tlkit checkpoint" in " ".join(capsys.readouterr().err.split())
+
+
 def test_existing_output_needs_force(run, photos, tmp_path, capsys):
     target = tmp_path / "p.csv"
     target.write_text("mine")

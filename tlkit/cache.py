@@ -146,10 +146,24 @@ def clear_caches(cache_root: Path) -> int:
     root = Path(cache_root)
     if not root.is_dir():
         return 0
-    folders = [p for p in root.iterdir() if p.is_dir() and ((p / MANIFEST).is_file() or ".partial-" in p.name)]
+    folders = [p for p in root.iterdir() if p.is_dir() and (_is_cache(p) or _is_staging(p))]
     for folder in folders:
         shutil.rmtree(folder)
     return len(folders)
+
+
+def _is_cache(folder: Path) -> bool:
+    """A manifest tlkit wrote: its version and the cache's identity (a bare manifest.json is someone else's)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"tlkit", "identity", "subsets"} <= manifest.keys()
+
+
+def _is_staging(folder: Path) -> bool:
+    """A folder new_staging made: .<cache name>.partial-<process id>."""
+    return folder.name.startswith(".") and folder.name.rsplit("-", 1)[-1].isdigit() and ".partial-" in folder.name
 
 
 def to_device(array: np.ndarray, device: torch.device, what: str) -> torch.Tensor | np.ndarray:

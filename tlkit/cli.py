@@ -286,6 +286,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from tlkit.finetuning import build_trainer
     from tlkit.lrfind import lr_range_test, plot_lr_find
 
+    if args.out.exists() and not args.force:
+        raise TlkitError(f"{relpath(args.out)} already exists; nothing was written. Use --force to replace it, "
+                         "or --out FILE.")
     config = resolve_config(args.config, {**_given_settings(args), "scheduler": "none"})
     trainer, _, _ = build_trainer(config, check_classes(Path(config.data)))
     result = lr_range_test(trainer, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps)
@@ -312,6 +315,7 @@ def _add_lr_find(subparsers) -> None:
     parser.add_argument("--end-lr", type=float, default=10.0, help="lr of the last step")
     parser.add_argument("--steps", type=_count(1), default=100, help="batches in the sweep (it stops early when the loss explodes)")
     parser.add_argument("--out", type=Path, default=Path("runs/lr-find.png"), help="where the plot goes")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.set_defaults(func=cmd_lr_find)
 
 
@@ -483,8 +487,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def _add_cache(subparsers) -> None:
     parser = _subparser(
-        subparsers, "cache", "list or clear the feature caches",
-        "List the feature caches `tlkit precompute` made (ls), or delete them (clear).",
+        subparsers, "cache", "list or clear the feature and decoded-image caches",
+        "List the caches `tlkit precompute` and `--cache-images` made (ls), or delete them (clear).",
         "tlkit cache ls --data data",
     )
     parser.add_argument("action", choices=("ls", "clear"), help="ls: list; clear: delete every cache")

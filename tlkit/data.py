@@ -46,6 +46,12 @@ def subset_dirs(data_dir: Path) -> tuple[Path, Path]:
     data_dir = Path(data_dir)
     dirs = tuple(data_dir / subset for subset in SUBSETS)
     for subset_dir in dirs:
+        if not subset_dir.is_dir() and _holds_photos(data_dir):
+            raise TlkitError(
+                f"{relpath(data_dir)} holds photos, not the training/ and validation/ folders fine-tuning reads. "
+                f"Run `tlkit split {relpath(data_dir)} --val 0.2` (it writes {relpath(data_dir.parent)}/training and "
+                f"{relpath(data_dir.parent)}/validation), then --data {relpath(data_dir.parent)}."
+            )
         if not subset_dir.is_dir():
             raise TlkitError(
                 f"{relpath(subset_dir)} does not exist. Fine-tuning reads {relpath(data_dir)}/training and "
@@ -53,6 +59,15 @@ def subset_dirs(data_dir: Path) -> tuple[Path, Path]:
                 "first, or point --data at the folder that holds them."
             )
     return dirs
+
+
+def _holds_photos(folder: Path) -> bool:
+    """Images in the folder itself (flat layout) or one level down (class folders)."""
+    if not folder.is_dir():
+        return False
+    entries = list(folder.iterdir())
+    return any(is_image_name(p) for p in entries) or any(
+        is_image_name(q) for p in entries if p.is_dir() for q in p.iterdir())
 
 
 def _class_folders(subset_dir: Path) -> list[str]:

@@ -176,6 +176,12 @@ def check_request(out: Path, *, fmt: str, topk: int | None, classes: list[str], 
             raise TlkitError(f"--format kaggle takes ids from file names like 123.jpg; {relpath(Path(named[0]))} "
                              f"is not one ({len(named)} such file(s)). Use --format csv, or predict on the Kaggle "
                              "test folder.")
+        first_with_id: dict[str, Path] = {}
+        for path in map(Path, paths):
+            other = first_with_id.setdefault(path.stem, path)
+            if other != path:
+                raise TlkitError(f"--format kaggle needs one file per id; {relpath(other)} and {relpath(path)} are "
+                                 f"both id {path.stem}. Predict one folder, or use --format csv.")
 
 
 def write_predictions(pred: Predictions, out: Path, *, fmt: str = "csv", topk: int | None = None,

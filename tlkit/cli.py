@@ -740,6 +740,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
         return 130
+    finally:
+        set_quiet(False)  # --quiet was for this command; a Python caller's next call speaks again
 
 
 if __name__ == "__main__":

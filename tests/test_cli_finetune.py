@@ -115,6 +115,24 @@ def test_import_tlkit_stays_cheap():
     assert callable(tlkit.finetune)
 
 
+def test_commands_that_need_no_torch_start_without_it(tmp_path):
+    """--help, split, check and cache start in a fraction of a second: torch (seconds to import) stays out."""
+    photos = make_foldered(tmp_path / "photos", {"cat": 3, "dog": 3})
+    code = ("import sys; from tlkit.cli import main; "
+            f"codes = [main(['split', {str(photos)!r}, '--val', '2', '--quiet']), "
+            f"main(['check', {str(photos)!r}, '--quiet']), main(['cache', 'ls', '--data', {str(tmp_path)!r}])]; "
+            "print(codes, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[-2] == "[0, 0, 0] False"
+
+
+def test_built_in_dataset_names_listed_for_the_parser_are_the_real_ones():
+    from tlkit.config import BUILT_IN_DATASETS
+    from tlkit.datasets import dataset_names
+
+    assert BUILT_IN_DATASETS == tuple(sorted(dataset_names()))
+
+
 def test_resume_refuses_another_backbone_and_a_non_run(tmp_path, data_dir, capsys):
     assert finetune_cli(tmp_path, data_dir, "--epochs", "1", "--name", "r") == 0
     capsys.readouterr()

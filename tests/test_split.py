@@ -175,3 +175,23 @@ def test_output_inside_the_source_is_refused(tmp_path):
     src = make_flat(tmp_path / "train", {"cat": 3, "dog": 3})
     with pytest.raises(TlkitError, match="inside the source"):
         split_module.check_outputs_free(src / "sub", src, force=False)
+
+
+def test_identical_files_go_to_the_same_subset_and_truncated_ones_are_skipped(tmp_path, capsys):
+    import shutil
+
+    from tlkit.cli import main
+
+    src = make_flat(tmp_path / "train", {"cat": 10, "dog": 10})
+    for n in range(5):  # five photos saved twice under other names
+        shutil.copy(src / f"cat.{n}.jpg", src / f"cat.copy{n}.jpg")
+    whole = (src / "dog.0.jpg").read_bytes()
+    (src / "dog.cut.jpg").write_bytes(whole[: len(whole) // 2])  # a header that reads, pixels that do not
+    assert main(["split", str(src), "--val", "0.5"]) == 0
+    captured = capsys.readouterr()
+    assert "5 file(s) identical to another" in captured.err and "dog.cut.jpg" in captured.err
+    rows = list(csv.DictReader((tmp_path / "split.csv").open()))
+    subset_of = {Path(row["source"]).name: row["subset"] for row in rows}
+    assert "dog.cut.jpg" not in subset_of
+    assert all(subset_of[f"cat.copy{n}.jpg"] == subset_of[f"cat.{n}.jpg"] for n in range(5))
+    assert sum(subset == "validation" for subset in subset_of.values()) >= 10  # half of the 20 distinct photos

@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from tlkit import __version__
 from tlkit.errors import TlkitError
@@ -166,11 +165,13 @@ def _is_staging(folder: Path) -> bool:
     return folder.name.startswith(".") and folder.name.rsplit("-", 1)[-1].isdigit() and ".partial-" in folder.name
 
 
-def to_device(array: np.ndarray, device: torch.device, what: str) -> torch.Tensor | np.ndarray:
+def to_device(array: np.ndarray, device, what: str):
     """A cached array on the GPU when it fits beside training, copied through host memory a chunk at a time.
 
     On the CPU, or when it would leave the GPU less than GPU_RESERVE of its memory free (the model,
     its gradients and activations need that), the memory map itself: rows are read as batches ask."""
+    import torch  # here: `tlkit cache ls` and `clear` need no torch
+
     if device.type != "cuda":
         return array
     free, total = torch.cuda.mem_get_info(device)

@@ -7,6 +7,7 @@ subcommand is a `cmd_*` function taking the parsed arguments and returning an ex
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -92,9 +93,12 @@ def cmd_split(args: argparse.Namespace) -> int:
     val = parse_val(args.val)
     out_dir = Path(args.out) if args.out else default_out(args.src)
     check_outputs_free(out_dir, Path(args.src), args.force)
-    scan = _scan_with_progress(Path(args.src), full=False)
+    scan = _scan_with_progress(Path(args.src), full=not args.quick)
     _report_skipped(scan)
     plan = plan_split(scan, val, out_dir, seed=args.seed)
+    if plan.twins:
+        warn(f"{plan.twins} file(s) identical to another were put in the same subset as it, so that no "
+             "validation image is also a training image (`tlkit check` lists them)")
     counts = plan.counts()
     table = Table(title=f"split of {relpath(scan.root)} ({scan.layout} layout, seed {args.seed})")
     table.add_column("class")
@@ -137,6 +141,9 @@ def _add_split(subparsers) -> None:
     )
     parser.add_argument("--force", action="store_true", help="replace an existing split in OUT")
     parser.add_argument("--dry-run", action="store_true", help="show the split, write nothing")
+    parser.add_argument("--quick", action="store_true",
+                        help="read image headers only: faster, but a truncated image or an identical pair is not "
+                             "found (by default every image is decoded and hashed)")
     parser.set_defaults(func=cmd_split)
 
 
@@ -346,7 +353,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train(subparsers) -> None:
-    from tlkit.datasets import dataset_help
+    from tlkit.config import BUILT_IN_DATASETS
 
     parser = _subparser(
         subparsers, "train", "train a model on MNIST, Fashion-MNIST, CIFAR-10, digits or a folder",
@@ -356,7 +363,8 @@ def _add_train(subparsers) -> None:
         "--val carves a validation set from the training data; the final report uses the test split.",
         "tlkit train --config configs/mnist-net.yaml --data-root ~/data",
     )
-    parser.add_argument("--dataset", default=argparse.SUPPRESS, help=dataset_help())
+    parser.add_argument("--dataset", default=argparse.SUPPRESS, help=f"{', '.join(BUILT_IN_DATASETS)}, or a folder (class folders, or "
+                        "training/ + validation/ from `tlkit split`)")
     parser.add_argument("--model", dest="backbone", metavar="MODEL", default=argparse.SUPPRESS,
                         help="network to train (`tlkit models` lists them): lenet, mnist-net, mlp, mlp-relu, "
                         "mlp-bn, simple-cnn, alexnet, resnet18, timm:NAME ...")
@@ -547,7 +555,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _add_predict(subparsers) -> None:
-    from tlkit.predict import FORMATS
+    from tlkit.config import PREDICT_FORMATS as FORMATS
 
     parser = _subparser(
         subparsers, "predict", "label new photos with a trained model",
@@ -627,7 +635,7 @@ def _validation_images(checkpoint) -> list[Path]:
 
 
 def _add_export(subparsers) -> None:
-    from tlkit.export import FORMATS
+    from tlkit.config import EXPORT_SUFFIXES as FORMATS
 
     parser = _subparser(
         subparsers, "export", "write a trained model as ONNX or TorchScript",
@@ -728,9 +736,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_quiet(getattr(args, "quiet", False))
-    from tlkit.distributed import quiet_unless_main
+    if "RANK" in os.environ:  # under torchrun, rank 0 alone prints (imported only then: it loads torch)
+        from tlkit.distributed import quiet_unless_main
 
-    quiet_unless_main()  # under torchrun, rank 0 alone prints
+        quiet_unless_main()
     try:
         return args.func(args)
     except TlkitError as error:

@@ -263,14 +263,16 @@ SOURCE_DEFAULTS = {"dataset": None, "data_root": "data", "val": None, "mean": No
 DEFAULT_VAL = 0.1  # the validation share carved from training data that has no validation set
 
 
+def dataset_help() -> str:
+    return f"{', '.join(dataset_names())}, or a folder (class folders, or training/ + validation/ from `tlkit split`)"
+
+
 def dataset_names() -> list[str]:
     from tlkit.rawdata import BUILTINS
 
     return [*sorted(BUILTINS), "digits"]
 
 
-def dataset_help() -> str:
-    return f"{', '.join(dataset_names())}, or a folder (class folders, or training/ + validation/ from `tlkit split`)"
 
 
 def _floats(value, key: str) -> list[float] | None:

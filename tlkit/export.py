@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from tlkit.checkpoint import Checkpoint, atomic_write, atomic_write_text
+from tlkit.config import EXPORT_SUFFIXES
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS = EXPORT_SUFFIXES
 TOLERANCE = 1e-3  # absolute, on logits; fp32 kernels differ between runtimes in the last bits
 
 

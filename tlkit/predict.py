@@ -19,12 +19,13 @@ import torch
 
 from tlkit import distributed
 from tlkit.checkpoint import Checkpoint, atomic_write_text
+from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
 from tlkit.runtime import progress, relpath
 from tlkit.scan import is_image_name
 
-FORMATS = ("csv", "json", "kaggle")
+FORMATS = PREDICT_FORMATS
 
 
 @dataclass

@@ -31,6 +31,7 @@ class SplitPlan:
     scan: Scan
     out: Path
     rows: list[tuple[Path, str, str, Path]]
+    twins: int = 0  # files identical to another one, placed in its subset
 
     def counts(self) -> dict[str, Counter]:
         counts = {subset: Counter() for subset in SUBSETS}
@@ -70,9 +71,13 @@ def plan_split(scan: Scan, val: int | float, out: Path, seed: int = 0) -> SplitP
     from sklearn.model_selection import train_test_split
 
     images = sorted(scan.images)  # sorted: the split must not depend on listing order
+    # Identical files (a photo saved twice) are split as one: a copy in each subset would leak training
+    # images into validation. Known only after a full check (scan.details holds the hashes).
+    twin_of = _twins(scan, images)
+    unique = [(path, label) for path, label in images if path not in twin_of]
     if not images:
         raise TlkitError(f"{relpath(scan.root)} holds no usable labelled images.")
-    counts = Counter(label for _, label in images)
+    counts = Counter(label for _, label in unique)
     if len(counts) < 2:
         raise TlkitError(
             f"{relpath(scan.root)} holds one class only ({next(iter(counts))}); a classifier needs "
@@ -84,19 +89,32 @@ def plan_split(scan: Scan, val: int | float, out: Path, seed: int = 0) -> SplitP
             f"class {', '.join(singles)} has a single image, so it cannot appear in both training "
             "and validation. Add images of that class or remove it."
         )
-    val_size = val_count(val, len(images))
-    if val_size < len(counts) or len(images) - val_size < len(counts):
+    val_size = val_count(val, len(unique))
+    if val_size < len(counts) or len(unique) - val_size < len(counts):
         raise TlkitError(
-            f"--val {val} leaves {val_size} validation and {len(images) - val_size} training images "
+            f"--val {val} leaves {val_size} validation and {len(unique) - val_size} training images "
             f"for {len(counts)} classes; each subset needs at least one image per class."
         )
-    labels = [label for _, label in images]
-    train, valid = train_test_split(images, test_size=val_size, random_state=seed, stratify=labels)
+    labels = [label for _, label in unique]
+    train, valid = train_test_split(unique, test_size=val_size, random_state=seed, stratify=labels)
+    subset_of = {path: "training" for path, _ in train} | {path: "validation" for path, _ in valid}
     rows = []
-    for subset, chosen in (("training", train), ("validation", valid)):
-        for path, label in sorted(chosen):
-            rows.append((path, label, subset, Path(subset) / label / _name_in_class(scan, path)))
-    return SplitPlan(scan=scan, out=Path(out), rows=rows)
+    for path, label in images:
+        subset = subset_of[twin_of.get(path, path)]  # an identical file goes where its twin goes
+        rows.append((path, label, subset, Path(subset) / label / _name_in_class(scan, path)))
+    rows.sort(key=lambda row: (row[2] != "training", row[0]))
+    return SplitPlan(scan=scan, out=Path(out), rows=rows, twins=len(twin_of))
+
+
+def _twins(scan: Scan, images: list[tuple[Path, str]]) -> dict[Path, Path]:
+    """Each file identical (SHA-1) to an earlier one in sorted order -> that earlier file; {} without hashes."""
+    first_with: dict[str, Path] = {}
+    twin_of = {}
+    for path, _ in images:
+        digest = scan.details[path].sha1 if path in scan.details else ""
+        if digest:
+            twin_of[path] = first_with.setdefault(digest, path)
+    return {path: first for path, first in twin_of.items() if path != first}
 
 
 def _name_in_class(scan: Scan, path: Path) -> Path:

@@ -154,6 +154,16 @@ def test_resume_with_another_process_count_warns_about_the_scaled_lr(tmp_path, d
     assert "trained by 2 process(es) and resumes with 1" in error_of(capsys)
 
 
+def test_a_run_folder_as_weights_brings_its_image_size(tmp_path, data_dir, capsys):
+    assert finetune_cli(tmp_path, data_dir, "--epochs", "1", "--img-size", "40", "--name", "first") == 0
+    first = tmp_path / "runs" / "first"
+    # Neither the file nor --img-size: the run folder alone, trained at 40 px (simple-cnn's own size is 32).
+    assert finetune_cli(tmp_path, data_dir, "--epochs", "1", "--weights", str(first), "--name", "second") == 0
+    second = load_checkpoint(tmp_path / "runs" / "second")
+    assert second.backbone.preprocessing.input_size == (40, 40)
+    assert second.meta["weights"] == str(first / "best.safetensors")
+
+
 def test_lr_find_plots_and_suggests(tmp_path, data_dir, capsys):
     plot = tmp_path / "lr.png"
     assert main(["lr-find", "--data", str(data_dir), *QUICK, "--steps", "10", "--out", str(plot)]) == 0

@@ -273,6 +273,10 @@ def create(name: str, num_classes: int, weights: str = "default", in_chans: int 
     spec = _spec(name)
     if weights == "default":
         weights = "none" if spec.family == "classic" else "imagenet"
+    if weights not in ("none", "imagenet"):
+        weights, meta = _tlkit_checkpoint(weights)
+        if meta is not None:  # a tlkit run: its image size and channels, unless asked otherwise
+            img_size, in_chans = img_size or meta.get("img_size"), in_chans or meta.get("in_chans")
     if spec.family == "torchvision":
         return _create_torchvision(name, spec, num_classes, weights, in_chans, img_size)
     if spec.family == "classic":
@@ -280,6 +284,21 @@ def create(name: str, num_classes: int, weights: str = "default", in_chans: int 
     from tlkit.timm_models import create_timm  # here, not at the top: timm_models builds on this module
 
     return create_timm(name, num_classes, weights, in_chans, img_size)
+
+
+def _tlkit_checkpoint(weights: str) -> tuple[str, dict | None]:
+    """A run folder or a tlkit .safetensors given as weights: the weights file, and its best.json's meta."""
+    from tlkit.checkpoint import BEST_WEIGHTS, checkpoint_paths, read_meta
+
+    path = Path(weights)
+    if path.is_dir() and (path / BEST_WEIGHTS).is_file():
+        path = path / BEST_WEIGHTS
+    if path.suffix != ".safetensors" or not checkpoint_paths(path)[1].is_file():
+        return str(path), None
+    try:
+        return str(path), read_meta(path)
+    except TlkitError:  # a .json beside it that tlkit did not write: the tensors alone
+        return str(path), None
 
 
 @dataclass(frozen=True)

@@ -87,3 +87,25 @@ def test_quiet_silences_chatter(tmp_path, capsys):
 def test_quiet_still_prints_errors(tmp_path, capsys):
     assert main(["split", str(tmp_path / "nowhere"), "--val", "2", "--quiet"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_check_reads_a_split_folder_as_its_two_subsets(tmp_path, capsys):
+    src = make_flat(tmp_path / "data" / "train", {"cat": 4, "dog": 4})
+    assert main(["split", str(src), "--val", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(tmp_path / "data")]) == 0  # training/ and validation/, not three classes
+    captured = capsys.readouterr()
+    assert "training (folders layout)" in captured.out and "validation (folders layout)" in captured.out
+    assert "no problems found" in captured.out and "split.csv" not in captured.err
+    (tmp_path / "data" / "training" / "bird").mkdir()  # a class folder training would refuse
+    assert main(["check", str(tmp_path / "data")]) == 0
+    captured = capsys.readouterr()
+    assert "class folders with no usable image" in captured.err and "bird" in captured.err
+
+
+def test_check_of_a_folder_without_usable_images_fails(tmp_path, capsys):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no photos here")
+    assert main(["check", str(tmp_path / "notes")]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "holds no usable labelled image" in err and "readme.txt" in err

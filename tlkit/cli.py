@@ -151,7 +151,27 @@ def _add_split(subparsers) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    scan = _scan_with_progress(Path(args.dir), full=True)
+    root = Path(args.dir)
+    # A folder `tlkit split` wrote: check its subsets, each a class-foldered tree of its own.
+    subsets = [root / "training", root / "validation"]
+    problems = sum(_check_folder(folder) for folder in subsets) if all(f.is_dir() for f in subsets) else \
+        _check_folder(root)
+    if problems == 0:
+        out.print("no problems found")
+        return 0
+    out.print(f"problems found: {problems}")
+    if args.strict:
+        raise TlkitError(f"{relpath(root)} has {problems} problem(s), listed above (--strict).")
+    return 0
+
+
+def _check_folder(folder: Path) -> int:
+    """Decode every image of one folder, print what was found; returns the number of problems."""
+    scan = _scan_with_progress(folder, full=True)
+    if not scan.images:
+        _report_skipped(scan)
+        raise TlkitError(f"{relpath(folder)} holds no usable labelled image ({scan.layout} layout); the files "
+                         "found are listed above. Name them <class>.<n>.jpg, or put them in <class>/ folders.")
     table = Table(title=f"{relpath(scan.root)} ({scan.layout} layout)")
     table.add_column("class")
     table.add_column("images", justify="right")
@@ -159,28 +179,24 @@ def cmd_check(args: argparse.Namespace) -> int:
         table.add_row(label, str(count))
     table.add_row("[bold]all", f"[bold]{len(scan.images)}")
     out.print(table)
-    if scan.details:
-        infos = scan.details.values()
-        widths, heights = [i.width for i in infos], [i.height for i in infos]
-        modes = ", ".join(f"{mode} {n}" for mode, n in sorted(Counter(i.mode for i in infos).items()))
-        out.print(f"sizes: width {min(widths)}-{max(widths)} px, height {min(heights)}-{max(heights)} px")
-        out.print(f"colour modes: {modes}")
-        odd = [p for p, i in scan.details.items() if i.mode not in ("RGB", "L")]
-        _list_paths("images not in RGB or L mode (converted to RGB when loaded)", odd, scan.root)
+    infos = scan.details.values()
+    widths, heights = [i.width for i in infos], [i.height for i in infos]
+    modes = ", ".join(f"{mode} {n}" for mode, n in sorted(Counter(i.mode for i in infos).items()))
+    out.print(f"sizes: width {min(widths)}-{max(widths)} px, height {min(heights)}-{max(heights)} px")
+    out.print(f"colour modes: {modes}")
+    odd = [p for p, i in scan.details.items() if i.mode not in ("RGB", "L")]
+    _list_paths("images not in RGB or L mode (converted to RGB when loaded)", odd, scan.root)
     _report_skipped(scan)
+    empty = [] if scan.layout != "folders" else [
+        p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")
+        and p.name not in scan.class_counts()]
+    _list_paths("class folders with no usable image (training refuses them)", empty, scan.root)
     duplicates = scan.duplicates()
     if duplicates:
         warn(f"groups of identical files: {len(duplicates)}")
         for group in duplicates[:LIST_LIMIT]:
             console.print("  " + " = ".join(str(p.relative_to(scan.root)) for p in group))
-    problems = scan.problems + len(duplicates)
-    if problems == 0:
-        out.print("no problems found")
-        return 0
-    out.print(f"problems found: {problems}")
-    if args.strict:
-        raise TlkitError(f"{relpath(scan.root)} has {problems} problem(s), listed above (--strict).")
-    return 0
+    return scan.problems + len(duplicates) + len(empty)
 
 
 def _add_check(subparsers) -> None:

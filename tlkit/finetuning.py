@@ -174,6 +174,7 @@ def build_feature_trainer(config: FinetuneConfig, classes: list[str], *, extra_c
         meta={**_run_meta(config, backbone, classes), "phase": "head"},
     )
     trainer.checkpointed = backbone.model  # best.safetensors holds the whole classifier
+    trainer.total_epochs = config.epochs
     trainer.train_model = distributed.wrap_model(backbone.head, device)
     return trainer, backbone, FeatureBundle(classes, train_loader, val_loader)
 
@@ -188,7 +189,7 @@ def _continue_end_to_end(head_trainer: Trainer, config: FinetuneConfig, classes:
         if type(callback).__name__ in earlier:
             callback.load_state_dict(earlier[type(callback).__name__].state_dict())
     info(f"epoch {trainer.epoch + 1}: the head is trained; every layer now trains on the images, with a "
-         f"fresh optimizer and {config.scheduler} schedule over the {config.epochs - trainer.epoch} epochs left")
+         f"fresh optimizer and {config.scheduler} schedule over the {config.epochs - trainer.epoch} epoch(s) left")
     return trainer, data
 
 

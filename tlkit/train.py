@@ -65,6 +65,7 @@ class Trainer:
         self.scheduler_name = scheduler_name
         self.train_loader, self.val_loader, self.train_sampler = train_loader, val_loader, train_sampler
         self.normalize, self.device, self.epochs = normalize, device, epochs
+        self.total_epochs = epochs  # what "epoch 3/10" shows: the whole run's, also in its head-only phase
         self.use_bf16 = device.type == "cuda" and precision == "bf16"
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.callbacks = list(callbacks or [])
@@ -150,7 +151,7 @@ def train_one_epoch(trainer: Trainer) -> dict:
     correct = torch.zeros((), device=trainer.device, dtype=torch.long)
     seen, started = 0, time.perf_counter()
     with progress(TextColumn("{task.fields[stats]}")) as bar:
-        task = bar.add_task(f"epoch {trainer.epoch + 1}/{trainer.epochs}", total=len(trainer.train_loader), stats="")
+        task = bar.add_task(f"epoch {trainer.epoch + 1}/{trainer.total_epochs}", total=len(trainer.train_loader), stats="")
         for batch_index, (images, labels, skipped) in enumerate(trainer.train_loader):
             trainer.skipped.update(skipped)
             if not len(labels) and distributed.world_size() > 1:
@@ -257,7 +258,7 @@ def fit(trainer: Trainer, save_resume=None) -> None:
             trainer.history.append(row)
             trainer.epoch = row["epoch"]
             trainer.call("on_epoch_end")
-            console.print(_summary_line(row, trainer.epochs, best.best_epoch if best else None))
+            console.print(_summary_line(row, trainer.total_epochs, best.best_epoch if best else None))
             if save_resume is not None:
                 save_resume(trainer.state_dict())
     except KeyboardInterrupt:

@@ -138,3 +138,11 @@ def test_hugging_face_cache_follows_hf_home_and_finds_a_planted_snapshot(tmp_pat
     assert location.folder == repo
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
     assert weights.hf_cache_folder() == tmp_path / "elsewhere"
+
+
+def test_a_file_of_garbage_says_what_is_wrong_not_torch_advice(tmp_path):
+    garbage = tmp_path / "weights.pth"
+    garbage.write_bytes(b"garbage bytes")
+    with pytest.raises(TlkitError) as raised:
+        weights.read_tensors(garbage)
+    assert "not a PyTorch tensor file" in str(raised.value) and "PyTorch 2.6" not in str(raised.value)

@@ -168,11 +168,26 @@ def read_tensors(path: Path, delete_hint: Path | None = None) -> dict[str, torch
                 "and tlkit never runs pickled code (torch.load weights_only=True). Re-save it as a state "
                 "dict (torch.save(model.state_dict(), ...)) or as .safetensors."
             ) from error
-        detail = str(error).splitlines()[0][:120] if str(error) else "no detail"
+        detail = _first_sentence(str(error)) or "no detail"
         remedy = f"delete {delete_hint} and fetch it again, or" if delete_hint else "replace it, or"
         raise TlkitError(f"{path} is truncated or corrupt ({error.__class__.__name__}: {detail}); {remedy} "
                          "use --weights PATH / --weights none.") from error
     return _unwrap(loaded, path)
+
+
+def _first_sentence(text: str, limit: int = 160) -> str:
+    """The start of a library's message, cut after a sentence rather than in the middle of one.
+
+    torch.load's weights_only failures open with advice on trusting the file (not what went wrong);
+    the unpickler's own reason follows "WeightsUnpickler error:"."""
+    reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if reason:
+        return f"not a PyTorch tensor file: {reason.group(1).strip()}"
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    if len(line) <= limit:
+        return line
+    end = line.rfind(". ", 0, limit)
+    return line[:end + 1] if end > 0 else line[:limit] + "..."
 
 
 def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:

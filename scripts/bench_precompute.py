@@ -56,7 +56,7 @@ def head_epochs(backbone, train_set, device: torch.device, batch_size: int, epoc
 
     seconds = []
     start = time.perf_counter()
-    loader = FeatureLoader(train_set, batch_size=batch_size, device=device, shuffle=True, drop_last=True)
+    loader = FeatureLoader(train_set, batch_size=batch_size, device=device, shuffle=True)
     head = backbone.head.to(device)
     trainer = Trainer(model=head, optimizer=torch.optim.SGD(head.parameters(), lr=1e-3, momentum=0.9),
                       scheduler=None, scheduler_name="none", train_loader=loader, val_loader=loader,

@@ -39,13 +39,13 @@ def _train(tmp_path: Path, *flags: str) -> int:
 
 @needs_source_hook
 def test_digits_end_to_end_writes_the_fine_tune_run_folder(tmp_path):
-    assert _train(tmp_path, "--dataset", "digits", "--model", "mlp-relu", "--epochs", "2", "--lr", "0.1",
+    assert _train(tmp_path, "--dataset", "digits", "--model", "mlp-relu", "--epochs", "3", "--lr", "0.1",
                   "--scheduler", "none", "--batch-size", "32", "--name", "digits") == 0
     run = tmp_path / "runs" / "digits"
     for name in ("config.yaml", "best.safetensors", "best.json", "resume.pt", "metrics.jsonl", "curves.png",
                  "confusion.png", "report.json"):
         assert (run / name).is_file(), name
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
     report = json.loads((run / "report.json").read_text())
     assert report["subset"] == "validation" and report["accuracy"] > 0.8
     meta = json.loads((run / "best.json").read_text())

@@ -60,7 +60,9 @@ def test_batches_follow_the_preprocessing(tmp_path):
     bundle = data(tmp_path)
     images, labels, skipped = next(iter(bundle.train_loader))
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 16, 16) and skipped == []
-    assert len(bundle.train_loader) == 2  # 10 images, batches of 4, the short tail dropped
+    assert len(bundle.train_loader) == 3  # 10 images in batches of 4: 4 + 4 + 2, every image trains
+    nine = data(tmp_path, batch_size=3)  # 10 = 3 + 3 + 3 + 1: the lone last image (BatchNorm) waits an epoch
+    assert len(nine.train_loader) == 3 and sum(len(labels) for _, labels, _ in nine.train_loader) == 9
     gray = data(tmp_path, prep=GRAY)  # RGB photos become L for a 1-channel net
     assert next(iter(gray.val_loader))[0].shape == (4, 1, 12, 12)
     assert bundle.classes == ["a", "b"] and bundle.val_set.classes == ["a", "b"]

@@ -81,7 +81,9 @@ def _job(rank: int, root: str, port: int) -> None:
 def two_processes(tmp_path_factory) -> Path:
     """The folder the two-process job worked in (data, runs, cache2, predictions.csv, rank*.out/err)."""
     root = tmp_path_factory.mktemp("ddp")
-    make_learnable(root / "data", train_per_class=13, val_per_class=5, size=16)
+    # 28 training images: 14 a process, 4 + 4 + 4 + 2; one process at batch 8: 8 + 8 + 8 + 4. (With 13 a class, each
+    # process would leave out a lone last image that one process trains on: BatchNorm is per process.)
+    make_learnable(root / "data", train_per_class=14, val_per_class=5, size=16)
     # An odd number of validation images: the two shares differ in length, and every image counts once.
     shutil.copy(root / "data/validation/cat/0.png", root / "data/validation/cat/extra.png")
     context = mp.start_processes(_job, args=(str(root), _free_port()), nprocs=WORLD, join=False, start_method="spawn")
@@ -101,13 +103,13 @@ def one_process(two_processes, tmp_path_factory):
                     epochs=3, batch_size=WORLD * PER_PROCESS_BATCH, **RECIPE)
 
 
-def _assert_rows_match(ours: list[dict], theirs: list[dict]) -> None:
+def _assert_rows_match(ours: list[dict], theirs: list[dict], atol: float = 0.0) -> None:
     assert len(ours) == len(theirs)
     for mine, single in zip(ours, theirs):
         assert mine["epoch"] == single["epoch"]
         assert mine["train_acc"] == single["train_acc"] and mine["val_acc"] == single["val_acc"]
         for key in ("train_loss", "val_loss", "lr"):
-            assert mine[key] == pytest.approx(single[key], rel=RTOL)
+            assert mine[key] == pytest.approx(single[key], rel=RTOL, abs=atol)
 
 
 def test_finetune_matches_one_process_and_rank_0_alone_writes(two_processes, one_process):
@@ -179,7 +181,9 @@ def test_cached_images_train_as_one_process_does(two_processes, tmp_path):
         assert np.array_equal(np.load(folder / f"{subset}.npy"), np.load(single_folder / f"{subset}.npy"))
     run_dir = (two_processes / "runs-cached" / LATEST).resolve()
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    _assert_rows_match(history, single.history)
+    # This recipe's second epoch takes the validation loss from 0.69 to ~0.0125 in a few steps, and the
+    # float-sum order of two processes moves that small value by ~6e-5 (training losses agree to 3e-5).
+    _assert_rows_match(history, single.history, atol=2e-4)
 
 
 def test_evaluate_writes_once_what_one_process_reports(two_processes, tmp_path):

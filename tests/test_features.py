@@ -124,14 +124,15 @@ def test_views_store_k_augmented_copies(data):
 def test_loader_order_matches_the_image_sampler():
     labels = np.arange(10)
     feature_set = FeatureSet(features=np.arange(10, dtype=np.float32)[:, None], labels=labels, files=[])
-    loader = FeatureLoader(feature_set, batch_size=4, device=torch.device("cpu"), shuffle=True, seed=7, drop_last=True)
-    sampler = EpochSampler(10, seed=7)
-    for epoch in (1, 2):
-        loader.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        order = [index for index, _ in sampler][:8]
-        got = torch.cat([labels for _, labels, _ in loader]).tolist()
-        assert got == order and len(loader) == 2
+    for batch_size, batches in ((4, 3), (3, 3)):  # 10 = 4 + 4 + 2; 10 = 3 + 3 + 3 + a lone image, left out
+        loader = FeatureLoader(feature_set, batch_size=batch_size, device=torch.device("cpu"), shuffle=True, seed=7)
+        sampler = EpochSampler(10, seed=7, batch_size=batch_size)
+        for epoch in (1, 2):
+            loader.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            order = [index for index, _ in sampler]
+            got = torch.cat([labels for _, labels, _ in loader]).tolist()
+            assert got == order and len(loader) == batches and len(order) == (10 if batch_size == 4 else 9)
 
 
 def test_loader_draws_one_view_per_image():

@@ -158,6 +158,13 @@ class TrainLoad:
         return F.pil_to_tensor(image)
 
 
+def trained_rows(rows: int, batch_size: int) -> int:
+    """How many of an epoch's rows train: all of them, but a last batch of a single image is left out
+    (BatchNorm cannot normalise one image in training mode). Every loader of training rows uses this,
+    on its own process's share under torchrun (each process normalises its own batch)."""
+    return rows - 1 if rows > 1 and rows % batch_size == 1 else rows
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """A shuffled order and a seed per sample, both fixed by (seed, epoch): resumable, worker-independent.
 
@@ -165,20 +172,20 @@ class EpochSampler(torch.utils.data.Sampler):
     so the processes together see what a single one would, whatever their number.
     """
 
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, seed, 1
+    def __init__(self, size: int, seed: int, batch_size: int = 1):
+        self.size, self.seed, self.batch_size, self.epoch = size, seed, batch_size, 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size // distributed.world_size()
+        return trained_rows(self.size // distributed.world_size(), self.batch_size)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator)
         seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
-        mine = distributed.shard_order(torch.arange(self.size), equal=True)
+        mine = distributed.shard_order(torch.arange(self.size), equal=True)[:len(self)]
         return iter(zip(order[mine].tolist(), seeds[mine].tolist()))
 
 
@@ -206,11 +213,11 @@ def collate_skipping(samples: list) -> tuple[torch.Tensor, torch.Tensor, list[st
 
 
 def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, sampler: torch.utils.data.Sampler | None,
-                workers: int, device: torch.device, drop_last: bool) -> torch.utils.data.DataLoader:
+                workers: int, device: torch.device) -> torch.utils.data.DataLoader:
     """A loader whose batches are (uint8 images, labels, paths that failed to decode)."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-        collate_fn=collate_skipping, pin_memory=device.type == "cuda", drop_last=drop_last,
+        collate_fn=collate_skipping, pin_memory=device.type == "cuda",
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
         # Its own generator: drawing worker seeds must not move the global RNG (dropout, init).
         generator=torch.Generator().manual_seed(0),
@@ -224,11 +231,9 @@ def make_data(data_dir: Path, prep, *, batch_size: int, workers: int, device: to
     train_dir, val_dir = subset_dirs(data_dir)
     train_set = FolderDataset(train_dir, TrainLoad(prep) if augment else EvalLoad(prep))
     val_set = FolderDataset(val_dir, EvalLoad(prep))
-    sampler = EpochSampler(len(train_set), seed)
-    # A last batch of one image breaks BatchNorm in training mode; drop the short tail instead.
-    drop_last = len(sampler) > batch_size
+    sampler = EpochSampler(len(train_set), seed, batch_size)
     return DataBundle(
         classes=classes, train_set=train_set, val_set=val_set, train_sampler=sampler,
-        train_loader=make_loader(train_set, batch_size, sampler, workers, device, drop_last),
-        val_loader=make_loader(val_set, batch_size, ShardSampler(len(val_set)), workers, device, False),
+        train_loader=make_loader(train_set, batch_size, sampler, workers, device),
+        val_loader=make_loader(val_set, batch_size, ShardSampler(len(val_set)), workers, device),
     )

@@ -181,15 +181,14 @@ class TrainingSource:
 
 def _bundle(classes, train_set, val_set, test_set, *, batch_size: int, workers: int, device, seed: int) -> TrainData:
     """Loaders as data.make_data makes them (shuffled by a resumable sampler, failed decodes skipped)."""
-    sampler = EpochSampler(len(train_set), seed)
-    drop_last = len(train_set) > batch_size  # a last batch of one image breaks BatchNorm in training mode
+    sampler = EpochSampler(len(train_set), seed, batch_size)
     return TrainData(
         classes=classes, train_set=train_set, val_set=val_set, train_sampler=sampler,
-        train_loader=make_loader(train_set, batch_size, sampler, workers, device, drop_last),
+        train_loader=make_loader(train_set, batch_size, sampler, workers, device),
         # Sharded under torchrun (each image on one process; metrics are summed across them).
-        val_loader=make_loader(val_set, batch_size, ShardSampler(len(val_set)), workers, device, False),
+        val_loader=make_loader(val_set, batch_size, ShardSampler(len(val_set)), workers, device),
         test_set=test_set,
-        test_loader=(make_loader(test_set, batch_size, ShardSampler(len(test_set)), workers, device, False)
+        test_loader=(make_loader(test_set, batch_size, ShardSampler(len(test_set)), workers, device)
                      if test_set is not None else None),
     )
 

@@ -21,6 +21,7 @@ from tlkit.cache import (
     SUBSETS, check_space, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
     to_device, why_stale,
 )
+from tlkit.data import trained_rows
 from tlkit.decode import ImageBatches
 from tlkit.runtime import info, progress, relpath, warn
 
@@ -218,7 +219,7 @@ class FeatureLoader:
     """
 
     def __init__(self, feature_set: FeatureSet, *, batch_size: int, device: torch.device, shuffle: bool,
-                 seed: int = 0, drop_last: bool = False):
+                 seed: int = 0):
         features = to_device(feature_set.features, device, "cached features")
         if isinstance(features, np.ndarray):  # on the CPU, or too large for the GPU: host memory
             features = torch.from_numpy(np.array(features))  # a writable copy of the memory map
@@ -226,7 +227,7 @@ class FeatureLoader:
         self.features, self.device = features, device
         self.labels = torch.from_numpy(feature_set.labels).to(features.device)
         self.views = features.shape[0] if features.dim() == 3 else 0
-        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -240,9 +241,13 @@ class FeatureLoader:
         """This process's positions in the order; training shares are equally long (same steps everywhere)."""
         return distributed.shard_order(torch.arange(self.size), equal=self.shuffle)
 
-    def __len__(self) -> int:
+    def _rows(self) -> int:
+        """Rows this process trains on per epoch (as data.EpochSampler: a lone last image left out)."""
         rows = len(self._share())
-        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+        return trained_rows(rows, self.batch_size) if self.shuffle else rows
+
+    def __len__(self) -> int:
+        return -(-self._rows() // self.batch_size)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -250,7 +255,8 @@ class FeatureLoader:
         view_of = torch.randint(0, max(1, self.views), (self.size,), generator=generator)
         order = order[self._share()]  # view_of stays indexed by image
         order, view_of = order.to(self.features.device), view_of.to(self.features.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        order = order[:self._rows()]
+        for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
             batch = self.features[view_of[rows], rows] if self.views else self.features[rows]
             yield batch.to(self.device, non_blocking=True).float(), self.labels[rows].to(self.device), []

@@ -156,9 +156,8 @@ def build_feature_trainer(config: FinetuneConfig, classes: list[str], *, extra_c
                       views=config.precompute_views, dtype=config.cache_dtype, precision=config.precision)
     backbone.model.to(device)
     backbone.freeze_trunk()
-    share_size = len(sets["training"].labels) // distributed.world_size()  # this process's training rows
     train_loader = FeatureLoader(sets["training"], batch_size=config.batch_size, device=device, shuffle=True,
-                                 seed=config.seed, drop_last=share_size > config.batch_size)
+                                 seed=config.seed)
     val_loader = FeatureLoader(sets["validation"], batch_size=config.batch_size, device=device, shuffle=False)
     optimizer = make_optimizer(backbone.param_groups(scaled_lr(config), config.trunk_lr_mult), config)
     schedule = dataclasses.replace(config, epochs=head_epochs(config))

@@ -32,6 +32,7 @@ from tlkit.cache import (
     SUBSETS, check_space, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
     to_device, why_stale,
 )
+from tlkit.data import trained_rows
 from tlkit.decode import ImageBatches
 from tlkit.runtime import info, progress, relpath, warn
 
@@ -243,7 +244,7 @@ class CachedImageLoader:
     Photos that failed to decode are reported once per epoch, in its first batch."""
 
     def __init__(self, image_set: ImageSet, *, subset_dir: Path, batch_size: int, device: torch.device,
-                 shuffle: bool, augment_to: tuple[int, int] | None = None, seed: int = 0, drop_last: bool = False):
+                 shuffle: bool, augment_to: tuple[int, int] | None = None, seed: int = 0):
         """augment_to: the input size random resized crops are cut to (training); None: the stored pixels as they are."""
         self.images = to_device(image_set.images, device, "decoded images")
         self.row_of = torch.from_numpy(image_set.rows)  # usable photo -> its row in images
@@ -254,7 +255,7 @@ class CachedImageLoader:
         self.stored_per_photo = torch.tensor([stored[1], stored[0]]) / self.photo_sizes.flip(1).clamp(min=1)
         self.failed = [str(subset_dir / name) for name in image_set.failed]
         self.device, self.augment_to = device, augment_to
-        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -263,9 +264,13 @@ class CachedImageLoader:
     def _share(self) -> torch.Tensor:
         return distributed.shard_order(torch.arange(self.size), equal=self.shuffle)
 
-    def __len__(self) -> int:
+    def _rows(self) -> int:
+        """Rows this process trains on per epoch (as data.EpochSampler: a lone last image left out)."""
         rows = len(self._share())
-        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+        return trained_rows(rows, self.batch_size) if self.shuffle else rows
+
+    def __len__(self) -> int:
+        return -(-self._rows() // self.batch_size)
 
     def _pixels(self, row_batches: list[torch.Tensor]):
         """Each batch's stored pixels, on the device: indexed there, or read from the memory map one batch
@@ -296,8 +301,8 @@ class CachedImageLoader:
         order = order[self._share()].to(where)
         if self.augment_to is not None:
             boxes, flips = boxes.to(where), flips.to(where)
-        batches = [order[start:start + self.batch_size] for start in range(0, len(self) * self.batch_size,
-                                                                            self.batch_size)]
+        order = order[:self._rows()]
+        batches = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         row_of = self.row_of.to(where)
         for number, (rows, images) in enumerate(zip(batches, self._pixels([row_of[rows] for rows in batches]))):
             if self.augment_to is not None:
@@ -313,11 +318,9 @@ def make_cached_data(data_dir: Path, prep, *, batch_size: int, workers: int, dev
     data_dir = Path(data_dir)
     sets = cache_images(data_dir, prep, augment=augment, cache_root=cache_root, device=device, workers=workers)
     train_set, val_set = sets["training"], sets["validation"]
-    # A last batch of one image breaks BatchNorm in training mode; drop the short tail instead.
-    drop_last = len(train_set) // distributed.world_size() > batch_size
     train_loader = CachedImageLoader(train_set, subset_dir=data_dir / "training", batch_size=batch_size,
                                      device=device, shuffle=True, augment_to=prep.input_size if augment else None,
-                                     seed=seed, drop_last=drop_last)
+                                     seed=seed)
     val_loader = CachedImageLoader(val_set, subset_dir=data_dir / "validation", batch_size=batch_size,
                                    device=device, shuffle=False)
     return DataBundle(classes=check_classes(data_dir), train_set=train_set, val_set=val_set,

@@ -189,6 +189,40 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(zip(order[mine].tolist(), seeds[mine].tolist()))
 
 
+class EpochRows:
+    """What the loaders of cached rows (features, decoded images) share with EpochSampler: an epoch's
+    order fixed by (seed, epoch), shuffled for training and in order otherwise; this process's share
+    of it under torchrun; the rows that train (trained_rows); batches of batch_size. Their own sampler."""
+
+    def __init__(self, size: int, *, batch_size: int, shuffle: bool, seed: int):
+        self.size, self.batch_size, self.shuffle, self.seed, self.epoch = size, batch_size, shuffle, seed, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _share(self) -> torch.Tensor:
+        """This process's positions in the order; training shares are equally long (same steps everywhere)."""
+        return distributed.shard_order(torch.arange(self.size), equal=self.shuffle)
+
+    def _rows(self) -> int:
+        rows = len(self._share())
+        return trained_rows(rows, self.batch_size) if self.shuffle else rows
+
+    def __len__(self) -> int:
+        return -(-self._rows() // self.batch_size)
+
+    def _epoch(self) -> tuple[torch.Generator, torch.Tensor]:
+        """The epoch's generator and whole order. Draw per-row randomness from the generator next, for
+        every row, before _mine(): what a row gets must not depend on the number of processes."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
+        return generator, order
+
+    def _mine(self, order: torch.Tensor) -> torch.Tensor:
+        """This process's rows of the order, in batches' order."""
+        return order[self._share()][:self._rows()]
+
+
 class ShardSampler(torch.utils.data.Sampler):
     """Indices in order; under torchrun this process's share of them (for validation: each image once in all)."""
 

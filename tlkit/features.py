@@ -21,7 +21,7 @@ from tlkit.cache import (
     SUBSETS, check_space, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
     to_device, why_stale,
 )
-from tlkit.data import trained_rows
+from tlkit.data import EpochRows
 from tlkit.decode import ImageBatches
 from tlkit.runtime import info, progress, relpath, warn
 
@@ -208,7 +208,7 @@ def load_cache(cache_dir: Path) -> dict[str, FeatureSet]:
     return sets
 
 
-class FeatureLoader:
+class FeatureLoader(EpochRows):
     """Cached features in batches shaped like the image loaders' (features, labels, skipped).
 
     Held on the device when they fit, so an epoch is a few hundred index lookups. The order
@@ -224,38 +224,15 @@ class FeatureLoader:
         if isinstance(features, np.ndarray):  # on the CPU, or too large for the GPU: host memory
             features = torch.from_numpy(np.array(features))  # a writable copy of the memory map
             features = features.pin_memory() if device.type == "cuda" else features
+        super().__init__(len(feature_set.labels), batch_size=batch_size, shuffle=shuffle, seed=seed)
         self.features, self.device = features, device
         self.labels = torch.from_numpy(feature_set.labels).to(features.device)
         self.views = features.shape[0] if features.dim() == 3 else 0
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.epoch = 1
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    @property
-    def size(self) -> int:
-        return len(self.labels)
-
-    def _share(self) -> torch.Tensor:
-        """This process's positions in the order; training shares are equally long (same steps everywhere)."""
-        return distributed.shard_order(torch.arange(self.size), equal=self.shuffle)
-
-    def _rows(self) -> int:
-        """Rows this process trains on per epoch (as data.EpochSampler: a lone last image left out)."""
-        rows = len(self._share())
-        return trained_rows(rows, self.batch_size) if self.shuffle else rows
-
-    def __len__(self) -> int:
-        return -(-self._rows() // self.batch_size)
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
-        view_of = torch.randint(0, max(1, self.views), (self.size,), generator=generator)
-        order = order[self._share()]  # view_of stays indexed by image
-        order, view_of = order.to(self.features.device), view_of.to(self.features.device)
-        order = order[:self._rows()]
+        generator, order = self._epoch()
+        view_of = torch.randint(0, max(1, self.views), (self.size,), generator=generator)  # indexed by image
+        order, view_of = self._mine(order).to(self.features.device), view_of.to(self.features.device)
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
             batch = self.features[view_of[rows], rows] if self.views else self.features[rows]

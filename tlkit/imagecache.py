@@ -32,7 +32,7 @@ from tlkit.cache import (
     SUBSETS, check_space, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
     to_device, why_stale,
 )
-from tlkit.data import trained_rows
+from tlkit.data import EpochRows
 from tlkit.decode import ImageBatches
 from tlkit.runtime import info, progress, relpath, warn
 
@@ -236,7 +236,7 @@ def crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Ten
     return torch.where(flips, crops.flip(-1), crops)
 
 
-class CachedImageLoader:
+class CachedImageLoader(EpochRows):
     """Cached images in batches shaped like the image loaders' (images, labels, skipped); its own sampler.
 
     The order comes from (seed, epoch) exactly as data.EpochSampler draws it, and so do the crops
@@ -247,30 +247,14 @@ class CachedImageLoader:
                  shuffle: bool, augment_to: tuple[int, int] | None = None, seed: int = 0):
         """augment_to: the input size random resized crops are cut to (training); None: the stored pixels as they are."""
         self.images = to_device(image_set.images, device, "decoded images")
+        super().__init__(len(image_set.labels), batch_size=batch_size, shuffle=shuffle, seed=seed)
         self.row_of = torch.from_numpy(image_set.rows)  # usable photo -> its row in images
         self.labels = torch.from_numpy(image_set.labels).to(device)
-        self.size = len(self.labels)
         self.photo_sizes = torch.from_numpy(image_set.photo_sizes)
         stored = image_set.images.shape[-2:]
         self.stored_per_photo = torch.tensor([stored[1], stored[0]]) / self.photo_sizes.flip(1).clamp(min=1)
         self.failed = [str(subset_dir / name) for name in image_set.failed]
         self.device, self.augment_to = device, augment_to
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.epoch = 1
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _share(self) -> torch.Tensor:
-        return distributed.shard_order(torch.arange(self.size), equal=self.shuffle)
-
-    def _rows(self) -> int:
-        """Rows this process trains on per epoch (as data.EpochSampler: a lone last image left out)."""
-        rows = len(self._share())
-        return trained_rows(rows, self.batch_size) if self.shuffle else rows
-
-    def __len__(self) -> int:
-        return -(-self._rows() // self.batch_size)
 
     def _pixels(self, row_batches: list[torch.Tensor]):
         """Each batch's stored pixels, on the device: indexed there, or read from the memory map one batch
@@ -291,17 +275,15 @@ class CachedImageLoader:
                 yield batch.to(self.device, non_blocking=True)
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
+        generator, order = self._epoch()
         if self.augment_to is not None:  # drawn for every photo, so the draw does not depend on the share
             boxes = random_crop_boxes(self.photo_sizes, generator) * self.stored_per_photo.repeat(1, 2)
             flips = torch.rand(self.size, generator=generator) < 0.5
         # Indices where the pixels are (the GPU, or the memory map's host), moved once per epoch, not per batch.
         where = self.images.device if isinstance(self.images, torch.Tensor) else torch.device("cpu")
-        order = order[self._share()].to(where)
+        order = self._mine(order).to(where)
         if self.augment_to is not None:
             boxes, flips = boxes.to(where), flips.to(where)
-        order = order[:self._rows()]
         batches = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         row_of = self.row_of.to(where)
         for number, (rows, images) in enumerate(zip(batches, self._pixels([row_of[rows] for rows in batches]))):

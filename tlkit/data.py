@@ -165,34 +165,11 @@ def trained_rows(rows: int, batch_size: int) -> int:
     return rows - 1 if rows > 1 and rows % batch_size == 1 else rows
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """A shuffled order and a seed per sample, both fixed by (seed, epoch): resumable, worker-independent.
-
-    Under torchrun each process takes its share of that one order (positions rank, rank + world, ...),
-    so the processes together see what a single one would, whatever their number.
-    """
-
-    def __init__(self, size: int, seed: int, batch_size: int = 1):
-        self.size, self.seed, self.batch_size, self.epoch = size, seed, batch_size, 1
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return trained_rows(self.size // distributed.world_size(), self.batch_size)
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator)
-        seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
-        mine = distributed.shard_order(torch.arange(self.size), equal=True)[:len(self)]
-        return iter(zip(order[mine].tolist(), seeds[mine].tolist()))
-
-
 class EpochRows:
-    """What the loaders of cached rows (features, decoded images) share with EpochSampler: an epoch's
-    order fixed by (seed, epoch), shuffled for training and in order otherwise; this process's share
-    of it under torchrun; the rows that train (trained_rows); batches of batch_size. Their own sampler."""
+    """An epoch's order fixed by (seed, epoch), shuffled for training and in order otherwise; this
+    process's share of it under torchrun; the rows that train (trained_rows); batches of batch_size.
+    The image sampler and the loaders of cached rows (features, decoded images) are built on it, so
+    an epoch is the same rows in the same order whichever of them serves it."""
 
     def __init__(self, size: int, *, batch_size: int, shuffle: bool, seed: int):
         self.size, self.batch_size, self.shuffle, self.seed, self.epoch = size, batch_size, shuffle, seed, 1
@@ -221,6 +198,25 @@ class EpochRows:
     def _mine(self, order: torch.Tensor) -> torch.Tensor:
         """This process's rows of the order, in batches' order."""
         return order[self._share()][:self._rows()]
+
+
+class EpochSampler(EpochRows, torch.utils.data.Sampler):
+    """A shuffled order and a seed per sample, both fixed by (seed, epoch): resumable, worker-independent.
+
+    Under torchrun each process takes its share of that one order (positions rank, rank + world, ...),
+    so the processes together see what a single one would, whatever their number.
+    """
+
+    def __init__(self, size: int, seed: int, batch_size: int = 1):
+        EpochRows.__init__(self, size, batch_size=batch_size, shuffle=True, seed=seed)
+
+    def __len__(self) -> int:
+        return self._rows()  # a sampler's length counts samples, not batches
+
+    def __iter__(self):
+        generator, order = self._epoch()
+        seeds = torch.randint(0, 2**62, (self.size,), generator=generator)
+        return iter(zip(self._mine(order).tolist(), self._mine(seeds).tolist()))
 
 
 class ShardSampler(torch.utils.data.Sampler):

@@ -68,7 +68,7 @@ def why_stale(cache_dir: Path, identity: dict, reasons: dict[str, str]) -> str |
     return None
 
 
-def check_space(cache_dir: Path, needed: int, what: str) -> None:
+def _check_space(cache_dir: Path, needed: int, what: str) -> None:
     """Stop before writing when the disk cannot hold the cache (a memory-mapped write would crash on a full disk)."""
     existing = next(folder for folder in (cache_dir, *cache_dir.parents) if folder.exists())
     free = shutil.disk_usage(existing).free
@@ -78,8 +78,10 @@ def check_space(cache_dir: Path, needed: int, what: str) -> None:
             "nothing was written. Free some space, or point --cache-dir at a disk with room.")
 
 
-def new_staging(cache_dir: Path) -> Path:
-    """An empty folder beside cache_dir to build the cache in (leftovers of interrupted runs removed)."""
+def new_staging(cache_dir: Path, needed: int, what: str) -> Path:
+    """An empty folder beside cache_dir to build the cache in (leftovers of interrupted runs removed),
+    once the disk is known to have room for `needed` bytes of `what`."""
+    _check_space(cache_dir, needed, what)
     for leftover in cache_dir.parent.glob(f".{cache_dir.name}.partial-*"):
         if not _process_alive(leftover.name.rsplit("-", 1)[-1]):  # not another build at work
             shutil.rmtree(leftover, ignore_errors=True)
@@ -100,14 +102,27 @@ def _process_alive(pid_text: str) -> bool:
     return True
 
 
+def subset_entry(subset: str, rows: list, failed: dict[str, str]) -> dict:
+    """A subset's part of the manifest: its files (file_list rows) and labels, and which failed and why
+    (each named to the user: left out of the cache, the run goes on)."""
+    for name, why in failed.items():
+        warn(f"{subset}/{name} {why}; left out of the cache")
+    return {"files": [row[0] for row in rows], "labels": [row[1] for row in rows], "failed": failed}
+
+
 def commit(staging: Path, cache_dir: Path, *, identity: dict, subsets: dict, summary: dict) -> None:
     """Write the manifest (last: a folder without it is no cache) and rename the staging folder into place.
 
-    summary: what `tlkit cache ls` shows (holds, input_size, views)."""
-    manifest = {"tlkit": __version__, "identity": identity, "subsets": subsets, "summary": summary}
-    (staging / MANIFEST).write_text(json.dumps(manifest))
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    os.replace(staging, cache_dir)
+    summary: what `tlkit cache ls` shows (holds, input_size, views). Under torchrun rank 0 does it and
+    every process returns once the cache is in place."""
+    from tlkit import distributed  # here: it loads torch, which `tlkit cache ls` does without
+
+    if distributed.is_main():
+        manifest = {"tlkit": __version__, "identity": identity, "subsets": subsets, "summary": summary}
+        (staging / MANIFEST).write_text(json.dumps(manifest))
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        os.replace(staging, cache_dir)
+    distributed.barrier()
 
 
 def read_manifest(cache_dir: Path) -> dict:

@@ -18,12 +18,12 @@ import torch
 
 from tlkit import distributed
 from tlkit.cache import (
-    SUBSETS, check_space, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
+    SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest, subset_entry,
     to_device, why_stale,
 )
 from tlkit.data import EpochRows
 from tlkit.decode import ImageBatches
-from tlkit.runtime import info, progress, relpath, warn
+from tlkit.runtime import info, progress, relpath
 
 CACHE_FORMAT = 1
 STALE_REASONS = {
@@ -171,8 +171,7 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
         backbone.trunk.to(memory_format=torch.channels_last)
     rows = len(files["training"]) * max(1, views) + len(files["validation"])
     needed = rows * backbone.feature_dim * np.dtype(dtype).itemsize
-    distributed.on_main(lambda: check_space(cache_dir, needed, "the features"))
-    staging = distributed.on_main(lambda: new_staging(cache_dir))
+    staging = distributed.on_main(lambda: new_staging(cache_dir, needed, "the features"))
     subsets = {}
     with progress() as bar:
         for subset in SUBSETS:
@@ -183,15 +182,10 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
                 backbone, data_dir / subset, files[subset], staging / f"{subset}.npy", views=subset_views,
                 dtype=dtype, bf16=compute == "cuda-bf16", device=device, batch_size=batch_size, workers=workers,
                 on_progress=lambda n, task=task: bar.advance(task, n))
-            for name, why in failed.items():
-                warn(f"{subset}/{name} {why}; left out of the cache")
-            subsets[subset] = {"files": [row[0] for row in files[subset]],
-                               "labels": [row[1] for row in files[subset]], "failed": failed}
-    if distributed.is_main():
-        summary = {"holds": f"{backbone.name} features", "input_size": list(backbone.preprocessing.input_size),
-                   "views": views}
-        commit(staging, cache_dir, identity=identity, subsets=subsets, summary=summary)
-    distributed.barrier()  # the other processes read the cache once rank 0 has renamed it into place
+            subsets[subset] = subset_entry(subset, files[subset], failed)
+    summary = {"holds": f"{backbone.name} features", "input_size": list(backbone.preprocessing.input_size),
+               "views": views}
+    commit(staging, cache_dir, identity=identity, subsets=subsets, summary=summary)
     return load_cache(cache_dir)
 
 

@@ -29,12 +29,12 @@ from PIL import Image
 
 from tlkit import distributed
 from tlkit.cache import (
-    SUBSETS, check_space, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
+    SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest, subset_entry,
     to_device, why_stale,
 )
 from tlkit.data import EpochRows
 from tlkit.decode import ImageBatches
-from tlkit.runtime import info, progress, relpath, warn
+from tlkit.runtime import info, progress, relpath
 
 CACHE_FORMAT = 1
 STALE_REASONS = {
@@ -107,8 +107,7 @@ def cache_images(data_dir: Path, prep, *, augment: bool = True, cache_root: Path
     info(f"decoded images: decoding every photo once ({reason}) into {relpath(cache_dir)}")
     needed = sum(len(files[subset]) * geometry.in_chans * math.prod(geometry.input_size)
                  for subset, geometry in geometries.items())
-    distributed.on_main(lambda: check_space(cache_dir, needed, "the decoded images"))
-    staging = distributed.on_main(lambda: new_staging(cache_dir))
+    staging = distributed.on_main(lambda: new_staging(cache_dir, needed, "the decoded images"))
     subsets = {}
     with progress() as bar:
         for subset in SUBSETS:
@@ -121,14 +120,9 @@ def cache_images(data_dir: Path, prep, *, augment: bool = True, cache_root: Path
                 photo_sizes=whole_photos, on_progress=lambda n, task=task: bar.advance(task, n))
             if sizes is not None and distributed.is_main():
                 np.save(staging / f"{subset}-photo-sizes.npy", sizes)
-            for name, why in failed.items():
-                warn(f"{subset}/{name} {why}; left out of the cache")
-            subsets[subset] = {"files": [row[0] for row in files[subset]],
-                               "labels": [row[1] for row in files[subset]], "failed": failed}
-    if distributed.is_main():
-        summary = {"holds": "decoded images", "input_size": list(prep.input_size), "views": 0}
-        commit(staging, cache_dir, identity=identity, subsets=subsets, summary=summary)
-    distributed.barrier()  # the others read the cache once rank 0 has renamed it into place
+            subsets[subset] = subset_entry(subset, files[subset], failed)
+    commit(staging, cache_dir, identity=identity, subsets=subsets,
+           summary={"holds": "decoded images", "input_size": list(prep.input_size), "views": 0})
     return load_images(cache_dir)
 
 

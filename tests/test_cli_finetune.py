@@ -168,6 +168,10 @@ def test_lr_find_plots_and_suggests(tmp_path, data_dir, capsys):
     plot = tmp_path / "lr.png"
     assert main(["lr-find", "--data", str(data_dir), *QUICK, "--steps", "10", "--out", str(plot)]) == 0
     assert plot.is_file() and "suggested lr:" in capsys.readouterr().out
+    before = plot.read_bytes()
+    assert main(["lr-find", "--data", str(data_dir), *QUICK, "--steps", "10", "--out", str(plot)]) == 1
+    assert "already exists" in error_of(capsys) and plot.read_bytes() == before  # nothing replaced
+    assert main(["lr-find", "--data", str(data_dir), *QUICK, "--steps", "10", "--out", str(plot), "--force"]) == 0
 
 
 @pytest.mark.slow

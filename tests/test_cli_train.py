@@ -39,8 +39,8 @@ def _train(tmp_path: Path, *flags: str) -> int:
 
 @needs_source_hook
 def test_digits_end_to_end_writes_the_fine_tune_run_folder(tmp_path):
-    assert _train(tmp_path, "--dataset", "digits", "--model", "mlp-relu", "--epochs", "3", "--lr", "0.1",
-                  "--scheduler", "none", "--batch-size", "32", "--name", "digits") == 0
+    assert _train(tmp_path, "--dataset", "digits", "--model", "mlp-relu", "--epochs", "3", "--batch-size", "32",
+                  "--name", "digits") == 0
     run = tmp_path / "runs" / "digits"
     for name in ("config.yaml", "best.safetensors", "best.json", "resume.pt", "metrics.jsonl", "curves.png",
                  "confusion.png", "report.json"):
@@ -75,7 +75,7 @@ def test_recipe_config_on_idx_files_reports_on_the_test_split(tmp_path):
 
 @needs_source_hook
 @pytest.mark.parametrize("flags,message", [
-    (["--model", "lenet5"], "unknown backbone 'lenet5'.*Valid: alexnet, lenet, lenet-relu, mlp"),
+    (["--model", "lenet5"], "unknown backbone 'lenet5'.*Valid: alexnet, efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, lenet, lenet-relu, mlp"),
     (["--model", "mnist-net"], r"mnist-net cannot take 1x8x8 images: layer conv2.0.*add --img-size 16"),
 ])
 def test_bad_model_for_the_data(tmp_path, capsys, flags, message):
@@ -118,12 +118,13 @@ def test_recipes_are_valid_train_configs(recipe):
 
 
 @needs_source_hook
-def test_mnist_net_learns_real_mnist_digits(tmp_path):
+def test_mnist_net_learns_real_mnist_digits_with_the_defaults(tmp_path):
     folder = shared_data("mnist-t10k")
     images, labels = read_idx_pair(*(folder / f"{name}.gz" for name in BUILTINS["mnist"].files["test"]))
-    train, test = (images[:2000], labels[:2000]), (images[-500:], labels[-500:])
-    source = memory_source("MNIST t10k", list(BUILTINS["mnist"].classes), train, test, settings={"val": 200},
-                           known_stats=(BUILTINS["mnist"].mean, BUILTINS["mnist"].std))
-    result = finetune(source=source, backbone="mnist-net", epochs=3, lr=0.05, momentum=0.9, batch_size=64,
-                      scheduler="none", augment=False, workers=0, runs_dir=str(tmp_path), name="real")
-    assert result.report["subset"] == "test" and result.report["accuracy"] > 0.9
+    # As `tlkit train --dataset mnist` opens MNIST (its own statistics, no mirroring), on 8,000 / 2,000 real digits.
+    source = memory_source("MNIST t10k", list(BUILTINS["mnist"].classes), (images, labels), settings={"val": 2000},
+                           known_stats=(BUILTINS["mnist"].mean, BUILTINS["mnist"].std), augment="light")
+    # No optimizer, lr, schedule or augmentation given: the defaults (AdamW, one-cycle, lr 3e-3, light) reach
+    # 0.98 in 2 epochs; the old SGD defaults 0.855, and a wrong loss, label order or normalisation far less.
+    result = finetune(source=source, backbone="mnist-net", epochs=2, workers=0, runs_dir=str(tmp_path), name="real")
+    assert result.report["subset"] == "validation" and result.report["accuracy"] >= 0.97

@@ -38,7 +38,7 @@ def test_unknown_keys_are_named_with_the_valid_ones(tmp_path):
     ({"optimizer": "adam"}, "sgd, adamw"),
     ({"epochs": 0}, "epochs must be above 0"),
     ({"epochs": "three"}, "epochs must be a whole number"),
-    ({"augment": "maybe"}, "augment must be true or false"),
+    ({"augment": "maybe"}, "augment 'maybe' is not one of auto, default, light, none"),
     ({"batch_size": 2.5}, "batch_size must be a whole number"),
 ])
 def test_bad_values_are_explained(values, words):
@@ -74,3 +74,23 @@ def test_shipped_recipes_load(name):
         assert (config.optimizer, config.lr) == ("adamw", 1e-4)
     if name == "scratch-resnet18":
         assert config.weights == "none"
+
+
+def test_auto_settings_are_chosen_for_the_situation_and_given_ones_kept():
+    from tlkit.config import resolve_auto
+
+    scratch = resolve_auto(make_config({}), pretrained=False, data_augment="light")
+    assert (scratch.optimizer, scratch.scheduler, scratch.lr, scratch.epochs) == ("adamw", "onecycle", 3e-3, 10)
+    assert (scratch.freeze, scratch.unfreeze_after, scratch.trunk_lr_mult, scratch.augment) == ("none", None, 1.0, "light")
+    pretrained = resolve_auto(make_config({}), pretrained=True)
+    assert (pretrained.lr, pretrained.trunk_lr_mult, pretrained.unfreeze_after) == (1e-3, 0.1, 1)
+    assert pretrained.augment == "default"
+    cached = resolve_auto(make_config({"precompute_features": True}), pretrained=True)
+    assert (cached.epochs, cached.unfreeze_after) == (30, None)
+    given = resolve_auto(make_config({"optimizer": "sgd", "lr": 0.01, "scheduler": "step", "freeze": "trunk",
+                                      "augment": False, "epochs": 4}), pretrained=True)
+    assert (given.optimizer, given.lr, given.scheduler, given.freeze, given.unfreeze_after, given.augment,
+            given.epochs) == ("sgd", 0.01, "step", "trunk", None, "none", 4)
+    recorded = config_yaml(scratch)
+    assert all(f"{key}: auto" not in recorded for key in ("optimizer", "scheduler", "freeze", "augment"))
+    assert "unfreeze_after: 1" in config_yaml(pretrained)

@@ -26,7 +26,7 @@ def make_split(root: Path, train: dict, val: dict) -> Path:
 
 
 def data(root: Path, prep=RGB, **overrides):
-    options = dict(batch_size=4, workers=0, device=torch.device("cpu"), seed=0, augment=True)
+    options = dict(batch_size=4, workers=0, device=torch.device("cpu"), seed=0, augment="default")
     return make_data(root, prep, **{**options, **overrides})
 
 

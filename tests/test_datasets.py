@@ -188,7 +188,7 @@ def test_alexnet_recipe_feeds_96px_three_channel_digits(tmp_path):
         alexnet = models.create("alexnet", 10, weights="none", img_size=96)
     prep = source.preprocessing_for(alexnet)
     assert (prep.in_chans, prep.input_size, prep.mean, prep.resize_size) == (3, (96, 96), (0.2,) * 3, None)
-    data = source.make_data(prep, batch_size=8, workers=0, device=torch.device("cpu"), seed=0, augment=False)
+    data = source.make_data(prep, batch_size=8, workers=0, device=torch.device("cpu"), seed=0, augment="none")
     images, labels, skipped = next(iter(data.train_loader))
     assert images.shape == (8, 3, 96, 96) and images.dtype == torch.uint8 and skipped == []
     assert torch.equal(images[:, 0], images[:, 2])  # the grey channel repeated
@@ -197,7 +197,7 @@ def test_alexnet_recipe_feeds_96px_three_channel_digits(tmp_path):
 
 def test_augmentation_is_a_shift_fixed_by_the_sample_seed():
     images = torch.arange(64, dtype=torch.uint8).view(1, 1, 8, 8)
-    dataset = datasets.MemoryImages(images, torch.tensor([0]), in_chans=1, size=(8, 8), augment=True)
+    dataset = datasets.MemoryImages(images, torch.tensor([0]), in_chans=1, size=(8, 8), augment="light")
     first, again, other = dataset[(0, 11)][0], dataset[(0, 11)][0], [dataset[(0, seed)][0] for seed in range(20)]
     assert torch.equal(first, again)
     assert any(not torch.equal(image, images[0]) for image in other)

@@ -87,3 +87,15 @@ def test_a_failed_check_keeps_the_earlier_export(run, tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "TOLERANCE", -1.0)  # every comparison now fails
     assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target), "--force"]) == 1
     assert target.read_bytes() == earlier and not list(tmp_path.glob(".*unverified"))
+
+
+def test_onnx_without_the_onnx_package_is_one_message_with_the_pip_command(run, images, tmp_path, capsys,
+                                                                          monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real_find_spec(name, *a))
+    target = tmp_path / "model.onnx"
+    assert main(["export", "--format", "onnx", "--checkpoint", str(run), "--out", str(target),
+                 "--images", *map(str, images)]) == 1
+    err = capsys.readouterr().err
+    assert "pip install onnx onnxruntime" in err and "Traceback" not in err
+    assert not target.exists() and not list(tmp_path.glob("model.onnx*"))

@@ -15,6 +15,7 @@ from torchvision.transforms.v2 import RandomResizedCrop
 from tlkit import finetune
 from tlkit.cli import main
 from tlkit.decode import load_image
+from tlkit.augment import POLICIES
 from tlkit.imagecache import cache_images, crop_resize_flip, random_crop_boxes, storage_side
 from tlkit.models import Preprocessing
 
@@ -24,6 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 PREP = Preprocessing(input_size=(32, 32), resize_size=36, mean=(0.5,) * 3, std=(0.25,) * 3,
                      interpolation="bilinear", in_chans=3)
+
+CROPS = (POLICIES["default"].crop_scale, POLICIES["default"].crop_ratio)
 
 
 @pytest.fixture
@@ -51,7 +54,7 @@ def _rows(history):
 def test_boxes_follow_random_resized_crop():
     """Same areas, aspect ratios and positions as torchvision's own draw, photo by photo."""
     height, width, count = 375, 500, 4000
-    ours = random_crop_boxes(torch.tensor([[height, width]] * count), torch.Generator().manual_seed(0))
+    ours = random_crop_boxes(torch.tensor([[height, width]] * count), torch.Generator().manual_seed(0), *CROPS)
     assert (ours[:, :2] >= 0).all() and (ours[:, 2] <= width).all() and (ours[:, 3] <= height).all()
     crop_w, crop_h = ours[:, 2] - ours[:, 0], ours[:, 3] - ours[:, 1]
     torch.manual_seed(0)
@@ -67,7 +70,7 @@ def test_boxes_follow_random_resized_crop():
 
 
 def test_a_photo_no_crop_fits_gets_the_centre_crop():
-    boxes = random_crop_boxes(torch.tensor([[10, 1000]]), torch.Generator().manual_seed(0))
+    boxes = random_crop_boxes(torch.tensor([[10, 1000]]), torch.Generator().manual_seed(0), *CROPS)
     # 10 x 1000: no area of 8%..100% fits at aspect 3/4..4/3; torchvision cuts 10 x 13 from the centre.
     assert boxes.tolist() == [[493.0, 0.0, 506.0, 10.0]]
 

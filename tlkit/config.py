@@ -16,9 +16,10 @@ import yaml
 
 from tlkit.errors import TlkitError
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("step", "plateau", "cosine", "onecycle", "none")
-FREEZE_MODES = ("none", "trunk")
+OPTIMIZERS = ("auto", "sgd", "adamw")
+SCHEDULERS = ("auto", "step", "plateau", "cosine", "onecycle", "none")
+FREEZE_MODES = ("auto", "none", "trunk")
+AUGMENTS = ("auto", "default", "light", "none")  # tlkit/augment.py says what each does
 MONITORS = ("val_loss", "val_acc")
 PRECISIONS = ("bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
@@ -39,21 +40,21 @@ class FinetuneConfig:
     backbone: str = "resnet18"
     weights: str = "default"  # default | imagenet | none | a file
     img_size: int | None = None  # None: the backbone's own input size
-    epochs: int = 10
+    epochs: int | None = None  # None: 10, or 30 when only the head trains, from cached features
     batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 1e-3
+    optimizer: str = "auto"  # auto: adamw
+    lr: float | None = None  # None: chosen for the situation (see resolve_auto)
     lr_scale: str = "none"  # under torchrun, linear: lr times the number of processes (the batch grows as much)
     momentum: float = 0.9  # SGD only
     weight_decay: float | None = None  # None: PyTorch's default for the optimizer (sgd 0, adamw 0.01)
-    scheduler: str = "step"
+    scheduler: str = "auto"  # auto: onecycle
     step_size: int = 7  # step scheduler: epochs between drops
     gamma: float = 0.1  # step scheduler: factor of each drop
-    freeze: str = "none"  # trunk: train the head only
+    freeze: str = "auto"  # trunk: train the head only; none: every layer; auto: see resolve_auto
     unfreeze_after: int | None = None  # train the head alone for this many epochs, then everything
-    trunk_lr_mult: float = 1.0  # the trunk's lr is lr times this
+    trunk_lr_mult: float | None = None  # the trunk's lr is lr times this; None: 1 from scratch, 0.1 pretrained
     label_smoothing: float = 0.0
-    augment: bool = True  # random resized crops and flips on the training images
+    augment: str = "auto"  # auto | default | light | none (tlkit/augment.py); auto: the data's own choice
     monitor: str = "val_loss"  # which validation metric picks the best epoch
     patience: int | None = None  # early stopping: epochs without improvement; None: never
     precision: str = "bf16"  # CUDA only; the CPU always computes in fp32
@@ -90,6 +91,8 @@ def _coerce(key: str, value, where: str):
             return None
         raise TlkitError(f"{where}: {key} needs a value ({_KIND_NAMES[options[0]]}).")
     target = options[0]
+    if key == "augment" and isinstance(value, bool):  # configs written before the named choices
+        return "default" if value else "none"
     try:
         if target is bool:
             if isinstance(value, bool):
@@ -108,7 +111,7 @@ def _check_ranges(config: FinetuneConfig, where: str) -> None:
     choices = {
         "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "freeze": FREEZE_MODES,
         "monitor": MONITORS, "precision": PRECISIONS, "device": DEVICES, "cache_dtype": CACHE_DTYPES,
-        "lr_scale": LR_SCALES,
+        "lr_scale": LR_SCALES, "augment": AUGMENTS,
     }
     for key, valid in choices.items():
         if getattr(config, key) not in valid:
@@ -152,6 +155,43 @@ def resolve_config(config_file: Path | None, flags: dict) -> FinetuneConfig:
     """Defaults, then the file's settings, then the flags given (flags win)."""
     file_values = read_config_file(config_file) if config_file else {}
     return make_config({**file_values, **flags}, where="flags" if not config_file else f"{config_file} + flags")
+
+
+# What `auto` (or an unset lr, epochs or trunk lr) means; measured in docs/benchmarks.md ("Defaults").
+AUTO_OPTIMIZER, AUTO_SCHEDULER = "adamw", "onecycle"
+SCRATCH_LR = 3e-3  # AdamW + one-cycle from scratch: mnist-net, simple-cnn, lenet-relu and the MLPs alike
+PRETRAINED_LR = 1e-3  # the head's lr on a pretrained trunk (the trunk gets it x PRETRAINED_TRUNK_LR_MULT)
+PRETRAINED_TRUNK_LR_MULT = 0.1  # ImageNet features need small steps, or the first epochs undo them
+HEAD_FIRST_EPOCHS = 1  # pretrained, trained on the images: the head alone first (fastai's fine_tune)
+EPOCHS, CACHED_HEAD_EPOCHS = 10, 30  # an epoch of the head on cached features takes well under a second
+
+
+def resolve_auto(config: FinetuneConfig, *, pretrained: bool, data_augment: str = "default") -> FinetuneConfig:
+    """The config with every `auto` and unset value chosen for the situation, so that config.yaml
+    records what the run really used and repeats it. Values given (flags, a config file) are kept.
+
+    From scratch: AdamW, one-cycle, lr 3e-3, every layer trains. Pretrained: AdamW, one-cycle,
+    lr 1e-3; the head trains alone first (one epoch on the images, or every epoch on cached
+    features), then every layer with the trunk at a tenth of the lr. `data_augment` is what the
+    data declares (no flips for digits); `auto` takes it.
+    """
+    cached_head = config.precompute_features and config.unfreeze_after is None
+    epochs = config.epochs or (CACHED_HEAD_EPOCHS if cached_head else EPOCHS)
+    if config.epochs is None and config.precompute_features and config.unfreeze_after is not None:
+        epochs = config.unfreeze_after + 3  # the head from the cache, then a few (slow) epochs of every layer
+    freeze, unfreeze_after = config.freeze, config.unfreeze_after
+    if freeze == "auto":
+        freeze = "none"
+        if pretrained and unfreeze_after is None and not config.precompute_features and epochs > HEAD_FIRST_EPOCHS:
+            unfreeze_after = HEAD_FIRST_EPOCHS
+    return dataclasses.replace(
+        config, epochs=epochs, freeze=freeze, unfreeze_after=unfreeze_after,
+        optimizer=AUTO_OPTIMIZER if config.optimizer == "auto" else config.optimizer,
+        scheduler=AUTO_SCHEDULER if config.scheduler == "auto" else config.scheduler,
+        lr=config.lr or (PRETRAINED_LR if pretrained else SCRATCH_LR),
+        trunk_lr_mult=config.trunk_lr_mult or (PRETRAINED_TRUNK_LR_MULT if pretrained else 1.0),
+        augment=data_augment if config.augment == "auto" else config.augment,
+    )
 
 
 def config_to_dict(config: FinetuneConfig) -> dict:

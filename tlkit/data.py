@@ -19,6 +19,7 @@ from torchvision.transforms.v2 import RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
 from tlkit import distributed
+from tlkit.augment import Augmentation, policy
 from tlkit.decode import load_image as load_eval_image
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
@@ -134,13 +135,13 @@ class EvalLoad:
 
 
 class TrainLoad:
-    """Random resized crop and horizontal flip at the input size, drawn from the sample's seed."""
+    """Random resized crop (and a horizontal flip) at the input size, drawn from the sample's seed."""
 
-    def __init__(self, prep, scale: tuple[float, float] = (0.08, 1.0)):
-        self.prep = prep
-        self.crop = RandomResizedCrop(
-            list(prep.input_size), scale=scale, interpolation=InterpolationMode(prep.interpolation), antialias=True
-        )
+    def __init__(self, prep, augmentation: Augmentation):
+        self.prep, self.flip = prep, augmentation.flip
+        self.crop = RandomResizedCrop(list(prep.input_size), scale=augmentation.crop_scale,
+                                      ratio=augmentation.crop_ratio,
+                                      interpolation=InterpolationMode(prep.interpolation), antialias=True)
 
     def __call__(self, path: Path, seed: int | None = None) -> torch.Tensor:
         mode = "RGB" if self.prep.in_chans == 3 else "L"
@@ -153,7 +154,7 @@ class TrainLoad:
             if seed is not None:
                 torch.manual_seed(seed)
             image = self.crop(image)
-            if torch.rand(1).item() < 0.5:
+            if torch.rand(1).item() < 0.5 and self.flip:  # drawn either way: the same crops with or without flips
                 image = F.horizontal_flip(image)
         return F.pil_to_tensor(image)
 
@@ -254,12 +255,18 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, sampler: tor
     )
 
 
+def train_load(prep, augment: str) -> TrainLoad | EvalLoad:
+    """How a training image is read: augmented as `augment` names (tlkit/augment.py), or the eval view."""
+    augmentation = policy(augment)
+    return TrainLoad(prep, augmentation) if augmentation else EvalLoad(prep)
+
+
 def make_data(data_dir: Path, prep, *, batch_size: int, workers: int, device: torch.device,
-              seed: int, augment: bool = True) -> DataBundle:
+              seed: int, augment: str = "default") -> DataBundle:
     """Datasets and loaders for DATA/training (shuffled, augmented) and DATA/validation (in order)."""
     classes = check_classes(data_dir)
     train_dir, val_dir = subset_dirs(data_dir)
-    train_set = FolderDataset(train_dir, TrainLoad(prep) if augment else EvalLoad(prep))
+    train_set = FolderDataset(train_dir, train_load(prep, augment))
     val_set = FolderDataset(val_dir, EvalLoad(prep))
     sampler = EpochSampler(len(train_set), seed, batch_size)
     return DataBundle(

@@ -16,13 +16,13 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from tlkit.data import (
-    DataBundle, EpochSampler, EvalLoad, FolderDataset, ShardSampler, TrainLoad, check_classes, make_loader,
+    DataBundle, EpochSampler, EvalLoad, FolderDataset, ShardSampler, check_classes, make_loader, train_load,
 )
+from tlkit.augment import Augmentation, policy
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
 from tlkit.split import parse_val, val_count
 
-SHIFT_FRACTION = 1 / 14  # augmentation of in-memory images: a random shift of up to 2 px of MNIST's 28
 STATS_SAMPLE = 2000  # images of a folder read to estimate its mean and std
 
 
@@ -38,14 +38,15 @@ def adapt_image(image: torch.Tensor, in_chans: int, size: tuple[int, int]) -> to
     return image.expand(3, -1, -1) if image.shape[0] == 1 and in_chans == 3 else image
 
 
-def _shift(image: torch.Tensor, seed: int, flip: bool) -> torch.Tensor:
-    """A random shift of up to SHIFT_FRACTION of the side (and a mirror when `flip`), drawn from the sample's seed."""
+def _shift(image: torch.Tensor, seed: int, augmentation: Augmentation) -> torch.Tensor:
+    """A random shift of up to augmentation.shift of the side (and a mirror when it flips), drawn from the sample's seed."""
     generator = torch.Generator().manual_seed(seed)
     height, width = image.shape[1:]
-    most = max(1, round(min(height, width) * SHIFT_FRACTION))
+    most = max(1, round(min(height, width) * augmentation.shift))
     dx, dy = torch.randint(0, 2 * most + 1, (2,), generator=generator).tolist()
     image = F.pad(image, [most] * 4)[:, dy:dy + height, dx:dx + width]
-    return image.flip(-1) if flip and torch.rand(1, generator=generator).item() < 0.5 else image
+    mirror = torch.rand(1, generator=generator).item() < 0.5
+    return image.flip(-1) if augmentation.flip and mirror else image
 
 
 class MemoryImages(torch.utils.data.Dataset):
@@ -55,9 +56,9 @@ class MemoryImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, in_chans: int, size: tuple[int, int],
-                 augment: bool = False, flip: bool = False):
+                 augment: str = "none"):
         self.images, self.labels = images, labels
-        self.in_chans, self.size, self.augment, self.flip = in_chans, tuple(size), augment, flip
+        self.in_chans, self.size, self.augmentation = in_chans, tuple(size), policy(augment)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -65,8 +66,8 @@ class MemoryImages(torch.utils.data.Dataset):
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, None)
         image = self.images[index]
-        if self.augment and seed is not None:
-            image = _shift(image, seed, self.flip)
+        if self.augmentation is not None and seed is not None:
+            image = _shift(image, seed, self.augmentation)
         return adapt_image(image, self.in_chans, self.size), int(self.labels[index])
 
 
@@ -133,6 +134,7 @@ class TrainingSource:
     image_size: int | None  # their side; None when images differ in size (folders)
     sizes: dict = field(default_factory=dict)  # images per subset, for the announcement
     known_stats: tuple | None = None  # (mean, std) of the training set, when the dataset's are known
+    augment: str = "default"  # what --augment auto means here: "light" where a mirror changes the class
 
     def describe(self) -> str:
         subsets = " / ".join(f"{count:,} {subset}" for subset, count in self.sizes.items())
@@ -175,7 +177,7 @@ class TrainingSource:
         raise NotImplementedError
 
     def make_data(self, prep, *, batch_size: int, workers: int, device: torch.device, seed: int,
-                  augment: bool = True) -> TrainData:
+                  augment: str = "default") -> TrainData:
         raise NotImplementedError
 
 
@@ -200,7 +202,6 @@ class MemorySource(TrainingSource):
     train: tuple = ()
     val: tuple = ()
     test: tuple | None = None
-    flip: bool = False
 
     def geometry(self, prep) -> dict:
         return {"resize_size": None}  # resized straight to the input size, as a file would be when predicting
@@ -210,9 +211,9 @@ class MemorySource(TrainingSource):
         return torch.stack([adapt_image(image, prep.in_chans, image.shape[1:]) for image in images])
 
     def make_data(self, prep, *, batch_size: int, workers: int, device: torch.device, seed: int,
-                  augment: bool = True) -> TrainData:
+                  augment: str = "default") -> TrainData:
         geometry = {"in_chans": prep.in_chans, "size": tuple(prep.input_size)}
-        train_set = MemoryImages(*self.train, augment=augment, flip=self.flip, **geometry)
+        train_set = MemoryImages(*self.train, augment=augment, **geometry)
         val_set = MemoryImages(*self.val, **geometry)
         test_set = MemoryImages(*self.test, **geometry) if self.test is not None else None
         # Images already in memory at the right size need no loader processes (they would only add copies).
@@ -244,8 +245,8 @@ class FolderSource(TrainingSource):
         return torch.stack(images)
 
     def make_data(self, prep, *, batch_size: int, workers: int, device: torch.device, seed: int,
-                  augment: bool = True) -> TrainData:
-        train_set = self._train_set(TrainLoad(prep) if augment else EvalLoad(prep))
+                  augment: str = "default") -> TrainData:
+        train_set = self._train_set(train_load(prep, augment))
         if self.train_indices is None:
             val_set = FolderDataset(self.root / "validation", EvalLoad(prep))
         else:
@@ -288,7 +289,7 @@ def _floats(value, key: str) -> list[float] | None:
 def memory_source(title: str, classes: list[str], train: tuple, test: tuple | None = None, *,
                   settings: dict | None = None, **extra) -> MemorySource:
     """A source over uint8 images [N, C, H, W] and labels in memory; validation carved from `train`
-    by settings["val"] (default a tenth). extra: known_stats=(mean, std), flip=True."""
+    by settings["val"] (default a tenth). extra: known_stats=(mean, std), augment="light"."""
     settings = {**SOURCE_DEFAULTS, "dataset": title, **(settings or {})}
     images, labels = train
     if len(labels) and int(labels.max()) >= len(classes):
@@ -347,9 +348,10 @@ def open_source(dataset: str, *, data_root: str | Path = "data", val: str | floa
         spec = rawdata.BUILTINS[dataset]
         splits = rawdata.load_builtin(dataset, Path(data_root), download=download)
         return memory_source(spec.title, list(spec.classes), splits["train"], splits.get("test"), settings=settings,
-                             known_stats=(spec.mean, spec.std), flip=spec.flip)
+                             known_stats=(spec.mean, spec.std), augment="default" if spec.flip else "light")
     if dataset == "digits":
-        return memory_source("digits (scikit-learn)", [str(n) for n in range(10)], rawdata.load_digits(), settings=settings)
+        return memory_source("digits (scikit-learn)", [str(n) for n in range(10)], rawdata.load_digits(),
+                             settings=settings, augment="light")
     if Path(dataset).is_dir():
         if val is not None and (Path(dataset) / "validation").is_dir():
             raise TlkitError(f"{relpath(Path(dataset))} already holds validation/; leave out --val.")

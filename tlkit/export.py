@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,7 +56,15 @@ def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Pat
         atomic_write(path, lambda tmp: traced.save(str(tmp)))
 
 
+ONNX_INSTALL = "pip install onnx onnxruntime"  # both are tlkit dependencies; a --no-deps install may lack them
+
+
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    if importlib.util.find_spec("onnx") is None:
+        raise TlkitError(f"exporting to ONNX needs the onnx package, which is not installed in this Python "
+                         f"({sys.executable}); nothing was written. Run `{ONNX_INSTALL}` and export again, "
+                         "or use --format torchscript.")
+
     def write(tmp: Path) -> None:
         # The TorchScript-based exporter: one self-contained file, and no onnxscript needed.
         torch.onnx.export(model, (example[:1],), str(tmp), dynamo=False, input_names=["images"],
@@ -89,7 +98,7 @@ def _verified(fmt: str, path: Path, samples: torch.Tensor, expected: np.ndarray,
     got = [_run_exported(fmt, path, samples[:1]), _run_exported(fmt, path, samples)]
     if got[0] is None:
         return {**check, "verified": False,
-                "note": "onnxruntime is not installed, so the export was not run; pip install 'tlkit[onnx]'"}
+                "note": f"onnxruntime is not installed, so the export was not run; {ONNX_INSTALL}"}
     error = max(float(np.abs(got[0] - expected[:1]).max()), float(np.abs(got[1] - expected).max()))
     if error > TOLERANCE:
         raise TlkitError(f"the {fmt} export's outputs differ from PyTorch's by {error:.2g} (over {TOLERANCE}); "

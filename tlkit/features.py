@@ -105,7 +105,7 @@ def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, vie
 
     Under torchrun each process computes its share of the rows and rank 0 writes them all, in order.
     """
-    from tlkit.data import TrainLoad
+    from tlkit.data import train_load
 
     mine = distributed.shard(range(len(rows)))  # every row in a single process
     paths = [subset_dir / rows[index][0] for index in mine]
@@ -114,7 +114,7 @@ def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, vie
         array = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
     else:
         array = np.zeros(shape, dtype=dtype)  # this share, in memory until rank 0 gathers it
-    loads = [_ViewLoad(TrainLoad(backbone.preprocessing), view) for view in range(views)] or [None]
+    loads = [_ViewLoad(train_load(backbone.preprocessing, "default"), view) for view in range(views)] or [None]
     failures: dict[int, str] = {}
     for view, load in enumerate(loads):
         batches = ImageBatches(paths, backbone.preprocessing, device=device, batch_size=batch_size,

@@ -21,7 +21,7 @@ from tlkit.checkpoint import (
     BEST_META, BEST_WEIGHTS, RESUME, atomic_write_text, load_resume, new_run_dir, point_latest,
     save_resume,
 )
-from tlkit.config import FinetuneConfig, config_to_dict, config_yaml, make_config, resolve_config
+from tlkit.config import FinetuneConfig, config_to_dict, config_yaml, make_config, resolve_auto, resolve_config
 from tlkit.data import DataBundle, check_classes, make_data
 from tlkit.decode import Normalizer
 from tlkit.errors import TlkitError
@@ -45,6 +45,23 @@ class FinetuneResult:
     skipped: list[str]
 
 
+def starts_pretrained(config: FinetuneConfig) -> bool:
+    """Whether the run starts from trained tensors: ImageNet's (the default where the backbone has
+    them) or a file's; the classic nets and --weights none start from a random initialisation."""
+    from tlkit import models
+
+    if config.weights == "default":
+        spec = models.REGISTRY.get(config.backbone)
+        return spec is None or spec.family != "classic"
+    return config.weights != "none"
+
+
+def run_config(config: FinetuneConfig, source=None) -> FinetuneConfig:
+    """The config with every `auto` chosen for this backbone and data (config.resolve_auto)."""
+    data_augment = getattr(source, "augment", "default")  # a folder of photos: crops and mirroring
+    return resolve_auto(config, pretrained=starts_pretrained(config), data_augment=data_augment)
+
+
 def _create_backbone(config: FinetuneConfig, classes: list[str], source=None):
     """Seeded first, so a random initialisation repeats."""
     from tlkit import models
@@ -63,6 +80,7 @@ def build_trainer(config: FinetuneConfig, classes: list[str], *, extra_callbacks
     it builds the backbone fed its data and the DataBundle. backbone: continue with this one
     (after training its head from cached features) instead of building it, and without reseeding.
     """
+    config = run_config(config, source)
     device = select_device(config.device)
     distributed.setup(device)  # under torchrun: before the loaders, which take this process's share
     backbone = backbone or _create_backbone(config, classes, source)
@@ -148,6 +166,7 @@ def build_feature_trainer(config: FinetuneConfig, classes: list[str], *, extra_c
     """
     from tlkit.features import FeatureLoader, precompute, to_device_float
 
+    config = run_config(config)
     device = select_device(config.device)
     distributed.setup(device)
     backbone = _create_backbone(config, classes)
@@ -223,6 +242,7 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
         config, state = _resume_config(Path(resume), config_file, settings)
     else:
         config, state = resolve_config(Path(config_file) if config_file else None, settings), None
+    config = run_config(config, source)
     for flag, asked in (("--precompute-features", config.precompute_features), ("--cache-images", config.cache_images)):
         if asked and source is not None:
             raise TlkitError(f"{flag} needs DATA/training and DATA/validation image folders (tlkit finetune); "
@@ -291,6 +311,7 @@ def _attach_run_dir(trainer: Trainer, config: FinetuneConfig, run_dir: Path) -> 
 
 
 def _announce(config: FinetuneConfig, backbone, data: DataBundle, device: torch.device, run_dir: Path) -> None:
+    """The run's first line: what trains on what, and every setting that decides the result."""
     init = "pretrained weights" if backbone.pretrained else "random init (no pretrained weights)"
     precision = "bf16" if device.type == "cuda" and config.precision == "bf16" else "fp32"
     size = "x".join(str(n) for n in backbone.preprocessing.input_size)
@@ -299,14 +320,41 @@ def _announce(config: FinetuneConfig, backbone, data: DataBundle, device: torch.
     else:
         what = f"{len(data.train_set)} training / {len(data.val_set)}"
     info(f"fine-tuning {backbone.name} ({init}) at {size} px: {what} validation images, {len(data.classes)} "
-         f"classes; {device.type}, {precision}; {config.optimizer} lr {scaled_lr(config):g}, "
-         f"{config.scheduler} schedule "
-         f"-> {relpath(run_dir)}")
+         f"classes; {device.type}, {precision} -> {relpath(run_dir)}")
+    info(f"settings: {_plan(config)}; {config.optimizer} lr {scaled_lr(config):g}"
+         f"{_trunk_lr(config)}, weight decay {_weight_decay(config)}, {config.scheduler} schedule, "
+         f"batch {config.batch_size}, augment {config.augment}, monitor {config.monitor}, seed {config.seed} "
+         f"(all in config.yaml)")
     world = distributed.world_size()
     if world > 1:
         info(f"{world} processes (DistributedDataParallel): effective batch size {config.batch_size * world} "
              f"({config.batch_size} per process x {world}); lr {scaled_lr(config):g} "
              f"(--lr {config.lr:g}, --lr-scale {config.lr_scale})")
+
+
+def _plan(config: FinetuneConfig) -> str:
+    """What trains when, in words."""
+    if config.precompute_features:
+        head = config.unfreeze_after if config.unfreeze_after is not None else config.epochs
+        rest = f", then every layer on the images for {config.epochs - head}" if config.epochs > head else ""
+        return f"{config.epochs} epochs: the head on cached features for {head}{rest}"
+    if config.freeze == "trunk":
+        return f"{config.epochs} epochs of the head alone (trunk frozen)"
+    if config.unfreeze_after:
+        return f"{config.epochs} epochs: the head alone for {config.unfreeze_after}, then every layer"
+    return f"{config.epochs} epochs of every layer"
+
+
+def _trunk_lr(config: FinetuneConfig) -> str:
+    if config.freeze == "trunk" or (config.precompute_features and config.unfreeze_after is None):
+        return ""
+    return f" (trunk {scaled_lr(config) * config.trunk_lr_mult:g})" if config.trunk_lr_mult != 1 else ""
+
+
+def _weight_decay(config: FinetuneConfig) -> str:
+    if config.weight_decay is not None:
+        return f"{config.weight_decay:g}"
+    return "0.01 (adamw's)" if config.optimizer == "adamw" else "0"
 
 
 def _finish(trainer: Trainer, backbone, data: DataBundle, run_dir: Path) -> FinetuneResult:

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from tlkit import distributed
+from tlkit.augment import POLICIES, Augmentation, policy
 from tlkit.cache import (
     SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest, subset_entry,
     to_device, why_stale,
@@ -42,8 +43,6 @@ STALE_REASONS = {
     "geometry": "another image geometry (size, resize, interpolation, channels)",
     "classes": "other classes",
 }
-CROP_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop defaults, as the uncached TrainLoad
-CROP_RATIO = (3 / 4, 4 / 3)
 
 
 @dataclass
@@ -185,8 +184,8 @@ def load_images(cache_dir: Path) -> dict[str, ImageSet]:
     return sets
 
 
-def random_crop_boxes(photo_sizes: torch.Tensor, generator: torch.Generator, scale=CROP_SCALE, ratio=CROP_RATIO,
-                      attempts: int = 10) -> torch.Tensor:
+def random_crop_boxes(photo_sizes: torch.Tensor, generator: torch.Generator, scale: tuple[float, float],
+                      ratio: tuple[float, float], attempts: int = 10) -> torch.Tensor:
     """RandomResizedCrop.get_params for every photo at once: float [N, 4] boxes (x0, y0, x1, y1) in photo pixels.
 
     torchvision draws one photo at a time (a Python loop per image would cost the GPU its feed);
@@ -238,8 +237,10 @@ class CachedImageLoader(EpochRows):
     Photos that failed to decode are reported once per epoch, in its first batch."""
 
     def __init__(self, image_set: ImageSet, *, subset_dir: Path, batch_size: int, device: torch.device,
-                 shuffle: bool, augment_to: tuple[int, int] | None = None, seed: int = 0):
-        """augment_to: the input size random resized crops are cut to (training); None: the stored pixels as they are."""
+                 shuffle: bool, augment_to: tuple[int, int] | None = None, augmentation: Augmentation | None = None,
+                 seed: int = 0):
+        """augment_to: the input size random resized crops are cut to (training), as `augmentation` draws
+        them; None: the stored pixels as they are."""
         self.images = to_device(image_set.images, device, "decoded images")
         super().__init__(len(image_set.labels), batch_size=batch_size, shuffle=shuffle, seed=seed)
         self.row_of = torch.from_numpy(image_set.rows)  # usable photo -> its row in images
@@ -249,6 +250,7 @@ class CachedImageLoader(EpochRows):
         self.stored_per_photo = torch.tensor([stored[1], stored[0]]) / self.photo_sizes.flip(1).clamp(min=1)
         self.failed = [str(subset_dir / name) for name in image_set.failed]
         self.device, self.augment_to = device, augment_to
+        self.augmentation = augmentation or POLICIES["default"]
 
     def _pixels(self, row_batches: list[torch.Tensor]):
         """Each batch's stored pixels, on the device: indexed there, or read from the memory map one batch
@@ -271,8 +273,10 @@ class CachedImageLoader(EpochRows):
     def __iter__(self):
         generator, order = self._epoch()
         if self.augment_to is not None:  # drawn for every photo, so the draw does not depend on the share
-            boxes = random_crop_boxes(self.photo_sizes, generator) * self.stored_per_photo.repeat(1, 2)
-            flips = torch.rand(self.size, generator=generator) < 0.5
+            crops = self.augmentation
+            boxes = random_crop_boxes(self.photo_sizes, generator, crops.crop_scale, crops.crop_ratio)
+            boxes = boxes * self.stored_per_photo.repeat(1, 2)
+            flips = (torch.rand(self.size, generator=generator) < 0.5) & crops.flip
         # Indices where the pixels are (the GPU, or the memory map's host), moved once per epoch, not per batch.
         where = self.images.device if isinstance(self.images, torch.Tensor) else torch.device("cpu")
         order = self._mine(order).to(where)
@@ -287,15 +291,18 @@ class CachedImageLoader(EpochRows):
 
 
 def make_cached_data(data_dir: Path, prep, *, batch_size: int, workers: int, device: torch.device, seed: int,
-                     augment: bool = True, cache_root: Path | None = None):
+                     augment: str = "default", cache_root: Path | None = None):
     """data.make_data's DataBundle, served from the decoded-image cache (built now if stale)."""
     from tlkit.data import DataBundle, check_classes
 
     data_dir = Path(data_dir)
-    sets = cache_images(data_dir, prep, augment=augment, cache_root=cache_root, device=device, workers=workers)
+    augmentation = policy(augment)
+    sets = cache_images(data_dir, prep, augment=augmentation is not None, cache_root=cache_root, device=device,
+                        workers=workers)
     train_set, val_set = sets["training"], sets["validation"]
     train_loader = CachedImageLoader(train_set, subset_dir=data_dir / "training", batch_size=batch_size,
-                                     device=device, shuffle=True, augment_to=prep.input_size if augment else None,
+                                     device=device, shuffle=True, augmentation=augmentation,
+                                     augment_to=prep.input_size if augmentation else None,
                                      seed=seed)
     val_loader = CachedImageLoader(val_set, subset_dir=data_dir / "validation", batch_size=batch_size,
                                    device=device, shuffle=False)

@@ -1,0 +1,96 @@
+"""Transfer-learning quality with real ImageNet weights (issue 12), on the CPU or a GPU.
+
+Splits the shared dogs-vs-cats photos (../shared/data/dogs-vs-cats-2k/train) 1,602 / 400 with
+`tlkit split`, then runs `tlkit finetune --backbone efficientnet_lite0 --precompute-features`
+with its defaults, and reports beside it what scikit-learn's logistic regression reaches on the
+very same cached features (the ceiling a linear head can be held to). `--unfreeze-after E`
+runs then continue the cached head end to end on the images, to show that the defaults for a
+pretrained trunk keep (or improve) what the head reached.
+
+    python scripts/bench_transfer.py [--photos DIR] [--val 400] [--subset N] [--unfreeze 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tlkit.cli import main as cli
+from tlkit.features import load_cache
+from tlkit.finetuning import finetune
+from tlkit.runtime import set_quiet
+
+
+def subset_of(photos: Path, count: int | None, target: Path) -> Path:
+    """The first `count` photos of each class (all when None), linked into target (copied across devices)."""
+    import os
+    import shutil
+
+    if count is None:
+        return photos
+    target.mkdir(parents=True)
+    for cls in ("cat", "dog"):
+        for path in sorted(photos.glob(f"{cls}.*.jpg"), key=lambda p: int(p.name.split(".")[1]))[:count // 2]:
+            try:
+                os.link(path, target / path.name)
+            except OSError:
+                shutil.copy2(path, target / path.name)
+    return target
+
+
+def logistic_regression(cache_dir: Path) -> float:
+    """Validation accuracy of scikit-learn's logistic regression on the cached features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    sets = load_cache(cache_dir)
+    train, val = sets["training"], sets["validation"]
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
+    model.fit(np.asarray(train.features, dtype=np.float32), train.labels)
+    return float(model.score(np.asarray(val.features, dtype=np.float32), val.labels))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=Path, default=Path("../shared/data/dogs-vs-cats-2k/train"))
+    parser.add_argument("--val", default="400", help="validation photos (count or fraction)")
+    parser.add_argument("--subset", type=int, help="use the first N photos (half cats, half dogs)")
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--unfreeze", type=int, nargs="*", default=[],
+                        help="also run --unfreeze-after E (the head on the cache for E epochs, then every layer)")
+    parser.add_argument("--e2e-epochs", type=int, default=2, help="epochs of every layer after the head")
+    args = parser.parse_args()
+    set_quiet(True)
+    rows = ["| run | validation accuracy | best epoch | time (s) |", "| --- | ---: | ---: | ---: |"]
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        photos = subset_of(args.photos, args.subset, work / "photos")
+        assert cli(["split", str(photos), "--val", args.val, "--out", str(work / "data"), "--quiet"]) == 0
+        common = dict(data=str(work / "data"), backbone=args.backbone, precompute_features=True,
+                      runs_dir=str(work / "runs"))
+        start = time.perf_counter()
+        result = finetune(name="defaults", **common)
+        rows.append(f"| finetune --precompute-features, defaults (cache built) | {result.report['accuracy']:.4f} | "
+                    f"{result.best_epoch} | {time.perf_counter() - start:.1f} |")
+        cache = next((work / "data" / ".tlkit-cache").iterdir())
+        start = time.perf_counter()
+        rows.append(f"| logistic regression on the same cache | {logistic_regression(cache):.4f} | - | "
+                    f"{time.perf_counter() - start:.1f} |")
+        for head_epochs in args.unfreeze:
+            start = time.perf_counter()
+            result = finetune(name=f"unfreeze{head_epochs}", unfreeze_after=head_epochs,
+                              epochs=head_epochs + args.e2e_epochs, **common)
+            per_epoch = ", ".join(f"{row['val_acc']:.4f}" for row in result.history[head_epochs - 1:])
+            rows.append(f"| --unfreeze-after {head_epochs} --epochs {head_epochs + args.e2e_epochs} (head's last, "
+                        f"then every layer: {per_epoch}) | {result.report['accuracy']:.4f} | {result.best_epoch} | "
+                        f"{time.perf_counter() - start:.1f} |")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,7 @@ tutorial's way of feeding a network (ImageFolder + PIL + DataLoader(num_workers=
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-
 
 
 def link_photos(src: Path, folder: Path, copies: int, limit: int | None) -> list[Path]:
-    """folder/<class>/<copy>-<name>, each photo hard-linked `copies` times; half cats, half dogs with limit."""
+    """folder/<class>/<copy>-<name>, each photo hard-linked (or copied) `copies` times; half cats, half dogs with limit."""
     half = None if limit is None else limit // 2
     photos = sorted(src.glob("cat.*.jpg"))[:half] + sorted(src.glob("dog.*.jpg"))[:half]
     paths = []
@@ -21,7 +22,10 @@ def link_photos(src: Path, folder: Path, copies: int, limit: int | None) -> list
         for photo in photos:
             target = folder / photo.name.split(".")[0] / f"{copy}-{photo.name}"
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(photo, target)
+            try:
+                os.link(photo, target)
+            except OSError:  # another file system (EXDEV), or one without hard links: a copy
+                shutil.copy2(photo, target)
             paths.append(target)
     return sorted(paths)
 

@@ -107,3 +107,27 @@ def test_a_foreign_sidecar_is_refused(tmp_path):
         load_checkpoint(tmp_path)
     with pytest.raises(TlkitError, match="does not exist"):
         load_checkpoint(tmp_path / "missing")
+
+
+def test_resume_writer_keeps_its_cadence_and_flushes_the_newest_epoch(tmp_path, monkeypatch):
+    import tlkit.checkpoint as checkpoint
+
+    writes = []
+    monkeypatch.setattr(checkpoint, "save_resume", lambda run_dir, state: writes.append(state["epoch"]))
+    weights = torch.zeros(3)
+    writer = checkpoint.ResumeWriter(tmp_path, every_epochs=3, every_seconds=None)
+    for epoch in (1, 2, 3, 4):
+        weights += 1  # the live tensor moves on after each epoch
+        writer({"epoch": epoch, "model": {"w": weights}})
+    assert writes == [3]  # every third epoch; epoch 4 waits in memory
+    writer.flush()
+    assert writes == [3, 4] and writer.pending is None
+    writer({"epoch": 5, "model": {"w": weights}}, last=True)  # the end of a run is always written
+    assert writes == [3, 4, 5]
+
+    timed = checkpoint.ResumeWriter(tmp_path, every_epochs=None, every_seconds=0)
+    timed({"epoch": 6})
+    assert writes[-1] == 6  # 0 seconds: every epoch
+    copy = checkpoint._copied({"model": {"w": weights}, "rng": (1, [2, 3])})
+    weights += 1
+    assert torch.equal(copy["model"]["w"], weights - 1) and copy["rng"] == (1, [2, 3])

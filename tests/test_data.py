@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,3 +127,24 @@ def test_grayscale_photos_become_three_channels_for_rgb_nets(tmp_path):
     write_image(tmp_path / "validation" / "a" / "gray.png", mode="L")
     images, _, _ = next(iter(data(tmp_path, batch_size=8).val_loader))
     assert images.shape[1] == 3
+
+
+def test_light_augmentation_never_mirrors_and_crops_mildly(tmp_path):
+    from PIL import Image
+
+    from tlkit.augment import POLICIES
+    from tlkit.data import TrainLoad
+
+    # Dark left half, bright right half: a mirrored crop is brighter on the left.
+    pixels = np.zeros((40, 40, 3), dtype=np.uint8)
+    pixels[:, 20:] = 255
+    path = tmp_path / "half.png"
+    Image.fromarray(pixels).save(path)
+    prep = Preprocessing(input_size=(20, 20), resize_size=None, mean=(0.5,) * 3, std=(0.5,) * 3,
+                         interpolation="bilinear", in_chans=3)
+
+    def mirrored(policy: str) -> int:
+        images = [TrainLoad(prep, POLICIES[policy])(path, seed) for seed in range(40)]
+        return sum(int(image[:, :, 0].float().mean() > image[:, :, -1].float().mean()) for image in images)
+
+    assert mirrored("light") == 0 and 5 < mirrored("default") < 35

@@ -77,12 +77,85 @@ def test_worker_processes_give_the_same_batches(mixed_files):
 
 
 @pytest.mark.gpu
-def test_cuda_decode_matches_cpu(mixed_files):
+def test_cuda_decode_matches_cpu(mixed_files, tmp_path):
+    """nvjpeg really decodes (decoded_by_batch counts what it took), real photos and a grayscale JPEG
+    agree with PIL within a mean 0.05 after normalisation (std 0.25: 3 levels of 255; the CPU tensor path's
+    bound too), and the broken file is refused."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    cpu = _collect(ImageBatches(mixed_files, _prep(), device="cpu", gpu_decode=False))
-    cuda_batches = ImageBatches(mixed_files, _prep(), device="cuda")
+    grey = write_image(tmp_path / "grey.jpg", size=(70, 50), color=9, mode="L")
+    photos = sorted((shared_data("dogs-vs-cats-2k") / "train").glob("*.jpg"))[:20]
+    files = [*mixed_files, grey, *photos]
+    cpu = _collect(ImageBatches(files, _prep(), device="cpu", gpu_decode=False))
+    cuda_batches = ImageBatches(files, _prep(), device="cuda")
     cuda = _collect(cuda_batches)
     assert sorted(cuda) == sorted(cpu) and sorted(cuda_batches.failures) == [6, 7]
+    assert cuda_batches.decoded_by_batch == 5 + 1 + len(photos)  # every JPEG but the broken one, by nvjpeg
     for index in cpu:
         assert (cpu[index] - cuda[index].cpu()).abs().mean() < 0.05
+
+
+def _refusing(monkeypatch, refuse):
+    """The batched decoder refuses (one RuntimeError for the whole list, as torchvision does) any list
+    holding an index that refuse(index) picks; the lists it was given are recorded."""
+    real = ImageBatches._decode_jpegs
+    calls = []
+
+    def decode(self, jpegs):
+        calls.append([i for i, _ in jpegs])
+        if any(refuse(i) for i, _ in jpegs):
+            raise RuntimeError("stub decoder: this list holds a file it cannot decode")
+        return real(self, jpegs)
+
+    monkeypatch.setattr(ImageBatches, "_decode_jpegs", decode)
+    return calls
+
+
+def test_a_refused_batch_is_halved_and_only_the_refused_file_goes_to_pil(mixed_files, monkeypatch, capsys):
+    calls = _refusing(monkeypatch, lambda index: index in (3, 6))
+    batches = ImageBatches(mixed_files, _prep(), device="cpu", batch_size=8, gpu_decode=True)
+    images = _collect(batches)
+    assert sorted(images) == [0, 1, 2, 3, 4, 5] and sorted(batches.failures) == [6, 7]
+    assert batches.decoded_by_batch == 4  # 0, 1, 2, 4: everything but the refused files
+    assert [3] in calls and [6] in calls  # each refused file ended up alone before going to PIL
+    err = capsys.readouterr().err
+    assert err.count("refused") == 1 and "stub decoder" in err  # said once, with the decoder's own words
+
+
+def test_a_decoder_that_refuses_everything_stops_with_a_message(mixed_files, monkeypatch):
+    from tlkit.errors import TlkitError
+
+    _refusing(monkeypatch, lambda index: True)
+    with pytest.raises(TlkitError, match="refused every file.*--device cpu"):
+        _collect(ImageBatches(mixed_files, _prep(), device="cpu", batch_size=8, gpu_decode=True))
+
+
+def test_decode_batches_are_capped_by_pixels(mixed_files):
+    from tlkit.decode import _pixel_groups
+
+    jpegs = [(i, path.read_bytes()) for i, path in enumerate(mixed_files[:5])]  # 60x48 .. 64x48 px
+    groups = _pixel_groups(jpegs, max_pixels=2 * 62 * 48)
+    assert [[i for i, _ in group] for group in groups] == [[0, 1], [2], [3], [4]]
+    assert _pixel_groups(jpegs, max_pixels=10) == [[item] for item in jpegs]  # one file alone may exceed it
+
+
+def test_benchmark_photos_are_copied_where_hard_links_fail(tmp_path, monkeypatch):
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).parents[1] / "scripts" / "_bench_common.py")
+    bench_common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_common)
+    source = tmp_path / "src"
+    for n in range(2):
+        write_image(source / f"cat.{n}.jpg", color=n)
+        write_image(source / f"dog.{n}.jpg", color=n + 2)
+
+    def cross_device(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    paths = bench_common.link_photos(source, tmp_path / "linked", copies=2, limit=None)
+    assert len(paths) == 8 and all(path.read_bytes() == (source / path.name.split("-", 1)[1]).read_bytes()
+                                   for path in paths)

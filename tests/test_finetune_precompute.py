@@ -23,8 +23,8 @@ def data_dir(tmp_path_factory):
 
 def recipe(data_dir, tmp_path, **overrides):
     base = dict(data=str(data_dir), backbone="timm:test_resnet", weights="none", img_size=32, epochs=3,
-                batch_size=4, workers=0, optimizer="sgd", lr=0.05, momentum=0.9, scheduler="step", step_size=2,
-                seed=5, augment=False, cache_dtype="float32", runs_dir=str(tmp_path / "runs"))
+                batch_size=4, workers=0, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=0.0, scheduler="step",
+                step_size=2, seed=5, augment=False, cache_dtype="float32", runs_dir=str(tmp_path / "runs"))
     return {**base, **overrides}
 
 

@@ -20,6 +20,7 @@ from conftest import make_checkpoint, shared_data
 from tlkit import cli, models, weight_packages
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
+from tlkit.finetuning import finetune
 from tlkit.weight_packages import EFFICIENTNET_LITE0, EFFICIENTNET_LITE1
 
 LITE_NAMES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
@@ -213,3 +214,21 @@ def test_tlkit_models_says_which_packages_are_installed(capsys, monkeypatch):
     assert cli.main(["models"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if "efficientnet_lite0" in line)
     assert "pip install" in row
+
+
+@pytest.mark.slow
+def test_the_defaults_transfer_to_real_photos(tmp_path, one_thread):
+    """`tlkit finetune --backbone efficientnet_lite0 --precompute-features` with no other setting, on
+    300 / 100 real photos (cat.0-199, dog.0-199, split by tlkit): measured 0.98; a wrong mapping,
+    preprocessing or head schedule falls far under 0.95 (random weights: about 0.6)."""
+    photos = shared_data("dogs-vs-cats-2k") / "train"
+    flat = tmp_path / "photos"
+    flat.mkdir()
+    for label in ("cat", "dog"):
+        for n in range(200):
+            shutil.copy(photos / f"{label}.{n}.jpg", flat / f"{label}.{n}.jpg")
+    assert cli.main(["split", str(flat), "--val", "100", "--out", str(tmp_path / "data"), "--quiet"]) == 0
+    result = finetune(data=str(tmp_path / "data"), backbone="efficientnet_lite0", precompute_features=True,
+                      runs_dir=str(tmp_path / "runs"))
+    assert result.backbone.pretrained and len(result.history) == 30
+    assert result.report["accuracy"] >= 0.95

@@ -222,3 +222,16 @@ def test_lr_suggestion_follows_the_fall_and_admits_noise():
     rng = np.random.default_rng(0)
     flat = [0.695 + 0.002 * rng.standard_normal() for _ in lrs]  # nothing learnt: noise only
     assert not suggest(lrs, flat)["loss_fell"]
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_freeze_bn_keeps_the_trunks_batchnorm_statistics_while_its_weights_train(data_dir, freeze_bn):
+    # mlp-bn's trunk holds BatchNorm1d layers; a pretrained trunk gets freeze_bn by default.
+    trainer, backbone, _ = trainer_for(data_dir, backbone="mlp-bn", img_size=24, epochs=1, freeze_bn=freeze_bn)
+    norms = [m for m in backbone.trunk.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert norms and (len(trainer.frozen_norms) == len(norms)) == freeze_bn
+    stats = [m.running_mean.clone() for m in norms]
+    weights = [m.weight.detach().clone() for m in norms]
+    fit(trainer)
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(stats, norms)) == freeze_bn
+    assert not all(torch.equal(a, m.weight) for a, m in zip(weights, norms))  # the weights train either way

@@ -140,6 +140,46 @@ def save_resume(run_dir: Path, state: dict) -> None:
     atomic_write(Path(run_dir) / RESUME, lambda tmp: torch.save(state, tmp))
 
 
+class ResumeWriter:
+    """Writes resume.pt when `every_epochs` epochs or `every_seconds` seconds have passed since the last
+    write, and at the last epoch; a kill loses no more than that. The newest epoch's state is kept in
+    memory meanwhile (a copy: the live tensors move on), so Ctrl-C (flush) still saves it exactly."""
+
+    def __init__(self, run_dir: Path, every_epochs: int | None, every_seconds: float | None):
+        self.run_dir, self.every_epochs, self.every_seconds = Path(run_dir), every_epochs, every_seconds
+        self.epochs_since, self.written_at, self.pending = 0, time.monotonic(), None
+
+    def __call__(self, state: dict, last: bool = False) -> None:
+        self.epochs_since += 1
+        due_epochs = self.every_epochs is not None and self.epochs_since >= self.every_epochs
+        due_seconds = self.every_seconds is not None and time.monotonic() - self.written_at >= self.every_seconds
+        if last or due_epochs or due_seconds:
+            self._write(state)
+        else:
+            self.pending = _copied(state)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            self._write(self.pending)
+
+    def _write(self, state: dict) -> None:
+        save_resume(self.run_dir, state)
+        self.epochs_since, self.written_at, self.pending = 0, time.monotonic(), None
+
+
+def _copied(value):
+    """A deep copy of a state's tensors (on the CPU), lists and dicts; other values are immutable."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _copied(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copied(item) for item in value)
+    return value
+
+
 def load_resume(run_dir: Path) -> dict:
     import torch
 

@@ -237,6 +237,9 @@ _SETTING_FLAGS = (
     ("--unfreeze-after", int, None, "train the head alone for E epochs, then every layer (default: 1 on a "
      "pretrained trunk, none from scratch or with --precompute-features)"),
     ("--trunk-lr-mult", float, None, "the trunk's lr as a multiple of --lr (default: 0.1 pretrained, 1 from scratch)"),
+    ("--freeze-bn", str, None, "true: the trunk's BatchNorm layers keep their running statistics while their "
+     "weights train (as Keras' transfer-learning guide does); false: they follow the new photos "
+     "(default: true on a pretrained trunk, false from scratch)"),
     ("--label-smoothing", float, None, "label smoothing of the training loss"),
     ("--augment", str, "AUGMENTS", "training augmentation: default (random resized crops and mirroring, for "
      "photos), light (milder crops, no mirror: digits, text), none; auto: the data's own (light for the "
@@ -246,15 +249,25 @@ _SETTING_FLAGS = (
     ("--precision", str, "PRECISIONS", "CUDA arithmetic (bf16 autocast or fp32); the CPU always uses fp32"),
     ("--device", str, "DEVICES", "where to train"),
     ("--workers", int, None, "image loader processes (default: every core but one)"),
+    ("--head-lr", float, None, "with --precompute-features: the head's lr on the cached features (default: --lr "
+     "if given, else 0.01 for a one-layer head, 0.001 for VGG/AlexNet's)"),
+    ("--head-weight-decay", float, None, "with --precompute-features: the head's weight decay on the cache "
+     "(default: --weight-decay if given, else 2 for a one-layer head: as strong as logistic regression's L2)"),
     ("--precompute-views", int, None, "with --precompute-features: augmented views cached per training image"),
     ("--cache-dir", str, None, "folder of the feature and decoded-image caches (default: DATA/.tlkit-cache)"),
     ("--cache-dtype", str, "CACHE_DTYPES", "how cached features are stored"),
+    ("--resume-every-epochs", int, None, "write resume.pt after this many epochs (or --resume-every-seconds, "
+     "whichever comes first; always at the end and on Ctrl-C) (default: by time only)"),
+    ("--resume-every-seconds", float, None, "write resume.pt when this many seconds passed since the last "
+     "write: a kill loses at most that much training; 0 writes every epoch"),
     ("--seed", int, None, "seed of init, data order and augmentation: a CPU run repeats exactly"),
     ("--name", str, None, "run folder name under --runs-dir (default: a timestamp)"),
     ("--runs-dir", str, None, "where run folders go"),
 )
-_PRECOMPUTE_FLAGS = ("--precompute-features", "--precompute-views", "--cache-dir", "--cache-dtype")
+_PRECOMPUTE_FLAGS = ("--precompute-features", "--precompute-views", "--cache-dir", "--cache-dtype", "--head-lr",
+                     "--head-weight-decay")
 _LR_FIND_SKIPS = ("--epochs", "--scheduler", "--step-size", "--gamma", "--unfreeze-after", "--monitor",
+                  "--resume-every-epochs", "--resume-every-seconds",
                   "--patience", "--name", "--runs-dir", *_PRECOMPUTE_FLAGS)
 
 

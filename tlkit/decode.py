@@ -4,11 +4,13 @@ Turns a list of files into normalised [N, C, H, W] batches on the model's device
 a backbone's eval preprocessing (resize, centre crop). On CUDA, JPEGs are decoded by nvjpeg
 in batches and resized there; other formats, and everything on a CPU, go through PIL in
 loader workers, large JPEGs decoded at reduced size (PIL draft). A file that fails to
-decode is recorded in `failures` and left out; it never stops the run.
+decode is recorded in `failures` and left out; it never stops the run. Files that nvjpeg
+refuses are said once and go to PIL; a decoder that refuses everything stops with a message.
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +23,13 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from tlkit.errors import TlkitError
+from tlkit.runtime import warn
 from tlkit.scan import EMPTY_FILE
 
 _JPEG_MAGIC = b"\xff\xd8"
+MAX_DECODE_PIXELS = 400_000_000 // 3  # decoded bytes of one batched decode call: about 400 MB of RGB
+DECODER_DEAD_AFTER = 8  # refusals with not one file decoded: the decoder itself does not work here
 
 
 @dataclass
@@ -107,6 +113,7 @@ class ImageBatches:
         self.load = load or partial(load_image, prep=prep)
         self.gpu_decode = (self.device.type == "cuda" if gpu_decode is None else gpu_decode) and load is None
         self.failures: dict[int, str] = {}
+        self.decoded_by_batch, self.refusals = 0, 0  # files the batched decoder took; lists it refused
         self._normalise = Normalizer(prep, self.device) if normalise else (lambda images: images.to(self.device))
 
     def __len__(self) -> int:
@@ -153,26 +160,71 @@ class ImageBatches:
         self.failures.update({i: data for i, data in chunk_bytes if isinstance(data, str)})
         jpegs = [(i, data) for i, data in chunk_bytes if isinstance(data, bytes) and data[:2] == _JPEG_MAGIC]
         for_pil += [i for i, data in chunk_bytes if isinstance(data, bytes) and data[:2] != _JPEG_MAGIC]
-        if jpegs:
-            decoded = self._decode_jpegs(jpegs)
-            if decoded is None:  # one bad file fails the whole batch call: those go file by file
-                for_pil += [i for i, _ in jpegs]
-            else:
-                yield Batch(self._normalise(decoded), [i for i, _ in jpegs])
+        for group in _pixel_groups(jpegs, MAX_DECODE_PIXELS):
+            for decoded_group, images in self._decode_or_halve(group, for_pil):
+                yield Batch(self._normalise(images), [i for i, _ in decoded_group])
 
-    def _decode_jpegs(self, jpegs: list[tuple[int, bytes]]) -> torch.Tensor | None:
+    def _decode_or_halve(self, jpegs: list[tuple[int, bytes]], for_pil: list[int]):
+        """(files, images) for what the batched decoder takes. torchvision raises one error for the whole
+        list (a damaged or CMYK file, or the decoder out of memory), so a refused list is split in halves
+        until the files it refuses stand alone; those go to PIL."""
+        try:
+            images = self._decode_jpegs(jpegs)
+        except RuntimeError as error:
+            self._refused(error, len(jpegs))
+            if len(jpegs) == 1:
+                for_pil.append(jpegs[0][0])
+                return []
+            middle = len(jpegs) // 2
+            return self._decode_or_halve(jpegs[:middle], for_pil) + self._decode_or_halve(jpegs[middle:], for_pil)
+        self.decoded_by_batch += len(jpegs)
+        return [(jpegs, images)]
+
+    def _refused(self, error: RuntimeError, count: int) -> None:
+        """Say once that the batched decoder refused files; stop when it has never decoded any."""
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not self.refusals:
+            warn(f"the batched JPEG decoder ({self.device.type}) refused {count} file(s): {reason}. Those batches are "
+                 "retried in halves, and the files it refuses are decoded by PIL (slower, same pixels).")
+        self.refusals += 1
+        if self.decoded_by_batch == 0 and self.refusals >= DECODER_DEAD_AFTER:
+            raise TlkitError(f"the batched JPEG decoder on {self.device} has refused every file it was given "
+                             f"({self.refusals} tries; torchvision says: {reason}). Run on the CPU (--device cpu), "
+                             "or check the CUDA and torchvision installation (nvjpeg).")
+
+    def _decode_jpegs(self, jpegs: list[tuple[int, bytes]]) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         mode = ImageReadMode.RGB if self.prep.in_chans == 3 else ImageReadMode.GRAY
         data = [torch.frombuffer(bytearray(raw), dtype=torch.uint8) for _, raw in jpegs]
-        try:
-            with warnings.catch_warnings():
-                # torchvision 0.29 marks its image I/O as moving to TorchCodec; it still works.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                images = decode_jpeg(data, mode=mode, device=self.device)
-        except RuntimeError:
-            return None
+        with warnings.catch_warnings():
+            # torchvision 0.29 marks its image I/O as moving to TorchCodec; it still works.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            images = decode_jpeg(data, mode=mode, device=self.device)
         return torch.stack([_resize_crop(image, self.prep) for image in images])
+
+
+def _jpeg_pixels(data: bytes) -> int:
+    """Width x height from the JPEG's header (PIL reads the header only); 0 when it cannot tell."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.width * image.height
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return 0
+
+
+def _pixel_groups(jpegs: list[tuple[int, bytes]], max_pixels: int) -> list[list[tuple[int, bytes]]]:
+    """Consecutive groups of at most max_pixels decoded pixels each (a file larger than that alone):
+    256 twelve-megapixel photos would otherwise need about 9 GB at once."""
+    groups, current, pixels = [], [], 0
+    for item in jpegs:
+        size = _jpeg_pixels(item[1])
+        if current and pixels + size > max_pixels:
+            groups.append(current)
+            current, pixels = [], 0
+        current.append(item)
+        pixels += size
+    return groups + ([current] if current else [])
 
 
 def _read(path: Path) -> bytes | str:

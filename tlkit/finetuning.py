@@ -18,8 +18,7 @@ import yaml
 
 from tlkit import callbacks as cbs, distributed
 from tlkit.checkpoint import (
-    BEST_META, BEST_WEIGHTS, RESUME, atomic_write_text, load_resume, new_run_dir, point_latest,
-    save_resume,
+    BEST_META, BEST_WEIGHTS, RESUME, ResumeWriter, atomic_write_text, load_resume, new_run_dir, point_latest,
 )
 from tlkit.config import FinetuneConfig, config_to_dict, config_yaml, make_config, resolve_auto, resolve_config
 from tlkit.data import DataBundle, check_classes, make_data
@@ -58,8 +57,11 @@ def starts_pretrained(config: FinetuneConfig) -> bool:
 
 def run_config(config: FinetuneConfig, source=None) -> FinetuneConfig:
     """The config with every `auto` chosen for this backbone and data (config.resolve_auto)."""
+    from tlkit import models
+
     data_augment = getattr(source, "augment", "default")  # a folder of photos: crops and mirroring
-    return resolve_auto(config, pretrained=starts_pretrained(config), data_augment=data_augment)
+    return resolve_auto(config, pretrained=starts_pretrained(config), data_augment=data_augment,
+                        linear_head=models.has_linear_head(config.backbone))
 
 
 def _create_backbone(config: FinetuneConfig, classes: list[str], source=None):
@@ -121,6 +123,9 @@ def build_trainer(config: FinetuneConfig, classes: list[str], *, extra_callbacks
         normalize=Normalizer(prep, device), device=device, precision=config.precision, epochs=config.epochs,
         label_smoothing=config.label_smoothing, callbacks=callbacks + list(extra_callbacks), meta=meta,
     )
+    if config.freeze_bn:
+        trainer.frozen_norms = [module for module in backbone.trunk.modules()
+                                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
     # A frozen trunk gets no gradients; DistributedDataParallel must be told to expect that. (After a head
     # trained from cached features, the trunk is never frozen again.)
     freezes = config.freeze == "trunk" or (config.unfreeze_after is not None and not config.precompute_features)
@@ -175,11 +180,12 @@ def build_feature_trainer(config: FinetuneConfig, classes: list[str], *, extra_c
                       views=config.precompute_views, dtype=config.cache_dtype, precision=config.precision)
     backbone.model.to(device)
     backbone.freeze_trunk()
+    head_config = dataclasses.replace(config, lr=config.head_lr, weight_decay=config.head_weight_decay)
     train_loader = FeatureLoader(sets["training"], batch_size=config.batch_size, device=device, shuffle=True,
                                  seed=config.seed)
     val_loader = FeatureLoader(sets["validation"], batch_size=config.batch_size, device=device, shuffle=False)
-    optimizer = make_optimizer(backbone.param_groups(scaled_lr(config), config.trunk_lr_mult), config)
-    schedule = dataclasses.replace(config, epochs=head_epochs(config))
+    optimizer = make_optimizer(backbone.param_groups(scaled_lr(head_config), config.trunk_lr_mult), head_config)
+    schedule = dataclasses.replace(head_config, epochs=head_epochs(config))
     scheduler = make_scheduler(optimizer, schedule, steps_per_epoch=len(train_loader))
     callbacks = [cbs.BestWeights(config.monitor)]
     if config.patience is not None:
@@ -280,21 +286,26 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
         point_latest(run_dir)
     _announce(config, backbone, data, trainer.device, run_dir)
     command = "train" if source is not None else "finetune"
-    _fit(trainer, run_dir, command)
+    _fit(trainer, run_dir, command, config)
     if from_features and trainer.epoch < config.epochs and trainer.stop_reason is None:
         trainer, data = _continue_end_to_end(trainer, config, classes, backbone, callbacks)
         _attach_run_dir(trainer, config, run_dir)
-        _fit(trainer, run_dir, command)
+        _fit(trainer, run_dir, command, config)
     result = _finish(trainer, backbone, data, run_dir)
     distributed.barrier()  # every process returns once rank 0 has written the run folder
     return result
 
 
-def _fit(trainer: Trainer, run_dir: Path, command: str) -> None:
+def _fit(trainer: Trainer, run_dir: Path, command: str, config: FinetuneConfig) -> None:
+    writer = ResumeWriter(run_dir, config.resume_every_epochs, config.resume_every_seconds)
     try:
-        fit(trainer, save_resume=(lambda resume_state: save_resume(run_dir, resume_state))
-            if distributed.is_main() else None)
+        fit(trainer, save_resume=writer if distributed.is_main() else None)
     except KeyboardInterrupt:
+        if distributed.is_main():
+            try:
+                writer.flush()  # the last finished epoch, if the cadence had not written it yet
+            except Exception as error:  # noqa: BLE001 (the Ctrl-C and its hint must still come through)
+                console.print(f"[red]could not write {RESUME} on the way out: {error}[/]")
         console.print(f"continue this run with: tlkit {command} --resume {relpath(run_dir)}")
         raise
 
@@ -321,9 +332,9 @@ def _announce(config: FinetuneConfig, backbone, data: DataBundle, device: torch.
         what = f"{len(data.train_set)} training / {len(data.val_set)}"
     info(f"fine-tuning {backbone.name} ({init}) at {size} px: {what} validation images, {len(data.classes)} "
          f"classes; {device.type}, {precision} -> {relpath(run_dir)}")
-    info(f"settings: {_plan(config)}; {config.optimizer} lr {scaled_lr(config):g}"
-         f"{_trunk_lr(config)}, weight decay {_weight_decay(config)}, {config.scheduler} schedule, "
-         f"batch {config.batch_size}, augment {config.augment}, monitor {config.monitor}, seed {config.seed} "
+    info(f"settings: {_plan(config)}; {_rates(config)}; {config.scheduler} schedule, "
+         f"batch {config.batch_size}, augment {config.augment}, BatchNorm statistics "
+         f"{'frozen' if config.freeze_bn else 'updated'}, monitor {config.monitor}, seed {config.seed} "
          f"(all in config.yaml)")
     world = distributed.world_size()
     if world > 1:
@@ -345,16 +356,19 @@ def _plan(config: FinetuneConfig) -> str:
     return f"{config.epochs} epochs of every layer"
 
 
-def _trunk_lr(config: FinetuneConfig) -> str:
-    if config.freeze == "trunk" or (config.precompute_features and config.unfreeze_after is None):
-        return ""
-    return f" (trunk {scaled_lr(config) * config.trunk_lr_mult:g})" if config.trunk_lr_mult != 1 else ""
+def _rates(config: FinetuneConfig) -> str:
+    """The optimizer's lr and weight decay in each phase, in words."""
+    def rate(lr: float, decay: float | None, trunk: bool) -> str:
+        trunk_lr = f" (trunk {lr * config.trunk_lr_mult:g})" if trunk and config.trunk_lr_mult != 1 else ""
+        shown = f"{decay:g}" if decay is not None else ("0.01 (adamw's)" if config.optimizer == "adamw" else "0")
+        return f"lr {lr:g}{trunk_lr}, weight decay {shown}"
 
-
-def _weight_decay(config: FinetuneConfig) -> str:
-    if config.weight_decay is not None:
-        return f"{config.weight_decay:g}"
-    return "0.01 (adamw's)" if config.optimizer == "adamw" else "0"
+    images = rate(scaled_lr(config), config.weight_decay, trunk=config.freeze != "trunk")
+    if not config.precompute_features:
+        return f"{config.optimizer} {images}"
+    cache = rate(scaled_lr(dataclasses.replace(config, lr=config.head_lr)), config.head_weight_decay, trunk=False)
+    later = config.unfreeze_after is not None and config.epochs > config.unfreeze_after
+    return f"{config.optimizer} {cache} on the cache" + (f"; every layer: {images}" if later else "")
 
 
 def _finish(trainer: Trainer, backbone, data: DataBundle, run_dir: Path) -> FinetuneResult:

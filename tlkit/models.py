@@ -177,6 +177,12 @@ REGISTRY: dict[str, Spec] = {
 }
 
 
+def has_linear_head(name: str) -> bool:
+    """Whether the head is one linear layer (VGG16 and AlexNet keep their pretrained fc6/fc7 in it)."""
+    spec = REGISTRY.get(name)
+    return spec is None or spec.split is not _split_features_classifier
+
+
 def available() -> list[str]:
     """Registry names, sorted; any other timm model also works as timm:<name>."""
     return sorted(REGISTRY)

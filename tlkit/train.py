@@ -76,6 +76,9 @@ class Trainer:
         # (frozen trunk, head) while the trunk is frozen: the trunk stays in eval mode (BatchNorm keeps
         # its statistics, dropout off), so training it frozen equals training the head on its features.
         self.frozen: tuple[nn.Module, nn.Module] | None = None
+        # BatchNorm layers that keep their running statistics (eval mode) while their weights train:
+        # a pretrained trunk's, so that small batches of new photos do not replace ImageNet's statistics.
+        self.frozen_norms: list[nn.Module] = []
         self.skipped: set[str] = set()  # images that failed to decode
 
     def autocast(self):
@@ -134,8 +137,10 @@ def _stats_text(loss_sum, correct, seen: int, started: float) -> str:
 
 
 def set_training_mode(trainer: Trainer) -> None:
-    """model.train(), except a frozen trunk, which stays in eval mode."""
+    """model.train(), except a frozen trunk and frozen BatchNorm statistics, which stay in eval mode."""
     trainer.model.train()
+    for norm in trainer.frozen_norms:
+        norm.eval()
     if trainer.frozen is not None:
         trunk, head = trainer.frozen
         trunk.eval()
@@ -249,7 +254,10 @@ def _summary_line(row: dict, epochs: int, best_epoch: int | None) -> str:
 
 
 def fit(trainer: Trainer, save_resume=None) -> None:
-    """Train until trainer.epochs (or a callback stops it); then the callbacks' on_fit_end (best weights back)."""
+    """Train until trainer.epochs (or a callback stops it); then the callbacks' on_fit_end (best weights back).
+
+    save_resume(state, last=...) is offered the state after every epoch (checkpoint.ResumeWriter decides
+    when to write it)."""
     trainer.call("on_fit_start")
     best = next((cb for cb in trainer.callbacks if hasattr(cb, "best_epoch")), None)
     try:
@@ -260,7 +268,7 @@ def fit(trainer: Trainer, save_resume=None) -> None:
             trainer.call("on_epoch_end")
             console.print(_summary_line(row, trainer.total_epochs, best.best_epoch if best else None))
             if save_resume is not None:
-                save_resume(trainer.state_dict())
+                save_resume(trainer.state_dict(), last=trainer.epoch >= trainer.epochs or trainer.stop_reason is not None)
     except KeyboardInterrupt:
         try:
             trainer.call("on_interrupt")

@@ -229,8 +229,17 @@ class FeatureLoader(EpochRows):
         order, view_of = self._mine(order).to(self.features.device), view_of.to(self.features.device)
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
-            batch = self.features[view_of[rows], rows] if self.views else self.features[rows]
+            batch = self._gather(view_of[rows] * self.size + rows if self.views else rows)
             yield batch.to(self.device, non_blocking=True).float(), self.labels[rows].to(self.device), []
+
+    def _gather(self, flat_rows: torch.Tensor) -> torch.Tensor:
+        """The rows (view x size + row with views) of the features; from host memory bound for the GPU,
+        gathered straight into pinned memory, or the non_blocking copy that follows would not overlap."""
+        table = self.features.reshape(-1, self.features.shape[-1])
+        if table.device.type != "cpu" or self.device.type != "cuda":
+            return table[flat_rows]
+        pinned = torch.empty((len(flat_rows), table.shape[1]), dtype=table.dtype, pin_memory=True)
+        return torch.index_select(table, 0, flat_rows, out=pinned)
 
 
 def to_device_float(device: torch.device):

@@ -180,7 +180,8 @@ def train_one_epoch(trainer: Trainer) -> dict:
                 correct += (logits.argmax(dim=1) == labels).sum()
                 seen += len(labels)
             trainer.call("on_batch_end")
-            if batch_index % DISPLAY_EVERY == 0 or batch_index + 1 == len(trainer.train_loader):
+            shown = not bar.disable  # the figures read the loss back from the device: only when displayed
+            if shown and (batch_index % DISPLAY_EVERY == 0 or batch_index + 1 == len(trainer.train_loader)):
                 bar.update(task, stats=_stats_text(loss_sum, correct, seen, started))
             bar.advance(task)
     seconds = time.perf_counter() - started

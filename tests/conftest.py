@@ -21,6 +21,19 @@ def shared_data(name: str) -> Path:
     return path
 
 
+def shared_photos(folder: Path, per_class: int) -> Path:
+    """folder holding cat.0..N-1.jpg and dog.0..N-1.jpg of the shared photos (copies: ../shared is
+    read-only, and a test may write beside them), or skip when ../shared is absent."""
+    import shutil
+
+    photos = shared_data("dogs-vs-cats-2k") / "train"
+    folder.mkdir(parents=True)
+    for label in ("cat", "dog"):
+        for n in range(per_class):
+            shutil.copy(photos / f"{label}.{n}.jpg", folder / f"{label}.{n}.jpg")
+    return folder
+
+
 def write_image(path: Path, size: tuple[int, int] = (16, 12), color: int = 0, mode: str = "RGB") -> Path:
     """A small image whose pixels depend on `color`, in the format the suffix names."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_foldered, make_learnable, shared_data
+from conftest import make_foldered, make_learnable, shared_photos
 from tlkit.checkpoint import load_checkpoint, resolve_run
 from tlkit.cli import main
 
@@ -179,12 +178,7 @@ def test_lr_find_plots_and_suggests(tmp_path, data_dir, capsys):
 @pytest.mark.slow
 def test_fine_tune_on_the_real_photos(tmp_path, capsys):
     """A subset of the shared dogs-vs-cats photos at 32 px: the loss falls, every output loads."""
-    photos = shared_data("dogs-vs-cats-2k") / "train"
-    flat = tmp_path / "photos"
-    flat.mkdir()
-    for label in ("cat", "dog"):
-        for n in range(200):
-            os.link(photos / f"{label}.{n}.jpg", flat / f"{label}.{n}.jpg")
+    flat = shared_photos(tmp_path / "photos", per_class=200)
     assert main(["split", str(flat), "--val", "80", "--out", str(tmp_path / "data")]) == 0
     assert main(["finetune", "--data", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"),
                  "--backbone", "simple-cnn", "--weights", "none", "--img-size", "32", "--epochs", "3",

@@ -159,3 +159,27 @@ def test_benchmark_photos_are_copied_where_hard_links_fail(tmp_path, monkeypatch
     paths = bench_common.link_photos(source, tmp_path / "linked", copies=2, limit=None)
     assert len(paths) == 8 and all(path.read_bytes() == (source / path.name.split("-", 1)[1]).read_bytes()
                                    for path in paths)
+
+
+def test_decoding_ahead_in_a_thread_keeps_order_raises_and_stops_early():
+    from tlkit.decode import _ahead
+
+    assert list(_ahead(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("decoder broke")
+
+    with pytest.raises(ValueError, match="decoder broke"):
+        list(_ahead(failing(), depth=1))
+    produced = []
+
+    def endless():
+        for n in range(10_000):
+            produced.append(n)
+            yield n
+
+    consumer = _ahead(endless(), depth=1)
+    assert [next(consumer) for _ in range(3)] == [0, 1, 2]
+    consumer.close()  # the thread stops rather than decoding the rest
+    assert len(produced) < 10

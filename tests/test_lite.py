@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from timm.data import resolve_model_data_config
 
-from conftest import make_checkpoint, shared_data
+from conftest import make_checkpoint, shared_data, shared_photos
 from tlkit import cli, models, weight_packages
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
@@ -221,12 +221,7 @@ def test_the_defaults_transfer_to_real_photos(tmp_path, one_thread):
     """`tlkit finetune --backbone efficientnet_lite0 --precompute-features` with no other setting, on
     300 / 100 real photos (cat.0-199, dog.0-199, split by tlkit): measured 0.98; a wrong mapping,
     preprocessing or head schedule falls far under 0.95 (random weights: about 0.6)."""
-    photos = shared_data("dogs-vs-cats-2k") / "train"
-    flat = tmp_path / "photos"
-    flat.mkdir()
-    for label in ("cat", "dog"):
-        for n in range(200):
-            shutil.copy(photos / f"{label}.{n}.jpg", flat / f"{label}.{n}.jpg")
+    flat = shared_photos(tmp_path / "photos", per_class=200)
     assert cli.main(["split", str(flat), "--val", "100", "--out", str(tmp_path / "data"), "--quiet"]) == 0
     result = finetune(data=str(tmp_path / "data"), backbone="efficientnet_lite0", precompute_features=True,
                       runs_dir=str(tmp_path / "runs"))

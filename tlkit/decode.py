@@ -11,6 +11,8 @@ refuses are said once and go to PIL; a decoder that refuses everything stops wit
 from __future__ import annotations
 
 import io
+import queue
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -140,11 +142,15 @@ class ImageBatches:
                 yield Batch(self._normalise(images), batch_indices)
 
     def _tensor_batches(self) -> Iterator[Batch]:
-        """Read bytes in threads one batch ahead; decode JPEG batches with torchvision.io."""
+        """Read bytes in threads two chunks ahead; decode JPEG batches with torchvision.io in a thread of
+        their own one batch ahead, so that decoding and resizing chunk i+1 overlap the model on chunk i."""
+        yield from _ahead(self._decoded_batches(), depth=1)
+
+    def _decoded_batches(self) -> Iterator[Batch]:
         chunks = [list(range(i, min(i + self.batch_size, len(self.paths))))
                   for i in range(0, len(self.paths), self.batch_size)]
         read_chunk = lambda chunk: [(i, _read(self.paths[i])) for i in chunk]  # noqa: E731
-        for_pil: list[int] = []  # other formats, and JPEG batches nvjpeg refused: one PIL pass at the end
+        for_pil: list[int] = []  # other formats, and files the batched decoder refused: one PIL pass at the end
         with ThreadPoolExecutor(max(2, self.workers)) as pool:
             # Two chunks in flight: the next is read while this one decodes; memory stays bounded.
             ahead = [pool.submit(read_chunk, chunk) for chunk in chunks[:2]]
@@ -202,6 +208,48 @@ class ImageBatches:
             warnings.simplefilter("ignore", DeprecationWarning)
             images = decode_jpeg(data, mode=mode, device=self.device)
         return torch.stack([_resize_crop(image, self.prep) for image in images])
+
+
+def _ahead(items: Iterator, depth: int) -> Iterator:
+    """The items of `items`, produced in a thread up to `depth` ahead of the consumer. An exception
+    there is raised here; a consumer that stops early stops the thread. (CUDA work queued by the thread
+    goes to the same default stream as the consumer's, so the order on the GPU is kept.)"""
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def offer(entry) -> bool:
+        """Put entry in the queue unless the consumer stopped first (then never block on a full queue)."""
+        while not stop.is_set():
+            try:
+                handoff.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer((item, None)):
+                    return
+            offer((done, None))
+        except BaseException as error:  # noqa: BLE001 (handed to the consumer, who raises it)
+            offer((done, error))
+
+    thread = threading.Thread(target=produce, name="tlkit-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = handoff.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _jpeg_pixels(data: bytes) -> int:

@@ -117,3 +117,18 @@ def test_tensorboard_writes_event_files(tmp_path):
     board.on_epoch_end(trainer)
     board.on_fit_end(trainer)
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_confusion_counts_are_readable_on_their_cells():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tlkit.callbacks import text_colour
+
+    figure, axes = plt.subplots()
+    image = axes.imshow([[17, 13], [14, 16]], cmap="Blues")
+    # The colours span 13..17: 13 sits on the palest blue, where the old rule (count > max / 2) wrote white.
+    assert (text_colour(image, 13), text_colour(image, 17)) == ("black", "white")
+    plt.close(figure)

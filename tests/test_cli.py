@@ -109,3 +109,11 @@ def test_check_of_a_folder_without_usable_images_fails(tmp_path, capsys):
     assert main(["check", str(tmp_path / "notes")]) == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "holds no usable labelled image" in err and "readme.txt" in err
+
+
+def test_check_of_a_single_class_folder_is_a_problem(tmp_path, capsys):
+    src = make_flat(tmp_path / "train", {"cat": 4})
+    assert main(["check", str(src)]) == 0
+    captured = capsys.readouterr()
+    assert "problems found: 1" in captured.out and "one class only (cat)" in captured.err
+    assert main(["check", "--strict", str(src)]) == 1

@@ -75,3 +75,12 @@ def test_bad_roots_raise_a_user_error(tmp_path, make):
         root.mkdir()
     with pytest.raises(TlkitError, match="photos"):
         list_dataset(root)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_a_decompression_bomb_is_a_skipped_file_not_a_crash(tmp_path, full):
+    from PIL import Image
+
+    path = tmp_path / "cat.1.png"
+    Image.new("L", (20_000, 20_000)).save(path)  # 400 MP of zeros: a few hundred KB on disk
+    assert "too large to decode safely" in check_image(path, full=full)

@@ -29,7 +29,7 @@ def test_parse_val_accepts_counts_and_fractions(text, value):
     assert parse_val(text) == value
 
 
-@pytest.mark.parametrize("text", ["0", "-3", "abc", "2.5", ""])
+@pytest.mark.parametrize("text", ["0", "-3", "abc", "2.5", "", "nan", "inf", "-inf"])
 def test_parse_val_rejects_nonsense(text):
     with pytest.raises(TlkitError, match="--val"):
         parse_val(text)

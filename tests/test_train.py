@@ -235,3 +235,17 @@ def test_freeze_bn_keeps_the_trunks_batchnorm_statistics_while_its_weights_train
     fit(trainer)
     assert all(torch.equal(a, m.running_mean) for a, m in zip(stats, norms)) == freeze_bn
     assert not all(torch.equal(a, m.weight) for a, m in zip(weights, norms))  # the weights train either way
+
+
+def test_runs_latest_moves_only_once_a_run_has_a_best_checkpoint(data_dir, tmp_path):
+    from tlkit.checkpoint import resolve_run
+
+    class CrashFirstEpoch(Callback):
+        def on_epoch_start(self, trainer):
+            raise RuntimeError("out of disk")  # a crash before any epoch ended
+
+    runs = tmp_path / "runs"
+    good = finetune(**settings(data_dir, epochs=1, runs_dir=str(runs)), name="good")
+    with pytest.raises(RuntimeError, match="out of disk"):
+        finetune(**settings(data_dir, epochs=1, runs_dir=str(runs)), name="crashed", callbacks=[CrashFirstEpoch()])
+    assert (runs / "crashed").is_dir() and resolve_run(None, runs_dir=runs) == good.run_dir.resolve()

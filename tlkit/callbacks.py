@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from tlkit import distributed
-from tlkit.checkpoint import atomic_write, atomic_write_text, save_best
+from tlkit.checkpoint import atomic_write, atomic_write_text, point_latest, save_best
 
 
 class Callback:
@@ -92,6 +92,7 @@ class BestWeights(Callback):
         row = next(row for row in trainer.history if row["epoch"] == self.best_epoch)
         state = self.best_state if trainer.model is trainer.checkpointed else trainer.checkpointed.state_dict()
         save_best(trainer.run_dir, state, trainer.checkpoint_meta(row))
+        point_latest(trainer.run_dir)  # only now: runs/latest never names a run that has no model yet
 
     def state_dict(self) -> dict:
         return {"best_value": self.best_value, "best_epoch": self.best_epoch, "best_state": self.best_state}
@@ -206,6 +207,13 @@ def plot_curves(path: Path, history: list[dict]) -> None:
     save_figure(figure, path)
 
 
+def text_colour(image, value) -> str:
+    """Black on a light cell, white on a dark one: from the cell's own colour (its luminance), not from
+    a threshold on the counts, which left e.g. 13 white on pale blue when the largest count was 17."""
+    red, green, blue, _ = image.cmap(image.norm(value))
+    return "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.5 else "black"
+
+
 def plot_confusion(path: Path, targets: list[int], predictions: list[int], classes: list[str], *,
                    subset: str = "validation") -> None:
     """The confusion matrix as an image: rows the true class, columns the predicted one; `subset`
@@ -225,8 +233,7 @@ def plot_confusion(path: Path, targets: list[int], predictions: list[int], class
     axes.set_yticklabels(classes)
     if len(classes) <= 30:
         for (row, col), count in zip(((r, c) for r in range(len(classes)) for c in range(len(classes))), matrix.flat):
-            dark = count > matrix.max() / 2
-            axes.text(col, row, str(count), ha="center", va="center", color="white" if dark else "black")
+            axes.text(col, row, str(count), ha="center", va="center", color=text_colour(image, count))
     save_figure(figure, path)
 
 

@@ -196,7 +196,11 @@ def _check_folder(folder: Path) -> int:
         warn(f"groups of identical files: {len(duplicates)}")
         for group in duplicates[:LIST_LIMIT]:
             console.print("  " + " = ".join(str(p.relative_to(scan.root)) for p in group))
-    return scan.problems + len(duplicates) + len(empty)
+    one_class = len(scan.class_counts()) < 2
+    if one_class:  # split and training refuse it: a classifier needs two classes
+        warn(f"one class only ({next(iter(scan.class_counts()))}): a classifier needs at least two; "
+             "split and finetune refuse this folder")
+    return scan.problems + len(duplicates) + len(empty) + one_class
 
 
 def _add_check(subparsers) -> None:

@@ -18,7 +18,7 @@ import yaml
 
 from tlkit import callbacks as cbs, distributed
 from tlkit.checkpoint import (
-    BEST_META, BEST_WEIGHTS, RESUME, ResumeWriter, atomic_write_text, load_resume, new_run_dir, point_latest,
+    BEST_META, BEST_WEIGHTS, RESUME, ResumeWriter, atomic_write_text, load_resume, new_run_dir,
 )
 from tlkit.config import FinetuneConfig, config_to_dict, config_yaml, make_config, resolve_auto, resolve_config
 from tlkit.data import DataBundle, check_classes, make_data
@@ -282,8 +282,6 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     elif distributed.is_main():
         source_yaml = yaml.safe_dump(source.settings, sort_keys=False) if source is not None else ""
         atomic_write_text(run_dir / "config.yaml", source_yaml + config_yaml(config))
-    if distributed.is_main():
-        point_latest(run_dir)
     _announce(config, backbone, data, trainer.device, run_dir)
     command = "train" if source is not None else "finetune"
     _fit(trainer, run_dir, command, config)

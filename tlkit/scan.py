@@ -143,6 +143,8 @@ def check_image(path: Path, full: bool) -> ImageInfo | str:
                 image.load()
             else:
                 image.verify()
+    except Image.DecompressionBombError as error:  # PIL's guard against decompression bombs: not OSError
+        return f"is too large to decode safely ({error})"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         return f"cannot be decoded ({error})"
     sha1 = hashlib.sha1(path.read_bytes()).hexdigest() if full else ""

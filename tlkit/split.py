@@ -9,6 +9,7 @@ output is complete and checked.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import shutil
 from collections import Counter
@@ -46,6 +47,8 @@ def parse_val(text: str) -> int | float:
         value = float(text)
     except ValueError:
         raise TlkitError(f"--val {text!r} is neither a count (2000) nor a fraction (0.1).") from None
+    if not math.isfinite(value):  # float() reads "nan" and "inf" too
+        raise TlkitError(f"--val {text} is not a number of images: give a count (2000) or a fraction (0.1).")
     if value <= 0:
         raise TlkitError(f"--val {text} must be above 0: give a count (2000) or a fraction (0.1).")
     if value < 1:

@@ -183,3 +183,52 @@ def test_decoding_ahead_in_a_thread_keeps_order_raises_and_stops_early():
     assert [next(consumer) for _ in range(3)] == [0, 1, 2]
     consumer.close()  # the thread stops rather than decoding the rest
     assert len(produced) < 10
+
+
+def _upright_and_sideways(folder, suffix):
+    """A photo saved upright, and the same photo stored turned 90 degrees with EXIF orientation 6
+    ("turn clockwise to view"), as a phone saves a portrait shot."""
+    import numpy as np
+    from PIL import Image
+
+    rows, cols = np.mgrid[0:48, 0:72]
+    pixels = np.stack([rows * 5, cols * 3, (rows + cols) * 2], axis=-1).astype(np.uint8)  # no symmetry
+    upright = Image.fromarray(pixels)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    paths = folder / f"upright{suffix}", folder / f"sideways{suffix}"
+    upright.save(paths[0], quality=95)
+    upright.transpose(Image.Transpose.ROTATE_90).save(paths[1], exif=exif, quality=95)
+    return paths
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_photos_are_read_upright_in_every_path(tmp_path, suffix):
+    from tlkit.augment import POLICIES
+    from tlkit.data import TrainLoad
+    from tlkit.scan import check_image
+
+    upright, sideways = _upright_and_sideways(tmp_path, suffix)
+    prep = _prep(resize_size=36, size=32)
+    close = (lambda a, b: torch.equal(a, b)) if suffix == ".png" else (
+        lambda a, b: (a.float() - b.float()).abs().mean() < 3)  # JPEG blocks fall elsewhere on a turned photo
+    assert close(load_image(sideways, prep), load_image(upright, prep))
+    crops = TrainLoad(prep, POLICIES["default"])
+    assert close(crops(sideways, seed=4), crops(upright, seed=4))
+    info = check_image(sideways, full=True)
+    assert (info.width, info.height) == (72, 48)
+    if suffix == ".jpg":  # torchvision's batched decoder (nvjpeg's path; here on the CPU)
+        batched = _collect(ImageBatches([upright, sideways], prep, device="cpu", gpu_decode=True))
+        assert (batched[0] - batched[1]).abs().mean() < 0.05
+
+
+def test_sixteen_bit_photos_are_scaled_not_clipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((40, 40), 32768, dtype=np.uint16)).save(path)  # mid-grey at 16 bits
+    with Image.open(path) as image:
+        assert image.mode in ("I;16", "I")
+    image = load_image(path, _prep())
+    assert image.dtype == torch.uint8 and image.float().mean().item() == pytest.approx(128, abs=1)

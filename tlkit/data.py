@@ -23,7 +23,7 @@ from tlkit.augment import Augmentation, policy
 from tlkit.decode import load_image as load_eval_image
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
-from tlkit.scan import is_image_name
+from tlkit.scan import is_image_name, open_photo
 
 SUBSETS = ("training", "validation")
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -145,11 +145,8 @@ class TrainLoad:
 
     def __call__(self, path: Path, seed: int | None = None) -> torch.Tensor:
         mode = "RGB" if self.prep.in_chans == 3 else "L"
-        with Image.open(path) as image:
-            # JPEGs decode at 1/2..1/8 scale when that still leaves twice the input size.
-            height, width = self.prep.input_size
-            image.draft(mode, (2 * width, 2 * height))
-            image = image.convert(mode)
+        # JPEGs decode at 1/2..1/8 scale when that still leaves twice the input size.
+        image = open_photo(path, mode, draft_side=2 * max(self.prep.input_size))
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)

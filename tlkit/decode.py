@@ -27,7 +27,7 @@ from torchvision.transforms.v2 import functional as F
 
 from tlkit.errors import TlkitError
 from tlkit.runtime import warn
-from tlkit.scan import EMPTY_FILE
+from tlkit.scan import EMPTY_FILE, open_photo
 
 _JPEG_MAGIC = b"\xff\xd8"
 MAX_DECODE_PIXELS = 400_000_000 // 3  # decoded bytes of one batched decode call: about 400 MB of RGB
@@ -57,12 +57,9 @@ def _resize_crop(image, prep):
 def load_image(path: Path, prep) -> torch.Tensor:
     """One file -> uint8 [C, H, W] in the model's geometry and channel count, via PIL."""
     resize, _ = _eval_sizes(prep)
-    with Image.open(path) as image:
-        # JPEGs decode straight at 1/2, 1/4 or 1/8 scale when still at least the target size.
-        target = resize if isinstance(resize, tuple) else (resize, resize)
-        image.draft("RGB" if prep.in_chans == 3 else "L", (target[1], target[0]))
-        image = image.convert("RGB" if prep.in_chans == 3 else "L")
-        return F.pil_to_tensor(_resize_crop(image, prep))
+    side = max(resize) if isinstance(resize, tuple) else resize
+    image = open_photo(path, "RGB" if prep.in_chans == 3 else "L", draft_side=side)
+    return F.pil_to_tensor(_resize_crop(image, prep))
 
 
 class _PilDataset(torch.utils.data.Dataset):
@@ -206,7 +203,7 @@ class ImageBatches:
         with warnings.catch_warnings():
             # torchvision 0.29 marks its image I/O as moving to TorchCodec; it still works.
             warnings.simplefilter("ignore", DeprecationWarning)
-            images = decode_jpeg(data, mode=mode, device=self.device)
+            images = decode_jpeg(data, mode=mode, device=self.device, apply_exif_orientation=True)
         return torch.stack([_resize_crop(image, self.prep) for image in images])
 
 

@@ -18,7 +18,7 @@ from tlkit.checkpoint import Checkpoint
 from tlkit.errors import TlkitError
 from tlkit.predict import Predictions, predict_files
 from tlkit.runtime import relpath
-from tlkit.scan import list_dataset
+from tlkit.scan import list_dataset, open_photo
 
 OUTPUTS = ("report.json", "confusion.png", "mistakes.png")
 
@@ -56,7 +56,6 @@ def most_confident_mistakes(pred: Predictions, targets: list[int], limit: int) -
 def plot_mistakes(path: Path, mistakes: list[dict]) -> None:
     """A contact sheet: each image with its true label, the predicted one and the confidence."""
     from matplotlib.figure import Figure
-    from PIL import Image
 
     columns = min(4, max(1, len(mistakes)))
     rows = max(1, -(-len(mistakes) // columns))
@@ -65,9 +64,9 @@ def plot_mistakes(path: Path, mistakes: list[dict]) -> None:
     for axes in axes_grid:
         axes.axis("off")
     for axes, mistake in zip(np.atleast_1d(figure.axes), mistakes):
-        with Image.open(mistake["path"]) as image:
-            image.thumbnail((256, 256))
-            axes.imshow(np.asarray(image.convert("RGB")))
+        image = open_photo(Path(mistake["path"]), "RGB", draft_side=256)  # upright, as the model saw it
+        image.thumbnail((256, 256))
+        axes.imshow(np.asarray(image))
         axes.set_title(f"true {mistake['true']}\npred {mistake['predicted']} ({mistake['confidence']:.2f})",
                        fontsize=9)
     if not mistakes:

@@ -25,7 +25,7 @@ from tlkit.data import EpochRows
 from tlkit.decode import ImageBatches
 from tlkit.runtime import info, progress, relpath
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: photos read upright (EXIF orientation) and 16-bit samples scaled
 STALE_REASONS = {
     "format": "the cache format changed",
     "backbone": "another backbone",

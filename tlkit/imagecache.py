@@ -36,8 +36,9 @@ from tlkit.cache import (
 from tlkit.data import EpochRows
 from tlkit.decode import ImageBatches
 from tlkit.runtime import info, progress, relpath
+from tlkit.scan import upright_size
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: photos read upright (EXIF orientation) and 16-bit samples scaled
 STALE_REASONS = {
     "format": "the cache format changed",
     "geometry": "another image geometry (size, resize, interpolation, channels)",
@@ -162,7 +163,7 @@ def _photo_sizes(paths: list[Path], stored, workers: int) -> list[tuple[int, int
     def size_of(path: Path) -> tuple[int, int]:
         try:
             with Image.open(path) as image:
-                return image.height, image.width
+                return upright_size(image)
         except Exception:  # noqa: BLE001 (the photo failed to decode too, and is left out)
             return tuple(stored.input_size)
 

@@ -2,7 +2,8 @@
 
 Two layouts: the Kaggle flat one (`cat.0.jpg`: the class is the name before the first dot)
 and a class-foldered tree (`ROOT/<class>/...`). `tlkit check`, `tlkit split` and the later
-stages all call `scan_dataset`, so a file is judged the same way everywhere. Reads only.
+stages all call `scan_dataset`, so a file is judged the same way everywhere, and every stage
+reads a photo's pixels through `open_photo` (upright, 8 bits). Reads only.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
@@ -24,6 +26,9 @@ IMAGE_SUFFIXES = frozenset(
 # Threads, not processes: PIL releases the GIL while it decodes, and file I/O waits anyway.
 _THREADS = 8
 EMPTY_FILE = "empty file (0 bytes)"
+EXIF_ORIENTATION = 0x0112
+SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that turn the photo by 90 degrees (width and height swap)
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # PIL's modes for 16-bit (and 32-bit integer) samples
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,25 @@ def list_dataset(root: Path) -> Scan:
     return scan
 
 
+def open_photo(path: Path, mode: str, draft_side: int | None = None) -> Image.Image:
+    """A file as a PIL image in `mode` ("RGB" or "L"), as every stage reads it: upright (the EXIF
+    orientation a phone records applied), 16-bit samples scaled to 8 bits (PIL's convert would clip
+    them to white), and a JPEG decoded at 1/2, 1/4 or 1/8 scale when both sides stay >= draft_side."""
+    with Image.open(path) as image:
+        if draft_side:
+            image.draft(mode, (draft_side, draft_side))  # square: right whichever way the photo is turned
+        image = ImageOps.exif_transpose(image)
+        if image.mode in SIXTEEN_BIT_MODES:
+            image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+        return image.convert(mode)
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """(height, width) of an open image once its EXIF orientation is applied (a header read only)."""
+    sideways = image.getexif().get(EXIF_ORIENTATION) in SIDEWAYS
+    return (image.width, image.height) if sideways else (image.height, image.width)
+
+
 def check_image(path: Path, full: bool) -> ImageInfo | str:
     """ImageInfo when the file is a usable image, else the reason it is not.
 
@@ -137,12 +161,16 @@ def check_image(path: Path, full: bool) -> ImageInfo | str:
         if path.stat().st_size == 0:
             return EMPTY_FILE
         with Image.open(path) as image:
-            width, height, mode = image.width, image.height, image.mode
+            mode = image.mode
             if full:
+                height, width = upright_size(image)
                 image.draft("RGB", (64, 64))
                 image.load()
             else:
-                image.verify()
+                image.verify()  # must come first after open: the EXIF read below reopens the file
+        if not full:
+            with Image.open(path) as image:
+                height, width = upright_size(image)
     except Image.DecompressionBombError as error:  # PIL's guard against decompression bombs: not OSError
         return f"is too large to decode safely ({error})"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:

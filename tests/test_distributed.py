@@ -30,8 +30,8 @@ WORLD = 2
 PER_PROCESS_BATCH = 4
 # epochs 1: the head alone on a frozen trunk (DistributedDataParallel with find_unused_parameters;
 # AdamW would decay the trunk if its missing gradients came back as zeros), then every layer.
-RECIPE = dict(backbone="simple-cnn", weights="none", img_size=16, workers=0, device="cpu", optimizer="adamw", lr=0.01,
-              scheduler="step", step_size=1, gamma=0.5, unfreeze_after=1, seed=3)
+RECIPE = dict(backbone="simple-cnn", weights="none", img_size=16, workers=0, device="cpu", precision="fp32",
+              optimizer="adamw", lr=0.01, scheduler="step", step_size=1, gamma=0.5, unfreeze_after=1, seed=3)
 FEATURES = ["--backbone", "simple-cnn", "--weights", "none", "--img-size", "16", "--workers", "0", "--device", "cpu",
             "--cache-dtype", "float32", "--precompute-views", "2"]
 # Per process, DistributedDataParallel averages the gradients of the mean losses of equal shards: the

@@ -41,7 +41,7 @@ def test_probabilities_are_the_models_softmax(run, photos):
     checkpoint = load_checkpoint(run)
     paths, non_images = find_images([photos])
     assert non_images == 1 and [p.name for p in paths] == ["1.jpg", "2.jpg", "3.jpg", "4.jpg", "10.png"]
-    pred = predict_files(checkpoint, paths, device=torch.device("cpu"), batch_size=2)
+    pred = predict_files(checkpoint, paths, device=torch.device("cpu"), batch_size=2, precision="fp32")
     assert list(pred.failures) == [3]
     (batch,) = ImageBatches(paths[:1], checkpoint.backbone.preprocessing, device="cpu")
     with torch.inference_mode():
@@ -53,8 +53,8 @@ def test_probabilities_are_the_models_softmax(run, photos):
 def test_tta_averages_with_the_flipped_view(run, photos):
     checkpoint = load_checkpoint(run)
     paths = [photos / "1.jpg"]
-    plain = predict_files(checkpoint, paths, device=torch.device("cpu")).probabilities
-    tta = predict_files(checkpoint, paths, device=torch.device("cpu"), tta=True).probabilities
+    plain = predict_files(checkpoint, paths, device=torch.device("cpu"), precision="fp32").probabilities
+    tta = predict_files(checkpoint, paths, device=torch.device("cpu"), tta=True, precision="fp32").probabilities
     (batch,) = ImageBatches(paths, checkpoint.backbone.preprocessing, device="cpu")
     with torch.inference_mode():
         flipped = checkpoint.backbone.model(batch.images.flip(-1)).softmax(dim=1).numpy()

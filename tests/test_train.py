@@ -31,7 +31,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def settings(data_dir: Path, **overrides) -> dict:
-    base = dict(data=str(data_dir), backbone="simple-cnn", weights="none", epochs=2, batch_size=8,
+    base = dict(data=str(data_dir), backbone="simple-cnn", weights="none", epochs=2, batch_size=8, precision="fp32",
                 workers=0, optimizer="sgd", lr=0.01, scheduler="none", seed=3)
     return {**base, **overrides}
 
@@ -249,3 +249,22 @@ def test_runs_latest_moves_only_once_a_run_has_a_best_checkpoint(data_dir, tmp_p
     with pytest.raises(RuntimeError, match="out of disk"):
         finetune(**settings(data_dir, epochs=1, runs_dir=str(runs)), name="crashed", callbacks=[CrashFirstEpoch()])
     assert (runs / "crashed").is_dir() and resolve_run(None, runs_dir=runs) == good.run_dir.resolve()
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_bf16_on_the_cpu_where_it_is_supported_with_channels_last(data_dir, monkeypatch, capsys, supported):
+    import tlkit.runtime as runtime
+
+    monkeypatch.setattr(runtime, "bf16_supported", lambda device: supported)
+    trainer, backbone, _ = trainer_for(data_dir, precision="bf16", epochs=1)
+    conv = next(m for m in backbone.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert trainer.use_bf16 == supported
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) == supported
+    with trainer.autocast():
+        assert torch.is_autocast_enabled("cpu") == supported
+    fit(trainer)
+    assert math.isfinite(trainer.history[-1]["train_loss"])
+    assert runtime.precision_words(torch.device("cpu"), "bf16") == (
+        "bf16" if supported else "fp32 (this CPU has no bf16 instructions)")
+    fp32, _, _ = trainer_for(data_dir, precision="fp32", epochs=1)
+    assert not fp32.use_bf16

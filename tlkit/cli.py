@@ -250,7 +250,8 @@ _SETTING_FLAGS = (
      "built-in digit datasets, default for photo folders)"),
     ("--monitor", str, "MONITORS", "validation metric that picks the best epoch"),
     ("--patience", int, None, "stop after this many epochs without improvement (default: never)"),
-    ("--precision", str, "PRECISIONS", "CUDA arithmetic (bf16 autocast or fp32); the CPU always uses fp32"),
+    ("--precision", str, "PRECISIONS", "bf16 autocast (with channels_last) where the device supports it: CUDA, "
+     "CPUs with AVX512-BF16 or AMX; fp32 elsewhere, or on request"),
     ("--device", str, "DEVICES", "where to train"),
     ("--workers", int, None, "image loader processes (default: every core but one)"),
     ("--head-lr", float, None, "with --precompute-features: the head's lr on the cached features (default: --lr "
@@ -502,7 +503,7 @@ def _add_precompute(subparsers) -> None:
     parser.add_argument("--img-size", type=_count(1), help="input size (default: the backbone's own)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                        help="CUDA arithmetic of the trunk (the CPU always uses fp32); use the run's own")
+                        help="bf16 autocast where the device supports it (CUDA; CPUs with AVX512-BF16 or AMX), or fp32; use the run's own")
     parser.add_argument("--batch-size", type=_count(1), default=256, help="images per trunk batch")
     parser.add_argument("--workers", type=_count(0), help="decode workers (default: all cores but one)")
     parser.add_argument("--seed", type=int, default=0, help="seed of a random initialisation")
@@ -555,17 +556,19 @@ def _add_inference_flags(parser) -> None:
     parser.add_argument("--batch-size", type=_count(1), default=256, help="images per batch")
     parser.add_argument("--workers", type=_count(0), help="decode workers (default: all cores but one)")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped view")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                        help="bf16 autocast where the device supports it (CUDA; CPUs with AVX512-BF16 or AMX), or fp32")
 
 
 def _load_for_inference(args: argparse.Namespace):
     from tlkit.checkpoint import load_checkpoint, resolve_run
-    from tlkit.runtime import default_workers, select_device
+    from tlkit.runtime import default_workers, precision_words, select_device
 
     device = select_device(args.device)
     checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir), device=str(device))
     workers = default_workers() if args.workers is None else args.workers
     console.print(f"model: {relpath(checkpoint.path)} ({checkpoint.meta.get('backbone')}, "
-                  f"classes {', '.join(checkpoint.classes)})")
+                  f"classes {', '.join(checkpoint.classes)}); {device.type}, {precision_words(device, args.precision)}")
     return checkpoint, device, workers
 
 
@@ -577,7 +580,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_request(Path(args.out), fmt=args.format, topk=args.topk, classes=checkpoint.classes, paths=paths,
                   force=args.force)
     pred = predict_files(checkpoint, paths, device=device, batch_size=args.batch_size, workers=workers,
-                         tta=args.tta)
+                         tta=args.tta, precision=args.precision)
     target = write_predictions(pred, Path(args.out), fmt=args.format, topk=args.topk, force=args.force)
     table = Table(title=f"{len(paths)} images, {len(paths) / max(pred.seconds, 1e-9):,.0f} images/s")
     table.add_column("predicted class")
@@ -619,7 +622,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     checkpoint, device, workers = _load_for_inference(args)
     out_dir = Path(args.out) if args.out else default_out_dir(checkpoint, args.dir)
     report = evaluate_folder(checkpoint, args.dir, out_dir, device=device, batch_size=args.batch_size,
-                             workers=workers, tta=args.tta, force=args.force)
+                             workers=workers, tta=args.tta, force=args.force, precision=args.precision)
     table = Table(title=f"{relpath(Path(args.dir))}: accuracy {report['accuracy']:.4f} on {report['images']} images")
     for column in ("class", "precision", "recall", "f1", "images"):
         table.add_column(column, justify="left" if column == "class" else "right")

@@ -58,7 +58,7 @@ class FinetuneConfig:
     augment: str = "auto"  # auto | default | light | none (tlkit/augment.py); auto: the data's own choice
     monitor: str = "val_loss"  # which validation metric picks the best epoch
     patience: int | None = None  # early stopping: epochs without improvement; None: never
-    precision: str = "bf16"  # CUDA only; the CPU always computes in fp32
+    precision: str = "bf16"  # bf16 autocast where the device supports it (runtime.compute_precision), else fp32
     device: str = "auto"
     workers: int | None = None  # loader processes; None: every core but one
     cache_images: bool = False  # decode every photo once into DATA/.tlkit-cache, augment on the device

@@ -88,32 +88,37 @@ def _collate(samples):
 
 
 class Normalizer:
-    """uint8 batches -> float, normalised with the backbone's mean/std, on the device (channels_last on CUDA)."""
+    """uint8 batches -> float, normalised with the backbone's mean/std, on the device; channels_last
+    where the model computes in it (runtime.channels_last)."""
 
-    def __init__(self, prep, device: torch.device):
+    def __init__(self, prep, device: torch.device, channels_last: bool | None = None):
         mean = torch.tensor(prep.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(prep.std, device=device).view(1, -1, 1, 1)
         self.scale, self.shift, self.device = 1 / (255 * std), mean / std, device
+        self.channels_last = device.type == "cuda" if channels_last is None else channels_last
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True).float() * self.scale - self.shift
-        return images.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else images
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
 
 class ImageBatches:
     """Iterate normalised batches of `paths`; `failures` maps a failed index to its reason."""
 
     def __init__(self, paths: Sequence[Path], prep, *, device: torch.device, batch_size: int = 256,
-                 workers: int = 0, gpu_decode: bool | None = None, load=None, normalise: bool = True):
+                 workers: int = 0, gpu_decode: bool | None = None, load=None, normalise: bool = True,
+                 channels_last: bool | None = None):
         """`load(path) -> uint8 [C, H, W]` replaces the eval geometry (augmented views); PIL path only.
-        normalise False: the batches stay uint8 (what the decoded-image cache stores)."""
+        normalise False: the batches stay uint8 (what the decoded-image cache stores). channels_last:
+        the layout of the normalised batches (None: on CUDA)."""
         self.paths, self.prep, self.device = [Path(p) for p in paths], prep, torch.device(device)
         self.batch_size, self.workers = batch_size, workers
         self.load = load or partial(load_image, prep=prep)
         self.gpu_decode = (self.device.type == "cuda" if gpu_decode is None else gpu_decode) and load is None
         self.failures: dict[int, str] = {}
         self.decoded_by_batch, self.refusals = 0, 0  # files the batched decoder took; lists it refused
-        self._normalise = Normalizer(prep, self.device) if normalise else (lambda images: images.to(self.device))
+        self._normalise = (Normalizer(prep, self.device, channels_last) if normalise
+                           else (lambda images: images.to(self.device)))
 
     def __len__(self) -> int:
         return len(self.paths)

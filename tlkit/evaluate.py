@@ -76,7 +76,7 @@ def plot_mistakes(path: Path, mistakes: list[dict]) -> None:
 
 def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, device: torch.device,
                     batch_size: int = 256, workers: int = 0, tta: bool = False, force: bool = False,
-                    mistakes: int = 16) -> dict:
+                    mistakes: int = 16, precision: str = "bf16") -> dict:
     """Predict every labelled image of data_dir, write report.json, confusion.png and mistakes.png."""
     out_dir = Path(out_dir)
     taken = [name for name in OUTPUTS if (out_dir / name).exists()]
@@ -84,7 +84,8 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, de
         raise TlkitError(f"{relpath(out_dir)} already holds {', '.join(taken)}; nothing was written. Use "
                          "--force to replace them, or --out DIR.")
     paths, targets = labelled_images(data_dir, checkpoint.classes)
-    pred = predict_files(checkpoint, paths, device=device, batch_size=batch_size, workers=workers, tta=tta)
+    pred = predict_files(checkpoint, paths, device=device, batch_size=batch_size, workers=workers, tta=tta,
+                         precision=precision)
     scored = [i for i in range(len(paths)) if i not in pred.failures]
     if not scored:
         raise TlkitError(f"no image in {relpath(Path(data_dir))} could be decoded; check them with `tlkit check`.")

@@ -23,7 +23,7 @@ from tlkit.cache import (
 )
 from tlkit.data import EpochRows
 from tlkit.decode import ImageBatches
-from tlkit.runtime import info, progress, relpath
+from tlkit.runtime import channels_last, compute_precision, info, precision_words, progress, relpath
 
 CACHE_FORMAT = 2  # 2: photos read upright (EXIF orientation) and 16-bit samples scaled
 STALE_REASONS = {
@@ -34,7 +34,7 @@ STALE_REASONS = {
     "classes": "other classes",
     "views": "another number of augmented views",
     "dtype": "another feature dtype",
-    "compute": "another arithmetic (bf16 on CUDA vs fp32)",
+    "compute": "another arithmetic (bf16 vs fp32, or another device's bf16)",
 }
 
 
@@ -67,7 +67,7 @@ def cache_identity(backbone, classes: list[str], files: dict[str, list], views: 
         "classes": classes,
         "views": views,
         "dtype": dtype,
-        "compute": compute,  # "cuda-bf16" or "fp32": bf16 features are not the ones an fp32 run would see
+        "compute": compute,  # "cuda-bf16", "cpu-bf16" or "fp32": bf16 features are not the ones an fp32 run would see
         "files_sha256": {subset: digest_rows(rows) for subset, rows in files.items()},
     }
     return json.loads(json.dumps(identity))  # tuples become lists, as they come back from the manifest
@@ -80,7 +80,7 @@ def cache_dir_for(cache_root: Path, backbone_name: str) -> Path:
 
 def _run_trunk(backbone, batches: ImageBatches, rows: np.ndarray, bf16: bool, on_progress) -> None:
     """Fill rows[i] with the trunk's features of image i (images that fail to decode stay zero)."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
+    autocast = torch.autocast(batches.device.type, dtype=torch.bfloat16, enabled=bf16)
     with torch.inference_mode(), autocast:
         for batch in batches:
             rows[batch.indices] = backbone.trunk(batch.images).float().cpu().numpy()
@@ -118,7 +118,7 @@ def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, vie
     failures: dict[int, str] = {}
     for view, load in enumerate(loads):
         batches = ImageBatches(paths, backbone.preprocessing, device=device, batch_size=batch_size,
-                               workers=workers, load=load)
+                               workers=workers, load=load, channels_last=device.type == "cuda" or bf16)
         _run_trunk(backbone, batches, array[view] if views else array, bf16, on_progress)
         failures.update({mine[index]: why for index, why in batches.failures.items()})
     if distributed.world_size() > 1:
@@ -150,13 +150,14 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
                precision: str = "bf16", force: bool = False) -> dict[str, FeatureSet]:
     """Features of DATA/training and DATA/validation from the cache, computing them if stale.
 
-    precision: bf16 autocast on CUDA (as training runs), or fp32; the CPU always computes in fp32."""
+    precision: bf16 autocast where the device supports it (as training runs), or fp32."""
     from tlkit.data import check_classes
 
     data_dir = Path(data_dir)
     classes = check_classes(data_dir)
     files = {subset: file_list(data_dir / subset, classes) for subset in SUBSETS}
-    compute = "cuda-bf16" if device.type == "cuda" and precision == "bf16" else "fp32"
+    computed = compute_precision(device, precision)
+    compute = f"{device.type}-bf16" if computed == "bf16" else "fp32"
     identity = cache_identity(backbone, classes, files, views, dtype, compute)
     cache_dir = cache_dir_for(cache_root or default_cache_root(data_dir), backbone.name)
     distributed.setup(device)
@@ -165,9 +166,10 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
     if reason is None:
         info(f"features: using the cache in {relpath(cache_dir)}")
         return load_cache(cache_dir)
-    info(f"features: computing ({reason}) into {relpath(cache_dir)}")
+    info(f"features: computing ({reason}) into {relpath(cache_dir)}; {device.type}, "
+         f"{precision_words(device, precision)}")
     backbone.trunk.to(device).eval()
-    if device.type == "cuda":
+    if channels_last(device, precision):
         backbone.trunk.to(memory_format=torch.channels_last)
     rows = len(files["training"]) * max(1, views) + len(files["validation"])
     needed = rows * backbone.feature_dim * np.dtype(dtype).itemsize
@@ -180,7 +182,7 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
             task = bar.add_task(f"features {subset}", total=share * max(1, subset_views))
             failed = _compute_subset(
                 backbone, data_dir / subset, files[subset], staging / f"{subset}.npy", views=subset_views,
-                dtype=dtype, bf16=compute == "cuda-bf16", device=device, batch_size=batch_size, workers=workers,
+                dtype=dtype, bf16=computed == "bf16", device=device, batch_size=batch_size, workers=workers,
                 on_progress=lambda n, task=task: bar.advance(task, n))
             subsets[subset] = subset_entry(subset, files[subset], failed)
     summary = {"holds": f"{backbone.name} features", "input_size": list(backbone.preprocessing.input_size),

@@ -22,7 +22,7 @@ from tlkit.checkpoint import Checkpoint, atomic_write_text
 from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
-from tlkit.runtime import progress, relpath
+from tlkit.runtime import autocast, channels_last, progress, relpath
 from tlkit.scan import is_image_name
 
 FORMATS = PREDICT_FORMATS
@@ -63,22 +63,24 @@ def find_images(paths: list[Path]) -> tuple[list[Path], int]:
 
 
 def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.device, batch_size: int = 256,
-                  workers: int = 0, tta: bool = False, gpu_decode: bool | None = None) -> Predictions:
+                  workers: int = 0, tta: bool = False, gpu_decode: bool | None = None,
+                  precision: str = "bf16") -> Predictions:
     """Softmax probabilities of every image; with tta, averaged with the horizontally flipped view.
+    precision: bf16 autocast where the device supports it, else fp32 (runtime.compute_precision).
 
     Under torchrun each process predicts its share of the files; every process returns all of them.
     """
     distributed.setup(device)
     model = checkpoint.backbone.model.to(device).eval()
-    if device.type == "cuda":
+    nhwc = channels_last(device, precision)
+    if nhwc:
         model.to(memory_format=torch.channels_last)
     mine = distributed.shard(range(len(paths)))  # every file in a single process
     batches = ImageBatches([paths[index] for index in mine], checkpoint.backbone.preprocessing, device=device,
-                           batch_size=batch_size, workers=workers, gpu_decode=gpu_decode)
+                           batch_size=batch_size, workers=workers, gpu_decode=gpu_decode, channels_last=nhwc)
     probabilities = np.full((len(mine), len(checkpoint.classes)), np.nan, dtype=np.float32)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     started = time.perf_counter()
-    with progress() as bar, torch.inference_mode(), autocast:
+    with progress() as bar, torch.inference_mode(), autocast(device, precision):
         task = bar.add_task("predicting", total=len(paths))
         for batch in batches:
             scores = model(batch.images).float().softmax(dim=1)

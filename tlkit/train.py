@@ -18,7 +18,7 @@ from rich.progress import TextColumn
 
 from tlkit import distributed
 from tlkit.errors import TlkitError
-from tlkit.runtime import console, progress
+from tlkit.runtime import compute_precision, console, progress
 
 PER_BATCH_SCHEDULERS = ("cosine", "onecycle")
 DISPLAY_EVERY = 10  # batches between progress-bar figures (each reads the loss back from the GPU)
@@ -66,7 +66,7 @@ class Trainer:
         self.train_loader, self.val_loader, self.train_sampler = train_loader, val_loader, train_sampler
         self.normalize, self.device, self.epochs = normalize, device, epochs
         self.total_epochs = epochs  # what "epoch 3/10" shows: the whole run's, also in its head-only phase
-        self.use_bf16 = device.type == "cuda" and precision == "bf16"
+        self.use_bf16 = compute_precision(device, precision) == "bf16"
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.callbacks = list(callbacks or [])
         self.run_dir, self.meta = run_dir, dict(meta or {})
@@ -82,7 +82,7 @@ class Trainer:
         self.skipped: set[str] = set()  # images that failed to decode
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_bf16 else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.use_bf16 else nullcontext()
 
     def call(self, event: str) -> None:
         for callback in self.callbacks:

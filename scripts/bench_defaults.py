@@ -3,7 +3,7 @@ optimizer, lr, schedule or augmentation flag.
 
 - MNIST: `mnist-net`, 2 epochs, the real MNIST test set (../shared/data/mnist-t10k) as 8,000
   training / 2,000 validation digits, opened as `tlkit train --dataset mnist` opens MNIST.
-- digits: `simple-cnn`, 30 epochs, scikit-learn's 1,797 digits (1,617 / 180), as the demo runs it.
+- digits: `simple-cnn`, 40 epochs, scikit-learn's 1,797 digits (1,617 / 180), as the demo runs it.
 Old defaults: SGD lr 1e-3 (momentum 0.9), StepLR every 7 epochs, the data's shift augmentation.
 
     python scripts/bench_defaults.py [--data ../shared/data/mnist-t10k]
@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     set_quiet(True)
     cases = [("MNIST 8,000/2,000", mnist_source(args.data), "mnist-net", 2),
-             ("digits 1,617/180", open_source("digits"), "simple-cnn", 30)]
+             ("digits 1,617/180", open_source("digits"), "simple-cnn", 40)]
     rows = ["| data | model | epochs | defaults | validation accuracy | time (s) |", "| --- | --- | ---: | --- | ---: | ---: |"]
     with tempfile.TemporaryDirectory() as runs:
         for title, source, model, epochs in cases:

@@ -6,7 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/_setup_venv.sh"
 PETS_FLOOR=0.98    # measured 0.9865 (73 of the 74 validation photos; one more mistake would be 0.973)
-DIGITS_FLOOR=0.97  # measured 0.994-1.000
+DIGITS_FLOOR=0.97  # measured 0.994 (bf16 on a CPU with it; 30 epochs gave 0.978-1.000 by seed)
 
 rm -rf demo  # the demo's own folder (git-ignored), remade on every run
 mkdir -p demo/pets
@@ -22,7 +22,7 @@ tlkit predict demo/pets/validation/cat --runs-dir demo/runs --out demo/predictio
 tlkit export --format onnx --runs-dir demo/runs --out demo/pets.onnx
 
 # From scratch, with the defaults: tlkit train on a built-in dataset (no flips for digits).
-tlkit train --dataset digits --model simple-cnn --epochs 30 --runs-dir demo/runs --name digits
+tlkit train --dataset digits --model simple-cnn --epochs 40 --runs-dir demo/runs --name digits
 
 echo
 echo "results:"

@@ -16,6 +16,8 @@ from tlkit.checkpoint import (
 )
 from tlkit.errors import TlkitError
 
+from conftest import make_checkpoint
+
 
 def meta_for(backbone, classes) -> dict:
     prep = backbone.preprocessing
@@ -131,3 +133,49 @@ def test_resume_writer_keeps_its_cadence_and_flushes_the_newest_epoch(tmp_path, 
     copy = checkpoint._copied({"model": {"w": weights}, "rng": (1, [2, 3])})
     weights += 1
     assert torch.equal(copy["model"]["w"], weights - 1) and copy["rng"] == (1, [2, 3])
+
+
+@pytest.mark.parametrize("damage", ["json", "meta-fields", "weights-bytes", "weights-of-another-model"])
+def test_a_damaged_checkpoint_is_one_message(tmp_path, damage):
+    run = make_checkpoint(tmp_path / "runs" / "tiny")
+    meta_path, weights_path = run / "best.json", run / "best.safetensors"
+    if damage == "json":
+        meta_path.write_text(meta_path.read_text()[:40])
+    elif damage == "meta-fields":
+        meta = json.loads(meta_path.read_text())
+        del meta["preprocessing"]
+        meta_path.write_text(json.dumps(meta))
+    elif damage == "weights-bytes":
+        weights_path.write_bytes(weights_path.read_bytes()[:100])
+    else:
+        other = make_checkpoint(tmp_path / "runs" / "other", classes=("a", "b", "c"))
+        weights_path.write_bytes((other / "best.safetensors").read_bytes())
+    with pytest.raises(TlkitError) as caught:
+        load_checkpoint(run)
+    named = "best.json" if damage in ("json", "meta-fields") else "best.safetensors"
+    assert named in str(caught.value) and "another run" in str(caught.value)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KB tmpfs (root can mount one), or skip: the real errors of safetensors and torch.save."""
+    import subprocess
+
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("what", ["best", "resume"])
+def test_a_full_disk_is_one_message_and_leaves_no_partial_file(full_disk, what):
+    backbone = models.create("simple-cnn", num_classes=2, weights="none")
+    with pytest.raises(TlkitError, match="could not write .*(no space left|No space left).*previous version"):
+        if what == "best":  # safetensors: SafetensorError, 'os error 28'
+            save_best(full_disk, backbone.model.state_dict(), meta_for(backbone, ["a", "b"]))
+        else:  # torch.save: RuntimeError 'unexpected pos ...' from its zip writer
+            save_resume(full_disk, {"model": backbone.model.state_dict()})
+    assert not [name for name in os.listdir(full_disk) if "tmp" in name]

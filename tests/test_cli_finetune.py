@@ -191,3 +191,15 @@ def test_fine_tune_on_the_real_photos(tmp_path, capsys):
     assert json.loads((run / "report.json").read_text())["cat"]["support"] == 40
     for name in ("curves.png", "confusion.png", "resume.pt", "config.yaml"):
         assert (run / name).stat().st_size > 0
+
+
+def test_weights_of_a_run_with_other_classes_say_the_head_starts_fresh(tmp_path, data_dir, capsys):
+    assert finetune_cli(tmp_path, data_dir, "--epochs", "1", "--name", "two") == 0
+    three = make_foldered(tmp_path / "three" / "training", {"a": 4, "b": 4, "c": 4}).parent
+    make_foldered(three / "validation", {"a": 2, "b": 2, "c": 2})
+    capsys.readouterr()
+    assert main(["finetune", "--data", str(three), "--runs-dir", str(tmp_path / "runs"), *QUICK, "--epochs", "1",
+                 "--weights", str(tmp_path / "runs" / "two"), "--name", "three"]) == 0
+    err = error_of(capsys)
+    assert "trained for other classes than these 3" in err and "head starts from a random initialisation" in err
+    assert "new head tensors, randomly initialised" in err  # the weights line says which tensors

@@ -156,7 +156,7 @@ def test_a_failure_while_saving_on_ctrl_c_does_not_hide_the_interrupt(data_dir, 
             raise OSError(28, "No space left on device")
 
     with pytest.raises(KeyboardInterrupt):
-        finetune(**recipe(data_dir, tmp_path, precompute_features=True, name="full"),
-                 callbacks=[interrupt_at(1), DiskFull()])
+        finetune(**recipe(data_dir, tmp_path, precompute_features=True, name="full", resume_every_seconds=0),
+                 callbacks=[interrupt_at(2), DiskFull()])
     err = capsys.readouterr().err
     assert "could not save on the way out" in err and "tlkit finetune --resume" in err

@@ -177,7 +177,11 @@ def _plant_torchvision(tmp_path: Path, file_name: str, state: dict) -> Path:
     return folder / file_name
 
 
-def test_imagenet_resnet18_loads_the_very_tensors_in_the_offline_cache(tmp_path):
+def test_imagenet_resnet18_loads_the_very_tensors_in_the_offline_cache(tmp_path, monkeypatch):
+    from tlkit import weights
+
+    # The planted tensors cannot have the real file's sha256: let them pass for it here (the check has its test).
+    monkeypatch.setattr(weights, "matches_its_name", lambda path: True)
     torch.manual_seed(7)
     planted = tvm.resnet18(weights=None).state_dict()  # 1000 classes, as the real file
     path = _plant_torchvision(tmp_path, "resnet18-f37072fd.pth", planted)
@@ -198,11 +202,19 @@ def test_imagenet_with_an_empty_cache_names_the_file_the_folder_and_the_alternat
         assert expected in message
 
 
-def test_a_truncated_cached_file_is_named_for_deletion(tmp_path):
-    path = _plant_torchvision(tmp_path, "resnet18-f37072fd.pth", {"w": torch.randn(256, 256)})
-    path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(TlkitError, match=rf"truncated or corrupt.*delete {path}"):
+@pytest.mark.parametrize("content", ["truncated", "other tensors"])
+def test_a_cached_file_that_is_not_what_its_name_says_is_refused(tmp_path, content, capsys):
+    """torchvision's file names carry the start of their sha256: a truncated download, or other tensors
+    saved under the ImageNet name, never train as "pretrained"."""
+    path = _plant_torchvision(tmp_path, "resnet18-f37072fd.pth", tvm.resnet18(weights=None).state_dict())
+    if content == "truncated":
+        path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(TlkitError, match=rf"{path} is truncated or altered.*Delete it"):
         models.create("resnet18", 2)
+    from tlkit.cli import main
+
+    assert main(["models"]) == 0
+    assert "damaged" in capsys.readouterr().out
 
 
 def _plant_hf(tmp_path: Path, repo_id: str, state: dict) -> Path:

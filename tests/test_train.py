@@ -268,3 +268,11 @@ def test_bf16_on_the_cpu_where_it_is_supported_with_channels_last(data_dir, monk
         "bf16" if supported else "fp32 (this CPU has no bf16 instructions)")
     fp32, _, _ = trainer_for(data_dir, precision="fp32", epochs=1)
     assert not fp32.use_bf16
+
+
+def test_ctrl_c_before_the_first_epoch_ends_does_not_suggest_resume(data_dir, tmp_path, capsys):
+    with pytest.raises(KeyboardInterrupt):
+        finetune(**settings(data_dir, runs_dir=str(tmp_path / "runs")), name="early", callbacks=[interrupt_at(1)])
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "--resume" not in err
+    assert not (tmp_path / "runs" / "early" / "resume.pt").exists()

@@ -146,3 +146,33 @@ def test_a_file_of_garbage_says_what_is_wrong_not_torch_advice(tmp_path):
     with pytest.raises(TlkitError) as raised:
         weights.read_tensors(garbage)
     assert "not a PyTorch tensor file" in str(raised.value) and "PyTorch 2.6" not in str(raised.value)
+
+
+class RunsCode:
+    """A pickle that would call a function of a blocked module (os) when loaded."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+def test_a_pth_that_would_run_code_is_refused_as_pickled_not_called_corrupt(tmp_path):
+    torch.save({"w": torch.ones(1), "payload": RunsCode()}, tmp_path / "code.pth")
+    with pytest.raises(TlkitError, match=r"refused .*code\.pth.*pickled Python objects \((posix|nt)\.getcwd\)"):
+        weights.read_tensors(tmp_path / "code.pth")
+
+
+@pytest.mark.parametrize("content", ["code", "truncated"])
+def test_a_bad_resume_file_is_one_message(tmp_path, content):
+    from tlkit.checkpoint import RESUME, load_resume
+
+    if content == "code":
+        torch.save({"epoch": 1, "payload": RunsCode()}, tmp_path / RESUME)
+    else:
+        torch.save({"epoch": 1, "w": torch.ones(1000)}, tmp_path / RESUME)
+        data = (tmp_path / RESUME).read_bytes()
+        (tmp_path / RESUME).write_bytes(data[:len(data) // 2])
+    with pytest.raises(TlkitError, match="pickled Python objects" if content == "code" else "truncated") as caught:
+        load_resume(tmp_path)
+    assert "--resume" in str(caught.value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Callable
 from tlkit import __version__
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
+from tlkit.weights import pickled_global
 
 BEST_WEIGHTS = "best.safetensors"
 BEST_META = "best.json"
@@ -48,15 +50,33 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as error:
+    except BaseException as error:
+        full = _out_of_space(error, path.parent)  # judged before the partial file is deleted
         tmp.unlink(missing_ok=True)
+        if not isinstance(error, OSError) and not full:
+            raise
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "no space left on the disk"
         raise TlkitError(
-            f"could not write {relpath(path)} ({error.strerror or error}); the previous version, if any, "
+            f"could not write {relpath(path)} ({reason}); the previous version, if any, "
             "is left as it was. Free some disk space or choose another --runs-dir."
         ) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+
+FULL_BELOW_BYTES = 16 << 20  # a folder with less free space than this after a failed write: the disk was full
+
+
+def _out_of_space(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of disk. safetensors says so ('os error 28'), but torch.save's zip
+    writer fails with words of its own ('unexpected pos 576 vs 534'): the free space tells."""
+    if isinstance(error, KeyboardInterrupt):
+        return False
+    text = str(error).lower()
+    if any(words in text for words in ("no space left", "os error 28", "disk quota")):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -103,8 +123,12 @@ def read_meta(path: Path) -> dict:
                 f"{relpath(needed)} does not exist; a checkpoint is a .safetensors file with its .json "
                 "beside it, as `tlkit finetune` writes them into runs/<name>/."
             )
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise TlkitError(f"{relpath(meta_path)} is damaged ({error.__class__.__name__}: {error}); it is not the "
+                         "JSON tlkit wrote. Use another run, or retrain this one.") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
         raise TlkitError(
             f"{relpath(meta_path)} was written by tlkit {meta.get('tlkit_version', '?')} in a format this "
             f"tlkit {__version__} cannot read; upgrade tlkit or retrain."
@@ -121,12 +145,22 @@ def load_checkpoint(path: Path | str | None = None, device: str = "cpu") -> Chec
     path = Path(path) if path is not None else resolve_run(None)
     weights_path, _ = checkpoint_paths(path)
     meta = read_meta(path)
-    backbone = models.create(
-        meta["backbone"], num_classes=meta["num_classes"], weights="none",
-        in_chans=meta["in_chans"], img_size=meta["img_size"],
-    )
-    backbone.model.load_state_dict(load_file(str(weights_path), device="cpu"))
-    backbone.preprocessing = models.Preprocessing.from_dict(meta["preprocessing"])
+    try:
+        backbone = models.create(
+            meta["backbone"], num_classes=meta["num_classes"], weights="none",
+            in_chans=meta["in_chans"], img_size=meta["img_size"],
+        )
+        backbone.preprocessing = models.Preprocessing.from_dict(meta["preprocessing"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise TlkitError(f"{relpath(checkpoint_paths(path)[1])} lacks or garbles {error} of what rebuilds the "
+                         "model; it is not the file tlkit wrote. Use another run, or retrain this one.") from None
+    try:
+        backbone.model.load_state_dict(load_file(str(weights_path), device="cpu"))
+    except Exception as error:  # safetensors' header errors, or tensors of another model (load_state_dict)
+        detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else error.__class__.__name__
+        raise TlkitError(f"{relpath(weights_path)} cannot be loaded into the {meta['backbone']} its .json describes "
+                         f"({detail}); the file is damaged or belongs to another run. Use another run, or "
+                         "retrain this one.") from None
     backbone.model.to(device).eval()
     return Checkpoint(backbone=backbone, classes=list(meta["classes"]), meta=meta, path=weights_path)
 
@@ -189,7 +223,14 @@ def load_resume(run_dir: Path) -> dict:
             f"{relpath(path)} does not exist: {relpath(run_dir)} is not a tlkit run folder, or its run "
             "stopped before the first epoch ended. Start it again without --resume (add --force)."
         )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickled code, a truncated file, or not a torch file at all
+        refused = pickled_global(error)
+        what = (f"holds pickled Python objects ({refused}), and tlkit never runs pickled code" if refused
+                else f"is truncated or not a tlkit resume file ({error.__class__.__name__})")
+        raise TlkitError(f"{relpath(path)} {what}. Start the run again without --resume (add --force), or "
+                         "use its best checkpoint (best.safetensors) with --weights.") from None
 
 
 # ---------------------------------------------------------------- run folders

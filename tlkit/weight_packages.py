@@ -6,17 +6,15 @@ its tensors to timm's by position. Builds no model and downloads nothing.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from tlkit.errors import TlkitError
+from tlkit.weights import named_sha256_prefix, sha256_of
 
-HASH_CHUNK_BYTES = 1 << 20
 UNCOUNTED = "num_batches_tracked"  # a BatchNorm buffer that one side may lack; BatchNorm fills it in on load
 
 
@@ -59,21 +57,18 @@ def installed_file(package: WeightsPackage) -> Path | None:
 def verified(path: Path, package: WeightsPackage) -> Path:
     """`path`, after checking its bytes against the sha256 prefix in its name (as torch hub does
     for downloads): a truncated or altered file is refused with the command that repairs it."""
-    expected = re.search(r"-([0-9a-f]{8,})\.[a-z]+$", path.name)
+    expected = named_sha256_prefix(path)
     if not path.is_file():
         raise TlkitError(f"{path} is missing from the installed package {package.pip_name}; "
                          f"reinstall it: {package.reinstall} (or use --weights PATH / --weights none).")
     if expected is None:
         raise TlkitError(f"{path}: its name carries no sha256 prefix to check it against; "
                          f"reinstall the package: {package.reinstall}.")
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    if not digest.hexdigest().startswith(expected.group(1)):
+    actual = sha256_of(path)
+    if not actual.startswith(expected):
         raise TlkitError(
-            f"{path} is truncated or altered: its sha256 starts {digest.hexdigest()[:len(expected.group(1))]}, "
-            f"its name says {expected.group(1)}. Reinstall it: {package.reinstall} "
+            f"{path} is truncated or altered: its sha256 starts {actual[:len(expected)]}, "
+            f"its name says {expected}. Reinstall it: {package.reinstall} "
             "(or use --weights PATH / --weights none)."
         )
     return path

@@ -9,6 +9,7 @@ random weights without being asked.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -104,11 +105,42 @@ def offline_reason(url: str) -> str | None:
     return None
 
 
+HASH_CHUNK_BYTES = 1 << 20
+
+
+def named_sha256_prefix(path: Path) -> str | None:
+    """The sha256 prefix a weights file's name carries (`resnet18-f37072fd.pth`: torch hub's and the
+    PyPI packages' convention), or None."""
+    found = re.search(r"-([0-9a-f]{8,})\.[a-z]+$", Path(path).name)
+    return found.group(1) if found else None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as file:
+        while chunk := file.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def matches_its_name(path: Path) -> bool:
+    """False when the file's bytes do not start the sha256 its name gives (truncated or altered);
+    True when they do, or when the name gives none."""
+    prefix = named_sha256_prefix(path)
+    return prefix is None or sha256_of(path).startswith(prefix)
+
+
 def fetch(location: CachedWeights, backbone: str, missing_package: str = "") -> Path:
     """The cached file, downloading it first when the network allows; never waits on a dead network.
     missing_package: why an installable source was not used (e.g. "the PyPI package X is not
     installed (pip install X)"), said first when this last resort fails too."""
     if location.path is not None:
+        if not matches_its_name(location.path):
+            raise TlkitError(
+                f"{location.path} is truncated or altered: its sha256 does not start with the "
+                f"{named_sha256_prefix(location.path)} its name gives. Delete it and fetch it again "
+                f"(it is downloaded into {location.folder} when online), {ALTERNATIVES}."
+            )
         return location.path
     reason = offline_reason(location.url)
     first = f"{missing_package}, and " if missing_package else ""
@@ -165,10 +197,10 @@ def read_tensors(path: Path, delete_hint: Path | None = None) -> dict[str, torch
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # zip, EOF, header and unpickling errors: the bytes are damaged, or not tensors only
-        refused_global = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        if isinstance(error, pickle.UnpicklingError) and refused_global:
+        refused_global = pickled_global(error)
+        if refused_global:
             raise TlkitError(
-                f"refused {path}: it holds pickled Python objects ({refused_global.group(1)}), not only tensors, "
+                f"refused {path}: it holds pickled Python objects ({refused_global}), not only tensors, "
                 "and tlkit never runs pickled code (torch.load weights_only=True). Re-save it as a state "
                 "dict (torch.save(model.state_dict(), ...)) or as .safetensors."
             ) from error
@@ -177,6 +209,13 @@ def read_tensors(path: Path, delete_hint: Path | None = None) -> dict[str, torch
         raise TlkitError(f"{path} is truncated or corrupt ({error.__class__.__name__}: {detail}); {remedy} "
                          "use --weights PATH / --weights none.") from error
     return _unwrap(loaded, path)
+
+
+def pickled_global(error: Exception) -> str | None:
+    """The Python object a weights_only torch.load refused to unpickle, or None for another failure.
+    torch words it "Unsupported global: GLOBAL x" or "unsupported GLOBAL x whose module ... is blocked"."""
+    found = re.search(r"unsupported global(?:: GLOBAL)? ([\w.]+)", str(error), re.IGNORECASE)
+    return found.group(1) if isinstance(error, pickle.UnpicklingError) and found else None
 
 
 def _first_sentence(text: str, limit: int = 160) -> str:

@@ -208,3 +208,54 @@ def test_quick_split_reads_headers_only(tmp_path, capsys):
     assert "identical" not in capsys.readouterr().err  # no hashes without the full check: the pair goes unseen
     rows = list(csv.DictReader((tmp_path / "split.csv").open()))
     assert len(rows) == 13 and "cat.copy.jpg" in {Path(row["source"]).name for row in rows}
+
+
+@pytest.mark.parametrize("cut_at", [2, 3, 4, 5, 6, 7])
+def test_a_split_killed_while_swapping_in_is_finished_before_anything_reads_it(tmp_path, monkeypatch, cut_at):
+    """`split --force` interrupted between any two of its renames: the next reader (here finetune's
+    check_classes) finishes the new split; no validation photo is also a training photo, and split.csv
+    describes the folders as they are."""
+    from tlkit.data import check_classes
+
+    src = make_flat(tmp_path / "train", {"cat": 10, "dog": 10})
+    out = tmp_path / "data"
+    _split(src, 6, out, seed=0)
+    real_replace, calls = os.replace, []
+
+    def dying_replace(source, target):
+        calls.append(target)
+        if len(calls) == cut_at:  # 1: the journal; then old aside / new in, per output
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(split_module.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        _split(src, 6, out, seed=1, force=True)
+    monkeypatch.setattr(split_module.os, "replace", real_replace)
+    assert check_classes(out) == ["cat", "dog"]
+    training, validation = (set(p.name for p in (out / s).rglob("*.jpg")) for s in ("training", "validation"))
+    assert not training & validation and len(training) + len(validation) == 20
+    with open(out / "split.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["destination"].split("/")[-1] for r in rows if r["subset"] == "validation"} == validation
+    assert sorted(p.name for p in out.iterdir()) == ["split.csv", "training", "validation"]  # nothing left over
+
+
+def test_a_copy_split_on_a_full_disk_removes_its_partial_copy(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from tlkit.cli import main
+
+    src = make_flat(tmp_path / "train", {"cat": 6, "dog": 6})
+    real_copy, copies = split_module.shutil.copy2, []
+
+    def filling_copy(source, target):
+        copies.append(target)
+        if len(copies) > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_copy(source, target)
+
+    monkeypatch.setattr(split_module.shutil, "copy2", filling_copy)
+    assert main(["split", str(src), "--val", "4", "--mode", "copy", "--out", str(tmp_path / "data")]) == 1
+    assert "filled up" in capsys.readouterr().err
+    assert not list((tmp_path / "data").iterdir())  # no staging, no half split

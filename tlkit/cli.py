@@ -152,6 +152,9 @@ def _add_split(subparsers) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     root = Path(args.dir)
+    from tlkit.split import finish_interrupted_swap
+
+    finish_interrupted_swap(root)
     # A folder `tlkit split` wrote: check its subsets, each a class-foldered tree of its own.
     subsets = [root / "training", root / "validation"]
     problems = sum(_check_folder(folder) for folder in subsets) if all(f.is_dir() for f in subsets) else \

@@ -9,6 +9,8 @@ output is complete and checked.
 from __future__ import annotations
 
 import csv
+import errno
+import json
 import math
 import os
 import shutil
@@ -17,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlkit.errors import TlkitError
-from tlkit.runtime import relpath
+from tlkit.runtime import relpath, warn
 from tlkit.scan import Scan
 
 SUBSETS = ("training", "validation")
 MODES = ("link", "copy", "symlink", "move")
 MANIFEST = "split.csv"
+OUTPUTS = (*SUBSETS, MANIFEST)  # what a split writes into OUT, swapped in together
 
 
 @dataclass
@@ -135,7 +138,7 @@ def default_out(src: Path) -> Path:
 def check_outputs_free(out: Path, src: Path, force: bool) -> None:
     """Refuse to overwrite earlier output, or to write inside the source, unless forced."""
     src = src.resolve()
-    for name in (*SUBSETS, MANIFEST):
+    for name in OUTPUTS:
         target = (out / name).resolve()
         if src == target or target in src.parents:
             raise TlkitError(
@@ -187,30 +190,77 @@ def _verify_output(plan: SplitPlan, staging: Path) -> None:
         raise RuntimeError(f"split output does not match its plan: {len(found)} files for {len(expected)} planned")
 
 
+JOURNAL = ".tlkit-split-journal.json"
+
+
 def execute_split(plan: SplitPlan, mode: str = "link", force: bool = False, on_progress=None) -> None:
-    """Write the plan: build under a temporary folder, check it, then rename into place."""
+    """Write the plan: build under a temporary folder, check it, then swap it into place."""
     out = plan.out
     check_outputs_free(out, plan.scan.root, force)
     out.mkdir(parents=True, exist_ok=True)
+    finish_interrupted_swap(out)
     staging = out / f".tlkit-split-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    for leftover in out.glob(".tlkit-split-*"):  # an earlier interrupted split
-        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in out.glob(".tlkit-split-*"):  # an earlier split interrupted while building
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
     staging.mkdir()
-    for source, _, _, destination in plan.rows:
-        _place(source, staging / destination, mode)
-        if on_progress:
-            on_progress()
-    _write_manifest(plan, staging / MANIFEST)
-    _verify_output(plan, staging)
-    for name in (*SUBSETS, MANIFEST):
-        target = out / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)  # only reachable with force, checked above
-        elif target.exists() or target.is_symlink():
-            target.unlink()
-        os.replace(staging / name, target)
-    staging.rmdir()
+    try:
+        for source, _, _, destination in plan.rows:
+            _place(source, staging / destination, mode)
+            if on_progress:
+                on_progress()
+        _write_manifest(plan, staging / MANIFEST)
+        _verify_output(plan, staging)
+    except BaseException as error:  # a full disk, Ctrl-C: the half-built copy goes, nothing else changed
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise TlkitError(f"the disk of {relpath(out)} filled up while the split was {mode}-ing files; the "
+                             "partial copy was removed and nothing else changed. Free some space, or split with "
+                             "the default --mode link (no copies).") from None
+        raise
+    _swap_in(out, staging)
     if mode == "move":
         for source, *_ in plan.rows:
             source.unlink()
+
+
+def _swap_in(out: Path, staging: Path) -> None:
+    """Replace training/, validation/ and split.csv with the staged ones as one step that survives a
+    kill: a journal names both sides first; the old outputs are renamed aside (not deleted) before
+    the new ones are renamed in, and deleted last. An interrupted swap is finished by the next split,
+    or by the next command that reads the folder (finish_interrupted_swap)."""
+    old = out / f".tlkit-split-old-{os.getpid()}"
+    journal = out / JOURNAL
+    tmp = journal.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"staging": staging.name, "old": old.name}), encoding="utf-8")
+    os.replace(tmp, journal)  # from here on, the next run finishes what this one started
+    old.mkdir()
+    for name in OUTPUTS:
+        if (out / name).exists() or (out / name).is_symlink():
+            os.replace(out / name, old / name)
+        os.replace(staging / name, out / name)
+    journal.unlink()
+    shutil.rmtree(old)
+    staging.rmdir()
+
+
+def finish_interrupted_swap(out: Path) -> bool:
+    """Complete a split whose swap was interrupted (killed, Ctrl-C): the new, verified outputs go in,
+    the old ones out. Returns whether there was one to finish (and says so)."""
+    journal = Path(out) / JOURNAL
+    if not journal.is_file():
+        return False
+    names = json.loads(journal.read_text(encoding="utf-8"))
+    staging, old = Path(out) / names["staging"], Path(out) / names["old"]
+    old.mkdir(exist_ok=True)
+    for name in OUTPUTS:
+        if (staging / name).exists():  # not yet swapped in: whatever stands in its place is the old one
+            if (Path(out) / name).exists() or (Path(out) / name).is_symlink():
+                os.replace(Path(out) / name, old / name)
+            os.replace(staging / name, Path(out) / name)
+    journal.unlink()
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    warn(f"finished a split of {relpath(Path(out))} that was interrupted while putting its folders in place "
+         "(the new split was complete and checked; the old one is removed)")
+    return True

@@ -117,3 +117,11 @@ def test_check_of_a_single_class_folder_is_a_problem(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "problems found: 1" in captured.out and "one class only (cat)" in captured.err
     assert main(["check", "--strict", str(src)]) == 1
+
+
+def test_debug_shows_the_traceback_behind_a_message(tmp_path, capsys):
+    assert main(["split", str(tmp_path / "nowhere"), "--val", "2"]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["split", str(tmp_path / "nowhere"), "--val", "2", "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "error:" in err

@@ -99,3 +99,51 @@ def test_onnx_without_the_onnx_package_is_one_message_with_the_pip_command(run, 
     err = capsys.readouterr().err
     assert "pip install onnx onnxruntime" in err and "Traceback" not in err
     assert not target.exists() and not list(tmp_path.glob("model.onnx*"))
+
+
+def _pixels_from_the_json_alone(path, meta) -> np.ndarray:
+    """An ONNX user's preprocessing, written from the sidecar's `decode` steps and numbers only (Pillow and
+    numpy, no tlkit code)."""
+    from PIL import Image, ImageOps
+
+    prep = meta["preprocessing"]
+    mode = "RGB" if meta["input"]["channels"] == 3 else "L"
+    height, width = prep["input_size"]
+    side = prep["resize_size"] or max(height, width)
+    resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[prep["interpolation"]]
+    with Image.open(path) as image:
+        image.draft(mode, (side, side))
+        image = ImageOps.exif_transpose(image).convert(mode)
+    if prep["resize_size"]:
+        short, long = sorted(image.size)
+        scaled = (side, int(side * long / short))
+        image = image.resize(scaled if image.width <= image.height else scaled[::-1], resample)
+        left, top = int(round((image.width - width) / 2)), int(round((image.height - height) / 2))
+        image = image.crop((left, top, left + width, top + height))
+    else:
+        image = image.resize((width, height), resample)
+    pixels = np.asarray(image, dtype=np.float32).reshape(image.height, image.width, -1).transpose(2, 0, 1) / 255
+    return (pixels - np.array(prep["mean"], np.float32)[:, None, None]) / np.array(prep["std"], np.float32)[:, None, None]
+
+
+def test_the_onnx_sidecar_describes_tlkits_own_decoding(run, tmp_path):
+    """Large JPEGs, where decoding at reduced size matters: the ONNX model fed by the sidecar's steps
+    gives tlkit predict's probabilities."""
+    from tlkit.predict import predict_files
+
+    photos = [write_image(tmp_path / "big" / f"{n}.jpg", size=(400 + 40 * n, 300), color=n) for n in range(4)]
+    target = tmp_path / "model.onnx"
+    assert main(["export", "--format", "onnx", "--checkpoint", str(run), "--out", str(target)]) == 0
+    meta = json.loads(sidecar_path(target).read_text())
+    assert any("draft" in step for step in meta["decode"]) and any("exif" in step.lower() for step in meta["decode"])
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    inputs = np.stack([_pixels_from_the_json_alone(path, meta) for path in photos])
+    (batch,) = ImageBatches(photos, load_checkpoint(run).backbone.preprocessing, device="cpu", batch_size=8)
+    # The very pixels tlkit feeds its model (without the reduced-size JPEG decoding: up to 0.16 apart here).
+    np.testing.assert_allclose(inputs, batch.images.numpy(), atol=1e-5)
+    logits = session.run(["logits"], {"images": inputs})[0]
+    theirs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    ours = predict_files(load_checkpoint(run), photos, device=torch.device("cpu"), precision="fp32").probabilities
+    np.testing.assert_allclose(theirs, ours, atol=2e-3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections import Counter
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def _count(minimum: int):
 
 _COMMON = argparse.ArgumentParser(add_help=False)
 _COMMON.add_argument("-q", "--quiet", action="store_true", help="no progress bars or chatter")
+_COMMON.add_argument("--debug", action="store_true",
+                     help="with an error, also print the traceback that led to it (for a bug report)")
 
 
 def _subparser(subparsers, name: str, summary: str, description: str, example: str):
@@ -806,6 +809,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except TlkitError as error:
         set_quiet(False)  # --quiet silences chatter, never the reason a command failed
+        if getattr(args, "debug", False):
+            console.print("".join(traceback.format_exception(error)).rstrip())
         console.print(f"[bold red]error:[/] {error}")
         return 1
     except KeyboardInterrupt:

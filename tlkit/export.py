@@ -87,6 +87,26 @@ def _run_exported(fmt: str, path: Path, images: torch.Tensor) -> np.ndarray | No
     return session.run(["logits"], {"images": images.numpy()})[0]
 
 
+def decode_steps(prep) -> list[str]:
+    """How tlkit turns a file into the model's input, step by step, for a user of the exported model
+    (scan.open_photo, then decode.load_image): follow them and the pixels are tlkit's own."""
+    mode = "RGB" if prep.in_chans == 3 else "L"
+    side = max(prep.resize_size) if isinstance(prep.resize_size, (list, tuple)) else (
+        prep.resize_size or max(prep.input_size))
+    resize = (f"resize the shorter side to {prep.resize_size} px ({prep.interpolation}, antialiased), then "
+              f"centre-crop to {prep.input_size[0]}x{prep.input_size[1]}" if prep.resize_size else
+              f"resize to {prep.input_size[0]}x{prep.input_size[1]} ({prep.interpolation}, antialiased)")
+    return [
+        f"Pillow: Image.open(file); draft('{mode}', ({side}, {side})): a JPEG decodes at 1/2, 1/4 or 1/8 "
+        f"scale while both sides stay at least {side} px",
+        "ImageOps.exif_transpose: upright as the camera's EXIF orientation says",
+        "16-bit samples (modes I;16, I) shifted right by 8 bits",
+        f"convert('{mode}')",
+        resize,
+        "to float in 0..1 (divide by 255), then (x - mean) / std per channel",
+    ]
+
+
 def sidecar_path(out: Path) -> Path:
     """`model.onnx` -> `model.onnx.json`: never the `best.json` of a checkpoint beside it."""
     return out.with_name(out.name + ".json")
@@ -131,6 +151,7 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path, *, images: li
     meta = {"backbone": checkpoint.meta.get("backbone"), "classes": checkpoint.classes,
             "input": {"layout": "NCHW", "dtype": "float32", "batch": "dynamic", "channels": prep.in_chans,
                       "height": prep.input_size[0], "width": prep.input_size[1]},
-            "preprocessing": prep.to_dict(), "output": "logits (softmax gives probabilities)", "check": check}
+            "preprocessing": prep.to_dict(), "decode": decode_steps(prep),
+            "output": "logits (softmax gives probabilities)", "check": check}
     atomic_write_text(sidecar, json.dumps(meta, indent=2))
     return check

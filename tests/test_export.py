@@ -147,3 +147,17 @@ def test_the_onnx_sidecar_describes_tlkits_own_decoding(run, tmp_path):
     theirs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     ours = predict_files(load_checkpoint(run), photos, device=torch.device("cpu"), precision="fp32").probabilities
     np.testing.assert_allclose(theirs, ours, atol=2e-3)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_an_export_that_would_not_fit_the_disk_is_refused_before_writing(run, tmp_path, monkeypatch, capsys, fmt):
+    from types import SimpleNamespace
+
+    from tlkit import export
+
+    monkeypatch.setattr(export.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))  # 1 KB left
+    target = tmp_path / "model.out"
+    assert main(["export", "--format", fmt, "--checkpoint", str(run), "--out", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert "MB free" in err and "nothing was written" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("*model.out*"))

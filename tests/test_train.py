@@ -276,3 +276,15 @@ def test_ctrl_c_before_the_first_epoch_ends_does_not_suggest_resume(data_dir, tm
     err = capsys.readouterr().err
     assert "nothing to resume" in err and "--resume" not in err
     assert not (tmp_path / "runs" / "early" / "resume.pt").exists()
+
+
+def test_out_of_memory_on_the_cpu_suggests_a_smaller_batch(data_dir, monkeypatch):
+    trainer, backbone, _ = trainer_for(data_dir, epochs=1)
+
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 9663676416 bytes.")
+
+    monkeypatch.setattr(trainer, "train_model", exhausted)
+    with pytest.raises(TlkitError, match=r"out of memory \(the computer's.*--batch-size 4"):
+        fit(trainer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import warnings
 from contextlib import contextmanager
@@ -87,6 +88,20 @@ def _run_exported(fmt: str, path: Path, images: torch.Tensor) -> np.ndarray | No
     return session.run(["logits"], {"images": images.numpy()})[0]
 
 
+ROOM_MARGIN = 1.2  # an exported file is its tensors plus the graph; the staged copy and the final file never coexist
+
+
+def _check_disk_room(model: torch.nn.Module, out: Path) -> None:
+    """Refuse before writing when the disk cannot hold the export: TorchScript's writer aborts the whole
+    process (a C++ terminate, no Python exception) when the disk fills under it."""
+    needed = ROOM_MARGIN * sum(t.numel() * t.element_size() for t in model.state_dict().values()) + (1 << 20)
+    folder = next((p for p in (Path(out).parent, *Path(out).parent.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise TlkitError(f"{relpath(folder)} has {free / 1e6:.0f} MB free and the export needs about "
+                         f"{needed / 1e6:.0f} MB; nothing was written. Free some space, or --out on another disk.")
+
+
 def decode_steps(prep) -> list[str]:
     """How tlkit turns a file into the model's input, step by step, for a user of the exported model
     (scan.open_photo, then decode.load_image): follow them and the pixels are tlkit's own."""
@@ -135,6 +150,7 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path, *, images: li
         if target.exists() and not force:
             raise TlkitError(f"{relpath(target)} already exists; nothing was written. Use --force, or --out FILE.")
     model = checkpoint.backbone.model.float().cpu().eval()
+    _check_disk_room(model, out)
     samples, source = sample_images(checkpoint, list(images))
     with torch.inference_mode():
         expected = model(samples).numpy()

@@ -125,3 +125,31 @@ def test_debug_shows_the_traceback_behind_a_message(tmp_path, capsys):
     assert main(["split", str(tmp_path / "nowhere"), "--val", "2", "--debug"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "error:" in err
+
+
+@pytest.mark.parametrize("fault, words", [
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9663676416 bytes"),
+     "out of memory (the computer's)"),
+    (OSError(28, "No space left on device", "predictions.csv"), "the disk is full writing predictions.csv"),
+])
+def test_a_fault_of_the_machine_is_one_message_from_any_command(tmp_path, capsys, monkeypatch, fault, words):
+    import tlkit.cli as cli
+
+    def failing(args):
+        raise fault
+
+    monkeypatch.setattr(cli, "cmd_check", failing)  # the parser is built at each main() call
+    assert main(["check", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    import tlkit.cli as cli
+
+    def buggy(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_check", buggy)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["check", str(tmp_path)])

@@ -7,6 +7,7 @@ subcommand is a `cmd_*` function taking the parsed arguments and returning an ex
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import traceback
@@ -798,6 +799,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def machine_fault(error: BaseException) -> str | None:
+    """A fault of the machine's rather than of tlkit's code, in one sentence with what to do; None for
+    anything else. The stages name their own files; this catches what reaches the top unnamed."""
+    if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
+        return "out of GPU memory; try a smaller --batch-size (or --img-size), or --device cpu."
+    if "can't allocate memory" in str(error):  # the CPU allocator's RuntimeError
+        return "out of memory (the computer's); try a smaller --batch-size or --img-size, or close other programs."
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {error.filename}" if error.filename else ""
+        return f"the disk is full{where}; free some space, or write elsewhere (--out, --runs-dir, --cache-dir)."
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_quiet(getattr(args, "quiet", False))
@@ -812,6 +826,15 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "debug", False):
             console.print("".join(traceback.format_exception(error)).rstrip())
         console.print(f"[bold red]error:[/] {error}")
+        return 1
+    except (RuntimeError, OSError) as error:
+        fault = machine_fault(error)
+        if fault is None:
+            raise  # a bug: its traceback is what a report needs
+        set_quiet(False)
+        if getattr(args, "debug", False):
+            console.print("".join(traceback.format_exception(error)).rstrip())
+        console.print(f"[bold red]error:[/] {fault}")
         return 1
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")

@@ -161,16 +161,13 @@ def check_image(path: Path, full: bool) -> ImageInfo | str:
         if path.stat().st_size == 0:
             return EMPTY_FILE
         with Image.open(path) as image:
-            mode = image.mode
+            (height, width), mode = (image.height, image.width), image.mode
             if full:
-                height, width = upright_size(image)
+                height, width = upright_size(image)  # only a full check's details are kept (verify_images)
                 image.draft("RGB", (64, 64))
                 image.load()
             else:
-                image.verify()  # must come first after open: the EXIF read below reopens the file
-        if not full:
-            with Image.open(path) as image:
-                height, width = upright_size(image)
+                image.verify()  # must come right after open: no EXIF read before it
     except Image.DecompressionBombError as error:  # PIL's guard against decompression bombs: not OSError
         return f"is too large to decode safely ({error})"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:

@@ -224,6 +224,9 @@ def _add_check(subparsers) -> None:
 
 # ---------------------------------------------------------------- finetune, lr-find
 
+PRECISION_HELP = ("bf16 autocast (with channels_last) where the device supports it: CUDA, CPUs with AVX512-BF16 "
+                  "or AMX; fp32 elsewhere, or on request")
+
 # Flags for FinetuneConfig fields: (flag, kind, choices name or None, help). Their argparse
 # default is SUPPRESS, so only the flags given reach the config and override its YAML file.
 _SETTING_FLAGS = (
@@ -257,8 +260,7 @@ _SETTING_FLAGS = (
      "built-in digit datasets, default for photo folders)"),
     ("--monitor", str, "MONITORS", "validation metric that picks the best epoch"),
     ("--patience", int, None, "stop after this many epochs without improvement (default: never)"),
-    ("--precision", str, "PRECISIONS", "bf16 autocast (with channels_last) where the device supports it: CUDA, "
-     "CPUs with AVX512-BF16 or AMX; fp32 elsewhere, or on request"),
+    ("--precision", str, "PRECISIONS", PRECISION_HELP),
     ("--device", str, "DEVICES", "where to train"),
     ("--workers", int, None, "image loader processes (default: every core but one)"),
     ("--head-lr", float, None, "with --precompute-features: the head's lr on the cached features (default: --lr "
@@ -497,6 +499,8 @@ def _add_precompute_flags(parser) -> None:
 
 
 def _add_precompute(subparsers) -> None:
+    from tlkit import config
+
     parser = _subparser(
         subparsers, "precompute", "run the frozen trunk once and cache its features on disk",
         "Compute the trunk features of DATA/training and DATA/validation once and cache them, so that "
@@ -509,8 +513,8 @@ def _add_precompute(subparsers) -> None:
     parser.add_argument("--weights", default="default", help="imagenet, none, or a weights file")
     parser.add_argument("--img-size", type=_count(1), help="input size (default: the backbone's own)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                        help="bf16 autocast where the device supports it (CUDA; CPUs with AVX512-BF16 or AMX), or fp32; use the run's own")
+    parser.add_argument("--precision", choices=config.PRECISIONS, default="bf16",
+                        help=PRECISION_HELP + "; use the run's own")
     parser.add_argument("--batch-size", type=_count(1), default=256, help="images per trunk batch")
     parser.add_argument("--workers", type=_count(0), help="decode workers (default: all cores but one)")
     parser.add_argument("--seed", type=int, default=0, help="seed of a random initialisation")
@@ -557,14 +561,15 @@ def _add_cache(subparsers) -> None:
 
 
 def _add_inference_flags(parser) -> None:
+    from tlkit import config
+
     parser.add_argument("--checkpoint", help="a run folder or .safetensors file (default: runs/latest)")
     parser.add_argument("--runs-dir", default="runs", help="where runs/latest is looked for")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--batch-size", type=_count(1), default=256, help="images per batch")
     parser.add_argument("--workers", type=_count(0), help="decode workers (default: all cores but one)")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped view")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                        help="bf16 autocast where the device supports it (CUDA; CPUs with AVX512-BF16 or AMX), or fp32")
+    parser.add_argument("--precision", choices=config.PRECISIONS, default="bf16", help=PRECISION_HELP)
 
 
 def _load_for_inference(args: argparse.Namespace):
@@ -821,20 +826,14 @@ def main(argv: list[str] | None = None) -> int:
         quiet_unless_main()
     try:
         return args.func(args)
-    except TlkitError as error:
+    except (TlkitError, RuntimeError, OSError) as error:
+        message = str(error) if isinstance(error, TlkitError) else machine_fault(error)
+        if message is None:
+            raise  # a bug: its traceback is what a report needs
         set_quiet(False)  # --quiet silences chatter, never the reason a command failed
         if getattr(args, "debug", False):
             console.print("".join(traceback.format_exception(error)).rstrip())
-        console.print(f"[bold red]error:[/] {error}")
-        return 1
-    except (RuntimeError, OSError) as error:
-        fault = machine_fault(error)
-        if fault is None:
-            raise  # a bug: its traceback is what a report needs
-        set_quiet(False)
-        if getattr(args, "debug", False):
-            console.print("".join(traceback.format_exception(error)).rstrip())
-        console.print(f"[bold red]error:[/] {fault}")
+        console.print(f"[bold red]error:[/] {message}")
         return 1
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")

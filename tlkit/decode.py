@@ -54,11 +54,15 @@ def _resize_crop(image, prep):
     return F.center_crop(image, list(crop))
 
 
+def draft_side(prep) -> int:
+    """The side a JPEG may be decoded down to (PIL draft) and still be resized, not blown up, to the eval geometry."""
+    resize, _ = _eval_sizes(prep)
+    return max(resize) if isinstance(resize, tuple) else resize
+
+
 def load_image(path: Path, prep) -> torch.Tensor:
     """One file -> uint8 [C, H, W] in the model's geometry and channel count, via PIL."""
-    resize, _ = _eval_sizes(prep)
-    side = max(resize) if isinstance(resize, tuple) else resize
-    image = open_photo(path, "RGB" if prep.in_chans == 3 else "L", draft_side=side)
+    image = open_photo(path, "RGB" if prep.in_chans == 3 else "L", draft_side=draft_side(prep))
     return F.pil_to_tensor(_resize_crop(image, prep))
 
 

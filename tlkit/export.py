@@ -21,7 +21,7 @@ import torch
 
 from tlkit.checkpoint import Checkpoint, atomic_write, atomic_write_text
 from tlkit.config import EXPORT_SUFFIXES
-from tlkit.decode import ImageBatches
+from tlkit.decode import ImageBatches, draft_side
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
 
@@ -105,9 +105,7 @@ def _check_disk_room(model: torch.nn.Module, out: Path) -> None:
 def decode_steps(prep) -> list[str]:
     """How tlkit turns a file into the model's input, step by step, for a user of the exported model
     (scan.open_photo, then decode.load_image): follow them and the pixels are tlkit's own."""
-    mode = "RGB" if prep.in_chans == 3 else "L"
-    side = max(prep.resize_size) if isinstance(prep.resize_size, (list, tuple)) else (
-        prep.resize_size or max(prep.input_size))
+    mode, side = "RGB" if prep.in_chans == 3 else "L", draft_side(prep)
     resize = (f"resize the shorter side to {prep.resize_size} px ({prep.interpolation}, antialiased), then "
               f"centre-crop to {prep.input_size[0]}x{prep.input_size[1]}" if prep.resize_size else
               f"resize to {prep.input_size[0]}x{prep.input_size[1]} ({prep.interpolation}, antialiased)")

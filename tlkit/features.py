@@ -100,7 +100,7 @@ class _ViewLoad:
 
 
 def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, views: int, dtype: str, bf16: bool,
-                    device: torch.device, batch_size: int, workers: int, on_progress) -> dict[str, str]:
+                    nhwc: bool, device: torch.device, batch_size: int, workers: int, on_progress) -> dict[str, str]:
     """Write target (.npy, memory-mapped while filled); returns {failed file: reason}.
 
     Under torchrun each process computes its share of the rows and rank 0 writes them all, in order.
@@ -118,7 +118,7 @@ def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, vie
     failures: dict[int, str] = {}
     for view, load in enumerate(loads):
         batches = ImageBatches(paths, backbone.preprocessing, device=device, batch_size=batch_size,
-                               workers=workers, load=load, channels_last=device.type == "cuda" or bf16)
+                               workers=workers, load=load, channels_last=nhwc)
         _run_trunk(backbone, batches, array[view] if views else array, bf16, on_progress)
         failures.update({mine[index]: why for index, why in batches.failures.items()})
     if distributed.world_size() > 1:
@@ -169,7 +169,8 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
     info(f"features: computing ({reason}) into {relpath(cache_dir)}; {device.type}, "
          f"{precision_words(device, precision)}")
     backbone.trunk.to(device).eval()
-    if channels_last(device, precision):
+    nhwc = channels_last(device, precision)
+    if nhwc:
         backbone.trunk.to(memory_format=torch.channels_last)
     rows = len(files["training"]) * max(1, views) + len(files["validation"])
     needed = rows * backbone.feature_dim * np.dtype(dtype).itemsize
@@ -182,7 +183,7 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
             task = bar.add_task(f"features {subset}", total=share * max(1, subset_views))
             failed = _compute_subset(
                 backbone, data_dir / subset, files[subset], staging / f"{subset}.npy", views=subset_views,
-                dtype=dtype, bf16=computed == "bf16", device=device, batch_size=batch_size, workers=workers,
+                dtype=dtype, bf16=computed == "bf16", nhwc=nhwc, device=device, batch_size=batch_size, workers=workers,
                 on_progress=lambda n, task=task: bar.advance(task, n))
             subsets[subset] = subset_entry(subset, files[subset], failed)
     summary = {"holds": f"{backbone.name} features", "input_size": list(backbone.preprocessing.input_size),

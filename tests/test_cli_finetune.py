@@ -203,3 +203,36 @@ def test_weights_of_a_run_with_other_classes_say_the_head_starts_fresh(tmp_path,
     err = error_of(capsys)
     assert "trained for other classes than these 3" in err and "head starts from a random initialisation" in err
     assert "new head tensors, randomly initialised" in err  # the weights line says which tensors
+
+
+def test_the_new_setting_flags_reach_config_yaml_and_bad_values_are_one_message(tmp_path, data_dir, capsys):
+    import yaml
+
+    assert finetune_cli(tmp_path, data_dir, "--epochs", "1", "--augment", "light", "--freeze-bn", "true",
+                        "--resume-every-epochs", "2", "--resume-every-seconds", "0", "--name", "flags") == 0
+    saved = yaml.safe_load((tmp_path / "runs" / "flags" / "config.yaml").read_text())
+    assert (saved["augment"], saved["freeze_bn"], saved["resume_every_epochs"], saved["resume_every_seconds"]) == (
+        "light", True, 2, 0.0)
+    assert finetune_cli(tmp_path, data_dir, "--epochs", "1", "--precompute-features", "--head-lr", "0.02",
+                        "--head-weight-decay", "0.5", "--name", "head") == 0
+    saved = yaml.safe_load((tmp_path / "runs" / "head" / "config.yaml").read_text())
+    assert (saved["head_lr"], saved["head_weight_decay"]) == (0.02, 0.5)
+    assert "lr 0.02, weight decay 0.5 on the cache" in error_of(capsys)
+    for flag, value, words in (("--freeze-bn", "maybe", "freeze_bn must be true or false"),
+                               ("--head-lr", "0", "head_lr must be above 0"),
+                               ("--resume-every-seconds", "-1", "resume_every_seconds must be 0 or more")):
+        assert finetune_cli(tmp_path, data_dir, flag, value, "--name", "bad") == 1
+        err = error_of(capsys)
+        assert words in err and "Traceback" not in err
+
+
+def test_predict_precision_fp32_is_said_and_a_bad_one_refused(tmp_path, data_dir, capsys):
+    assert finetune_cli(tmp_path, data_dir, "--epochs", "1", "--name", "p") == 0
+    capsys.readouterr()
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(data_dir / "validation"), "--runs-dir", str(tmp_path / "runs"), "--precision", "fp32",
+                 "--workers", "0", "--out", str(out)]) == 0
+    assert "cpu, fp32" in error_of(capsys) and out.is_file()
+    with pytest.raises(SystemExit):  # argparse's own message: its choices
+        main(["predict", str(data_dir / "validation"), "--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err

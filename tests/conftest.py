@@ -67,14 +67,13 @@ def make_checkpoint(run_dir: Path, classes=("cat", "dog"), backbone: str = "simp
     import torch
 
     from tlkit import models
-    from tlkit.checkpoint import point_latest, save_best
+    from tlkit.checkpoint import point_latest
+    from tlkit.checkpoint_format import CheckpointMeta, save_best
 
     torch.manual_seed(seed)
     made = models.create(backbone, num_classes=len(classes), weights="none", img_size=img_size)
-    prep = made.preprocessing
-    meta = {"backbone": backbone, "weights": "none", "pretrained": False, "num_classes": len(classes),
-            "classes": list(classes), "in_chans": prep.in_chans, "img_size": img_size,
-            "preprocessing": prep.to_dict(), "config": {"data": str(run_dir / "no-data")}}
+    meta = CheckpointMeta(backbone=backbone, weights="none", classes=list(classes), preprocessing=made.preprocessing,
+                          config={"data": str(run_dir / "no-data")})
     run_dir.mkdir(parents=True, exist_ok=True)
     save_best(run_dir, made.model.state_dict(), meta)
     point_latest(run_dir)

@@ -1,4 +1,5 @@
-"""Callbacks on a stand-in trainer: true best copies, early stopping, logs, plots, reports, freezing."""
+"""Callbacks on a stand-in trainer: true best copies, early stopping, logs, freezing; and the plots and
+reports of tlkit/report.py."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import pytest
 import torch
 from sklearn.metrics import precision_recall_fscore_support
 
-from tlkit import callbacks, models
+from tlkit import models, report
 from tlkit.callbacks import (
-    BestWeights, EarlyStopping, FreezeSchedule, MetricsLog, TensorBoard, class_report, plot_confusion, plot_curves,
-    tensorboard_available,
+    BestWeights, EarlyStopping, FreezeSchedule, MetricsLog, TensorBoard, tensorboard_available,
 )
+from tlkit.report import class_report, plot_confusion, plot_curves
 
 
 def row(epoch: int, val_loss: float, val_acc: float = 0.5) -> dict:
@@ -23,12 +24,12 @@ def row(epoch: int, val_loss: float, val_acc: float = 0.5) -> dict:
 
 def fake_trainer(model=None):
     model = model or torch.nn.Linear(2, 2)
-    return SimpleNamespace(model=model, checkpointed=model, history=[], run_dir=None, stop_reason=None,
-                           epoch=0, frozen=None, checkpoint_meta=lambda r: {})
+    return SimpleNamespace(model=model, history=[], stop_reason=None, epoch=0, frozen=None)
 
 
 def test_best_weights_are_a_true_copy_and_come_back_at_the_end():
-    trainer, tracker = fake_trainer(), BestWeights("val_loss")
+    trainer = fake_trainer()
+    tracker = BestWeights("val_loss", trainer.model)
     trainer.history.append(row(1, 0.3))
     tracker.on_epoch_end(trainer)
     best = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -42,7 +43,8 @@ def test_best_weights_are_a_true_copy_and_come_back_at_the_end():
 
 
 def test_accuracy_is_maximised_and_nan_never_wins():
-    trainer, tracker = fake_trainer(), BestWeights("val_acc")
+    trainer = fake_trainer()
+    tracker = BestWeights("val_acc", trainer.model)
     for epoch, acc in enumerate([0.6, 0.8, float("nan"), 0.7], start=1):
         trainer.history.append(row(epoch, 0.5, acc))
         tracker.on_epoch_end(trainer)
@@ -82,7 +84,7 @@ def test_plots_are_written(tmp_path):
 
 def test_the_confusion_title_names_the_subset(tmp_path, monkeypatch):
     figures = []
-    monkeypatch.setattr(callbacks, "save_figure", lambda figure, path: figures.append(figure))
+    monkeypatch.setattr(report, "save_figure", lambda figure, path: figures.append(figure))
     plot_confusion(tmp_path / "test.png", [0, 1, 1], [0, 1, 0], ["a", "b"], subset="test")
     plot_confusion(tmp_path / "default.png", [0, 1], [0, 1], ["a", "b"])
     titles = [figure.axes[0].get_title() for figure in figures]
@@ -125,7 +127,7 @@ def test_confusion_counts_are_readable_on_their_cells():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tlkit.callbacks import text_colour
+    from tlkit.report import text_colour
 
     figure, axes = plt.subplots()
     image = axes.imshow([[17, 13], [14, 16]], cmap="Blues")

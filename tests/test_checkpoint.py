@@ -11,19 +11,16 @@ import torch
 
 import tlkit.checkpoint as checkpoint
 from tlkit import models
-from tlkit.checkpoint import (
-    load_checkpoint, load_resume, new_run_dir, point_latest, read_meta, resolve_run, save_best, save_resume,
-)
+from tlkit.checkpoint import load_checkpoint, load_resume, new_run_dir, point_latest, resolve_run, save_resume
+from tlkit.checkpoint_format import CheckpointMeta, read_meta, save_best
 from tlkit.errors import TlkitError
 
 from conftest import make_checkpoint
 
 
-def meta_for(backbone, classes) -> dict:
-    prep = backbone.preprocessing
-    return {"backbone": backbone.name, "weights": backbone.weights, "num_classes": len(classes), "classes": classes,
-            "in_chans": prep.in_chans, "img_size": prep.input_size[0], "preprocessing": prep.to_dict(),
-            "metrics": {"val_acc": 0.5}, "config": {}, "epoch": 1}
+def meta_for(backbone, classes) -> CheckpointMeta:
+    return CheckpointMeta(backbone=backbone.name, weights=backbone.weights, classes=classes,
+                          preprocessing=backbone.preprocessing, metrics={"val_acc": 0.5}, epoch=1)
 
 
 @pytest.mark.parametrize("name, img_size", [("simple-cnn", 24), ("timm:test_resnet", 32)])
@@ -41,7 +38,7 @@ def test_checkpoint_rebuilds_and_labels_the_model(tmp_path, name, img_size):
     assert loaded.classes == ["ant", "bee", "cat"]
     assert loaded.backbone.preprocessing == backbone.preprocessing
     assert load_checkpoint(tmp_path / "best.json").classes == loaded.classes  # the sidecar names it too
-    assert read_meta(tmp_path)["tlkit_version"]
+    assert read_meta(tmp_path).tlkit_version
 
 
 def test_a_failed_write_leaves_the_previous_best_intact(tmp_path, monkeypatch):
@@ -63,7 +60,8 @@ def test_resume_file_loads_with_weights_only(tmp_path):
     import random
 
     state = {"model": {"w": torch.ones(2)}, "rng": torch.get_rng_state(), "python": random.getstate(),
-             "history": [{"epoch": 1, "val_loss": 0.5}], "best": None}
+             "history": [{"epoch": 1, "val_loss": 0.5}], "best": None,
+             "meta": meta_for(models.create("simple-cnn", num_classes=2, weights="none"), ["a", "b"]).to_dict()}
     save_resume(tmp_path, state)
     loaded = load_resume(tmp_path)  # torch.load(weights_only=True) inside
     assert torch.equal(loaded["model"]["w"], torch.ones(2)) and loaded["history"] == state["history"]
@@ -116,8 +114,9 @@ def test_resume_writer_keeps_its_cadence_and_flushes_the_newest_epoch(tmp_path, 
 
     writes = []
     monkeypatch.setattr(checkpoint, "save_resume", lambda run_dir, state: writes.append(state["epoch"]))
+    meta = meta_for(models.create("simple-cnn", num_classes=2, weights="none"), ["a", "b"])
     weights = torch.zeros(3)
-    writer = checkpoint.ResumeWriter(tmp_path, every_epochs=3, every_seconds=None)
+    writer = checkpoint.ResumeWriter(tmp_path, meta, every_epochs=3, every_seconds=None)
     for epoch in (1, 2, 3, 4):
         weights += 1  # the live tensor moves on after each epoch
         writer({"epoch": epoch, "model": {"w": weights}})
@@ -127,7 +126,7 @@ def test_resume_writer_keeps_its_cadence_and_flushes_the_newest_epoch(tmp_path, 
     writer({"epoch": 5, "model": {"w": weights}}, last=True)  # the end of a run is always written
     assert writes == [3, 4, 5]
 
-    timed = checkpoint.ResumeWriter(tmp_path, every_epochs=None, every_seconds=0)
+    timed = checkpoint.ResumeWriter(tmp_path, meta, every_epochs=None, every_seconds=0)
     timed({"epoch": 6})
     assert writes[-1] == 6  # 0 seconds: every epoch
     copy = checkpoint._copied({"model": {"w": weights}, "rng": (1, [2, 3])})

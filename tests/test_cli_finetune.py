@@ -86,7 +86,7 @@ def test_a_run_writes_every_output_and_they_load(tmp_path, data_dir, capsys):
     assert json.loads((run / "report.json").read_text())["accuracy"] >= 0
     assert resolve_run(None, runs_dir=tmp_path / "runs").resolve() == run.resolve()
     checkpoint = load_checkpoint(run)
-    assert checkpoint.classes == ["cat", "dog"] and checkpoint.meta["backbone"] == "simple-cnn"
+    assert checkpoint.classes == ["cat", "dog"] and checkpoint.meta.backbone == "simple-cnn"
     # Same run folder again: refused without --force, replaced with it.
     assert finetune_cli(tmp_path, data_dir, "--epochs", "1", "--name", "cli") == 1
     assert "already exists" in error_of(capsys)
@@ -162,7 +162,7 @@ def test_a_run_folder_as_weights_brings_its_image_size(tmp_path, data_dir, capsy
     assert finetune_cli(tmp_path, data_dir, "--epochs", "1", "--weights", str(first), "--name", "second") == 0
     second = load_checkpoint(tmp_path / "runs" / "second")
     assert second.backbone.preprocessing.input_size == (40, 40)
-    assert second.meta["weights"] == str(first / "best.safetensors")
+    assert second.meta.weights == str(first / "best.safetensors")
 
 
 def test_lr_find_plots_and_suggests(tmp_path, data_dir, capsys):

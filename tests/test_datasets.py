@@ -15,8 +15,10 @@ import torch
 
 from conftest import make_foldered
 from tlkit import datasets, models, rawdata
+from tlkit.config import make_config
 from tlkit.decode import Normalizer
 from tlkit.errors import TlkitError
+from tlkit.finetuning import create_backbone
 
 IDX_NAMES = {split: rawdata.IDX_SPLITS[split] for split in ("train", "test")}
 
@@ -231,8 +233,8 @@ MODELS = [("lenet", None), ("mnist-net", None), ("mlp", None), ("mlp-relu", None
 def test_every_model_trains_one_batch_of_mnist(tmp_path, name, img_size):
     write_mnist(tmp_path, train=20, test=0)
     source = datasets.open_source("mnist", data_root=tmp_path, val=4)
-    config = type("Config", (), {"backbone": name, "weights": "none", "img_size": img_size})()
-    backbone = source.create_backbone(config, num_classes=10)
+    config = make_config({"backbone": name, "weights": "none", "img_size": img_size})
+    backbone = create_backbone(config, source.classes, source)
     prep = backbone.preprocessing
     data = source.make_data(prep, batch_size=4, workers=0, device=torch.device("cpu"), seed=0)
     images, labels, _ = next(iter(data.train_loader))
@@ -247,7 +249,7 @@ def test_every_model_trains_one_batch_of_mnist(tmp_path, name, img_size):
 
 def test_a_model_too_small_for_the_data_names_layer_and_size():
     source = datasets.open_source("digits")
-    config = type("Config", (), {"backbone": "mnist-net", "weights": "none", "img_size": None})()
+    config = make_config({"backbone": "mnist-net", "weights": "none"})
     with pytest.raises(TlkitError, match=r"mnist-net cannot take 1x8x8 images: layer conv2.0 \(Conv2d\) is given "
                                          r"20x2x2.*add --img-size 16"):
-        source.create_backbone(config, num_classes=10)
+        create_backbone(config, source.classes, source)

@@ -127,7 +127,7 @@ def test_the_head_phase_writes_the_whole_classifier_once(data_dir, tmp_path, mon
 
     written, save_best = [], callbacks.save_best
     monkeypatch.setattr(callbacks, "save_best", lambda run_dir, state, meta: (
-        written.append(meta["epoch"]), save_best(run_dir, state, meta)))
+        written.append(meta.epoch), save_best(run_dir, state, meta)))
     result = finetune(**recipe(data_dir, tmp_path, precompute_features=True, epochs=4, name="once"))
     assert written == [result.best_epoch]
     best_state = load_resume(result.run_dir)["callbacks"]["BestWeights"]["best_state"]

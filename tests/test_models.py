@@ -14,6 +14,8 @@ import torchvision.models as tvm
 from safetensors.torch import save_file
 from torch import nn
 
+from tlkit.backbone import head_keys
+
 from tlkit import cli, models, weights
 from tlkit.errors import TlkitError
 
@@ -98,7 +100,7 @@ def test_vgg16_imagenet_keeps_fc6_fc7_and_renews_only_the_last_layer():
     with torch.device("meta"):  # shapes only: a real VGG16 state dict is half a gigabyte
         vgg = models.create("vgg16", 2, weights="none")
         imagenet = tvm.vgg16(weights=None).state_dict()
-    fresh = weights.load_matching(vgg.model, imagenet, models._head_keys(vgg.model, vgg.head), "vgg16 ImageNet")
+    fresh = weights.load_matching(vgg.model, imagenet, head_keys(vgg.model, vgg.head), "vgg16 ImageNet")
     assert fresh == ["classifier.6.bias", "classifier.6.weight"]
 
 

@@ -15,7 +15,8 @@ from tlkit.checkpoint import load_checkpoint
 from tlkit.config import make_config
 from tlkit.errors import TlkitError
 from tlkit.finetuning import build_trainer, finetune
-from tlkit.lrfind import lr_range_test, plot_lr_find
+from tlkit.lrfind import lr_range_test
+from tlkit.report import plot_lr_find
 from tlkit.train import evaluate, fit
 
 from conftest import interrupt_at, make_learnable

@@ -1,8 +1,10 @@
-"""What happens around the training loop: best weights, early stopping, logs, plots, TensorBoard.
+"""What happens around the training loop: best weights, early stopping, the freeze schedule, the
+epoch's console line, logs, curves, TensorBoard.
 
 Six events, each given the trainer explicitly: on_fit_start, on_epoch_start, on_batch_end,
-on_epoch_end, on_fit_end, and on_interrupt when a run stops on Ctrl-C. A callback with state a resumed run needs has state_dict() and
-load_state_dict(). Also the plots and the per-class report written at the end of a run.
+on_epoch_end, on_fit_end, and on_interrupt when a run stops on Ctrl-C. Everything else a callback
+needs (where to write, what a checkpoint holds) it is given when it is made. A callback with
+state a resumed run needs has state_dict() and load_state_dict(). Plots are drawn by tlkit/report.py.
 """
 
 from __future__ import annotations
@@ -13,7 +15,11 @@ import time
 from pathlib import Path
 
 from tlkit import distributed
-from tlkit.checkpoint import atomic_write, atomic_write_text, point_latest, save_best
+from tlkit.atomic import atomic_write_text
+from tlkit.checkpoint import point_latest
+from tlkit.checkpoint_format import CheckpointMeta, save_best
+from tlkit.report import plot_curves
+from tlkit.runtime import console, info
 
 
 class Callback:
@@ -46,12 +52,13 @@ def is_better(monitor: str, value: float, best: float | None) -> bool:
 class BestWeights(Callback):
     """Keeps a true copy of the best epoch's weights, writes them as the best checkpoint, restores them at the end.
 
-    While the head alone trains (on cached features) the copy is of the head, and the checkpoint (the
-    whole classifier: 528 MB for VGG16) is written once, when that phase ends or is interrupted, not at
-    every improving epoch of a second. The resume file holds the best head meanwhile."""
+    `classifier` is what a checkpoint holds: the whole model. While its head alone trains (on cached
+    features) the copy is of the head, and the checkpoint (528 MB for VGG16) is written once, when
+    that phase ends or is interrupted, not at every improving epoch of a second; the resume file holds
+    the best head meanwhile. Without a run_dir (or off rank 0 under torchrun) nothing is written."""
 
-    def __init__(self, monitor: str):
-        self.monitor = monitor
+    def __init__(self, monitor: str, classifier, *, run_dir: Path | None = None, meta: CheckpointMeta | None = None):
+        self.monitor, self.classifier, self.run_dir, self.meta = monitor, classifier, run_dir, meta
         self.best_value: float | None = None
         self.best_epoch: int | None = None
         self.best_state: dict | None = None  # {name: tensor} of what trains, copies on the CPU
@@ -63,19 +70,19 @@ class BestWeights(Callback):
         # A copy: state_dict() returns live references that the next optimizer step would change.
         self.best_state = _cpu_copy(trainer.model)
         self.best_value, self.best_epoch = row[self.monitor], row["epoch"]  # after the copy: a Ctrl-C in it
-        if trainer.model is trainer.checkpointed:
+        if trainer.model is self.classifier:
             self._write(trainer)
 
     def on_fit_end(self, trainer) -> None:
         if self.best_state is None:
             return
         self._restore(trainer)
-        if trainer.model is not trainer.checkpointed:  # the head phase ends: the whole classifier from now on
-            self.best_state = _cpu_copy(trainer.checkpointed)
+        if trainer.model is not self.classifier:  # the head phase ends: the whole classifier from now on
+            self.best_state = _cpu_copy(self.classifier)
             self._write(trainer)
 
     def on_interrupt(self, trainer) -> None:
-        if self.best_state is not None and trainer.model is not trainer.checkpointed:
+        if self.best_state is not None and trainer.model is not self.classifier:
             self._restore(trainer)
             self._write(trainer)
 
@@ -83,22 +90,36 @@ class BestWeights(Callback):
         """The best weights back into what trains (or into the whole classifier, where an older head-phase
         resume file held all of it)."""
         trains_keys = trainer.model.state_dict().keys()
-        (trainer.model if self.best_state.keys() == trains_keys else trainer.checkpointed).load_state_dict(
-            self.best_state)
+        (trainer.model if self.best_state.keys() == trains_keys else self.classifier).load_state_dict(self.best_state)
 
     def _write(self, trainer) -> None:
-        if trainer.run_dir is None or not distributed.is_main():  # under torchrun, rank 0 alone writes
+        if self.run_dir is None or not distributed.is_main():  # under torchrun, rank 0 alone writes
             return
         row = next(row for row in trainer.history if row["epoch"] == self.best_epoch)
-        state = self.best_state if trainer.model is trainer.checkpointed else trainer.checkpointed.state_dict()
-        save_best(trainer.run_dir, state, trainer.checkpoint_meta(row))
-        point_latest(trainer.run_dir)  # only now: runs/latest never names a run that has no model yet
+        state = self.best_state if trainer.model is self.classifier else self.classifier.state_dict()
+        save_best(self.run_dir, state, self.meta.at_epoch(row))
+        point_latest(self.run_dir)  # only now: runs/latest never names a run that has no model yet
 
     def state_dict(self) -> dict:
         return {"best_value": self.best_value, "best_epoch": self.best_epoch, "best_state": self.best_state}
 
     def load_state_dict(self, state: dict) -> None:
         self.best_value, self.best_epoch, self.best_state = state["best_value"], state["best_epoch"], state["best_state"]
+
+
+class EpochLine(Callback):
+    """One line per epoch on the console: losses, accuracies, lr, speed, and a mark on the best epoch so far."""
+
+    def __init__(self, best: BestWeights):
+        self.best = best
+
+    def on_epoch_end(self, trainer) -> None:
+        row = trainer.history[-1]
+        best = "  [green]* best[/]" if self.best.best_epoch == row["epoch"] else ""
+        console.print(
+            f"epoch {row['epoch']:>3}/{trainer.total_epochs}  train loss {row['train_loss']:.4f} acc "
+            f"{row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  "
+            f"{row['images_per_s']:,.0f} img/s  {row['seconds']:.1f}s{best}")
 
 
 class EarlyStopping(Callback):
@@ -184,75 +205,6 @@ def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
-# ---------------------------------------------------------------- plots and reports
-
-
-def save_figure(figure, path: Path) -> None:
-    # Figure.savefig without pyplot renders with Agg: no display, no global backend switch.
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-
-
-def plot_curves(path: Path, history: list[dict]) -> None:
-    from matplotlib.figure import Figure
-
-    epochs = [row["epoch"] for row in history]
-    figure = Figure(figsize=(10, 4))
-    for axes, kind, title in zip(figure.subplots(1, 2), ("loss", "acc"), ("loss", "accuracy")):
-        axes.plot(epochs, [row[f"train_{kind}"] for row in history], marker="o", label="training")
-        axes.plot(epochs, [row[f"val_{kind}"] for row in history], marker="o", label="validation")
-        axes.set_xlabel("epoch")
-        axes.set_title(title)
-        axes.grid(alpha=0.3)
-        axes.legend()
-    save_figure(figure, path)
-
-
-def text_colour(image, value) -> str:
-    """Black on a light cell, white on a dark one: from the cell's own colour (its luminance), not from
-    a threshold on the counts, which left e.g. 13 white on pale blue when the largest count was 17."""
-    red, green, blue, _ = image.cmap(image.norm(value))
-    return "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.5 else "black"
-
-
-def plot_confusion(path: Path, targets: list[int], predictions: list[int], classes: list[str], *,
-                   subset: str = "validation") -> None:
-    """The confusion matrix as an image: rows the true class, columns the predicted one; `subset`
-    names the images in the title."""
-    from matplotlib.figure import Figure
-    from sklearn.metrics import confusion_matrix
-
-    matrix = confusion_matrix(targets, predictions, labels=list(range(len(classes))))
-    size = min(4 + 0.4 * len(classes), 20)
-    figure = Figure(figsize=(size, size))
-    axes = figure.subplots()
-    image = axes.imshow(matrix, cmap="Blues")
-    figure.colorbar(image, ax=axes, fraction=0.046)
-    axes.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted", ylabel="true",
-             title=f"confusion ({len(targets)} {subset} images)")
-    axes.set_xticklabels(classes, rotation=90 if len(classes) > 6 else 0)
-    axes.set_yticklabels(classes)
-    if len(classes) <= 30:
-        for (row, col), count in zip(((r, c) for r in range(len(classes)) for c in range(len(classes))), matrix.flat):
-            axes.text(col, row, str(count), ha="center", va="center", color=text_colour(image, count))
-    save_figure(figure, path)
-
-
-def class_report(targets: list[int], predictions: list[int], classes: list[str]) -> dict:
-    """scikit-learn's per-class precision / recall / F1 (as a dict), plus the accuracy."""
-    from sklearn.metrics import accuracy_score, classification_report
-
-    report = classification_report(
-        targets, predictions, labels=list(range(len(classes))), target_names=classes,
-        output_dict=True, zero_division=0,
-    )
-    report["accuracy"] = float(accuracy_score(targets, predictions))
-    return report
-
-
-def write_report(path: Path, report: dict) -> None:
-    atomic_write_text(path, json.dumps(report, indent=2))
-
-
 class FreezeSchedule(Callback):
     """--freeze trunk trains the head only; --unfreeze-after E trains the head alone for E epochs, then all."""
 
@@ -271,8 +223,6 @@ class FreezeSchedule(Callback):
             trainer.frozen = (self.backbone.trunk, self.backbone.head)
             return
         if trainer.frozen is not None and epoch > 1:
-            from tlkit.runtime import info
-
             info(f"epoch {epoch}: trunk unfrozen, training every layer from now on")
         self.backbone.unfreeze()
         trainer.frozen = None

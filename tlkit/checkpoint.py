@@ -1,168 +1,63 @@
-"""Run folders and what is saved in them: best weights, their JSON sidecar, the resume file.
+"""Run folders and what is read back from them: the model of a checkpoint, the resume file.
 
-`best.safetensors` + `best.json` rebuild *and* label a model on their own; `resume.pt`
-holds tensors and plain types only (it loads with `torch.load(weights_only=True)`). Every
-file is written to a temporary name and renamed, so a failed write leaves the old one.
+`best.safetensors` + `best.json` (tlkit/checkpoint_format.py) rebuild *and* label a model on
+their own; `resume.pt` holds tensors and plain types only (it loads with
+`torch.load(weights_only=True)`) and its `meta` is a CheckpointMeta. Every file is written to
+a temporary name and renamed (tlkit/atomic.py), so a failed write leaves the old one.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from tlkit import __version__
+from tlkit import models
+from tlkit.atomic import atomic_write, atomic_write_text
+from tlkit.backbone import Backbone
+from tlkit.checkpoint_format import CheckpointMeta, checkpoint_paths, read_meta
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
 from tlkit.weights import pickled_global
 
-BEST_WEIGHTS = "best.safetensors"
-BEST_META = "best.json"
 RESUME = "resume.pt"
 LATEST = "latest"
-FORMAT = "tlkit-checkpoint"
-FORMAT_VERSION = 1
 
 
 @dataclass
 class Checkpoint:
     """A model rebuilt from a checkpoint, with its class names and everything recorded beside it."""
 
-    backbone: object  # tlkit.models.Backbone, its model in eval mode
+    backbone: Backbone  # its model in eval mode
     classes: list[str]
-    meta: dict
+    meta: CheckpointMeta
     path: Path  # the .safetensors file
 
 
-# ---------------------------------------------------------------- atomic writes
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(temporary path), then rename it over `path`; on failure `path` is untouched."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        full = _out_of_space(error, path.parent)  # judged before the partial file is deleted
-        tmp.unlink(missing_ok=True)
-        if not isinstance(error, OSError) and not full:
-            raise
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else "no space left on the disk"
-        raise TlkitError(
-            f"could not write {relpath(path)} ({reason}); the previous version, if any, "
-            "is left as it was. Free some disk space or choose another --runs-dir."
-        ) from None
-
-
-FULL_BELOW_BYTES = 16 << 20  # a folder with less free space than this after a failed write: the disk was full
-
-
-def _out_of_space(error: BaseException, folder: Path) -> bool:
-    """Whether a failed write ran out of disk. safetensors says so ('os error 28'), but torch.save's zip
-    writer fails with words of its own ('unexpected pos 576 vs 534'): the free space tells."""
-    if isinstance(error, KeyboardInterrupt):
-        return False
-    text = str(error).lower()
-    if any(words in text for words in ("no space left", "os error 28", "disk quota")):
-        return True
-    try:
-        return shutil.disk_usage(folder).free < FULL_BELOW_BYTES
-    except OSError:
-        return False
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
 # ---------------------------------------------------------------- best weights
-
-
-def save_best(run_dir: Path, state_dict: dict, meta: dict) -> Path:
-    """Write best.safetensors and best.json; both or neither replace the previous pair."""
-    from safetensors.torch import save_file
-
-    # safetensors refuses tensors that share memory; separate contiguous copies on the CPU.
-    tensors = {key: value.detach().cpu().contiguous().clone() for key, value in state_dict.items()}
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "tlkit_version": __version__, **meta}
-    weights_path, meta_path = Path(run_dir) / BEST_WEIGHTS, Path(run_dir) / BEST_META
-    staged_weights = weights_path.with_name(f".{weights_path.name}.staged")
-    staged_meta = meta_path.with_name(f".{meta_path.name}.staged")
-    atomic_write(staged_weights, lambda tmp: save_file(tensors, str(tmp), metadata={"tlkit": "1"}))
-    atomic_write_text(staged_meta, json.dumps(meta, indent=2))
-    os.replace(staged_weights, weights_path)
-    os.replace(staged_meta, meta_path)
-    return weights_path
-
-
-def checkpoint_paths(path: Path) -> tuple[Path, Path]:
-    """(weights, sidecar) for a run folder, a .safetensors file or its .json sidecar."""
-    path = Path(path)
-    if path.is_dir():
-        return path / BEST_WEIGHTS, path / BEST_META
-    return path.with_suffix(".safetensors"), path.with_suffix(".json")
-
-
-def read_meta(path: Path) -> dict:
-    """The sidecar of a checkpoint, checked to be one tlkit can read."""
-    weights_path, meta_path = checkpoint_paths(path)
-    if Path(path).is_file() and Path(path).suffix not in (".safetensors", ".json"):
-        raise TlkitError(f"{relpath(Path(path))} is not a tlkit checkpoint; give a run folder (runs/NAME) or its "
-                         f"{BEST_WEIGHTS} (exported .onnx / .pt files and resume.pt are not read back).")
-    for needed in (weights_path, meta_path):
-        if not needed.is_file():
-            raise TlkitError(
-                f"{relpath(needed)} does not exist; a checkpoint is a .safetensors file with its .json "
-                "beside it, as `tlkit finetune` writes them into runs/<name>/."
-            )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise TlkitError(f"{relpath(meta_path)} is damaged ({error.__class__.__name__}: {error}); it is not the "
-                         "JSON tlkit wrote. Use another run, or retrain this one.") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
-        raise TlkitError(
-            f"{relpath(meta_path)} was written by tlkit {meta.get('tlkit_version', '?')} in a format this "
-            f"tlkit {__version__} cannot read; upgrade tlkit or retrain."
-        )
-    return meta
 
 
 def load_checkpoint(path: Path | str | None = None, device: str = "cpu") -> Checkpoint:
     """Rebuild the model of a run folder or checkpoint file (None: the latest run) and load its weights."""
     from safetensors.torch import load_file
 
-    from tlkit import models
-
     path = Path(path) if path is not None else resolve_run(None)
     weights_path, _ = checkpoint_paths(path)
     meta = read_meta(path)
-    try:
-        backbone = models.create(
-            meta["backbone"], num_classes=meta["num_classes"], weights="none",
-            in_chans=meta["in_chans"], img_size=meta["img_size"],
-        )
-        backbone.preprocessing = models.Preprocessing.from_dict(meta["preprocessing"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise TlkitError(f"{relpath(checkpoint_paths(path)[1])} lacks or garbles {error} of what rebuilds the "
-                         "model; it is not the file tlkit wrote. Use another run, or retrain this one.") from None
+    backbone = models.create(meta.backbone, num_classes=meta.num_classes, weights="none", in_chans=meta.in_chans,
+                             img_size=meta.img_size)
+    backbone.preprocessing = meta.preprocessing
     try:
         backbone.model.load_state_dict(load_file(str(weights_path), device="cpu"))
     except Exception as error:  # safetensors' header errors, or tensors of another model (load_state_dict)
         detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else error.__class__.__name__
-        raise TlkitError(f"{relpath(weights_path)} cannot be loaded into the {meta['backbone']} its .json describes "
+        raise TlkitError(f"{relpath(weights_path)} cannot be loaded into the {meta.backbone} its .json describes "
                          f"({detail}); the file is damaged or belongs to another run. Use another run, or "
                          "retrain this one.") from None
     backbone.model.to(device).eval()
-    return Checkpoint(backbone=backbone, classes=list(meta["classes"]), meta=meta, path=weights_path)
+    return Checkpoint(backbone=backbone, classes=list(meta.classes), meta=meta, path=weights_path)
 
 
 # ---------------------------------------------------------------- resume file
@@ -177,10 +72,12 @@ def save_resume(run_dir: Path, state: dict) -> None:
 class ResumeWriter:
     """Writes resume.pt when `every_epochs` epochs or `every_seconds` seconds have passed since the last
     write, and at the last epoch; a kill loses no more than that. The newest epoch's state is kept in
-    memory meanwhile (a copy: the live tensors move on), so Ctrl-C (flush) still saves it exactly."""
+    memory meanwhile (a copy: the live tensors move on), so Ctrl-C (flush) still saves it exactly.
+    Each file holds the trainer's state and `meta`, what rebuilds the run (its config, classes, phase)."""
 
-    def __init__(self, run_dir: Path, every_epochs: int | None, every_seconds: float | None):
-        self.run_dir, self.every_epochs, self.every_seconds = Path(run_dir), every_epochs, every_seconds
+    def __init__(self, run_dir: Path, meta: CheckpointMeta, *, every_epochs: int | None, every_seconds: float | None):
+        self.run_dir, self.meta = Path(run_dir), meta
+        self.every_epochs, self.every_seconds = every_epochs, every_seconds
         self.epochs_since, self.written_at, self.pending = 0, time.monotonic(), None
 
     def __call__(self, state: dict, last: bool = False) -> None:
@@ -197,7 +94,7 @@ class ResumeWriter:
             self._write(self.pending)
 
     def _write(self, state: dict) -> None:
-        save_resume(self.run_dir, state)
+        save_resume(self.run_dir, {**state, "meta": self.meta.to_dict()})
         self.epochs_since, self.written_at, self.pending = 0, time.monotonic(), None
 
 
@@ -224,13 +121,18 @@ def load_resume(run_dir: Path) -> dict:
             "stopped before the first epoch ended. Start it again without --resume (add --force)."
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickled code, a truncated file, or not a torch file at all
         refused = pickled_global(error)
         what = (f"holds pickled Python objects ({refused}), and tlkit never runs pickled code" if refused
                 else f"is truncated or not a tlkit resume file ({error.__class__.__name__})")
         raise TlkitError(f"{relpath(path)} {what}. Start the run again without --resume (add --force), or "
                          "use its best checkpoint (best.safetensors) with --weights.") from None
+    if not isinstance(state, dict) or "meta" not in state:
+        raise TlkitError(f"{relpath(path)} is not a tlkit resume file. Start the run again without --resume "
+                         "(add --force).")
+    state["meta"] = CheckpointMeta.from_dict(state["meta"], path)
+    return state
 
 
 # ---------------------------------------------------------------- run folders
@@ -252,8 +154,6 @@ def new_run_dir(runs_dir: Path, name: str | None, force: bool) -> Path:
                 f"{relpath(run_dir)} already exists; nothing was written. Use --force to replace it, "
                 f"--resume {relpath(run_dir)} to continue it, or another --name."
             )
-        import shutil
-
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     return run_dir

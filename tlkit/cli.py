@@ -341,7 +341,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from tlkit.config import resolve_config
     from tlkit.data import check_classes
     from tlkit.finetuning import build_trainer
-    from tlkit.lrfind import lr_range_test, plot_lr_find
+    from tlkit.lrfind import lr_range_test
+    from tlkit.report import plot_lr_find
 
     if args.out.exists() and not args.force:
         raise TlkitError(f"{relpath(args.out)} already exists; nothing was written. Use --force to replace it, "
@@ -382,23 +383,10 @@ _SOURCE_FLAGS = ("dataset", "data_root", "val", "mean", "std", "download")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tlkit.datasets import open_source, resolve_train_settings, saved_source_settings, split_settings
-    from tlkit.finetuning import finetune
-    from tlkit.models import available
+    from tlkit.finetuning import train
 
     flags = {**_given_settings(args), **{key: getattr(args, key) for key in _SOURCE_FLAGS if hasattr(args, key)}}
-    if args.resume is not None:
-        if args.config is not None:
-            raise TlkitError("--resume continues with the run's own settings; leave out --config.")
-        given_source, settings = split_settings(flags, "flags")
-        source_settings = {**saved_source_settings(args.resume), **given_source}
-    else:
-        source_settings, settings = resolve_train_settings(args.config, flags)
-        if "backbone" not in settings:
-            raise TlkitError(f"no model given: add --model ({', '.join(available())}, or timm:NAME).")
-    source = open_source(**source_settings)
-    console.print(f"data: {source.describe()}")
-    finetune(resume=args.resume, force=args.force, source=source, **settings)
+    train(args.config, resume=args.resume, force=args.force, **flags)
     return 0
 
 
@@ -579,7 +567,7 @@ def _load_for_inference(args: argparse.Namespace):
     device = select_device(args.device)
     checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir), device=str(device))
     workers = default_workers() if args.workers is None else args.workers
-    console.print(f"model: {relpath(checkpoint.path)} ({checkpoint.meta.get('backbone')}, "
+    console.print(f"model: {relpath(checkpoint.path)} ({checkpoint.meta.backbone}, "
                   f"classes {', '.join(checkpoint.classes)}); {device.type}, {precision_words(device, args.precision)}")
     return checkpoint, device, workers
 
@@ -684,7 +672,7 @@ def _validation_images(checkpoint) -> list[Path]:
     """A few images of the run's own validation set, to check the export on, when they are still there."""
     from tlkit.scan import is_image_name
 
-    folder = Path(checkpoint.meta.get("config", {}).get("data", "data")) / "validation"
+    folder = Path(checkpoint.meta.config.get("data", "data")) / "validation"
     found = sorted(p for p in folder.rglob("*") if is_image_name(p)) if folder.is_dir() else []
     return found[:: max(1, len(found) // 8)][:8]
 

@@ -141,8 +141,9 @@ def make_config(values: dict, where: str = "settings") -> FinetuneConfig:
     return config
 
 
-def read_config_file(path: Path) -> dict:
-    """The settings of a YAML file, as plain values; unknown keys are an error."""
+def read_yaml(path: Path) -> dict:
+    """The `setting: value` lines of a YAML file as plain values (keys with - written _): the one
+    reader of settings files, for `finetune --config` and `train --config` alike. Checks no names."""
     path = Path(path)
     if not path.is_file():
         raise TlkitError(f"config file {path} does not exist.")
@@ -152,8 +153,14 @@ def read_config_file(path: Path) -> dict:
         raise TlkitError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(values, dict):
         raise TlkitError(f"{path} must hold `setting: value` lines, not a {type(values).__name__}.")
-    make_config(values, where=str(path))  # checks names, kinds and ranges, naming the file
     return {str(key).replace("-", "_"): value for key, value in values.items()}
+
+
+def read_config_file(path: Path) -> dict:
+    """The settings of a fine-tune YAML file, as plain values; unknown keys are an error."""
+    values = read_yaml(path)
+    make_config(values, where=str(path))  # checks names, kinds and ranges, naming the file
+    return values
 
 
 def resolve_config(config_file: Path | None, flags: dict) -> FinetuneConfig:

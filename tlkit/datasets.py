@@ -3,7 +3,7 @@
 Opens a dataset (raw files via tlkit/rawdata.py, folders via tlkit/data.py), carves a
 validation set where it has none, chooses the normalisation, and serves uint8 images at
 the model's channels and size in the DataBundle the fine-tune loop runs on unchanged.
-Builds models only through tlkit.models.create; runs no training.
+Builds no model (tlkit/finetuning.py feeds the classic nets its size and channels); trains nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from tlkit.data import (
     DataBundle, EpochSampler, EvalLoad, FolderDataset, ShardSampler, check_classes, make_loader, train_load,
 )
 from tlkit.augment import Augmentation, policy
+from tlkit.backbone import per_channel
+from tlkit.config import config_keys, read_yaml
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
 from tlkit.split import parse_val, val_count
@@ -105,13 +107,6 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(pixels.mean(dim=1).tolist()), tuple(std.tolist())
 
 
-def _per_channel(values, in_chans: int) -> tuple[float, ...]:
-    values = tuple(float(v) for v in values)
-    if len(values) not in (1, in_chans):
-        raise TlkitError(f"--mean/--std give {len(values)} values; the model takes {in_chans} channel(s): give 1 or {in_chans}.")
-    return values * in_chans if len(values) == 1 else values
-
-
 @dataclass
 class TrainData(DataBundle):
     """A DataBundle with the test split, where the dataset has one (used for the final report)."""
@@ -141,31 +136,18 @@ class TrainingSource:
         shape = f"{self.channels}x{self.image_size}x{self.image_size}" if self.image_size else "images"
         return f"{self.title}: {subsets} ({shape}, {len(self.classes)} classes)"
 
-    def create_backbone(self, config, num_classes: int):
-        """The model config.backbone names, fed this data: the classic nets at the data's channels and size."""
-        from tlkit import models
-        from tlkit.summary import check_input_fits
-
-        spec = models.REGISTRY.get(config.backbone)
-        classic = spec is not None and spec.family == "classic"
-        in_chans = self.channels if classic else None
-        img_size = config.img_size or (self.image_size if classic else None)
-        backbone = check_input_fits(config.backbone, num_classes, weights=config.weights, in_chans=in_chans,
-                                    img_size=img_size)
-        backbone.preprocessing = self.preprocessing_for(backbone)
-        return backbone
-
     def preprocessing_for(self, backbone):
         """The backbone's geometry with this data's normalisation: the settings' mean/std if given; a
         pretrained backbone's own; else the training set's (known per dataset, or measured)."""
         prep = backbone.preprocessing
         mean, std = self.settings.get("mean"), self.settings.get("std")
         if mean is not None or std is not None:
-            mean, std = _per_channel(mean or prep.mean, prep.in_chans), _per_channel(std or prep.std, prep.in_chans)
+            mean = per_channel(mean or prep.mean, prep.in_chans, given_as="--mean")
+            std = per_channel(std or prep.std, prep.in_chans, given_as="--std")
         elif backbone.pretrained:
             mean, std = prep.mean, prep.std
         elif self.known_stats is not None and self.channels <= prep.in_chans:
-            mean, std = (_per_channel(values, prep.in_chans) for values in self.known_stats)
+            mean, std = (per_channel(values, prep.in_chans) for values in self.known_stats)
         else:
             mean, std = channel_stats(self.stats_sample(prep))
         return replace(prep, mean=tuple(mean), std=tuple(std), **self.geometry(prep))
@@ -364,8 +346,6 @@ def open_source(dataset: str, *, data_root: str | Path = "data", val: str | floa
 
 def split_settings(values: dict, where: str) -> tuple[dict, dict]:
     """A train config's values -> (dataset settings, FinetuneConfig settings); `model` means `backbone`."""
-    from tlkit.config import config_keys
-
     values = {str(key).replace("-", "_"): value for key, value in values.items()}
     if "model" in values:
         values["backbone"] = values.pop("model")
@@ -379,32 +359,10 @@ def split_settings(values: dict, where: str) -> tuple[dict, dict]:
 
 def resolve_train_settings(config_file: Path | None, flags: dict) -> tuple[dict, dict]:
     """Defaults, then the YAML file, then the flags given: (open_source keywords, finetune settings)."""
-    import yaml
-
-    file_values = {}
-    if config_file is not None:
-        if not Path(config_file).is_file():
-            raise TlkitError(f"config file {config_file} does not exist.")
-        try:
-            file_values = yaml.safe_load(Path(config_file).read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise TlkitError(f"{config_file} is not valid YAML: {error}") from None
-        if not isinstance(file_values, dict):
-            raise TlkitError(f"{config_file} must hold `setting: value` lines.")
+    file_values = read_yaml(config_file) if config_file is not None else {}
     file_source, file_settings = split_settings(file_values, str(config_file))
     flag_source, flag_settings = split_settings(flags, "flags")
     source = {**SOURCE_DEFAULTS, **file_source, **flag_source}
     if source["dataset"] is None:
         raise TlkitError(f"no dataset given: add --dataset ({dataset_help()}).")
     return source, {**file_settings, **flag_settings}
-
-
-def saved_source_settings(run_dir: Path) -> dict:
-    """The dataset settings an earlier `tlkit train` run recorded (to resume it on the same data)."""
-    from tlkit.checkpoint import load_resume
-
-    saved = load_resume(Path(run_dir))["meta"].get("data_source")
-    if not saved:
-        raise TlkitError(f"{relpath(Path(run_dir))} is a `tlkit finetune` run; continue it with "
-                         f"`tlkit finetune --resume {relpath(Path(run_dir))}`.")
-    return saved

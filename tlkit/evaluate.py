@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tlkit import distributed
-from tlkit.callbacks import class_report, plot_confusion, save_figure, write_report
 from tlkit.checkpoint import Checkpoint
 from tlkit.errors import TlkitError
 from tlkit.predict import Predictions, predict_files
+from tlkit.report import class_report, plot_confusion, plot_mistakes, write_report
 from tlkit.runtime import relpath
-from tlkit.scan import list_dataset, open_photo
+from tlkit.scan import list_dataset
 
 OUTPUTS = ("report.json", "confusion.png", "mistakes.png")
 
@@ -51,27 +50,6 @@ def most_confident_mistakes(pred: Predictions, targets: list[int], limit: int) -
         mistakes.append({"path": str(pred.paths[index]), "true": pred.classes[target],
                          "predicted": pred.classes[int(row.argmax())], "confidence": float(row.max())})
     return sorted(mistakes, key=lambda m: -m["confidence"])[:limit]
-
-
-def plot_mistakes(path: Path, mistakes: list[dict]) -> None:
-    """A contact sheet: each image with its true label, the predicted one and the confidence."""
-    from matplotlib.figure import Figure
-
-    columns = min(4, max(1, len(mistakes)))
-    rows = max(1, -(-len(mistakes) // columns))
-    figure = Figure(figsize=(3 * columns, 3.2 * rows))
-    axes_grid = np.atleast_1d(figure.subplots(rows, columns)).flat
-    for axes in axes_grid:
-        axes.axis("off")
-    for axes, mistake in zip(np.atleast_1d(figure.axes), mistakes):
-        image = open_photo(Path(mistake["path"]), "RGB", draft_side=256)  # upright, as the model saw it
-        image.thumbnail((256, 256))
-        axes.imshow(np.asarray(image))
-        axes.set_title(f"true {mistake['true']}\npred {mistake['predicted']} ({mistake['confidence']:.2f})",
-                       fontsize=9)
-    if not mistakes:
-        figure.axes[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
-    save_figure(figure, path)
 
 
 def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, device: torch.device,

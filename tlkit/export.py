@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tlkit.checkpoint import Checkpoint, atomic_write, atomic_write_text
+from tlkit.atomic import atomic_write, atomic_write_text
+from tlkit.checkpoint import Checkpoint
 from tlkit.config import EXPORT_SUFFIXES
 from tlkit.decode import ImageBatches, draft_side
 from tlkit.errors import TlkitError
@@ -162,7 +163,7 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path, *, images: li
     finally:
         staged.unlink(missing_ok=True)
     prep = checkpoint.backbone.preprocessing
-    meta = {"backbone": checkpoint.meta.get("backbone"), "classes": checkpoint.classes,
+    meta = {"backbone": checkpoint.meta.backbone, "classes": checkpoint.classes,
             "input": {"layout": "NCHW", "dtype": "float32", "batch": "dynamic", "channels": prep.in_chans,
                       "height": prep.input_size[0], "width": prep.input_size[1]},
             "preprocessing": prep.to_dict(), "decode": decode_steps(prep),

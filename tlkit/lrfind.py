@@ -9,10 +9,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-
-from tlkit.checkpoint import atomic_write
 from tlkit.runtime import progress
 from tlkit.train import Trainer, set_training_mode
 
@@ -91,19 +88,3 @@ def suggest(lrs: list[float], losses: list[float]) -> dict:
     steepest = min(slopes, key=slopes.get)
     fell = finite[lowest][1] < (1 - MIN_FALL) * finite[skip][1]
     return {"suggested_lr": finite[steepest][0], "min_loss_lr": finite[lowest][0], "loss_fell": fell}
-
-
-def plot_lr_find(path: Path, result: LrFindResult) -> None:
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 4))
-    axes = figure.subplots()
-    axes.plot(result.lrs, result.losses)
-    axes.set_xscale("log")
-    axes.axvline(result.suggested_lr, color="tab:red", linestyle="--", label=f"suggested {result.suggested_lr:.2e}")
-    axes.axvline(result.min_loss_lr, color="tab:gray", linestyle=":", label=f"min loss {result.min_loss_lr:.2e}")
-    axes.set(xlabel="learning rate (log scale)", ylabel="training loss (smoothed)", title="lr range test")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))

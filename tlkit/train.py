@@ -50,36 +50,37 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config, steps_per_epoch: in
 
 
 class Trainer:
-    """The state of one run: what trains, on what, and what it has done so far."""
+    """The state of one run (or one phase of it): what trains, on what, and what it has done so far.
+
+    `model` is what the optimizer trains: the whole classifier, or its head alone when the batches are
+    cached features. `train_model` is what the training steps call: `model`, or under torchrun a
+    DistributedDataParallel around it; evaluation, state and checkpoints use `model`. A phase that
+    continues a run starts from the `history` (and the `skipped` files) of the one before it."""
 
     def __init__(self, *, model: nn.Module, optimizer, scheduler, scheduler_name: str, train_loader,
                  val_loader, train_sampler, normalize, device: torch.device, precision: str, epochs: int,
-                 label_smoothing: float = 0.0, callbacks: list | None = None, run_dir=None, meta: dict | None = None):
+                 total_epochs: int | None = None, label_smoothing: float = 0.0, callbacks: list | None = None,
+                 train_model: nn.Module | None = None, frozen_norms: list[nn.Module] = (), history: list[dict] = (),
+                 skipped: set[str] = ()):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        # What a checkpoint holds: the whole classifier, also while `model` is its head alone
-        # (training from cached features). Set by the builder; the model itself by default.
-        self.checkpointed: nn.Module = model
-        # What the training steps call: `model` itself, or under torchrun a DistributedDataParallel around it
-        # (set by the builder). Everything else (evaluation, state, checkpoints) uses the unwrapped `model`.
-        self.train_model: nn.Module = model
+        self.train_model: nn.Module = train_model or model
         self.scheduler_name = scheduler_name
         self.train_loader, self.val_loader, self.train_sampler = train_loader, val_loader, train_sampler
         self.normalize, self.device, self.epochs = normalize, device, epochs
-        self.total_epochs = epochs  # what "epoch 3/10" shows: the whole run's, also in its head-only phase
+        self.total_epochs = total_epochs or epochs  # what "epoch 3/10" shows: the whole run's, in any phase
         self.use_bf16 = compute_precision(device, precision) == "bf16"
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.callbacks = list(callbacks or [])
-        self.run_dir, self.meta = run_dir, dict(meta or {})
-        self.history: list[dict] = []  # one row per finished epoch
-        self.epoch = 0  # epochs finished
+        self.history: list[dict] = list(history)  # one row per finished epoch
+        self.epoch = self.history[-1]["epoch"] if self.history else 0  # epochs finished
         self.stop_reason: str | None = None
         # (frozen trunk, head) while the trunk is frozen: the trunk stays in eval mode (BatchNorm keeps
         # its statistics, dropout off), so training it frozen equals training the head on its features.
         self.frozen: tuple[nn.Module, nn.Module] | None = None
         # BatchNorm layers that keep their running statistics (eval mode) while their weights train:
         # a pretrained trunk's, so that small batches of new photos do not replace ImageNet's statistics.
-        self.frozen_norms: list[nn.Module] = []
-        self.skipped: set[str] = set()  # images that failed to decode
+        self.frozen_norms: list[nn.Module] = list(frozen_norms)
+        self.skipped: set[str] = set(skipped)  # images that failed to decode
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.use_bf16 else nullcontext()
@@ -88,9 +89,6 @@ class Trainer:
         for callback in self.callbacks:
             getattr(callback, event)(self)
 
-    def checkpoint_meta(self, row: dict) -> dict:
-        return {**self.meta, "epoch": row["epoch"], "metrics": row}
-
     def state_dict(self) -> dict:
         """Everything needed to continue exactly where the run is; loads with weights_only=True."""
         import numpy as np
@@ -98,7 +96,7 @@ class Trainer:
         numpy_state = np.random.get_state()
         return {
             "epoch": self.epoch, "history": self.history, "stop_reason": self.stop_reason,
-            "skipped": sorted(self.skipped), "meta": self.meta,
+            "skipped": sorted(self.skipped),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
@@ -247,27 +245,18 @@ def _run_epoch(trainer: Trainer) -> dict:
             "seconds": round(train["seconds"], 3), "images_per_s": round(train["images_per_s"], 1)}
 
 
-def _summary_line(row: dict, epochs: int, best_epoch: int | None) -> str:
-    best = "  [green]* best[/]" if best_epoch == row["epoch"] else ""
-    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  "
-            f"{row['images_per_s']:,.0f} img/s  {row['seconds']:.1f}s{best}")
-
-
 def fit(trainer: Trainer, save_resume=None) -> None:
     """Train until trainer.epochs (or a callback stops it); then the callbacks' on_fit_end (best weights back).
 
     save_resume(state, last=...) is offered the state after every epoch (checkpoint.ResumeWriter decides
     when to write it)."""
     trainer.call("on_fit_start")
-    best = next((cb for cb in trainer.callbacks if hasattr(cb, "best_epoch")), None)
     try:
         while trainer.epoch < trainer.epochs and trainer.stop_reason is None:
             row = _run_epoch(trainer)
             trainer.history.append(row)
             trainer.epoch = row["epoch"]
             trainer.call("on_epoch_end")
-            console.print(_summary_line(row, trainer.total_epochs, best.best_epoch if best else None))
             if save_resume is not None:
                 save_resume(trainer.state_dict(), last=trainer.epoch >= trainer.epochs or trainer.stop_reason is not None)
     except KeyboardInterrupt:

@@ -1,0 +1,55 @@
+"""Atomic file writes: every file tlkit writes goes to a temporary name first and is renamed over
+the old one, so a failed or interrupted write leaves the previous version whole. A full disk
+becomes a TlkitError that names the file. Knows nothing of what is written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from tlkit.errors import TlkitError
+from tlkit.runtime import relpath
+
+FULL_BELOW_BYTES = 16 << 20  # a folder with less free space than this after a failed write: the disk was full
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call write(temporary path), then rename it over `path`; on failure `path` is untouched."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        full = _out_of_space(error, path.parent)  # judged before the partial file is deleted
+        tmp.unlink(missing_ok=True)
+        if not isinstance(error, OSError) and not full:
+            raise
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "no space left on the disk"
+        raise TlkitError(
+            f"could not write {relpath(path)} ({reason}); the previous version, if any, "
+            "is left as it was. Free some disk space or choose another --runs-dir."
+        ) from None
+
+
+def _out_of_space(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of disk. safetensors says so ('os error 28'), but torch.save's zip
+    writer fails with words of its own ('unexpected pos 576 vs 534'): the free space tells."""
+    if isinstance(error, KeyboardInterrupt):
+        return False
+    text = str(error).lower()
+    if any(words in text for words in ("no space left", "os error 28", "disk quota")):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -1,0 +1,118 @@
+"""What every stage knows of a model: a Backbone (the classifier, cut into trunk and head, with
+the Preprocessing its weights expect) and the helpers that cut it. The factories that build
+one live in tlkit/models.py (torchvision, the classic nets) and tlkit/timm_models.py (timm);
+both import this module, and neither imports the other's internals. No weights, no data here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from torch import nn
+
+from tlkit.errors import TlkitError
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What an image must look like when it reaches the network, as the weights were trained."""
+
+    input_size: tuple[int, int]  # (height, width) the network is fed
+    resize_size: int | None  # eval: shorter side to this, then centre crop; None: resize straight to input_size
+    mean: tuple[float, ...]  # one per channel
+    std: tuple[float, ...]
+    interpolation: str  # "bilinear" | "bicubic" | "nearest"
+    in_chans: int
+
+    def to_dict(self) -> dict:
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(input_size=tuple(d["input_size"]), resize_size=d["resize_size"], mean=tuple(d["mean"]),
+                   std=tuple(d["std"]), interpolation=d["interpolation"], in_chans=d["in_chans"])
+
+
+@dataclass
+class Backbone:
+    """A classifier and its trunk/head split. `model`, `trunk` and `head` share their modules,
+    so training one trains the others. A timm trunk wraps the whole model, so its `.to()` and
+    `.train()` reach the head too; its parameters() and state_dict() are the trunk's only."""
+
+    name: str
+    model: nn.Module  # the whole classifier; model(x) == head(trunk(x)) exactly
+    trunk: nn.Module  # images [N, C, H, W] -> features [N, feature_dim]
+    head: nn.Module  # features -> logits [N, num_classes]
+    feature_dim: int
+    num_classes: int
+    preprocessing: Preprocessing
+    weights: str  # what was asked: "imagenet", "none", or the path given
+    pretrained: bool  # whether pretrained tensors were actually loaded
+    trunk_blocks: list[list[nn.Parameter]] = field(default_factory=list, repr=False)  # input to output
+    weights_note: str = ""  # where the tensors came from, which head layers start fresh
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        head_ids = {id(parameter) for parameter in self.head.parameters()}
+        return [parameter for parameter in self.model.parameters() if id(parameter) not in head_ids]
+
+    def freeze_trunk(self) -> None:
+        """requires_grad False on the trunk (BatchNorm running statistics still move in train mode)."""
+        for parameter in self.trunk_parameters():
+            parameter.requires_grad_(False)
+
+    def unfreeze(self, last_blocks: int | None = None) -> None:
+        """None: everything trainable. N: the last N trunk blocks and the head; earlier blocks frozen."""
+        if last_blocks is not None and last_blocks < 0:
+            raise ValueError(f"last_blocks must be None or >= 0, not {last_blocks}")
+        thawed = self.trunk_blocks[len(self.trunk_blocks) - last_blocks:] if last_blocks else []
+        thawed_ids = {id(parameter) for block in thawed for parameter in block}
+        for parameter in self.trunk_parameters():
+            parameter.requires_grad_(last_blocks is None or id(parameter) in thawed_ids)
+        for parameter in self.head_parameters():
+            parameter.requires_grad_(True)
+
+    def param_groups(self, lr: float, trunk_lr_mult: float = 1.0) -> list[dict]:
+        """Optimizer groups of the trainable parameters: the trunk at lr * trunk_lr_mult, the head at lr."""
+        groups = [
+            {"params": [p for p in self.trunk_parameters() if p.requires_grad], "lr": lr * trunk_lr_mult, "name": "trunk"},
+            {"params": [p for p in self.head_parameters() if p.requires_grad], "lr": lr, "name": "head"},
+        ]
+        return [group for group in groups if group["params"]]
+
+
+
+def per_channel(values, in_chans: int, *, given_as: str | None = None) -> tuple[float, ...]:
+    """A mean or std for `in_chans` channels: as many values as channels, or one value repeated.
+
+    The weights' own statistics (given_as None) for a 1-channel input are averaged to one value, as
+    the first convolution's weights are summed; values the user gave (given_as names the flag) must
+    fit, or the message says how many to give."""
+    values = tuple(float(v) for v in values)
+    if len(values) == in_chans:
+        return values
+    if len(values) == 1:
+        return values * in_chans
+    if in_chans == 1 and given_as is None:
+        return (sum(values) / len(values),)
+    raise TlkitError(f"{given_as or 'the normalisation'} gives {len(values)} values; the model takes {in_chans} "
+                     f"channel(s): give 1 or {in_chans}.")
+
+
+def head_keys(model: nn.Module, head: nn.Module) -> set[str]:
+    """The model's state-dict names of the head's tensors (found by identity, whatever the prefix)."""
+    head_ids = {id(tensor) for tensor in (*head.parameters(), *head.buffers())}
+    return {name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if id(tensor) in head_ids}
+
+
+def in_features(head: nn.Module) -> int:
+    """The feature size at the cut: what the head's first Linear or 1x1 convolution takes."""
+    first = next(m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    return first.in_features if isinstance(first, nn.Linear) else first.in_channels
+
+
+def blocks_of(modules: list[nn.Module]) -> list[list[nn.Parameter]]:
+    """The trainable groups of a trunk, input to output: each module's parameters, empty ones left out."""
+    return [params for params in (list(module.parameters()) for module in modules) if params]

@@ -1,0 +1,136 @@
+"""The checkpoint format: best.safetensors (the tensors) beside best.json (a CheckpointMeta).
+
+CheckpointMeta is the schema of everything saved beside the weights, versioned; this module
+is its one writer (save_best, and `to_dict` for the resume file) and its one reader
+(read_meta, and `from_dict`). The pair rebuilds *and* labels a model with no other file.
+Models are built elsewhere (tlkit/checkpoint.py); nothing here imports torch's models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tlkit import __version__
+from tlkit.atomic import atomic_write, atomic_write_text
+from tlkit.backbone import Preprocessing
+from tlkit.errors import TlkitError
+from tlkit.runtime import relpath
+
+BEST_WEIGHTS = "best.safetensors"
+BEST_META = "best.json"
+FORMAT = "tlkit-checkpoint"
+FORMAT_VERSION = 1  # raise it when a field changes meaning; a reader refuses versions above its own
+
+
+@dataclass
+class CheckpointMeta:
+    """What rebuilds and labels a model: its backbone, classes and preprocessing, and how it was trained."""
+
+    backbone: str  # a tlkit.models name
+    weights: str  # what the run started from: "imagenet", "none" or a file
+    classes: list[str]  # the head's outputs, in order
+    preprocessing: Preprocessing  # what an image must look like when it reaches the model
+    pretrained: bool = False  # whether pretrained tensors were loaded before training
+    config: dict = field(default_factory=dict)  # the run's FinetuneConfig, as config.yaml holds it
+    monitor: str = "val_loss"
+    data_source: dict | None = None  # `tlkit train`: what reopens its dataset
+    processes: int = 1  # under torchrun: how many trained it (the lr of --lr-scale linear depends on it)
+    phase: str | None = None  # resume files only: "head" while the head trains on cached features
+    epoch: int | None = None  # best.json: the epoch these weights are from, and its metrics
+    metrics: dict | None = None
+    tlkit_version: str = __version__  # of the tlkit that wrote it
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_chans(self) -> int:
+        return self.preprocessing.in_chans
+
+    @property
+    def img_size(self) -> int:
+        return self.preprocessing.input_size[0]
+
+    def to_dict(self) -> dict:
+        """Plain JSON types (the resume file loads with weights_only=True); the derived sizes are written
+        too, for a reader of the JSON alone."""
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "tlkit_version": self.tlkit_version,
+            "backbone": self.backbone, "weights": self.weights, "pretrained": self.pretrained,
+            "num_classes": self.num_classes, "classes": list(self.classes), "in_chans": self.in_chans,
+            "img_size": self.img_size, "preprocessing": self.preprocessing.to_dict(), "monitor": self.monitor,
+            "config": self.config, "data_source": self.data_source, "processes": self.processes,
+            "phase": self.phase, "epoch": self.epoch, "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict, where: Path) -> CheckpointMeta:
+        """The meta `to_dict` wrote; a TlkitError naming `where` for another format or a damaged one."""
+        if not isinstance(values, dict) or values.get("format") != FORMAT or values.get("format_version", 0) > FORMAT_VERSION:
+            written_by = values.get("tlkit_version", "?") if isinstance(values, dict) else "?"
+            raise TlkitError(f"{relpath(where)} was written by tlkit {written_by} in a format this tlkit "
+                             f"{__version__} cannot read; upgrade tlkit or retrain.")
+        try:
+            return cls(
+                backbone=values["backbone"], weights=values["weights"], classes=list(values["classes"]),
+                preprocessing=Preprocessing.from_dict(values["preprocessing"]),
+                pretrained=bool(values.get("pretrained", False)), config=dict(values.get("config") or {}),
+                monitor=values.get("monitor", "val_loss"), data_source=values.get("data_source"),
+                processes=int(values.get("processes", 1)), phase=values.get("phase"), epoch=values.get("epoch"),
+                metrics=values.get("metrics"), tlkit_version=values.get("tlkit_version", "?"),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise TlkitError(f"{relpath(where)} lacks or garbles {error} of what rebuilds the model; it is not the "
+                             "file tlkit wrote. Use another run, or retrain this one.") from None
+
+    def at_epoch(self, row: dict) -> CheckpointMeta:
+        """This meta for the weights of one epoch (its history row)."""
+        return replace(self, epoch=row["epoch"], metrics=row)
+
+
+def save_best(run_dir: Path, state_dict: dict, meta: CheckpointMeta) -> Path:
+    """Write best.safetensors and best.json; both or neither replace the previous pair."""
+    from safetensors.torch import save_file
+
+    # safetensors refuses tensors that share memory; separate contiguous copies on the CPU.
+    tensors = {key: value.detach().cpu().contiguous().clone() for key, value in state_dict.items()}
+    weights_path, meta_path = Path(run_dir) / BEST_WEIGHTS, Path(run_dir) / BEST_META
+    staged_weights = weights_path.with_name(f".{weights_path.name}.staged")
+    staged_meta = meta_path.with_name(f".{meta_path.name}.staged")
+    atomic_write(staged_weights, lambda tmp: save_file(tensors, str(tmp), metadata={"tlkit": "1"}))
+    atomic_write_text(staged_meta, json.dumps(meta.to_dict(), indent=2))
+    os.replace(staged_weights, weights_path)
+    os.replace(staged_meta, meta_path)
+    return weights_path
+
+
+def checkpoint_paths(path: Path) -> tuple[Path, Path]:
+    """(weights, sidecar) for a run folder, a .safetensors file or its .json sidecar."""
+    path = Path(path)
+    if path.is_dir():
+        return path / BEST_WEIGHTS, path / BEST_META
+    return path.with_suffix(".safetensors"), path.with_suffix(".json")
+
+
+def read_meta(path: Path) -> CheckpointMeta:
+    """The sidecar of a checkpoint (a run folder, its .safetensors or its .json), checked to be one tlkit can read."""
+    weights_path, meta_path = checkpoint_paths(path)
+    if Path(path).is_file() and Path(path).suffix not in (".safetensors", ".json"):
+        raise TlkitError(f"{relpath(Path(path))} is not a tlkit checkpoint; give a run folder (runs/NAME) or its "
+                         f"{BEST_WEIGHTS} (exported .onnx / .pt files and resume.pt are not read back).")
+    for needed in (weights_path, meta_path):
+        if not needed.is_file():
+            raise TlkitError(
+                f"{relpath(needed)} does not exist; a checkpoint is a .safetensors file with its .json "
+                "beside it, as `tlkit finetune` writes them into runs/<name>/."
+            )
+    try:
+        values = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise TlkitError(f"{relpath(meta_path)} is damaged ({error.__class__.__name__}: {error}); it is not the "
+                         "JSON tlkit wrote. Use another run, or retrain this one.") from None
+    return CheckpointMeta.from_dict(values, meta_path)

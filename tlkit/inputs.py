@@ -1,0 +1,77 @@
+"""What a phase of training runs on: its batches, how they reach the model, and which module they train.
+
+Four sources give a TrainingInput: folders of photos (tlkit/data.py), the decoded-image cache
+(tlkit/imagecache.py), the datasets of `tlkit train` (tlkit/datasets.py), and the frozen trunk's
+cached features (tlkit/features.py). Training the head on cached features is a different input,
+whose module is the head, not a mode of the trainer. Builds no optimizer; trains nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from tlkit.backbone import Backbone
+from tlkit.config import FinetuneConfig
+from tlkit.data import make_data
+from tlkit.decode import Normalizer
+from tlkit.features import FeatureLoader, precompute, to_device_float
+from tlkit.imagecache import make_cached_data
+from tlkit.runtime import channels_last, default_workers
+
+
+@dataclass
+class TrainingInput:
+    """Loaders of (batch, labels, files that failed to decode), and what trains on them."""
+
+    classes: list[str]
+    train_loader: object
+    val_loader: object
+    train_sampler: object  # its set_epoch(n) fixes the order (and augmentation) of epoch n
+    normalize: Callable[[torch.Tensor], torch.Tensor]  # a loader's batch -> the module's input, on the device
+    module: nn.Module  # what trains: the whole classifier, or its head on cached features
+    sizes: tuple[int, int]  # training and validation images, for the run's first line
+    test_loader: object | None = None  # the final report's images, where the data has a test split
+
+
+def _workers(config: FinetuneConfig) -> int:
+    return default_workers() if config.workers is None else config.workers
+
+
+def image_input(config: FinetuneConfig, backbone: Backbone, device: torch.device, source=None) -> TrainingInput:
+    """The images: DATA/training and DATA/validation (decoded per epoch, or from the decoded-image
+    cache with --cache-images), or `source`'s (a tlkit.datasets.TrainingSource); every layer trains."""
+    prep = backbone.preprocessing
+    loaders = dict(batch_size=config.batch_size, workers=_workers(config), device=device, seed=config.seed,
+                   augment=config.augment)
+    if source is not None:
+        data = source.make_data(prep, **loaders)
+    elif config.cache_images:
+        data = make_cached_data(Path(config.data), prep, cache_root=config.cache_dir, **loaders)
+    else:
+        data = make_data(Path(config.data), prep, **loaders)
+    nhwc = channels_last(device, config.precision)
+    backbone.model.to(device, memory_format=torch.channels_last) if nhwc else backbone.model.to(device)
+    return TrainingInput(
+        classes=data.classes, train_loader=data.train_loader, val_loader=data.val_loader,
+        train_sampler=data.train_sampler, normalize=Normalizer(prep, device, nhwc), module=backbone.model,
+        sizes=(len(data.train_set), len(data.val_set)), test_loader=getattr(data, "test_loader", None))
+
+
+def feature_input(config: FinetuneConfig, backbone: Backbone, device: torch.device, classes: list[str]) -> TrainingInput:
+    """The frozen trunk's features of DATA/training and DATA/validation (computed now where the cache is
+    stale), in the order the image sampler gives; the head trains on them."""
+    sets = precompute(backbone, Path(config.data), cache_root=config.cache_dir, device=device,
+                      workers=_workers(config), views=config.precompute_views, dtype=config.cache_dtype,
+                      precision=config.precision)
+    backbone.model.to(device)
+    train_loader = FeatureLoader(sets["training"], batch_size=config.batch_size, device=device, shuffle=True,
+                                 seed=config.seed)
+    val_loader = FeatureLoader(sets["validation"], batch_size=config.batch_size, device=device, shuffle=False)
+    return TrainingInput(classes=classes, train_loader=train_loader, val_loader=val_loader,
+                         train_sampler=train_loader, normalize=to_device_float(device), module=backbone.head,
+                         sizes=(train_loader.size, val_loader.size))

@@ -682,10 +682,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _validation_images(checkpoint) -> list[Path]:
     """A few images of the run's own validation set, to check the export on, when they are still there."""
-    from tlkit.scan import is_image_name
+    from tlkit.scan import is_image_name, visible_files
 
     folder = Path(checkpoint.meta.get("config", {}).get("data", "data")) / "validation"
-    found = sorted(p for p in folder.rglob("*") if is_image_name(p)) if folder.is_dir() else []
+    found = [p for p in visible_files(folder) if is_image_name(p)] if folder.is_dir() else []
     return found[:: max(1, len(found) // 8)][:8]
 
 

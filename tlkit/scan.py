@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tlkit.errors import TlkitError
-from tlkit.runtime import relpath
+from tlkit.runtime import progress, relpath
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -227,3 +227,11 @@ def verify_images(scan: Scan, full: bool = False, on_progress=None) -> Scan:
 def scan_dataset(root: Path, full: bool = False, on_progress=None) -> Scan:
     """List a dataset folder and check every image in it."""
     return verify_images(list_dataset(Path(root)), full=full, on_progress=on_progress)
+
+
+def scan_with_progress(root: Path, full: bool = False) -> Scan:
+    """scan_dataset, with a bar on stderr while the images are checked."""
+    scan = list_dataset(Path(root))
+    with progress() as bar:
+        task = bar.add_task("checking images", total=len(scan.images))
+        return verify_images(scan, full=full, on_progress=lambda: bar.advance(task))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tlkit.errors import TlkitError
-from tlkit.scan import check_image, detect_layout, flat_label, list_dataset, scan_dataset
+from tlkit.scan import check_image, detect_layout, flat_label, list_dataset, scan_dataset, visible_files
 
 from conftest import make_flat, make_foldered, write_image
 
@@ -84,3 +84,65 @@ def test_a_decompression_bomb_is_a_skipped_file_not_a_crash(tmp_path, full):
     path = tmp_path / "cat.1.png"
     Image.new("L", (20_000, 20_000)).save(path)  # 400 MP of zeros: a few hundred KB on disk
     assert "too large to decode safely" in check_image(path, full=full)
+
+
+def test_visible_files_leave_out_hidden_ones_and_stop_at_a_depth(tmp_path):
+    for name in ("a.png", ".b.png", "x/c.png", "x/y/d.png", ".git/e.png", "x/.cache/f.png"):
+        write_image(tmp_path / name)
+
+    def listed(depth):
+        return [p.relative_to(tmp_path).as_posix() for p in visible_files(tmp_path, depth)]
+
+    assert listed(None) == ["a.png", "x/c.png", "x/y/d.png"]
+    assert listed(1) == ["a.png"]
+    assert listed(2) == ["a.png", "x/c.png"]
+
+
+def test_every_stage_counts_the_same_images_and_none_hidden(tmp_path, capsys):
+    """A notebook's checkpoint folder and a hidden file inside a class folder hold no photos for any
+    stage: check, split, training, the caches, predict and evaluate list the same images (three
+    listers once disagreed, and training counted cat/.ipynb_checkpoints/)."""
+    import csv
+    import re
+
+    from tlkit.cache import file_list
+    from tlkit.cli import main
+    from tlkit.data import FolderDataset, check_classes
+    from tlkit.evaluate import labelled_images
+    from tlkit.predict import find_images
+
+    def plant_hidden(folder: Path) -> None:
+        write_image(folder / "cat" / ".ipynb_checkpoints" / "0-checkpoint.png", color=101)
+        write_image(folder / "cat" / ".hidden.png", color=102)
+
+    src = make_foldered(tmp_path / "src", {"cat": 4, "dog": 3})
+    plant_hidden(src)
+    assert sorted(p.relative_to(src).as_posix() for p, _ in scan_dataset(src).images) == [
+        "cat/0.png", "cat/1.png", "cat/2.png", "cat/3.png", "dog/0.png", "dog/1.png", "dog/2.png"]
+    data = tmp_path / "data"
+    assert main(["split", str(src), "--val", "3", "--out", str(data), "--quiet"]) == 0
+    with open(data / "split.csv", newline="") as handle:
+        written = [row["destination"] for row in csv.DictReader(handle)]
+    assert len(written) == 7
+    for subset in ("training", "validation"):
+        plant_hidden(data / subset)
+
+    capsys.readouterr()
+    assert main(["check", str(data)]) == 0
+    checked = capsys.readouterr().out
+    assert "no problems found" in checked
+    totals = [int(n) for n in re.findall(r"\ball\b\D*(\d+)", checked)]  # the two subsets' tables
+    assert totals == [sum(d.startswith(f"{subset}/") for d in written) for subset in ("training", "validation")]
+
+    classes = check_classes(data)
+    assert classes == ["cat", "dog"]
+    for subset in ("training", "validation"):
+        folder = data / subset
+        expected = sorted(d.split("/", 1)[1] for d in written if d.startswith(f"{subset}/"))
+        in_training = [Path(path).relative_to(folder).as_posix() for path, _ in FolderDataset(folder, None).samples]
+        in_cache = [row[0] for row in file_list(folder, classes)]
+        predicted = [p.relative_to(folder).as_posix() for p in find_images([folder])[0]]
+        evaluated = [p.relative_to(folder).as_posix() for p in labelled_images(folder, classes)[0]]
+        assert in_training == in_cache == predicted == evaluated == expected
+    assert find_images([data / "training" / "cat" / ".hidden.png", data / "training" / "dog"])[0] == sorted(
+        (data / "training" / "dog").glob("[0-9].png"))

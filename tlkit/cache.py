@@ -32,15 +32,14 @@ def default_cache_root(data_dir: Path) -> Path:
 
 
 def file_list(subset_dir: Path, classes: list[str]) -> list[tuple[str, int, int, int]]:
-    """(relative path, class index, size, mtime_ns) of every image, sorted: what a cache is valid for."""
-    from tlkit.scan import is_image_name
+    """(relative path, class index, size, mtime_ns) of every image (tlkit.scan.class_images, the files
+    training reads), sorted: what a cache is valid for."""
+    from tlkit.scan import class_images  # here: `tlkit cache ls` and `clear` need no PIL
 
     rows = []
-    for index, label in enumerate(classes):
-        for path in sorted((subset_dir / label).rglob("*")):
-            if path.is_file() and is_image_name(path) and not path.name.startswith("."):
-                stat = path.stat()
-                rows.append((path.relative_to(subset_dir).as_posix(), index, stat.st_size, stat.st_mtime_ns))
+    for relative, index in class_images(subset_dir, classes):
+        stat = (Path(subset_dir) / relative).stat()
+        rows.append((relative, index, stat.st_size, stat.st_mtime_ns))
     return rows
 
 

@@ -79,25 +79,17 @@ def _report_skipped(scan) -> None:
     _list_paths("unreadable images (skipped)", scan.unreadable, scan.root)
 
 
-def _scan_with_progress(root: Path, full: bool):
-    from tlkit.scan import list_dataset, verify_images
-
-    scan = list_dataset(root)
-    with progress() as bar:
-        task = bar.add_task("checking images", total=len(scan.images))
-        return verify_images(scan, full=full, on_progress=lambda: bar.advance(task))
-
-
 # ---------------------------------------------------------------- split
 
 
 def cmd_split(args: argparse.Namespace) -> int:
+    from tlkit.scan import scan_with_progress
     from tlkit.split import SUBSETS, default_out, execute_split, parse_val, plan_split, check_outputs_free
 
     val = parse_val(args.val)
     out_dir = Path(args.out) if args.out else default_out(args.src)
     check_outputs_free(out_dir, Path(args.src), args.force)
-    scan = _scan_with_progress(Path(args.src), full=not args.quick)
+    scan = scan_with_progress(Path(args.src), full=not args.quick)
     _report_skipped(scan)
     plan = plan_split(scan, val, out_dir, seed=args.seed)
     if plan.twins:
@@ -155,30 +147,26 @@ def _add_split(subparsers) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    root = Path(args.dir)
-    from tlkit.split import finish_interrupted_swap
+    from tlkit.check import check_dataset
 
-    finish_interrupted_swap(root)
-    # A folder `tlkit split` wrote: check its subsets, each a class-foldered tree of its own.
-    subsets = [root / "training", root / "validation"]
-    problems = sum(_check_folder(folder) for folder in subsets) if all(f.is_dir() for f in subsets) else \
-        _check_folder(root)
-    if problems == 0:
+    report = check_dataset(Path(args.dir))
+    for folder in report.folders:
+        _print_folder_check(folder)
+    if report.problems == 0:
         out.print("no problems found")
         return 0
-    out.print(f"problems found: {problems}")
+    out.print(f"problems found: {report.problems}")
     if args.strict:
-        raise TlkitError(f"{relpath(root)} has {problems} problem(s), listed above (--strict).")
+        raise TlkitError(f"{relpath(report.root)} has {report.problems} problem(s), listed above (--strict).")
     return 0
 
 
-def _check_folder(folder: Path) -> int:
-    """Decode every image of one folder, print what was found; returns the number of problems."""
-    scan = _scan_with_progress(folder, full=True)
-    if not scan.images:
+def _print_folder_check(check) -> None:
+    """One folder's table of classes, its sizes and colour modes, and its problems (tlkit.check.FolderCheck)."""
+    scan = check.scan
+    if check.refusal:
         _report_skipped(scan)
-        raise TlkitError(f"{relpath(folder)} holds no usable labelled image ({scan.layout} layout); the files "
-                         "found are listed above. Name them <class>.<n>.jpg, or put them in <class>/ folders.")
+        raise TlkitError(check.refusal)
     table = Table(title=f"{relpath(scan.root)} ({scan.layout} layout)")
     table.add_column("class")
     table.add_column("images", justify="right")
@@ -191,23 +179,16 @@ def _check_folder(folder: Path) -> int:
     modes = ", ".join(f"{mode} {n}" for mode, n in sorted(Counter(i.mode for i in infos).items()))
     out.print(f"sizes: width {min(widths)}-{max(widths)} px, height {min(heights)}-{max(heights)} px")
     out.print(f"colour modes: {modes}")
-    odd = [p for p, i in scan.details.items() if i.mode not in ("RGB", "L")]
-    _list_paths("images not in RGB or L mode (converted to RGB when loaded)", odd, scan.root)
+    _list_paths("images not in RGB or L mode (converted to RGB when loaded)", check.odd_modes, scan.root)
     _report_skipped(scan)
-    empty = [] if scan.layout != "folders" else [
-        p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")
-        and p.name not in scan.class_counts()]
-    _list_paths("class folders with no usable image (training refuses them)", empty, scan.root)
-    duplicates = scan.duplicates()
-    if duplicates:
-        warn(f"groups of identical files: {len(duplicates)}")
-        for group in duplicates[:LIST_LIMIT]:
+    _list_paths("class folders with no usable image (training refuses them)", check.empty_classes, scan.root)
+    if check.duplicates:
+        warn(f"groups of identical files: {len(check.duplicates)}")
+        for group in check.duplicates[:LIST_LIMIT]:
             console.print("  " + " = ".join(str(p.relative_to(scan.root)) for p in group))
-    one_class = len(scan.class_counts()) < 2
-    if one_class:  # split and training refuse it: a classifier needs two classes
+    if check.one_class:
         warn(f"one class only ({next(iter(scan.class_counts()))}): a classifier needs at least two; "
              "split and finetune refuse this folder")
-    return scan.problems + len(duplicates) + len(empty) + one_class
 
 
 def _add_check(subparsers) -> None:
@@ -652,12 +633,12 @@ def _add_evaluate(subparsers) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from tlkit.checkpoint import load_checkpoint, resolve_run
-    from tlkit.export import FORMATS, export_checkpoint, sidecar_path
+    from tlkit.export import FORMATS, export_checkpoint, sidecar_path, validation_images
     from tlkit.predict import find_images
 
     checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir))
     target = Path(args.out) if args.out else checkpoint.path.with_name(f"model{FORMATS[args.format]}")
-    images = find_images(args.images)[0] if args.images else _validation_images(checkpoint)
+    images = find_images(args.images)[0] if args.images else validation_images(checkpoint)
     check = export_checkpoint(checkpoint, args.format, target, images=images, force=args.force)
     if check["verified"]:
         console.print(f"verified on {check['verified_on']} at batch sizes {check['batch_sizes']}: max "
@@ -666,15 +647,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         warn(check["note"])
     out.print(f"{relpath(target)} and {relpath(sidecar_path(target))}")
     return 0
-
-
-def _validation_images(checkpoint) -> list[Path]:
-    """A few images of the run's own validation set, to check the export on, when they are still there."""
-    from tlkit.scan import is_image_name
-
-    folder = Path(checkpoint.meta.config.get("data", "data")) / "validation"
-    found = sorted(p for p in folder.rglob("*") if is_image_name(p)) if folder.is_dir() else []
-    return found[:: max(1, len(found) // 8)][:8]
 
 
 def _add_export(subparsers) -> None:

@@ -8,6 +8,7 @@ the same whatever the worker count, and a resumed run sees what an uninterrupted
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from tlkit.augment import Augmentation, policy
 from tlkit.decode import load_image as load_eval_image
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
-from tlkit.scan import is_image_name, open_photo
+from tlkit.scan import class_folders, class_images, is_image_name, open_photo, visible_files
 from tlkit.split import finish_interrupted_swap
 
 SUBSETS = ("training", "validation")
@@ -66,21 +67,13 @@ def subset_dirs(data_dir: Path) -> tuple[Path, Path]:
 
 def _holds_photos(folder: Path) -> bool:
     """Images in the folder itself (flat layout) or one level down (class folders)."""
-    if not folder.is_dir():
-        return False
-    entries = list(folder.iterdir())
-    return any(is_image_name(p) for p in entries) or any(
-        is_image_name(q) for p in entries if p.is_dir() for q in p.iterdir())
-
-
-def _class_folders(subset_dir: Path) -> list[str]:
-    return sorted(p.name for p in subset_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return folder.is_dir() and any(is_image_name(p) for p in visible_files(folder, depth=2))
 
 
 def check_classes(data_dir: Path) -> list[str]:
     """The class names, the same in training and validation, at least two, none empty."""
     train_dir, val_dir = subset_dirs(data_dir)
-    train_classes, val_classes = _class_folders(train_dir), _class_folders(val_dir)
+    train_classes, val_classes = class_folders(train_dir), class_folders(val_dir)
     if train_classes != val_classes:
         only_train = sorted(set(train_classes) - set(val_classes))
         only_val = sorted(set(val_classes) - set(train_classes))
@@ -99,23 +92,30 @@ def check_classes(data_dir: Path) -> list[str]:
     return train_classes
 
 
-def _wanted_file(path: str) -> bool:
-    return is_image_name(Path(path)) and not Path(path).name.startswith(".")
-
-
 class FolderDataset(ImageFolder):
     """An ImageFolder whose items are (uint8 image, class index), or (None, path) when decoding fails.
 
-    An index may be a plain int or (int, seed); the seed drives that sample's augmentation.
+    An index may be a plain int or (int, seed); the seed drives that sample's augmentation. Its classes
+    and files are tlkit.scan's (class_folders, class_images), the ones check, split and the caches count.
     """
 
     def __init__(self, root: Path, load):
-        super().__init__(str(root), loader=str, is_valid_file=_wanted_file, allow_empty=True)
+        super().__init__(str(root), loader=str, allow_empty=True)
         self.load = load
         empty = [name for name, count in zip(self.classes, torch.bincount(
             torch.tensor(self.targets, dtype=torch.long), minlength=len(self.classes)).tolist()) if count == 0]
         if empty:
             raise TlkitError(f"class folder(s) {', '.join(empty)} of {relpath(root)} hold no images.")
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = class_folders(Path(directory))
+        return classes, {name: index for index, name in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(directory: str, class_to_idx: dict[str, int], extensions=None, is_valid_file=None,
+                     allow_empty: bool = False) -> list[tuple[str, int]]:
+        classes = sorted(class_to_idx, key=class_to_idx.__getitem__)
+        return [(os.path.join(directory, relative), index) for relative, index in class_images(Path(directory), classes)]
 
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, None)

@@ -25,6 +25,7 @@ from tlkit.config import EXPORT_SUFFIXES
 from tlkit.decode import ImageBatches, draft_side
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
+from tlkit.scan import is_image_name, visible_files
 
 FORMATS = EXPORT_SUFFIXES
 TOLERANCE = 1e-3  # absolute, on logits; fp32 kernels differ between runtimes in the last bits
@@ -119,6 +120,13 @@ def decode_steps(prep) -> list[str]:
         resize,
         "to float in 0..1 (divide by 255), then (x - mean) / std per channel",
     ]
+
+
+def validation_images(checkpoint: Checkpoint) -> list[Path]:
+    """A few images of the run's own validation set to check an export on, when they are still there."""
+    folder = Path(checkpoint.meta.config.get("data", "data")) / "validation"
+    found = [p for p in visible_files(folder) if is_image_name(p)] if folder.is_dir() else []
+    return found[:: max(1, len(found) // 8)][:8]
 
 
 def sidecar_path(out: Path) -> Path:

@@ -24,7 +24,7 @@ from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
 from tlkit.runtime import autocast, channels_last, progress, relpath
-from tlkit.scan import is_image_name
+from tlkit.scan import is_hidden, is_image_name, visible_files
 
 FORMATS = PREDICT_FORMATS
 
@@ -44,15 +44,14 @@ class Predictions:
 
 
 def find_images(paths: list[Path]) -> tuple[list[Path], int]:
-    """Image files among `paths` (folders searched recursively), sorted; and how many non-images were passed over."""
+    """Image files among `paths` (a folder: its visible files as tlkit.scan lists them, sorted); and how
+    many non-images were passed over. A hidden file is skipped even when named."""
     images, others = [], 0
     for path in map(Path, paths):
         if not path.exists():
             raise TlkitError(f"{relpath(path)} does not exist; give image files or folders of them.")
-        candidates = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        candidates = visible_files(path) if path.is_dir() else [] if is_hidden(path.name) else [path]
         for candidate in candidates:
-            if candidate.name.startswith("."):
-                continue
             if is_image_name(candidate):
                 images.append(candidate)
             else:

@@ -1,14 +1,16 @@
 """Find the images of a dataset folder, read their class labels, and check that they decode.
 
 Two layouts: the Kaggle flat one (`cat.0.jpg`: the class is the name before the first dot)
-and a class-foldered tree (`ROOT/<class>/...`). `tlkit check`, `tlkit split` and the later
-stages all call `scan_dataset`, so a file is judged the same way everywhere, and every stage
-reads a photo's pixels through `open_photo` (upright, 8 bits). Reads only.
+and a class-foldered tree (`ROOT/<class>/...`). Which files count is decided here alone
+(`visible_files`, `class_folders`, `class_images`: hidden files and everything in hidden
+folders are left out), so check, split, training, the caches, predict and evaluate all see the
+same images; every stage reads a photo's pixels through `open_photo` (upright, 8 bits). Reads only.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tlkit.errors import TlkitError
-from tlkit.runtime import relpath
+from tlkit.runtime import progress, relpath
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -82,18 +84,43 @@ def flat_label(path: Path) -> str | None:
     return parts[0] if len(parts) >= 3 and parts[0] else None
 
 
-def _visible_files(folder: Path) -> list[Path]:
-    """Files under folder, leaving out hidden ones and everything in hidden folders (.ipynb_checkpoints)."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+def is_hidden(name: str) -> bool:
+    """A file or folder name starting with a dot (.ipynb_checkpoints, .DS_Store): never a photo or a class."""
+    return name.startswith(".")
+
+
+def visible_files(folder: Path, depth: int | None = None) -> list[Path]:
+    """Files under folder, sorted by path, leaving out hidden ones and everything in hidden folders.
+
+    depth: 1 for the folder's own files, 2 with those one folder down, ...; None for all."""
+    folder, found = Path(folder), []
+    for parent, subfolders, names in os.walk(folder):  # hidden folders pruned: never walked into
+        level = len(Path(parent).relative_to(folder).parts) + 1
+        subfolders[:] = [] if depth is not None and level >= depth else [
+            name for name in subfolders if not is_hidden(name)]
+        found += (Path(parent, name) for name in names if not is_hidden(name))
+    return sorted(path for path in found if path.is_file())
+
+
+def class_folders(folder: Path) -> list[str]:
+    """The names of folder's visible subfolders, sorted: the classes of a class-foldered tree."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.is_dir() and not is_hidden(p.name))
+
+
+def class_images(subset_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """(path relative to subset_dir in posix form, class index) of every image in subset_dir/<class>/,
+    by class in the order given, then by path: the rows training and the caches read."""
+    subset_dir = Path(subset_dir)
+    return [(path.relative_to(subset_dir).as_posix(), index)
+            for index, label in enumerate(classes)
+            for path in visible_files(subset_dir / label) if is_image_name(path)]
 
 
 def detect_layout(root: Path) -> str:
     """`folders` when a subfolder holds images, else `flat`."""
-    for child in root.iterdir():
-        if child.is_dir() and not child.name.startswith("."):
-            if any(is_image_name(p) for p in _visible_files(child)):
-                return "folders"
+    for name in class_folders(root):
+        if any(is_image_name(p) for p in visible_files(root / name)):
+            return "folders"
     return "flat"
 
 
@@ -110,17 +137,17 @@ def list_dataset(root: Path) -> Scan:
     _require_folder(root)
     scan = Scan(root=root, layout=detect_layout(root))
     if scan.layout == "folders":
-        for path in sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
+        for path in visible_files(root, depth=1):
             # Loose files beside the class folders belong to no class.
             (scan.unlabelled if is_image_name(path) else scan.non_images).append(path)
-        for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for path in _visible_files(class_dir):
+        for label in class_folders(root):
+            for path in visible_files(root / label):
                 if is_image_name(path):
-                    scan.images.append((path, class_dir.name))
+                    scan.images.append((path, label))
                 else:
                     scan.non_images.append(path)
     else:
-        for path in _visible_files(root):
+        for path in visible_files(root):
             if not is_image_name(path):
                 scan.non_images.append(path)
             elif (label := flat_label(path)) is None:
@@ -200,3 +227,11 @@ def verify_images(scan: Scan, full: bool = False, on_progress=None) -> Scan:
 def scan_dataset(root: Path, full: bool = False, on_progress=None) -> Scan:
     """List a dataset folder and check every image in it."""
     return verify_images(list_dataset(Path(root)), full=full, on_progress=on_progress)
+
+
+def scan_with_progress(root: Path, full: bool = False) -> Scan:
+    """scan_dataset, with a bar on stderr while the images are checked."""
+    scan = list_dataset(Path(root))
+    with progress() as bar:
+        task = bar.add_task("checking images", total=len(scan.images))
+        return verify_images(scan, full=full, on_progress=lambda: bar.advance(task))

@@ -1,0 +1,75 @@
+"""What `tlkit check` finds in a dataset folder: per folder checked, its images and every problem
+that split or training would meet (unusable files, empty class folders, identical files, one class).
+
+Decides which folders are checked and counts the problems; prints nothing (cli.py shows the report).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tlkit.runtime import relpath
+from tlkit.scan import Scan, class_folders, scan_with_progress
+from tlkit.split import SUBSETS, finish_interrupted_swap
+
+PLAIN_MODES = ("RGB", "L")  # other colour modes are converted to RGB when loaded
+
+
+@dataclass
+class FolderCheck:
+    """One folder, every image decoded and hashed."""
+
+    scan: Scan
+    empty_classes: list[Path]  # class folders with no usable image: training refuses them
+    duplicates: list[list[Path]]  # groups of identical files
+    odd_modes: list[Path]  # images in neither RGB nor L
+    one_class: bool  # split and training refuse a folder of one class
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the folder cannot be checked at all (no usable labelled image), else None."""
+        if self.scan.images:
+            return None
+        return (f"{relpath(self.scan.root)} holds no usable labelled image ({self.scan.layout} layout); the files "
+                "found are listed above. Name them <class>.<n>.jpg, or put them in <class>/ folders.")
+
+    @property
+    def problems(self) -> int:
+        return self.scan.problems + len(self.duplicates) + len(self.empty_classes) + self.one_class
+
+
+@dataclass
+class DatasetCheck:
+    root: Path
+    folders: list[FolderCheck]  # a split's training/ and validation/, else the root alone
+
+    @property
+    def problems(self) -> int:
+        return sum(folder.problems for folder in self.folders)
+
+
+def check_folder(folder: Path) -> FolderCheck:
+    """Decode and hash every image of one flat or class-foldered folder, and sort out its problems."""
+    scan = scan_with_progress(folder, full=True)
+    counts = scan.class_counts()
+    empty = [folder / name for name in class_folders(folder) if name not in counts] if scan.layout == "folders" else []
+    return FolderCheck(
+        scan=scan, empty_classes=empty, duplicates=scan.duplicates(),
+        odd_modes=[path for path, info in scan.details.items() if info.mode not in PLAIN_MODES],
+        one_class=bool(scan.images) and len(counts) < 2,
+    )
+
+
+def check_dataset(root: Path) -> DatasetCheck:
+    """Check a folder `tlkit split` wrote as its two subsets (each a class-foldered tree of its own),
+    any other folder as one; a folder refused (FolderCheck.refusal) ends the check."""
+    root = Path(root)
+    finish_interrupted_swap(root)  # check the split that is in place, not half of one
+    subsets = [root / subset for subset in SUBSETS]
+    report = DatasetCheck(root=root, folders=[])
+    for folder in subsets if all(folder.is_dir() for folder in subsets) else [root]:
+        report.folders.append(check_folder(folder))
+        if report.folders[-1].refusal:
+            break
+    return report

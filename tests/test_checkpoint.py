@@ -41,6 +41,17 @@ def test_checkpoint_rebuilds_and_labels_the_model(tmp_path, name, img_size):
     assert read_meta(tmp_path).tlkit_version
 
 
+def test_a_checkpoint_written_before_crop_mode_loads_with_a_centre_crop(tmp_path):
+    backbone = models.create("simple-cnn", num_classes=2, weights="none", img_size=24)
+    save_best(tmp_path, backbone.model.state_dict(), meta_for(backbone, ["ant", "bee"]))
+    written = json.loads((tmp_path / "best.json").read_text())
+    written["preprocessing"] = {**written["preprocessing"], "resize_size": 28}
+    del written["preprocessing"]["crop_mode"]  # as tlkit wrote it before timm's crop_mode was kept
+    (tmp_path / "best.json").write_text(json.dumps(written))
+    preprocessing = load_checkpoint(tmp_path).backbone.preprocessing
+    assert (preprocessing.crop_mode, preprocessing.resize_size, preprocessing.input_size) == ("center", 28, (24, 24))
+
+
 def test_a_failed_write_leaves_the_previous_best_intact(tmp_path, monkeypatch):
     backbone = models.create("simple-cnn", num_classes=2, weights="none")
     save_best(tmp_path, backbone.model.state_dict(), meta_for(backbone, ["a", "b"]))

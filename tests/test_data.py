@@ -12,7 +12,7 @@ from conftest import make_foldered, write_image
 from tlkit.data import EpochSampler, check_classes, collate_skipping, make_data
 from tlkit.decode import Normalizer
 from tlkit.errors import TlkitError
-from tlkit.models import Preprocessing
+from tlkit.backbone import Preprocessing
 
 RGB = Preprocessing(input_size=(16, 16), resize_size=20, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
                     interpolation="bilinear", in_chans=3)

@@ -1,5 +1,6 @@
 """tlkit.decode: eval-geometry batches through PIL workers or batched torchvision decode."""
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -10,9 +11,9 @@ from tlkit.decode import ImageBatches, load_image
 from conftest import shared_data, write_image
 
 
-def _prep(in_chans=3, resize_size=36, size=32):
+def _prep(in_chans=3, resize_size=36, size=32, crop_mode="center"):
     return SimpleNamespace(input_size=(size, size), resize_size=resize_size, mean=(0.5,) * in_chans,
-                           std=(0.25,) * in_chans, interpolation="bilinear", in_chans=in_chans)
+                           std=(0.25,) * in_chans, interpolation="bilinear", in_chans=in_chans, crop_mode=crop_mode)
 
 
 def _collect(batches: ImageBatches) -> dict[int, torch.Tensor]:
@@ -41,12 +42,42 @@ def test_batches_cover_good_files_and_report_bad_ones(mixed_files, gpu_decode):
     assert all(image.shape == (3, 32, 32) for image in images.values())
 
 
-def test_both_decode_paths_agree(mixed_files):
-    pil = _collect(ImageBatches(mixed_files[:6], _prep(), device="cpu", gpu_decode=False))
-    tensor = _collect(ImageBatches(mixed_files[:6], _prep(), device="cpu", gpu_decode=True))
+@pytest.mark.parametrize("crop_mode", ["center", "squash", "border"])
+def test_both_decode_paths_agree(mixed_files, crop_mode):
+    pil = _collect(ImageBatches(mixed_files[:6], _prep(crop_mode=crop_mode), device="cpu", gpu_decode=False))
+    tensor = _collect(ImageBatches(mixed_files[:6], _prep(crop_mode=crop_mode), device="cpu", gpu_decode=True))
     for index in pil:
         # Same JPEG decoder family; resize kernels differ a little between PIL and torch.
         assert (pil[index] - tensor[index]).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("crop_mode", ["center", "squash", "border"])
+def test_eval_geometry_is_timms_own_for_each_crop_mode(tmp_path, crop_mode):
+    """A wide photo, where squash and border differ from a centre crop: tlkit's pixels are those of
+    timm's eval transform (create_transform) before its ToTensor and Normalize."""
+    from PIL import Image
+    from timm.data import create_transform
+    from torchvision.transforms.v2 import functional as F
+
+    from tlkit.backbone import Preprocessing
+
+    path = write_image(tmp_path / "wide.png", size=(150, 60), color=3)
+    data_config = {"input_size": (3, 48, 48), "crop_pct": 0.9, "crop_mode": crop_mode, "interpolation": "bicubic",
+                   "mean": (0.6, 0.5, 0.4), "std": (0.25,) * 3}
+    prep = Preprocessing((48, 48), 53, data_config["mean"], data_config["std"], "bicubic", 3, crop_mode)  # 53: 48 / 0.9
+    timms = create_transform(**data_config)
+    with Image.open(path) as image:
+        expected = image.convert("RGB")
+    for step in timms.transforms:
+        if type(step).__name__ not in ("MaybeToTensor", "ToTensor", "Normalize"):
+            expected = step(expected)
+    ours = load_image(path, prep)
+    assert ours.shape == (3, 48, 48)
+    assert (ours.int() - F.pil_to_tensor(expected).int()).abs().max() <= 1
+    if crop_mode != "center":
+        assert not torch.equal(ours, load_image(path, replace(prep, crop_mode="center")))
+    if crop_mode == "border":  # padded above and below with the mean colour, as timm pads
+        assert ours[:, 0, 0].tolist() == [153, 128, 102]
 
 
 def test_normalisation_uses_the_preprocessing(tmp_path):

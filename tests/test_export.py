@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -147,6 +148,18 @@ def test_the_onnx_sidecar_describes_tlkits_own_decoding(run, tmp_path):
     theirs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     ours = predict_files(load_checkpoint(run), photos, device=torch.device("cpu"), precision="fp32").probabilities
     np.testing.assert_allclose(theirs, ours, atol=2e-3)
+
+
+def test_the_decode_steps_name_the_crop_mode():
+    from tlkit.export import decode_steps
+    from tlkit.backbone import Preprocessing
+
+    prep = Preprocessing((48, 64), 53, (0.6, 0.5, 0.4), (0.25,) * 3, "bicubic", 3)
+    resize_step = {mode: decode_steps(replace(prep, crop_mode=mode))[4] for mode in ("center", "squash", "border")}
+    assert resize_step["center"] == "resize the shorter side to 53 px (bicubic, antialiased), then centre-crop to 48x64"
+    assert resize_step["squash"].startswith("resize to 53x70 (bicubic, antialiased), aspect ratio not kept")
+    assert "fit inside 53x70" in resize_step["border"] and resize_step["border"].endswith("with (153, 128, 102)")
+    assert decode_steps(replace(prep, crop_mode="squash"))[0].startswith("Pillow: Image.open(file); draft('RGB', (70, 70))")
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])

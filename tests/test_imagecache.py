@@ -17,7 +17,7 @@ from tlkit.cli import main
 from tlkit.decode import load_image
 from tlkit.augment import POLICIES
 from tlkit.imagecache import cache_images, crop_resize_flip, random_crop_boxes, storage_side
-from tlkit.models import Preprocessing
+from tlkit.backbone import Preprocessing
 
 from conftest import interrupt_at, make_foldered, shared_data, write_image
 
@@ -120,12 +120,13 @@ def test_an_edited_photo_makes_the_cache_stale_and_says_why(data_dir, tmp_path, 
 
 def test_each_geometry_has_its_own_cache(data_dir, tmp_path, capfd):
     smaller = Preprocessing(**{**PREP.__dict__, "input_size": (24, 24), "resize_size": 28})
-    for prep in (PREP, smaller):
+    squashed = Preprocessing(**{**PREP.__dict__, "crop_mode": "squash"})  # same sizes, other validation pixels
+    for prep in (PREP, smaller, squashed):
         cache_images(data_dir, prep, cache_root=tmp_path / "cache", device=torch.device("cpu"))
         assert "(no cache yet)" in capfd.readouterr().err
     cache_images(data_dir, PREP, cache_root=tmp_path / "cache", device=torch.device("cpu"))
     assert "using the cache" in capfd.readouterr().err
-    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert len(list((tmp_path / "cache").iterdir())) == 3
 
 
 def test_without_augmentation_the_cached_run_is_the_uncached_run(data_dir, tmp_path):

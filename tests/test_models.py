@@ -117,6 +117,35 @@ def test_preprocessing_comes_from_the_weights_metadata_even_without_weights(buil
         (28, 28), None, (0.1307,), (0.3081,), "bilinear", 1)
 
 
+def test_timm_preprocessing_follows_timms_resolver_and_its_crop_mode():
+    import math
+
+    from timm.data import resolve_model_data_config
+    from timm.models import get_pretrained_cfg
+
+    from tlkit.decode import scale_size
+    from tlkit.timm_models import _timm_preprocessing
+
+    # pretrained_cfg: 240 px, crop_pct 0.9, crop_mode squash (timm resizes both sides to 266, then crops)
+    squashed = models.create("timm:tf_efficientnetv2_b3.in21k_ft_in1k", 2, weights="none")
+    resolved = resolve_model_data_config(squashed.model)
+    prep = squashed.preprocessing
+    assert resolved["crop_mode"] == prep.crop_mode == "squash"
+    assert prep.input_size == tuple(resolved["input_size"][1:]) == (240, 240)
+    assert prep.resize_size == math.floor(240 / resolved["crop_pct"]) == 266 and scale_size(prep) == (266, 266)
+    assert (prep.mean, prep.std, prep.interpolation) == (resolved["mean"], resolved["std"], resolved["interpolation"])
+    assert models.create("timm:test_vit", 2, weights="none").preprocessing.crop_mode == "center"
+    assert models.create("resnet18", 2, weights="none").preprocessing.crop_mode == "center"
+    # border, and a non-square squash, from their configs alone (the models are too big to build here)
+    border_cfg = get_pretrained_cfg("deepseek_vit_412m.deepseek_v4_flash_vision_exp").to_dict()
+    border = _timm_preprocessing(border_cfg, 3, None)
+    assert (border.crop_mode, border.input_size, border.resize_size) == ("border", (392, 392), 392)
+    tall_cfg = get_pretrained_cfg("vit_base_patch16_sapiens2.fb").to_dict()  # 1024x768, crop_pct 1
+    assert scale_size(_timm_preprocessing(tall_cfg, 3, None)) == (1024, 768)
+    gray = _timm_preprocessing(tall_cfg, 1, 512)  # tlkit's img_size and in_chans still apply
+    assert (gray.crop_mode, gray.input_size, gray.resize_size, gray.mean) == ("squash", (512, 512), 512, (0.449,))
+
+
 def test_preprocessing_round_trips_through_json(built):
     preprocessing = built("timm:test_resnet").preprocessing
     assert models.Preprocessing.from_dict(json.loads(json.dumps(preprocessing.to_dict()))) == preprocessing

@@ -18,11 +18,14 @@ class Preprocessing:
     """What an image must look like when it reaches the network, as the weights were trained."""
 
     input_size: tuple[int, int]  # (height, width) the network is fed
-    resize_size: int | None  # eval: shorter side to this, then centre crop; None: resize straight to input_size
+    resize_size: int | None  # eval: scale to this as crop_mode says, then centre crop; None: straight to input_size
     mean: tuple[float, ...]  # one per channel
     std: tuple[float, ...]
     interpolation: str  # "bilinear" | "bicubic" | "nearest"
     in_chans: int
+    # timm's eval crop_mode, what resize_size scales: "center" the shorter side (aspect kept), "squash" both
+    # sides (aspect not kept), "border" the longer side (aspect kept; padded with the mean where short)
+    crop_mode: str = "center"
 
     def to_dict(self) -> dict:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
@@ -30,7 +33,8 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
         return cls(input_size=tuple(d["input_size"]), resize_size=d["resize_size"], mean=tuple(d["mean"]),
-                   std=tuple(d["std"]), interpolation=d["interpolation"], in_chans=d["in_chans"])
+                   std=tuple(d["std"]), interpolation=d["interpolation"], in_chans=d["in_chans"],
+                   crop_mode=d.get("crop_mode", "center"))  # files written before crop_mode: centre crop
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """Batched image decoding for the inference stages: precompute, predict and evaluate.
 
 Turns a list of files into normalised [N, C, H, W] batches on the model's device, following
-a backbone's eval preprocessing (resize, centre crop). On CUDA, JPEGs are decoded by nvjpeg
-in batches and resized there; other formats, and everything on a CPU, go through PIL in
-loader workers, large JPEGs decoded at reduced size (PIL draft). A file that fails to
-decode is recorded in `failures` and left out; it never stops the run. Files that nvjpeg
+a backbone's eval preprocessing (resize as its crop_mode says, centre crop). On CUDA, JPEGs are
+decoded by nvjpeg in batches and resized there; other formats, and everything on a CPU, go
+through PIL in loader workers, large JPEGs decoded at reduced size (PIL draft). A file that fails
+to decode is recorded in `failures` and left out; it never stops the run. Files that nvjpeg
 refuses are said once and go to PIL; a decoder that refuses everything stops with a message.
 """
 
@@ -41,17 +41,51 @@ class Batch:
 
 
 def _eval_sizes(prep) -> tuple[int | tuple[int, int], tuple[int, int]]:
-    """(what to resize to, what to crop to): shorter side then centre crop, or straight resize."""
+    """(what to resize to, what to crop to), as timm's eval transform builds them. An int: the shorter
+    side to it (crop_mode center). A (height, width): both sides to it (squash, or no resize_size: a
+    straight resize, nothing cut), or the box the image is fitted into keeping its aspect (border)."""
     crop = tuple(prep.input_size)
-    return (prep.resize_size if prep.resize_size else crop), crop
+    if not prep.resize_size:
+        return crop, crop
+    return (prep.resize_size if prep.crop_mode == "center" else scale_size(prep)), crop
+
+
+def scale_size(prep) -> tuple[int, int]:
+    """(height, width) that crop_modes squash and border scale to: timm scales each side of the input by
+    1 / crop_pct, and resize_size is the shorter side's. (Exact for a square input or crop_pct 1, which
+    covers every timm config with these modes.)"""
+    return tuple(side * prep.resize_size // min(prep.input_size) for side in prep.input_size)
+
+
+def _fit_inside(image_size: list[int], box: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of the image scaled so that its longer side (relative to the box) meets the box:
+    timm's ResizeKeepRatio(longest=1), rounded as it rounds."""
+    ratio = max(image / side for image, side in zip(image_size, box))
+    return tuple(round(image / ratio) for image in image_size)
+
+
+def _pad_to(image, crop: tuple[int, int], mean: tuple[float, ...]):
+    """Pad a side shorter than the crop evenly (odd pixel after), with the mean colour as timm does;
+    torchvision's center_crop would pad with black."""
+    height, width = F.get_size(image)
+    extra_h, extra_w = max(crop[0] - height, 0), max(crop[1] - width, 0)
+    if not extra_h and not extra_w:
+        return image
+    fill = [round(255 * value) for value in mean]
+    padding = [extra_w // 2, extra_h // 2, (extra_w + 1) // 2, (extra_h + 1) // 2]  # left, top, right, bottom
+    return F.pad(image, padding, fill=fill if len(fill) > 1 else fill[0])
 
 
 def _resize_crop(image, prep):
     """The eval geometry on a PIL image or a uint8 tensor, on whatever device it sits."""
     resize, crop = _eval_sizes(prep)
+    border = bool(prep.resize_size) and prep.crop_mode == "border"
+    if border:
+        resize = _fit_inside(F.get_size(image), resize)
     interpolation = InterpolationMode(prep.interpolation)
-    image = F.resize(image, resize if isinstance(resize, tuple) else [resize], interpolation=interpolation, antialias=True)
-    return F.center_crop(image, list(crop))
+    image = F.resize(image, list(resize) if isinstance(resize, tuple) else [resize], interpolation=interpolation,
+                     antialias=True)
+    return F.center_crop(_pad_to(image, crop, prep.mean) if border else image, list(crop))
 
 
 def draft_side(prep) -> int:

@@ -22,7 +22,7 @@ import torch
 from tlkit.atomic import atomic_write, atomic_write_text
 from tlkit.checkpoint import Checkpoint
 from tlkit.config import EXPORT_SUFFIXES
-from tlkit.decode import ImageBatches, draft_side
+from tlkit.decode import ImageBatches, draft_side, scale_size
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
 from tlkit.scan import is_image_name, visible_files
@@ -108,16 +108,13 @@ def decode_steps(prep) -> list[str]:
     """How tlkit turns a file into the model's input, step by step, for a user of the exported model
     (scan.open_photo, then decode.load_image): follow them and the pixels are tlkit's own."""
     mode, side = "RGB" if prep.in_chans == 3 else "L", draft_side(prep)
-    resize = (f"resize the shorter side to {prep.resize_size} px ({prep.interpolation}, antialiased), then "
-              f"centre-crop to {prep.input_size[0]}x{prep.input_size[1]}" if prep.resize_size else
-              f"resize to {prep.input_size[0]}x{prep.input_size[1]} ({prep.interpolation}, antialiased)")
     return [
         f"Pillow: Image.open(file); draft('{mode}', ({side}, {side})): a JPEG decodes at 1/2, 1/4 or 1/8 "
         f"scale while both sides stay at least {side} px",
         "ImageOps.exif_transpose: upright as the camera's EXIF orientation says",
         "16-bit samples (modes I;16, I) shifted right by 8 bits",
         f"convert('{mode}')",
-        resize,
+        _resize_step(prep),
         "to float in 0..1 (divide by 255), then (x - mean) / std per channel",
     ]
 
@@ -127,6 +124,23 @@ def validation_images(checkpoint: Checkpoint) -> list[Path]:
     folder = Path(checkpoint.meta.config.get("data", "data")) / "validation"
     found = [p for p in visible_files(folder) if is_image_name(p)] if folder.is_dir() else []
     return found[:: max(1, len(found) // 8)][:8]
+
+
+def _resize_step(prep) -> str:
+    """decode._resize_crop in words, for each crop_mode."""
+    height, width = prep.input_size
+    how, crop = f"({prep.interpolation}, antialiased)", f"centre-crop to {height}x{width}"
+    if not prep.resize_size:
+        return f"resize to {height}x{width} {how}"
+    if prep.crop_mode == "center":
+        return f"resize the shorter side to {prep.resize_size} px {how}, then {crop}"
+    scale_h, scale_w = scale_size(prep)
+    if prep.crop_mode == "squash":
+        return f"resize to {scale_h}x{scale_w} {how}, aspect ratio not kept, then {crop}"
+    fill = ", ".join(str(round(255 * value)) for value in prep.mean)
+    return (f"resize, keeping the aspect ratio, to fit inside {scale_h}x{scale_w} (the side that meets it set "
+            f"exactly, the other rounded) {how}, then {crop}, padding a short side evenly (the odd pixel "
+            f"after) with ({fill})")
 
 
 def sidecar_path(out: Path) -> Path:

@@ -78,7 +78,7 @@ def _geometries(prep, augment: bool) -> dict:
 
 def _geometry_dict(geometry) -> dict:
     return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(geometry).items()
-            if key in ("input_size", "resize_size", "interpolation", "in_chans")}
+            if key in ("input_size", "resize_size", "crop_mode", "interpolation", "in_chans")}
 
 
 def cache_images(data_dir: Path, prep, *, augment: bool = True, cache_root: Path | None = None,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.data import resolve_data_config
 from timm.layers import ClassifierHead, NormMlpClassifierHead
 from timm.models import get_pretrained_cfg, group_parameters
 from torch import nn
@@ -29,6 +30,7 @@ from tlkit.weight_packages import WeightsPackage, port_named, rename_by_position
 from tlkit.weights import fetch, load_tensors, read_tensors, timm_weights
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+CROP_MODES = ("center", "squash", "border")  # timm's, as transforms_imagenet_eval applies them
 
 
 class TimmTrunk(nn.Module):
@@ -166,14 +168,16 @@ def _load_path(model: nn.Module, head: nn.Module, path: Path, timm_name: str) ->
 
 
 def _timm_preprocessing(data_cfg: dict, in_chans: int, img_size: int | None) -> Preprocessing:
-    """From the model's pretrained_cfg, as timm's resolve_data_config reads it; crop_pct sets the resize."""
-    height, width = (img_size, img_size) if img_size else tuple(data_cfg["input_size"][1:])
-    crop_pct = data_cfg.get("crop_pct") or 0.875  # timm's default when a config gives none
-    interpolation = data_cfg.get("interpolation")
+    """The model's pretrained_cfg through timm's own resolver (its defaults for what a config leaves out),
+    in the geometry of timm's eval transform: scale by 1 / crop_pct as crop_mode says, then centre crop."""
+    resolved = resolve_data_config(args={"in_chans": in_chans, "img_size": img_size}, pretrained_cfg=data_cfg)
+    height, width = resolved["input_size"][1:]
+    interpolation, crop_mode = resolved["interpolation"], resolved["crop_mode"]
     return Preprocessing(
-        input_size=(height, width), resize_size=math.floor(min(height, width) / crop_pct),
-        mean=per_channel(tuple(data_cfg["mean"]), in_chans), std=per_channel(tuple(data_cfg["std"]), in_chans),
+        input_size=(height, width), resize_size=math.floor(min(height, width) / resolved["crop_pct"]),
+        mean=per_channel(tuple(resolved["mean"]), in_chans), std=per_channel(tuple(resolved["std"]), in_chans),
         interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic", in_chans=in_chans,
+        crop_mode=crop_mode if crop_mode in CROP_MODES else "center",  # timm centre-crops any other mode too
     )
 
 

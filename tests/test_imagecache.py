@@ -10,13 +10,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from torchvision.transforms.v2 import RandomResizedCrop
 
 from tlkit import finetune
 from tlkit.cli import main
 from tlkit.decode import load_image
-from tlkit.augment import POLICIES
-from tlkit.imagecache import cache_images, crop_resize_flip, random_crop_boxes, storage_side
+from tlkit.imagecache import cache_images, storage_side
 from tlkit.backbone import Preprocessing
 
 from conftest import interrupt_at, make_foldered, shared_data, write_image
@@ -25,9 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 PREP = Preprocessing(input_size=(32, 32), resize_size=36, mean=(0.5,) * 3, std=(0.25,) * 3,
                      interpolation="bilinear", in_chans=3)
-
-CROPS = (POLICIES["default"].crop_scale, POLICIES["default"].crop_ratio)
-
 
 @pytest.fixture
 def data_dir(tmp_path):
@@ -49,41 +44,6 @@ def recipe(data_dir, tmp_path, **overrides):
 
 def _rows(history):
     return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in history]
-
-
-def test_boxes_follow_random_resized_crop():
-    """Same areas, aspect ratios and positions as torchvision's own draw, photo by photo."""
-    height, width, count = 375, 500, 4000
-    ours = random_crop_boxes(torch.tensor([[height, width]] * count), torch.Generator().manual_seed(0), *CROPS)
-    assert (ours[:, :2] >= 0).all() and (ours[:, 2] <= width).all() and (ours[:, 3] <= height).all()
-    crop_w, crop_h = ours[:, 2] - ours[:, 0], ours[:, 3] - ours[:, 1]
-    torch.manual_seed(0)
-    theirs = torch.tensor([RandomResizedCrop.get_params(torch.empty(3, height, width), [0.08, 1.0],
-                                                        [3 / 4, 4 / 3]) for _ in range(count)], dtype=torch.float32)
-    their_h, their_w = theirs[:, 2], theirs[:, 3]
-    area, their_area = crop_w * crop_h / (height * width), their_w * their_h / (height * width)
-    pairs = [(area.mean(), their_area.mean()), (area.std(), their_area.std()),
-             ((crop_w / crop_h).log().mean(), (their_w / their_h).log().mean()),
-             ((ours[:, 0] / width).mean(), (theirs[:, 1] / width).mean())]
-    for mine, reference in pairs:
-        assert float(mine) == pytest.approx(float(reference), abs=0.02)
-
-
-def test_a_photo_no_crop_fits_gets_the_centre_crop():
-    boxes = random_crop_boxes(torch.tensor([[10, 1000]]), torch.Generator().manual_seed(0), *CROPS)
-    # 10 x 1000: no area of 8%..100% fits at aspect 3/4..4/3; torchvision cuts 10 x 13 from the centre.
-    assert boxes.tolist() == [[493.0, 0.0, 506.0, 10.0]]
-
-
-def test_crop_resize_flip_cuts_the_boxes():
-    image = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
-    image[..., :4] = 200  # left half bright
-    whole = torch.tensor([[0.0, 0.0, 8.0, 8.0]])
-    assert torch.allclose(crop_resize_flip(image, whole, torch.tensor([False]), (8, 8)), image.float())
-    assert torch.allclose(crop_resize_flip(image, whole, torch.tensor([True]), (8, 8)), image.flip(-1).float())
-    # Bilinear samples reach half a pixel past a box edge: a box inside the bright half stays bright.
-    left = crop_resize_flip(image, torch.tensor([[0.0, 0.0, 3.0, 8.0]]), torch.tensor([False]), (5, 5))
-    assert left.shape == (1, 3, 5, 5) and torch.allclose(left, torch.full_like(left, 200.0))
 
 
 def test_cache_holds_the_eval_pixels_and_is_reused(data_dir, tmp_path, capfd):

@@ -9,6 +9,7 @@ state a resumed run needs has state_dict() and load_state_dict(). Plots are draw
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
@@ -200,8 +201,6 @@ class TensorBoard(Callback):
 
 
 def tensorboard_available() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("tensorboard") is not None
 
 

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from tlkit import models
 from tlkit.atomic import atomic_write, atomic_write_text
 from tlkit.backbone import Backbone
@@ -64,8 +66,6 @@ def load_checkpoint(path: Path | str | None = None, device: str = "cpu") -> Chec
 
 
 def save_resume(run_dir: Path, state: dict) -> None:
-    import torch
-
     atomic_write(Path(run_dir) / RESUME, lambda tmp: torch.save(state, tmp))
 
 
@@ -100,8 +100,6 @@ class ResumeWriter:
 
 def _copied(value):
     """A deep copy of a state's tensors (on the CPU), lists and dicts; other values are immutable."""
-    import torch
-
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", copy=True)
     if isinstance(value, dict):
@@ -112,8 +110,6 @@ def _copied(value):
 
 
 def load_resume(run_dir: Path) -> dict:
-    import torch
-
     path = Path(run_dir) / RESUME
     if not path.is_file():
         raise TlkitError(

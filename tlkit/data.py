@@ -15,12 +15,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import RandomResizedCrop
 from torchvision.transforms.v2 import functional as F
 
 from tlkit import distributed
-from tlkit.augment import Augmentation, policy
+from tlkit.augment import Augmentation, crop_flip_photo, policy
 from tlkit.decode import load_image as load_eval_image
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
@@ -137,24 +135,16 @@ class EvalLoad:
 
 
 class TrainLoad:
-    """Random resized crop (and a horizontal flip) at the input size, drawn from the sample's seed."""
+    """A photo as training sees it: augmented as the policy says (tlkit/augment.py), from the sample's seed."""
 
     def __init__(self, prep, augmentation: Augmentation):
-        self.prep, self.flip = prep, augmentation.flip
-        self.crop = RandomResizedCrop(list(prep.input_size), scale=augmentation.crop_scale,
-                                      ratio=augmentation.crop_ratio,
-                                      interpolation=InterpolationMode(prep.interpolation), antialias=True)
+        self.prep, self.augmentation = prep, augmentation
 
     def __call__(self, path: Path, seed: int | None = None) -> torch.Tensor:
         mode = "RGB" if self.prep.in_chans == 3 else "L"
         # JPEGs decode at 1/2..1/8 scale when that still leaves twice the input size.
         image = open_photo(path, mode, draft_side=2 * max(self.prep.input_size))
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
-            image = self.crop(image)
-            if torch.rand(1).item() < 0.5 and self.flip:  # drawn either way: the same crops with or without flips
-                image = F.horizontal_flip(image)
+        image = crop_flip_photo(image, self.augmentation, self.prep.input_size, self.prep.interpolation, seed)
         return F.pil_to_tensor(image)
 
 

@@ -18,7 +18,8 @@ from torchvision.transforms.v2 import functional as F
 from tlkit.data import (
     DataBundle, EpochSampler, EvalLoad, FolderDataset, ShardSampler, check_classes, make_loader, train_load,
 )
-from tlkit.augment import Augmentation, policy
+from tlkit import rawdata
+from tlkit.augment import policy, shift_flip
 from tlkit.backbone import per_channel
 from tlkit.config import config_keys, read_yaml
 from tlkit.errors import TlkitError
@@ -40,17 +41,6 @@ def adapt_image(image: torch.Tensor, in_chans: int, size: tuple[int, int]) -> to
     return image.expand(3, -1, -1) if image.shape[0] == 1 and in_chans == 3 else image
 
 
-def _shift(image: torch.Tensor, seed: int, augmentation: Augmentation) -> torch.Tensor:
-    """A random shift of up to augmentation.shift of the side (and a mirror when it flips), drawn from the sample's seed."""
-    generator = torch.Generator().manual_seed(seed)
-    height, width = image.shape[1:]
-    most = max(1, round(min(height, width) * augmentation.shift))
-    dx, dy = torch.randint(0, 2 * most + 1, (2,), generator=generator).tolist()
-    image = F.pad(image, [most] * 4)[:, dy:dy + height, dx:dx + width]
-    mirror = torch.rand(1, generator=generator).item() < 0.5
-    return image.flip(-1) if augmentation.flip and mirror else image
-
-
 class MemoryImages(torch.utils.data.Dataset):
     """uint8 images held in memory, served like data.FolderDataset: (uint8 [C, H, W], class index).
 
@@ -69,7 +59,7 @@ class MemoryImages(torch.utils.data.Dataset):
         index, seed = item if isinstance(item, tuple) else (item, None)
         image = self.images[index]
         if self.augmentation is not None and seed is not None:
-            image = _shift(image, seed, self.augmentation)
+            image = shift_flip(image, seed, self.augmentation)
         return adapt_image(image, self.in_chans, self.size), int(self.labels[index])
 
 
@@ -250,9 +240,7 @@ def dataset_help() -> str:
 
 
 def dataset_names() -> list[str]:
-    from tlkit.rawdata import BUILTINS
-
-    return [*sorted(BUILTINS), "digits"]
+    return [*sorted(rawdata.BUILTINS), "digits"]
 
 
 
@@ -322,8 +310,6 @@ def _folder_source(root: Path, settings: dict) -> FolderSource:
 def open_source(dataset: str, *, data_root: str | Path = "data", val: str | float | None = None, mean=None, std=None,
                 download: bool = True) -> TrainingSource:
     """A dataset by name (mnist, fashion-mnist, cifar10, digits) or folder, ready to serve any model."""
-    from tlkit import rawdata
-
     settings = {"dataset": str(dataset), "data_root": str(data_root), "val": val,
                 "mean": _floats(mean, "--mean"), "std": _floats(std, "--std"), "download": bool(download)}
     if dataset in rawdata.BUILTINS:

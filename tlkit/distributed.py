@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from tlkit.errors import TlkitError
+from tlkit.runtime import out, set_quiet
 
 T = TypeVar("T")
 
@@ -49,8 +50,6 @@ def is_main() -> bool:
 
 def quiet_unless_main() -> None:
     """The other processes print nothing: no chatter, no progress bars, no results."""
-    from tlkit.runtime import out, set_quiet
-
     if not is_main():
         set_quiet(True)
         out.quiet = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from tlkit.cache import (
     SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest, subset_entry,
     to_device, why_stale,
 )
-from tlkit.data import EpochRows
+from tlkit.augment import view_seed
+from tlkit.data import EpochRows, check_classes, train_load
 from tlkit.decode import ImageBatches
 from tlkit.runtime import channels_last, compute_precision, info, precision_words, progress, relpath
 
@@ -33,6 +35,7 @@ STALE_REASONS = {
     "preprocessing": "other preprocessing (image size, resize, mean/std)",
     "classes": "other classes",
     "views": "another number of augmented views",
+    "augment": "another augmentation of the views",
     "dtype": "another feature dtype",
     "compute": "another arithmetic (bf16 vs fp32, or another device's bf16)",
 }
@@ -57,7 +60,7 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 
 def cache_identity(backbone, classes: list[str], files: dict[str, list], views: int, dtype: str,
-                   compute: str = "fp32") -> dict:
+                   compute: str = "fp32", augment: str = "none") -> dict:
     """Everything a cache depends on, in JSON types; the manifest stores it to explain a miss."""
     identity = {
         "format": CACHE_FORMAT,
@@ -66,6 +69,7 @@ def cache_identity(backbone, classes: list[str], files: dict[str, list], views: 
         "preprocessing": backbone.preprocessing.to_dict(),
         "classes": classes,
         "views": views,
+        "augment": augment,  # of the views; "none" without views
         "dtype": dtype,
         "compute": compute,  # "cuda-bf16", "cpu-bf16" or "fp32": bf16 features are not the ones an fp32 run would see
         "files_sha256": {subset: digest_rows(rows) for subset, rows in files.items()},
@@ -87,26 +91,14 @@ def _run_trunk(backbone, batches: ImageBatches, rows: np.ndarray, bf16: bool, on
             on_progress(len(batch.indices))
 
 
-class _ViewLoad:
-    """The training augmentation with a seed fixed by (view, file), so a recompute is identical."""
-
-    def __init__(self, train_load, view: int):
-        self.train_load, self.view = train_load, view
-
-    def __call__(self, path: Path) -> torch.Tensor:
-        import zlib
-
-        return self.train_load(path, seed=zlib.crc32(f"{self.view}/{path.name}".encode()))
-
-
-def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, views: int, dtype: str, bf16: bool,
-                    nhwc: bool, device: torch.device, batch_size: int, workers: int, on_progress) -> dict[str, str]:
-    """Write target (.npy, memory-mapped while filled); returns {failed file: reason}.
+def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, views: int, augment: str, dtype: str,
+                    bf16: bool, nhwc: bool, device: torch.device, batch_size: int, workers: int,
+                    on_progress) -> dict[str, str]:
+    """Write target (.npy, memory-mapped while filled); returns {failed file: reason}. With views, view k
+    of each image is the training augmentation `augment` drawn from a seed fixed by (k, file).
 
     Under torchrun each process computes its share of the rows and rank 0 writes them all, in order.
     """
-    from tlkit.data import train_load
-
     mine = distributed.shard(range(len(rows)))  # every row in a single process
     paths = [subset_dir / rows[index][0] for index in mine]
     shape = (views, len(mine), backbone.feature_dim) if views else (len(mine), backbone.feature_dim)
@@ -114,7 +106,8 @@ def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, vie
         array = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
     else:
         array = np.zeros(shape, dtype=dtype)  # this share, in memory until rank 0 gathers it
-    loads = [_ViewLoad(train_load(backbone.preprocessing, "default"), view) for view in range(views)] or [None]
+    augmented = train_load(backbone.preprocessing, augment)
+    loads = [partial(_view, augmented, view) for view in range(views)] or [None]
     failures: dict[int, str] = {}
     for view, load in enumerate(loads):
         batches = ImageBatches(paths, backbone.preprocessing, device=device, batch_size=batch_size,
@@ -127,6 +120,10 @@ def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, vie
         array.flush()
     del array
     return {rows[index][0]: why for index, why in sorted(failures.items())}
+
+
+def _view(augmented, view: int, path: Path) -> torch.Tensor:
+    return augmented(path, seed=view_seed(view, path))
 
 
 def _write_gathered(share: np.ndarray, failures: dict[int, str], target: Path, rows: int) -> dict[int, str]:
@@ -146,19 +143,18 @@ def _write_gathered(share: np.ndarray, failures: dict[int, str], target: Path, r
 
 
 def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, device: torch.device,
-               batch_size: int = 256, workers: int = 0, views: int = 0, dtype: str = "float16",
-               precision: str = "bf16", force: bool = False) -> dict[str, FeatureSet]:
+               batch_size: int = 256, workers: int = 0, views: int = 0, augment: str = "default",
+               dtype: str = "float16", precision: str = "bf16", force: bool = False) -> dict[str, FeatureSet]:
     """Features of DATA/training and DATA/validation from the cache, computing them if stale.
 
+    views: K augmented views of each training image (augmented as `augment` names), beside none.
     precision: bf16 autocast where the device supports it (as training runs), or fp32."""
-    from tlkit.data import check_classes
-
     data_dir = Path(data_dir)
     classes = check_classes(data_dir)
     files = {subset: file_list(data_dir / subset, classes) for subset in SUBSETS}
     computed = compute_precision(device, precision)
     compute = f"{device.type}-bf16" if computed == "bf16" else "fp32"
-    identity = cache_identity(backbone, classes, files, views, dtype, compute)
+    identity = cache_identity(backbone, classes, files, views, dtype, compute, augment if views else "none")
     cache_dir = cache_dir_for(cache_root or default_cache_root(data_dir), backbone.name)
     distributed.setup(device)
     # Decided once, by rank 0: every process must take the same branch (the compute gathers).
@@ -183,7 +179,7 @@ def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, devi
             task = bar.add_task(f"features {subset}", total=share * max(1, subset_views))
             failed = _compute_subset(
                 backbone, data_dir / subset, files[subset], staging / f"{subset}.npy", views=subset_views,
-                dtype=dtype, bf16=computed == "bf16", nhwc=nhwc, device=device, batch_size=batch_size, workers=workers,
+                augment=augment, dtype=dtype, bf16=computed == "bf16", nhwc=nhwc, device=device, batch_size=batch_size, workers=workers,
                 on_progress=lambda n, task=task: bar.advance(task, n))
             subsets[subset] = subset_entry(subset, files[subset], failed)
     summary = {"holds": f"{backbone.name} features", "input_size": list(backbone.preprocessing.input_size),

@@ -28,12 +28,12 @@ import torch
 from PIL import Image
 
 from tlkit import distributed
-from tlkit.augment import POLICIES, Augmentation, policy
+from tlkit.augment import POLICIES, Augmentation, crop_resize_flip, policy, random_crop_boxes
 from tlkit.cache import (
     SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest, subset_entry,
     to_device, why_stale,
 )
-from tlkit.data import EpochRows
+from tlkit.data import DataBundle, EpochRows, check_classes
 from tlkit.decode import ImageBatches
 from tlkit.runtime import info, progress, relpath
 from tlkit.scan import upright_size
@@ -84,8 +84,6 @@ def _geometry_dict(geometry) -> dict:
 def cache_images(data_dir: Path, prep, *, augment: bool = True, cache_root: Path | None = None,
                  device: torch.device, batch_size: int = 256, workers: int = 0) -> dict[str, ImageSet]:
     """DATA/training and DATA/validation decoded, from the cache or decoded now (and cached)."""
-    from tlkit.data import check_classes
-
     data_dir = Path(data_dir)
     classes = check_classes(data_dir)
     files = {subset: file_list(data_dir / subset, classes) for subset in SUBSETS}
@@ -185,51 +183,6 @@ def load_images(cache_dir: Path) -> dict[str, ImageSet]:
     return sets
 
 
-def random_crop_boxes(photo_sizes: torch.Tensor, generator: torch.Generator, scale: tuple[float, float],
-                      ratio: tuple[float, float], attempts: int = 10) -> torch.Tensor:
-    """RandomResizedCrop.get_params for every photo at once: float [N, 4] boxes (x0, y0, x1, y1) in photo pixels.
-
-    torchvision draws one photo at a time (a Python loop per image would cost the GPU its feed);
-    this draws the same distribution in tensors: up to `attempts` (area, aspect) tries, the first
-    that fits, else a centre crop at the nearest allowed aspect ratio."""
-    count = len(photo_sizes)
-    height, width = photo_sizes[:, :1].double(), photo_sizes[:, 1:].double()
-    area = height * width * torch.empty(count, attempts, dtype=torch.float64).uniform_(*scale, generator=generator)
-    log_ratio = torch.empty(count, attempts, dtype=torch.float64).uniform_(
-        math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    crop_w, crop_h = (area * log_ratio.exp()).sqrt().round(), (area / log_ratio.exp()).sqrt().round()
-    fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
-    first = fits.double().argmax(dim=1, keepdim=True)  # the first attempt that fits
-    crop_w, crop_h = crop_w.gather(1, first), crop_h.gather(1, first)
-    where = torch.rand(count, 2, dtype=torch.float64, generator=generator)
-    x0 = (where[:, :1] * (width - crop_w + 1)).floor()
-    y0 = (where[:, 1:] * (height - crop_h + 1)).floor()
-    # None fits: the whole photo, cut to the nearest allowed aspect ratio, centred.
-    aspect = width / height
-    centre_w = torch.where(aspect > ratio[1], (height * ratio[1]).round(), width)
-    centre_h = torch.where(aspect < ratio[0], (width / ratio[0]).round(), height)
-    fallback = ~fits.any(dim=1, keepdim=True)
-    crop_w, crop_h = torch.where(fallback, centre_w, crop_w), torch.where(fallback, centre_h, crop_h)
-    x0 = torch.where(fallback, ((width - centre_w) / 2).floor(), x0)
-    y0 = torch.where(fallback, ((height - centre_h) / 2).floor(), y0)
-    return torch.cat([x0, y0, x0 + crop_w, y0 + crop_h], dim=1).float()
-
-
-def crop_resize_flip(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
-                     out_size: tuple[int, int]) -> torch.Tensor:
-    """Cut boxes[i] (x0, y0, x1, y1 in images' pixels) out of images[i], resize to out_size, mirror where flips.
-
-    One roi_align call for the batch (bilinear, several samples per output pixel when shrinking);
-    returns float [N, C, *out_size] in 0..255, on images' device."""
-    from torchvision.ops import roi_align
-
-    rois = torch.cat([torch.arange(len(images), device=images.device, dtype=torch.float32)[:, None],
-                      boxes.to(images.device, torch.float32)], dim=1)
-    crops = roi_align(images.float(), rois, output_size=tuple(out_size), sampling_ratio=-1, aligned=True)
-    flips = flips.to(images.device).view(-1, 1, 1, 1)
-    return torch.where(flips, crops.flip(-1), crops)
-
-
 class CachedImageLoader(EpochRows):
     """Cached images in batches shaped like the image loaders' (images, labels, skipped); its own sampler.
 
@@ -294,8 +247,6 @@ class CachedImageLoader(EpochRows):
 def make_cached_data(data_dir: Path, prep, *, batch_size: int, workers: int, device: torch.device, seed: int,
                      augment: str = "default", cache_root: Path | None = None):
     """data.make_data's DataBundle, served from the decoded-image cache (built now if stale)."""
-    from tlkit.data import DataBundle, check_classes
-
     data_dir = Path(data_dir)
     augmentation = policy(augment)
     sets = cache_images(data_dir, prep, augment=augmentation is not None, cache_root=cache_root, device=device,

@@ -66,7 +66,8 @@ def feature_input(config: FinetuneConfig, backbone: Backbone, device: torch.devi
     """The frozen trunk's features of DATA/training and DATA/validation (computed now where the cache is
     stale), in the order the image sampler gives; the head trains on them."""
     sets = precompute(backbone, Path(config.data), cache_root=config.cache_dir, device=device,
-                      workers=_workers(config), views=config.precompute_views, dtype=config.cache_dtype,
+                      workers=_workers(config), views=config.precompute_views, augment=config.augment,
+                      dtype=config.cache_dtype,
                       precision=config.precision)
     backbone.model.to(device)
     train_loader = FeatureLoader(sets["training"], batch_size=config.batch_size, device=device, shuffle=True,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import timm
 import torchvision.models as tvm
 from torch import nn
 
@@ -133,8 +134,6 @@ def _spec(name: str) -> Spec:
     if name.startswith(TIMM_PREFIX):
         return Spec("timm", f"timm model {name[len(TIMM_PREFIX):]}")
     close = difflib.get_close_matches(name, REGISTRY, n=3)
-    import timm
-
     hint = f" (timm has it: use timm:{name})" if timm.is_model(name) else (f" (did you mean {', '.join(close)}?)" if close else "")
     raise TlkitError(f"unknown backbone '{name}'{hint}. Valid: {', '.join(available())}, "
                      "or timm:<name> for any timm model (tlkit models --timm PATTERN lists them).")

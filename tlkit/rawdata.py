@@ -18,6 +18,7 @@ import torch
 
 from tlkit.errors import TlkitError
 from tlkit.runtime import info, relpath
+from tlkit.weights import offline_reason
 
 IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -153,8 +154,6 @@ def _read_split(spec: Builtin, paths: list[Path]) -> tuple[torch.Tensor, torch.T
 def _download(name: str, spec: Builtin, data_root: Path) -> None:
     """Fetch the raw files into torchvision's layout, or say which files to put where."""
     import socket
-
-    from tlkit.weights import offline_reason
 
     expected = ", ".join(f for split in ("train", "test") for f in spec.files[split])
     where = data_root / spec.folder / ("" if spec.folder.startswith("cifar") else "raw")

@@ -21,6 +21,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from tlkit.errors import TlkitError
+
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 _quiet = False
@@ -129,8 +131,6 @@ def stdout_is_terminal() -> bool:
 def select_device(name: str = "auto"):
     """`auto`: CUDA when PyTorch sees a GPU, else the CPU; `cuda` without a GPU is a user error."""
     import torch
-
-    from tlkit.errors import TlkitError
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

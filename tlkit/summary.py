@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tlkit import models
 from tlkit.errors import TlkitError
 
 MAX_SIZE = 2048  # the largest input side tried when looking for the smallest that works
@@ -100,8 +101,6 @@ def _failing_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str | None
 
 
 def _builds_and_runs(name: str, num_classes: int, in_chans: int | None, size: int) -> bool:
-    from tlkit import models
-
     try:
         with torch.device("meta"):
             backbone = models.create(name, num_classes, weights="none", in_chans=in_chans, img_size=size)
@@ -124,8 +123,6 @@ def smallest_input(name: str, num_classes: int, in_chans: int | None, too_small:
 
 
 def _too_small_message(name: str, num_classes: int, in_chans: int | None, size: int) -> str:
-    from tlkit import models
-
     with torch.device("meta"):  # the net at its own size, fed the small images, says where they fail
         reference = models.create(name, num_classes, weights="none", in_chans=in_chans)
         where = _failing_layer(reference.model, (in_chans or 3, size, size))
@@ -138,8 +135,6 @@ def _too_small_message(name: str, num_classes: int, in_chans: int | None, size: 
 def check_input_fits(name: str, num_classes: int, *, weights: str, in_chans: int | None, img_size: int | None):
     """models.create(...), then one forward pass at that size; a size the model cannot take is a
     TlkitError naming the layer that fails and the smallest size that works."""
-    from tlkit import models
-
     spec = models.REGISTRY.get(name)
     try:
         backbone = models.create(name, num_classes, weights=weights, in_chans=in_chans, img_size=img_size)

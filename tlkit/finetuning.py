@@ -27,9 +27,12 @@ from tlkit.config import FinetuneConfig, config_to_dict, config_yaml, make_confi
 from tlkit.data import check_classes
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError
+from tlkit.features import precompute
 from tlkit.inputs import TrainingInput, feature_input, image_input
 from tlkit.report import class_report, plot_confusion, write_report
-from tlkit.runtime import console, info, out, precision_words, relpath, seed_everything, select_device, warn
+from tlkit.runtime import (
+    console, default_workers, info, out, precision_words, relpath, seed_everything, select_device, warn,
+)
 from tlkit.summary import check_input_fits
 from tlkit.train import Trainer, evaluate, fit, make_optimizer, make_scheduler
 
@@ -260,6 +263,21 @@ def train(config_file: Path | str | None = None, *, resume: Path | str | None = 
     source = open_source(**source_settings)
     console.print(f"data: {source.describe()}")
     return finetune(resume=resume, force=force, callbacks=callbacks, source=source, **settings)
+
+
+def precompute_features(config_file: Path | str | None = None, *, batch_size: int = 256, force: bool = False,
+                        **settings) -> tuple[Backbone, dict]:
+    """`tlkit precompute`: the feature cache that `finetune --precompute-features` with these settings reads,
+    found valid or computed now (force: computed again). Returns the backbone and its FeatureSets."""
+    config = run_config(resolve_config(Path(config_file) if config_file else None, settings))
+    classes = check_classes(Path(config.data))
+    device = select_device(config.device)
+    backbone = create_backbone(config, classes)  # seeded: random-init weights (--weights none) repeat, and so does their cache
+    sets = precompute(backbone, Path(config.data), cache_root=config.cache_dir, device=device, batch_size=batch_size,
+                      workers=default_workers() if config.workers is None else config.workers,
+                      views=config.precompute_views, augment=config.augment, dtype=config.cache_dtype,
+                      precision=config.precision, force=force)
+    return backbone, sets
 
 
 def _fit(trainer: Trainer, run_dir: Path, command: str, config: FinetuneConfig, meta: CheckpointMeta) -> None:

@@ -9,8 +9,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
-from tlkit.runtime import progress
+from tlkit.config import resolve_config
+from tlkit.data import check_classes
+from tlkit.errors import TlkitError
+from tlkit.finetuning import build_trainer
+from tlkit.report import plot_lr_find
+from tlkit.runtime import progress, relpath
 from tlkit.train import Trainer, set_training_mode
 
 MIN_FALL = 0.05  # the loss must fall by this share of its starting value for a suggestion to mean something
@@ -88,3 +94,18 @@ def suggest(lrs: list[float], losses: list[float]) -> dict:
     steepest = min(slopes, key=slopes.get)
     fell = finite[lowest][1] < (1 - MIN_FALL) * finite[skip][1]
     return {"suggested_lr": finite[steepest][0], "min_loss_lr": finite[lowest][0], "loss_fell": fell}
+
+
+def find_lr(config_file: Path | str | None = None, *, out: Path, force: bool = False, start_lr: float = 1e-7,
+            end_lr: float = 10.0, steps: int = 100, **settings) -> LrFindResult:
+    """`tlkit lr-find`: the range test on the model and data the settings name (as `finetune` would train
+    them, without a schedule), its plot written to `out` (never over a file without force)."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace it, "
+                         "or --out FILE.")
+    config = resolve_config(Path(config_file) if config_file else None, {**settings, "scheduler": "none"})
+    trainer, _, _ = build_trainer(config, check_classes(Path(config.data)))
+    result = lr_range_test(trainer, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    plot_lr_find(out, result)
+    return result

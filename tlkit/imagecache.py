@@ -30,15 +30,14 @@ from PIL import Image
 from tlkit import distributed
 from tlkit.augment import POLICIES, Augmentation, crop_resize_flip, policy, random_crop_boxes
 from tlkit.cache import (
-    SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest, subset_entry,
-    to_device, why_stale,
+    CACHE_FORMAT, SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
+    subset_entry, to_device, why_stale,
 )
 from tlkit.data import DataBundle, EpochRows, check_classes
 from tlkit.decode import ImageBatches
 from tlkit.runtime import info, progress, relpath
 from tlkit.scan import upright_size
 
-CACHE_FORMAT = 2  # 2: photos read upright (EXIF orientation) and 16-bit samples scaled
 STALE_REASONS = {
     "format": "the cache format changed",
     "geometry": "another image geometry (size, resize, interpolation, channels)",

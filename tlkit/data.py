@@ -250,11 +250,28 @@ def train_load(prep, augment: str) -> TrainLoad | EvalLoad:
     return TrainLoad(prep, augmentation) if augmentation else EvalLoad(prep)
 
 
-def make_data(data_dir: Path, prep, *, batch_size: int, workers: int, device: torch.device,
+@dataclass(frozen=True)
+class SplitFolders:
+    """DATA/training and DATA/validation as `tlkit split` writes them, checked once (open_split): both
+    there, the same two or more classes. The stages that read them take this, or a path they open."""
+
+    root: Path
+    classes: list[str]
+
+    def subset(self, name: str) -> Path:
+        return self.root / name
+
+
+def open_split(data: Path | str | SplitFolders) -> SplitFolders:
+    """The checked split folders of `data` (a path, or folders already opened, as they are)."""
+    return data if isinstance(data, SplitFolders) else SplitFolders(Path(data), check_classes(Path(data)))
+
+
+def make_data(data: Path | SplitFolders, prep, *, batch_size: int, workers: int, device: torch.device,
               seed: int, augment: str = "default") -> DataBundle:
     """Datasets and loaders for DATA/training (shuffled, augmented) and DATA/validation (in order)."""
-    classes = check_classes(data_dir)
-    train_dir, val_dir = subset_dirs(data_dir)
+    split = open_split(data)
+    classes, train_dir, val_dir = split.classes, split.subset("training"), split.subset("validation")
     train_set = FolderDataset(train_dir, train_load(prep, augment))
     val_set = FolderDataset(val_dir, EvalLoad(prep))
     sampler = EpochSampler(len(train_set), seed, batch_size)

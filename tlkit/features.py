@@ -23,7 +23,7 @@ from tlkit.cache import (
     CACHE_FORMAT, SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
     subset_entry, to_device, why_stale,
 )
-from tlkit.data import EpochRows, check_classes, train_load
+from tlkit.data import EpochRows, SplitFolders, open_split, train_load
 from tlkit.decode import ImageBatches
 from tlkit.runtime import channels_last, compute_precision, info, precision_words, progress, relpath
 
@@ -141,15 +141,15 @@ def _write_gathered(share: np.ndarray, failures: dict[int, str], target: Path, r
     return every_failure
 
 
-def precompute(backbone, data_dir: Path, *, cache_root: Path | None = None, device: torch.device,
+def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None = None, device: torch.device,
                batch_size: int = 256, workers: int = 0, views: int = 0, augment: str = "default",
                dtype: str = "float16", precision: str = "bf16", force: bool = False) -> dict[str, FeatureSet]:
     """Features of DATA/training and DATA/validation from the cache, computing them if stale.
 
     views: K augmented views of each training image (augmented as `augment` names), beside none.
     precision: bf16 autocast where the device supports it (as training runs), or fp32."""
-    data_dir = Path(data_dir)
-    classes = check_classes(data_dir)
+    split = open_split(data)
+    data_dir, classes = split.root, split.classes
     files = {subset: file_list(data_dir / subset, classes) for subset in SUBSETS}
     computed = compute_precision(device, precision)
     compute = f"{device.type}-bf16" if computed == "bf16" else "fp32"

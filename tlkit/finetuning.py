@@ -24,7 +24,7 @@ from tlkit.checkpoint import RESUME, ResumeWriter, load_resume, new_run_dir
 from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta
 from tlkit.atomic import atomic_write_text
 from tlkit.config import FinetuneConfig, config_to_dict, config_yaml, make_config, resolve_auto, resolve_config
-from tlkit.data import check_classes
+from tlkit.data import SplitFolders, open_split
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError
 from tlkit.features import precompute
@@ -88,9 +88,35 @@ def scaled_lr(config: FinetuneConfig) -> float:
     return config.lr * distributed.world_size() if config.lr_scale == "linear" else config.lr
 
 
-def head_epochs(config: FinetuneConfig) -> int:
-    """With --precompute-features, the epochs the head trains from the cache."""
-    return config.unfreeze_after if config.unfreeze_after is not None else config.epochs
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of a run with its own input, optimizer and schedule: the head on cached features, or
+    every layer on the images. It trains from epoch `first` + 1 to epoch `last` of the run."""
+
+    on_features: bool
+    first: int
+    last: int
+    total: int  # the run's epochs, for "epoch 3/10"
+    settings: FinetuneConfig  # what its optimizer and schedule read: lr, weight decay, epochs (its own)
+
+
+def plan_phases(config: FinetuneConfig, *, resumed_phase: str | None = None) -> list[Phase]:
+    """The phases of a run, or of what is left of it after a resume file written in `resumed_phase`
+    ("head" or "images"; the file decides, whatever --precompute-features says now). With
+    --precompute-features the head trains on the cache until --unfreeze-after (or the end), and every
+    layer trains on the images for the epochs left, with a schedule of its own over them."""
+    if resumed_phase == "head" or (resumed_phase is None and config.precompute_features):
+        head = config.unfreeze_after if config.unfreeze_after is not None else config.epochs
+        cache = dataclasses.replace(config, lr=config.head_lr, weight_decay=config.head_weight_decay, epochs=head)
+        phases = [Phase(True, 0, head, config.epochs, cache)]
+        if config.epochs > head:
+            rest = dataclasses.replace(config, epochs=config.epochs - head)
+            phases.append(Phase(False, head, config.epochs, config.epochs, rest))
+        return phases
+    first = config.unfreeze_after if config.precompute_features and config.unfreeze_after is not None else 0
+    first = min(first, config.epochs - 1)
+    rest = dataclasses.replace(config, epochs=config.epochs - first)
+    return [Phase(False, first, config.epochs, config.epochs, rest)]
 
 
 def run_meta(config: FinetuneConfig, backbone: Backbone, classes: list[str], source=None) -> CheckpointMeta:
@@ -117,38 +143,39 @@ def trackers(config: FinetuneConfig, backbone: Backbone, *, run_dir: Path | None
     return [*shared, cbs.EpochLine(best), *extra]
 
 
-def assemble_trainer(config: FinetuneConfig, backbone: Backbone, data: TrainingInput, device: torch.device,
-                     callbacks: list, *, history: list[dict] = (), skipped=()) -> Trainer:
-    """The Trainer of one phase: the head on cached features (data.module is the head), or every layer on
-    the images, with a fresh optimizer and schedule over that phase's epochs."""
-    head_only = data.module is not backbone.model
-    if head_only:
+def phase_input(phase: Phase, config: FinetuneConfig, backbone: Backbone, device: torch.device, *,
+                split: SplitFolders | None = None, source=None) -> TrainingInput:
+    """What the phase trains on: the cached features, or the images (`source`'s, for `tlkit train`)."""
+    if phase.on_features:
+        return feature_input(config, backbone, device, split)
+    return image_input(config, backbone, device, split=split, source=source)
+
+
+def assemble_trainer(phase: Phase, backbone: Backbone, data: TrainingInput, device: torch.device, callbacks: list,
+                     *, history: list[dict] = (), skipped=()) -> Trainer:
+    """The Trainer of one phase, with a fresh optimizer and schedule over its epochs. On the images the
+    freeze schedule (--freeze, --unfreeze-after) comes first among the callbacks."""
+    settings = phase.settings
+    if phase.on_features:
         backbone.freeze_trunk()
-        phase = dataclasses.replace(config, lr=config.head_lr, weight_decay=config.head_weight_decay,
-                                    epochs=head_epochs(config))
-        phase_callbacks, last_epoch = callbacks, head_epochs(config)
     else:
         backbone.unfreeze()  # every group in the optimizer from the start; freezing only stops gradients
-        # After a head trained from cached features, the images get the epochs that are left.
-        left = config.epochs - head_epochs(config) if config.precompute_features else config.epochs
-        phase = dataclasses.replace(config, epochs=max(1, left))
-        phase_callbacks = [cbs.FreezeSchedule(backbone, config.freeze, config.unfreeze_after), *callbacks]
-        last_epoch = config.epochs
-    optimizer = make_optimizer(backbone.param_groups(scaled_lr(phase), config.trunk_lr_mult), phase)
-    scheduler = make_scheduler(optimizer, phase, steps_per_epoch=len(data.train_loader))
+        callbacks = [cbs.FreezeSchedule(backbone, settings.freeze, settings.unfreeze_after), *callbacks]
+    optimizer = make_optimizer(backbone.param_groups(scaled_lr(settings), settings.trunk_lr_mult), settings)
+    scheduler = make_scheduler(optimizer, settings, steps_per_epoch=len(data.train_loader))
     norms = [module for module in backbone.trunk.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
     # A frozen trunk gets no gradients; DistributedDataParallel must be told to expect that. (After a head
     # trained from cached features, the trunk is never frozen again.)
-    freezes = not head_only and (config.freeze == "trunk" or (config.unfreeze_after is not None
-                                                               and not config.precompute_features))
+    freezes = not phase.on_features and (settings.freeze == "trunk" or (settings.unfreeze_after or 0) > phase.first)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     return Trainer(
-        model=data.module, optimizer=optimizer, scheduler=scheduler, scheduler_name=config.scheduler,
+        model=data.module, optimizer=optimizer, scheduler=scheduler, scheduler_name=settings.scheduler,
         train_loader=data.train_loader, val_loader=data.val_loader, train_sampler=data.train_sampler,
-        normalize=data.normalize, device=device, precision=config.precision, epochs=last_epoch,
-        total_epochs=config.epochs, label_smoothing=config.label_smoothing, callbacks=phase_callbacks,
+        normalize=data.normalize, device=device, precision=settings.precision, epochs=phase.last,
+        total_epochs=phase.total,
+        label_smoothing=settings.label_smoothing, callbacks=callbacks,
         train_model=distributed.wrap_model(data.module, device, find_unused_parameters=freezes),
-        frozen_norms=norms if config.freeze_bn and not head_only else [], history=history, skipped=skipped)
+        frozen_norms=norms if settings.freeze_bn and not phase.on_features else [], history=history, skipped=skipped)
 
 
 def build_trainer(config: FinetuneConfig, classes: list[str], *, source=None) -> tuple[Trainer, Backbone, TrainingInput]:
@@ -157,8 +184,9 @@ def build_trainer(config: FinetuneConfig, classes: list[str], *, source=None) ->
     device = select_device(config.device)
     distributed.setup(device)  # under torchrun: before the loaders, which take this process's share
     backbone = create_backbone(config, classes, source)
-    data = image_input(config, backbone, device, source)
-    return assemble_trainer(config, backbone, data, device, trackers(config, backbone)), backbone, data
+    phase = plan_phases(dataclasses.replace(config, precompute_features=False))[0]
+    data = image_input(config, backbone, device, source=source)
+    return assemble_trainer(phase, backbone, data, device, trackers(config, backbone)), backbone, data
 
 
 def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneConfig, dict]:
@@ -197,24 +225,24 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
         if asked and source is not None:
             raise TlkitError(f"{flag} needs DATA/training and DATA/validation image folders (tlkit finetune); "
                              "built-in datasets are decoded into memory already and train end to end.")
-    classes = source.classes if source is not None else check_classes(Path(config.data))
+    split = open_split(config.data) if source is None else None
+    classes = source.classes if source is not None else split.classes
     if state is not None and state["meta"].classes != classes:
         raise TlkitError(f"{relpath(Path(config.data))} holds classes {classes}, but {relpath(Path(resume))} "
                          f"was trained on {state['meta'].classes}; resume with its own --data.")
-    # With --precompute-features the head trains on cached features first. A resume file says which
-    # phase wrote it (its weights are the head alone, or the whole model), whatever flags are given now.
-    head_first = state["meta"].phase == "head" if state is not None else config.precompute_features
+    # A resume file says which phase wrote it (its weights are the head alone, or the whole model).
+    phases = plan_phases(config, resumed_phase=(state["meta"].phase or "images") if state is not None else None)
     device = select_device(config.device)
     distributed.setup(device)
     backbone = create_backbone(config, classes, source)
-    data = feature_input(config, backbone, device, classes) if head_first else image_input(config, backbone, device, source)
+    data = phase_input(phases[0], config, backbone, device, split=split, source=source)
     if resume is not None:
         run_dir = Path(resume)
     else:  # under torchrun rank 0 makes the folder (and names it) and tells the others
         run_dir = distributed.on_main(lambda: new_run_dir(Path(config.runs_dir), config.name, force))
     meta = run_meta(config, backbone, classes, source)
     shared = trackers(config, backbone, run_dir=run_dir, meta=meta, extra=callbacks)
-    trainer = assemble_trainer(config, backbone, data, device, shared)
+    trainer = assemble_trainer(phases[0], backbone, data, device, shared)
     if state is not None:
         trainer.load_state_dict(state)
         info(f"resuming {relpath(run_dir)} after epoch {trainer.epoch} of {config.epochs}")
@@ -225,16 +253,18 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     elif distributed.is_main():
         source_yaml = yaml.safe_dump(source.settings, sort_keys=False) if source is not None else ""
         atomic_write_text(run_dir / "config.yaml", source_yaml + config_yaml(config))
-    _announce(config, backbone, data, device, run_dir, head_first)
+    _announce(config, backbone, data, device, run_dir, phases)
     command = "train" if source is not None else "finetune"
-    _fit(trainer, run_dir, command, config, dataclasses.replace(meta, phase="head") if head_first else meta)
-    if head_first and trainer.epoch < config.epochs and trainer.stop_reason is None:
-        data = image_input(config, backbone, device)
-        trainer = assemble_trainer(config, backbone, data, device, shared, history=trainer.history,
-                                   skipped=trainer.skipped)
-        info(f"epoch {trainer.epoch + 1}: the head is trained; every layer now trains on the images, with a "
-             f"fresh optimizer and {config.scheduler} schedule over the {config.epochs - trainer.epoch} epoch(s) left")
-        _fit(trainer, run_dir, command, config, meta)
+    for number, phase in enumerate(phases):
+        if number > 0:
+            if trainer.stop_reason is not None:
+                break
+            data = phase_input(phase, config, backbone, device, split=split, source=source)
+            trainer = assemble_trainer(phase, backbone, data, device, shared, history=trainer.history,
+                                       skipped=trainer.skipped)
+            info(f"epoch {trainer.epoch + 1}: the head is trained; every layer now trains on the images, with a "
+                 f"fresh optimizer and {config.scheduler} schedule over the {phase.last - trainer.epoch} epoch(s) left")
+        _fit(trainer, run_dir, command, config, dataclasses.replace(meta, phase="head" if phase.on_features else None))
     result = _finish(trainer, backbone, data, run_dir)
     distributed.barrier()  # every process returns once rank 0 has written the run folder
     return result
@@ -270,10 +300,10 @@ def precompute_features(config_file: Path | str | None = None, *, batch_size: in
     """`tlkit precompute`: the feature cache that `finetune --precompute-features` with these settings reads,
     found valid or computed now (force: computed again). Returns the backbone and its FeatureSets."""
     config = run_config(resolve_config(Path(config_file) if config_file else None, settings))
-    classes = check_classes(Path(config.data))
+    split = open_split(config.data)
     device = select_device(config.device)
-    backbone = create_backbone(config, classes)  # seeded: random-init weights (--weights none) repeat, and so does their cache
-    sets = precompute(backbone, Path(config.data), cache_root=config.cache_dir, device=device, batch_size=batch_size,
+    backbone = create_backbone(config, split.classes)  # seeded: random-init weights (--weights none) repeat, and so does their cache
+    sets = precompute(backbone, split, cache_root=config.cache_dir, device=device, batch_size=batch_size,
                       workers=default_workers() if config.workers is None else config.workers,
                       views=config.precompute_views, augment=config.augment, dtype=config.cache_dtype,
                       precision=config.precision, force=force)
@@ -300,12 +330,12 @@ def _fit(trainer: Trainer, run_dir: Path, command: str, config: FinetuneConfig, 
 
 
 def _announce(config: FinetuneConfig, backbone: Backbone, data: TrainingInput, device: torch.device, run_dir: Path,
-              head_first: bool) -> None:
+              phases: list[Phase]) -> None:
     """The run's first line: what trains on what, and every setting that decides the result."""
     init = "pretrained weights" if backbone.pretrained else "random init (no pretrained weights)"
     precision = precision_words(device, config.precision)
     size = "x".join(str(n) for n in backbone.preprocessing.input_size)
-    what = "the head, on cached features of " if head_first else ""
+    what = "the head, on cached features of " if phases[0].on_features else ""
     what += f"{data.sizes[0]} training / {data.sizes[1]}"
     info(f"fine-tuning {backbone.name} ({init}) at {size} px: {what} validation images, {len(data.classes)} "
          f"classes; {device.type}, {precision} -> {relpath(run_dir)}")
@@ -313,7 +343,7 @@ def _announce(config: FinetuneConfig, backbone: Backbone, data: TrainingInput, d
     if backbone.weights not in ("none", "imagenet") and "randomly initialised" in backbone.weights_note:
         warn(f"{relpath(Path(backbone.weights))} was trained for other classes than these {len(data.classes)}: its "
              "trunk is used, but the head starts from a random initialisation")
-    info(f"settings: {_plan(config)}; {_rates(config)}; {config.scheduler} schedule, "
+    info(f"settings: {_plan(config, phases)}; {_rates(config, phases)}; {config.scheduler} schedule, "
          f"batch {config.batch_size}, augment {config.augment}, BatchNorm statistics "
          f"{'frozen' if config.freeze_bn else 'updated'}, monitor {config.monitor}, seed {config.seed} "
          f"(all in config.yaml)")
@@ -324,11 +354,11 @@ def _announce(config: FinetuneConfig, backbone: Backbone, data: TrainingInput, d
              f"(--lr {config.lr:g}, --lr-scale {config.lr_scale})")
 
 
-def _plan(config: FinetuneConfig) -> str:
+def _plan(config: FinetuneConfig, phases: list[Phase]) -> str:
     """What trains when, in words."""
-    if config.precompute_features:
-        head = config.unfreeze_after if config.unfreeze_after is not None else config.epochs
-        rest = f", then every layer on the images for {config.epochs - head}" if config.epochs > head else ""
+    if phases[0].on_features:
+        head = phases[0].last
+        rest = f", then every layer on the images for {config.epochs - head}" if len(phases) > 1 else ""
         return f"{config.epochs} epochs: the head on cached features for {head}{rest}"
     if config.freeze == "trunk":
         return f"{config.epochs} epochs of the head alone (trunk frozen)"
@@ -337,7 +367,7 @@ def _plan(config: FinetuneConfig) -> str:
     return f"{config.epochs} epochs of every layer"
 
 
-def _rates(config: FinetuneConfig) -> str:
+def _rates(config: FinetuneConfig, phases: list[Phase]) -> str:
     """The optimizer's lr and weight decay in each phase, in words."""
     def rate(lr: float, decay: float | None, trunk: bool) -> str:
         trunk_lr = f" (trunk {lr * config.trunk_lr_mult:g})" if trunk and config.trunk_lr_mult != 1 else ""
@@ -345,11 +375,11 @@ def _rates(config: FinetuneConfig) -> str:
         return f"lr {lr:g}{trunk_lr}, weight decay {shown}"
 
     images = rate(scaled_lr(config), config.weight_decay, trunk=config.freeze != "trunk")
-    if not config.precompute_features:
+    if not phases[0].on_features:
         return f"{config.optimizer} {images}"
-    cache = rate(scaled_lr(dataclasses.replace(config, lr=config.head_lr)), config.head_weight_decay, trunk=False)
-    later = config.unfreeze_after is not None and config.epochs > config.unfreeze_after
-    return f"{config.optimizer} {cache} on the cache" + (f"; every layer: {images}" if later else "")
+    head = phases[0].settings
+    cache = rate(scaled_lr(head), head.weight_decay, trunk=False)
+    return f"{config.optimizer} {cache} on the cache" + (f"; every layer: {images}" if len(phases) > 1 else "")
 
 
 def _finish(trainer: Trainer, backbone: Backbone, data: TrainingInput, run_dir: Path) -> FinetuneResult:

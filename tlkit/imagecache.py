@@ -33,7 +33,7 @@ from tlkit.cache import (
     CACHE_FORMAT, SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
     subset_entry, to_device, why_stale,
 )
-from tlkit.data import DataBundle, EpochRows, check_classes
+from tlkit.data import DataBundle, EpochRows, SplitFolders, open_split
 from tlkit.decode import ImageBatches
 from tlkit.runtime import info, progress, relpath
 from tlkit.scan import upright_size
@@ -80,11 +80,11 @@ def _geometry_dict(geometry) -> dict:
             if key in ("input_size", "resize_size", "crop_mode", "interpolation", "in_chans")}
 
 
-def cache_images(data_dir: Path, prep, *, augment: bool = True, cache_root: Path | None = None,
+def cache_images(data: Path | SplitFolders, prep, *, augment: bool = True, cache_root: Path | None = None,
                  device: torch.device, batch_size: int = 256, workers: int = 0) -> dict[str, ImageSet]:
     """DATA/training and DATA/validation decoded, from the cache or decoded now (and cached)."""
-    data_dir = Path(data_dir)
-    classes = check_classes(data_dir)
+    split = open_split(data)
+    data_dir, classes = split.root, split.classes
     files = {subset: file_list(data_dir / subset, classes) for subset in SUBSETS}
     geometries = _geometries(prep, augment)
     identity = json.loads(json.dumps({
@@ -243,12 +243,12 @@ class CachedImageLoader(EpochRows):
             yield images, self.labels[rows.to(self.labels.device)], self.failed if number == 0 else []
 
 
-def make_cached_data(data_dir: Path, prep, *, batch_size: int, workers: int, device: torch.device, seed: int,
+def make_cached_data(data: Path | SplitFolders, prep, *, batch_size: int, workers: int, device: torch.device, seed: int,
                      augment: str = "default", cache_root: Path | None = None):
     """data.make_data's DataBundle, served from the decoded-image cache (built now if stale)."""
-    data_dir = Path(data_dir)
-    augmentation = policy(augment)
-    sets = cache_images(data_dir, prep, augment=augmentation is not None, cache_root=cache_root, device=device,
+    split = open_split(data)
+    data_dir, augmentation = split.root, policy(augment)
+    sets = cache_images(split, prep, augment=augmentation is not None, cache_root=cache_root, device=device,
                         workers=workers)
     train_set, val_set = sets["training"], sets["validation"]
     train_loader = CachedImageLoader(train_set, subset_dir=data_dir / "training", batch_size=batch_size,
@@ -257,5 +257,5 @@ def make_cached_data(data_dir: Path, prep, *, batch_size: int, workers: int, dev
                                      seed=seed)
     val_loader = CachedImageLoader(val_set, subset_dir=data_dir / "validation", batch_size=batch_size,
                                    device=device, shuffle=False)
-    return DataBundle(classes=check_classes(data_dir), train_set=train_set, val_set=val_set,
+    return DataBundle(classes=split.classes, train_set=train_set, val_set=val_set,
                       train_loader=train_loader, val_loader=val_loader, train_sampler=train_loader)

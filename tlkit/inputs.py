@@ -17,7 +17,7 @@ from torch import nn
 
 from tlkit.backbone import Backbone
 from tlkit.config import FinetuneConfig
-from tlkit.data import make_data
+from tlkit.data import SplitFolders, make_data
 from tlkit.decode import Normalizer
 from tlkit.features import FeatureLoader, precompute, to_device_float
 from tlkit.imagecache import make_cached_data
@@ -42,18 +42,19 @@ def _workers(config: FinetuneConfig) -> int:
     return default_workers() if config.workers is None else config.workers
 
 
-def image_input(config: FinetuneConfig, backbone: Backbone, device: torch.device, source=None) -> TrainingInput:
-    """The images: DATA/training and DATA/validation (decoded per epoch, or from the decoded-image
-    cache with --cache-images), or `source`'s (a tlkit.datasets.TrainingSource); every layer trains."""
+def image_input(config: FinetuneConfig, backbone: Backbone, device: torch.device, *,
+                split: SplitFolders | None = None, source=None) -> TrainingInput:
+    """The images: the split folders (config.data unless given; decoded per epoch, or from the
+    decoded-image cache with --cache-images), or `source`'s (a tlkit.datasets.TrainingSource)."""
     prep = backbone.preprocessing
     loaders = dict(batch_size=config.batch_size, workers=_workers(config), device=device, seed=config.seed,
                    augment=config.augment)
     if source is not None:
         data = source.make_data(prep, **loaders)
     elif config.cache_images:
-        data = make_cached_data(Path(config.data), prep, cache_root=config.cache_dir, **loaders)
+        data = make_cached_data(split or Path(config.data), prep, cache_root=config.cache_dir, **loaders)
     else:
-        data = make_data(Path(config.data), prep, **loaders)
+        data = make_data(split or Path(config.data), prep, **loaders)
     nhwc = channels_last(device, config.precision)
     backbone.model.to(device, memory_format=torch.channels_last) if nhwc else backbone.model.to(device)
     return TrainingInput(
@@ -62,10 +63,10 @@ def image_input(config: FinetuneConfig, backbone: Backbone, device: torch.device
         sizes=(len(data.train_set), len(data.val_set)), test_loader=getattr(data, "test_loader", None))
 
 
-def feature_input(config: FinetuneConfig, backbone: Backbone, device: torch.device, classes: list[str]) -> TrainingInput:
-    """The frozen trunk's features of DATA/training and DATA/validation (computed now where the cache is
-    stale), in the order the image sampler gives; the head trains on them."""
-    sets = precompute(backbone, Path(config.data), cache_root=config.cache_dir, device=device,
+def feature_input(config: FinetuneConfig, backbone: Backbone, device: torch.device, split: SplitFolders) -> TrainingInput:
+    """The frozen trunk's features of the split folders' images (computed now where the cache is stale),
+    in the order the image sampler gives; the head trains on them."""
+    sets = precompute(backbone, split, cache_root=config.cache_dir, device=device,
                       workers=_workers(config), views=config.precompute_views, augment=config.augment,
                       dtype=config.cache_dtype,
                       precision=config.precision)
@@ -73,6 +74,6 @@ def feature_input(config: FinetuneConfig, backbone: Backbone, device: torch.devi
     train_loader = FeatureLoader(sets["training"], batch_size=config.batch_size, device=device, shuffle=True,
                                  seed=config.seed)
     val_loader = FeatureLoader(sets["validation"], batch_size=config.batch_size, device=device, shuffle=False)
-    return TrainingInput(classes=classes, train_loader=train_loader, val_loader=val_loader,
+    return TrainingInput(classes=split.classes, train_loader=train_loader, val_loader=val_loader,
                          train_sampler=train_loader, normalize=to_device_float(device), module=backbone.head,
                          sizes=(train_loader.size, val_loader.size))

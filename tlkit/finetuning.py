@@ -236,23 +236,12 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     distributed.setup(device)
     backbone = create_backbone(config, classes, source)
     data = phase_input(phases[0], config, backbone, device, split=split, source=source)
-    if resume is not None:
-        run_dir = Path(resume)
-    else:  # under torchrun rank 0 makes the folder (and names it) and tells the others
-        run_dir = distributed.on_main(lambda: new_run_dir(Path(config.runs_dir), config.name, force))
+    run_dir = _run_folder(config, resume, force, source)  # only now: everything above checked out
     meta = run_meta(config, backbone, classes, source)
     shared = trackers(config, backbone, run_dir=run_dir, meta=meta, extra=callbacks)
     trainer = assemble_trainer(phases[0], backbone, data, device, shared)
     if state is not None:
-        trainer.load_state_dict(state)
-        info(f"resuming {relpath(run_dir)} after epoch {trainer.epoch} of {config.epochs}")
-        before, now = state["meta"].processes, distributed.world_size()
-        if config.lr_scale == "linear" and before != now:
-            warn(f"the run was trained by {before} process(es) and resumes with {now}: its optimizer and schedule "
-                 f"keep the lr scaled for {before} (--lr-scale linear); the result differs from either run")
-    elif distributed.is_main():
-        source_yaml = yaml.safe_dump(source.settings, sort_keys=False) if source is not None else ""
-        atomic_write_text(run_dir / "config.yaml", source_yaml + config_yaml(config))
+        _continue(trainer, state, run_dir, config)
     _announce(config, backbone, data, device, run_dir, phases)
     command = "train" if source is not None else "finetune"
     for number, phase in enumerate(phases):
@@ -268,6 +257,28 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     result = _finish(trainer, backbone, data, run_dir)
     distributed.barrier()  # every process returns once rank 0 has written the run folder
     return result
+
+
+def _run_folder(config: FinetuneConfig, resume: Path | str | None, force: bool, source) -> Path:
+    """The resumed run's folder, or a new runs/<name>/ with the config.yaml that repeats the run (under
+    torchrun rank 0 makes the folder, names it and tells the others)."""
+    if resume is not None:
+        return Path(resume)
+    run_dir = distributed.on_main(lambda: new_run_dir(Path(config.runs_dir), config.name, force))
+    if distributed.is_main():
+        source_yaml = yaml.safe_dump(source.settings, sort_keys=False) if source is not None else ""
+        atomic_write_text(run_dir / "config.yaml", source_yaml + config_yaml(config))
+    return run_dir
+
+
+def _continue(trainer: Trainer, state: dict, run_dir: Path, config: FinetuneConfig) -> None:
+    """The trainer where the resume file left it (weights, optimizer, schedule, trackers, generators)."""
+    trainer.load_state_dict(state)
+    info(f"resuming {relpath(run_dir)} after epoch {trainer.epoch} of {config.epochs}")
+    before, now = state["meta"].processes, distributed.world_size()
+    if config.lr_scale == "linear" and before != now:
+        warn(f"the run was trained by {before} process(es) and resumes with {now}: its optimizer and schedule "
+             f"keep the lr scaled for {before} (--lr-scale linear); the result differs from either run")
 
 
 def train(config_file: Path | str | None = None, *, resume: Path | str | None = None, force: bool = False,

@@ -354,3 +354,44 @@ def test_tlkit_models_lists_every_backbone(capsys):
     for name in models.available():
         assert name in table
     assert "25,088" in table and "not cached" in table
+
+
+def _randomise_norms(model: nn.Module) -> nn.Module:
+    """BatchNorm statistics and affine maps far from the identity, so that a fold that ignores one shows."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            for tensor in (module.running_mean, module.weight.data, module.bias.data):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.5)
+            module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+def test_folding_batchnorm_keeps_the_outputs_and_leaves_the_model_alone(name):
+    from tlkit.backbone import fold_batchnorm
+
+    model = _randomise_norms(models.create(name, num_classes=3, weights="none", img_size=64).model)
+    images = torch.randn(2, 3, 64, 64)
+    folded = fold_batchnorm(model, images)
+    count = lambda m: sum(isinstance(x, nn.BatchNorm2d) for x in m.modules())  # noqa: E731
+    assert folded is not model and count(folded) == 0 < count(model)
+    with torch.inference_mode():
+        assert torch.allclose(folded(images), model(images), rtol=1e-4, atol=1e-4)
+
+
+def test_a_norm_that_does_not_follow_its_convolution_is_not_folded():
+    from tlkit.backbone import fold_batchnorm
+
+    class NormFirst(nn.Module):  # registers conv, then norm, but normalises before convolving
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+
+        def forward(self, images):
+            return self.conv(self.norm(images))
+
+    model = _randomise_norms(NormFirst())
+    assert fold_batchnorm(model, torch.randn(2, 3, 8, 8)) is model
+    vgg_like = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    assert fold_batchnorm(vgg_like, torch.randn(1, 3, 8, 8)) is vgg_like  # nothing to fold: no copy

@@ -398,8 +398,8 @@ def _add_precompute(subparsers) -> None:
         "tlkit precompute --backbone vgg16",
     )
     _add_setting_flags(parser, only=_PRECOMPUTE_READS)
-    parser.add_argument("--batch-size", dest="trunk_batch_size", type=_count(1), default=256,
-                        help="images per trunk batch")
+    parser.add_argument("--batch-size", dest="trunk_batch_size", type=_count(1),
+                        help="images per trunk batch (default: 256 on a GPU, 32 on a CPU)")
     parser.add_argument("--force", action="store_true", help="recompute even when the cache is valid")
     parser.set_defaults(func=cmd_precompute)
 
@@ -447,7 +447,7 @@ def _add_inference_flags(parser) -> None:
     parser.add_argument("--checkpoint", help="a run folder or .safetensors file (default: runs/latest)")
     parser.add_argument("--runs-dir", default="runs", help="where runs/latest is looked for")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--batch-size", type=_count(1), default=256, help="images per batch")
+    parser.add_argument("--batch-size", type=_count(1), help="images per batch (default: 256 on a GPU, 32 on a CPU)")
     parser.add_argument("--workers", type=_count(0), help="decode workers (default: all cores but one)")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped view")
     parser.add_argument("--precision", choices=config.PRECISIONS, default="bf16", help=config.PRECISION_HELP)

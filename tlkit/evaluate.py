@@ -53,7 +53,7 @@ def most_confident_mistakes(pred: Predictions, targets: list[int], limit: int) -
 
 
 def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, device: torch.device,
-                    batch_size: int = 256, workers: int = 0, tta: bool = False, force: bool = False,
+                    batch_size: int | None = None, workers: int = 0, tta: bool = False, force: bool = False,
                     mistakes: int = 16, precision: str = "bf16") -> dict:
     """Predict every labelled image of data_dir, write report.json, confusion.png and mistakes.png."""
     out_dir = Path(out_dir)

@@ -25,7 +25,9 @@ from tlkit.cache import (
 )
 from tlkit.data import EpochRows, SplitFolders, open_split, train_load
 from tlkit.decode import ImageBatches
-from tlkit.runtime import channels_last, compute_precision, info, precision_words, progress, relpath
+from tlkit.runtime import (
+    channels_last, compute_precision, inference_batch_size, info, precision_words, progress, relpath,
+)
 
 STALE_REASONS = {
     "format": "the cache format changed",
@@ -142,11 +144,12 @@ def _write_gathered(share: np.ndarray, failures: dict[int, str], target: Path, r
 
 
 def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None = None, device: torch.device,
-               batch_size: int = 256, workers: int = 0, views: int = 0, augment: str = "default",
+               batch_size: int | None = None, workers: int = 0, views: int = 0, augment: str = "default",
                dtype: str = "float16", precision: str = "bf16", force: bool = False) -> dict[str, FeatureSet]:
     """Features of DATA/training and DATA/validation from the cache, computing them if stale.
 
     views: K augmented views of each training image (augmented as `augment` names), beside none.
+    batch_size None: runtime.inference_batch_size.
     precision: bf16 autocast where the device supports it (as training runs), or fp32."""
     split = open_split(data)
     data_dir, classes = split.root, split.classes
@@ -167,6 +170,7 @@ def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None =
     nhwc = channels_last(device, precision)
     if nhwc:
         backbone.trunk.to(memory_format=torch.channels_last)
+    batch_size = inference_batch_size(device, batch_size)
     rows = len(files["training"]) * max(1, views) + len(files["validation"])
     needed = rows * backbone.feature_dim * np.dtype(dtype).itemsize
     staging = distributed.on_main(lambda: new_staging(cache_dir, needed, "the features"))

@@ -306,7 +306,7 @@ def train(config_file: Path | str | None = None, *, resume: Path | str | None = 
     return finetune(resume=resume, force=force, callbacks=callbacks, source=source, **settings)
 
 
-def precompute_features(config_file: Path | str | None = None, *, batch_size: int = 256, force: bool = False,
+def precompute_features(config_file: Path | str | None = None, *, batch_size: int | None = None, force: bool = False,
                         **settings) -> tuple[Backbone, dict]:
     """`tlkit precompute`: the feature cache that `finetune --precompute-features` with these settings reads,
     found valid or computed now (force: computed again). Returns the backbone and its FeatureSets."""

@@ -19,11 +19,12 @@ import torch
 
 from tlkit import distributed
 from tlkit.atomic import atomic_write_text
+from tlkit.backbone import fold_batchnorm
 from tlkit.checkpoint import Checkpoint
 from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
-from tlkit.runtime import autocast, channels_last, progress, relpath
+from tlkit.runtime import autocast, channels_last, inference_batch_size, progress, relpath
 from tlkit.scan import is_hidden, is_image_name, visible_files
 
 FORMATS = PREDICT_FORMATS
@@ -62,11 +63,12 @@ def find_images(paths: list[Path]) -> tuple[list[Path], int]:
     return images, others
 
 
-def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.device, batch_size: int = 256,
+def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.device, batch_size: int | None = None,
                   workers: int = 0, tta: bool = False, gpu_decode: bool | None = None,
                   precision: str = "bf16") -> Predictions:
     """Softmax probabilities of every image; with tta, averaged with the horizontally flipped view.
     precision: bf16 autocast where the device supports it, else fp32 (runtime.compute_precision).
+    batch_size None: runtime.inference_batch_size. The model runs with its BatchNorm folded (backbone.fold_batchnorm).
 
     Under torchrun each process predicts its share of the files; every process returns all of them.
     """
@@ -75,9 +77,12 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.de
     nhwc = channels_last(device, precision)
     if nhwc:
         model.to(memory_format=torch.channels_last)
+    prep = checkpoint.backbone.preprocessing
+    example = torch.randn(2, prep.in_chans, *prep.input_size, device=device)
+    model = fold_batchnorm(model, example.contiguous(memory_format=torch.channels_last) if nhwc else example)
     mine = distributed.shard(range(len(paths)))  # every file in a single process
-    batches = ImageBatches([paths[index] for index in mine], checkpoint.backbone.preprocessing, device=device,
-                           batch_size=batch_size, workers=workers, gpu_decode=gpu_decode, channels_last=nhwc)
+    batches = ImageBatches([paths[index] for index in mine], prep, device=device,
+                           batch_size=inference_batch_size(device, batch_size), workers=workers, gpu_decode=gpu_decode, channels_last=nhwc)
     probabilities = np.full((len(mine), len(checkpoint.classes)), np.nan, dtype=np.float32)
     started = time.perf_counter()
     with progress() as bar, torch.inference_mode(), autocast(device, precision):

@@ -77,6 +77,19 @@ def channels_last(device, precision: str) -> bool:
     return device.type == "cuda" or compute_precision(device, precision) == "bf16"
 
 
+CPU_INFERENCE_BATCH, GPU_INFERENCE_BATCH = 32, 256
+
+
+def inference_batch_size(device, asked: int | None = None) -> int:
+    """Images per batch through a frozen network (precompute, predict, evaluate): `asked`, else 256 on a
+    GPU and 32 on a CPU. A CPU's trunk runs as fast at 32 as at 256 (ResNet18 bf16: 88 images/s either
+    way), and the first batch, decoded before any compute starts, is ready 8x sooner: `tlkit precompute`
+    of 600 photos took 13.3 s at 256 and 12.0 s at 32 on 2 cores."""
+    if asked is not None:
+        return asked
+    return GPU_INFERENCE_BATCH if device.type == "cuda" else CPU_INFERENCE_BATCH
+
+
 def precision_words(device, precision: str) -> str:
     """For a run's first line: what it computes in, and why not bf16 when bf16 was asked for."""
     computed = compute_precision(device, precision)

@@ -1,6 +1,6 @@
 """Precompute: run a frozen trunk over the images once and cache its features on disk.
 
-Cached features are a dataset of their own (FeatureDataset), not a mode of the model. A
+Cached features are an input of their own (FeatureLoader; tlkit/inputs.py), not a mode of the model. A
 cache is valid only for the exact backbone, trunk weights (hashed tensors), preprocessing,
 views and files (path, size, modification time) it was made from; anything else makes
 tlkit recompute and say why. Written under a temporary name and renamed when complete.
@@ -182,8 +182,8 @@ def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None =
             task = bar.add_task(f"features {subset}", total=share * max(1, subset_views))
             failed = _compute_subset(
                 backbone, data_dir / subset, files[subset], staging / f"{subset}.npy", views=subset_views,
-                augment=augment, dtype=dtype, bf16=computed == "bf16", nhwc=nhwc, device=device, batch_size=batch_size, workers=workers,
-                on_progress=lambda n, task=task: bar.advance(task, n))
+                augment=augment, dtype=dtype, bf16=computed == "bf16", nhwc=nhwc, device=device,
+                batch_size=batch_size, workers=workers, on_progress=lambda n, task=task: bar.advance(task, n))
             subsets[subset] = subset_entry(subset, files[subset], failed)
     summary = {"holds": f"{backbone.name} features", "input_size": list(backbone.preprocessing.input_size),
                "views": views}

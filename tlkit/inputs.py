@@ -66,9 +66,8 @@ def image_input(config: FinetuneConfig, backbone: Backbone, device: torch.device
 def feature_input(config: FinetuneConfig, backbone: Backbone, device: torch.device, split: SplitFolders) -> TrainingInput:
     """The frozen trunk's features of the split folders' images (computed now where the cache is stale),
     in the order the image sampler gives; the head trains on them."""
-    sets = precompute(backbone, split, cache_root=config.cache_dir, device=device,
-                      workers=_workers(config), views=config.precompute_views, augment=config.augment,
-                      dtype=config.cache_dtype,
+    sets = precompute(backbone, split, cache_root=config.cache_dir, device=device, workers=_workers(config),
+                      views=config.precompute_views, augment=config.augment, dtype=config.cache_dtype,
                       precision=config.precision)
     backbone.model.to(device)
     train_loader = FeatureLoader(sets["training"], batch_size=config.batch_size, device=device, shuffle=True,

@@ -545,13 +545,13 @@ def _add_evaluate(subparsers) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from tlkit.checkpoint import load_checkpoint, resolve_run
-    from tlkit.export import FORMATS, export_checkpoint, sidecar_path, validation_images
+    from tlkit.export import export_checkpoint, sidecar_path
     from tlkit.predict import find_images
 
     checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir))
-    target = Path(args.out) if args.out else checkpoint.path.with_name(f"model{FORMATS[args.format]}")
-    images = find_images(args.images)[0] if args.images else validation_images(checkpoint)
-    check = export_checkpoint(checkpoint, args.format, target, images=images, force=args.force)
+    images = find_images(args.images)[0] if args.images else []
+    check = export_checkpoint(checkpoint, args.format, args.out, images=images, force=args.force)
+    target = Path(check["file"])
     if check["verified"]:
         console.print(f"verified on {check['verified_on']} at batch sizes {check['batch_sizes']}: max "
                       f"difference {check['max_abs_difference']:.2e}")

@@ -162,17 +162,20 @@ def _verified(fmt: str, path: Path, samples: torch.Tensor, expected: np.ndarray,
     return {**check, "verified": True, "max_abs_difference": error}
 
 
-def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path, *, images: list[Path] = (),
+def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None, *, images: list[Path] = (),
                       force: bool = False) -> dict:
-    """Write the model and `<out>.json` (input size, mean/std, classes); verify; return what was checked."""
-    out = Path(out)
+    """Write the model and `<out>.json` (input size, mean/std, classes); verify; return what was checked,
+    with the file written. out None: model.onnx / model.pt beside the checkpoint. images: what the export
+    is checked on; none given: a few of the run's own validation images, when they are still there."""
+    out = Path(out) if out is not None else checkpoint.path.with_name(f"model{FORMATS[fmt]}")
+    images = list(images) or validation_images(checkpoint)
     sidecar = sidecar_path(out)
     for target in (out, sidecar):
         if target.exists() and not force:
             raise TlkitError(f"{relpath(target)} already exists; nothing was written. Use --force, or --out FILE.")
     model = checkpoint.backbone.model.float().cpu().eval()
     _check_disk_room(model, out)
-    samples, source = sample_images(checkpoint, list(images))
+    samples, source = sample_images(checkpoint, images)
     with torch.inference_mode():
         expected = model(samples).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)

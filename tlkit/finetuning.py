@@ -131,7 +131,7 @@ def run_meta(config: FinetuneConfig, backbone: Backbone, classes: list[str], sou
 def trackers(config: FinetuneConfig, backbone: Backbone, *, run_dir: Path | None = None,
              meta: CheckpointMeta | None = None, extra=()) -> list[cbs.Callback]:
     """The callbacks every phase of a run shares (made once: their state carries from phase to phase):
-    best weights, early stopping, the epoch line, and with a run folder its logs and curves."""
+    best weights (first), early stopping, the epoch line, and with a run folder its logs and curves."""
     best = cbs.BestWeights(config.monitor, backbone.model, run_dir=run_dir, meta=meta)
     shared = [best]
     if config.patience is not None:
@@ -254,7 +254,7 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
             info(f"epoch {trainer.epoch + 1}: the head is trained; every layer now trains on the images, with a "
                  f"fresh optimizer and {config.scheduler} schedule over the {phase.last - trainer.epoch} epoch(s) left")
         _fit(trainer, run_dir, command, config, dataclasses.replace(meta, phase="head" if phase.on_features else None))
-    result = _finish(trainer, backbone, data, run_dir)
+    result = _finish(trainer, shared[0], backbone, data, run_dir)
     distributed.barrier()  # every process returns once rank 0 has written the run folder
     return result
 
@@ -393,9 +393,9 @@ def _rates(config: FinetuneConfig, phases: list[Phase]) -> str:
     return f"{config.optimizer} {cache} on the cache" + (f"; every layer: {images}" if len(phases) > 1 else "")
 
 
-def _finish(trainer: Trainer, backbone: Backbone, data: TrainingInput, run_dir: Path) -> FinetuneResult:
+def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: TrainingInput,
+            run_dir: Path) -> FinetuneResult:
     """Best weights are back in the model: write the checkpoint, confusion matrix and report; show the summary."""
-    best = next(cb for cb in trainer.callbacks if isinstance(cb, cbs.BestWeights))
     if best.best_state is None:
         raise TlkitError(f"no epoch gave a usable {best.monitor} (NaN: the training diverged); try a lower --lr.")
     # The final report is on the test split where the data has one (tlkit train), else on validation.

@@ -160,3 +160,23 @@ def test_a_failure_while_saving_on_ctrl_c_does_not_hide_the_interrupt(data_dir, 
                  callbacks=[interrupt_at(2), DiskFull()])
     err = capsys.readouterr().err
     assert "could not save on the way out" in err and "tlkit finetune --resume" in err
+
+
+def test_precompute_reads_a_runs_settings_and_refuses_bad_ones(data_dir, tmp_path, capsys):
+    """`tlkit precompute --config` computes the cache the run with that config reads; the views'
+    augmentation is part of the cache; a wrong setting is one message, not a traceback."""
+    cache = tmp_path / "cache"
+    recipe_file = tmp_path / "run.yaml"
+    recipe_file.write_text(f"data: {data_dir}\nbackbone: simple-cnn\nweights: none\nimg_size: 32\nworkers: 0\n"
+                           f"cache_dir: {cache}\nprecision: fp32\nprecompute_views: 2\nepochs: 1\n")
+    assert main(["precompute", "--config", str(recipe_file)]) == 0
+    assert "computing (no cache yet)" in capsys.readouterr().err
+    assert main(["finetune", "--config", str(recipe_file), "--precompute-features", "--runs-dir",
+                 str(tmp_path / "runs")]) == 0
+    assert "features: using the cache" in capsys.readouterr().err
+    assert main(["precompute", "--config", str(recipe_file), "--augment", "light"]) == 0
+    assert "another augmentation of the views" in capsys.readouterr().err
+    recipe_file.write_text(recipe_file.read_text() + "learning_rate: 0.1\n")
+    assert main(["precompute", "--config", str(recipe_file)]) == 1
+    err = capsys.readouterr().err
+    assert "unknown setting(s) learning_rate" in err and "Traceback" not in err

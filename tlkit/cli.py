@@ -216,23 +216,21 @@ def _add_setting_flags(parser, skip: tuple[str, ...] = (), only: tuple[str, ...]
     (config.setting); the help shows the built-in default. Their argparse default is SUPPRESS, so only
     the flags given reach the config and override its YAML file."""
     import dataclasses
-    import typing
 
-    from tlkit.config import FinetuneConfig
+    from tlkit.config import FinetuneConfig, setting_kind
 
     parser.add_argument("--config", type=Path, help="YAML file of settings (flags given win over it)")
-    kinds = typing.get_type_hints(FinetuneConfig)
     for field in dataclasses.fields(FinetuneConfig):
         if field.name in skip or (only is not None and field.name not in only):
             continue
-        flag, text, kind = "--" + field.name.replace("_", "-"), field.metadata["help"], kinds[field.name]
-        if kind is bool:  # a switch: given means true
+        flag, text = "--" + field.name.replace("_", "-"), field.metadata["help"]
+        kind, optional = setting_kind(field.name)
+        if kind is bool and not optional:  # a switch: given means true
             parser.add_argument(flag, action="store_const", const=True, default=argparse.SUPPRESS, help=text)
             continue
         shown = "" if "(default" in text else f" (default: {field.default})"
-        options = [option for option in typing.get_args(kind) if option is not type(None)] or [kind]
         # true/false for a yes-or-no setting that may be left to `auto` (config checks the word)
-        parser.add_argument(flag, type=str if options[0] is bool else options[0], default=argparse.SUPPRESS,
+        parser.add_argument(flag, type=str if kind is bool else kind, default=argparse.SUPPRESS,
                             help=text + shown, choices=field.metadata["choices"])
     if "augment" not in skip and (only is None or "augment" in only):
         parser.add_argument("--no-augment", dest="augment", action="store_const", const="none",
@@ -459,7 +457,7 @@ def _load_for_inference(args: argparse.Namespace):
 
     device = select_device(args.device)
     checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir), device=str(device))
-    workers = default_workers() if args.workers is None else args.workers
+    workers = default_workers(args.workers)
     console.print(f"model: {relpath(checkpoint.path)} ({checkpoint.meta.backbone}, "
                   f"classes {', '.join(checkpoint.classes)}); {device.type}, {precision_words(device, args.precision)}")
     return checkpoint, device, workers

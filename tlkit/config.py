@@ -126,15 +126,21 @@ def _check_keys(values: dict, where: str) -> None:
         )
 
 
-def _coerce(key: str, value, where: str):
-    """YAML reads `1e-3` as a string and `5` as an int; give each setting its declared kind."""
+def setting_kind(key: str) -> tuple[type, bool]:
+    """A setting's declared kind (int, float, bool or str) and whether it may be left unset (None):
+    what YAML values are coerced to and what the CLI's flag for it parses."""
     kind = typing.get_type_hints(FinetuneConfig)[key]
     options = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
+    return options[0], type(None) in typing.get_args(kind)
+
+
+def _coerce(key: str, value, where: str):
+    """YAML reads `1e-3` as a string and `5` as an int; give each setting its declared kind."""
+    target, optional = setting_kind(key)
     if value is None:
-        if type(None) in typing.get_args(kind):
+        if optional:
             return None
-        raise TlkitError(f"{where}: {key} needs a value ({_KIND_NAMES[options[0]]}).")
-    target = options[0]
+        raise TlkitError(f"{where}: {key} needs a value ({_KIND_NAMES[target]}).")
     if key == "augment" and isinstance(value, bool):  # configs written before the named choices
         return "default" if value else "none"
     try:

@@ -27,12 +27,9 @@ from tlkit.config import FinetuneConfig, config_to_dict, config_yaml, make_confi
 from tlkit.data import SplitFolders, open_split
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError
-from tlkit.features import precompute
-from tlkit.inputs import TrainingInput, feature_input, image_input
+from tlkit.inputs import TrainingInput, cached_features, feature_input, image_input
 from tlkit.report import class_report, plot_confusion, write_report
-from tlkit.runtime import (
-    console, default_workers, info, out, precision_words, relpath, seed_everything, select_device, warn,
-)
+from tlkit.runtime import console, info, out, precision_words, relpath, seed_everything, select_device, warn
 from tlkit.summary import check_input_fits
 from tlkit.train import Trainer, evaluate, fit, make_optimizer, make_scheduler
 
@@ -313,12 +310,9 @@ def precompute_features(config_file: Path | str | None = None, *, batch_size: in
     config = run_config(resolve_config(Path(config_file) if config_file else None, settings))
     split = open_split(config.data)
     device = select_device(config.device)
-    backbone = create_backbone(config, split.classes)  # seeded: random-init weights (--weights none) repeat, and so does their cache
-    sets = precompute(backbone, split, cache_root=config.cache_dir, device=device, batch_size=batch_size,
-                      workers=default_workers() if config.workers is None else config.workers,
-                      views=config.precompute_views, augment=config.augment, dtype=config.cache_dtype,
-                      precision=config.precision, force=force)
-    return backbone, sets
+    # Seeded: random-init weights (--weights none) repeat, and so does their cache.
+    backbone = create_backbone(config, split.classes)
+    return backbone, cached_features(config, backbone, device, split, batch_size=batch_size, force=force)
 
 
 def _fit(trainer: Trainer, run_dir: Path, command: str, config: FinetuneConfig, meta: CheckpointMeta) -> None:

@@ -19,7 +19,7 @@ from tlkit.backbone import Backbone
 from tlkit.config import FinetuneConfig
 from tlkit.data import SplitFolders, make_data
 from tlkit.decode import Normalizer
-from tlkit.features import FeatureLoader, precompute, to_device_float
+from tlkit.features import FeatureLoader, FeatureSet, precompute, to_device_float
 from tlkit.imagecache import make_cached_data
 from tlkit.runtime import channels_last, default_workers
 
@@ -38,16 +38,12 @@ class TrainingInput:
     test_loader: object | None = None  # the final report's images, where the data has a test split
 
 
-def _workers(config: FinetuneConfig) -> int:
-    return default_workers() if config.workers is None else config.workers
-
-
 def image_input(config: FinetuneConfig, backbone: Backbone, device: torch.device, *,
                 split: SplitFolders | None = None, source=None) -> TrainingInput:
     """The images: the split folders (config.data unless given; decoded per epoch, or from the
     decoded-image cache with --cache-images), or `source`'s (a tlkit.datasets.TrainingSource)."""
     prep = backbone.preprocessing
-    loaders = dict(batch_size=config.batch_size, workers=_workers(config), device=device, seed=config.seed,
+    loaders = dict(batch_size=config.batch_size, workers=default_workers(config.workers), device=device, seed=config.seed,
                    augment=config.augment)
     if source is not None:
         data = source.make_data(prep, **loaders)
@@ -63,12 +59,19 @@ def image_input(config: FinetuneConfig, backbone: Backbone, device: torch.device
         sizes=(len(data.train_set), len(data.val_set)), test_loader=getattr(data, "test_loader", None))
 
 
+def cached_features(config: FinetuneConfig, backbone: Backbone, device: torch.device, split: SplitFolders, *,
+                    batch_size: int | None = None, force: bool = False) -> dict[str, FeatureSet]:
+    """The frozen trunk's features of the split folders' images as the config asks for them (views,
+    their augmentation, dtype, precision), from the cache or computed now (force: computed again)."""
+    return precompute(backbone, split, cache_root=config.cache_dir, device=device, batch_size=batch_size,
+                      workers=default_workers(config.workers), views=config.precompute_views, augment=config.augment,
+                      dtype=config.cache_dtype, precision=config.precision, force=force)
+
+
 def feature_input(config: FinetuneConfig, backbone: Backbone, device: torch.device, split: SplitFolders) -> TrainingInput:
-    """The frozen trunk's features of the split folders' images (computed now where the cache is stale),
-    in the order the image sampler gives; the head trains on them."""
-    sets = precompute(backbone, split, cache_root=config.cache_dir, device=device, workers=_workers(config),
-                      views=config.precompute_views, augment=config.augment, dtype=config.cache_dtype,
-                      precision=config.precision)
+    """The frozen trunk's cached features (cached_features), in the order the image sampler gives; the
+    head trains on them."""
+    sets = cached_features(config, backbone, device, split)
     backbone.model.to(device)
     train_loader = FeatureLoader(sets["training"], batch_size=config.batch_size, device=device, shuffle=True,
                                  seed=config.seed)

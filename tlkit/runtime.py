@@ -123,8 +123,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_workers() -> int:
-    """Loader or decode workers: every core but one for the main process, at least one."""
+def default_workers(asked: int | None = None) -> int:
+    """Loader or decode workers: `asked`, else every core but one for the main process, at least one."""
+    if asked is not None:
+        return asked
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) - 1)
 

@@ -23,9 +23,8 @@ from tlkit.decode import load_image as load_eval_image
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
 from tlkit.scan import class_folders, class_images, is_image_name, open_photo, visible_files
-from tlkit.split import finish_interrupted_swap
+from tlkit.split import SUBSETS, finish_interrupted_swap
 
-SUBSETS = ("training", "validation")
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 

@@ -1,5 +1,6 @@
-"""tlkit.decode: eval-geometry batches through PIL workers or batched torchvision decode."""
+"""tlkit.decode: eval-geometry batches through PIL (inline, in threads, in loader processes) or batched torchvision decode."""
 
+import itertools
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -100,11 +101,28 @@ def test_large_photo_decodes_to_the_model_geometry():
     assert image.shape == (3, 224, 224) and image.dtype == torch.uint8
 
 
-def test_worker_processes_give_the_same_batches(mixed_files):
-    inline = _collect(ImageBatches(mixed_files, _prep(), device="cpu", batch_size=4))
-    workers = _collect(ImageBatches(mixed_files, _prep(), device="cpu", batch_size=4, workers=2))
-    assert sorted(inline) == sorted(workers)
-    assert all(torch.equal(inline[i], workers[i]) for i in inline)
+def test_decode_threads_give_the_same_batches_in_order(mixed_files):
+    inline = ImageBatches(mixed_files * 3, _prep(), device="cpu", batch_size=4)
+    threaded = ImageBatches(mixed_files * 3, _prep(), device="cpu", batch_size=4, workers=2)
+    expected, got = list(inline), list(threaded)
+    assert [batch.indices for batch in got] == [batch.indices for batch in expected]
+    assert all(torch.equal(a.images, b.images) for a, b in zip(got, expected))
+    assert threaded.failures == inline.failures and sorted(threaded.failures) == [6, 7, 14, 15, 22, 23]
+
+
+def test_decode_threads_stop_with_their_consumer(mixed_files):
+    from tlkit.decode import _in_threads, _PilDataset
+
+    decoded = []
+
+    def load(path):
+        decoded.append(path)
+        return load_image(path, _prep())
+
+    samples = _in_threads(_PilDataset(mixed_files[:5] * 40, range(200), load), workers=2, ahead=4)
+    assert [index for index, _, _ in itertools.islice(samples, 3)] == [0, 1, 2]
+    samples.close()  # the pool is shut down with what was not started cancelled, not decoded
+    assert len(decoded) <= 3 + 4 + 2
 
 
 @pytest.mark.gpu

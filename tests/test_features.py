@@ -121,6 +121,9 @@ def test_views_store_k_augmented_copies(data):
     again = precompute(_backbone(), data, device=torch.device("cpu"), views=3, force=True,
                        precision="fp32")["training"].features
     np.testing.assert_array_equal(again, views)  # seeded by (view, file): a recompute is identical
+    in_threads = precompute(_backbone(), data, device=torch.device("cpu"), views=3, force=True, workers=3,
+                            batch_size=2, precision="fp32")["training"].features
+    np.testing.assert_array_equal(in_threads, views)  # and so is one whose decode threads draw at once
 
 
 def test_loader_order_matches_the_image_sampler():

@@ -38,8 +38,10 @@ def _rows(history):
 
 
 def test_cached_features_train_the_same_head_as_the_frozen_trunk(data_dir, tmp_path):
-    through_trunk = finetune(**recipe(data_dir, tmp_path, freeze="trunk", name="frozen"))
-    from_cache = finetune(**recipe(data_dir, tmp_path, precompute_features=True, name="cached"))
+    # In fp32: precompute folds the trunk's BatchNorm and training does not, which in bf16 moves the features
+    # by bf16 rounding (and the loss by 1e-4), in fp32 by 1e-6.
+    through_trunk = finetune(**recipe(data_dir, tmp_path, freeze="trunk", name="frozen", precision="fp32"))
+    from_cache = finetune(**recipe(data_dir, tmp_path, precompute_features=True, name="cached", precision="fp32"))
     assert _close(from_cache.backbone.model.state_dict(), through_trunk.backbone.model.state_dict(), 1e-4)
     for ours, theirs in zip(from_cache.history, through_trunk.history):
         assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)

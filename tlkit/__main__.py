@@ -1,5 +1,5 @@
 """`python -m tlkit` runs the command line (also the entry point torchrun uses)."""
 
-from tlkit.cli import main
+from tlkit.cli import run
 
-raise SystemExit(main())
+run()

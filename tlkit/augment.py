@@ -13,6 +13,7 @@ an epoch repeats whatever the worker count. The loaders hold no augmentation num
 from __future__ import annotations
 
 import math
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +52,15 @@ def policy(name: str) -> Augmentation | None:
 # ---------------------------------------------------------------- one photo, on the CPU
 
 
+_GLOBAL_GENERATOR = threading.Lock()  # torchvision's RandomResizedCrop.get_params draws from it alone
+
+
 def crop_flip_photo(image: Image.Image, augmentation: Augmentation, size: tuple[int, int], interpolation: str,
                     seed: int | None) -> Image.Image:
     """A random resized crop of the photo at `size` (torchvision's draw), mirrored half the time; drawn
-    from `seed` (None: the global generator) without moving the global generator."""
-    with torch.random.fork_rng(devices=[]):
+    from `seed` (None: the global generator) without moving the global generator. Decode threads draw their
+    views at once (tlkit/decode.py), hence the lock: the global generator is the process's one."""
+    with _GLOBAL_GENERATOR, torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         top, left, height, width = RandomResizedCrop.get_params(image, list(augmentation.crop_scale),

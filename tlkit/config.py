@@ -8,6 +8,7 @@ or data; it only checks that each value is of the right kind and in range.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,9 +130,14 @@ def _check_keys(values: dict, where: str) -> None:
 def setting_kind(key: str) -> tuple[type, bool]:
     """A setting's declared kind (int, float, bool or str) and whether it may be left unset (None):
     what YAML values are coerced to and what the CLI's flag for it parses."""
-    kind = typing.get_type_hints(FinetuneConfig)[key]
+    kind = _declared_kinds()[key]
     options = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
     return options[0], type(None) in typing.get_args(kind)
+
+
+@functools.cache
+def _declared_kinds() -> dict[str, object]:
+    return typing.get_type_hints(FinetuneConfig)  # evaluates every annotation: once, not once per flag
 
 
 def _coerce(key: str, value, where: str):

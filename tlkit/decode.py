@@ -3,14 +3,17 @@
 Turns a list of files into normalised [N, C, H, W] batches on the model's device, following
 a backbone's eval preprocessing (resize as its crop_mode says, centre crop). On CUDA, JPEGs are
 decoded by nvjpeg in batches and resized there; other formats, and everything on a CPU, go
-through PIL in loader workers, large JPEGs decoded at reduced size (PIL draft). A file that fails
+through PIL (in threads beside the model on a CPU, in loader processes for a GPU), large JPEGs
+decoded at reduced size (PIL draft). A file that fails
 to decode is recorded in `failures` and left out; it never stops the run. Files that nvjpeg
 refuses are said once and go to PIL; a decoder that refuses everything stops with a message.
 """
 
 from __future__ import annotations
 
+import collections
 import io
+import itertools
 import queue
 import threading
 import warnings
@@ -118,10 +121,12 @@ class _PilDataset(torch.utils.data.Dataset):
 
 
 def _collate(samples):
-    """Keep what decoded; pass the failures on beside it."""
+    """Keep what decoded, as one uint8 [N, C, H, W] batch laid out channels_last; pass the failures on beside it.
+    PIL's pixels are [H, W, C] (pil_to_tensor gives a [C, H, W] view of them): stacking them as they are is a
+    straight copy, where a contiguous [N, C, H, W] would transpose every image, and the trunk wants channels_last."""
     good = [(index, image) for index, image, _ in samples if image is not None]
     failed = [(index, why) for index, image, why in samples if image is None]
-    images = torch.stack([image for _, image in good]) if good else None
+    images = torch.stack([image.permute(1, 2, 0) for _, image in good]).permute(0, 3, 1, 2) if good else None
     return [index for index, _ in good], images, failed
 
 
@@ -139,8 +144,7 @@ class Normalizer:
         # The layout changes on the uint8s (a quarter of the bytes), the float is one fresh copy and the
         # rest happens in place: half the time of float, multiply, subtract, then re-layout (28 vs 56 ms
         # for 64 images at 224 px on a CPU core, time the trunk's threads would otherwise have).
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         floats = images.to(self.device, dtype=torch.float32, non_blocking=True, copy=True)
         return floats.mul_(self.scale).sub_(self.shift)
 
@@ -174,14 +178,19 @@ class ImageBatches:
             yield from self._pil_batches(range(len(self.paths)))
 
     def _pil_batches(self, indices: Sequence[int]) -> Iterator[Batch]:
-        loader = torch.utils.data.DataLoader(
-            _PilDataset(self.paths, indices, self.load), batch_size=self.batch_size,
-            num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            # Its own generator: drawing worker seeds must not move the global RNG (dropout, init).
-            generator=torch.Generator().manual_seed(0),
-        )
-        for batch_indices, images, failed in loader:
+        dataset = _PilDataset(self.paths, indices, self.load)
+        if self.device.type == "cpu" and self.workers > 0:
+            samples = _in_threads(dataset, self.workers, ahead=2 * self.batch_size)
+            batches = (_collate(list(itertools.islice(samples, self.batch_size)))
+                       for _ in range(0, len(dataset), self.batch_size))
+        else:
+            batches = torch.utils.data.DataLoader(
+                dataset, batch_size=self.batch_size, num_workers=self.workers, collate_fn=_collate,
+                pin_memory=self.device.type == "cuda", persistent_workers=False,
+                # Its own generator: drawing worker seeds must not move the global RNG (dropout, init).
+                generator=torch.Generator().manual_seed(0),
+            )
+        for batch_indices, images, failed in batches:
             self.failures.update(failed)
             if batch_indices:
                 yield Batch(self._normalise(images), batch_indices)
@@ -253,6 +262,23 @@ class ImageBatches:
             warnings.simplefilter("ignore", DeprecationWarning)
             images = decode_jpeg(data, mode=mode, device=self.device, apply_exif_orientation=True)
         return torch.stack([_resize_crop(image, self.prep) for image in images])
+
+
+def _in_threads(dataset: _PilDataset, workers: int, ahead: int) -> Iterator:
+    """dataset's items in order, decoded by `workers` threads at most `ahead` items in front of the consumer.
+
+    On a CPU the decode shares the cores with the model, and threads of this process do it best: PIL lets go
+    of the GIL while it decodes and resizes, and there is no worker process to start nor batch to hand across
+    (`tlkit precompute` of 600 photos, ResNet18: 10.0 s with a loader process, 9.4 s with threads)."""
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="tlkit-decode")
+    try:
+        pending = collections.deque(pool.submit(dataset.__getitem__, i) for i in range(min(ahead, len(dataset))))
+        for item in range(len(pending), len(dataset) + len(pending)):
+            yield pending.popleft().result()
+            if item < len(dataset):
+                pending.append(pool.submit(dataset.__getitem__, item))
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _ahead(items: Iterator, depth: int) -> Iterator:

@@ -19,6 +19,7 @@ import torch
 
 from tlkit import distributed
 from tlkit.augment import view_seed
+from tlkit.backbone import fold_batchnorm
 from tlkit.cache import (
     CACHE_FORMAT, SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
     subset_entry, to_device, why_stale,
@@ -83,17 +84,17 @@ def cache_dir_for(cache_root: Path, backbone_name: str) -> Path:
     return Path(cache_root) / backbone_name.replace(":", "-").replace("/", "-")
 
 
-def _run_trunk(backbone, batches: ImageBatches, rows: np.ndarray, bf16: bool, on_progress) -> None:
+def _run_trunk(trunk: torch.nn.Module, batches: ImageBatches, rows: np.ndarray, bf16: bool, on_progress) -> None:
     """Fill rows[i] with the trunk's features of image i (images that fail to decode stay zero)."""
     autocast = torch.autocast(batches.device.type, dtype=torch.bfloat16, enabled=bf16)
     with torch.inference_mode(), autocast:
         for batch in batches:
-            rows[batch.indices] = backbone.trunk(batch.images).float().cpu().numpy()
+            rows[batch.indices] = trunk(batch.images).float().cpu().numpy()
             on_progress(len(batch.indices))
 
 
-def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, views: int, augment: str, dtype: str,
-                    bf16: bool, nhwc: bool, device: torch.device, batch_size: int, workers: int,
+def _compute_subset(backbone, trunk: torch.nn.Module, subset_dir: Path, rows: list, target: Path, *, views: int,
+                    augment: str, dtype: str, bf16: bool, nhwc: bool, device: torch.device, batch_size: int, workers: int,
                     on_progress) -> dict[str, str]:
     """Write target (.npy, memory-mapped while filled); returns {failed file: reason}. With views, view k
     of each image is the training augmentation `augment` drawn from a seed fixed by (k, file).
@@ -113,7 +114,7 @@ def _compute_subset(backbone, subset_dir: Path, rows: list, target: Path, *, vie
     for view, load in enumerate(loads):
         batches = ImageBatches(paths, backbone.preprocessing, device=device, batch_size=batch_size,
                                workers=workers, load=load, channels_last=nhwc)
-        _run_trunk(backbone, batches, array[view] if views else array, bf16, on_progress)
+        _run_trunk(trunk, batches, array[view] if views else array, bf16, on_progress)
         failures.update({mine[index]: why for index, why in batches.failures.items()})
     if distributed.world_size() > 1:
         failures = _write_gathered(array, failures, target, len(rows))
@@ -166,10 +167,8 @@ def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None =
         return load_cache(cache_dir)
     info(f"features: computing ({reason}) into {relpath(cache_dir)}; {device.type}, "
          f"{precision_words(device, precision)}")
-    backbone.trunk.to(device).eval()
     nhwc = channels_last(device, precision)
-    if nhwc:
-        backbone.trunk.to(memory_format=torch.channels_last)
+    trunk = _inference_trunk(backbone, device, nhwc)
     batch_size = inference_batch_size(device, batch_size)
     rows = len(files["training"]) * max(1, views) + len(files["validation"])
     needed = rows * backbone.feature_dim * np.dtype(dtype).itemsize
@@ -181,7 +180,7 @@ def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None =
             share = len(distributed.shard(files[subset]))
             task = bar.add_task(f"features {subset}", total=share * max(1, subset_views))
             failed = _compute_subset(
-                backbone, data_dir / subset, files[subset], staging / f"{subset}.npy", views=subset_views,
+                backbone, trunk, data_dir / subset, files[subset], staging / f"{subset}.npy", views=subset_views,
                 augment=augment, dtype=dtype, bf16=computed == "bf16", nhwc=nhwc, device=device,
                 batch_size=batch_size, workers=workers, on_progress=lambda n, task=task: bar.advance(task, n))
             subsets[subset] = subset_entry(subset, files[subset], failed)
@@ -189,6 +188,18 @@ def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None =
                "views": views}
     commit(staging, cache_dir, identity=identity, subsets=subsets, summary=summary)
     return load_cache(cache_dir)
+
+
+def _inference_trunk(backbone, device: torch.device, nhwc: bool) -> torch.nn.Module:
+    """The trunk on the device, in eval mode and its layout, BatchNorm folded (backbone.fold_batchnorm: ResNet18's
+    bf16 trunk 7% faster on a CPU). The features differ from the unfolded trunk's by rounding only, as predict's
+    scores differ from training's: bf16 rounding, 1e-6 in fp32."""
+    trunk = backbone.trunk.to(device).eval()
+    if nhwc:
+        trunk.to(memory_format=torch.channels_last)
+    example = torch.randn(2, backbone.preprocessing.in_chans, *backbone.preprocessing.input_size, device=device,
+                          generator=torch.Generator(device).manual_seed(0))  # the global generator is the run's
+    return fold_batchnorm(trunk, example.contiguous(memory_format=torch.channels_last) if nhwc else example)
 
 
 def load_cache(cache_dir: Path) -> dict[str, FeatureSet]:

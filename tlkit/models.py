@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import timm
 import torchvision.models as tvm
 from torch import nn
 
@@ -27,7 +26,6 @@ from tlkit import nets, weight_packages
 from tlkit.backbone import Backbone, Preprocessing, blocks_of, head_keys, in_features, per_channel
 from tlkit.checkpoint_format import BEST_WEIGHTS, CheckpointMeta, checkpoint_paths, read_meta
 from tlkit.errors import TlkitError
-from tlkit.timm_models import create_timm
 from tlkit.weight_packages import EFFICIENTNET_LITE0, EFFICIENTNET_LITE1, EFFICIENTNET_LITE2, WeightsPackage
 from tlkit.weights import CachedWeights, fetch, load_file, matches_its_name, timm_weights, url_weights
 
@@ -134,6 +132,8 @@ def listed(timm_pattern: str | None = None, limit: int = 40) -> tuple[list[str],
     names = available()
     if not timm_pattern:
         return names, 0
+    import timm  # here, not at the top: a torchvision or classic backbone never needs timm's 0.5 s import
+
     matches = [f"timm:{name}" for name in timm.list_models(timm_pattern) if f"timm:{name}" not in names]
     return names + matches[:limit], len(matches)
 
@@ -143,6 +143,8 @@ def _spec(name: str) -> Spec:
         return REGISTRY[name]
     if name.startswith(TIMM_PREFIX):
         return Spec("timm", f"timm model {name[len(TIMM_PREFIX):]}")
+    import timm
+
     close = difflib.get_close_matches(name, REGISTRY, n=3)
     hint = f" (timm has it: use timm:{name})" if timm.is_model(name) else (f" (did you mean {', '.join(close)}?)" if close else "")
     raise TlkitError(f"unknown backbone '{name}'{hint}. Valid: {', '.join(available())}, "
@@ -227,6 +229,8 @@ def create(name: str, num_classes: int, weights: str = "default", in_chans: int 
         return _create_torchvision(name, spec, num_classes, weights, in_chans, img_size)
     if spec.family == "classic":
         return _create_classic(name, spec, num_classes, weights, in_chans, img_size)
+    from tlkit.timm_models import create_timm  # timm is imported only for a timm backbone
+
     return create_timm(name, timm_name_of(name, spec), spec.package, num_classes, weights, in_chans, img_size)
 
 

@@ -78,7 +78,8 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.de
     if nhwc:
         model.to(memory_format=torch.channels_last)
     prep = checkpoint.backbone.preprocessing
-    example = torch.randn(2, prep.in_chans, *prep.input_size, device=device)
+    example = torch.randn(2, prep.in_chans, *prep.input_size, device=device,
+                          generator=torch.Generator(device).manual_seed(0))
     model = fold_batchnorm(model, example.contiguous(memory_format=torch.channels_last) if nhwc else example)
     mine = distributed.shard(range(len(paths)))  # every file in a single process
     batches = ImageBatches([paths[index] for index in mine], prep, device=device,

@@ -6,6 +6,7 @@ here knows about datasets or models.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import sys
@@ -45,6 +46,23 @@ def info(message: str) -> None:
 
 def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/] {message}")
+
+
+def keep_freed_memory() -> None:
+    """Have glibc keep freed memory in the process for the next batch instead of unmapping it.
+
+    By default every block over 32 MB (one ResNet18 activation at batch 32 is 51 MB) is mapped on malloc
+    and unmapped on free, so each batch page-faults through all its activations again: 2.7 s of system
+    time in a 12 s `tlkit precompute` of 600 photos, 1.2 s after this call (whole process 11.9 -> 11.1 s).
+    Peak memory is what it was; the process just does not give it back before it exits. Only the command
+    line calls this (a Python caller's process is its own); a no-op off glibc."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's <malloc.h>
+    mallopt(m_mmap_max, 0)  # large blocks come from the heap too, where free keeps them...
+    mallopt(m_trim_threshold, 2**31 - 1)  # ...and the heap's top is not trimmed after each batch
 
 
 def bf16_supported(device) -> bool:

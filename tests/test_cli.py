@@ -31,6 +31,18 @@ def test_python_dash_m_runs_the_cli():
     assert result.returncode == 0 and result.stdout.startswith("tlkit ")
 
 
+def test_the_command_leaves_its_output_and_files_whole_and_its_exit_code(tmp_path):
+    # `tlkit` ends with os._exit (no interpreter teardown): what it printed and wrote must all be there first.
+    src = make_flat(tmp_path / "train", {"cat": 6, "dog": 6})
+    done = subprocess.run([sys.executable, "-m", "tlkit", "split", str(src), "--val", "0.5"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and done.stdout.rstrip().endswith("┘")  # the table's last line, flushed
+    assert len((tmp_path / "split.csv").read_text().splitlines()) == 13  # a header and every photo
+    failed = subprocess.run([sys.executable, "-m", "tlkit", "check", str(tmp_path / "nowhere")], capture_output=True,
+                            text=True)
+    assert failed.returncode == 1 and "error:" in failed.stderr
+
+
 def test_split_prints_the_table_and_writes(tmp_path, capsys):
     src = make_flat(tmp_path / "train", {"cat": 6, "dog": 6})
     assert main(["split", str(src), "--val", "0.5"]) == 0

@@ -53,9 +53,9 @@ def keep_freed_memory() -> None:
 
     By default every block over 32 MB (one ResNet18 activation at batch 32 is 51 MB) is mapped on malloc
     and unmapped on free, so each batch page-faults through all its activations again: 2.7 s of system
-    time in a 12 s `tlkit precompute` of 600 photos, 1.2 s after this call (whole process 11.9 -> 11.1 s).
-    Peak memory is what it was; the process just does not give it back before it exits. Only the command
-    line calls this (a Python caller's process is its own); a no-op off glibc."""
+    time in a 12 s `tlkit precompute` of 600 photos, 1.2 s after this call (whole process 11.9 -> 11.1 s, peak
+    memory the same). Training's mix of sizes fragments the heap more: a ResNet18 epoch's peak 2.0-2.1 -> 2.3-2.5 GB.
+    Only the command line calls this (a Python caller's process is its own); a no-op off glibc."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (AttributeError, OSError):

@@ -19,7 +19,7 @@ import torch
 
 from tlkit import distributed
 from tlkit.atomic import atomic_write_text
-from tlkit.backbone import fold_batchnorm
+from tlkit.backbone import for_inference
 from tlkit.checkpoint import Checkpoint
 from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import ImageBatches
@@ -68,19 +68,14 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.de
                   precision: str = "bf16") -> Predictions:
     """Softmax probabilities of every image; with tta, averaged with the horizontally flipped view.
     precision: bf16 autocast where the device supports it, else fp32 (runtime.compute_precision).
-    batch_size None: runtime.inference_batch_size. The model runs with its BatchNorm folded (backbone.fold_batchnorm).
+    batch_size None: runtime.inference_batch_size. The model runs with its BatchNorm folded (backbone.for_inference).
 
     Under torchrun each process predicts its share of the files; every process returns all of them.
     """
     distributed.setup(device)
-    model = checkpoint.backbone.model.to(device).eval()
     nhwc = channels_last(device, precision)
-    if nhwc:
-        model.to(memory_format=torch.channels_last)
     prep = checkpoint.backbone.preprocessing
-    example = torch.randn(2, prep.in_chans, *prep.input_size, device=device,
-                          generator=torch.Generator(device).manual_seed(0))
-    model = fold_batchnorm(model, example.contiguous(memory_format=torch.channels_last) if nhwc else example)
+    model = for_inference(checkpoint.backbone.model, prep, device, nhwc)
     mine = distributed.shard(range(len(paths)))  # every file in a single process
     batches = ImageBatches([paths[index] for index in mine], prep, device=device,
                            batch_size=inference_batch_size(device, batch_size), workers=workers, gpu_decode=gpu_decode, channels_last=nhwc)

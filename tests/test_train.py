@@ -253,14 +253,14 @@ def test_runs_latest_moves_only_once_a_run_has_a_best_checkpoint(data_dir, tmp_p
 
 
 @pytest.mark.parametrize("supported", [True, False])
-def test_bf16_on_the_cpu_where_it_is_supported_with_channels_last(data_dir, monkeypatch, capsys, supported):
+def test_bf16_on_the_cpu_where_it_is_supported_channels_last_either_way(data_dir, monkeypatch, capsys, supported):
     import tlkit.runtime as runtime
 
     monkeypatch.setattr(runtime, "bf16_supported", lambda device: supported)
     trainer, backbone, _ = trainer_for(data_dir, precision="bf16", epochs=1)
     conv = next(m for m in backbone.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert trainer.use_bf16 == supported
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last) == supported
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # faster in fp32 as well
     with trainer.autocast():
         assert torch.is_autocast_enabled("cpu") == supported
     fit(trainer)

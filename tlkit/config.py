@@ -33,8 +33,8 @@ BUILT_IN_DATASETS = ("cifar10", "digits", "fashion-mnist", "mnist")  # tlkit.dat
 _KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 
 
-PRECISION_HELP = ("bf16 autocast (with channels_last) where the device supports it: CUDA, CPUs with AVX512-BF16 "
-                  "or AMX; fp32 elsewhere, or on request")
+PRECISION_HELP = ("bf16 autocast where the device supports it: CUDA, CPUs with AVX512-BF16 or AMX; fp32 elsewhere, "
+                  "or on request")
 
 
 def setting(default, help: str, choices: tuple | None = None):

@@ -29,7 +29,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from tlkit.errors import TlkitError
-from tlkit.runtime import warn
+from tlkit.runtime import channels_last as nhwc_on, warn
 from tlkit.scan import EMPTY_FILE, open_photo
 
 _JPEG_MAGIC = b"\xff\xd8"
@@ -138,7 +138,7 @@ class Normalizer:
         mean = torch.tensor(prep.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(prep.std, device=device).view(1, -1, 1, 1)
         self.scale, self.shift, self.device = 1 / (255 * std), mean / std, device
-        self.channels_last = device.type == "cuda" if channels_last is None else channels_last
+        self.channels_last = nhwc_on(device) if channels_last is None else channels_last
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         # The layout is settled on the uint8s (a quarter of the bytes; PIL's batches come channels_last
@@ -158,7 +158,7 @@ class ImageBatches:
         """workers: PIL's decoders beside the model, threads on a CPU and loader processes for a GPU (0: inline).
         `load(path) -> uint8 [C, H, W]` replaces the eval geometry (augmented views; called from several
         threads at once on a CPU); PIL path only. normalise False: the batches stay uint8 (what the decoded-image cache stores). channels_last:
-        the layout of the normalised batches (None: on CUDA)."""
+        the layout of the normalised batches (None: runtime.channels_last's)."""
         self.paths, self.prep, self.device = [Path(p) for p in paths], prep, torch.device(device)
         self.batch_size, self.workers = batch_size, workers
         self.load = load or partial(load_image, prep=prep)

@@ -167,7 +167,7 @@ def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None =
         return load_cache(cache_dir)
     info(f"features: computing ({reason}) into {relpath(cache_dir)}; {device.type}, "
          f"{precision_words(device, precision)}")
-    nhwc = channels_last(device, precision)
+    nhwc = channels_last(device)
     # Folded as predict folds (for_inference): the features differ from the unfolded trunk's by rounding only,
     # bf16's or 1e-6 in fp32, and ResNet18's bf16 trunk is 7% faster on a CPU.
     trunk = for_inference(backbone.trunk, backbone.preprocessing, device, nhwc)

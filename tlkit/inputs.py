@@ -51,7 +51,7 @@ def image_input(config: FinetuneConfig, backbone: Backbone, device: torch.device
         data = make_cached_data(split or Path(config.data), prep, cache_root=config.cache_dir, **loaders)
     else:
         data = make_data(split or Path(config.data), prep, **loaders)
-    nhwc = channels_last(device, config.precision)
+    nhwc = channels_last(device)
     backbone.model.to(device, memory_format=torch.channels_last) if nhwc else backbone.model.to(device)
     return TrainingInput(
         classes=data.classes, train_loader=data.train_loader, val_loader=data.val_loader,

@@ -73,7 +73,7 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.de
     Under torchrun each process predicts its share of the files; every process returns all of them.
     """
     distributed.setup(device)
-    nhwc = channels_last(device, precision)
+    nhwc = channels_last(device)
     prep = checkpoint.backbone.preprocessing
     model = for_inference(checkpoint.backbone.model, prep, device, nhwc)
     mine = distributed.shard(range(len(paths)))  # every file in a single process

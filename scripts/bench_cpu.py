@@ -4,6 +4,11 @@ a whole process, timed from its start to its exit (start-up included), tutorial 
 `--repeats` times; the table gives each one's median and the ratio of the medians.
 
     python scripts/bench_cpu.py [--photos ../shared/data/dogs-vs-cats-2k/train] [--count 600] [--repeats 2]
+                                [--write docs/benchmarks.md]
+
+--write puts the run's table, with the machine, the command and the date, into that file between the lines
+`<!-- bench_cpu: latest -->` and `<!-- bench_cpu: end -->` (added at the end the first time), replacing the
+previous run's; the rest of the file is kept.
 
 Weights are random (--weights none: speed does not depend on them). tlkit runs with its defaults
 (bf16 autocast and channels_last where the CPU has bf16; decode workers and threads for the cores).
@@ -27,6 +32,8 @@ SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 from _bench_common import SHARED_PHOTOS  # noqa: E402
 from bench_transfer import subset_of  # noqa: E402
+
+from tlkit.atomic import atomic_write_text  # noqa: E402
 
 TLKIT = [sys.executable, "-m", "tlkit"]
 
@@ -62,10 +69,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--backbones", nargs="+", default=["resnet18", "efficientnet_lite0"])
     parser.add_argument("--jobs", nargs="+", default=["precompute", "predict", "fine-tuning epoch"])
+    parser.add_argument("--write", type=Path, help="record the table in this Markdown file (docs/benchmarks.md)")
     args = parser.parse_args()
-    rows = [f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
+    command = " ".join(["python", "scripts/bench_cpu.py", *sys.argv[1:]])
+    rows = [f"Machine: {machine()}, {torch.get_num_threads()} threads; "
             f"bf16 on the CPU: {torch.cpu._is_avx512_bf16_supported()}; date {date.today()}; "
             f"{args.count} photos ({args.val} validation), {args.repeats} runs each, medians.", "",
+            f"Command: `{command}`", "",
             "| backbone | job | tutorial (s) | tlkit (s) | tlkit vs tutorial |", "| --- | --- | ---: | ---: | ---: |"]
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
@@ -88,6 +98,35 @@ def main() -> None:
                 rows.append(f"| {backbone} | {job} | {theirs:.1f} | {mine:.1f} | {theirs / mine:.2f}x |")
                 print(rows[-1], flush=True)
     print("\n".join(rows))
+    if args.write:
+        record(args.write, rows)
+
+
+LATEST, END = "<!-- bench_cpu: latest -->", "<!-- bench_cpu: end -->"
+
+
+def record(path: Path, rows: list[str]) -> None:
+    """Replace the block between LATEST and END in path with rows (append the block the first time)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    block = "\n".join([LATEST, "### Latest `scripts/bench_cpu.py` run", "", *rows, END])
+    if LATEST in text and END in text:
+        before, rest = text.split(LATEST, 1)
+        text = before + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_text(path, text)
+    print(f"recorded in {path}")
+
+
+def machine() -> str:
+    """The CPU's model name (platform.processor() is empty on Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

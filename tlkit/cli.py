@@ -712,7 +712,10 @@ def run() -> None:
     if "RANK" in os.environ:
         sys.exit(code)
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        try:
+            stream.flush()
+        except OSError:  # a reader that went away (`tlkit models | head -1`): nothing left to tell it
+            pass
     os._exit(code)
 
 

@@ -11,7 +11,7 @@ a whole process, timed from its start to its exit (start-up included), tutorial 
 previous run's; the rest of the file is kept.
 
 Weights are random (--weights none: speed does not depend on them). tlkit runs with its defaults
-(bf16 autocast and channels_last where the CPU has bf16; decode workers and threads for the cores).
+(bf16 autocast where the CPU has bf16, channels_last; decode threads and compute threads for the cores).
 """
 
 from __future__ import annotations

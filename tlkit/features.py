@@ -27,7 +27,7 @@ from tlkit.cache import (
 from tlkit.data import EpochRows, SplitFolders, open_split, train_load
 from tlkit.decode import ImageBatches
 from tlkit.runtime import (
-    channels_last, compute_precision, inference_batch_size, info, precision_words, progress, relpath,
+    compute_precision, inference_batch_size, info, precision_words, progress, relpath,
 )
 
 STALE_REASONS = {
@@ -94,7 +94,7 @@ def _run_trunk(trunk: torch.nn.Module, batches: ImageBatches, rows: np.ndarray, 
 
 
 def _compute_subset(backbone, trunk: torch.nn.Module, subset_dir: Path, rows: list, target: Path, *, views: int,
-                    augment: str, dtype: str, bf16: bool, nhwc: bool, device: torch.device, batch_size: int, workers: int,
+                    augment: str, dtype: str, bf16: bool, device: torch.device, batch_size: int, workers: int,
                     on_progress) -> dict[str, str]:
     """Write target (.npy, memory-mapped while filled); returns {failed file: reason}. With views, view k
     of each image is the training augmentation `augment` drawn from a seed fixed by (k, file).
@@ -113,7 +113,7 @@ def _compute_subset(backbone, trunk: torch.nn.Module, subset_dir: Path, rows: li
     failures: dict[int, str] = {}
     for view, load in enumerate(loads):
         batches = ImageBatches(paths, backbone.preprocessing, device=device, batch_size=batch_size,
-                               workers=workers, load=load, channels_last=nhwc)
+                               workers=workers, load=load)
         _run_trunk(trunk, batches, array[view] if views else array, bf16, on_progress)
         failures.update({mine[index]: why for index, why in batches.failures.items()})
     if distributed.world_size() > 1:
@@ -167,10 +167,9 @@ def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None =
         return load_cache(cache_dir)
     info(f"features: computing ({reason}) into {relpath(cache_dir)}; {device.type}, "
          f"{precision_words(device, precision)}")
-    nhwc = channels_last(device)
     # Folded as predict folds (for_inference): the features differ from the unfolded trunk's by rounding only,
-    # bf16's or 1e-6 in fp32, and ResNet18's bf16 trunk is 7% faster on a CPU.
-    trunk = for_inference(backbone.trunk, backbone.preprocessing, device, nhwc)
+    # bf16's or 1e-6 in fp32, and the trunk is faster (fold_batchnorm).
+    trunk = for_inference(backbone.trunk, backbone.preprocessing, device)
     batch_size = inference_batch_size(device, batch_size)
     rows = len(files["training"]) * max(1, views) + len(files["validation"])
     needed = rows * backbone.feature_dim * np.dtype(dtype).itemsize
@@ -183,7 +182,7 @@ def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None =
             task = bar.add_task(f"features {subset}", total=share * max(1, subset_views))
             failed = _compute_subset(
                 backbone, trunk, data_dir / subset, files[subset], staging / f"{subset}.npy", views=subset_views,
-                augment=augment, dtype=dtype, bf16=computed == "bf16", nhwc=nhwc, device=device,
+                augment=augment, dtype=dtype, bf16=computed == "bf16", device=device,
                 batch_size=batch_size, workers=workers, on_progress=lambda n, task=task: bar.advance(task, n))
             subsets[subset] = subset_entry(subset, files[subset], failed)
     summary = {"holds": f"{backbone.name} features", "input_size": list(backbone.preprocessing.input_size),

@@ -51,11 +51,10 @@ def image_input(config: FinetuneConfig, backbone: Backbone, device: torch.device
         data = make_cached_data(split or Path(config.data), prep, cache_root=config.cache_dir, **loaders)
     else:
         data = make_data(split or Path(config.data), prep, **loaders)
-    nhwc = channels_last(device)
-    backbone.model.to(device, memory_format=torch.channels_last) if nhwc else backbone.model.to(device)
+    backbone.model.to(device, memory_format=torch.channels_last if channels_last(device) else torch.contiguous_format)
     return TrainingInput(
         classes=data.classes, train_loader=data.train_loader, val_loader=data.val_loader,
-        train_sampler=data.train_sampler, normalize=Normalizer(prep, device, nhwc), module=backbone.model,
+        train_sampler=data.train_sampler, normalize=Normalizer(prep, device), module=backbone.model,
         sizes=(len(data.train_set), len(data.val_set)), test_loader=getattr(data, "test_loader", None))
 
 

@@ -24,7 +24,7 @@ from tlkit.checkpoint import Checkpoint
 from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
-from tlkit.runtime import autocast, channels_last, inference_batch_size, progress, relpath
+from tlkit.runtime import autocast, inference_batch_size, progress, relpath
 from tlkit.scan import is_hidden, is_image_name, visible_files
 
 FORMATS = PREDICT_FORMATS
@@ -73,12 +73,11 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.de
     Under torchrun each process predicts its share of the files; every process returns all of them.
     """
     distributed.setup(device)
-    nhwc = channels_last(device)
     prep = checkpoint.backbone.preprocessing
-    model = for_inference(checkpoint.backbone.model, prep, device, nhwc)
+    model = for_inference(checkpoint.backbone.model, prep, device)
     mine = distributed.shard(range(len(paths)))  # every file in a single process
     batches = ImageBatches([paths[index] for index in mine], prep, device=device,
-                           batch_size=inference_batch_size(device, batch_size), workers=workers, gpu_decode=gpu_decode, channels_last=nhwc)
+                           batch_size=inference_batch_size(device, batch_size), workers=workers, gpu_decode=gpu_decode)
     probabilities = np.full((len(mine), len(checkpoint.classes)), np.nan, dtype=np.float32)
     started = time.perf_counter()
     with progress() as bar, torch.inference_mode(), autocast(device, precision):

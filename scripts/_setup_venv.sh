@@ -3,6 +3,41 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 extras="${1:-}"
+
+# A full disk makes pip fail halfway with a long traceback: check first, and say what to do.
+require_free_gb() {  # NEEDED_GB WHAT
+    local free_gb
+    free_gb=$(df -Pk . | awk 'NR == 2 {print int($4 / 1048576)}')
+    if [ "$free_gb" -lt "$1" ]; then
+        echo "error: installing $2 needs about $1 GB free on the disk of $PWD, which has $free_gb GB." \
+            "Free some space (old virtual environments or clones, ~/.cache/pip) and run this again;" \
+            "nothing was installed." >&2
+        exit 1
+    fi
+}
+
+# pip's own output stays (it names the package that failed); a failed install stops here.
+pip_install() {
+    local log status
+    log=$(mktemp)
+    set +e
+    python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1
+    status=$?
+    set -e
+    if [ "$status" -ne 0 ] && grep -q "No space left on device" "$log"; then
+        echo "error: the disk of $PWD filled up while pip installed $*. Free some space (old" \
+            "virtual environments or clones, ~/.cache/pip) and run this again." >&2
+        rm -f "$log"
+        exit 1
+    fi
+    grep -v "^WARNING: Location" "$log" >&2 || true
+    if [ "$status" -ne 0 ]; then
+        echo "error: pip could not install $* (its message is above)." >&2
+        rm -f "$log"
+        exit 1
+    fi
+    rm -f "$log"
+}
 if [ ! -x .venv/bin/python ]; then
     echo "creating .venv" >&2
     python3 -m venv .venv
@@ -19,13 +54,14 @@ if ! python -c "import torch, torchvision" 2>/dev/null; then
             aarch64) pair="torch==2.9.1 torchvision==0.24.1" ;;
             *) pair="torch==2.14.1 torchvision==0.29.1" ;;
         esac
+        require_free_gb 7 "$pair (a CUDA build, about 5.5 GB in .venv)"
         echo "installing $pair (several minutes the first time)" >&2
         # shellcheck disable=SC2086
-        python -m pip install -q --disable-pip-version-check $pair 2>&1 | grep -v "^WARNING: Location" || true
+        pip_install $pair
     fi
 fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"
 echo "installing tlkit ($spec) into .venv" >&2
-python -m pip install -q --disable-pip-version-check -e "$spec" 2>&1 | grep -v "^WARNING: Location" || true
+pip_install -e "$spec"
 python -c "import tlkit, torch, torchvision" || { echo "tlkit did not install; see the pip output above" >&2; exit 1; }

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from tlkit.errors import TlkitError
-from tlkit.runtime import channels_last
+from tlkit.runtime import memory_format
 
 
 @dataclass(frozen=True)
@@ -151,11 +151,11 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
 
 
 def for_inference(module: nn.Module, preprocessing: Preprocessing, device: torch.device) -> nn.Module:
-    """`module` on the device in eval mode and the layout its batches come in (runtime.channels_last), with its
+    """`module` on the device in eval mode and the layout its batches come in (runtime.memory_format), with its
     BatchNorm folded (fold_batchnorm, checked on two random images of the preprocessing's shape, drawn from a
     generator of their own: the global one is the run's)."""
     module = module.to(device).eval()
-    layout = torch.channels_last if channels_last(device) else torch.contiguous_format
+    layout = memory_format(device)
     module.to(memory_format=layout)
     example = torch.randn(2, preprocessing.in_chans, *preprocessing.input_size, device=device,
                           generator=torch.Generator(device).manual_seed(0))

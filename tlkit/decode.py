@@ -29,7 +29,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from tlkit.errors import TlkitError
-from tlkit.runtime import channels_last, warn
+from tlkit.runtime import memory_format, warn
 from tlkit.scan import EMPTY_FILE, open_photo
 
 _JPEG_MAGIC = b"\xff\xd8"
@@ -131,14 +131,14 @@ def _collate(samples):
 
 
 class Normalizer:
-    """uint8 batches -> float, normalised with the backbone's mean/std, on the device; channels_last
-    where the model computes in it (runtime.channels_last)."""
+    """uint8 batches -> float, normalised with the backbone's mean/std, on the device, in the layout
+    the model computes in (runtime.memory_format)."""
 
     def __init__(self, prep, device: torch.device):
         mean = torch.tensor(prep.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(prep.std, device=device).view(1, -1, 1, 1)
         self.scale, self.shift, self.device = 1 / (255 * std), mean / std, device
-        self.layout = torch.channels_last if channels_last(device) else torch.contiguous_format
+        self.layout = memory_format(device)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         # The layout is settled on the uint8s (a quarter of the bytes; PIL's batches come channels_last
@@ -157,7 +157,7 @@ class ImageBatches:
         """workers: PIL's decoders beside the model, threads on a CPU and loader processes for a GPU (0: inline).
         `load(path) -> uint8 [C, H, W]` replaces the eval geometry (augmented views; called from several
         threads at once on a CPU); PIL path only. normalise False: the batches stay uint8 (what the
-        decoded-image cache stores); normalised, they are float in runtime.channels_last's layout."""
+        decoded-image cache stores); normalised, they are float in the layout of runtime.memory_format."""
         self.paths, self.prep, self.device = [Path(p) for p in paths], prep, torch.device(device)
         self.batch_size, self.workers = batch_size, workers
         self.load = load or partial(load_image, prep=prep)

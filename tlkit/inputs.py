@@ -21,7 +21,7 @@ from tlkit.data import SplitFolders, make_data
 from tlkit.decode import Normalizer
 from tlkit.features import FeatureLoader, FeatureSet, precompute, to_device_float
 from tlkit.imagecache import make_cached_data
-from tlkit.runtime import channels_last, default_workers
+from tlkit.runtime import default_workers, memory_format
 
 
 @dataclass
@@ -51,7 +51,7 @@ def image_input(config: FinetuneConfig, backbone: Backbone, device: torch.device
         data = make_cached_data(split or Path(config.data), prep, cache_root=config.cache_dir, **loaders)
     else:
         data = make_data(split or Path(config.data), prep, **loaders)
-    backbone.model.to(device, memory_format=torch.channels_last if channels_last(device) else torch.contiguous_format)
+    backbone.model.to(device, memory_format=memory_format(device))
     return TrainingInput(
         classes=data.classes, train_loader=data.train_loader, val_loader=data.val_loader,
         train_sampler=data.train_sampler, normalize=Normalizer(prep, device), module=backbone.model,

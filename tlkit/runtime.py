@@ -89,14 +89,16 @@ def autocast(device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def channels_last(device) -> bool:
-    """Images and convolutions in channels_last (NHWC) on CUDA and on every CPU, whatever the precision:
+def memory_format(device):
+    """The layout of images and convolutions: channels_last (NHWC) on CUDA and on every CPU, whatever the precision:
     oneDNN's convolution kernels are at least as fast on it and mostly faster. Measured on a CPU limited to
     AVX2 (a laptop's: ONEDNN_MAX_CPU_ISA=AVX2), fp32, against NCHW: ResNet18's trunk 34 -> 46 images/s,
     EfficientNet-Lite0's 33 -> 50 / 54, AlexNet 113 / 122 -> 149 / 147, VGG16 4.9 -> 6.0; training steps
     ResNet18 13.0 / 13.9 -> 14.3 / 15.1, EfficientNet-Lite0 10.0 / 8.5 -> 15.6 / 15.3, LeNet 14.6k -> 19.0k,
     the MNIST net 4.4k / 4.0k -> 5.8k / 6.1k; a ViT the same. With bf16 it is 2.5x ResNet18's fp32 NCHW trunk."""
-    return device.type in ("cpu", "cuda")
+    import torch
+
+    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
 
 
 CPU_INFERENCE_BATCH, GPU_INFERENCE_BATCH = 32, 256

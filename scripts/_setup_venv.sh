@@ -5,38 +5,34 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 extras="${1:-}"
 
 # A full disk makes pip fail halfway with a long traceback: check first, and say what to do.
+FREE_SPACE="Free some space (old virtual environments or clones, ~/.cache/pip) and run this again"
 require_free_gb() {  # NEEDED_GB WHAT
     local free_gb
     free_gb=$(df -Pk . | awk 'NR == 2 {print int($4 / 1048576)}')
     if [ "$free_gb" -lt "$1" ]; then
         echo "error: installing $2 needs about $1 GB free on the disk of $PWD, which has $free_gb GB." \
-            "Free some space (old virtual environments or clones, ~/.cache/pip) and run this again;" \
-            "nothing was installed." >&2
+            "$FREE_SPACE; nothing was installed." >&2
         exit 1
     fi
 }
 
-# pip's own output stays (it names the package that failed); a failed install stops here.
+# pip's own output stays (it names the package that failed), but for a full disk's traceback; a failed
+# install stops here.
 pip_install() {
-    local log status
+    local log status=0 why
     log=$(mktemp)
-    set +e
-    python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1
-    status=$?
-    set -e
+    python -m pip install -q --disable-pip-version-check "$@" >"$log" 2>&1 || status=$?
     if [ "$status" -ne 0 ] && grep -q "No space left on device" "$log"; then
-        echo "error: the disk of $PWD filled up while pip installed $*. Free some space (old" \
-            "virtual environments or clones, ~/.cache/pip) and run this again." >&2
-        rm -f "$log"
-        exit 1
-    fi
-    grep -v "^WARNING: Location" "$log" >&2 || true
-    if [ "$status" -ne 0 ]; then
-        echo "error: pip could not install $* (its message is above)." >&2
-        rm -f "$log"
-        exit 1
+        why="the disk of $PWD filled up while pip installed $*. $FREE_SPACE."
+    else
+        grep -v "^WARNING: Location" "$log" >&2 || true
+        why="pip could not install $* (its message is above)."
     fi
     rm -f "$log"
+    if [ "$status" -ne 0 ]; then
+        echo "error: $why" >&2
+        exit 1
+    fi
 }
 if [ ! -x .venv/bin/python ]; then
     echo "creating .venv" >&2

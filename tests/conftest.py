@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 
@@ -19,6 +20,39 @@ def shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (real data lives in ../shared/data beside the repo)")
     return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """TLKIT_NO_SKIPS=1 turns a skip into a failure: a check run to prove something (scripts/gpu_checks.sh
+    on the device machine, and its rehearsal on the CPU) must not pass by skipping."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("TLKIT_NO_SKIPS") == "1" and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped, which TLKIT_NO_SKIPS=1 forbids: {report.longrepr}"
+
+
+def device_under_test() -> str:
+    """The device of the tests marked gpu: TLKIT_TEST_DEVICE (cpu rehearses them with torchvision's CPU
+    decoder, as `gpu_checks.sh all --device cpu` does), else cuda, skipped where there is none."""
+    import torch
+
+    device = os.environ.get("TLKIT_TEST_DEVICE", "cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA (TLKIT_TEST_DEVICE=cpu rehearses it on the CPU)")
+    return device
+
+
+def real_photos() -> Path:
+    """A flat folder of Kaggle photos: TLKIT_TEST_PHOTOS (the device machine has no ../shared; gpu_checks.sh
+    carries its photos in .device-data), else ../shared's."""
+    folder = os.environ.get("TLKIT_TEST_PHOTOS")
+    if folder:
+        if not any(Path(folder).glob("*.jpg")):
+            pytest.fail(f"TLKIT_TEST_PHOTOS={folder} holds no .jpg photo")
+        return Path(folder)
+    return shared_data("dogs-vs-cats-2k") / "train"
 
 
 def shared_photos(folder: Path, per_class: int) -> Path:

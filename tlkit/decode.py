@@ -5,8 +5,17 @@ a backbone's eval preprocessing (resize as its crop_mode says, centre crop). On 
 decoded by nvjpeg in batches and resized there; other formats, and everything on a CPU, go
 through PIL (in threads beside the model on a CPU, in loader processes for a GPU), large JPEGs
 decoded at reduced size (PIL draft). A file that fails to decode is recorded in `failures` and
-left out; it never stops the run. Files that nvjpeg
-refuses are said once and go to PIL; a decoder that refuses everything stops with a message.
+left out; it never stops the run.
+
+The batched decoder is trusted only as far as it is checked:
+- JPEGs it would get wrong never reach it: an EXIF orientation other than 1 (torchvision applies it
+  on the CPU only) and CMYK/YCCK files go to PIL, as do the files it refuses (said once); a decoder
+  that refuses file after file on its own, having decoded none, stops with a message;
+- the first files it decodes in a run are decoded by PIL too, at full size, and compared: above
+  GUARD_LEVELS, batched decoding is switched off for the run, with one line saying so;
+- on CUDA it decodes in a thread on a stream of its own, synchronised before each decode (nvjpeg
+  writes its outputs from a stream that waits for nothing queued: pytorch/vision#9606), and each
+  batch is handed over with an event the consumer waits for and `record_stream`.
 """
 
 from __future__ import annotations
@@ -30,11 +39,13 @@ from torchvision.transforms.v2 import functional as F
 
 from tlkit.errors import TlkitError
 from tlkit.runtime import memory_format, warn
-from tlkit.scan import EMPTY_FILE, open_photo
+from tlkit.scan import EMPTY_FILE, EXIF_ORIENTATION, open_photo
 
 _JPEG_MAGIC = b"\xff\xd8"
 MAX_DECODE_PIXELS = 400_000_000 // 3  # decoded bytes of one batched decode call: about 400 MB of RGB
-DECODER_DEAD_AFTER = 8  # refusals with not one file decoded: the decoder itself does not work here
+DECODER_DEAD_AFTER = 8  # single files refused with not one file decoded: the decoder itself does not work here
+GUARD_FILES = 4  # files of the first batched decode that PIL decodes too
+GUARD_LEVELS = 6.0  # their largest mean difference (of 255) before batched decoding is switched off
 
 
 @dataclass
@@ -97,9 +108,10 @@ def draft_side(prep) -> int:
     return max(resize) if isinstance(resize, tuple) else resize
 
 
-def load_image(path: Path, prep) -> torch.Tensor:
-    """One file -> uint8 [C, H, W] in the model's geometry and channel count, via PIL."""
-    image = open_photo(path, "RGB" if prep.in_chans == 3 else "L", draft_side=draft_side(prep))
+def load_image(path: Path, prep, full_size: bool = False) -> torch.Tensor:
+    """One file -> uint8 [C, H, W] in the model's geometry and channel count, via PIL. full_size: no
+    reduced-size JPEG decode (the geometry of the batched decoder, which decodes every pixel)."""
+    image = open_photo(path, "RGB" if prep.in_chans == 3 else "L", draft_side=None if full_size else draft_side(prep))
     return F.pil_to_tensor(_resize_crop(image, prep))
 
 
@@ -141,12 +153,13 @@ class Normalizer:
         self.layout = memory_format(device)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        # The layout is settled on the uint8s (a quarter of the bytes; PIL's batches come channels_last
-        # already), the float is one fresh copy and the rest happens in place: half the time of float,
-        # multiply, subtract, then re-layout (28 vs 56 ms for 64 images at 224 px on a CPU core).
-        images = images.contiguous(memory_format=self.layout)
-        floats = images.to(self.device, dtype=torch.float32, non_blocking=True, copy=True)
-        return floats.mul_(self.scale).sub_(self.shift)
+        # The uint8s cross to the device as they are (a quarter of the bytes, straight from pinned memory):
+        # a dtype or layout change folded into that copy would be made on the CPU first, into unpinned memory.
+        # The layout is then settled on the uint8s (PIL's batches come channels_last already), the float is
+        # one fresh copy and the rest happens in place: half the time of float, multiply, subtract, then
+        # re-layout (28 vs 56 ms for 64 images at 224 px on a CPU core).
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
+        return images.to(torch.float32, copy=True).mul_(self.scale).sub_(self.shift)
 
 
 class ImageBatches:
@@ -163,7 +176,10 @@ class ImageBatches:
         self.load = load or partial(load_image, prep=prep)
         self.gpu_decode = (self.device.type == "cuda" if gpu_decode is None else gpu_decode) and load is None
         self.failures: dict[int, str] = {}
-        self.decoded_by_batch, self.refusals = 0, 0  # files the batched decoder took; lists it refused
+        self.decoded_by_batch, self.refusals = 0, 0  # files the batched decoder took; single files it refused
+        self.guard_levels: float | None = None  # the first batched decode's largest mean difference to PIL
+        self._said_refusal = False
+        self._streams = stream_order(self.device) if self.gpu_decode else None
         self._normalise = (Normalizer(prep, self.device) if normalise
                            else (lambda images: images.to(self.device)))
 
@@ -198,13 +214,20 @@ class ImageBatches:
     def _tensor_batches(self) -> Iterator[Batch]:
         """Read bytes in threads two chunks ahead; decode JPEG batches with torchvision.io in a thread of
         their own one batch ahead, so that decoding and resizing chunk i+1 overlap the model on chunk i."""
-        yield from _ahead(self._decoded_batches(), depth=1)
+        def decoded() -> Iterator[tuple[Batch, object]]:
+            self._streams.enter_decode_thread()
+            for batch in self._decoded_batches():
+                yield batch, self._streams.batch_done()
+
+        for batch, done in _ahead(decoded(), depth=1):
+            self._streams.receive(batch.images, done)
+            yield batch
 
     def _decoded_batches(self) -> Iterator[Batch]:
         chunks = [list(range(i, min(i + self.batch_size, len(self.paths))))
                   for i in range(0, len(self.paths), self.batch_size)]
         read_chunk = lambda chunk: [(i, _read(self.paths[i])) for i in chunk]  # noqa: E731
-        for_pil: list[int] = []  # other formats, and files the batched decoder refused: one PIL pass at the end
+        for_pil: list[int] = []  # other files, and those the batched decoder refused: one PIL pass at the end
         with ThreadPoolExecutor(max(2, self.workers)) as pool:
             # Two chunks in flight: the next is read while this one decodes; memory stays bounded.
             ahead = [pool.submit(read_chunk, chunk) for chunk in chunks[:2]]
@@ -218,50 +241,118 @@ class ImageBatches:
 
     def _decode_chunk(self, chunk_bytes: list[tuple[int, bytes | str]], for_pil: list[int]) -> Iterator[Batch]:
         self.failures.update({i: data for i, data in chunk_bytes if isinstance(data, str)})
-        jpegs = [(i, data) for i, data in chunk_bytes if isinstance(data, bytes) and data[:2] == _JPEG_MAGIC]
-        for_pil += [i for i, data in chunk_bytes if isinstance(data, bytes) and data[:2] != _JPEG_MAGIC]
-        for group in _pixel_groups(jpegs, MAX_DECODE_PIXELS):
+        readable = [(i, data, batchable_pixels(data)) for i, data in chunk_bytes if isinstance(data, bytes)]
+        for_pil += [i for i, _, pixels in readable if not pixels]
+        for group in _pixel_groups([item for item in readable if item[2]], MAX_DECODE_PIXELS):
+            if not self.gpu_decode:  # the guard switched the batched decoder off
+                for_pil += [i for i, _ in group]
+                continue
             for decoded_group, images in self._decode_or_halve(group, for_pil):
                 yield Batch(self._normalise(images), [i for i, _ in decoded_group])
 
     def _decode_or_halve(self, jpegs: list[tuple[int, bytes]], for_pil: list[int]):
         """(files, images) for what the batched decoder takes. torchvision raises one error for the whole
-        list (a damaged or CMYK file, or the decoder out of memory), so a refused list is split in halves
-        until the files it refuses stand alone; those go to PIL."""
+        list (a damaged file, or the decoder out of memory), so a refused list is split in halves until
+        the files it refuses stand alone; those go to PIL."""
         try:
             images = self._decode_jpegs(jpegs)
         except RuntimeError as error:
-            self._refused(error, len(jpegs))
+            self._refused(error, jpegs)
             if len(jpegs) == 1:
                 for_pil.append(jpegs[0][0])
                 return []
             middle = len(jpegs) // 2
             return self._decode_or_halve(jpegs[:middle], for_pil) + self._decode_or_halve(jpegs[middle:], for_pil)
+        if self.guard_levels is None and not self._guard(jpegs, images):
+            for_pil += [i for i, _ in jpegs]
+            return []
         self.decoded_by_batch += len(jpegs)
         return [(jpegs, images)]
 
-    def _refused(self, error: RuntimeError, count: int) -> None:
-        """Say once that the batched decoder refused files; stop when it has never decoded any."""
+    def _refused(self, error: RuntimeError, jpegs: list[tuple[int, bytes]]) -> None:
+        """Say once that the batched decoder refused files; stop when it refused file after file alone
+        and never decoded one (a list it refuses may hold just one bad file: that says nothing)."""
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if not self.refusals:
-            warn(f"the batched JPEG decoder ({self.device.type}) refused {count} file(s): {reason}. Those batches are "
-                 "retried in halves, and the files it refuses are decoded by PIL (slower, same pixels).")
-        self.refusals += 1
+        if not self._said_refusal:
+            warn(f"the batched JPEG decoder ({self.device.type}) refused {len(jpegs)} file(s): {reason}. Those "
+                 "batches are retried in halves, and the files it refuses are decoded by PIL (slower, same pixels).")
+            self._said_refusal = True
+        self.refusals += len(jpegs) == 1
         if self.decoded_by_batch == 0 and self.refusals >= DECODER_DEAD_AFTER:
             raise TlkitError(f"the batched JPEG decoder on {self.device} has refused every file it was given "
-                             f"({self.refusals} tries; torchvision says: {reason}). Run on the CPU (--device cpu), "
-                             "or check the CUDA and torchvision installation (nvjpeg).")
+                             f"({self.refusals} files, each on its own; torchvision says: {reason}). Run on the CPU "
+                             "(--device cpu), or check the CUDA and torchvision installation (nvjpeg).")
+
+    def _guard(self, jpegs: list[tuple[int, bytes]], images: torch.Tensor) -> bool:
+        """Whether the first files the batched decoder gave agree with PIL's full-size decode of them; when
+        they do not, it is switched off for the run, said once. (Corruption, a wrong colour conversion or
+        a turned photo is tens of levels; two decoders and two resize kernels differ by one or two.)"""
+        expected = torch.stack([load_image(self.paths[i], self.prep, full_size=True) for i, _ in jpegs[:GUARD_FILES]])
+        got = images[:len(expected)].cpu()
+        self.guard_levels = (got.float() - expected.float()).abs().mean(dim=(1, 2, 3)).max().item()
+        if self.guard_levels <= GUARD_LEVELS:
+            return True
+        self.gpu_decode = False
+        warn(f"the batched JPEG decoder ({self.device.type}) gave pixels unlike PIL's for the same files (a mean "
+             f"difference of {self.guard_levels:.1f} levels of 255, over {GUARD_LEVELS:g}): every photo of this run "
+             "is decoded by PIL instead (slower, right). Check the CUDA and torchvision installation (nvjpeg).")
+        return False
 
     def _decode_jpegs(self, jpegs: list[tuple[int, bytes]]) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         mode = ImageReadMode.RGB if self.prep.in_chans == 3 else ImageReadMode.GRAY
         data = [torch.frombuffer(bytearray(raw), dtype=torch.uint8) for _, raw in jpegs]
+        self._streams.before_batched_decode()
         with warnings.catch_warnings():
             # torchvision 0.29 marks its image I/O as moving to TorchCodec; it still works.
             warnings.simplefilter("ignore", DeprecationWarning)
-            images = decode_jpeg(data, mode=mode, device=self.device, apply_exif_orientation=True)
+            images = decode_jpeg(data, mode=mode, device=self.device)
         return torch.stack([_resize_crop(image, self.prep) for image in images])
+
+
+def stream_order(device: torch.device):
+    """How the decode thread's CUDA work is ordered against the consumer's: _CudaStreams on CUDA; nothing
+    to order elsewhere."""
+    return _CudaStreams(device) if device.type == "cuda" else _NoStreams()
+
+
+class _NoStreams:
+    def enter_decode_thread(self) -> None: ...
+    def before_batched_decode(self) -> None: ...
+    def batch_done(self) -> None: ...
+    def receive(self, images: torch.Tensor, done) -> None: ...
+
+
+class _CudaStreams:
+    """The decode thread works on a stream of its own; the consumer (the model) on its current stream.
+
+    Memory the caching allocator gives nvjpeg must be idle: torchvision allocates the outputs on the current
+    stream and decodes on a pool stream that waits for nothing, so a block freed on the decode stream while
+    its kernels (the previous batch's resize) are still queued could be written under them. The decode stream
+    is therefore synchronised before each batched decode (torchcodec's fix, meta-pytorch/torchcodec#1634).
+    A finished batch carries an event; the consumer's stream waits for it, and `record_stream` keeps the
+    allocator from handing the batch's memory back to the decode stream while the consumer still reads it."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+
+    def enter_decode_thread(self) -> None:
+        torch.cuda.set_stream(self.stream)  # current for this thread only; the thread ends with the run
+
+    def before_batched_decode(self) -> None:
+        self.stream.synchronize()
+
+    def batch_done(self) -> torch.cuda.Event:
+        done = torch.cuda.Event()
+        done.record(self.stream)
+        return done
+
+    def receive(self, images: torch.Tensor, done: torch.cuda.Event) -> None:
+        consumer = torch.cuda.current_stream(self.device)
+        consumer.wait_event(done)
+        images.record_stream(consumer)
 
 
 def _in_threads(dataset: _PilDataset, workers: int, ahead: int) -> Iterator:
@@ -323,26 +414,34 @@ def _ahead(items: Iterator, depth: int) -> Iterator:
         thread.join()
 
 
-def _jpeg_pixels(data: bytes) -> int:
-    """Width x height from the JPEG's header (PIL reads the header only); 0 when it cannot tell."""
+def batchable_pixels(data: bytes) -> int:
+    """Pixels of a JPEG the batched decoder may be given, from its header (PIL reads the header only);
+    0 for any other file: not a JPEG, a header PIL cannot read (PIL then says why), an EXIF orientation
+    other than 1 (torchvision applies it on the CPU only: nvjpeg's photo would come out turned) or
+    CMYK/YCCK (which nvjpeg may decode to wrong colours instead of refusing)."""
+    if data[:2] != _JPEG_MAGIC:
+        return 0
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+                return 0
+            if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+                return 0
             return image.width * image.height
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return 0
 
 
-def _pixel_groups(jpegs: list[tuple[int, bytes]], max_pixels: int) -> list[list[tuple[int, bytes]]]:
-    """Consecutive groups of at most max_pixels decoded pixels each (a file larger than that alone):
-    256 twelve-megapixel photos would otherwise need about 9 GB at once."""
-    groups, current, pixels = [], [], 0
-    for item in jpegs:
-        size = _jpeg_pixels(item[1])
-        if current and pixels + size > max_pixels:
+def _pixel_groups(jpegs: list[tuple[int, bytes, int]], max_pixels: int) -> list[list[tuple[int, bytes]]]:
+    """(index, data, pixels) -> consecutive groups of (index, data) of at most max_pixels decoded pixels
+    each (a file larger than that alone): 256 twelve-megapixel photos would otherwise need about 9 GB at once."""
+    groups, current, total = [], [], 0
+    for index, data, pixels in jpegs:
+        if current and total + pixels > max_pixels:
             groups.append(current)
-            current, pixels = [], 0
-        current.append(item)
-        pixels += size
+            current, total = [], 0
+        current.append((index, data))
+        total += pixels
     return groups + ([current] if current else [])
 
 

@@ -11,7 +11,7 @@ can put on the device with no model: --feed-only measures only those):
 The shared 2,002 photos are hard-linked --copies times into a class-foldered set (~20,000 at 10).
 On a machine without CUDA it runs at a tiny scale (64 px, a few batches) as a smoke test.
 
-    python scripts/bench_finetune.py                      # CUDA: 224 px, 10 copies, 2 epochs
+    python scripts/bench_finetune.py                      # CUDA: 224 px, 10 copies, 2 epochs (the 2nd is reported)
     python scripts/bench_finetune.py --copies 1 --max-batches 5   # CPU smoke run
     python scripts/bench_finetune.py --copies 1 --img-size 224 --max-batches 1000 --feed-only   # CPU loaders
 """
@@ -35,8 +35,9 @@ sys.path.insert(0, str(ROOT))
 PHOTOS = ROOT.parent / "shared" / "data" / "dogs-vs-cats-2k" / "train"
 
 
-def replicate(photos: Path, out: Path, copies: int, val_per_class: int = 100) -> Path:
-    """out/training/<class>/<copy>_<name> for every photo and copy; a small fixed validation set."""
+def replicate(photos: Path, out: Path, copies: int, val_per_class: int) -> Path:
+    """out/training/<class>/<copy>_<name> for every photo and copy; a small fixed validation set (numbers
+    under val_per_class)."""
     for path in sorted(photos.glob("*.jpg")):
         label, number = path.name.split(".")[:2]
         subset = "validation" if int(number) < val_per_class else "training"
@@ -51,7 +52,8 @@ def replicate(photos: Path, out: Path, copies: int, val_per_class: int = 100) ->
 
 
 def _timed_epochs(run_epoch, epochs: int) -> list[float]:
-    """images/s of each epoch, synchronising CUDA so the clock sees the work."""
+    """images/s of each epoch, synchronising CUDA so the clock sees the work. The first epoch holds cuDNN's
+    autotuning and the loaders' start: the last is the steady state."""
     rates = []
     for _ in range(epochs):
         started = time.perf_counter()
@@ -113,7 +115,7 @@ def tutorial_loop(data: Path, img_size: int, device: torch.device, epochs: int, 
     return _timed_epochs(run_epoch, epochs)
 
 
-def tlkit_loop(data: Path, img_size: int, epochs: int, batch_size: int, workers: int | None,
+def tlkit_loop(data: Path, device: torch.device, img_size: int, epochs: int, batch_size: int, workers: int | None,
                max_batches: int | None, cache_images: bool = False) -> dict:
     """images/s of each epoch (`epochs` 0: none), of the loader alone, and the seconds spent building
     the decoded-image cache (0 without it)."""
@@ -122,7 +124,8 @@ def tlkit_loop(data: Path, img_size: int, epochs: int, batch_size: int, workers:
     from tlkit.finetuning import build_trainer
     from tlkit.train import train_one_epoch
 
-    config = make_config({"data": str(data), "backbone": "resnet18", "weights": "none", "img_size": img_size,
+    config = make_config({"data": str(data), "device": device.type, "backbone": "resnet18", "weights": "none",
+                          "img_size": img_size,
                           "batch_size": batch_size, "workers": workers, "epochs": max(1, epochs), "scheduler": "none",
                           "optimizer": "sgd", "lr": 0.001, "cache_images": cache_images,
                           "cache_dir": str(data / "cache")})
@@ -174,40 +177,44 @@ def model_only(img_size: int, device: torch.device, batch_size: int, steps: int)
 
 
 def main() -> None:
-    cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, default=PHOTOS)
-    parser.add_argument("--copies", type=int, default=10 if cuda else 1)
-    parser.add_argument("--img-size", type=int, default=224 if cuda else 64)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64 if cuda else 32)
+    parser.add_argument("--device", default="auto", help="auto (cuda where there is one), cpu or cuda")
+    parser.add_argument("--copies", type=int, help="training copies of each photo (default: 10 on CUDA, 1 on a CPU)")
+    parser.add_argument("--val-per-class", type=int, default=100, help="photos numbered below it validate (default: 100)")
+    parser.add_argument("--img-size", type=int, help="default: 224 on CUDA, 64 on a CPU")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of each loop; the last is reported (default: 2)")
+    parser.add_argument("--batch-size", type=int, help="default: 64 on CUDA, 32 on a CPU")
     parser.add_argument("--workers", type=int, default=None, help="tlkit's loader workers (default: cores - 1)")
-    parser.add_argument("--max-batches", type=int, default=None if cuda else 5)
+    parser.add_argument("--max-batches", type=int, help="batches per epoch (default: all on CUDA, 5 on a CPU)")
     parser.add_argument("--feed-only", action="store_true",
                         help="the loaders alone (images/s each can put on the device), no training")
     args = parser.parse_args()
     if not args.photos.is_dir():
         sys.exit(f"{args.photos} is absent; pass --photos DIR (the flat cat.N.jpg / dog.N.jpg folder)")
+    from tlkit.runtime import select_device
+
+    device = select_device(args.device)
+    cuda = device.type == "cuda"
+    copies = args.copies or (10 if cuda else 1)
+    img_size, batch_size = args.img_size or (224 if cuda else 64), args.batch_size or (64 if cuda else 32)
+    max_batches = args.max_batches if args.max_batches is not None else (None if cuda else 5)
     torch.backends.cudnn.benchmark = True
-    device = torch.device("cuda" if cuda else "cpu")
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
-        data = replicate(args.photos, Path(tmp), args.copies)
+        data = replicate(args.photos, Path(tmp), copies, args.val_per_class)
         count = sum(1 for _ in (data / "training").rglob("*.jpg"))
         results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "training_images": count,
-                   "img_size": args.img_size, "batch_size": args.batch_size}
+                   "img_size": img_size, "batch_size": batch_size}
         epochs = 0 if args.feed_only else args.epochs
         normalise = lambda images: images.to(device, non_blocking=True)  # noqa: E731 (the tutorial normalised in workers)
-        results["tutorial_feed_images_per_s"] = feed_rate(tutorial_loader(data, args.img_size), normalise,
-                                                          args.max_batches)
-        loop = (data, args.img_size, epochs, args.batch_size, args.workers, args.max_batches)
+        results["tutorial_feed_images_per_s"] = feed_rate(tutorial_loader(data, img_size), normalise, max_batches)
+        loop = (data, device, img_size, epochs, batch_size, args.workers, max_batches)
         for name, cached in (("tlkit", False), ("tlkit_cached", True)):
             for key, value in tlkit_loop(*loop, cache_images=cached).items():
                 results[f"{name}_{key}"] = value
         if not args.feed_only:
-            results["tutorial_images_per_s"] = tutorial_loop(data, args.img_size, device, args.epochs,
-                                                             args.max_batches)
-            results["model_only_images_per_s"] = model_only(args.img_size, device, args.batch_size,
-                                                            steps=20 if cuda else 3)
+            results["tutorial_images_per_s"] = tutorial_loop(data, img_size, device, args.epochs, max_batches)
+            results["model_only_images_per_s"] = model_only(img_size, device, batch_size, steps=20 if cuda else 3)
     for name in ("tlkit", "tlkit_cached"):
         results[f"{name}_feed_vs_tutorial_feed"] = round(
             results[f"{name}_feed_images_per_s"] / results["tutorial_feed_images_per_s"], 2)
@@ -216,6 +223,12 @@ def main() -> None:
             results[f"{name}_speedup_vs_tutorial"] = round(ours / results["tutorial_images_per_s"][-1], 2)
             results[f"{name}_fraction_of_model_only"] = round(ours / results["model_only_images_per_s"], 3)
     print(json.dumps(results, indent=2))
+    if not args.feed_only:
+        print(f"figure: finetune resnet18 {img_size} px, {count} images, epoch {args.epochs}: tlkit "
+              f"{results['tlkit_images_per_s'][-1]:,.0f} images/s ({results['tlkit_speedup_vs_tutorial']}x the tutorial's "
+              f"{results['tutorial_images_per_s'][-1]:,.0f}), --cache-images {results['tlkit_cached_images_per_s'][-1]:,.0f} "
+              f"({results['tlkit_cached_speedup_vs_tutorial']}x; cache built in {results['tlkit_cached_build_seconds']} s), "
+              f"model alone {results['model_only_images_per_s']:,.0f}")
 
 
 if __name__ == "__main__":

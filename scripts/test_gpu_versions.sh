@@ -15,9 +15,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "creating $VENV with $TORCH_PAIR (a few minutes the first time)" >&2
     python3 -m venv "$VENV"
     # shellcheck disable=SC2086
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check $TORCH_PAIR
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check $TORCH_PAIR 2>&1 | { grep -v "^WARNING: Location" || true; }
 fi
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 "$VENV/bin/python" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 # The pair must still be the one asked for: installing tlkit may not have moved it.
 "$VENV/bin/python" - "$TORCH_PAIR" <<'EOF'

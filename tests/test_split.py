@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,9 @@ import pytest
 from tlkit import split as split_module
 from tlkit.errors import TlkitError
 from tlkit.scan import scan_dataset
-from tlkit.split import execute_split, parse_val, plan_split
+from tlkit.split import JOURNAL, execute_split, parse_val, plan_split
 
-from conftest import make_flat, make_foldered, shared_data
+from conftest import make_checkpoint, make_flat, make_foldered, shared_data
 
 
 def _split(src: Path, val, out: Path, mode="link", seed=0, force=False):
@@ -95,8 +96,11 @@ def test_existing_output_is_refused_unless_forced(tmp_path):
     with pytest.raises(TlkitError, match="already exists.*--force"):
         _split(src, 2, tmp_path, seed=1)
     assert marker.exists()
+    with pytest.raises(TlkitError, match="would delete 1 photo.*only copy.*Nothing was changed"):
+        _split(src, 2, tmp_path, seed=1, force=True)  # the user's own file in the old split is not tlkit's to drop
+    assert marker.read_text() == "user data"
+    marker.unlink()
     _split(src, 2, tmp_path, seed=1, force=True)
-    assert not marker.exists()
     assert len(_files(tmp_path / "training")) == 6
 
 
@@ -259,3 +263,114 @@ def test_a_copy_split_on_a_full_disk_removes_its_partial_copy(tmp_path, monkeypa
     assert main(["split", str(src), "--val", "4", "--mode", "copy", "--out", str(tmp_path / "data")]) == 1
     assert "filled up" in capsys.readouterr().err
     assert not list((tmp_path / "data").iterdir())  # no staging, no half split
+
+
+# ---------------------------------------------------------------- deleting only what a split made
+
+
+@pytest.mark.parametrize("journal", [
+    '{"staging": "VICTIM", "old": "VICTIM_old"}',  # absolute paths outside the dataset
+    '{"staging": "../victim", "old": "../victim_old", "token": "0"}',
+    '{"staging": ".tlkit-split-1", "old": ".tlkit-split-old-1", "token": "0"}',  # right names, planted folders
+    "",  # empty
+    "[1, 2]",
+])
+def test_a_planted_or_damaged_journal_deletes_nothing(tmp_path, capsys, journal):
+    from tlkit.cli import main
+
+    victim = tmp_path / "victim"
+    (victim / "keep").mkdir(parents=True)
+    (victim / "keep" / "thesis.txt").write_text("years of work")
+    src = make_flat(tmp_path / "train", {"cat": 4, "dog": 4})
+    out = tmp_path / "data"
+    _split(src, 2, out)
+    (out / ".tlkit-split-1").mkdir()  # a folder of the right name, without a split's marker
+    (out / ".tlkit-split-1" / "training").mkdir()
+    (out / JOURNAL).write_text(journal.replace("VICTIM", str(victim)))
+    runs = tmp_path / "runs"
+    make_checkpoint(runs / "model")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    for command in (["check", str(out)], ["split", str(src), "--val", "2", "--out", str(out), "--force"],
+                    ["evaluate", str(out / "validation"), "--runs-dir", str(runs)],
+                    ["predict", str(out / "validation" / "cat"), "--runs-dir", str(runs)],
+                    ["finetune", "--data", str(out), "--backbone", "simple-cnn", "--runs-dir", str(runs)]):
+        assert main(command) == 1
+        err = capsys.readouterr().err
+        assert "not a split journal tlkit can trust" in err and "nothing was moved or deleted" in err
+        assert "Traceback" not in err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    assert (victim / "keep" / "thesis.txt").read_text() == "years of work"
+
+
+def test_a_folder_named_like_a_splits_work_folder_is_not_swept_away(tmp_path):
+    src = make_flat(tmp_path / "train", {"cat": 4, "dog": 4})
+    _split(src, 2, tmp_path / "data")
+    mine = tmp_path / "data" / ".tlkit-split-99"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    _split(src, 2, tmp_path / "data", seed=1, force=True)
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_force_replaces_only_a_split_that_tlkit_wrote(tmp_path, capsys):
+    from tlkit.cli import main
+
+    src = make_flat(tmp_path / "train", {"cat": 4, "dog": 4})
+    out = tmp_path / "data"
+    (out / "training").mkdir(parents=True)
+    (out / "training" / "holiday.jpg").write_bytes(b"a photo")  # the user's own folder, no split.csv beside it
+    assert main(["split", str(src), "--val", "2", "--out", str(out), "--force"]) == 1
+    assert "no tlkit split wrote" in capsys.readouterr().err
+    assert (out / "training" / "holiday.jpg").read_bytes() == b"a photo"
+
+
+def test_a_resplit_after_a_move_split_keeps_the_only_copies(tmp_path, capsys):
+    """After --mode move the photos live only in training/ and validation/: a re-split of the source (with
+    new photos added) must not delete them with the old split."""
+    from tlkit.cli import main
+
+    src = make_flat(tmp_path / "train", {"cat": 15, "dog": 15})
+    out = tmp_path / "data"
+    assert main(["split", str(src), "--val", "6", "--out", str(out), "--mode", "move"]) == 0
+    moved = sorted(p.read_bytes() for p in out.rglob("*.jpg"))
+    assert len(moved) == 30 and not list(src.iterdir())
+    make_flat(tmp_path / "more", {"cat": 3, "dog": 3})
+    for photo in (tmp_path / "more").iterdir():
+        photo.rename(src / f"new-{photo.name}")
+    assert main(["split", str(src), "--val", "2", "--out", str(out), "--force"]) == 1
+    err = capsys.readouterr().err
+    assert "would delete 30 photo(s) whose only copy is there" in err and "Nothing was changed" in err
+    assert sorted(p.read_bytes() for p in out.rglob("*.jpg")) == moved
+
+
+def test_a_resplit_of_a_copy_split_replaces_it(tmp_path):
+    src = make_flat(tmp_path / "train", {"cat": 6, "dog": 6})
+    _split(src, 4, tmp_path / "data", mode="copy")
+    _split(src, 4, tmp_path / "data", mode="copy", seed=1, force=True)  # every old copy has its source
+    assert len(_files(tmp_path / "data" / "training")) == 8
+
+
+def test_a_kill_while_deleting_the_old_split_is_finished_by_the_next_reader(tmp_path, monkeypatch):
+    """Killed halfway through deleting the old outputs (a full copy of the old split): the journal is still
+    there, so the next reader, evaluate of DATA/validation here, finishes the swap; nothing is left over."""
+    from tlkit.evaluate import labelled_images
+
+    src = make_flat(tmp_path / "train", {"cat": 10, "dog": 10})
+    out = tmp_path / "data"
+    _split(src, 6, out)
+    real_remove = split_module._remove_work_folder
+
+    def killed_halfway(path):
+        if path.name.startswith(".tlkit-split-old-"):
+            shutil.rmtree(next(p for p in path.iterdir() if p.is_dir()))  # some of it is gone, then the kill
+            raise KeyboardInterrupt
+        real_remove(path)
+
+    monkeypatch.setattr(split_module, "_remove_work_folder", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        _split(src, 6, out, seed=1, force=True)
+    monkeypatch.setattr(split_module, "_remove_work_folder", real_remove)
+    assert (out / JOURNAL).exists()
+    paths, _ = labelled_images(out / "validation", ["cat", "dog"])
+    assert len(paths) == 6
+    assert sorted(p.name for p in out.iterdir()) == ["split.csv", "training", "validation"]

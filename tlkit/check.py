@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tlkit.runtime import relpath
 from tlkit.scan import Scan, class_folders, scan_with_progress
-from tlkit.split import SUBSETS, finish_interrupted_swap
+from tlkit.split import SUBSETS, finish_pending_split
 
 PLAIN_MODES = ("RGB", "L")  # other colour modes are converted to RGB when loaded
 
@@ -65,7 +65,7 @@ def check_dataset(root: Path) -> DatasetCheck:
     """Check a folder `tlkit split` wrote as its two subsets (each a class-foldered tree of its own),
     any other folder as one; a folder refused (FolderCheck.refusal) ends the check."""
     root = Path(root)
-    finish_interrupted_swap(root)  # check the split that is in place, not half of one
+    finish_pending_split(root)  # check the split that is in place, not half of one
     subsets = [root / subset for subset in SUBSETS]
     report = DatasetCheck(root=root, folders=[])
     for folder in subsets if all(folder.is_dir() for folder in subsets) else [root]:

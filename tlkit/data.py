@@ -23,7 +23,7 @@ from tlkit.decode import load_image as load_eval_image
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
 from tlkit.scan import class_folders, class_images, is_image_name, open_photo, visible_files
-from tlkit.split import SUBSETS, finish_interrupted_swap
+from tlkit.split import SUBSETS, finish_pending_split
 
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -44,7 +44,7 @@ class DataBundle:
 def subset_dirs(data_dir: Path) -> tuple[Path, Path]:
     """DATA/training and DATA/validation, or a message saying to run `tlkit split`."""
     data_dir = Path(data_dir)
-    finish_interrupted_swap(data_dir)  # never train on half of one split and half of another
+    finish_pending_split(data_dir)  # never train on half of one split and half of another
     dirs = tuple(data_dir / subset for subset in SUBSETS)
     for subset_dir in dirs:
         if not subset_dir.is_dir() and _holds_photos(data_dir):

@@ -18,6 +18,7 @@ from tlkit.predict import Predictions, predict_files
 from tlkit.report import class_report, plot_confusion, plot_mistakes, write_report
 from tlkit.runtime import relpath
 from tlkit.scan import list_dataset
+from tlkit.split import finish_pending_split
 
 OUTPUTS = ("report.json", "confusion.png", "mistakes.png")
 
@@ -29,6 +30,7 @@ def default_out_dir(checkpoint: Checkpoint, data_dir: Path) -> Path:
 
 def labelled_images(data_dir: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
     """The images of a flat or class-foldered folder, with their class indices in the model's order."""
+    finish_pending_split(Path(data_dir))  # DATA/validation of a split interrupted while swapping in
     scan = list_dataset(Path(data_dir))
     unknown = sorted(set(scan.classes) - set(classes))
     if unknown:

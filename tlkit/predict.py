@@ -26,6 +26,7 @@ from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
 from tlkit.runtime import autocast, inference_batch_size, progress, relpath
 from tlkit.scan import is_hidden, is_image_name, visible_files
+from tlkit.split import finish_pending_split
 
 FORMATS = PREDICT_FORMATS
 
@@ -49,6 +50,7 @@ def find_images(paths: list[Path]) -> tuple[list[Path], int]:
     many non-images were passed over. A hidden file is skipped even when named."""
     images, others = [], 0
     for path in map(Path, paths):
+        finish_pending_split(path)  # a folder of a split interrupted while swapping in: finished first
         if not path.exists():
             raise TlkitError(f"{relpath(path)} does not exist; give image files or folders of them.")
         candidates = visible_files(path) if path.is_dir() else [] if is_hidden(path.name) else [path]

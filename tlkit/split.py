@@ -13,6 +13,8 @@ import errno
 import json
 import math
 import os
+import re
+import secrets
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -148,7 +150,8 @@ def default_out(src: Path) -> Path:
 
 
 def check_outputs_free(out: Path, src: Path, force: bool) -> None:
-    """Refuse to overwrite earlier output, or to write inside the source, unless forced."""
+    """Refuse to overwrite earlier output, or to write inside the source; with force, refuse to replace what
+    no tlkit split wrote."""
     src = src.resolve()
     for name in OUTPUTS:
         target = (out / name).resolve()
@@ -167,6 +170,52 @@ def check_outputs_free(out: Path, src: Path, force: bool) -> None:
                 f"{relpath(target)} already exists; nothing was written. Use --force to replace it, "
                 "or --out DIR to write elsewhere."
             )
+    if force:
+        _check_a_split_of_ours(out)
+
+
+def _check_a_split_of_ours(out: Path) -> None:
+    """--force replaces training/, validation/ and split.csv only where they are what a split writes: two
+    folders beside the manifest that lists their photos."""
+    present = [name for name in OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
+    if not present:
+        return
+    foreign = [name for name in present if (out / name).is_symlink()
+               or (out / name).is_dir() != (name in SUBSETS)]
+    if not (out / MANIFEST).is_file():
+        foreign = present
+    if foreign:
+        raise TlkitError(
+            f"{relpath(out)} holds {', '.join(foreign)}, which no tlkit split wrote (a split writes the folders "
+            f"training/ and validation/ beside its {MANIFEST}); --force replaces only a split of tlkit's, so "
+            "nothing was changed. Move them away, or choose another --out."
+        )
+
+
+def check_nothing_lost(plan: SplitPlan) -> None:
+    """A re-split deletes the old split: refuse when that holds a photo's only copy. A photo there is safe to
+    delete when it is a symlink, has another name on the disk (a hard link: the default mode), or is a copy
+    of a photo this split takes (same class, name and size). What is left was moved there (--mode move)
+    or added by hand."""
+    taken = {(label, destination.relative_to(Path(subset) / label)): source.stat().st_size
+             for source, label, subset, destination in plan.rows}
+    only_copies = []
+    for subset in SUBSETS:
+        folder = plan.out / subset
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+            if path.is_symlink() or not path.is_file():
+                continue
+            stat = path.stat()
+            label, name = path.relative_to(folder).parts[0], Path(*path.relative_to(folder).parts[1:])
+            if stat.st_nlink < 2 and taken.get((label, name)) != stat.st_size:
+                only_copies.append(path)
+    if only_copies:
+        raise TlkitError(
+            f"replacing the split in {relpath(plan.out)} would delete {len(only_copies)} photo(s) whose only copy is "
+            f"there (such as {relpath(only_copies[0])}): an earlier split moved them (--mode move), or they were "
+            f"added by hand. Nothing was changed. Move them back into {relpath(plan.scan.root)} and split again, "
+            "or write this split elsewhere (--out)."
+        )
 
 
 def _place(src: Path, dest: Path, mode: str) -> None:
@@ -203,6 +252,8 @@ def _verify_output(plan: SplitPlan, staging: Path) -> None:
 
 
 JOURNAL = ".tlkit-split-journal.json"
+MARKER = ".tlkit-split-marker"  # inside each work folder a split makes beside its outputs, with the split's token
+_STAGING, _OLD = re.compile(r"\.tlkit-split-\d+"), re.compile(r"\.tlkit-split-old-\d+")
 
 
 def execute_split(plan: SplitPlan, mode: str = "link", force: bool = False, on_progress=None) -> None:
@@ -211,11 +262,11 @@ def execute_split(plan: SplitPlan, mode: str = "link", force: bool = False, on_p
     check_outputs_free(out, plan.scan.root, force)
     out.mkdir(parents=True, exist_ok=True)
     finish_interrupted_swap(out)
-    staging = out / f".tlkit-split-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    for leftover in out.glob(".tlkit-split-*"):  # an earlier split interrupted while building
-        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
-    staging.mkdir()
+    if force:
+        check_nothing_lost(plan)
+    _remove_leftovers(out)
+    token = secrets.token_hex(8)
+    staging = _work_folder(out / f".tlkit-split-{os.getpid()}", token)
     try:
         for source, _, _, destination in plan.rows:
             _place(source, staging / destination, mode)
@@ -224,55 +275,140 @@ def execute_split(plan: SplitPlan, mode: str = "link", force: bool = False, on_p
         _write_manifest(plan, staging / MANIFEST)
         _verify_output(plan, staging)
     except BaseException as error:  # a full disk, Ctrl-C: the half-built copy goes, nothing else changed
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_work_folder(staging)
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise TlkitError(f"the disk of {relpath(out)} filled up while the split was {mode}-ing files; the "
-                             "partial copy was removed and nothing else changed. Free some space, or split with "
-                             "the default --mode link (no copies).") from None
+            raise TlkitError(_disk_full(out, mode)) from None
         raise
-    _swap_in(out, staging)
+    _swap_in(out, staging, token)
     if mode == "move":
         for source, *_ in plan.rows:
             source.unlink()
 
 
-def _swap_in(out: Path, staging: Path) -> None:
+def _disk_full(out: Path, mode: str) -> str:
+    what = {"copy": "copying files", "move": "moving files", "symlink": "linking files",
+            "link": "copying files (hard links cannot cross from the photos' disk to this one)"}[mode]
+    advice = ("Free some space, or split with the default --mode link (no copies)." if mode == "copy" else
+              "Free some space, write the split on the photos' own disk (--out), or use --mode symlink.")
+    return (f"the disk of {relpath(out)} filled up while the split was {what}; the partial copy was removed and "
+            f"nothing else changed. {advice}")
+
+
+def _work_folder(path: Path, token: str) -> Path:
+    """A new folder of this split's, marked as such first thing (only a marked folder is ever deleted)."""
+    try:
+        path.mkdir()
+    except FileExistsError:
+        raise TlkitError(f"{relpath(path)} is in the way and is not tlkit's to remove; move it away and split "
+                         "again.") from None
+    (path / MARKER).write_text(token, encoding="utf-8")
+    return path
+
+
+def _ours(path: Path, token: str | None = None) -> bool:
+    """Whether `path` is a work folder a split made (with token: this split's)."""
+    marker = path / MARKER
+    if path.is_symlink() or not marker.is_file():
+        return False
+    return token is None or marker.read_text(encoding="utf-8") == token
+
+
+def _remove_work_folder(path: Path) -> None:
+    """Delete a work folder, its marker last: a folder that a kill leaves half deleted is still known as ours."""
+    if not path.is_dir():
+        return
+    for child in path.iterdir():
+        if child.name != MARKER:
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    (path / MARKER).unlink(missing_ok=True)
+    path.rmdir()
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Work folders of earlier splits killed while building (marked as ours, or empty: killed before the mark)."""
+    for leftover in out.glob(".tlkit-split-*"):
+        if not (_STAGING.fullmatch(leftover.name) or _OLD.fullmatch(leftover.name)) or leftover.is_symlink():
+            continue
+        if _ours(leftover):
+            _remove_work_folder(leftover)
+        elif leftover.is_dir() and not any(leftover.iterdir()):
+            leftover.rmdir()
+    (out / JOURNAL).with_suffix(".tmp").unlink(missing_ok=True)
+
+
+def _swap_in(out: Path, staging: Path, token: str) -> None:
     """Replace training/, validation/ and split.csv with the staged ones as one step that survives a
-    kill: a journal names both sides first; the old outputs are renamed aside (not deleted) before
-    the new ones are renamed in, and deleted last. An interrupted swap is finished by the next split,
-    or by the next command that reads the folder (finish_interrupted_swap)."""
-    old = out / f".tlkit-split-old-{os.getpid()}"
+    kill: a journal names both work folders first; the old outputs are renamed aside (not deleted) before
+    the new ones are renamed in, and deleted last, the journal after them. An interrupted swap is finished
+    by the next split, or by the next command that reads the folder (finish_pending_split)."""
+    old = _work_folder(out / f".tlkit-split-old-{os.getpid()}", token)
     journal = out / JOURNAL
     tmp = journal.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"staging": staging.name, "old": old.name}), encoding="utf-8")
+    tmp.write_text(json.dumps({"staging": staging.name, "old": old.name, "token": token}), encoding="utf-8")
     os.replace(tmp, journal)  # from here on, the next run finishes what this one started
-    old.mkdir()
     for name in OUTPUTS:
         if (out / name).exists() or (out / name).is_symlink():
             os.replace(out / name, old / name)
         os.replace(staging / name, out / name)
+    _remove_work_folder(old)
+    _remove_work_folder(staging)
     journal.unlink()
-    shutil.rmtree(old)
-    staging.rmdir()
+
+
+def _read_journal(out: Path) -> tuple[Path, Path, str]:
+    """(staging, old, token) of the journal in `out`, or a TlkitError that names what is wrong with it. Only
+    what tlkit itself makes for a split is accepted: the two work folders' own names, directly in `out`,
+    each marked with the journal's token where it still exists."""
+    journal = out / JOURNAL
+    try:
+        names = json.loads(journal.read_text(encoding="utf-8"))
+        staging, old, token = names["staging"], names["old"], names["token"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        why = f"it cannot be read: {error}"
+    else:
+        if not (isinstance(staging, str) and _STAGING.fullmatch(staging) and isinstance(old, str)
+                and _OLD.fullmatch(old) and isinstance(token, str)):
+            why = "it names folders that no tlkit split makes"
+        elif not all(_ours(out / name, token) for name in (staging, old) if (out / name).exists()):
+            why = "the folders it names were not made by that split"
+        else:
+            return out / staging, out / old, token
+    raise TlkitError(
+        f"{relpath(journal)} is not a split journal tlkit can trust ({why}); nothing was moved or deleted. It "
+        f"would record a `tlkit split` of {relpath(out)} interrupted while swapping its folders in. If no split of "
+        f"this folder was running, or the file came with the photos from elsewhere, delete it and run this again."
+    )
 
 
 def finish_interrupted_swap(out: Path) -> bool:
     """Complete a split whose swap was interrupted (killed, Ctrl-C): the new, verified outputs go in,
-    the old ones out. Returns whether there was one to finish (and says so)."""
-    journal = Path(out) / JOURNAL
-    if not journal.is_file():
+    the old ones out. Returns whether there was one to finish (and says so); a journal tlkit cannot
+    trust is a TlkitError, and nothing is touched."""
+    out = Path(out)
+    if not (out / JOURNAL).exists() and not (out / JOURNAL).is_symlink():
         return False
-    names = json.loads(journal.read_text(encoding="utf-8"))
-    staging, old = Path(out) / names["staging"], Path(out) / names["old"]
-    old.mkdir(exist_ok=True)
+    staging, old, token = _read_journal(out)
+    if not old.exists():
+        _work_folder(old, token)  # the old outputs were deleted already: an empty one to finish the same way
     for name in OUTPUTS:
         if (staging / name).exists():  # not yet swapped in: whatever stands in its place is the old one
-            if (Path(out) / name).exists() or (Path(out) / name).is_symlink():
-                os.replace(Path(out) / name, old / name)
-            os.replace(staging / name, Path(out) / name)
-    journal.unlink()
-    shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(staging, ignore_errors=True)
-    warn(f"finished a split of {relpath(Path(out))} that was interrupted while putting its folders in place "
+            if (out / name).exists() or (out / name).is_symlink():
+                os.replace(out / name, old / name)
+            os.replace(staging / name, out / name)
+    _remove_work_folder(old)
+    _remove_work_folder(staging)
+    (out / JOURNAL).unlink()
+    warn(f"finished a split of {relpath(out)} that was interrupted while putting its folders in place "
          "(the new split was complete and checked; the old one is removed)")
     return True
+
+
+def finish_pending_split(path: Path) -> None:
+    """What every reader of photos calls first: finish (or refuse) an interrupted split of the folder at
+    `path`, or of the split it lies in (DATA/validation, DATA/validation/cat), so that no command reads
+    half of one split and half of another."""
+    path = Path(path).absolute()
+    for folder in (path, path.parent, path.parent.parent):
+        if (folder / JOURNAL).exists() or (folder / JOURNAL).is_symlink():
+            finish_interrupted_swap(folder)
+            return

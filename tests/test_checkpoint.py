@@ -11,7 +11,8 @@ import torch
 
 import tlkit.checkpoint as checkpoint
 from tlkit import models
-from tlkit.checkpoint import load_checkpoint, load_resume, new_run_dir, point_latest, resolve_run, save_resume
+from tlkit.checkpoint import (load_checkpoint, load_resume, new_run_dir, point_latest, release_run, resolve_run,
+                             save_resume)
 from tlkit.checkpoint_format import CheckpointMeta, read_meta, save_best
 from tlkit.errors import TlkitError
 
@@ -82,13 +83,61 @@ def test_resume_file_loads_with_weights_only(tmp_path):
 
 def test_run_folders_are_not_overwritten_without_force(tmp_path):
     run = new_run_dir(tmp_path, "exp", force=False)
-    (run / "keep.txt").write_text("x")
+    release_run(run)
+    for name in ("config.yaml", "metrics.jsonl", ".best.json.tmp-7"):
+        (run / name).write_text("x")
+    (run / "evaluate-validation").mkdir()
     with pytest.raises(TlkitError, match="--force.*--resume"):
         new_run_dir(tmp_path, "exp", force=False)
-    assert not (new_run_dir(tmp_path, "exp", force=True) / "keep.txt").exists()
-    assert new_run_dir(tmp_path, None, force=False).parent == tmp_path  # a timestamp
+    replaced = new_run_dir(tmp_path, "exp", force=True)
+    assert not any(replaced.iterdir())
+    release_run(replaced)
+    stamped = new_run_dir(tmp_path, None, force=False)
+    assert stamped.parent == tmp_path  # a timestamp
+    release_run(stamped)
     with pytest.raises(TlkitError, match="usable folder name"):
         new_run_dir(tmp_path, "latest", force=False)
+
+
+@pytest.mark.parametrize("planted", ["photos", "file", "link", "run with notes"])
+def test_force_replaces_only_a_run_folder(tmp_path, planted):
+    """--force on a name that is not a run (the user's photos, a file, a link, a run the user wrote a note
+    into) is one message, and everything stays."""
+    target = tmp_path / "runs" / "exp"
+    target.parent.mkdir()
+    if planted == "photos":
+        target.mkdir()
+        for n in range(3):
+            (target / f"{n}.jpg").write_bytes(b"photo")
+    elif planted == "file":
+        target.write_text("mine")
+    elif planted == "link":
+        (tmp_path / "elsewhere").mkdir()
+        target.symlink_to(tmp_path / "elsewhere")
+    else:
+        target.mkdir()
+        (target / "config.yaml").write_text("epochs: 1")
+        (target / "notes.txt").write_text("the good run")
+    before = sorted((str(p), p.is_symlink()) for p in tmp_path.rglob("*"))
+    with pytest.raises(TlkitError, match="not a (tlkit )?run folder.*nothing was changed"):
+        new_run_dir(tmp_path / "runs", "exp", force=True)
+    assert sorted((str(p), p.is_symlink()) for p in tmp_path.rglob("*") if not p.name.endswith(".lock")) == before
+
+
+def test_a_run_name_is_held_while_its_run_lasts(tmp_path):
+    """Two runs of one name at once (--force, or two --resume): the second is refused while the first holds
+    it, from another process as from this one; once released, the name is free."""
+    import subprocess
+    import sys
+
+    run = new_run_dir(tmp_path, "exp", force=False)
+    (run / "config.yaml").write_text("epochs: 1")
+    other = subprocess.run([sys.executable, "-c", "import sys; from tlkit.checkpoint import new_run_dir; "
+                            f"new_run_dir({str(tmp_path)!r}, 'exp', force=True)"], capture_output=True, text=True)
+    assert other.returncode != 0 and "another tlkit process is writing" in other.stderr
+    assert (run / "config.yaml").read_text() == "epochs: 1"
+    release_run(run)
+    release_run(new_run_dir(tmp_path, "exp", force=True))
 
 
 def test_latest_is_a_symlink_or_a_text_file(tmp_path, monkeypatch):

@@ -236,3 +236,40 @@ def test_predict_precision_fp32_is_said_and_a_bad_one_refused(tmp_path, data_dir
     with pytest.raises(SystemExit):  # argparse's own message: its choices
         main(["predict", str(data_dir / "validation"), "--precision", "fp16"])
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+def test_a_run_that_fails_before_training_leaves_its_name_free(tmp_path, data_dir, capsys):
+    """A run that stops before its first epoch ends (a fault, Ctrl-C) leaves no run folder blocking --name; one
+    that trained something keeps its folder, to resume or look at."""
+    import tlkit
+    from tlkit.callbacks import Callback
+
+    class FailAt(Callback):
+        def __init__(self, epoch):
+            self.at = epoch
+
+        def on_epoch_end(self, trainer):
+            if trainer.epoch == self.at:
+                raise RuntimeError("a fault in the middle of the run")
+
+    settings = dict(data=str(data_dir), backbone="simple-cnn", weights="none", epochs=2, batch_size=8,
+                    img_size=24, runs_dir=str(tmp_path), name="exp")
+    with pytest.raises(RuntimeError):
+        tlkit.finetune(callbacks=[FailAt(1)], resume_every_epochs=5, **{**settings, "epochs": 5})
+    assert (tmp_path / "exp" / "best.safetensors").exists()  # an epoch was trained: the folder stays
+    with pytest.raises(KeyboardInterrupt):
+        tlkit.finetune(callbacks=[interrupt_before_training()], force=True, **settings)
+    assert not (tmp_path / "exp").exists()
+    assert "before anything was trained" in capsys.readouterr().err
+    assert main(["finetune", "--data", str(data_dir), "--backbone", "simple-cnn", "--weights", "none", "--epochs", "1",
+                 "--batch-size", "8", "--img-size", "24", "--runs-dir", str(tmp_path), "--name", "exp"]) == 0
+
+
+def interrupt_before_training():
+    from tlkit.callbacks import Callback
+
+    class Interrupt(Callback):
+        def on_epoch_start(self, trainer):
+            raise KeyboardInterrupt
+
+    return Interrupt()

@@ -183,12 +183,11 @@ class TensorBoard(Callback):
     def __init__(self, log_dir: Path):
         self.log_dir, self.writer = Path(log_dir), None
 
-    def on_fit_start(self, trainer) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=len(trainer.history) + 1)
-
     def on_epoch_end(self, trainer) -> None:
+        if self.writer is None:  # made with the first epoch's row: a run stopped before it leaves no tb/ behind
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.log_dir), purge_step=len(trainer.history))
         row = trainer.history[-1]
         for kind in ("loss", "acc"):
             self.writer.add_scalars(kind, {"train": row[f"train_{kind}"], "val": row[f"val_{kind}"]}, row["epoch"])
@@ -198,6 +197,8 @@ class TensorBoard(Callback):
     def on_fit_end(self, trainer) -> None:
         if self.writer is not None:
             self.writer.close()
+
+    on_interrupt = on_fit_end
 
 
 def tensorboard_available() -> bool:

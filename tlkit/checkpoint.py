@@ -9,6 +9,7 @@ a temporary name and renamed (tlkit/atomic.py), so a failed write leaves the old
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -19,13 +20,24 @@ import torch
 from tlkit import models
 from tlkit.atomic import atomic_write, atomic_write_text
 from tlkit.backbone import Backbone
-from tlkit.checkpoint_format import CheckpointMeta, checkpoint_paths, read_meta
+from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta, checkpoint_paths, read_meta
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
 from tlkit.weights import pickled_global
 
 RESUME = "resume.pt"
 LATEST = "latest"
+# What a run folder holds: finetune's files, evaluate's evaluate-<data>/ folders, export's model.* files, and
+# temporary names of their atomic writes. --force replaces a folder that holds nothing else.
+RUN_FILES = ("config.yaml", BEST_WEIGHTS, BEST_META, RESUME, "metrics.jsonl", "curves.png", "confusion.png",
+             "report.json", "tb")
+_RUN_NAMES = re.compile(r"evaluate-.+|model\..+|\..+\.tmp-\d+|\.model\..+\.unverified")
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; two runs of one name are not kept apart there
+    fcntl = None
+_claims: dict[Path, object] = {}  # run folder -> the open lock file that holds it for this process
 
 
 @dataclass
@@ -156,7 +168,8 @@ def load_resume(run_dir: Path) -> dict:
 
 
 def new_run_dir(runs_dir: Path, name: str | None, force: bool) -> Path:
-    """Create runs/<name>/ (a timestamp when no name is given); never overwrite without force."""
+    """Create runs/<name>/ (a timestamp when no name is given) and claim it for this process; never overwrite
+    without force, and with force only a run folder."""
     runs_dir = Path(runs_dir)
     if name is None:
         name = time.strftime("%Y%m%d-%H%M%S")
@@ -165,15 +178,68 @@ def new_run_dir(runs_dir: Path, name: str | None, force: bool) -> Path:
     if not name or name == LATEST or "/" in name or "\\" in name or name.startswith("."):
         raise TlkitError(f"--name {name!r} is not a usable folder name (no slashes, not {LATEST!r}).")
     run_dir = runs_dir / name
-    if run_dir.exists():
-        if not force:
-            raise TlkitError(
-                f"{relpath(run_dir)} already exists; nothing was written. Use --force to replace it, "
-                f"--resume {relpath(run_dir)} to continue it, or another --name."
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    claim_run(run_dir)
+    try:
+        if run_dir.exists() or run_dir.is_symlink():
+            if not force:
+                raise TlkitError(
+                    f"{relpath(run_dir)} already exists; nothing was written. Use --force to replace it, "
+                    f"--resume {relpath(run_dir)} to continue it, or another --name."
+                )
+            _check_a_run(run_dir)
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+    except BaseException:
+        release_run(run_dir)
+        raise
     return run_dir
+
+
+def _check_a_run(path: Path) -> None:
+    """--force replaces a run folder (or an empty folder): anything else is the user's, and stays."""
+    if path.is_symlink() or not path.is_dir():
+        raise TlkitError(f"{relpath(path)} is {'a link' if path.is_symlink() else 'a file'}, not a run folder; "
+                         "--force replaces only tlkit's run folders, so nothing was changed. Choose another --name "
+                         "(or --runs-dir), or move it away.")
+    others = sorted(entry.name for entry in path.iterdir()
+                    if entry.name not in RUN_FILES and not _RUN_NAMES.fullmatch(entry.name))
+    if others or (any(path.iterdir()) and not (path / "config.yaml").is_file()):
+        held = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise TlkitError(f"{relpath(path)} is not a tlkit run folder (it holds {held or 'no config.yaml'}); --force "
+                         "replaces only run folders, so nothing was changed. Choose another --name (or --runs-dir), "
+                         "or move it away.")
+
+
+def claim_run(run_dir: Path) -> None:
+    """Hold runs/.<name>.lock while this process writes runs/<name>: a second run of the same name (with
+    --force, or a second --resume) is refused instead of writing into the same folder. Held until
+    release_run, or until the process ends, however it ends (an advisory lock dies with its process)."""
+    if fcntl is None:
+        return
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir.parent / f".{run_dir.name}.lock", "a")  # noqa: SIM115 (held open on purpose)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise TlkitError(f"another tlkit process is writing {relpath(run_dir)} right now; nothing was written. "
+                         "Wait for it to finish, or choose another --name.") from None
+    _claims[run_dir.absolute()] = handle
+
+
+def release_run(run_dir: Path) -> None:
+    handle = _claims.pop(Path(run_dir).absolute(), None)
+    if handle is not None:
+        handle.close()  # closing the file lets go of its lock
+
+
+def discard_untrained(run_dir: Path) -> bool:
+    """Remove a run folder that a failed or interrupted run leaves with nothing trained in it (no weights, no
+    resume file), so that its name is free again; whether it did."""
+    if (run_dir / BEST_WEIGHTS).exists() or (run_dir / RESUME).exists():
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 def point_latest(run_dir: Path) -> None:

@@ -10,6 +10,7 @@ reports, runs/latest) and what the user sees at the end. `tlkit lr-find` reuses 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from rich.table import Table
 
 from tlkit import callbacks as cbs, distributed, models
 from tlkit.backbone import Backbone
-from tlkit.checkpoint import RESUME, ResumeWriter, load_resume, new_run_dir
+from tlkit.checkpoint import RESUME, ResumeWriter, claim_run, discard_untrained, load_resume, new_run_dir, release_run
 from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta
 from tlkit.atomic import atomic_write_text
 from tlkit.config import FinetuneConfig, config_to_dict, config_yaml, make_config, resolve_auto, resolve_config
@@ -233,39 +234,53 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     distributed.setup(device)
     backbone = create_backbone(config, classes, source)
     data = phase_input(phases[0], config, backbone, device, split=split, source=source)
-    run_dir = _run_folder(config, resume, force, source)  # only now: everything above checked out
-    meta = run_meta(config, backbone, classes, source)
-    shared = trackers(config, backbone, run_dir=run_dir, meta=meta, extra=callbacks)
-    trainer = assemble_trainer(phases[0], backbone, data, device, shared)
-    if state is not None:
-        _continue(trainer, state, run_dir, config)
-    _announce(config, backbone, data, device, run_dir, phases)
-    command = "train" if source is not None else "finetune"
-    for number, phase in enumerate(phases):
-        if number > 0:
-            if trainer.stop_reason is not None:
-                break
-            data = phase_input(phase, config, backbone, device, split=split, source=source)
-            trainer = assemble_trainer(phase, backbone, data, device, shared, history=trainer.history,
-                                       skipped=trainer.skipped)
-            info(f"epoch {trainer.epoch + 1}: the head is trained; every layer now trains on the images, with a "
-                 f"fresh optimizer and {config.scheduler} schedule over the {phase.last - trainer.epoch} epoch(s) left")
-        _fit(trainer, run_dir, command, config, dataclasses.replace(meta, phase="head" if phase.on_features else None))
-    result = _finish(trainer, shared[0], backbone, data, run_dir)
-    distributed.barrier()  # every process returns once rank 0 has written the run folder
-    return result
+    with _run_folder(config, resume, force, source) as run_dir:  # only now: everything above checked out
+        meta = run_meta(config, backbone, classes, source)
+        shared = trackers(config, backbone, run_dir=run_dir, meta=meta, extra=callbacks)
+        trainer = assemble_trainer(phases[0], backbone, data, device, shared)
+        if state is not None:
+            _continue(trainer, state, run_dir, config)
+        _announce(config, backbone, data, device, run_dir, phases)
+        command = "train" if source is not None else "finetune"
+        for number, phase in enumerate(phases):
+            if number > 0:
+                if trainer.stop_reason is not None:
+                    break
+                data = phase_input(phase, config, backbone, device, split=split, source=source)
+                trainer = assemble_trainer(phase, backbone, data, device, shared, history=trainer.history,
+                                           skipped=trainer.skipped)
+                info(f"epoch {trainer.epoch + 1}: the head is trained; every layer now trains on the images, with a "
+                     f"fresh optimizer and {config.scheduler} schedule over the {phase.last - trainer.epoch} "
+                     "epoch(s) left")
+            phase_meta = dataclasses.replace(meta, phase="head" if phase.on_features else None)
+            _fit(trainer, run_dir, command, config, phase_meta)
+        result = _finish(trainer, shared[0], backbone, data, run_dir)
+        distributed.barrier()  # every process returns once rank 0 has written the run folder
+        return result
 
 
-def _run_folder(config: FinetuneConfig, resume: Path | str | None, force: bool, source) -> Path:
+@contextlib.contextmanager
+def _run_folder(config: FinetuneConfig, resume: Path | str | None, force: bool, source):
     """The resumed run's folder, or a new runs/<name>/ with the config.yaml that repeats the run (under
-    torchrun rank 0 makes the folder, names it and tells the others)."""
+    torchrun rank 0 makes the folder, names it and tells the others), held for this process while the run
+    lasts. A new folder that the run leaves with nothing trained in it is removed: its name stays free."""
     if resume is not None:
-        return Path(resume)
-    run_dir = distributed.on_main(lambda: new_run_dir(Path(config.runs_dir), config.name, force))
-    if distributed.is_main():
-        source_yaml = yaml.safe_dump(source.settings, sort_keys=False) if source is not None else ""
-        atomic_write_text(run_dir / "config.yaml", source_yaml + config_yaml(config))
-    return run_dir
+        run_dir = Path(resume)
+        if distributed.is_main():
+            claim_run(run_dir)
+    else:
+        run_dir = distributed.on_main(lambda: new_run_dir(Path(config.runs_dir), config.name, force))
+    try:
+        if resume is None and distributed.is_main():
+            source_yaml = yaml.safe_dump(source.settings, sort_keys=False) if source is not None else ""
+            atomic_write_text(run_dir / "config.yaml", source_yaml + config_yaml(config))
+        yield run_dir
+    except BaseException:
+        if resume is None and distributed.is_main() and discard_untrained(run_dir):
+            warn(f"removed {relpath(run_dir)}: the run stopped before anything was trained")
+        raise
+    finally:
+        release_run(run_dir)
 
 
 def _continue(trainer: Trainer, state: dict, run_dir: Path, config: FinetuneConfig) -> None:

@@ -172,5 +172,34 @@ def test_an_export_that_would_not_fit_the_disk_is_refused_before_writing(run, tm
     target = tmp_path / "model.out"
     assert main(["export", "--format", fmt, "--checkpoint", str(run), "--out", str(target)]) == 1
     err = capsys.readouterr().err
-    assert "MB free" in err and "nothing was written" in err and "Traceback" not in err
+    assert "1.0 kB free" in err and "nothing was written" in err and "Traceback" not in err
     assert not list(tmp_path.glob("*model.out*"))
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("fails", ["model", "sidecar"])
+def test_a_disk_that_fills_during_the_export_leaves_the_earlier_export_whole(run, tmp_path, monkeypatch, capsys,
+                                                                           fmt, fails):
+    """Another process takes the last space after the check: the write fails like any other (TorchScript's own
+    writer would abort the process), no partial or staged file stays, and an earlier model and its sidecar
+    stay together."""
+    import errno
+    from pathlib import Path
+
+    target = tmp_path / "model.out"
+    assert main(["export", "--format", fmt, "--checkpoint", str(run), "--out", str(target)]) == 0
+    earlier = target.read_bytes(), sidecar_path(target).read_text()
+    real_write = Path.write_bytes if fails == "model" else Path.write_text
+
+    def full_disk(self, data, *args, **kwargs):
+        if self.name.startswith(".") and ".unverified" in self.name:
+            real_write(self, data[: len(data) // 2], *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_bytes" if fails == "model" else "write_text", full_disk)
+    assert main(["export", "--format", fmt, "--checkpoint", str(run), "--out", str(target), "--force"]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err
+    assert (target.read_bytes(), sidecar_path(target).read_text()) == earlier
+    assert sorted(p.name for p in tmp_path.iterdir() if "model" in p.name) == ["model.out", "model.out.json"]

@@ -8,6 +8,7 @@ ONNX is checked with onnxruntime when it is installed; otherwise the export says
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from tlkit.checkpoint import Checkpoint
 from tlkit.config import EXPORT_SUFFIXES
 from tlkit.decode import ImageBatches, draft_side, scale_size
 from tlkit.errors import TlkitError
-from tlkit.runtime import relpath
+from tlkit.runtime import relpath, size_words
 from tlkit.scan import is_image_name, visible_files
 
 FORMATS = EXPORT_SUFFIXES
@@ -56,7 +57,17 @@ def _quiet_deprecations():
 def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     with _quiet_deprecations():
         traced = torch.jit.trace(model, example[:1], check_trace=False)
-        atomic_write(path, lambda tmp: traced.save(str(tmp)))
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+    _write_bytes(path, buffer.getvalue())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """An exporter's file, serialised in memory first and written by Python: a disk that fills under the write
+    (another process taking the last space) is then an error like any other, where TorchScript's own writer
+    would abort the whole process and leave its partial file."""
+    _check_disk_room(len(data), path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 ONNX_INSTALL = "pip install onnx onnxruntime"  # both are tlkit dependencies; a --no-deps install may lack them
@@ -68,14 +79,13 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> N
                          f"({sys.executable}); nothing was written. Run `{ONNX_INSTALL}` and export again, "
                          "or use --format torchscript.")
 
-    def write(tmp: Path) -> None:
+    buffer = io.BytesIO()
+    with _quiet_deprecations():
         # The TorchScript-based exporter: one self-contained file, and no onnxscript needed.
-        torch.onnx.export(model, (example[:1],), str(tmp), dynamo=False, input_names=["images"],
+        torch.onnx.export(model, (example[:1],), buffer, dynamo=False, input_names=["images"],
                           output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=17)
-
-    with _quiet_deprecations():
-        atomic_write(path, write)
+    _write_bytes(path, buffer.getvalue())
 
 
 def _run_exported(fmt: str, path: Path, images: torch.Tensor) -> np.ndarray | None:
@@ -93,15 +103,19 @@ def _run_exported(fmt: str, path: Path, images: torch.Tensor) -> np.ndarray | No
 ROOM_MARGIN = 1.2  # an exported file is its tensors plus the graph; the staged copy and the final file never coexist
 
 
-def _check_disk_room(model: torch.nn.Module, out: Path) -> None:
-    """Refuse before writing when the disk cannot hold the export: TorchScript's writer aborts the whole
-    process (a C++ terminate, no Python exception) when the disk fills under it."""
-    needed = ROOM_MARGIN * sum(t.numel() * t.element_size() for t in model.state_dict().values()) + (1 << 20)
+def model_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _check_disk_room(size: int, out: Path) -> None:
+    """Refuse before writing when the disk cannot hold `size` bytes at `out` (with a margin): checked before
+    the export's slow steps, and again with the exact size right before the write."""
+    needed = ROOM_MARGIN * size + (1 << 20)
     folder = next((p for p in (Path(out).parent, *Path(out).parent.parents) if p.exists()), Path("."))
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise TlkitError(f"{relpath(folder)} has {free / 1e6:.0f} MB free and the export needs about "
-                         f"{needed / 1e6:.0f} MB; nothing was written. Free some space, or --out on another disk.")
+        raise TlkitError(f"{relpath(folder)} has {size_words(free)} free and the export needs about "
+                         f"{size_words(needed)}; nothing was written. Free some space, or --out on another disk.")
 
 
 def decode_steps(prep) -> list[str]:
@@ -174,24 +188,31 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None,
         if target.exists() and not force:
             raise TlkitError(f"{relpath(target)} already exists; nothing was written. Use --force, or --out FILE.")
     model = checkpoint.backbone.model.float().cpu().eval()
-    _check_disk_room(model, out)
+    _check_disk_room(model_bytes(model), out)
     samples, source = sample_images(checkpoint, images)
     with torch.inference_mode():
         expected = model(samples).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
-    # Exported and checked under another name first: a failed check leaves an earlier export in place.
-    staged = out.with_name(f".{out.name}.unverified")
+    # The model and its sidecar are written and checked under other names first, and renamed in together: a
+    # failed check or write leaves an earlier export in place, and never a model without its sidecar.
+    staged, staged_sidecar = (path.with_name(f".{path.name}.unverified") for path in (out, sidecar))
     try:
         (_export_onnx if fmt == "onnx" else _export_torchscript)(model, samples, staged)
         check = {**_verified(fmt, staged, samples, expected, source), "file": str(out)}
+        atomic_write_text(staged_sidecar, json.dumps(_sidecar(checkpoint, check), indent=2))
         os.replace(staged, out)
+        os.replace(staged_sidecar, sidecar)
     finally:
         staged.unlink(missing_ok=True)
+        staged_sidecar.unlink(missing_ok=True)
+    return check
+
+
+def _sidecar(checkpoint: Checkpoint, check: dict) -> dict:
+    """What a user of the exported model needs beside it: classes, input, preprocessing and decode steps."""
     prep = checkpoint.backbone.preprocessing
-    meta = {"backbone": checkpoint.meta.backbone, "classes": checkpoint.classes,
+    return {"backbone": checkpoint.meta.backbone, "classes": checkpoint.classes,
             "input": {"layout": "NCHW", "dtype": "float32", "batch": "dynamic", "channels": prep.in_chans,
                       "height": prep.input_size[0], "width": prep.input_size[1]},
             "preprocessing": prep.to_dict(), "decode": decode_steps(prep),
             "output": "logits (softmax gives probabilities)", "check": check}
-    atomic_write_text(sidecar, json.dumps(meta, indent=2))
-    return check

@@ -273,3 +273,16 @@ def interrupt_before_training():
             raise KeyboardInterrupt
 
     return Interrupt()
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path, data_dir):
+    """`tlkit finetune ... 2>&1 | head -2`: the pipe closes after two lines, and the run still finishes and
+    writes every output."""
+    command = [sys.executable, "-m", "tlkit", "finetune", "--data", str(data_dir), *QUICK, "--epochs", "2",
+               "--img-size", "24", "--runs-dir", str(tmp_path), "--name", "piped"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process.stdout.readline()
+    process.stdout.readline()
+    process.stdout.close()  # what `head -2` does after its second line
+    assert process.wait(timeout=300) == 0
+    assert (tmp_path / "piped" / "report.json").is_file() and (tmp_path / "piped" / "best.safetensors").is_file()

@@ -702,12 +702,39 @@ def main(argv: list[str] | None = None) -> int:
         set_quiet(False)  # --quiet was for this command; a Python caller's next call speaks again
 
 
+class ReaderMayLeave:
+    """A stream whose reader may go away (`tlkit finetune ... 2>&1 | head -2`): once the pipe is closed, what is
+    written to it is dropped, and the command goes on to write its run. Everything else is the stream's own."""
+
+    def __init__(self, stream):
+        self._stream, self._gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._gone = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone = True
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def run() -> None:
     """The `tlkit` command (and `python -m tlkit`): main() in a process tuned for it, left without Python's
     teardown. Unloading torch's thousands of modules takes 0.4-0.7 s after every command, and there is nothing
     left to do by then: every file is written, closed and renamed into place, and loader workers are shut
     down. Under torchrun the normal exit runs (it leaves the process group)."""
     keep_freed_memory()
+    sys.stdout, sys.stderr = ReaderMayLeave(sys.stdout), ReaderMayLeave(sys.stderr)
     code = main()
     if "RANK" in os.environ:
         sys.exit(code)

@@ -251,3 +251,12 @@ def test_a_loaded_checkpoint_holds_no_unfilled_tensor(tmp_path):
     model_ids = {id(parameter) for parameter in loaded.model.parameters()}
     referred = [p for block in loaded.trunk_blocks for p in block] + loaded.head_parameters()
     assert referred and all(id(parameter) in model_ids and not parameter.is_meta for parameter in referred)
+
+
+def test_a_dangling_latest_is_named_as_itself(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "latest").symlink_to("gone")
+    with pytest.raises(TlkitError) as error:
+        resolve_run(None, runs_dir="runs")
+    assert str(error.value).startswith("runs/latest names runs/gone, which no longer exists")

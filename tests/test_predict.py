@@ -153,3 +153,14 @@ def test_output_problems_are_found_before_any_prediction(run, photos, tmp_path, 
     assert main(["predict", str(photos), "--checkpoint", str(run), "--format", "kaggle",
                  "--out", str(tmp_path / "k.csv")]) == 1
     assert "cat.5.jpg" in capsys.readouterr().err
+
+
+def test_writing_predictions_onto_a_folder_says_it_is_a_folder(tmp_path, capsys):
+    from tlkit.cli import main
+
+    run = make_checkpoint(tmp_path / "runs" / "tiny")
+    photo = write_image(tmp_path / "photos" / "a.jpg")
+    (tmp_path / "out.csv").mkdir()
+    assert main(["predict", str(photo), "--checkpoint", str(run), "--out", str(tmp_path / "out.csv"), "--force"]) == 1
+    err = capsys.readouterr().err
+    assert "is a folder: name a file" in err and "--runs-dir" not in err

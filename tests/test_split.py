@@ -374,3 +374,25 @@ def test_a_kill_while_deleting_the_old_split_is_finished_by_the_next_reader(tmp_
     paths, _ = labelled_images(out / "validation", ["cat", "dog"])
     assert len(paths) == 6
     assert sorted(p.name for p in out.iterdir()) == ["split.csv", "training", "validation"]
+
+
+def test_a_link_split_that_fills_the_disk_does_not_advise_link_mode(tmp_path, monkeypatch, capsys):
+    """Hard links cannot cross disks, so a link split copies there; when that fills the disk, the advice is
+    to split on the photos' own disk, not "use --mode link", which was the mode used."""
+    import errno
+
+    from tlkit.cli import main
+
+    src = make_flat(tmp_path / "train", {"cat": 6, "dog": 6})
+
+    def cross_device(source, target):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def full(source, target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(split_module.os, "link", cross_device)
+    monkeypatch.setattr(split_module.shutil, "copy2", full)
+    assert main(["split", str(src), "--val", "4", "--out", str(tmp_path / "data")]) == 1
+    err = capsys.readouterr().err
+    assert "hard links cannot cross" in err and "--mode link" not in err and "--mode symlink" in err

@@ -31,10 +31,18 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         if not isinstance(error, OSError) and not full:
             raise
         reason = error.strerror if isinstance(error, OSError) and error.strerror else "no space left on the disk"
-        raise TlkitError(
-            f"could not write {relpath(path)} ({reason}); the previous version, if any, "
-            "is left as it was. Free some disk space or choose another --runs-dir."
-        ) from None
+        raise TlkitError(f"could not write {relpath(path)} ({reason}); the previous version, if any, is left as it "
+                         f"was. {_what_to_do(error, full, path)}") from None
+
+
+def _what_to_do(error: BaseException, full: bool, path: Path) -> str:
+    if full:
+        return "Free some disk space, or write it to another disk."
+    if isinstance(error, IsADirectoryError) or path.is_dir():
+        return f"{relpath(path)} is a folder: name a file to write instead."
+    if isinstance(error, PermissionError):
+        return "You may not write there: choose a folder of your own."
+    return "Write it elsewhere."
 
 
 def _out_of_space(error: BaseException, folder: Path) -> bool:

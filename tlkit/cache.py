@@ -19,7 +19,7 @@ import numpy as np
 
 from tlkit import __version__
 from tlkit.errors import TlkitError
-from tlkit.runtime import relpath, warn
+from tlkit.runtime import relpath, size_words, warn
 
 MANIFEST = "manifest.json"
 CACHE_FORMAT = 2  # of both caches' arrays; 2: photos read upright (EXIF orientation) and 16-bit samples scaled
@@ -74,7 +74,7 @@ def _check_space(cache_dir: Path, needed: int, what: str) -> None:
     free = shutil.disk_usage(existing).free
     if needed > free:
         raise TlkitError(
-            f"{what} need {needed / 1e9:.2f} GB in {relpath(cache_dir.parent)}, which has {free / 1e9:.2f} GB free; "
+            f"{what} need {size_words(needed)} in {relpath(cache_dir.parent)}, which has {size_words(free)} free; "
             "nothing was written. Free some space, or point --cache-dir at a disk with room.")
 
 
@@ -191,8 +191,8 @@ def to_device(array: np.ndarray, device, what: str):
         return array
     free, total = torch.cuda.mem_get_info(device)
     if array.nbytes > free - GPU_RESERVE * total:
-        warn(f"{what} ({array.nbytes / 1e9:.1f} GB) would leave too little GPU memory for training "
-             f"({free / 1e9:.1f} GB free); they are read from disk batch by batch")
+        warn(f"{what} ({size_words(array.nbytes)}) would leave too little GPU memory for training "
+             f"({size_words(free)} free); they are read from disk batch by batch")
         return array
     tensor = torch.empty(array.shape, dtype=torch.from_numpy(np.empty(0, array.dtype)).dtype, device=device)
     rows_per_chunk = max(1, _CHUNK_BYTES // max(1, array[:1].nbytes))  # along the first axis

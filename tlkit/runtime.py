@@ -40,6 +40,14 @@ def is_quiet() -> bool:
     return _quiet
 
 
+def size_words(count: float) -> str:
+    """A number of bytes as a person reads it: 512 kB, 37 MB, 1.4 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}" if count < 10 * scale else f"{count / scale:.0f} {unit}"
+    return f"{count:.0f} bytes"
+
+
 def info(message: str) -> None:
     console.print(message)
 
@@ -156,9 +164,11 @@ def default_workers(asked: int | None = None) -> int:
 
 
 def relpath(path: Path) -> str:
-    """A path as the user would type it: relative to the working directory when inside it."""
+    """A path as the user would type it: relative to the working directory when inside it. The last part is
+    kept as it is, not followed: a link is named as itself (runs/latest), not as what it points to."""
+    path = Path(path)
     try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+        return str((path.parent.resolve() / path.name).relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
 

@@ -192,3 +192,15 @@ def test_bf16_features_are_not_reused_for_fp32(data, tmp_path):
     files = {s: features_module.file_list(data / s, ["cat", "dog"]) for s in ("training", "validation")}
     as_bf16 = cache_identity(backbone, ["cat", "dog"], files, 0, "float16", compute="cuda-bf16")
     assert why_stale(data / ".tlkit-cache" / "tiny", as_bf16, STALE_REASONS) == "another arithmetic (bf16 vs fp32, or another device's bf16)"
+
+
+def test_a_folder_in_the_caches_place_is_not_replaced(data):
+    """A cache is rebuilt over a stale cache of tlkit's only; any other folder of that name stays."""
+    from tlkit.errors import TlkitError
+
+    folder = cache_dir_for(data / ".tlkit-cache", "tiny")
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(TlkitError, match="not a tlkit cache"):
+        _run(data)
+    assert (folder / "notes.txt").read_text() == "mine" and not list(folder.parent.glob(".*partial*"))

@@ -120,6 +120,10 @@ def commit(staging: Path, cache_dir: Path, *, identity: dict, subsets: dict, sum
     if distributed.is_main():
         manifest = {"tlkit": __version__, "identity": identity, "subsets": subsets, "summary": summary}
         (staging / MANIFEST).write_text(json.dumps(manifest))
+        if cache_dir.exists() and not _is_cache(cache_dir):  # only a stale cache of tlkit's is replaced
+            shutil.rmtree(staging, ignore_errors=True)
+            raise TlkitError(f"{relpath(cache_dir)} is in the way and is not a tlkit cache; nothing was replaced. "
+                             "Move it away, or point --cache-dir elsewhere.")
         shutil.rmtree(cache_dir, ignore_errors=True)
         os.replace(staging, cache_dir)
     distributed.barrier()

@@ -121,7 +121,7 @@ def test_force_replaces_only_a_run_folder(tmp_path, planted):
     before = sorted((str(p), p.is_symlink()) for p in tmp_path.rglob("*"))
     with pytest.raises(TlkitError, match="not a (tlkit )?run folder.*nothing was changed"):
         new_run_dir(tmp_path / "runs", "exp", force=True)
-    assert sorted((str(p), p.is_symlink()) for p in tmp_path.rglob("*") if not p.name.endswith(".lock")) == before
+    assert sorted((str(p), p.is_symlink()) for p in tmp_path.rglob("*")) == before
 
 
 def test_a_run_name_is_held_while_its_run_lasts(tmp_path):
@@ -137,7 +137,10 @@ def test_a_run_name_is_held_while_its_run_lasts(tmp_path):
     assert other.returncode != 0 and "another tlkit process is writing" in other.stderr
     assert (run / "config.yaml").read_text() == "epochs: 1"
     release_run(run)
+    assert not (tmp_path / ".exp.lock").exists()  # a released name leaves nothing beside the runs
+    (tmp_path / ".exp.lock").write_text("")  # as a killed run leaves it: taken over
     release_run(new_run_dir(tmp_path, "exp", force=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
 
 
 def test_latest_is_a_symlink_or_a_text_file(tmp_path, monkeypatch):

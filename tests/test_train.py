@@ -249,7 +249,8 @@ def test_runs_latest_moves_only_once_a_run_has_a_best_checkpoint(data_dir, tmp_p
     good = finetune(**settings(data_dir, epochs=1, runs_dir=str(runs)), name="good")
     with pytest.raises(RuntimeError, match="out of disk"):
         finetune(**settings(data_dir, epochs=1, runs_dir=str(runs)), name="crashed", callbacks=[CrashFirstEpoch()])
-    assert (runs / "crashed").is_dir() and resolve_run(None, runs_dir=runs) == good.run_dir.resolve()
+    assert not (runs / "crashed").exists()  # nothing was trained: the name stays free
+    assert resolve_run(None, runs_dir=runs) == good.run_dir.resolve()
 
 
 @pytest.mark.parametrize("supported", [True, False])

@@ -37,7 +37,7 @@ try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; two runs of one name are not kept apart there
     fcntl = None
-_claims: dict[Path, object] = {}  # run folder -> the open lock file that holds it for this process
+_claims: dict[Path, tuple] = {}  # run folder -> (the open lock file that holds it for this process, its path)
 
 
 @dataclass
@@ -213,24 +213,32 @@ def _check_a_run(path: Path) -> None:
 def claim_run(run_dir: Path) -> None:
     """Hold runs/.<name>.lock while this process writes runs/<name>: a second run of the same name (with
     --force, or a second --resume) is refused instead of writing into the same folder. Held until
-    release_run, or until the process ends, however it ends (an advisory lock dies with its process)."""
+    release_run, or until the process ends, however it ends (an advisory lock dies with its process; a
+    lock file a killed run leaves behind is taken over by the next)."""
     if fcntl is None:
         return
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir.parent / f".{run_dir.name}.lock", "a")  # noqa: SIM115 (held open on purpose)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise TlkitError(f"another tlkit process is writing {relpath(run_dir)} right now; nothing was written. "
-                         "Wait for it to finish, or choose another --name.") from None
-    _claims[run_dir.absolute()] = handle
+    lock = run_dir.parent / f".{run_dir.name}.lock"
+    while True:
+        handle = open(lock, "a")  # noqa: SIM115 (held open on purpose)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise TlkitError(f"another tlkit process is writing {relpath(run_dir)} right now; nothing was written. "
+                             "Wait for it to finish, or choose another --name.") from None
+        if lock.exists() and lock.stat().st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # its holder removed that file between our open and our lock: lock the new one
+    _claims[run_dir.absolute()] = (handle, lock)
 
 
 def release_run(run_dir: Path) -> None:
-    handle = _claims.pop(Path(run_dir).absolute(), None)
+    """Let go of a claim_run: the lock file is removed while still held, then closed (which unlocks it)."""
+    handle, lock = _claims.pop(Path(run_dir).absolute(), (None, None))
     if handle is not None:
-        handle.close()  # closing the file lets go of its lock
+        lock.unlink(missing_ok=True)
+        handle.close()
 
 
 def discard_untrained(run_dir: Path) -> bool:

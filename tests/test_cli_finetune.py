@@ -218,9 +218,9 @@ def test_the_new_setting_flags_reach_config_yaml_and_bad_values_are_one_message(
     saved = yaml.safe_load((tmp_path / "runs" / "head" / "config.yaml").read_text())
     assert (saved["head_lr"], saved["head_weight_decay"]) == (0.02, 0.5)
     assert "lr 0.02, weight decay 0.5 on the cache" in error_of(capsys)
-    for flag, value, words in (("--freeze-bn", "maybe", "freeze_bn must be true or false"),
-                               ("--head-lr", "0", "head_lr must be above 0"),
-                               ("--resume-every-seconds", "-1", "resume_every_seconds must be 0 or more")):
+    for flag, value, words in (("--freeze-bn", "maybe", "--freeze-bn must be true or false"),
+                               ("--head-lr", "0", "--head-lr must be a number above 0"),
+                               ("--resume-every-seconds", "-1", "--resume-every-seconds must be a number 0 or more")):
         assert finetune_cli(tmp_path, data_dir, flag, value, "--name", "bad") == 1
         err = error_of(capsys)
         assert words in err and "Traceback" not in err
@@ -286,3 +286,26 @@ def test_a_reader_that_goes_away_does_not_stop_the_run(tmp_path, data_dir):
     process.stdout.close()  # what `head -2` does after its second line
     assert process.wait(timeout=300) == 0
     assert (tmp_path / "piped" / "report.json").is_file() and (tmp_path / "piped" / "best.safetensors").is_file()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--lr", "nan"], "--lr must be a number above 0, not nan."),
+    (["--label-smoothing", "2"], "--label-smoothing must be a number 0 or more and below 1, not 2."),
+    (["--gamma", "-1", "--scheduler", "step"], "--gamma must be a number above 0 and below 1, not -1."),
+    (["--trunk-lr-mult", "nan"], "--trunk-lr-mult must be a number above 0, not nan."),
+    (["--momentum", "5"], "--momentum must be a number 0 or more and below 1, not 5."),
+    (["--epochs", "1.5"], "--epochs must be a whole number 1 or more, not 1.5."),
+])
+def test_a_setting_out_of_range_is_one_message_and_writes_nothing(tmp_path, data_dir, capsys, flags, words):
+    assert finetune_cli(tmp_path, data_dir, *flags, "--name", "bad") == 1
+    err = error_of(capsys)
+    assert words in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # no run folder, no config.yaml blocking the name
+
+
+def test_a_boolean_for_a_number_in_a_config_file_names_the_file_and_the_key(tmp_path, data_dir, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("epochs: true\n")
+    assert finetune_cli(tmp_path, data_dir, "--config", str(recipe)) == 1
+    assert f"{recipe}: epochs must be a whole number 1 or more, not true." in error_of(capsys)
+    assert not (tmp_path / "runs").exists()

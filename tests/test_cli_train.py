@@ -104,6 +104,16 @@ def test_unknown_config_key_lists_the_valid_ones(tmp_path, capsys):
     assert "unknown setting(s) learning_rate" in err and "data_root" in err and "model" in err
 
 
+def test_a_number_out_of_range_in_a_train_config_names_the_file_not_a_flag(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("dataset: digits\nmodel: lenet\nepochs: true\n")
+    assert _train(tmp_path, "--config", str(config)) == 1
+    assert f"{config}: epochs must be a whole number 1 or more, not true." in " ".join(capsys.readouterr().err.split())
+    assert _train(tmp_path, "--dataset", "digits", "--model", "lenet", "--momentum", "1") == 1
+    assert "--momentum must be a number 0 or more and below 1, not 1." in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipes_are_valid_train_configs(recipe):
     source, settings = resolve_train_settings(REPO / "configs" / f"{recipe}.yaml", {})

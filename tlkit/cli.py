@@ -229,9 +229,9 @@ def _add_setting_flags(parser, skip: tuple[str, ...] = (), only: tuple[str, ...]
             parser.add_argument(flag, action="store_const", const=True, default=argparse.SUPPRESS, help=text)
             continue
         shown = "" if "(default" in text else f" (default: {field.default})"
-        # true/false for a yes-or-no setting that may be left to `auto` (config checks the word)
-        parser.add_argument(flag, type=str if kind is bool else kind, default=argparse.SUPPRESS,
-                            help=text + shown, choices=field.metadata["choices"])
+        # Taken as text: config.checked_settings reads it as the setting's kind and checks its range, as
+        # it does a YAML file's, in one message that names the flag.
+        parser.add_argument(flag, default=argparse.SUPPRESS, help=text + shown, choices=field.metadata["choices"])
     if "augment" not in skip and (only is None or "augment" in only):
         parser.add_argument("--no-augment", dest="augment", action="store_const", const="none",
                             default=argparse.SUPPRESS, help="the same as --augment none")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +32,52 @@ PREDICT_FORMATS = ("csv", "json", "kaggle")
 EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 BUILT_IN_DATASETS = ("cifar10", "digits", "fashion-mnist", "mnist")  # tlkit.datasets.dataset_names(), tested
 _KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+FLAGS = "flags"  # the `where` of settings given as command-line flags (or as keywords to finetune(), train())
 
 
 PRECISION_HELP = ("bf16 autocast where the device supports it: CUDA, CPUs with AVX512-BF16 or AMX; fp32 elsewhere, "
                   "or on request")
 
 
-def setting(default, help: str, choices: tuple | None = None):
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: from `low` to `high`, each end included or not. NaN is in
+    no range, and infinity in none of tlkit's (no setting includes an infinite end)."""
+
+    low: float
+    high: float = math.inf
+    low_included: bool = True
+    high_included: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_included else value > self.low
+        below = value <= self.high if self.high_included else value < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        low = f"{_number_text(self.low)} or more" if self.low_included else f"above {_number_text(self.low)}"
+        if self.high == math.inf:
+            return low
+        high = f"at most {_number_text(self.high)}" if self.high_included else f"below {_number_text(self.high)}"
+        return f"{low} and {high}"
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+ABOVE_ZERO, ZERO_OR_MORE, ONE_OR_MORE = Range(0, low_included=False), Range(0), Range(1)
+FRACTION = Range(0, 1)  # [0, 1): momentum, label smoothing
+SHRINK = Range(0, 1, low_included=False)  # (0, 1): a factor that lowers the lr
+SEEDS = Range(0, 2**32 - 1, high_included=True)  # what NumPy's seed takes
+
+
+def setting(default, help: str, choices: tuple | None = None, within: Range | None = None):
     """A FinetuneConfig field with what its command-line flag says: the CLI builds every setting flag
     from these (help, choices), so a new setting is one line here. A help that says "(default" names
-    the default itself; otherwise the flag's help shows the field's."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+    the default itself; otherwise the flag's help shows the field's. `within`: a number's range, which
+    flags, YAML files and Python callers alike are checked against."""
+    return field(default=default, metadata={"help": help, "choices": choices, "range": within})
 
 
 @dataclass
@@ -53,41 +89,46 @@ class FinetuneConfig:
     backbone: str = setting("resnet18", "network to fine-tune (`tlkit models` lists them; timm:NAME for timm)")
     weights: str = setting("default", "imagenet, none (random init), a weights file, or default (imagenet where "
                            "the backbone has it)")
-    img_size: int | None = setting(None, "input size in px (default: the backbone's own)")
+    img_size: int | None = setting(None, "input size in px (default: the backbone's own)", within=ONE_OR_MORE)
     epochs: int | None = setting(None, "epochs to train (default: 10; 30 when only the head trains, on cached "
-                                 "features)")
-    batch_size: int = setting(64, "images per batch")
+                                 "features)", within=ONE_OR_MORE)
+    batch_size: int = setting(64, "images per batch", within=ONE_OR_MORE)
     optimizer: str = setting("auto", "optimizer (auto: adamw)", OPTIMIZERS)
     lr: float | None = setting(None, "learning rate of the head; the trunk's is lr x --trunk-lr-mult (default: "
-                               "0.001 on a pretrained trunk, 0.003 from scratch)")
+                               "0.001 on a pretrained trunk, 0.003 from scratch)", within=ABOVE_ZERO)
     lr_scale: str = setting("none", "under torchrun, linear: lr x the number of processes (--batch-size is per "
                             "process)", LR_SCALES)
-    momentum: float = setting(0.9, "SGD momentum")
-    weight_decay: float | None = setting(None, "weight decay (default: PyTorch's, sgd 0, adamw 0.01)")
+    momentum: float = setting(0.9, "SGD momentum (one-cycle cycles it itself, and AdamW has none: see "
+                               "config.unused_momentum)", within=FRACTION)
+    weight_decay: float | None = setting(None, "weight decay (default: PyTorch's, sgd 0, adamw 0.01)",
+                                         within=ZERO_OR_MORE)
     scheduler: str = setting("auto", "lr schedule: step, plateau (on val loss), cosine, onecycle, none (auto: "
                              "onecycle)", SCHEDULERS)
-    step_size: int = setting(7, "step schedule: epochs between lr drops")
-    gamma: float = setting(0.1, "step / plateau schedule: factor of each lr drop")
+    step_size: int = setting(7, "step schedule: epochs between lr drops", within=ONE_OR_MORE)
+    gamma: float = setting(0.1, "step / plateau schedule: factor of each lr drop", within=SHRINK)
     freeze: str = setting("auto", "trunk: train the head only; none: every layer from the start; auto: a "
                           "pretrained trunk trains its head alone for the first epoch, then every layer", FREEZE_MODES)
     unfreeze_after: int | None = setting(None, "train the head alone for E epochs, then every layer (default: 1 "
-                                         "on a pretrained trunk, none from scratch or with --precompute-features)")
+                                         "on a pretrained trunk, none from scratch or with --precompute-features)",
+                                         within=ZERO_OR_MORE)
     trunk_lr_mult: float | None = setting(None, "the trunk's lr as a multiple of --lr (default: 0.1 pretrained, "
-                                          "1 from scratch)")
+                                          "1 from scratch)", within=ABOVE_ZERO)
     freeze_bn: bool | None = setting(None, "true: the trunk's BatchNorm layers keep their running statistics "
                                      "while their weights train (as Keras' transfer-learning guide does); false: "
                                      "they follow the new photos (default: true on a pretrained trunk, false from "
                                      "scratch)")
-    label_smoothing: float = setting(0.0, "label smoothing of the training loss")
+    label_smoothing: float = setting(0.0, "label smoothing of the training loss", within=FRACTION)
     augment: str = setting("auto", "training augmentation (tlkit/augment.py): default (random resized crops and "
                            "mirroring, for photos), light (milder crops, no mirror: digits, text), none; auto: "
                            "the data's own (light for the built-in digit datasets, default for photo folders)",
                            AUGMENTS)
     monitor: str = setting("val_loss", "validation metric that picks the best epoch", MONITORS)
-    patience: int | None = setting(None, "stop after this many epochs without improvement (default: never)")
+    patience: int | None = setting(None, "stop after this many epochs without improvement (default: never)",
+                                   within=ONE_OR_MORE)
     precision: str = setting("bf16", PRECISION_HELP, PRECISIONS)
     device: str = setting("auto", "where to train", DEVICES)
-    workers: int | None = setting(None, "image loader processes (default: every core but one)")
+    workers: int | None = setting(None, "image loader processes (default: every core but one)",
+                                 within=ZERO_OR_MORE)
     cache_images: bool = setting(False, "decode every photo once into the cache folder (uint8, about 340 KB a "
                                  "training photo at 224 px) and crop and flip on the device: later epochs and "
                                  "runs decode nothing")
@@ -95,22 +136,25 @@ class FinetuneConfig:
                                         "from the cache (tlkit/features.py)")
     head_lr: float | None = setting(None, "with --precompute-features: the head's lr on the cached features "
                                     "(default: --lr if given, else 0.01 for a one-layer head, 0.001 for "
-                                    "VGG/AlexNet's)")
+                                    "VGG/AlexNet's)", within=ABOVE_ZERO)
     head_weight_decay: float | None = setting(None, "with --precompute-features: the head's weight decay on the "
                                               "cache (default: --weight-decay if given, else 2 for a one-layer "
-                                              "head: as strong as logistic regression's L2)")
+                                              "head: as strong as logistic regression's L2)",
+                                              within=ZERO_OR_MORE)
     precompute_views: int = setting(0, "with --precompute-features: augmented views cached per training image "
-                                    "(augmented as --augment says)")
+                                    "(augmented as --augment says)", within=ZERO_OR_MORE)
     cache_dir: str | None = setting(None, "folder of the feature and decoded-image caches (default: "
                                     "DATA/.tlkit-cache)")
     cache_dtype: str = setting("float16", "how cached features are stored", CACHE_DTYPES)
     resume_every_epochs: int | None = setting(None, "write resume.pt after this many epochs (or "
                                               "--resume-every-seconds, whichever comes first; always at the end "
-                                              "and on Ctrl-C) (default: by time only)")
+                                              "and on Ctrl-C) (default: by time only)",
+                                              within=ONE_OR_MORE)
     resume_every_seconds: float | None = setting(60.0, "write resume.pt when this many seconds passed since the "
                                                  "last write: a kill loses at most that much training; 0 writes "
-                                                 "every epoch")
-    seed: int = setting(0, "seed of init, data order and augmentation: a CPU run repeats exactly")
+                                                 "every epoch", within=ZERO_OR_MORE)
+    seed: int = setting(0, "seed of init, data order and augmentation: a CPU run repeats exactly",
+                       within=SEEDS)
     name: str | None = setting(None, "run folder name under --runs-dir (default: a timestamp)")
     runs_dir: str = setting("runs", "where run folders go")
 
@@ -129,7 +173,7 @@ def _check_keys(values: dict, where: str) -> None:
 
 def setting_kind(key: str) -> tuple[type, bool]:
     """A setting's declared kind (int, float, bool or str) and whether it may be left unset (None):
-    what YAML values are coerced to and what the CLI's flag for it parses."""
+    what a YAML value or a flag's text is read as."""
     kind = _declared_kinds()[key]
     options = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
     return options[0], type(None) in typing.get_args(kind)
@@ -140,51 +184,88 @@ def _declared_kinds() -> dict[str, object]:
     return typing.get_type_hints(FinetuneConfig)  # evaluates every annotation: once, not once per flag
 
 
-def _coerce(key: str, value, where: str):
-    """YAML reads `1e-3` as a string and `5` as an int; give each setting its declared kind."""
-    target, optional = setting_kind(key)
+@functools.cache
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(FinetuneConfig)}
+
+
+def setting_name(key: str, where: str) -> str:
+    """A setting as its user wrote it: the flag (--batch-size) for FLAGS, else the key and where it was."""
+    return "--" + key.replace("_", "-") if where == FLAGS else f"{where}: {key}"
+
+
+def _as_number(value, kind: type) -> int | float:
+    """A number given as a number or text (YAML reads `1e-3` as text); ValueError for anything else,
+    a boolean (YAML's `true` is no epoch count) and a fraction where a whole number goes."""
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(value)
+    if kind is int and isinstance(value, float):
+        if not value.is_integer():  # NaN and infinity included
+            raise ValueError(value)
+        return int(value)
+    return kind(value)
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "yes", "1", "false", "no", "0"):
+        return str(value).lower() in ("true", "yes", "1")
+    raise ValueError(value)
+
+
+def _wanted(key: str) -> str:
+    """What a setting takes, in words: "a whole number 1 or more", "true or false"."""
+    kind = setting_kind(key)[0]
+    within = _fields()[key].metadata["range"]
+    return _KIND_NAMES[kind] + (f" {within}" if within is not None else "")
+
+
+def _checked(key: str, value, where: str):
+    """The value given for a setting as its declared kind, checked against its choices or range."""
+    kind, optional = setting_kind(key)
     if value is None:
         if optional:
             return None
-        raise TlkitError(f"{where}: {key} needs a value ({_KIND_NAMES[target]}).")
+        raise TlkitError(f"{setting_name(key, where)} needs a value ({_KIND_NAMES[kind]}).")
     if key == "augment" and isinstance(value, bool):  # configs written before the named choices
         return "default" if value else "none"
+    refusal = f"{setting_name(key, where)} must be {_wanted(key)}, not {_as_written(value)}."
     try:
-        if target is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "yes", "1", "false", "no", "0"):
-                return str(value).lower() in ("true", "yes", "1")
-            raise ValueError(value)
-        if target is int and isinstance(value, float) and value != int(value):
-            raise ValueError(value)
-        return target(value)
+        value = _as_bool(value) if kind is bool else _as_number(value, kind) if kind in (int, float) else kind(value)
     except (TypeError, ValueError):
-        raise TlkitError(f"{where}: {key} must be {_KIND_NAMES[target]}, not {value!r}.") from None
+        raise TlkitError(refusal) from None
+    choices, within = _fields()[key].metadata["choices"], _fields()[key].metadata["range"]
+    if choices and value not in choices:
+        raise TlkitError(f"{setting_name(key, where)} {value!r} is not one of {', '.join(choices)}.")
+    if within is not None and value not in within:
+        raise TlkitError(refusal)
+    return value
 
 
-def _check_ranges(config: FinetuneConfig, where: str) -> None:
-    for key, valid in ((f.name, f.metadata["choices"]) for f in dataclasses.fields(config) if f.metadata["choices"]):
-        if getattr(config, key) not in valid:
-            raise TlkitError(f"{where}: {key} {getattr(config, key)!r} is not one of {', '.join(valid)}.")
-    positive = ("epochs", "batch_size", "lr", "head_lr", "resume_every_epochs", "step_size", "img_size", "patience", "trunk_lr_mult")
-    for key in positive:
-        value = getattr(config, key)
-        if value is not None and value <= 0:
-            raise TlkitError(f"{where}: {key} must be above 0, not {value}.")
-    for key in ("unfreeze_after", "workers", "weight_decay", "head_weight_decay", "resume_every_seconds", "momentum", "label_smoothing", "precompute_views"):
-        value = getattr(config, key)
-        if value is not None and value < 0:
-            raise TlkitError(f"{where}: {key} must be 0 or more, not {value}.")
+def _as_written(value) -> str:
+    """A value as a flag or YAML file spells it: 1e-3 and true, not '1e-3' and True."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return value if isinstance(value, str) and value.strip() else repr(value)
+
+
+def checked_settings(values: dict, where: str) -> dict:
+    """Plain values (keys may use - or _) as their settings' kinds, each checked against its choices or
+    range: the one check of flags, YAML files and Python callers alike. `where` names them in messages."""
+    values = {str(key).replace("-", "_"): value for key, value in values.items()}
+    _check_keys(values, where)
+    return {key: _checked(key, value, where) for key, value in values.items()}
 
 
 def make_config(values: dict, where: str = "settings") -> FinetuneConfig:
     """A checked FinetuneConfig from plain values (keys may use - or _)."""
-    values = {str(key).replace("-", "_"): value for key, value in values.items()}
-    _check_keys(values, where)
-    config = FinetuneConfig(**{key: _coerce(key, value, where) for key, value in values.items()})
-    _check_ranges(config, where)
-    return config
+    return FinetuneConfig(**checked_settings(values, where))
 
 
 def read_yaml(path: Path) -> dict:
@@ -203,16 +284,15 @@ def read_yaml(path: Path) -> dict:
 
 
 def read_config_file(path: Path) -> dict:
-    """The settings of a fine-tune YAML file, as plain values; unknown keys are an error."""
-    values = read_yaml(path)
-    make_config(values, where=str(path))  # checks names, kinds and ranges, naming the file
-    return values
+    """The settings of a fine-tune YAML file, checked (naming the file); unknown keys are an error."""
+    return checked_settings(read_yaml(path), str(path))
 
 
 def resolve_config(config_file: Path | None, flags: dict) -> FinetuneConfig:
-    """Defaults, then the file's settings, then the flags given (flags win)."""
+    """Defaults, then the file's settings, then the flags given (flags win). Each is checked where it
+    came from: a bad value names the file's key, or the flag."""
     file_values = read_config_file(config_file) if config_file else {}
-    return make_config({**file_values, **flags}, where="flags" if not config_file else f"{config_file} + flags")
+    return FinetuneConfig(**{**file_values, **checked_settings(flags, FLAGS)})
 
 
 # What `auto` (or an unset lr, epochs or trunk lr) means; measured in docs/benchmarks.md ("Defaults").

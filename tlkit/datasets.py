@@ -21,7 +21,7 @@ from tlkit.data import (
 from tlkit import rawdata
 from tlkit.augment import policy, shift_flip
 from tlkit.backbone import per_channel
-from tlkit.config import config_keys, read_yaml
+from tlkit.config import checked_settings, config_keys, read_yaml
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
 from tlkit.split import parse_val, val_count
@@ -347,6 +347,7 @@ def resolve_train_settings(config_file: Path | None, flags: dict) -> tuple[dict,
     """Defaults, then the YAML file, then the flags given: (open_source keywords, finetune settings)."""
     file_values = read_yaml(config_file) if config_file is not None else {}
     file_source, file_settings = split_settings(file_values, str(config_file))
+    file_settings = checked_settings(file_settings, str(config_file))  # a bad value named in the file's words
     flag_source, flag_settings = split_settings(flags, "flags")
     source = {**SOURCE_DEFAULTS, **file_source, **flag_source}
     if source["dataset"] is None:

@@ -24,7 +24,8 @@ from tlkit.backbone import Backbone
 from tlkit.checkpoint import RESUME, ResumeWriter, claim_run, discard_untrained, load_resume, new_run_dir, release_run
 from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta
 from tlkit.atomic import atomic_write_text
-from tlkit.config import FinetuneConfig, config_to_dict, config_yaml, make_config, resolve_auto, resolve_config
+from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dict, config_yaml, make_config,
+                          resolve_auto, resolve_config)
 from tlkit.data import SplitFolders, open_split
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError
@@ -192,7 +193,7 @@ def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneC
     if config_file is not None:
         raise TlkitError("--resume continues with the run's own config.yaml; leave out --config.")
     state = load_resume(resume)
-    saved = state["meta"].config
+    saved, settings = state["meta"].config, checked_settings(settings, FLAGS)
     asked = settings.get("backbone")
     if asked is not None and asked != saved["backbone"]:
         raise TlkitError(
@@ -202,7 +203,7 @@ def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneC
     changed = sorted(key for key, value in settings.items() if saved.get(key) != value)
     if changed:
         warn(f"resuming with changed settings ({', '.join(changed)}): the result may differ from an uninterrupted run")
-    return make_config({**saved, **settings}, where=f"{relpath(resume)}/config + flags"), state
+    return make_config({**saved, **settings}, where=f"{relpath(resume)}/config"), state
 
 
 def finetune(config_file: Path | str | None = None, *, resume: Path | str | None = None, force: bool = False,

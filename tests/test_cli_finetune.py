@@ -309,3 +309,9 @@ def test_a_boolean_for_a_number_in_a_config_file_names_the_file_and_the_key(tmp_
     assert finetune_cli(tmp_path, data_dir, "--config", str(recipe)) == 1
     assert f"{recipe}: epochs must be a whole number 1 or more, not true." in error_of(capsys)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_momentum_the_schedule_does_not_use_is_said_at_the_start(tmp_path, data_dir, capsys):
+    assert finetune_cli(tmp_path, data_dir, "--epochs", "1", "--optimizer", "sgd", "--momentum", "0.5") == 0
+    assert ("--momentum 0.5 is not used: the onecycle schedule moves SGD's momentum itself, from 0.95 down to 0.85"
+            in error_of(capsys))

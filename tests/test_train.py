@@ -17,7 +17,7 @@ from tlkit.errors import TlkitError
 from tlkit.finetuning import build_trainer, finetune
 from tlkit.lrfind import lr_range_test
 from tlkit.report import plot_lr_find
-from tlkit.train import evaluate, fit
+from tlkit.train import evaluate, fit, unused_momentum
 
 from conftest import interrupt_at, make_learnable
 
@@ -64,6 +64,23 @@ def test_every_scheduler_runs_without_pytorch_warnings(data_dir, scheduler):
         assert lrs == [0.01, 0.01, 0.01]
     elif scheduler in ("cosine", "onecycle"):
         assert lrs[-1] < lrs[0] or scheduler == "onecycle" and len(set(lrs)) == 3
+
+
+def test_a_momentum_that_one_cycle_or_adamw_does_not_use_is_said(data_dir):
+    # One-cycle moves SGD's momentum itself (0.95 -> 0.85 -> 0.95): a --momentum given trains as any other would.
+    trained = []
+    for momentum in (0.1, 0.5):
+        trainer, _, _ = trainer_for(data_dir, scheduler="onecycle", momentum=momentum, epochs=1)
+        fit(trainer)
+        trained.append(snapshot(trainer.model))
+    assert same(*trained)
+    said = {key: unused_momentum(make_config(settings(data_dir, **values))) for key, values in {
+        "onecycle": {"scheduler": "onecycle", "momentum": 0.5}, "adamw": {"optimizer": "adamw", "momentum": 0.5},
+        "step": {"scheduler": "step", "momentum": 0.5}, "off": {"scheduler": "onecycle", "momentum": 0},
+        "default": {"scheduler": "onecycle"}}.items()}
+    assert "--momentum 0.5 is not used: the onecycle schedule moves SGD's momentum itself" in said["onecycle"]
+    assert "--momentum 0.5 is not used: it is SGD's, and adamw has none" in said["adamw"]
+    assert said["step"] is said["off"] is said["default"] is None  # used; 0 turns one-cycle's off; the default
 
 
 def test_frozen_trunk_stays_put_and_unfreeze_after_thaws_it(data_dir):

@@ -98,8 +98,8 @@ class FinetuneConfig:
                                "0.001 on a pretrained trunk, 0.003 from scratch)", within=ABOVE_ZERO)
     lr_scale: str = setting("none", "under torchrun, linear: lr x the number of processes (--batch-size is per "
                             "process)", LR_SCALES)
-    momentum: float = setting(0.9, "SGD momentum (one-cycle cycles it itself, and AdamW has none: see "
-                               "config.unused_momentum)", within=FRACTION)
+    momentum: float = setting(0.9, "SGD momentum, with every schedule but onecycle, which moves it from 0.95 to "
+                               "0.85 and back itself (0 turns it off there too)", within=FRACTION)
     weight_decay: float | None = setting(None, "weight decay (default: PyTorch's, sgd 0, adamw 0.01)",
                                          within=ZERO_OR_MORE)
     scheduler: str = setting("auto", "lr schedule: step, plateau (on val loss), cosine, onecycle, none (auto: "

@@ -33,7 +33,7 @@ from tlkit.inputs import TrainingInput, cached_features, feature_input, image_in
 from tlkit.report import class_report, plot_confusion, write_report
 from tlkit.runtime import console, info, out, precision_words, relpath, seed_everything, select_device, warn
 from tlkit.summary import check_input_fits
-from tlkit.train import Trainer, evaluate, fit, make_optimizer, make_scheduler
+from tlkit.train import Trainer, evaluate, fit, make_optimizer, make_scheduler, unused_momentum
 
 LIST_LIMIT = 10
 
@@ -368,6 +368,8 @@ def _announce(config: FinetuneConfig, backbone: Backbone, data: TrainingInput, d
          f"batch {config.batch_size}, augment {config.augment}, BatchNorm statistics "
          f"{'frozen' if config.freeze_bn else 'updated'}, monitor {config.monitor}, seed {config.seed} "
          f"(all in config.yaml)")
+    if (unused := unused_momentum(config)) is not None:
+        warn(unused)
     world = distributed.world_size()
     if world > 1:
         info(f"{world} processes (DistributedDataParallel): effective batch size {config.batch_size * world} "

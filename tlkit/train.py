@@ -17,10 +17,12 @@ from torch import nn
 from rich.progress import TextColumn
 
 from tlkit import distributed
+from tlkit.config import FinetuneConfig
 from tlkit.errors import TlkitError
 from tlkit.runtime import compute_precision, console, progress
 
 PER_BATCH_SCHEDULERS = ("cosine", "onecycle")
+ONE_CYCLE_MOMENTUM = (0.95, 0.85)  # OneCycleLR's own: SGD's momentum (AdamW's beta1) at the lowest and highest lr
 DISPLAY_EVERY = 10  # batches between progress-bar figures (each reads the loss back from the GPU)
 
 
@@ -43,9 +45,26 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config, steps_per_epoch: in
     if config.scheduler == "cosine":
         return schedulers.CosineAnnealingLR(optimizer, T_max=total_steps)
     if config.scheduler == "onecycle":
-        momentum = config.optimizer == "adamw" or config.momentum > 0
+        high, low = ONE_CYCLE_MOMENTUM
         return schedulers.OneCycleLR(optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
-                                     total_steps=total_steps, cycle_momentum=momentum)
+                                     total_steps=total_steps, max_momentum=high, base_momentum=low,
+                                     cycle_momentum=config.optimizer == "adamw" or config.momentum > 0)
+    return None
+
+
+def unused_momentum(config) -> str | None:
+    """Why the run does not use the --momentum given, or None where it does (or where it is the default): AdamW
+    has none, and one-cycle moves SGD's with the lr, as Smith's schedule does; --momentum 0 keeps SGD's off."""
+    if config.momentum == FinetuneConfig.momentum:
+        return None
+    high, low = ONE_CYCLE_MOMENTUM
+    if config.optimizer == "adamw":
+        return (f"--momentum {config.momentum:g} is not used: it is SGD's, and adamw has none (its beta1 plays the "
+                "part); add --optimizer sgd to use it")
+    if config.scheduler == "onecycle" and config.momentum > 0:
+        return (f"--momentum {config.momentum:g} is not used: the onecycle schedule moves SGD's momentum itself, "
+                f"from {high:g} down to {low:g} as the lr rises and back; use another --scheduler (step, cosine, "
+                "plateau, none) to keep it, or --momentum 0 for none")
     return None
 
 

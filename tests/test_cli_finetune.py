@@ -315,3 +315,13 @@ def test_a_momentum_the_schedule_does_not_use_is_said_at_the_start(tmp_path, dat
     assert finetune_cli(tmp_path, data_dir, "--epochs", "1", "--optimizer", "sgd", "--momentum", "0.5") == 0
     assert ("--momentum 0.5 is not used: the onecycle schedule moves SGD's momentum itself, from 0.95 down to 0.85"
             in error_of(capsys))
+
+
+def test_a_run_that_diverges_stops_with_a_message_not_a_score(tmp_path, data_dir, capsys):
+    # It used to finish "validation accuracy of the saved model: 0.5000", rc 0, from NaN weights.
+    assert finetune_cli(tmp_path, data_dir, "--epochs", "3", "--optimizer", "sgd", "--lr", "1e4", "--scheduler",
+                        "none", "--monitor", "val_acc", "--precision", "fp32") == 1
+    captured = capsys.readouterr()
+    err = " ".join(captured.err.split())
+    assert "the loss became nan in epoch 1" in err and "the training diverged" in err and "lower --lr" in err
+    assert "accuracy of the saved model" not in captured.out and "Traceback" not in err

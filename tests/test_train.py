@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -17,7 +18,7 @@ from tlkit.errors import TlkitError
 from tlkit.finetuning import build_trainer, finetune
 from tlkit.lrfind import lr_range_test
 from tlkit.report import plot_lr_find
-from tlkit.train import evaluate, fit, unused_momentum
+from tlkit.train import Diverged, evaluate, fit, unused_momentum
 
 from conftest import interrupt_at, make_learnable
 
@@ -143,6 +144,31 @@ def test_restored_model_scores_the_best_epoch_not_the_last(data_dir, tmp_path):
     assert rescored["val_acc"] == best_row["val_acc"] == result.report["accuracy"]
     reloaded = load_checkpoint(result.run_dir)
     assert evaluate(reloaded.backbone.model, data.val_loader, trainer.normalize)["val_loss"] == best_row["val_loss"]
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_at_once_and_keeps_the_best_weights(data_dir, tmp_path):
+    class BreakWeights(Callback):  # what too high an lr does, here at the start of epoch 2
+        def on_epoch_start(self, trainer):
+            if trainer.epoch == 1:
+                with torch.no_grad():
+                    next(trainer.model.parameters()).fill_(math.nan)
+
+    batches = []
+
+    class CountBatches(Callback):
+        def on_batch_end(self, trainer):
+            batches.append(trainer.epoch + 1)
+
+    run = tmp_path / "runs" / "nan"
+    with pytest.raises(Diverged, match=r"the loss became nan in epoch 2, by batch 1 of 3: the training diverged, "
+                                       r"and stopped\..*lower --lr.*best.safetensors keeps the best epoch before it"):
+        finetune(**settings(data_dir, epochs=4, runs_dir=str(tmp_path / "runs"), name="nan"),
+                 callbacks=[BreakWeights(), CountBatches()])
+    assert batches == [1, 1, 1, 2]  # stopped at the first read of the loss, not at the end of the run
+    saved = load_checkpoint(run)
+    assert saved.meta.epoch == 1
+    assert all(torch.isfinite(value).all() for value in saved.backbone.model.state_dict().values())
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
 
 
 @pytest.mark.slow

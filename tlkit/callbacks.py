@@ -2,8 +2,8 @@
 epoch's console line, logs, curves, TensorBoard.
 
 Six events, each given the trainer explicitly: on_fit_start, on_epoch_start, on_batch_end,
-on_epoch_end, on_fit_end, and on_interrupt when a run stops on Ctrl-C. Everything else a callback
-needs (where to write, what a checkpoint holds) it is given when it is made. A callback with
+on_epoch_end, on_fit_end, and on_interrupt when a run stops early (Ctrl-C, a diverged loss). Everything
+else a callback needs (where to write, what a checkpoint holds) it is given when it is made. A callback with
 state a resumed run needs has state_dict() and load_state_dict(). Plots are drawn by tlkit/report.py.
 """
 
@@ -31,7 +31,7 @@ class Callback:
     def on_batch_end(self, trainer) -> None: ...
     def on_epoch_end(self, trainer) -> None: ...
     def on_fit_end(self, trainer) -> None: ...
-    def on_interrupt(self, trainer) -> None: ...  # Ctrl-C or a kill signal Python sees: the run stops
+    def on_interrupt(self, trainer) -> None: ...  # Ctrl-C, a kill signal Python sees, a NaN loss: the run stops
 
     def state_dict(self) -> dict:
         return {}

@@ -33,7 +33,7 @@ from tlkit.inputs import TrainingInput, cached_features, feature_input, image_in
 from tlkit.report import class_report, plot_confusion, write_report
 from tlkit.runtime import console, info, out, precision_words, relpath, seed_everything, select_device, warn
 from tlkit.summary import check_input_fits
-from tlkit.train import Trainer, evaluate, fit, make_optimizer, make_scheduler, unused_momentum
+from tlkit.train import Diverged, Trainer, evaluate, fit, make_optimizer, make_scheduler, unused_momentum
 
 LIST_LIMIT = 10
 
@@ -336,6 +336,10 @@ def _fit(trainer: Trainer, run_dir: Path, command: str, config: FinetuneConfig, 
                           every_seconds=config.resume_every_seconds)
     try:
         fit(trainer, save_resume=writer if distributed.is_main() else None)
+    except Diverged as error:
+        if (run_dir / BEST_WEIGHTS).is_file():
+            raise Diverged(f"{error} {relpath(run_dir / BEST_WEIGHTS)} keeps the best epoch before it.") from None
+        raise
     except KeyboardInterrupt:
         if distributed.is_main():
             try:

@@ -8,6 +8,7 @@ Trainer.state_dict(): tensors and plain types only. Schedulers step after optimi
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from contextlib import nullcontext
@@ -23,7 +24,20 @@ from tlkit.runtime import compute_precision, console, progress
 
 PER_BATCH_SCHEDULERS = ("cosine", "onecycle")
 ONE_CYCLE_MOMENTUM = (0.95, 0.85)  # OneCycleLR's own: SGD's momentum (AdamW's beta1) at the lowest and highest lr
-DISPLAY_EVERY = 10  # batches between progress-bar figures (each reads the loss back from the GPU)
+DISPLAY_EVERY = 10  # batches between reads of the loss from the GPU: the progress bar's figures, the divergence check
+
+
+class Diverged(TlkitError):
+    """The loss became NaN or infinite: every step after it trains broken weights, so the run stops there.
+    fit() has the callbacks keep the best weights so far, as on Ctrl-C."""
+
+
+def diverged(trainer: Trainer, where: str, loss: float) -> Diverged:
+    """What to say when the loss is `loss` (NaN or inf) at `where` ("epoch 3, batch 21 of 40")."""
+    rates = ", ".join(f"{group.get('name', 'lr')} {group['lr']:.2e}" for group in trainer.optimizer.param_groups)
+    return Diverged(f"the loss became {loss} in {where}: the training diverged, and stopped. The usual cause is "
+                    f"too high a learning rate (lr at the time: {rates}); start again with a lower --lr (`tlkit "
+                    "lr-find` suggests one).")
 
 
 def make_optimizer(param_groups: list[dict], config) -> torch.optim.Optimizer:
@@ -197,9 +211,10 @@ def train_one_epoch(trainer: Trainer) -> dict:
                 correct += (logits.argmax(dim=1) == labels).sum()
                 seen += len(labels)
             trainer.call("on_batch_end")
-            shown = not bar.disable  # the figures read the loss back from the device: only when displayed
-            if shown and (batch_index % DISPLAY_EVERY == 0 or batch_index + 1 == len(trainer.train_loader)):
-                bar.update(task, stats=_stats_text(loss_sum, correct, seen, started))
+            if batch_index % DISPLAY_EVERY == 0 or batch_index + 1 == len(trainer.train_loader):
+                _stop_if_diverged(trainer, loss_sum, batch_index)
+                if not bar.disable:
+                    bar.update(task, stats=_stats_text(loss_sum, correct, seen, started))
             bar.advance(task)
     seconds = time.perf_counter() - started
     loss_sum, correct, seen = distributed.sum_all([loss_sum, correct, seen], trainer.device)
@@ -208,6 +223,15 @@ def train_one_epoch(trainer: Trainer) -> dict:
         raise TlkitError("no training image could be decoded in this epoch; check the images with `tlkit check`.")
     return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
             "train_images": seen, "seconds": seconds, "images_per_s": seen / seconds}
+
+
+def _stop_if_diverged(trainer: Trainer, loss_sum: torch.Tensor, batch_index: int) -> None:
+    """Raises Diverged once the summed training loss is NaN or infinite. Summed over every process under
+    torchrun, so that all of them stop at the same batch (one stopping alone would leave the others waiting)."""
+    total = distributed.sum_all([loss_sum], trainer.device)[0]
+    if not math.isfinite(total):
+        where = f"epoch {trainer.epoch + 1}, by batch {batch_index + 1} of {len(trainer.train_loader)}"
+        raise diverged(trainer, where, total)
 
 
 def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, collect: bool = False,
@@ -255,6 +279,8 @@ def _run_epoch(trainer: Trainer) -> dict:
     lr = trainer.optimizer.param_groups[-1]["lr"]  # the head's: the last group
     val = evaluate(trainer.model, trainer.val_loader, trainer.normalize, autocast=trainer.autocast,
                    skipped=trainer.skipped)
+    if not math.isfinite(val["val_loss"]):  # the last steps of the epoch broke the weights
+        raise diverged(trainer, f"the validation after epoch {trainer.epoch + 1}", val["val_loss"])
     if trainer.scheduler_name == "plateau":
         trainer.scheduler.step(val["val_loss"])
     elif trainer.scheduler is not None and trainer.scheduler_name not in PER_BATCH_SCHEDULERS:
@@ -278,10 +304,10 @@ def fit(trainer: Trainer, save_resume=None) -> None:
             trainer.call("on_epoch_end")
             if save_resume is not None:
                 save_resume(trainer.state_dict(), last=trainer.epoch >= trainer.epochs or trainer.stop_reason is not None)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Diverged):
         try:
             trainer.call("on_interrupt")
-        except Exception as error:  # noqa: BLE001 (the Ctrl-C and its --resume hint must still come through)
+        except Exception as error:  # noqa: BLE001 (the Ctrl-C or divergence and its hint must still come through)
             console.print(f"[red]could not save on the way out: {error}[/]")
         raise
     except torch.OutOfMemoryError:

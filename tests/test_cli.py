@@ -7,7 +7,7 @@ import pytest
 
 from tlkit.cli import main
 
-from conftest import make_flat, write_image
+from conftest import make_checkpoint, make_flat, write_image
 
 
 def test_help_lists_every_subcommand(capsys):
@@ -99,6 +99,26 @@ def test_quiet_silences_chatter(tmp_path, capsys):
 def test_quiet_still_prints_errors(tmp_path, capsys):
     assert main(["split", str(tmp_path / "nowhere"), "--val", "2", "--quiet"]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_quiet_and_debug_may_come_before_the_command(tmp_path, capsys):
+    src = make_flat(tmp_path / "train", {"cat": 4, "dog": 4})
+    assert main(["-q", "split", str(src), "--val", "2"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["--debug", "split", str(tmp_path / "elsewhere" / "nowhere"), "--val", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "does not exist" in err
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_quiet_predict_prints_nothing_but_writes_its_file(tmp_path, capsys, before):
+    run = make_checkpoint(tmp_path / "runs" / "run")
+    photos = make_flat(tmp_path / "photos", {"cat": 2, "dog": 2})
+    predict = ["predict", str(photos), "--checkpoint", str(run), "--workers", "0", "--out", str(tmp_path / "p.csv")]
+    assert main(["-q", *predict] if before else [*predict, "-q"]) == 0
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "")  # not "4 images, 14 images/s" and its table
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 5
 
 
 def test_check_reads_a_split_folder_as_its_two_subsets(tmp_path, capsys):

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from tlkit import __version__
 from tlkit.errors import TlkitError
-from tlkit.runtime import console, keep_freed_memory, out, progress, relpath, set_quiet, warn
+from tlkit.runtime import console, is_quiet, keep_freed_memory, out, progress, relpath, set_quiet, warn
 
 LIST_LIMIT = 10  # problem files named on screen before "... and N more"
 
@@ -47,9 +47,12 @@ def _count(minimum: int):
     return parse
 
 
+# Before the command (`tlkit -q predict`) or after it (`tlkit predict -q`): their default is SUPPRESS, or the
+# command's parser would set them back to false over what the main parser read.
 _COMMON = argparse.ArgumentParser(add_help=False)
-_COMMON.add_argument("-q", "--quiet", action="store_true", help="no progress bars or chatter")
-_COMMON.add_argument("--debug", action="store_true",
+_COMMON.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                     help="no progress bars or chatter")
+_COMMON.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                      help="with an error, also print the traceback that led to it (for a bug report)")
 
 
@@ -479,7 +482,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predicted = Counter(pred.classes[i] for n, i in enumerate(pred.predicted()) if n not in pred.failures)
     for label in pred.classes:
         table.add_row(label, str(predicted[label]))
-    out.print(table)
+    if not is_quiet():  # predict's result is the --out file; the table only tells how it went
+        out.print(table)
     if non_images:
         console.print(f"non-image files passed over: {non_images}")
     _list_paths("images that could not be decoded (rows with an error)",
@@ -654,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrained backbone, predict.",
         epilog="workflow:\n  tlkit split data/train --val 2000\n  tlkit finetune --backbone resnet18\n"
         "  tlkit predict photos/",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_COMMON],
     )
     parser.add_argument("--version", action="version", version=f"tlkit {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)

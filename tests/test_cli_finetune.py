@@ -300,6 +300,7 @@ def test_a_setting_out_of_range_is_one_message_and_writes_nothing(tmp_path, data
     assert finetune_cli(tmp_path, data_dir, *flags, "--name", "bad") == 1
     err = error_of(capsys)
     assert words in err and "Traceback" not in err
+    assert "diverged" not in err and "lower --lr" not in err  # --trunk-lr-mult nan was "try a lower --lr"
     assert not (tmp_path / "runs").exists()  # no run folder, no config.yaml blocking the name
 
 

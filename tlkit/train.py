@@ -33,11 +33,11 @@ class Diverged(TlkitError):
 
 
 def diverged(trainer: Trainer, where: str, loss: float) -> Diverged:
-    """What to say when the loss is `loss` (NaN or inf) at `where` ("epoch 3, batch 21 of 40")."""
+    """What to say when the loss is `loss` (NaN or inf) at `where` ("epoch 3, by batch 21 of 40")."""
     rates = ", ".join(f"{group.get('name', 'lr')} {group['lr']:.2e}" for group in trainer.optimizer.param_groups)
     return Diverged(f"the loss became {loss} in {where}: the training diverged, and stopped. The usual cause is "
                     f"too high a learning rate (lr at the time: {rates}); start again with a lower --lr (`tlkit "
-                    "lr-find` suggests one).")
+                    "lr-find` suggests one), or --head-lr for a head on cached features.")
 
 
 def make_optimizer(param_groups: list[dict], config) -> torch.optim.Optimizer:

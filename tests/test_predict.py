@@ -39,8 +39,9 @@ def _rows(path):
 
 def test_probabilities_are_the_models_softmax(run, photos):
     checkpoint = load_checkpoint(run)
-    paths, non_images = find_images([photos])
-    assert non_images == 1 and [p.name for p in paths] == ["1.jpg", "2.jpg", "3.jpg", "4.jpg", "10.png"]
+    found = find_images([photos])
+    paths = found.images
+    assert found.non_images == 1 and [p.name for p in paths] == ["1.jpg", "2.jpg", "3.jpg", "4.jpg", "10.png"]
     pred = predict_files(checkpoint, paths, device=torch.device("cpu"), batch_size=2, precision="fp32")
     assert list(pred.failures) == [3]
     (batch,) = ImageBatches(paths[:1], checkpoint.backbone.preprocessing, device="cpu")
@@ -104,6 +105,48 @@ def test_kaggle_id_met_twice_and_a_non_checkpoint_file(run, tmp_path, capsys):
     (tmp_path / "model.onnx").write_bytes(b"onnx")
     assert main(["predict", str(tmp_path / "x"), "--checkpoint", str(tmp_path / "model.onnx")]) == 1
     assert "model.onnx is not a tlkit checkpoint" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("names", [("007.jpg", "7.png"), ("7.jpg", "\u0667.jpg")])
+def test_kaggle_ids_are_compared_as_numbers(run, tmp_path, capsys, names):
+    """`007` and `7`, or the Arabic-Indic digit seven and `7`, are one id: one message naming both files."""
+    for n, name in enumerate(names):
+        write_image(tmp_path / "x" / name, color=n)
+    assert main(["predict", str(tmp_path / "x"), "--checkpoint", str(run), "--format", "kaggle",
+                 "--out", str(tmp_path / "s.csv")]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "both id 7" in err and all(name in err for name in names) and "Traceback" not in err
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_kaggle_name_of_a_superscript_digit_is_not_an_id(run, tmp_path, capsys):
+    write_image(tmp_path / "x" / "1.jpg")
+    write_image(tmp_path / "x" / "\u00b2.jpg", color=2)
+    assert main(["predict", str(tmp_path / "x"), "--checkpoint", str(run), "--format", "kaggle",
+                 "--out", str(tmp_path / "s.csv")]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "\u00b2.jpg is not one" in err and "Traceback" not in err
+
+
+def test_a_folder_given_twice_is_predicted_once(run, photos, tmp_path):
+    (photos / "4.jpg").unlink()
+    assert main(["predict", str(photos), str(photos / "nested"), str(photos), "--checkpoint", str(run),
+                 "--format", "kaggle", "--out", str(tmp_path / "sub.csv")]) == 0
+    lines = (tmp_path / "sub.csv").read_text().splitlines()
+    assert lines[0] == "id,label" and [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "10"]
+
+
+def test_a_named_dotfile_is_predicted_and_hidden_entries_of_a_folder_are_counted(run, photos, tmp_path, capsys):
+    write_image(photos / ".ipynb_checkpoints" / "1-checkpoint.jpg")
+    write_image(photos / ".5.jpg", color=5)
+    named = write_image(tmp_path / "elsewhere" / ".6.jpg", color=6)
+    assert main(["predict", str(photos), str(named), "--checkpoint", str(run), "--out", str(tmp_path / "p.csv")]) == 0
+    predicted = [row["path"] for row in _rows(tmp_path / "p.csv")]
+    assert str(named) in predicted and len(predicted) == 6
+    assert not any(".ipynb_checkpoints" in path or path.endswith("/.5.jpg") for path in predicted)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "hidden files and folders passed over (name a file to predict it): 2" in err
+    assert ".ipynb_checkpoints" in err and ".5.jpg" in err
 
 
 def test_existing_output_needs_force(run, photos, tmp_path, capsys):

@@ -141,8 +141,9 @@ def test_every_stage_counts_the_same_images_and_none_hidden(tmp_path, capsys):
         expected = sorted(d.split("/", 1)[1] for d in written if d.startswith(f"{subset}/"))
         in_training = [Path(path).relative_to(folder).as_posix() for path, _ in FolderDataset(folder, None).samples]
         in_cache = [row[0] for row in file_list(folder, classes)]
-        predicted = [p.relative_to(folder).as_posix() for p in find_images([folder])[0]]
+        predicted = [p.relative_to(folder).as_posix() for p in find_images([folder]).images]
         evaluated = [p.relative_to(folder).as_posix() for p in labelled_images(folder, classes)[0]]
         assert in_training == in_cache == predicted == evaluated == expected
-    assert find_images([data / "training" / "cat" / ".hidden.png", data / "training" / "dog"])[0] == sorted(
-        (data / "training" / "dog").glob("[0-9].png"))
+    named = data / "training" / "cat" / ".hidden.png"  # named: predicted, never dropped
+    assert find_images([named, data / "training" / "dog"]).images == [named, *sorted(
+        (data / "training" / "dog").glob("[0-9].png"))]

@@ -470,7 +470,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tlkit.predict import check_request, find_images, predict_files, write_predictions
 
     checkpoint, device, workers = _load_for_inference(args)
-    paths, non_images = find_images(args.paths)
+    found = find_images(args.paths)
+    paths = found.images
     check_request(Path(args.out), fmt=args.format, topk=args.topk, classes=checkpoint.classes, paths=paths,
                   force=args.force)
     pred = predict_files(checkpoint, paths, device=device, batch_size=args.batch_size, workers=workers,
@@ -484,8 +485,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         table.add_row(label, str(predicted[label]))
     if not is_quiet():  # predict's result is the --out file; the table only tells how it went
         out.print(table)
-    if non_images:
-        console.print(f"non-image files passed over: {non_images}")
+    if found.non_images:
+        console.print(f"non-image files passed over: {found.non_images}")
+    _list_paths("hidden files and folders passed over (name a file to predict it)",
+                [relpath(path) for path in found.hidden])
     _list_paths("images that could not be decoded (rows with an error)",
                 [(pred.paths[i], why) for i, why in sorted(pred.failures.items())])
     console.print(f"predictions: {relpath(target)}")
@@ -551,7 +554,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from tlkit.predict import find_images
 
     checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir))
-    images = find_images(args.images)[0] if args.images else []
+    images = find_images(args.images).images if args.images else []
     check = export_checkpoint(checkpoint, args.format, args.out, images=images, force=args.force)
     target = Path(check["file"])
     if check["verified"]:

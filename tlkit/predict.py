@@ -25,7 +25,7 @@ from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
 from tlkit.runtime import autocast, inference_batch_size, progress, relpath
-from tlkit.scan import is_hidden, is_image_name, visible_files
+from tlkit.scan import files_and_hidden, is_image_name
 from tlkit.split import finish_pending_split
 
 FORMATS = PREDICT_FORMATS
@@ -45,24 +45,46 @@ class Predictions:
         return np.nan_to_num(self.probabilities, nan=-1.0).argmax(axis=1)
 
 
-def find_images(paths: list[Path]) -> tuple[list[Path], int]:
-    """Image files among `paths` (a folder: its visible files as tlkit.scan lists them, sorted); and how
-    many non-images were passed over. A hidden file is skipped even when named."""
-    images, others = [], 0
+@dataclass
+class FoundImages:
+    """The files find_images takes, and what it passed over inside the folders named (to be said)."""
+
+    images: list[Path]
+    non_images: int  # files of a folder named that are not images by their suffix
+    hidden: list[Path]  # hidden files and folders of a folder named (scan.is_hidden), each folder once
+
+
+def find_images(paths: list[Path]) -> FoundImages:
+    """Every file named, whatever its name (one that does not decode is a row with its reason); of a
+    folder named, its visible image files as tlkit.scan lists them, sorted. A file met twice (a folder
+    named twice, or a file and its folder) is taken once."""
+    found, seen = FoundImages(images=[], non_images=0, hidden=[]), set()
     for path in map(Path, paths):
         finish_pending_split(path)  # a folder of a split interrupted while swapping in: finished first
         if not path.exists():
             raise TlkitError(f"{relpath(path)} does not exist; give image files or folders of them.")
-        candidates = visible_files(path) if path.is_dir() else [] if is_hidden(path.name) else [path]
-        for candidate in candidates:
-            if is_image_name(candidate):
-                images.append(candidate)
-            else:
-                others += 1
-    if not images:
-        raise TlkitError(f"no image files in {', '.join(relpath(Path(p)) for p in paths)} "
-                         f"(looked for .jpg, .png, ...; {others} other file(s) passed over).")
-    return images, others
+        if not path.is_dir():
+            found.images += _first_time([path], seen)
+            continue
+        files, hidden = files_and_hidden(path)
+        found.images += _first_time([file for file in files if is_image_name(file)], seen)
+        found.non_images += len(_first_time([file for file in files if not is_image_name(file)], seen))
+        found.hidden += _first_time(hidden, seen)
+    if not found.images:
+        raise TlkitError(f"no image files in {', '.join(relpath(Path(p)) for p in paths)} (looked for .jpg, "
+                         f".png, ...; {found.non_images} other and {len(found.hidden)} hidden file(s) or "
+                         "folder(s) passed over).")
+    return found
+
+
+def _first_time(paths: list[Path], seen: set[Path]) -> list[Path]:
+    """The paths whose files were not met before (compared resolved); they are added to seen."""
+    fresh = []
+    for path in paths:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            fresh.append(path)
+    return fresh
 
 
 def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.device, batch_size: int | None = None,
@@ -153,6 +175,13 @@ def _json_text(pred: Predictions, topk: int | None) -> str:
     return json.dumps(records, indent=1)
 
 
+def kaggle_id(path: Path) -> int | None:
+    """The id a Kaggle submission gives a file: `123.jpg` -> 123, `007.jpg` -> 7 (the number, as int()
+    reads decimal digits of any script); None when the name is not a number (`².jpg`, `cat.5.jpg`)."""
+    stem = Path(path).stem
+    return int(stem) if stem.isdecimal() else None
+
+
 def _kaggle_text(pred: Predictions) -> str:
     """Dogs-vs-Cats submission: `id,label` with the id from `123.jpg` and the probability of `dog`."""
     positive = pred.classes.index("dog") if "dog" in pred.classes else 1
@@ -161,8 +190,23 @@ def _kaggle_text(pred: Predictions) -> str:
         if index in pred.failures:
             raise TlkitError(f"{relpath(path)} {pred.failures[index]}, so it has no prediction and a Kaggle "
                              "submission needs every id; replace the file or use --format csv.")
-        rows.append((int(path.stem), float(pred.probabilities[index, positive])))
+        rows.append((kaggle_id(path), float(pred.probabilities[index, positive])))
     return "id,label\n" + "".join(f"{id_},{p:.6f}\n" for id_, p in sorted(rows))
+
+
+def _check_kaggle_ids(paths: list[Path]) -> None:
+    """Every file has a number for a name, and no two the same number (`007.jpg` and `7.png` are both 7)."""
+    named = [path for path in map(Path, paths) if kaggle_id(path) is None]
+    if named:
+        raise TlkitError(f"--format kaggle takes ids from file names like 123.jpg; {relpath(named[0])} is not "
+                         f"one ({len(named)} such file(s)). Use --format csv, or predict on the Kaggle test folder.")
+    first_with_id: dict[int, Path] = {}
+    for path in map(Path, paths):
+        id_ = kaggle_id(path)
+        if id_ in first_with_id:
+            raise TlkitError(f"--format kaggle needs one file per id; {relpath(first_with_id[id_])} and "
+                             f"{relpath(path)} are both id {id_}. Rename or remove one, or use --format csv.")
+        first_with_id[id_] = path
 
 
 def check_request(out: Path, *, fmt: str, topk: int | None, classes: list[str], paths: list[Path],
@@ -176,17 +220,7 @@ def check_request(out: Path, *, fmt: str, topk: int | None, classes: list[str], 
     if fmt == "kaggle":
         if len(classes) != 2:
             raise TlkitError(f"--format kaggle needs a two-class model; this one has {len(classes)} classes.")
-        named = [path for path in paths if not Path(path).stem.isdigit()]
-        if named:
-            raise TlkitError(f"--format kaggle takes ids from file names like 123.jpg; {relpath(Path(named[0]))} "
-                             f"is not one ({len(named)} such file(s)). Use --format csv, or predict on the Kaggle "
-                             "test folder.")
-        first_with_id: dict[str, Path] = {}
-        for path in map(Path, paths):
-            other = first_with_id.setdefault(path.stem, path)
-            if other != path:
-                raise TlkitError(f"--format kaggle needs one file per id; {relpath(other)} and {relpath(path)} are "
-                                 f"both id {path.stem}. Predict one folder, or use --format csv.")
+        _check_kaggle_ids(paths)
 
 
 def write_predictions(pred: Predictions, out: Path, *, fmt: str = "csv", topk: int | None = None,

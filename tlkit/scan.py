@@ -93,13 +93,21 @@ def visible_files(folder: Path, depth: int | None = None) -> list[Path]:
     """Files under folder, sorted by path, leaving out hidden ones and everything in hidden folders.
 
     depth: 1 for the folder's own files, 2 with those one folder down, ...; None for all."""
-    folder, found = Path(folder), []
-    for parent, subfolders, names in os.walk(folder):  # hidden folders pruned: never walked into
+    return files_and_hidden(folder, depth)[0]
+
+
+def files_and_hidden(folder: Path, depth: int | None = None) -> tuple[list[Path], list[Path]]:
+    """(visible_files, the hidden files and folders it leaves out), each sorted; a hidden folder is
+    listed once and never walked into."""
+    folder, found, hidden = Path(folder), [], []
+    for parent, subfolders, names in os.walk(folder):
         level = len(Path(parent).relative_to(folder).parts) + 1
-        subfolders[:] = [] if depth is not None and level >= depth else [
-            name for name in subfolders if not is_hidden(name)]
+        if depth is not None and level >= depth:
+            subfolders[:] = []
+        hidden += (Path(parent, name) for name in (*subfolders, *names) if is_hidden(name))
+        subfolders[:] = [name for name in subfolders if not is_hidden(name)]
         found += (Path(parent, name) for name in names if not is_hidden(name))
-    return sorted(path for path in found if path.is_file())
+    return sorted(path for path in found if path.is_file()), sorted(hidden)
 
 
 def class_folders(folder: Path) -> list[str]:

@@ -151,6 +151,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     report = check_dataset(Path(args.dir))
     for folder in report.folders:
         _print_folder_check(folder)
+    if report.leaks:
+        warn(f"identical files in both training/ and validation/ (validation would score images the model "
+             f"trained on): {len(report.leaks)}; remove one of each, or split the original folder again")
+        for group in report.leaks[:LIST_LIMIT]:
+            console.print("  " + " = ".join(str(p.relative_to(report.root)) for p in group))
     if report.problems == 0:
         out.print("no problems found")
         return 0
@@ -188,6 +193,9 @@ def _print_folder_check(check) -> None:
     if check.one_class:
         warn(f"one class only ({next(iter(scan.class_counts()))}): a classifier needs at least two; "
              "split and finetune refuse this folder")
+    if check.single_image:
+        warn(f"class(es) with a single image (identical files counted once): {', '.join(check.single_image)}; "
+             "split refuses them, as a class needs an image in training and another in validation")
 
 
 def _add_check(subparsers) -> None:

@@ -91,7 +91,7 @@ def plan_split(scan: Scan, val: int | float, out: Path, seed: int = 0) -> SplitP
             f"{relpath(scan.root)} holds one class only ({next(iter(counts))}); a classifier needs "
             "at least two. Flat names look like cat.0.jpg / dog.0.jpg; folders like cat/, dog/."
         )
-    singles = sorted(label for label, n in counts.items() if n < 2)
+    singles = single_image_classes(scan)
     if singles:
         raise TlkitError(
             f"class {', '.join(singles)} has a single image, so it cannot appear in both training "
@@ -112,6 +112,14 @@ def plan_split(scan: Scan, val: int | float, out: Path, seed: int = 0) -> SplitP
         rows.append((path, label, subset, Path(subset) / label / _name_in_class(scan, path)))
     rows.sort(key=lambda row: (row[2] != "training", row[0]))
     return SplitPlan(scan=scan, out=Path(out), rows=rows, twins=len(twin_of))
+
+
+def single_image_classes(scan: Scan) -> list[str]:
+    """The classes split refuses: those with one image, identical files counted once (a full check's
+    hashes), since a class needs an image in training and another in validation."""
+    twin_of = _twins(scan, sorted(scan.images))
+    counts = Counter(label for path, label in scan.images if path not in twin_of)
+    return sorted(label for label, n in counts.items() if n < 2)
 
 
 def _twins(scan: Scan, images: list[tuple[Path, str]]) -> dict[Path, Path]:

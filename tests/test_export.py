@@ -72,6 +72,21 @@ def test_existing_export_needs_force_and_no_images_is_said(run, tmp_path, capsys
     assert "--force" in capsys.readouterr().err
 
 
+def test_images_that_all_fail_to_decode_are_named_not_called_none_given(run, tmp_path, capsys):
+    broken = [tmp_path / "img" / name for name in ("a.jpg", "b.png")]
+    for path in broken:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"not an image")
+    target = tmp_path / "model.pt"
+    assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target),
+                 "--images", *map(str, broken)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no images given" not in err and "none of the 2 image(s) to verify on decoded" in err
+    assert "could not be decoded" in err and "a.jpg" in err and "b.png" in err
+    check = json.loads(sidecar_path(target).read_text())["check"]
+    assert sorted(check["images_failed"]) == sorted(map(str, broken))
+
+
 def test_export_beside_the_checkpoint_leaves_best_json_alone(run, tmp_path):
     before = (run / "best.json").read_text()
     assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(run / "best.pt")]) == 0

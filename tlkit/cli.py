@@ -565,6 +565,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     images = find_images(args.images).images if args.images else []
     check = export_checkpoint(checkpoint, args.format, args.out, images=images, force=args.force)
     target = Path(check["file"])
+    _list_paths("images that could not be decoded (not verified on)", list(check["images_failed"].items()))
     if check["verified"]:
         console.print(f"verified on {check['verified_on']} at batch sizes {check['batch_sizes']}: max "
                       f"difference {check['max_abs_difference']:.2e}")

@@ -1,7 +1,8 @@
 """`tlkit export`: a checkpoint as ONNX or TorchScript, with its preprocessing beside it.
 
-Every export is checked before it is kept: the exported model's outputs on real images
-(or, without any, on random ones, said plainly) must match PyTorch's, at two batch sizes.
+Every export is checked before it is kept: the exported model's outputs on real images (or,
+without any that decode, on random ones, said plainly with the files that failed) must match
+PyTorch's, at two batch sizes.
 ONNX is checked with onnxruntime when it is installed; otherwise the export says so.
 """
 
@@ -32,16 +33,24 @@ FORMATS = EXPORT_SUFFIXES
 TOLERANCE = 1e-3  # absolute, on logits; fp32 kernels differ between runtimes in the last bits
 
 
-def sample_images(checkpoint: Checkpoint, images: list[Path]) -> tuple[torch.Tensor, str]:
-    """Up to 8 normalised real images to verify with; random ones when none can be found."""
+def sample_images(checkpoint: Checkpoint, images: list[Path]) -> tuple[torch.Tensor, str, dict[Path, str]]:
+    """Up to 8 normalised real images to verify with (the first that decode), what they are in words, and
+    the files that failed to decode with why; random tensors when none decodes, and the words say so."""
     prep = checkpoint.backbone.preprocessing
+    decoded, failed = [], {}
     if images:
-        batches = ImageBatches(images[:8], prep, device=torch.device("cpu"), batch_size=8)
-        decoded = [batch.images for batch in batches]
-        if decoded:
-            return torch.cat(decoded), f"{sum(len(d) for d in decoded)} real image(s)"
+        batches = ImageBatches(images, prep, device=torch.device("cpu"), batch_size=8)
+        for batch in batches:
+            decoded.append(batch.images)
+            if sum(len(part) for part in decoded) >= 8:
+                break
+        failed = {images[index]: why for index, why in sorted(batches.failures.items())}
+    if decoded:
+        samples = torch.cat(decoded)[:8]
+        return samples, f"{len(samples)} real image(s)", failed
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(4, prep.in_chans, *prep.input_size, generator=generator), "4 random tensors (no images given)"
+    why = f"none of the {len(images)} image(s) to verify on decoded" if images else "no images given"
+    return torch.randn(4, prep.in_chans, *prep.input_size, generator=generator), f"4 random tensors ({why})", failed
 
 
 @contextmanager
@@ -189,7 +198,7 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None,
             raise TlkitError(f"{relpath(target)} already exists; nothing was written. Use --force, or --out FILE.")
     model = checkpoint.backbone.model.float().cpu().eval()
     _check_disk_room(model_bytes(model), out)
-    samples, source = sample_images(checkpoint, images)
+    samples, source, failed = sample_images(checkpoint, images)
     with torch.inference_mode():
         expected = model(samples).numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +207,8 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None,
     staged, staged_sidecar = (path.with_name(f".{path.name}.unverified") for path in (out, sidecar))
     try:
         (_export_onnx if fmt == "onnx" else _export_torchscript)(model, samples, staged)
-        check = {**_verified(fmt, staged, samples, expected, source), "file": str(out)}
+        check = {**_verified(fmt, staged, samples, expected, source), "file": str(out),
+                 "images_failed": {str(path): why for path, why in failed.items()}}
         atomic_write_text(staged_sidecar, json.dumps(_sidecar(checkpoint, check), indent=2))
         os.replace(staged, out)
         os.replace(staged_sidecar, sidecar)

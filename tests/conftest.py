@@ -79,6 +79,15 @@ def write_image(path: Path, size: tuple[int, int] = (16, 12), color: int = 0, mo
     return path
 
 
+def write_large_image(path: Path, side: int = 12_000) -> Path:
+    """A side x side image of one grey, in the format the suffix names: 144 megapixels at 12000, over
+    Pillow's Image.MAX_IMAGE_PIXELS but under twice it (where Pillow only warns, then decodes it whole),
+    yet a few hundred KB on disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (side, side), 90).save(path)
+    return path
+
+
 def make_flat(root: Path, counts: dict[str, int], suffix: str = ".jpg") -> Path:
     """A Kaggle-style flat folder: <class>.<n><suffix>."""
     for label, count in counts.items():

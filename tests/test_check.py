@@ -1,10 +1,13 @@
 """tlkit.check and `tlkit check`: what split would refuse, and a split that leaks, are problems."""
 
 import shutil
+import warnings
+
+from PIL import Image
 
 from tlkit.cli import main
 
-from conftest import make_flat, make_foldered, write_image
+from conftest import make_flat, make_foldered, write_image, write_large_image
 
 
 def test_a_class_of_a_single_image_is_a_problem_as_split_refuses_it(tmp_path, capsys):
@@ -46,3 +49,16 @@ def test_a_file_in_both_subsets_of_a_split_is_a_leak(tmp_path, capsys):
     err = " ".join(captured.err.split())
     assert "identical files in both training/ and validation/" in err and "validation/cat/again.jpg" in err
     assert main(["check", "--strict", str(data)]) == 1
+
+
+def test_an_image_over_the_pixel_limit_is_a_problem_and_pil_never_warns(tmp_path, capsys):
+    src = make_flat(tmp_path / "train", {"cat": 3, "dog": 3})
+    write_large_image(src / "cat.9.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["check", "--strict", str(src)]) == 1
+    captured = capsys.readouterr()
+    assert "problems found: 1" in captured.out
+    err = " ".join(captured.err.split())
+    assert "cat.9.png is too large to decode safely (over 89,478,485 pixels" in err
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]

@@ -10,7 +10,7 @@ import torch
 
 from tlkit.decode import ImageBatches, load_image
 
-from conftest import device_under_test, shared_data, real_photos, write_image
+from conftest import device_under_test, real_photos, shared_data, write_image, write_large_image
 
 
 def _prep(in_chans=3, resize_size=36, size=32, crop_mode="center"):
@@ -351,6 +351,15 @@ def test_decode_batches_are_capped_by_pixels(mixed_files):
     groups = _pixel_groups(sized, max_pixels=2 * 62 * 48)
     assert [[i for i, _ in group] for group in groups] == [[0, 1], [2], [3], [4]]
     assert _pixel_groups(sized, max_pixels=10) == [[item] for item in jpegs]  # one file alone may exceed it
+
+
+@pytest.mark.parametrize("gpu_decode", [False, True])
+def test_an_image_over_the_pixel_limit_is_refused_by_either_decoder(tmp_path, gpu_decode):
+    """The batched decoder (here torchvision's, on the CPU) refuses what PIL refuses, for the same reason."""
+    files = [write_image(tmp_path / "0.jpg", size=(40, 30)), write_large_image(tmp_path / "1.jpg")]
+    batches = ImageBatches(files, _prep(), device="cpu", batch_size=8, gpu_decode=gpu_decode)
+    assert list(_collect(batches)) == [0]
+    assert batches.failures[1].startswith("is too large to decode safely (over 89,478,485 pixels")
 
 
 def test_benchmark_photos_are_copied_where_hard_links_fail(tmp_path, monkeypatch):

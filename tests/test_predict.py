@@ -13,7 +13,7 @@ from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
 from tlkit.predict import find_images, predict_files, write_predictions
 
-from conftest import make_checkpoint, write_image
+from conftest import make_checkpoint, write_image, write_large_image
 
 
 @pytest.fixture
@@ -147,6 +147,22 @@ def test_a_named_dotfile_is_predicted_and_hidden_entries_of_a_folder_are_counted
     err = " ".join(capsys.readouterr().err.split())
     assert "hidden files and folders passed over (name a file to predict it): 2" in err
     assert ".ipynb_checkpoints" in err and ".5.jpg" in err
+
+
+def test_an_image_over_the_pixel_limit_is_a_row_with_the_reason_and_pil_never_warns(run, photos, tmp_path, capsys):
+    import warnings
+
+    from PIL import Image
+
+    write_large_image(photos / "5.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["predict", str(photos), "--checkpoint", str(run), "--out", str(tmp_path / "p.csv")]) == 0
+    rows = {row["path"].rsplit("/", 1)[-1]: row for row in _rows(tmp_path / "p.csv")}
+    assert len(rows) == 6 and rows["5.png"]["label"] == ""
+    assert rows["5.png"]["error"].startswith("is too large to decode safely (over 89,478,485 pixels")
+    assert "5.png" in capsys.readouterr().err
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 def test_existing_output_needs_force(run, photos, tmp_path, capsys):

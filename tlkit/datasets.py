@@ -16,7 +16,8 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from tlkit.data import (
-    DataBundle, EpochSampler, EvalLoad, FolderDataset, ShardSampler, check_classes, make_loader, train_load,
+    DECODE_ERRORS, DataBundle, EpochSampler, EvalLoad, FolderDataset, ShardSampler, check_classes, make_loader,
+    train_load,
 )
 from tlkit import rawdata
 from tlkit.augment import policy, shift_flip
@@ -24,6 +25,7 @@ from tlkit.backbone import per_channel
 from tlkit.config import checked_settings, config_keys, read_yaml
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
+from tlkit.scan import open_image
 from tlkit.split import parse_val, val_count
 
 STATS_SAMPLE = 2000  # images of a folder read to estimate its mean and std
@@ -277,10 +279,14 @@ def memory_source(title: str, classes: list[str], train: tuple, test: tuple | No
 
 
 def _first_image_channels(dataset: FolderDataset) -> int:
-    from PIL import Image
-
-    with Image.open(dataset.samples[0][0]) as image:
-        return 1 if image.mode in ("L", "1", "I;16", "I", "F") else 3
+    """1 for grey photos, else 3, from the header of the first photo that opens (the loaders skip the others)."""
+    for path, _ in dataset.samples:
+        try:
+            with open_image(Path(path)) as image:
+                return 1 if image.mode in ("L", "1", "I;16", "I", "F") else 3
+        except DECODE_ERRORS:
+            continue
+    raise TlkitError(f"no image of {relpath(Path(dataset.root))} can be decoded; `tlkit check` lists why.")
 
 
 def _folder_source(root: Path, settings: dict) -> FolderSource:

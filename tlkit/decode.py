@@ -39,7 +39,7 @@ from torchvision.transforms.v2 import functional as F
 
 from tlkit.errors import TlkitError
 from tlkit.runtime import memory_format, warn
-from tlkit.scan import EMPTY_FILE, EXIF_ORIENTATION, open_photo
+from tlkit.scan import EMPTY_FILE, EXIF_ORIENTATION, open_image, open_photo
 
 _JPEG_MAGIC = b"\xff\xd8"
 MAX_DECODE_PIXELS = 400_000_000 // 3  # decoded bytes of one batched decode call: about 400 MB of RGB
@@ -129,7 +129,7 @@ class _PilDataset(torch.utils.data.Dataset):
                 return index, None, EMPTY_FILE
             return index, self.load(self.paths[index]), None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            return index, None, f"cannot be decoded ({error})"
+            return index, None, decode_failure(error)
 
 
 def _collate(samples):
@@ -416,13 +416,13 @@ def _ahead(items: Iterator, depth: int) -> Iterator:
 
 def batchable_pixels(data: bytes) -> int:
     """Pixels of a JPEG the batched decoder may be given, from its header (PIL reads the header only);
-    0 for any other file: not a JPEG, a header PIL cannot read (PIL then says why), an EXIF orientation
-    other than 1 (torchvision applies it on the CPU only: nvjpeg's photo would come out turned) or
-    CMYK/YCCK (which nvjpeg may decode to wrong colours instead of refusing)."""
+    0 for any other file: not a JPEG, a header PIL cannot read or an image over the pixel limit (PIL then
+    says why), an EXIF orientation other than 1 (torchvision applies it on the CPU only: nvjpeg's photo
+    would come out turned) or CMYK/YCCK (which nvjpeg may decode to wrong colours instead of refusing)."""
     if data[:2] != _JPEG_MAGIC:
         return 0
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data)) as image:
             if image.format != "JPEG" or image.mode not in ("RGB", "L"):
                 return 0
             if image.getexif().get(EXIF_ORIENTATION, 1) != 1:

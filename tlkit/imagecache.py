@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from tlkit import distributed
 from tlkit.augment import POLICIES, Augmentation, crop_resize_flip, policy, random_crop_boxes
@@ -36,7 +35,7 @@ from tlkit.cache import (
 from tlkit.data import DataBundle, EpochRows, SplitFolders, open_split
 from tlkit.decode import ImageBatches
 from tlkit.runtime import info, progress, relpath
-from tlkit.scan import upright_size
+from tlkit.scan import open_image, upright_size
 
 STALE_REASONS = {
     "format": "the cache format changed",
@@ -159,7 +158,7 @@ def _photo_sizes(paths: list[Path], stored, workers: int) -> list[tuple[int, int
     """(height, width) of each photo from its header; the stored size where the header cannot be read."""
     def size_of(path: Path) -> tuple[int, int]:
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 return upright_size(image)
         except Exception:  # noqa: BLE001 (the photo failed to decode too, and is left out)
             return tuple(stored.input_size)

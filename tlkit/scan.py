@@ -4,17 +4,21 @@ Two layouts: the Kaggle flat one (`cat.0.jpg`: the class is the name before the 
 and a class-foldered tree (`ROOT/<class>/...`). Which files count is decided here alone
 (`visible_files`, `class_folders`, `class_images`: hidden files and everything in hidden
 folders are left out), so check, split, training, the caches, predict and evaluate all see the
-same images; every stage reads a photo's pixels through `open_photo` (upright, 8 bits). Reads only.
+same images; every stage opens an image through `open_image` (one pixel limit, Pillow's
+Image.MAX_IMAGE_PIXELS) and reads its pixels through `open_photo` (upright, 8 bits). Reads only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
+import warnings
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -167,11 +171,45 @@ def list_dataset(root: Path) -> Scan:
     return scan
 
 
+_OPENING = threading.Lock()  # warnings' filters are one per process: the opens that change them go one at a time
+
+
+def _new_opening_lock() -> None:
+    """A loader process forked while another thread held the lock starts with a free one."""
+    global _OPENING
+    _OPENING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_opening_lock)
+
+
+def open_image(source: Path | BinaryIO) -> Image.Image:
+    """Image.open (the header only), refusing an image of more than Pillow's Image.MAX_IMAGE_PIXELS pixels
+    with DecompressionBombError. Pillow itself refuses only twice that: below, it prints a raw warning and
+    decodes the whole image (2.5 GB for a 12000x12000 PNG). Every stage opens images here, so every stage
+    refuses the same files (decode_failure words the reason)."""
+    with _OPENING, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(source)
+        except Image.DecompressionBombWarning as warning:
+            raise Image.DecompressionBombError(str(warning)) from None
+
+
+def decode_failure(error: Exception) -> str:
+    """Why a file did not decode, in the same words on every path (check, split, predict, the caches)."""
+    if isinstance(error, Image.DecompressionBombError):
+        return (f"is too large to decode safely (over {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's "
+                "Image.MAX_IMAGE_PIXELS; shrink it)")
+    return f"cannot be decoded ({error})"
+
+
 def open_photo(path: Path, mode: str, draft_side: int | None = None) -> Image.Image:
     """A file as a PIL image in `mode` ("RGB" or "L"), as every stage reads it: upright (the EXIF
     orientation a phone records applied), 16-bit samples scaled to 8 bits (PIL's convert would clip
-    them to white), and a JPEG decoded at 1/2, 1/4 or 1/8 scale when both sides stay >= draft_side."""
-    with Image.open(path) as image:
+    them to white), and a JPEG decoded at 1/2, 1/4 or 1/8 scale when both sides stay >= draft_side.
+    An image over the pixel limit raises DecompressionBombError (open_image)."""
+    with open_image(path) as image:
         if draft_side:
             image.draft(mode, (draft_side, draft_side))  # square: right whichever way the photo is turned
         image = ImageOps.exif_transpose(image)
@@ -195,7 +233,7 @@ def check_image(path: Path, full: bool) -> ImageInfo | str:
     try:
         if path.stat().st_size == 0:
             return EMPTY_FILE
-        with Image.open(path) as image:
+        with open_image(path) as image:
             (height, width), mode = (image.height, image.width), image.mode
             if full:
                 height, width = upright_size(image)  # only a full check's details are kept (verify_images)
@@ -203,10 +241,8 @@ def check_image(path: Path, full: bool) -> ImageInfo | str:
                 image.load()
             else:
                 image.verify()  # must come right after open: no EXIF read before it
-    except Image.DecompressionBombError as error:  # PIL's guard against decompression bombs: not OSError
-        return f"is too large to decode safely ({error})"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        return f"cannot be decoded ({error})"
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        return decode_failure(error)
     sha1 = hashlib.sha1(path.read_bytes()).hexdigest() if full else ""
     return ImageInfo(width, height, mode, sha1)
 

@@ -39,7 +39,7 @@ from torchvision.transforms.v2 import functional as F
 
 from tlkit.errors import TlkitError
 from tlkit.runtime import memory_format, warn
-from tlkit.scan import EMPTY_FILE, EXIF_ORIENTATION, open_image, open_photo
+from tlkit.scan import EMPTY_FILE, EXIF_ORIENTATION, decode_failure, open_image, open_photo
 
 _JPEG_MAGIC = b"\xff\xd8"
 MAX_DECODE_PIXELS = 400_000_000 // 3  # decoded bytes of one batched decode call: about 400 MB of RGB

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import warnings
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -171,29 +170,22 @@ def list_dataset(root: Path) -> Scan:
     return scan
 
 
-_OPENING = threading.Lock()  # warnings' filters are one per process: the opens that change them go one at a time
-
-
-def _new_opening_lock() -> None:
-    """A loader process forked while another thread held the lock starts with a free one."""
-    global _OPENING
-    _OPENING = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_new_opening_lock)
+# Pillow warns, then decodes the whole image, between Image.MAX_IMAGE_PIXELS and twice that (2.5 GB for a
+# 12000x12000 PNG), and refuses only above. tlkit refuses from the limit on, in open_image, with a message of
+# its own: Pillow's raw warning would only repeat it, so it is not shown (a filter set once: changing filters
+# per call is not safe while decode threads open images).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def open_image(source: Path | BinaryIO) -> Image.Image:
     """Image.open (the header only), refusing an image of more than Pillow's Image.MAX_IMAGE_PIXELS pixels
-    with DecompressionBombError. Pillow itself refuses only twice that: below, it prints a raw warning and
-    decodes the whole image (2.5 GB for a 12000x12000 PNG). Every stage opens images here, so every stage
-    refuses the same files (decode_failure words the reason)."""
-    with _OPENING, warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            return Image.open(source)
-        except Image.DecompressionBombWarning as warning:
-            raise Image.DecompressionBombError(str(warning)) from None
+    with DecompressionBombError. Every stage opens images here, so every stage refuses the same files
+    (decode_failure words the reason)."""
+    image = Image.open(source)
+    if Image.MAX_IMAGE_PIXELS and image.width * image.height > Image.MAX_IMAGE_PIXELS:
+        image.close()
+        raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels")
+    return image
 
 
 def decode_failure(error: Exception) -> str:

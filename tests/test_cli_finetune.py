@@ -326,3 +326,23 @@ def test_a_run_that_diverges_stops_with_a_message_not_a_score(tmp_path, data_dir
     err = " ".join(captured.err.split())
     assert "the loss became nan in epoch 1" in err and "the training diverged" in err and "lower --lr" in err
     assert "accuracy of the saved model" not in captured.out and "Traceback" not in err
+
+
+def test_a_run_records_its_folders_absolute_so_it_works_from_anywhere(tmp_path, data_dir, monkeypatch, capsys):
+    """Started with a relative --data, the run's config.yaml names the folder absolutely: export finds the
+    run's validation photos, and --resume its data, from another working directory."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(data_dir, tmp_path / "project" / "data")
+    monkeypatch.chdir(tmp_path / "project")
+    assert main(["finetune", "--data", "data", *QUICK, "--epochs", "1", "--img-size", "24", "--name", "exp"]) == 0
+    config = yaml.safe_load((tmp_path / "project" / "runs" / "exp" / "config.yaml").read_text())
+    assert config["data"] == str(tmp_path / "project" / "data") and Path(config["runs_dir"]).is_absolute()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    run = str(tmp_path / "project" / "runs" / "exp")
+    assert main(["export", "--format", "torchscript", "--checkpoint", run, "--out", "model.pt"]) == 0
+    assert "real image(s)" in capsys.readouterr().err

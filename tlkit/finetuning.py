@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,8 +62,14 @@ def starts_pretrained(config: FinetuneConfig) -> bool:
 
 
 def run_config(config: FinetuneConfig, source=None) -> FinetuneConfig:
-    """The config with every `auto` chosen for this backbone and data (config.resolve_auto)."""
+    """The config with every `auto` chosen for this backbone and data (config.resolve_auto), and its folders
+    absolute: config.yaml and best.json then repeat the run, resume it and find its validation photos from any
+    working directory (messages still show them relative)."""
     data_augment = getattr(source, "augment", "default")  # a folder of photos: crops and mirroring
+    absolute = os.path.abspath
+    config = dataclasses.replace(config, data=absolute(config.data), runs_dir=absolute(config.runs_dir),
+                                 cache_dir=config.cache_dir and absolute(config.cache_dir),
+                                 weights=absolute(config.weights) if Path(config.weights).exists() else config.weights)
     return resolve_auto(config, pretrained=starts_pretrained(config), data_augment=data_augment,
                         linear_head=models.has_linear_head(config.backbone))
 

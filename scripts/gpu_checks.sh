@@ -86,6 +86,10 @@ prepare() {  # [--per-class N]
     [ "${1:-}" = --per-class ] && per_class=$2
     local shared=../shared/data/dogs-vs-cats-2k/train
     [ -d "$shared" ] || { echo "error: $shared is absent: prepare copies its photos" >&2; return 1; }
+    if [ -e "$DATA" ] && [ ! -d "$PHOTOS" ]; then  # replace only what an earlier prepare wrote
+        echo "error: $DATA exists and is not what prepare writes (no photos/ in it); move it away" >&2
+        return 1
+    fi
     rm -rf "$DATA" && mkdir -p "$PHOTOS" "$DATA/wheels" || return
     # 500 cats and 500 dogs (about 24 MB): with the repo and the wheel, well under the 64 MiB that travels.
     for label in cat dog; do

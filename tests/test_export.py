@@ -218,3 +218,14 @@ def test_a_disk_that_fills_during_the_export_leaves_the_earlier_export_whole(run
     assert "No space left on device" in err and "Traceback" not in err
     assert (target.read_bytes(), sidecar_path(target).read_text()) == earlier
     assert sorted(p.name for p in tmp_path.iterdir() if "model" in p.name) == ["model.out", "model.out.json"]
+
+
+def test_force_replaces_an_export_but_never_another_file(run, tmp_path, capsys):
+    target = tmp_path / "model.pt"
+    command = ["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target), "--force"]
+    assert main(command) == 0 and main(command) == 0  # its own export, replaced
+    mine = tmp_path / "weights.pt"
+    mine.write_bytes(b"a model of my own")
+    assert main([*command[:-2], str(mine), "--force"]) == 1
+    assert "not an export of tlkit's" in capsys.readouterr().err
+    assert mine.read_bytes() == b"a model of my own" and not sidecar_path(mine).exists()

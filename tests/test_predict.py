@@ -221,3 +221,18 @@ def test_writing_predictions_onto_a_folder_says_it_is_a_folder(tmp_path, capsys)
     assert main(["predict", str(photo), "--checkpoint", str(run), "--out", str(tmp_path / "out.csv"), "--force"]) == 1
     err = capsys.readouterr().err
     assert "is a folder: name a file" in err and "--runs-dir" not in err
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "kaggle"])
+def test_force_replaces_a_predictions_file_but_never_another_file(tmp_path, capsys, fmt):
+    from tlkit.cli import main
+
+    run = make_checkpoint(tmp_path / "runs" / "tiny")
+    photo = write_image(tmp_path / "photos" / "12.jpg")
+    out = tmp_path / f"out.{fmt}"
+    command = ["predict", str(photo), "--checkpoint", str(run), "--out", str(out), "--format", fmt, "--force"]
+    assert main(command) == 0 and main(command) == 0  # its own file, replaced
+    out.write_text("my thesis notes")
+    assert main(command) == 1
+    assert "not a predictions file of tlkit's" in capsys.readouterr().err
+    assert out.read_text() == "my thesis notes"

@@ -196,6 +196,9 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None,
     for target in (out, sidecar):
         if target.exists() and not force:
             raise TlkitError(f"{relpath(target)} already exists; nothing was written. Use --force, or --out FILE.")
+    if (out.exists() or sidecar.exists()) and not _an_export(sidecar):
+        raise TlkitError(f"{relpath(out)} is not an export of tlkit's (no {sidecar.name} of tlkit's beside it), and "
+                         "--force replaces only those; nothing was written. Choose another --out, or move it away.")
     model = checkpoint.backbone.model.float().cpu().eval()
     _check_disk_room(model_bytes(model), out)
     samples, source, failed = sample_images(checkpoint, images)
@@ -216,6 +219,15 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None,
         staged.unlink(missing_ok=True)
         staged_sidecar.unlink(missing_ok=True)
     return check
+
+
+def _an_export(sidecar: Path) -> bool:
+    """Whether `sidecar` is the json an export of tlkit's writes beside its model."""
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(meta, dict) and {"classes", "input", "preprocessing", "decode", "check"} <= meta.keys()
 
 
 def _sidecar(checkpoint: Checkpoint, check: dict) -> dict:

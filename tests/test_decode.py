@@ -173,6 +173,49 @@ def test_a_refused_first_file_does_not_condemn_the_decoder(tmp_path, monkeypatch
     assert batches.decoded_by_batch == 15 and batches.refusals == 1
 
 
+def test_a_guard_that_fails_in_the_middle_of_a_halving_sends_the_rest_to_pil(tmp_path, monkeypatch):
+    """A refused list is halved; when the guard switches the decoder off on the left half, the right half is
+    not decoded by it unchecked: everything goes to PIL."""
+    paths = [write_image(tmp_path / f"{n}.jpg", size=(60, 48), color=n) for n in range(8)]
+    calls = _refusing(monkeypatch, lambda index: index == 7)  # the whole list is refused once
+    real = ImageBatches._decode_jpegs
+    monkeypatch.setattr(ImageBatches, "_decode_jpegs", lambda self, jpegs: real(self, jpegs).flip(2))
+    batches = ImageBatches(paths, _prep(), device="cpu", batch_size=8, gpu_decode=True)
+    got = _collect(batches)
+    expected = _collect(ImageBatches(paths, _prep(), device="cpu", gpu_decode=False))
+    assert batches.decoded_by_batch == 0 and all(torch.equal(got[i], expected[i]) for i in expected)
+    assert len(calls) == 2  # the whole list, then its left half (which failed the guard): nothing more
+
+
+def test_a_file_pil_cannot_decode_does_not_stop_the_guard(tmp_path, monkeypatch):
+    """The guard compares with PIL; a file the batched decoder took but PIL refuses is left out of the
+    comparison, and the run goes on."""
+    from tlkit import decode
+
+    paths = [write_image(tmp_path / f"{n}.jpg", size=(60, 48), color=n) for n in range(4)]
+    real_load = decode.load_image
+
+    def pil_refuses_the_first(path, prep, full_size=False):
+        if path == paths[0] and full_size:
+            raise OSError("image file is truncated")
+        return real_load(path, prep, full_size=full_size)
+
+    monkeypatch.setattr(decode, "load_image", pil_refuses_the_first)
+    batches = ImageBatches(paths, _prep(), device="cpu", batch_size=4, gpu_decode=True)
+    assert sorted(_collect(batches)) == [0, 1, 2, 3] and batches.decoded_by_batch == 4
+    assert batches.guard_levels is not None and batches.guard_levels < 1
+
+
+def test_damaged_files_first_do_not_condemn_the_decoder_before_it_reaches_good_ones(tmp_path, monkeypatch):
+    """Ten refused files sort first: the decoder is judged after the whole chunk, by which time it has
+    decoded the good ones."""
+    paths = [write_image(tmp_path / f"{n:03d}.jpg", size=(40, 30), color=n) for n in range(16)]
+    _refusing(monkeypatch, lambda index: index < 10)
+    batches = ImageBatches(paths, _prep(), device="cpu", batch_size=16, gpu_decode=True)
+    assert sorted(_collect(batches)) == list(range(16))
+    assert batches.refusals == 10 and batches.decoded_by_batch == 6
+
+
 def test_turned_and_cmyk_jpegs_never_reach_the_batched_decoder(tmp_path, monkeypatch):
     """EXIF orientation is applied by torchvision on the CPU only, and nvjpeg may give CMYK wrong colours:
     such files go to PIL, and come out as PIL gives them."""
@@ -272,14 +315,17 @@ def test_cuda_stream_protocol_calls_torch_cuda_as_documented(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_stream", lambda stream: calls.append(("set_stream", stream)))
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: consumer)
     monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: calls.append(("record_stream", stream)))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(("device synchronize", device)))
     calls.clear()
     streams = _CudaStreams(torch.device("cuda", 0))
     streams.enter_decode_thread()
     streams.before_batched_decode()
+    streams.after_refusal()
     done = streams.batch_done()
     streams.receive(torch.zeros(1), done)
     assert calls == [("Stream", torch.device("cuda", 0)), ("set_stream", streams.stream), "synchronize",
-                     ("record", streams.stream), ("wait_event", done), ("record_stream", consumer)]
+                     ("device synchronize", torch.device("cuda", 0)), ("record", streams.stream),
+                     ("wait_event", done), ("record_stream", consumer)]
 
 
 def test_the_uint8_batch_crosses_to_the_device_before_any_conversion():

@@ -178,7 +178,7 @@ class ImageBatches:
         self.failures: dict[int, str] = {}
         self.decoded_by_batch, self.refusals = 0, 0  # files the batched decoder took; single files it refused
         self.guard_levels: float | None = None  # the first batched decode's largest mean difference to PIL
-        self._said_refusal = False
+        self._said_refusal, self._refusal = False, ""
         self._streams = stream_order(self.device) if self.gpu_decode else None
         self._normalise = (Normalizer(prep, self.device) if normalise
                            else (lambda images: images.to(self.device)))
@@ -244,19 +244,22 @@ class ImageBatches:
         readable = [(i, data, batchable_pixels(data)) for i, data in chunk_bytes if isinstance(data, bytes)]
         for_pil += [i for i, _, pixels in readable if not pixels]
         for group in _pixel_groups([item for item in readable if item[2]], MAX_DECODE_PIXELS):
-            if not self.gpu_decode:  # the guard switched the batched decoder off
-                for_pil += [i for i, _ in group]
-                continue
             for decoded_group, images in self._decode_or_halve(group, for_pil):
                 yield Batch(self._normalise(images), [i for i, _ in decoded_group])
+        self._check_alive()
 
     def _decode_or_halve(self, jpegs: list[tuple[int, bytes]], for_pil: list[int]):
         """(files, images) for what the batched decoder takes. torchvision raises one error for the whole
         list (a damaged file, or the decoder out of memory), so a refused list is split in halves until
-        the files it refuses stand alone; those go to PIL."""
+        the files it refuses stand alone; those go to PIL, as everything does once the guard switched the
+        batched decoder off (in the middle of a halving too)."""
+        if not self.gpu_decode:
+            for_pil += [i for i, _ in jpegs]
+            return []
         try:
             images = self._decode_jpegs(jpegs)
         except RuntimeError as error:
+            self._streams.after_refusal()
             self._refused(error, jpegs)
             if len(jpegs) == 1:
                 for_pil.append(jpegs[0][0])
@@ -270,26 +273,40 @@ class ImageBatches:
         return [(jpegs, images)]
 
     def _refused(self, error: RuntimeError, jpegs: list[tuple[int, bytes]]) -> None:
-        """Say once that the batched decoder refused files; stop when it refused file after file alone
-        and never decoded one (a list it refuses may hold just one bad file: that says nothing)."""
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        """Say once that the batched decoder refused files; count the files it refused on their own (a list
+        it refuses may hold just one bad file: that says nothing of the others)."""
+        self._refusal = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if not self._said_refusal:
-            warn(f"the batched JPEG decoder ({self.device.type}) refused {len(jpegs)} file(s): {reason}. Those "
-                 "batches are retried in halves, and the files it refuses are decoded by PIL (slower, same pixels).")
+            warn(f"the batched JPEG decoder ({self.device.type}) refused {len(jpegs)} file(s): {self._refusal}. "
+                 "Those batches are retried in halves, and the files it refuses are decoded by PIL (slower, "
+                 "same pixels).")
             self._said_refusal = True
         self.refusals += len(jpegs) == 1
-        if self.decoded_by_batch == 0 and self.refusals >= DECODER_DEAD_AFTER:
+
+    def _check_alive(self) -> None:
+        """Stop when, after a whole chunk, the batched decoder has refused file after file on its own and taken
+        none: the decoder itself does not work here. (Judged per chunk, not mid-halving: a chunk whose first
+        files are all damaged still reaches its good ones first.)"""
+        if self.gpu_decode and self.decoded_by_batch == 0 and self.refusals >= DECODER_DEAD_AFTER:
             raise TlkitError(f"the batched JPEG decoder on {self.device} has refused every file it was given "
-                             f"({self.refusals} files, each on its own; torchvision says: {reason}). Run on the CPU "
-                             "(--device cpu), or check the CUDA and torchvision installation (nvjpeg).")
+                             f"({self.refusals} files, each on its own; torchvision says: {self._refusal}). Run on "
+                             "the CPU (--device cpu), or check the CUDA and torchvision installation (nvjpeg).")
 
     def _guard(self, jpegs: list[tuple[int, bytes]], images: torch.Tensor) -> bool:
         """Whether the first files the batched decoder gave agree with PIL's full-size decode of them; when
         they do not, it is switched off for the run, said once. (Corruption, a wrong colour conversion or
         a turned photo is tens of levels; two decoders and two resize kernels differ by one or two.)"""
-        expected = torch.stack([load_image(self.paths[i], self.prep, full_size=True) for i, _ in jpegs[:GUARD_FILES]])
-        got = images[:len(expected)].cpu()
-        self.guard_levels = (got.float() - expected.float()).abs().mean(dim=(1, 2, 3)).max().item()
+        compared, expected = [], []
+        for position, (index, _) in enumerate(jpegs[:GUARD_FILES]):
+            try:
+                expected.append(load_image(self.paths[index], self.prep, full_size=True))
+                compared.append(position)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+                continue  # PIL refuses what nvjpeg took (a truncated file): no reference for it
+        if not expected:
+            return True  # nothing to compare yet: the next batch is checked
+        got = images[compared].cpu()
+        self.guard_levels = (got.float() - torch.stack(expected).float()).abs().mean(dim=(1, 2, 3)).max().item()
         if self.guard_levels <= GUARD_LEVELS:
             return True
         self.gpu_decode = False
@@ -320,6 +337,7 @@ def stream_order(device: torch.device):
 class _NoStreams:
     def enter_decode_thread(self) -> None: ...
     def before_batched_decode(self) -> None: ...
+    def after_refusal(self) -> None: ...
     def batch_done(self) -> None: ...
     def receive(self, images: torch.Tensor, done) -> None: ...
 
@@ -343,6 +361,10 @@ class _CudaStreams:
 
     def before_batched_decode(self) -> None:
         self.stream.synchronize()
+
+    def after_refusal(self) -> None:
+        # torchvision skips its closing sync when it throws: what it queued may still write into freed blocks
+        torch.cuda.synchronize(self.device)
 
     def batch_done(self) -> torch.cuda.Event:
         done = torch.cuda.Event()

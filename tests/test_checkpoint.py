@@ -84,7 +84,8 @@ def test_resume_file_loads_with_weights_only(tmp_path):
 def test_run_folders_are_not_overwritten_without_force(tmp_path):
     run = new_run_dir(tmp_path, "exp", force=False)
     release_run(run)
-    for name in ("config.yaml", "metrics.jsonl", ".best.json.tmp-7"):
+    (run / "config.yaml").write_text("backbone: resnet18\nweights: none\nruns_dir: runs\nseed: 0\n")
+    for name in ("metrics.jsonl", ".best.json.tmp-7", "model.onnx", "model.onnx.json"):
         (run / name).write_text("x")
     (run / "evaluate-validation").mkdir()
     with pytest.raises(TlkitError, match="--force.*--resume"):
@@ -99,7 +100,7 @@ def test_run_folders_are_not_overwritten_without_force(tmp_path):
         new_run_dir(tmp_path, "latest", force=False)
 
 
-@pytest.mark.parametrize("planted", ["photos", "file", "link", "run with notes"])
+@pytest.mark.parametrize("planted", ["photos", "file", "link", "run with notes", "another tool's run"])
 def test_force_replaces_only_a_run_folder(tmp_path, planted):
     """--force on a name that is not a run (the user's photos, a file, a link, a run the user wrote a note
     into) is one message, and everything stays."""
@@ -114,10 +115,14 @@ def test_force_replaces_only_a_run_folder(tmp_path, planted):
     elif planted == "link":
         (tmp_path / "elsewhere").mkdir()
         target.symlink_to(tmp_path / "elsewhere")
-    else:
+    elif planted == "run with notes":
         target.mkdir()
-        (target / "config.yaml").write_text("epochs: 1")
+        (target / "config.yaml").write_text("backbone: resnet18\nweights: none\nruns_dir: runs\nseed: 0\n")
         (target / "notes.txt").write_text("the good run")
+    else:  # a config.yaml, a model and tb/ of another program's, whose names a tlkit run also uses
+        (target / "tb").mkdir(parents=True)
+        (target / "config.yaml").write_text("lr: 0.1\n")
+        (target / "model.pt").write_bytes(b"weights")
     before = sorted((str(p), p.is_symlink()) for p in tmp_path.rglob("*"))
     with pytest.raises(TlkitError, match="not a (tlkit )?run folder.*nothing was changed"):
         new_run_dir(tmp_path / "runs", "exp", force=True)
@@ -131,16 +136,24 @@ def test_a_run_name_is_held_while_its_run_lasts(tmp_path):
     import sys
 
     run = new_run_dir(tmp_path, "exp", force=False)
-    (run / "config.yaml").write_text("epochs: 1")
+    (run / "config.yaml").write_text("backbone: resnet18\nweights: none\nruns_dir: runs\nseed: 0\n")
     other = subprocess.run([sys.executable, "-c", "import sys; from tlkit.checkpoint import new_run_dir; "
                             f"new_run_dir({str(tmp_path)!r}, 'exp', force=True)"], capture_output=True, text=True)
     assert other.returncode != 0 and "another tlkit process is writing" in other.stderr
-    assert (run / "config.yaml").read_text() == "epochs: 1"
+    assert (run / "config.yaml").read_text().startswith("backbone: resnet18")
     release_run(run)
     assert not (tmp_path / ".exp.lock").exists()  # a released name leaves nothing beside the runs
     (tmp_path / ".exp.lock").write_text("")  # as a killed run leaves it: taken over
     release_run(new_run_dir(tmp_path, "exp", force=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exp"]
+
+
+def test_runs_started_in_the_same_second_get_names_of_their_own(tmp_path):
+    first = new_run_dir(tmp_path, None, force=False)
+    second = new_run_dir(tmp_path, None, force=False)  # the same second: the first is still being made
+    assert first != second and second.name.startswith(first.name)
+    release_run(first)
+    release_run(second)
 
 
 def test_latest_is_a_symlink_or_a_text_file(tmp_path, monkeypatch):

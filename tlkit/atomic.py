@@ -1,6 +1,7 @@
 """Atomic file writes: every file tlkit writes goes to a temporary name first and is renamed over
 the old one, so a failed or interrupted write leaves the previous version whole. A full disk
-becomes a TlkitError that names the file. Knows nothing of what is written.
+becomes a TlkitError that names the file. Knows nothing of what is written. Also the advisory
+lock files that keep two processes from writing the same run or split at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,46 @@ from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
 
 FULL_BELOW_BYTES = 16 << 20  # a folder with less free space than this after a failed write: the disk was full
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; two processes are not kept apart there
+    fcntl = None
+
+
+def lock_file(path: Path, wait: bool):
+    """Hold an exclusive advisory lock on `path` (made if missing) until unlock_file, or until the process ends,
+    however it ends; None where the platform has no such locks. Without wait, BlockingIOError while another
+    process holds it. A file its last holder removed between our open and our lock is not kept: the lock is
+    taken again on the file now at `path`."""
+    if fcntl is None:
+        return None
+    while True:
+        handle = open(path, "a")  # noqa: SIM115 (held open on purpose: closing it lets go of the lock)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            raise
+        if _same_file(path, handle):
+            return handle
+        handle.close()
+
+
+def unlock_file(handle, path: Path) -> None:
+    """Let go of lock_file's lock, removing the lock file first while it is still ours."""
+    if handle is None:
+        return
+    if _same_file(path, handle):
+        Path(path).unlink(missing_ok=True)
+    handle.close()
+
+
+def _same_file(path: Path, handle) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

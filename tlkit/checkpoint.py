@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tlkit import models
-from tlkit.atomic import atomic_write, atomic_write_text
+from tlkit.atomic import atomic_write, atomic_write_text, lock_file, unlock_file
 from tlkit.backbone import Backbone
 from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta, checkpoint_paths, read_meta
 from tlkit.errors import TlkitError
@@ -31,12 +31,9 @@ LATEST = "latest"
 # temporary names of their atomic writes. --force replaces a folder that holds nothing else.
 RUN_FILES = ("config.yaml", BEST_WEIGHTS, BEST_META, RESUME, "metrics.jsonl", "curves.png", "confusion.png",
              "report.json", "tb")
-_RUN_NAMES = re.compile(r"evaluate-.+|model\..+|\..+\.tmp-\d+|\.model\..+\.unverified")
+_RUN_NAMES = re.compile(r"evaluate-.+|model\.(onnx|pt)(\.json)?|\..+\.tmp-\d+|\.model\.(onnx|pt)(\.json)?\.unverified")
+_RUN_CONFIG_KEYS = {"backbone", "weights", "runs_dir", "seed"}  # in every config.yaml a run writes
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; two runs of one name are not kept apart there
-    fcntl = None
 _claims: dict[Path, tuple] = {}  # run folder -> (the open lock file that holds it for this process, its path)
 
 
@@ -172,9 +169,7 @@ def new_run_dir(runs_dir: Path, name: str | None, force: bool) -> Path:
     without force, and with force only a run folder."""
     runs_dir = Path(runs_dir)
     if name is None:
-        name = time.strftime("%Y%m%d-%H%M%S")
-        while (runs_dir / name).exists():
-            name += "-1"
+        return _new_stamped_run(runs_dir)
     if not name or name == LATEST or "/" in name or "\\" in name or name.startswith("."):
         raise TlkitError(f"--name {name!r} is not a usable folder name (no slashes, not {LATEST!r}).")
     run_dir = runs_dir / name
@@ -195,50 +190,66 @@ def new_run_dir(runs_dir: Path, name: str | None, force: bool) -> Path:
     return run_dir
 
 
+def _new_stamped_run(runs_dir: Path) -> Path:
+    """runs/<date-time>/, with -1, -2, ... when a run of that second exists or is being made."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for extra in range(1000):
+        run_dir = runs_dir / (stamp + f"-{extra}" * bool(extra))
+        try:
+            claim_run(run_dir)
+        except TlkitError:
+            continue
+        if not run_dir.exists() and not run_dir.is_symlink():
+            run_dir.mkdir(parents=True)
+            return run_dir
+        release_run(run_dir)
+    raise TlkitError(f"no free run name for {stamp} in {relpath(runs_dir)}; give one with --name.")
+
+
 def _check_a_run(path: Path) -> None:
-    """--force replaces a run folder (or an empty folder): anything else is the user's, and stays."""
+    """--force replaces a run folder of tlkit's (or an empty folder): anything else is the user's, and stays."""
     if path.is_symlink() or not path.is_dir():
         raise TlkitError(f"{relpath(path)} is {'a link' if path.is_symlink() else 'a file'}, not a run folder; "
                          "--force replaces only tlkit's run folders, so nothing was changed. Choose another --name "
                          "(or --runs-dir), or move it away.")
     others = sorted(entry.name for entry in path.iterdir()
                     if entry.name not in RUN_FILES and not _RUN_NAMES.fullmatch(entry.name))
-    if others or (any(path.iterdir()) and not (path / "config.yaml").is_file()):
+    if others or (any(path.iterdir()) and not _a_runs_config(path / "config.yaml")):
         held = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        raise TlkitError(f"{relpath(path)} is not a tlkit run folder (it holds {held or 'no config.yaml'}); --force "
-                         "replaces only run folders, so nothing was changed. Choose another --name (or --runs-dir), "
-                         "or move it away.")
+        raise TlkitError(f"{relpath(path)} is not a tlkit run folder (it holds {held or 'no config.yaml of a run'}); "
+                         "--force replaces only run folders, so nothing was changed. Choose another --name (or "
+                         "--runs-dir), or move it away.")
+
+
+def _a_runs_config(path: Path) -> bool:
+    """Whether `path` is a config.yaml that a run of tlkit's wrote (it records every setting)."""
+    import yaml
+
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(settings, dict) and _RUN_CONFIG_KEYS <= settings.keys()
 
 
 def claim_run(run_dir: Path) -> None:
     """Hold runs/.<name>.lock while this process writes runs/<name>: a second run of the same name (with
     --force, or a second --resume) is refused instead of writing into the same folder. Held until
-    release_run, or until the process ends, however it ends (an advisory lock dies with its process; a
-    lock file a killed run leaves behind is taken over by the next)."""
-    if fcntl is None:
-        return
+    release_run, or until the process ends (atomic.lock_file)."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = run_dir.parent / f".{run_dir.name}.lock"
-    while True:
-        handle = open(lock, "a")  # noqa: SIM115 (held open on purpose)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise TlkitError(f"another tlkit process is writing {relpath(run_dir)} right now; nothing was written. "
-                             "Wait for it to finish, or choose another --name.") from None
-        if lock.exists() and lock.stat().st_ino == os.fstat(handle.fileno()).st_ino:
-            break
-        handle.close()  # its holder removed that file between our open and our lock: lock the new one
+    try:
+        handle = lock_file(lock, wait=False)
+    except BlockingIOError:
+        raise TlkitError(f"another tlkit process is writing {relpath(run_dir)} right now; nothing was written. "
+                         "Wait for it to finish, or choose another --name.") from None
     _claims[run_dir.absolute()] = (handle, lock)
 
 
 def release_run(run_dir: Path) -> None:
-    """Let go of a claim_run: the lock file is removed while still held, then closed (which unlocks it)."""
+    """Let go of a claim_run (its lock file removed)."""
     handle, lock = _claims.pop(Path(run_dir).absolute(), (None, None))
-    if handle is not None:
-        lock.unlink(missing_ok=True)
-        handle.close()
+    unlock_file(handle, lock)
 
 
 def discard_untrained(run_dir: Path) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from tlkit import split as split_module
 from tlkit.errors import TlkitError
 from tlkit.scan import scan_dataset
-from tlkit.split import JOURNAL, execute_split, parse_val, plan_split
+from tlkit.split import JOURNAL, MANIFEST, execute_split, parse_val, plan_split
 
 from conftest import make_checkpoint, make_flat, make_foldered, shared_data
 
@@ -338,7 +338,7 @@ def test_a_resplit_after_a_move_split_keeps_the_only_copies(tmp_path, capsys):
     for photo in (tmp_path / "more").iterdir():
         photo.rename(src / f"new-{photo.name}")
     assert main(["split", str(src), "--val", "2", "--out", str(out), "--force"]) == 1
-    err = capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())
     assert "would delete 30 photo(s) whose only copy is there" in err and "Nothing was changed" in err
     assert sorted(p.read_bytes() for p in out.rglob("*.jpg")) == moved
 
@@ -396,3 +396,88 @@ def test_a_link_split_that_fills_the_disk_does_not_advise_link_mode(tmp_path, mo
     assert main(["split", str(src), "--val", "4", "--out", str(tmp_path / "data")]) == 1
     err = capsys.readouterr().err
     assert "hard links cannot cross" in err and "--mode link" not in err and "--mode symlink" in err
+
+
+def test_a_resplit_compares_bytes_not_only_sizes(tmp_path, capsys):
+    """After a move split, new photos of the same names and sizes (fixed-size formats, counter names) are
+    other photos: the old ones are still the only copies."""
+    import numpy as np
+    from PIL import Image
+
+    from tlkit.cli import main
+
+    def bmp(path, value):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(path)
+
+    src, out = tmp_path / "train", tmp_path / "data"
+    for n in range(6):
+        bmp(src / f"cat.{n}.bmp", n)
+        bmp(src / f"dog.{n}.bmp", 100 + n)
+    assert main(["split", str(src), "--val", "4", "--out", str(out), "--mode", "move"]) == 0
+    for n in range(6):  # the next batch: same names, same sizes, other pixels
+        bmp(src / f"cat.{n}.bmp", 50 + n)
+        bmp(src / f"dog.{n}.bmp", 150 + n)
+    assert main(["split", str(src), "--val", "4", "--out", str(out), "--force"]) == 1
+    assert "would delete 12 photo(s)" in " ".join(capsys.readouterr().err.split())
+
+
+def test_hard_links_that_stay_inside_the_old_split_are_not_another_copy(tmp_path, capsys):
+    from tlkit.cli import main
+
+    src = make_flat(tmp_path / "train", {"cat": 6, "dog": 6})
+    out = tmp_path / "data"
+    assert main(["split", str(src), "--val", "4", "--out", str(out), "--mode", "move"]) == 0
+    photo = next(p for p in out.rglob("cat.*.jpg") if int(p.name.split(".")[1]) >= 3)
+    os.link(photo, photo.with_name("again-" + photo.name))  # two names, both in the old split
+    make_flat(src, {"cat": 3, "dog": 3})  # cat.0-2 and dog.0-2 again, the same bytes: their old copies may go
+    assert main(["split", str(src), "--val", "2", "--out", str(out), "--force"]) == 1
+    assert "would delete 7 photo(s)" in " ".join(capsys.readouterr().err.split())  # n 3-5, and the second name
+
+
+def test_split_force_finishes_an_interrupted_swap_before_judging_the_folder(tmp_path, monkeypatch):
+    """Killed after split.csv went aside and before the new one came in: the folder holds no manifest until the
+    swap is finished, which split itself now does first instead of refusing "no tlkit split wrote"."""
+    src = make_flat(tmp_path / "train", {"cat": 10, "dog": 10})
+    out = tmp_path / "data"
+    _split(src, 6, out, seed=0)
+    real_replace, calls = os.replace, []
+
+    def dying_replace(source, target):
+        calls.append(target)
+        if Path(target) == out / MANIFEST and Path(source).parent != out:
+            raise KeyboardInterrupt  # the old split.csv is aside, the new one about to come in
+        real_replace(source, target)
+
+    monkeypatch.setattr(split_module.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        _split(src, 6, out, seed=1, force=True)
+    monkeypatch.setattr(split_module.os, "replace", real_replace)
+    from tlkit.cli import main
+
+    assert main(["split", str(src), "--val", "6", "--out", str(out), "--seed", "2", "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["split.csv", "training", "validation"]
+
+
+def test_a_second_split_or_a_reader_waits_for_the_folders_split_lock(tmp_path, capsys):
+    """The split lock is held by another process for a moment: finishing an interrupted swap waits for it
+    (and says so) instead of moving folders under a split at work."""
+    import subprocess
+    import sys
+    import time
+
+    from tlkit.split import _holding_split
+
+    out = tmp_path / "data"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from tlkit.split import _holding_split\n"
+        f"with _holding_split(Path({str(out)!r})):\n    print('held', flush=True); time.sleep(1.5)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    with _holding_split(out):
+        waited = time.monotonic() - started
+    holder.wait(timeout=30)
+    assert waited > 0.5 and "waiting for another tlkit split" in capsys.readouterr().err
+    assert not (out / ".tlkit-split.lock").exists()

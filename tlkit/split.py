@@ -8,8 +8,10 @@ output is complete and checked.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
+import filecmp
 import json
 import math
 import os
@@ -20,8 +22,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from tlkit.atomic import lock_file, unlock_file
 from tlkit.errors import TlkitError
-from tlkit.runtime import relpath, warn
+from tlkit.runtime import info, relpath, warn
 from tlkit.scan import Scan, scan_with_progress
 
 SUBSETS = ("training", "validation")
@@ -147,6 +150,7 @@ def prepare_split(src: Path, val: str, out: Path | None = None, *, seed: int = 0
     val: a count ("2000") or a fraction ("0.1"); out None: beside src."""
     val_size = parse_val(val)
     out = Path(out) if out else default_out(src)
+    finish_interrupted_swap(out)  # a split killed while swapping in is finished before it is judged
     check_outputs_free(out, Path(src), force)
     scan = scan_with_progress(Path(src), full=not quick)
     return scan, plan_split(scan, val_size, out, seed=seed)
@@ -202,21 +206,22 @@ def _check_a_split_of_ours(out: Path) -> None:
 
 def check_nothing_lost(plan: SplitPlan) -> None:
     """A re-split deletes the old split: refuse when that holds a photo's only copy. A photo there is safe to
-    delete when it is a symlink, has another name on the disk (a hard link: the default mode), or is a copy
-    of a photo this split takes (same class, name and size). What is left was moved there (--mode move)
-    or added by hand."""
-    taken = {(label, destination.relative_to(Path(subset) / label)): source.stat().st_size
+    delete when it is a symlink, has a hard link outside the old split (the default mode links the sources),
+    or has the same bytes as the photo this split takes in its place (same class and name: a copy split).
+    What is left was moved there (--mode move) or added by hand."""
+    taken = {(label, destination.relative_to(Path(subset) / label)): source
              for source, label, subset, destination in plan.rows}
+    files = [(folder, path, path.stat()) for folder in (plan.out / subset for subset in SUBSETS) if folder.is_dir()
+             for path in sorted(folder.rglob("*")) if not path.is_symlink() and path.is_file()]
+    names_inside = Counter((stat.st_dev, stat.st_ino) for *_, stat in files)
     only_copies = []
-    for subset in SUBSETS:
-        folder = plan.out / subset
-        for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
-            if path.is_symlink() or not path.is_file():
-                continue
-            stat = path.stat()
-            label, name = path.relative_to(folder).parts[0], Path(*path.relative_to(folder).parts[1:])
-            if stat.st_nlink < 2 and taken.get((label, name)) != stat.st_size:
-                only_copies.append(path)
+    for folder, path, stat in files:
+        if stat.st_nlink > names_inside[stat.st_dev, stat.st_ino]:
+            continue  # another name outside the folders that go
+        parts = path.relative_to(folder).parts
+        source = taken.get((parts[0], Path(*parts[1:])))
+        if source is None or source.stat().st_size != stat.st_size or not filecmp.cmp(source, path, shallow=False):
+            only_copies.append(path)
     if only_copies:
         raise TlkitError(
             f"replacing the split in {relpath(plan.out)} would delete {len(only_copies)} photo(s) whose only copy is "
@@ -261,20 +266,33 @@ def _verify_output(plan: SplitPlan, staging: Path) -> None:
 
 JOURNAL = ".tlkit-split-journal.json"
 MARKER = ".tlkit-split-marker"  # inside each work folder a split makes beside its outputs, with the split's token
+LOCK = ".tlkit-split.lock"  # held by the one process that builds, swaps in or finishes a split of a folder
 _STAGING, _OLD = re.compile(r"\.tlkit-split-\d+"), re.compile(r"\.tlkit-split-old-\d+")
 
 
 def execute_split(plan: SplitPlan, mode: str = "link", force: bool = False, on_progress=None) -> None:
-    """Write the plan: build under a temporary folder, check it, then swap it into place."""
+    """Write the plan: build under a temporary folder, check it, then swap it into place, holding the
+    folder's split lock from before an earlier split is finished until the moved sources are gone."""
     out = plan.out
-    check_outputs_free(out, plan.scan.root, force)
+    if not out.exists():
+        check_outputs_free(out, plan.scan.root, force)  # refused before anything is made
     out.mkdir(parents=True, exist_ok=True)
-    finish_interrupted_swap(out)
-    if force:
-        check_nothing_lost(plan)
-    _remove_leftovers(out)
-    token = secrets.token_hex(8)
-    staging = _work_folder(out / f".tlkit-split-{os.getpid()}", token)
+    with _holding_split(out):
+        _finish_swap(out)
+        check_outputs_free(out, plan.scan.root, force)
+        if force:
+            check_nothing_lost(plan)
+        _remove_leftovers(out)
+        token = secrets.token_hex(8)
+        staging = _build(plan, _work_folder(out / f".tlkit-split-{os.getpid()}", token), mode, on_progress)
+        _swap_in(out, staging, token)
+        if mode == "move":
+            for source, *_ in plan.rows:
+                source.unlink()
+
+
+def _build(plan: SplitPlan, staging: Path, mode: str, on_progress) -> Path:
+    """The split's folders and manifest, built and checked in staging."""
     try:
         for source, _, _, destination in plan.rows:
             _place(source, staging / destination, mode)
@@ -285,12 +303,25 @@ def execute_split(plan: SplitPlan, mode: str = "link", force: bool = False, on_p
     except BaseException as error:  # a full disk, Ctrl-C: the half-built copy goes, nothing else changed
         _remove_work_folder(staging)
         if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise TlkitError(_disk_full(out, mode)) from None
+            raise TlkitError(_disk_full(plan.out, mode)) from None
         raise
-    _swap_in(out, staging, token)
-    if mode == "move":
-        for source, *_ in plan.rows:
-            source.unlink()
+    return staging
+
+
+@contextlib.contextmanager
+def _holding_split(out: Path):
+    """The folder's split lock (atomic.lock_file): a second split, or a reader finishing an interrupted one,
+    waits for the first instead of moving folders under it."""
+    lock = out / LOCK
+    try:
+        handle = lock_file(lock, wait=False)
+    except BlockingIOError:
+        info(f"waiting for another tlkit split of {relpath(out)} to finish")
+        handle = lock_file(lock, wait=True)
+    try:
+        yield
+    finally:
+        unlock_file(handle, lock)
 
 
 def _disk_full(out: Path, mode: str) -> str:
@@ -314,10 +345,13 @@ def _work_folder(path: Path, token: str) -> Path:
 
 
 def _ours(path: Path, token: str | None = None) -> bool:
-    """Whether `path` is a work folder a split made (with token: this split's)."""
-    marker = path / MARKER
-    if path.is_symlink() or not marker.is_file():
+    """Whether `path` is a work folder a split made (with token: this split's), or an empty one (a split killed
+    between making a work folder and marking it, or between unmarking and removing it)."""
+    if path.is_symlink() or not path.is_dir():
         return False
+    marker = path / MARKER
+    if not marker.is_file():
+        return not any(path.iterdir())
     return token is None or marker.read_text(encoding="utf-8") == token
 
 
@@ -333,14 +367,16 @@ def _remove_work_folder(path: Path) -> None:
 
 
 def _remove_leftovers(out: Path) -> None:
-    """Work folders of earlier splits killed while building (marked as ours, or empty: killed before the mark)."""
+    """Work folders of earlier splits killed while building (marked as ours, or empty). An old-outputs folder
+    that still holds something is the previous split itself, left by a swap whose journal is gone: kept."""
     for leftover in out.glob(".tlkit-split-*"):
-        if not (_STAGING.fullmatch(leftover.name) or _OLD.fullmatch(leftover.name)) or leftover.is_symlink():
+        if not (_STAGING.fullmatch(leftover.name) or _OLD.fullmatch(leftover.name)) or not _ours(leftover):
             continue
-        if _ours(leftover):
-            _remove_work_folder(leftover)
-        elif leftover.is_dir() and not any(leftover.iterdir()):
-            leftover.rmdir()
+        if _OLD.fullmatch(leftover.name) and any(child.name != MARKER for child in leftover.iterdir()):
+            warn(f"{relpath(leftover)} holds the folders of an earlier split, left by a split interrupted while "
+                 "swapping in whose journal is gone; tlkit leaves it: look through it, then delete it yourself")
+            continue
+        _remove_work_folder(leftover)
     (out / JOURNAL).with_suffix(".tmp").unlink(missing_ok=True)
 
 
@@ -390,10 +426,21 @@ def _read_journal(out: Path) -> tuple[Path, Path, str]:
 
 def finish_interrupted_swap(out: Path) -> bool:
     """Complete a split whose swap was interrupted (killed, Ctrl-C): the new, verified outputs go in,
-    the old ones out. Returns whether there was one to finish (and says so); a journal tlkit cannot
-    trust is a TlkitError, and nothing is touched."""
+    the old ones out, under the folder's split lock. Returns whether there was one to finish (and says
+    so); a journal tlkit cannot trust is a TlkitError, and nothing is touched."""
     out = Path(out)
-    if not (out / JOURNAL).exists() and not (out / JOURNAL).is_symlink():
+    if not _journal_there(out):
+        return False
+    with _holding_split(out):
+        return _finish_swap(out)  # the journal read again under the lock: another may have finished it
+
+
+def _journal_there(out: Path) -> bool:
+    return (out / JOURNAL).exists() or (out / JOURNAL).is_symlink()
+
+
+def _finish_swap(out: Path) -> bool:
+    if not _journal_there(out):
         return False
     staging, old, token = _read_journal(out)
     if not old.exists():
@@ -417,6 +464,6 @@ def finish_pending_split(path: Path) -> None:
     half of one split and half of another."""
     path = Path(path).absolute()
     for folder in (path, path.parent, path.parent.parent):
-        if (folder / JOURNAL).exists() or (folder / JOURNAL).is_symlink():
+        if _journal_there(folder):
             finish_interrupted_swap(folder)
             return

@@ -346,3 +346,23 @@ def test_a_run_records_its_folders_absolute_so_it_works_from_anywhere(tmp_path, 
     run = str(tmp_path / "project" / "runs" / "exp")
     assert main(["export", "--format", "torchscript", "--checkpoint", run, "--out", "model.pt"]) == 0
     assert "real image(s)" in capsys.readouterr().err
+
+
+def test_resuming_runs_latest_continues_the_run_it_names(tmp_path, data_dir):
+    """`--resume runs/latest`: the run is claimed and written by its own name, and runs/latest still names it
+    (it used to become a link to itself at the next best epoch)."""
+    runs = tmp_path / "runs"
+    base = ["--data", str(data_dir), *QUICK, "--img-size", "24", "--runs-dir", str(runs), "--scheduler", "step"]
+    assert main(["finetune", *base, "--epochs", "1", "--name", "exp", "--resume-every-epochs", "1"]) == 0
+    assert main(["finetune", "--resume", str(runs / "latest"), "--epochs", "2"]) == 0
+    assert resolve_run(None, runs_dir=runs) == (runs / "exp").resolve()
+    assert len((runs / "exp" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_cannot_stretch_a_schedule_planned_over_the_epochs(tmp_path, data_dir, capsys):
+    runs = tmp_path / "runs"
+    assert main(["finetune", "--data", str(data_dir), *QUICK, "--img-size", "24", "--runs-dir", str(runs), "--epochs",
+                 "1", "--name", "exp", "--resume-every-epochs", "1", "--scheduler", "onecycle"]) == 0
+    assert main(["finetune", "--resume", str(runs / "exp"), "--epochs", "2"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "cannot change --epochs" in err and "--weights" in err and "Traceback" not in err

@@ -37,6 +37,7 @@ from tlkit.summary import check_input_fits
 from tlkit.train import Diverged, Trainer, evaluate, fit, make_optimizer, make_scheduler, unused_momentum
 
 LIST_LIMIT = 10
+SPANNING_SCHEDULES = ("onecycle", "cosine")  # planned over the run's epochs: --resume keeps them
 
 
 @dataclass
@@ -207,6 +208,12 @@ def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneC
             f"{relpath(resume)} was trained with backbone {saved['backbone']}, not {asked}; resume it without "
             "--backbone, or start a new run (another --name) for the other backbone."
         )
+    if "epochs" in settings and settings["epochs"] != saved["epochs"] and saved.get("scheduler") in SPANNING_SCHEDULES:
+        raise TlkitError(
+            f"{relpath(resume)} follows a {saved['scheduler']} schedule planned over its {saved['epochs']} epochs, so "
+            f"--resume cannot change --epochs. Resume it as it is, or start a new run from its weights: "
+            f"tlkit finetune --weights {relpath(resume)} --epochs {settings['epochs']} --name NEW."
+        )
     changed = sorted(key for key, value in settings.items() if saved.get(key) != value)
     if changed:
         warn(f"resuming with changed settings ({', '.join(changed)}): the result may differ from an uninterrupted run")
@@ -273,7 +280,7 @@ def _run_folder(config: FinetuneConfig, resume: Path | str | None, force: bool, 
     torchrun rank 0 makes the folder, names it and tells the others), held for this process while the run
     lasts. A new folder that the run leaves with nothing trained in it is removed: its name stays free."""
     if resume is not None:
-        run_dir = Path(resume)
+        run_dir = Path(resume).resolve()  # runs/latest: the run it names, claimed and written by its own name
         if distributed.is_main():
             claim_run(run_dir)
     else:

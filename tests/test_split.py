@@ -214,13 +214,9 @@ def test_quick_split_reads_headers_only(tmp_path, capsys):
     assert len(rows) == 13 and "cat.copy.jpg" in {Path(row["source"]).name for row in rows}
 
 
-@pytest.mark.parametrize("cut_at", [2, 3, 4, 5, 6, 7])
-def test_a_split_killed_while_swapping_in_is_finished_before_anything_reads_it(tmp_path, monkeypatch, cut_at):
-    """`split --force` interrupted between any two of its renames: the next reader (here finetune's
-    check_classes) finishes the new split; no validation photo is also a training photo, and split.csv
-    describes the folders as they are."""
-    from tlkit.data import check_classes
-
+def _resplit_killed(tmp_path, monkeypatch, dies) -> tuple[Path, Path]:
+    """(src, out) after a split of 20 photos and a re-split (--force) killed at the rename that
+    dies(source, target, how many renames so far) picks."""
     src = make_flat(tmp_path / "train", {"cat": 10, "dog": 10})
     out = tmp_path / "data"
     _split(src, 6, out, seed=0)
@@ -228,7 +224,7 @@ def test_a_split_killed_while_swapping_in_is_finished_before_anything_reads_it(t
 
     def dying_replace(source, target):
         calls.append(target)
-        if len(calls) == cut_at:  # 1: the journal; then old aside / new in, per output
+        if dies(Path(source), Path(target), len(calls)):
             raise KeyboardInterrupt
         real_replace(source, target)
 
@@ -236,6 +232,18 @@ def test_a_split_killed_while_swapping_in_is_finished_before_anything_reads_it(t
     with pytest.raises(KeyboardInterrupt):
         _split(src, 6, out, seed=1, force=True)
     monkeypatch.setattr(split_module.os, "replace", real_replace)
+    return src, out
+
+
+@pytest.mark.parametrize("cut_at", [2, 3, 4, 5, 6, 7])
+def test_a_split_killed_while_swapping_in_is_finished_before_anything_reads_it(tmp_path, monkeypatch, cut_at):
+    """`split --force` interrupted between any two of its renames: the next reader (here finetune's
+    check_classes) finishes the new split; no validation photo is also a training photo, and split.csv
+    describes the folders as they are."""
+    from tlkit.data import check_classes
+
+    # the rename number cut_at dies; 1: the journal; then old aside / new in, per output
+    _, out = _resplit_killed(tmp_path, monkeypatch, lambda source, target, count: count == cut_at)
     assert check_classes(out) == ["cat", "dog"]
     training, validation = (set(p.name for p in (out / s).rglob("*.jpg")) for s in ("training", "validation"))
     assert not training & validation and len(training) + len(validation) == 20
@@ -438,22 +446,11 @@ def test_hard_links_that_stay_inside_the_old_split_are_not_another_copy(tmp_path
 def test_split_force_finishes_an_interrupted_swap_before_judging_the_folder(tmp_path, monkeypatch):
     """Killed after split.csv went aside and before the new one came in: the folder holds no manifest until the
     swap is finished, which split itself now does first instead of refusing "no tlkit split wrote"."""
-    src = make_flat(tmp_path / "train", {"cat": 10, "dog": 10})
-    out = tmp_path / "data"
-    _split(src, 6, out, seed=0)
-    real_replace, calls = os.replace, []
-
-    def dying_replace(source, target):
-        calls.append(target)
-        if Path(target) == out / MANIFEST and Path(source).parent != out:
-            raise KeyboardInterrupt  # the old split.csv is aside, the new one about to come in
-        real_replace(source, target)
-
-    monkeypatch.setattr(split_module.os, "replace", dying_replace)
-    with pytest.raises(KeyboardInterrupt):
-        _split(src, 6, out, seed=1, force=True)
-    monkeypatch.setattr(split_module.os, "replace", real_replace)
     from tlkit.cli import main
+
+    # dies as the new split.csv is about to come in, the old one aside
+    src, out = _resplit_killed(tmp_path, monkeypatch, lambda source, target, count: target.name == MANIFEST
+                               and source.parent.name.startswith(".tlkit-split-"))
 
     assert main(["split", str(src), "--val", "6", "--out", str(out), "--seed", "2", "--force"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["split.csv", "training", "validation"]

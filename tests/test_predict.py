@@ -165,9 +165,10 @@ def test_an_image_over_the_pixel_limit_is_a_row_with_the_reason_and_pil_never_wa
 
 def test_existing_output_needs_force(run, photos, tmp_path, capsys):
     target = tmp_path / "p.csv"
-    target.write_text("mine")
+    assert main(["predict", str(photos), "--checkpoint", str(run), "--out", str(target)]) == 0
+    earlier = target.read_text()
     assert main(["predict", str(photos), "--checkpoint", str(run), "--out", str(target)]) == 1
-    assert target.read_text() == "mine" and "--force" in capsys.readouterr().err
+    assert target.read_text() == earlier and "--force" in capsys.readouterr().err
     assert main(["predict", str(photos), "--checkpoint", str(run), "--out", str(target), "--force"]) == 0
     assert target.read_text().startswith("path,")
 

@@ -2,19 +2,23 @@
 
 The package is laid out as the data flows: split -> data -> models -> features -> train
 -> predict. Importing it is cheap; heavy libraries load inside the stages that need them.
+The Python API is tlkit/api.py (`from tlkit import api`); its finetune, load and classes are
+also here, loaded on first use. (api.split and api.models keep the module: tlkit.split and
+tlkit.models are the stages of those names.)
 """
 
 __version__ = "0.1.0"
 
 from tlkit.errors import TlkitError
 
-__all__ = ["TlkitError", "__version__", "finetune"]
+_API = ("Classifier", "Prediction", "Run", "Split", "finetune", "load", "predictions_frame")
+__all__ = ["TlkitError", "__version__", *_API]
 
 
 def __getattr__(name: str):
-    """`tlkit.finetune(...)` without importing torch when `import tlkit` runs."""
-    if name == "finetune":
-        from tlkit.finetuning import finetune
+    """`tlkit.finetune(...)`, `tlkit.load(...)` without importing torch when `import tlkit` runs."""
+    if name in _API:
+        from tlkit import api
 
-        return finetune
+        return getattr(api, name)
     raise AttributeError(f"module 'tlkit' has no attribute {name!r}")

@@ -107,10 +107,7 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.de
     with progress() as bar, torch.inference_mode(), autocast(device, precision):
         task = bar.add_task("predicting", total=len(paths))
         for batch in batches:
-            scores = model(batch.images).float().softmax(dim=1)
-            if tta:
-                scores = (scores + model(batch.images.flip(-1)).float().softmax(dim=1)) / 2
-            probabilities[batch.indices] = scores.cpu().numpy()
+            probabilities[batch.indices] = class_scores(model, batch.images, tta).cpu().numpy()
             bar.advance(task, len(batch.indices))
         bar.update(task, completed=len(paths))
     failures = {mine[index]: why for index, why in batches.failures.items()}
@@ -118,6 +115,15 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.de
         probabilities, failures = _merge_shares(probabilities, failures, len(paths))
     return Predictions(paths=list(paths), probabilities=probabilities, classes=list(checkpoint.classes),
                        failures=failures, seconds=time.perf_counter() - started)
+
+
+def class_scores(model: torch.nn.Module, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Softmax probabilities of a normalised batch; with tta, averaged with the horizontally flipped view.
+    Called inside inference_mode and the autocast of the run's precision (predict_files)."""
+    scores = model(images).float().softmax(dim=1)
+    if tta:
+        scores = (scores + model(images.flip(-1)).float().softmax(dim=1)) / 2
+    return scores
 
 
 def _merge_shares(share: np.ndarray, failures: dict[int, str], count: int) -> tuple[np.ndarray, dict[int, str]]:

@@ -204,10 +204,16 @@ def open_photo(path: Path, mode: str, draft_side: int | None = None) -> Image.Im
     with open_image(path) as image:
         if draft_side:
             image.draft(mode, (draft_side, draft_side))  # square: right whichever way the photo is turned
-        image = ImageOps.exif_transpose(image)
-        if image.mode in SIXTEEN_BIT_MODES:
-            image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
-        return image.convert(mode)
+        return upright_photo(image, mode)
+
+
+def upright_photo(image: Image.Image, mode: str) -> Image.Image:
+    """An open PIL image as every stage reads a photo (open_photo): its EXIF orientation applied, 16-bit
+    samples scaled to 8 bits, converted to `mode`. The image given is left as it was."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in SIXTEEN_BIT_MODES:
+        image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+    return image.convert(mode)
 
 
 def upright_size(image: Image.Image) -> tuple[int, int]:

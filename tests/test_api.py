@@ -1,0 +1,171 @@
+"""tlkit.api, the Python API: split -> finetune -> predict in a few calls, each equal to its command."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tlkit
+from tlkit import api
+from tlkit.checkpoint import load_checkpoint
+from tlkit.errors import TlkitError
+from tlkit.predict import predict_files
+
+from conftest import make_checkpoint, make_flat, make_learnable, write_image
+
+PETS = Path(__file__).resolve().parents[1] / "data" / "oxford-pets-370"
+TINY = dict(backbone="simple-cnn", weights="none", epochs=1, batch_size=8, img_size=24, workers=0)
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    return make_checkpoint(tmp_path / "runs" / "tiny")
+
+
+@pytest.fixture
+def photos(tmp_path):
+    """Two RGB JPEGs, a grey PNG and a JPEG whose EXIF says 'rotate 90°' (orientation 6)."""
+    folder = tmp_path / "photos"
+    write_image(folder / "a.jpg", size=(40, 30), color=50)
+    write_image(folder / "b.jpg", size=(30, 44), color=200)
+    write_image(folder / "c.png", size=(20, 20), color=120, mode="L")
+    pixels = np.random.default_rng(0).integers(0, 255, (30, 50, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(folder / "turned.jpg", exif=exif)
+    return folder
+
+
+def _probabilities(rows):
+    return np.array([[row.probabilities[name] for name in sorted(row.probabilities)] for row in rows])
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("offline_caches")
+def test_split_finetune_predict_on_real_photos(tmp_path, monkeypatch):
+    """The mission in three calls: split the pets, fine-tune EfficientNet-Lite0's head, label every photo."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(PETS, tmp_path / "pets")
+    data = api.split(tmp_path / "pets", val="0.2", out=tmp_path / "data", quiet=True)
+    run = api.finetune(data.out, backbone="efficientnet_lite0", precompute_features=True, quiet=True)
+    rows = run.classifier.predict(data.validation)
+    assert run.accuracy >= 0.95 and run.path.parent == tmp_path / "runs"
+    assert sorted(row.source.name for row in rows) == sorted(p.name for p in data.validation.rglob("*.jpg"))
+    assert sum(data.counts["validation"].values()) == len(rows) == 74 and all(row.error is None for row in rows)
+    assert np.mean([row.label == row.source.parent.name for row in rows]) >= 0.95
+    assert data.manifest.is_file() and run.classes == ["cat", "dog"] and run.best_epoch is not None
+
+
+def test_a_pil_image_is_predicted_as_its_file(tiny_run, photos):
+    classifier = api.load(tiny_run, device="cpu")
+    files = sorted(photos.iterdir())
+    expected = predict_files(load_checkpoint(tiny_run), files, device=torch.device("cpu"))
+    images = [Image.open(path) for path in files]  # a turned JPEG keeps its EXIF: applied as for the file
+    got = classifier.predict(images)
+    assert [row.source for row in got] == [0, 1, 2, 3]
+    np.testing.assert_allclose(_probabilities(got), expected.probabilities, atol=1e-5)
+    assert [row.label for row in got] == [expected.classes[i] for i in expected.predicted()]
+    one = classifier.predict(images[3], tta=True)
+    by_file = classifier.predict(files[3], tta=True)
+    np.testing.assert_allclose(_probabilities(one), _probabilities(by_file), atol=1e-5)
+
+
+def test_tensor_batches_are_predicted_as_their_files(tiny_run, photos):
+    """uint8 pixels are resized as files are; a float batch is taken as normalised model input."""
+    from tlkit.decode import Normalizer, load_image
+
+    classifier = api.load(tiny_run, device="cpu")
+    prep = classifier.checkpoint.backbone.preprocessing
+    files = [write_image(photos / "same-size" / f"{n}.jpg", size=(40, 30), color=n * 90) for n in (1, 2)]
+    by_file = _probabilities(classifier.predict(files))
+    raw = torch.stack([torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1) for path in files])
+    np.testing.assert_allclose(_probabilities(classifier.predict(raw)), by_file, atol=1e-4)
+    normalised = Normalizer(prep, torch.device("cpu"))(torch.stack([load_image(path, prep) for path in files]))
+    rows = classifier.predict(normalised, batch_size=1)
+    np.testing.assert_allclose(_probabilities(rows), by_file, atol=1e-4)
+    with pytest.raises(TlkitError, match="input size"):
+        classifier.predict(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(TlkitError, match="not mixed"):
+        classifier.predict([photos / "a.jpg", Image.open(photos / "a.jpg")])
+
+
+def test_a_failed_file_is_a_row_with_its_reason(tiny_run, photos):
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    rows = api.load(tiny_run, device="cpu").predict([photos], quiet=True)
+    broken = next(row for row in rows if row.source.name == "broken.jpg")
+    assert broken.label is None and broken.probabilities == {} and "cannot be decoded" in broken.error
+    assert len(rows) == 5 and sum(row.error is None for row in rows) == 4
+
+
+def test_load_without_a_path_takes_runs_latest(tiny_run, tmp_path, photos):
+    make_checkpoint(tmp_path / "runs" / "newer", seed=1)  # runs/latest now names it
+    latest = api.load(runs_dir=tmp_path / "runs", device="cpu")
+    assert latest.checkpoint.path.parent.name == "newer" and latest.classes == ["cat", "dog"]
+    with pytest.raises(TlkitError, match="no run found"):
+        api.load(runs_dir=tmp_path / "elsewhere")
+
+
+def test_quiet_split_and_finetune_write_nothing(tmp_path, capfd):
+    make_flat(tmp_path / "photos", {"cat": 8, "dog": 8})
+    data = api.split(tmp_path / "photos", "4", tmp_path / "data", seed=1, mode="copy", quiet=True)
+    run = tlkit.finetune(data.out, runs_dir=str(tmp_path / "runs"), name="quiet", quiet=True, **TINY)
+    assert capfd.readouterr() == ("", "")
+    assert data.counts == {"training": {"cat": 6, "dog": 6}, "validation": {"cat": 2, "dog": 2}}
+    assert all(path.stat().st_nlink == 1 for path in data.training.rglob("*.jpg"))  # copies, not links
+    assert run.path == tmp_path / "runs" / "quiet" and len(run.history) == 1
+    api.split(tmp_path / "photos", "4", tmp_path / "data", seed=1, force=True)  # quiet was restored
+    assert "split" in capfd.readouterr().err
+    with pytest.raises(TlkitError, match="already exists|already holds"):
+        api.split(tmp_path / "photos", "4", tmp_path / "data", quiet=True)
+    with pytest.raises(TlkitError, match="mode 'hardlink'"):
+        api.split(tmp_path / "photos", "4", tmp_path / "other", mode="hardlink")
+
+
+def test_the_runs_classifier_is_the_reloaded_run(tmp_path):
+    data = make_learnable(tmp_path / "data", train_per_class=6, val_per_class=3)
+    run = tlkit.finetune(data, runs_dir=str(tmp_path / "runs"), name="api", quiet=True, **TINY)
+    assert isinstance(run, tlkit.Run) and run.run_dir == run.path and run.accuracy == run.report["accuracy"]
+    reloaded = tlkit.load(run.path, device="cpu")
+    folder = data / "validation"
+    assert _probabilities(run.classifier.predict(folder)) == pytest.approx(_probabilities(reloaded.predict(folder)))
+    assert tlkit.load(run) is run.classifier
+    report = run.classifier.evaluate(folder)
+    assert report["images"] == 6 and (run.path / "evaluate-validation" / "report.json").is_file()
+    with pytest.raises(TlkitError, match="already holds"):
+        run.classifier.evaluate(folder)
+    assert run.classifier.evaluate(folder, out=tmp_path / "eval", force=True)["accuracy"] == report["accuracy"]
+
+
+def test_export_writes_the_model_and_says_where(tiny_run, photos):
+    classifier = api.load(tiny_run, device="cpu")
+    with pytest.raises(TlkitError, match="not one of onnx, torchscript"):
+        classifier.export("tflite")
+    path = classifier.export("torchscript", tiny_run / "model.pt")
+    assert path == tiny_run / "model.pt" and path.is_file() and path.with_suffix(".pt.json").is_file()
+    with pytest.raises(TlkitError, match="already exists"):
+        classifier.export("torchscript", path)
+    assert classifier.export("torchscript", path, force=True) == path
+
+
+def test_predictions_frame_needs_pandas(tiny_run, photos, monkeypatch):
+    rows = api.load(tiny_run, device="cpu").predict(photos)
+    monkeypatch.setitem(sys.modules, "pandas", None)  # `import pandas` now raises ImportError
+    with pytest.raises(TlkitError, match="pip install pandas"):
+        api.predictions_frame(rows)
+
+
+def test_predictions_frame_with_pandas(tiny_run, photos):
+    pytest.importorskip("pandas")
+    frame = api.predictions_frame(api.load(tiny_run, device="cpu").predict(photos))
+    assert list(frame.columns) == ["source", "label", "confidence", "p_cat", "p_dog", "error"] and len(frame) == 4
+
+
+def test_models_lists_the_backbones_of_tlkit_models():
+    rows = {row["name"]: row for row in api.models()}
+    lite = rows["efficientnet_lite0"]
+    assert lite["pretrained"] == "package" and lite["input_size"] == (224, 224) and lite["feature_dim"] == 1280
+    assert {"resnet18", "simple-cnn"} <= rows.keys()

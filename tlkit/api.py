@@ -1,0 +1,321 @@
+"""tlkit from Python: split -> finetune -> load -> predict / evaluate / export, in a few calls.
+
+Each call runs the same functions as its `tlkit` command (prepare_split/execute_split,
+finetuning.finetune, load_checkpoint, predict_files, evaluate_folder, export_checkpoint) with the
+command's defaults; nothing here is a second implementation. `quiet=True` silences stdout and
+stderr for the call and restores what was set before. Errors meant for users are TlkitError.
+
+    >>> from tlkit import api
+    >>> data = api.split("photos/train", val="0.2", out="data")
+    >>> run = api.finetune(data.out, backbone="efficientnet_lite0", precompute_features=True)
+    >>> [row.label for row in run.classifier.predict("photos/test")]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
+from tlkit import finetuning, models as registry
+from tlkit.checkpoint import Checkpoint, load_checkpoint, resolve_run
+from tlkit.checkpoint_format import BEST_WEIGHTS, read_meta
+from tlkit.config import EXPORT_SUFFIXES
+from tlkit.decode import Normalizer, _resize_crop
+from tlkit.errors import TlkitError
+from tlkit.evaluate import default_out_dir, evaluate_folder
+from tlkit.export import export_checkpoint
+from tlkit.backbone import for_inference
+from tlkit.predict import class_scores, find_images, predict_files
+from tlkit.runtime import (autocast, default_workers, inference_batch_size, info, is_quiet, memory_format, out,
+                           progress, relpath, select_device, set_quiet, warn)
+from tlkit.scan import upright_photo
+from tlkit.split import MANIFEST, MODES, execute_split, prepare_split
+
+
+@contextlib.contextmanager
+def _quiet(quiet: bool):
+    """With quiet, nothing on stdout (results) or stderr (chatter, bars) for the call; the state before is restored."""
+    before = is_quiet(), out.quiet
+    if quiet:
+        set_quiet(True)
+        out.quiet = True
+    try:
+        yield
+    finally:
+        set_quiet(before[0])
+        out.quiet = before[1]
+
+
+# ---------------------------------------------------------------- split
+
+
+@dataclass(frozen=True)
+class Split:
+    """What `split` wrote: OUT/training and OUT/validation (class folders) and the manifest OUT/split.csv."""
+
+    out: Path
+    training: Path
+    validation: Path
+    counts: dict[str, dict[str, int]]  # {"training": {"cat": 96, ...}, "validation": {...}}
+    manifest: Path
+
+
+def split(src: Path | str, val: str | int | float = "0.2", out: Path | str | None = None, *, seed: int = 0,
+          mode: str = "link", force: bool = False, quick: bool = False, quiet: bool = False) -> Split:
+    """`tlkit split`: a stratified, seeded split of a flat (cat.0.jpg) or class-foldered folder.
+
+    val: a count (2000) or a fraction (0.2) of the images; out None: beside src (data/train ->
+    data/training, data/validation). mode: link, copy, symlink or move. force: replace an earlier split.
+    quick: check image headers only. Example:
+
+        >>> data = split("photos", val=0.2, out="data", quiet=True)
+        >>> data.counts["validation"]
+        {'cat': 24, 'dog': 50}
+    """
+    if mode not in MODES:
+        raise TlkitError(f"mode {mode!r} is not one of {', '.join(MODES)}.")
+    with _quiet(quiet):
+        scan, plan = prepare_split(Path(src), str(val), out, seed=seed, force=force, quick=quick)
+        passed_over = len(scan.unlabelled) + len(scan.non_images) + len(scan.unreadable)
+        if passed_over:
+            warn(f"{passed_over} file(s) of {relpath(scan.root)} passed over (no class in the name, not an image, "
+                 "or unreadable); `tlkit check` lists them")
+        with progress() as bar:
+            task = bar.add_task(f"{mode} files", total=len(plan.rows))
+            execute_split(plan, mode=mode, force=force, on_progress=lambda: bar.advance(task))
+        info(f"split {relpath(scan.root)} into {relpath(plan.out)}/training and validation ({len(plan.rows)} images)")
+    counts = {subset: dict(sorted(by_class.items())) for subset, by_class in plan.counts().items()}
+    return Split(out=plan.out, training=plan.out / "training", validation=plan.out / "validation", counts=counts,
+                 manifest=plan.out / MANIFEST)
+
+
+# ---------------------------------------------------------------- predictions
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One input's prediction. source: its path, or its index in a list of images or a tensor batch.
+    A file that failed to decode has error set (why), label and confidence None, probabilities {}."""
+
+    source: Path | int
+    label: str | None
+    confidence: float | None
+    probabilities: dict[str, float]
+    error: str | None = None
+
+
+def _rows(sources: list, probabilities: np.ndarray, classes: list[str], failures: dict[int, str]) -> list[Prediction]:
+    rows = []
+    for index, source in enumerate(sources):
+        if index in failures:
+            rows.append(Prediction(source, None, None, {}, failures[index]))
+            continue
+        row = probabilities[index]
+        best = int(row.argmax())
+        rows.append(Prediction(source, classes[best], float(row[best]), dict(zip(classes, map(float, row)))))
+    return rows
+
+
+def predictions_frame(rows: list[Prediction]):
+    """The rows as a pandas DataFrame: source, label, confidence, p_<class> for each class, error.
+    pandas is not a dependency of tlkit; without it this raises TlkitError.
+
+        >>> predictions_frame(classifier.predict("photos/test")).groupby("label").size()
+    """
+    try:
+        import pandas
+    except ImportError:
+        raise TlkitError("predictions_frame needs pandas, which tlkit does not install: `pip install pandas`, or "
+                         "use the list of Prediction rows as it is.") from None
+    return pandas.DataFrame([{"source": str(row.source) if isinstance(row.source, Path) else row.source,
+                              "label": row.label, "confidence": row.confidence,
+                              **{f"p_{name}": p for name, p in row.probabilities.items()}, "error": row.error}
+                             for row in rows])
+
+
+# ---------------------------------------------------------------- the classifier
+
+
+class Classifier:
+    """A trained model with its classes and preprocessing, ready to label images.
+
+        >>> classifier = load("runs/latest")
+        >>> classifier.predict("photos/cat.1.jpg")[0].label
+        'cat'
+    """
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device):
+        self.checkpoint, self.device = checkpoint, device
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.checkpoint.classes)
+
+    def predict(self, x, *, tta: bool = False, batch_size: int | None = None,
+                quiet: bool = False) -> list[Prediction]:
+        """Label x: an image file or folder (or a list of them), a PIL image (or a list), or a tensor batch
+        [N, C, H, W]: uint8 raw pixels (resized and cropped as files are) or float already normalised at
+        the model's input size. Files go through `tlkit predict`'s decode (a file that fails is a row with
+        its error); PIL images are read as files are (EXIF orientation, RGB or L), at the same geometry.
+        tta: average with the horizontally flipped view. batch_size None: 256 on a GPU, 32 on a CPU."""
+        with _quiet(quiet):
+            if isinstance(x, torch.Tensor):
+                return self._predict_tensor(x, tta, batch_size)
+            items = list(x) if isinstance(x, (list, tuple)) else [x]
+            if items and all(isinstance(item, Image.Image) for item in items):
+                pixels = torch.stack([self._pil_pixels(image) for image in items])
+                return self._predict_pixels(pixels, tta, batch_size)
+            if items and all(isinstance(item, (str, Path)) for item in items):
+                return self._predict_files(items, tta, batch_size)
+        raise TlkitError("predict takes an image file or folder, a PIL image, a list of either (not mixed), or a "
+                         f"tensor batch [N, C, H, W]; got {type(x).__name__}"
+                         + (" holding other things" if isinstance(x, (list, tuple)) else "") + ".")
+
+    def _predict_files(self, paths: list, tta: bool, batch_size: int | None) -> list[Prediction]:
+        images = find_images([Path(path) for path in paths]).images
+        pred = predict_files(self.checkpoint, images, device=self.device, batch_size=batch_size,
+                             workers=default_workers(), tta=tta)
+        return _rows(pred.paths, pred.probabilities, pred.classes, pred.failures)
+
+    def _pil_pixels(self, image: Image.Image) -> torch.Tensor:
+        prep = self.checkpoint.backbone.preprocessing
+        photo = upright_photo(image, "RGB" if prep.in_chans == 3 else "L")
+        return F.pil_to_tensor(_resize_crop(photo, prep))
+
+    def _predict_tensor(self, images: torch.Tensor, tta: bool, batch_size: int | None) -> list[Prediction]:
+        prep = self.checkpoint.backbone.preprocessing
+        expected = (prep.in_chans, *prep.input_size)
+        if images.dim() != 4 or images.shape[1] != prep.in_chans:
+            raise TlkitError(f"a tensor batch must be [N, {prep.in_chans}, H, W] for this model; got "
+                             f"{list(images.shape)}.")
+        if images.dtype == torch.uint8:
+            return self._predict_pixels(torch.stack([_resize_crop(image, prep) for image in images]), tta,
+                                        batch_size)
+        if not images.is_floating_point() or tuple(images.shape[1:]) != expected:
+            raise TlkitError(f"a float batch must be normalised images of the model's input size, [N, "
+                             f"{', '.join(map(str, expected))}]; got {images.dtype} {list(images.shape)}. Give "
+                             "uint8 pixels to have them resized and normalised.")
+        return self._predict_pixels(images, tta, batch_size)
+
+    def _predict_pixels(self, images: torch.Tensor, tta: bool, batch_size: int | None) -> list[Prediction]:
+        """uint8 pixels at the model's geometry (normalised here as decode does), or a normalised float batch."""
+        prep = self.checkpoint.backbone.preprocessing
+        model = for_inference(self.checkpoint.backbone.model, prep, self.device)
+        normalize, size = Normalizer(prep, self.device), inference_batch_size(self.device, batch_size)
+        scores = []
+        with torch.inference_mode(), autocast(self.device, "bf16"):
+            for start in range(0, len(images), size):
+                batch = images[start:start + size]
+                batch = (normalize(batch) if batch.dtype == torch.uint8 else
+                         batch.to(self.device, torch.float32).contiguous(memory_format=memory_format(self.device)))
+                scores.append(class_scores(model, batch, tta).cpu())
+        probabilities = torch.cat(scores).numpy() if scores else np.zeros((0, len(self.classes)), np.float32)
+        return _rows(list(range(len(images))), probabilities, self.classes, {})
+
+    def evaluate(self, folder: Path | str, *, out: Path | str | None = None, force: bool = False) -> dict:
+        """`tlkit evaluate`: accuracy and per-class precision / recall / F1 on labelled images (class folders or
+        cat.0.jpg names); writes report.json, confusion.png and mistakes.png to out (None: beside the
+        checkpoint, RUN/evaluate-<folder name>) and returns the report.
+
+            >>> classifier.evaluate("data/validation")["accuracy"]
+            0.97
+        """
+        out_dir = Path(out) if out is not None else default_out_dir(self.checkpoint, Path(folder))
+        return evaluate_folder(self.checkpoint, Path(folder), out_dir, device=self.device, workers=default_workers(),
+                               force=force)
+
+    def export(self, fmt: str = "onnx", path: Path | str | None = None, *, force: bool = False) -> Path:
+        """`tlkit export`: the model as ONNX or TorchScript with its preprocessing in a .json beside it, checked
+        against PyTorch on the run's validation images; the file written (path None: RUN/model.onnx or .pt).
+
+            >>> classifier.export("torchscript")
+            PosixPath('runs/pets/model.pt')
+        """
+        if fmt not in EXPORT_SUFFIXES:
+            raise TlkitError(f"export format {fmt!r} is not one of {', '.join(EXPORT_SUFFIXES)}.")
+        return Path(export_checkpoint(self.checkpoint, fmt, path, force=force)["file"])
+
+
+def load(path_or_run: Path | str | Run | None = None, *, device: str = "auto", runs_dir: Path | str = "runs") -> Classifier:
+    """The Classifier of a run folder or .safetensors file (None: what RUNS_DIR/latest names, as the commands
+    do), on device (auto: a GPU when there is one). A Run gives its own classifier.
+
+        >>> classifier = load()
+    """
+    if isinstance(path_or_run, Run):
+        return path_or_run.classifier
+    chosen = select_device(device)
+    return Classifier(load_checkpoint(resolve_run(path_or_run, runs_dir), device=str(chosen)), chosen)
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+
+@dataclass
+class Run(finetuning.FinetuneResult):
+    """A finished fine-tune: everything FinetuneResult holds (run_dir, report, history, best_epoch, classes,
+    backbone, outputs, skipped), its folder as `path`, its `accuracy`, and a `classifier` of the trained
+    model as it is in memory."""
+
+    classifier: Classifier
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir
+
+    @property
+    def accuracy(self) -> float:
+        """Of the best weights, on the validation images (the test split where the data has one)."""
+        return self.report["accuracy"]
+
+
+def finetune(data: Path | str | None = None, *, config_file: Path | str | None = None,
+             resume: Path | str | None = None, force: bool = False, callbacks=(), quiet: bool = False,
+             **settings) -> Run:
+    """`tlkit finetune`: train a backbone on DATA/training, keep the best epoch on DATA/validation, write runs/<name>/.
+
+    data None: the config's (data/ unless config_file says otherwise). settings are the run's settings
+    as keywords (backbone="efficientnet_lite0", precompute_features=True, epochs=10, name="pets", ...:
+    `tlkit finetune --help` lists them). resume: a run folder to continue. callbacks: extra
+    tlkit.callbacks.Callback objects. Example:
+
+        >>> run = finetune("data", backbone="efficientnet_lite0", precompute_features=True, quiet=True)
+        >>> run.accuracy, run.best_epoch, run.path
+    """
+    if data is not None:
+        settings["data"] = str(data)
+    with _quiet(quiet):
+        result = finetuning.finetune(config_file, resume=resume, force=force, callbacks=callbacks, **settings)
+    model = result.backbone.model.eval()
+    checkpoint = Checkpoint(backbone=result.backbone, classes=list(result.classes), meta=read_meta(result.run_dir),
+                            path=result.run_dir / BEST_WEIGHTS)
+    device = next(model.parameters()).device
+    fields = {field.name: getattr(result, field.name) for field in dataclasses.fields(result)}
+    return Run(**fields, classifier=Classifier(checkpoint, device))
+
+
+# ---------------------------------------------------------------- backbones
+
+
+def models() -> list[dict]:
+    """The backbones `tlkit models` lists: name, family, summary, feature_dim, input_size, parameters (with a
+    1000-class head; 10 for the nets trained from scratch) and pretrained (where the ImageNet weights are:
+    package, cached, damaged, missing, or none).
+
+        >>> [m["name"] for m in models() if m["pretrained"] in ("package", "cached")]
+    """
+    names, _ = registry.listed(None)
+    rows = []
+    for name in names:
+        backbone = registry.describe(name)
+        rows.append({"name": name, "family": backbone.family, "summary": backbone.summary,
+                     "feature_dim": backbone.feature_dim, "input_size": tuple(backbone.input_size),
+                     "parameters": backbone.trunk_params + backbone.head_params, "pretrained": backbone.weights_state})
+    return rows

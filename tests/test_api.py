@@ -46,13 +46,14 @@ def _probabilities(rows):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("offline_caches")
-def test_split_finetune_predict_on_real_photos(tmp_path, monkeypatch):
+def test_split_finetune_predict_on_real_photos(tmp_path, monkeypatch, capfd):
     """The mission in three calls: split the pets, fine-tune EfficientNet-Lite0's head, label every photo."""
     monkeypatch.chdir(tmp_path)
     shutil.copytree(PETS, tmp_path / "pets")
     data = api.split(tmp_path / "pets", val="0.2", out=tmp_path / "data", quiet=True)
     run = api.finetune(data.out, backbone="efficientnet_lite0", precompute_features=True, quiet=True)
-    rows = run.classifier.predict(data.validation)
+    rows = run.classifier.predict(data.validation, quiet=True)
+    assert capfd.readouterr() == ("", "")
     assert run.accuracy >= 0.95 and run.path.parent == tmp_path / "runs"
     assert sorted(row.source.name for row in rows) == sorted(p.name for p in data.validation.rglob("*.jpg"))
     assert sum(data.counts["validation"].values()) == len(rows) == 74 and all(row.error is None for row in rows)
@@ -89,8 +90,10 @@ def test_tensor_batches_are_predicted_as_their_files(tiny_run, photos):
     np.testing.assert_allclose(_probabilities(rows), by_file, atol=1e-4)
     with pytest.raises(TlkitError, match="input size"):
         classifier.predict(torch.zeros(1, 3, 8, 8))
-    with pytest.raises(TlkitError, match="not mixed"):
+    with pytest.raises(TlkitError, match="given a list of JpegImageFile, PosixPath"):
         classifier.predict([photos / "a.jpg", Image.open(photos / "a.jpg")])
+    with pytest.raises(TlkitError, match="given an empty list"):
+        classifier.predict([])
 
 
 def test_a_failed_file_is_a_row_with_its_reason(tiny_run, photos):

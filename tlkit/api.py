@@ -174,9 +174,10 @@ class Classifier:
                 return self._predict_pixels(pixels, tta, batch_size)
             if items and all(isinstance(item, (str, Path)) for item in items):
                 return self._predict_files(items, tta, batch_size)
+        given = ("an empty list" if not items else f"a list of {', '.join(sorted({type(i).__name__ for i in items}))}"
+                 if isinstance(x, (list, tuple)) else f"a {type(x).__name__}")
         raise TlkitError("predict takes an image file or folder, a PIL image, a list of either (not mixed), or a "
-                         f"tensor batch [N, C, H, W]; got {type(x).__name__}"
-                         + (" holding other things" if isinstance(x, (list, tuple)) else "") + ".")
+                         f"tensor batch [N, C, H, W]; it was given {given}.")
 
     def _predict_files(self, paths: list, tta: bool, batch_size: int | None) -> list[Prediction]:
         images = find_images([Path(path) for path in paths]).images

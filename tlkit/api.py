@@ -153,6 +153,13 @@ class Classifier:
 
     def __init__(self, checkpoint: Checkpoint, device: torch.device):
         self.checkpoint, self.device = checkpoint, device
+        self._ready = None  # the model as predict runs it (backbone.for_inference), made on the first call
+
+    def _model(self) -> torch.nn.Module:
+        if self._ready is None:
+            self._ready = for_inference(self.checkpoint.backbone.model, self.checkpoint.backbone.preprocessing,
+                                        self.device)
+        return self._ready
 
     @property
     def classes(self) -> list[str]:
@@ -208,7 +215,7 @@ class Classifier:
     def _predict_pixels(self, images: torch.Tensor, tta: bool, batch_size: int | None) -> list[Prediction]:
         """uint8 pixels at the model's geometry (normalised here as decode does), or a normalised float batch."""
         prep = self.checkpoint.backbone.preprocessing
-        model = for_inference(self.checkpoint.backbone.model, prep, self.device)
+        model = self._model()
         normalize, size = Normalizer(prep, self.device), inference_batch_size(self.device, batch_size)
         scores = []
         with torch.inference_mode(), autocast(self.device, "bf16"):
@@ -244,7 +251,8 @@ class Classifier:
         return Path(export_checkpoint(self.checkpoint, fmt, path, force=force)["file"])
 
 
-def load(path_or_run: Path | str | Run | None = None, *, device: str = "auto", runs_dir: Path | str = "runs") -> Classifier:
+def load(path_or_run: Path | str | Run | None = None, *, device: str = "auto",
+         runs_dir: Path | str = "runs") -> Classifier:
     """The Classifier of a run folder or .safetensors file (None: what RUNS_DIR/latest names, as the commands
     do), on device (auto: a GPU when there is one). A Run gives its own classifier.
 

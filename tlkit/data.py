@@ -9,7 +9,7 @@ the same whatever the worker count, and a resumed run sees what an uninterrupted
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,7 +38,6 @@ class DataBundle:
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader
     train_sampler: "EpochSampler"
-    skipped: set[str] = field(default_factory=set)  # files that failed to decode, met so far
 
 
 def subset_dirs(data_dir: Path) -> tuple[Path, Path]:

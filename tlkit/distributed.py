@@ -26,11 +26,6 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def local_rank() -> int:
-    """This process's GPU on its machine (torchrun's LOCAL_RANK)."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

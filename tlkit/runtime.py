@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import os
 import random
-import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -171,10 +170,6 @@ def relpath(path: Path) -> str:
         return str((path.parent.resolve() / path.name).relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()
 
 
 def select_device(name: str = "auto"):

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.transforms.v2 import functional as F
 
@@ -22,10 +21,9 @@ from tlkit.augment import Augmentation, crop_flip_photo, policy
 from tlkit.decode import load_image as load_eval_image
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
-from tlkit.scan import class_folders, class_images, is_image_name, open_photo, visible_files
+from tlkit.scan import DECODE_ERRORS, class_folders, class_images, is_image_name, open_photo, visible_files
 from tlkit.split import SUBSETS, finish_pending_split
 
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from tlkit.data import (
-    DECODE_ERRORS, DataBundle, EpochSampler, EvalLoad, FolderDataset, ShardSampler, check_classes, make_loader,
+    DataBundle, EpochSampler, EvalLoad, FolderDataset, ShardSampler, check_classes, make_loader,
     train_load,
 )
 from tlkit import rawdata
@@ -25,7 +25,7 @@ from tlkit.backbone import per_channel
 from tlkit.config import checked_settings, config_keys, read_yaml
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
-from tlkit.scan import open_image
+from tlkit.scan import DECODE_ERRORS, open_image
 from tlkit.split import parse_val, val_count
 
 STATS_SAMPLE = 2000  # images of a folder read to estimate its mean and std

@@ -33,13 +33,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from tlkit.errors import TlkitError
 from tlkit.runtime import memory_format, warn
-from tlkit.scan import EMPTY_FILE, EXIF_ORIENTATION, decode_failure, open_image, open_photo
+from tlkit.scan import DECODE_ERRORS, EMPTY_FILE, EXIF_ORIENTATION, decode_failure, open_image, open_photo
 
 _JPEG_MAGIC = b"\xff\xd8"
 MAX_DECODE_PIXELS = 400_000_000 // 3  # decoded bytes of one batched decode call: about 400 MB of RGB
@@ -128,7 +127,7 @@ class _PilDataset(torch.utils.data.Dataset):
             if self.paths[index].stat().st_size == 0:
                 return index, None, EMPTY_FILE
             return index, self.load(self.paths[index]), None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        except DECODE_ERRORS as error:
             return index, None, decode_failure(error)
 
 
@@ -301,7 +300,7 @@ class ImageBatches:
             try:
                 expected.append(load_image(self.paths[index], self.prep, full_size=True))
                 compared.append(position)
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            except DECODE_ERRORS:
                 continue  # PIL refuses what nvjpeg took (a truncated file): no reference for it
         if not expected:
             return True  # nothing to compare yet: the next batch is checked
@@ -450,7 +449,7 @@ def batchable_pixels(data: bytes) -> int:
             if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
                 return 0
             return image.width * image.height
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except DECODE_ERRORS:
         return 0
 
 

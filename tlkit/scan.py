@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from tlkit.errors import TlkitError
 from tlkit.runtime import progress, relpath
@@ -34,6 +34,9 @@ EMPTY_FILE = "empty file (0 bytes)"
 EXIF_ORIENTATION = 0x0112
 SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that turn the photo by 90 degrees (width and height swap)
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # PIL's modes for 16-bit (and 32-bit integer) samples
+# What opening or decoding a damaged, foreign or oversized file raises (UnidentifiedImageError is an OSError;
+# DecompressionBombError is not): caught on every path that decodes, and worded by decode_failure.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -239,7 +242,7 @@ def check_image(path: Path, full: bool) -> ImageInfo | str:
                 image.load()
             else:
                 image.verify()  # must come right after open: no EXIF read before it
-    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except DECODE_ERRORS as error:
         return decode_failure(error)
     sha1 = hashlib.sha1(path.read_bytes()).hexdigest() if full else ""
     return ImageInfo(width, height, mode, sha1)

@@ -34,7 +34,7 @@ from tlkit.export import export_checkpoint
 from tlkit.backbone import for_inference
 from tlkit.predict import class_scores, find_images, predict_files
 from tlkit.runtime import (autocast, default_workers, inference_batch_size, info, is_quiet, memory_format, out,
-                           progress, relpath, select_device, set_quiet, warn)
+                           relpath, select_device, set_quiet, warn)
 from tlkit.scan import upright_photo
 from tlkit.split import MANIFEST, MODES, execute_split, prepare_split
 
@@ -87,9 +87,7 @@ def split(src: Path | str, val: str | int | float = "0.2", out: Path | str | Non
         if passed_over:
             warn(f"{passed_over} file(s) of {relpath(scan.root)} passed over (no class in the name, not an image, "
                  "or unreadable); `tlkit check` lists them")
-        with progress() as bar:
-            task = bar.add_task(f"{mode} files", total=len(plan.rows))
-            execute_split(plan, mode=mode, force=force, on_progress=lambda: bar.advance(task))
+        execute_split(plan, mode=mode, force=force)
         info(f"split {relpath(scan.root)} into {relpath(plan.out)}/training and validation ({len(plan.rows)} images)")
     counts = {subset: dict(sorted(by_class.items())) for subset, by_class in plan.counts().items()}
     return Split(out=plan.out, training=plan.out / "training", validation=plan.out / "validation", counts=counts,

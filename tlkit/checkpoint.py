@@ -175,7 +175,7 @@ def new_run_dir(runs_dir: Path, name: str | None, force: bool) -> Path:
     run_dir = runs_dir / name
     claim_run(run_dir)
     try:
-        if run_dir.exists() or run_dir.is_symlink():
+        if os.path.lexists(run_dir):
             if not force:
                 raise TlkitError(
                     f"{relpath(run_dir)} already exists; nothing was written. Use --force to replace it, "
@@ -199,7 +199,7 @@ def _new_stamped_run(runs_dir: Path) -> Path:
             claim_run(run_dir)
         except TlkitError:
             continue
-        if not run_dir.exists() and not run_dir.is_symlink():
+        if not os.path.lexists(run_dir):
             run_dir.mkdir(parents=True)
             return run_dir
         release_run(run_dir)

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from tlkit import __version__
 from tlkit.errors import TlkitError
-from tlkit.runtime import console, is_quiet, keep_freed_memory, out, progress, relpath, set_quiet, warn
+from tlkit.runtime import console, is_quiet, keep_freed_memory, out, relpath, set_quiet, warn
 
 LIST_LIMIT = 10  # problem files named on screen before "... and N more"
 
@@ -108,9 +108,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     if args.dry_run:
         console.print("dry run: nothing written")
         return 0
-    with progress() as bar:
-        task = bar.add_task(f"{args.mode} files", total=len(plan.rows))
-        execute_split(plan, mode=args.mode, force=args.force, on_progress=lambda: bar.advance(task))
+    execute_split(plan, mode=args.mode, force=args.force)
     for subset in SUBSETS:
         console.print(f"wrote {relpath(out_dir / subset)}/")
     console.print(f"manifest: {relpath(out_dir / 'split.csv')}; every one of the {len(plan.rows)} images is in place once")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tlkit.atomic import lock_file, unlock_file
 from tlkit.errors import TlkitError
-from tlkit.runtime import info, relpath, warn
+from tlkit.runtime import info, progress, relpath, warn
 from tlkit.scan import Scan, scan_with_progress
 
 SUBSETS = ("training", "validation")
@@ -189,7 +189,7 @@ def check_outputs_free(out: Path, src: Path, force: bool) -> None:
 def _check_a_split_of_ours(out: Path) -> None:
     """--force replaces training/, validation/ and split.csv only where they are what a split writes: two
     folders beside the manifest that lists their photos."""
-    present = [name for name in OUTPUTS if (out / name).exists() or (out / name).is_symlink()]
+    present = [name for name in OUTPUTS if os.path.lexists(out / name)]
     if not present:
         return
     foreign = [name for name in present if (out / name).is_symlink()
@@ -270,9 +270,9 @@ LOCK = ".tlkit-split.lock"  # held by the one process that builds, swaps in or f
 _STAGING, _OLD = re.compile(r"\.tlkit-split-\d+"), re.compile(r"\.tlkit-split-old-\d+")
 
 
-def execute_split(plan: SplitPlan, mode: str = "link", force: bool = False, on_progress=None) -> None:
-    """Write the plan: build under a temporary folder, check it, then swap it into place, holding the
-    folder's split lock from before an earlier split is finished until the moved sources are gone."""
+def execute_split(plan: SplitPlan, mode: str = "link", force: bool = False) -> None:
+    """Write the plan: build under a temporary folder (with a progress bar), check it, then swap it into place,
+    holding the folder's split lock from before an earlier split is finished until the moved sources are gone."""
     out = plan.out
     if not out.exists():
         check_outputs_free(out, plan.scan.root, force)  # refused before anything is made
@@ -284,20 +284,21 @@ def execute_split(plan: SplitPlan, mode: str = "link", force: bool = False, on_p
             check_nothing_lost(plan)
         _remove_leftovers(out)
         token = secrets.token_hex(8)
-        staging = _build(plan, _work_folder(out / f".tlkit-split-{os.getpid()}", token), mode, on_progress)
+        staging = _build(plan, _work_folder(out / f".tlkit-split-{os.getpid()}", token), mode)
         _swap_in(out, staging, token)
         if mode == "move":
             for source, *_ in plan.rows:
                 source.unlink()
 
 
-def _build(plan: SplitPlan, staging: Path, mode: str, on_progress) -> Path:
+def _build(plan: SplitPlan, staging: Path, mode: str) -> Path:
     """The split's folders and manifest, built and checked in staging."""
     try:
-        for source, _, _, destination in plan.rows:
-            _place(source, staging / destination, mode)
-            if on_progress:
-                on_progress()
+        with progress() as bar:
+            task = bar.add_task(f"{mode} files", total=len(plan.rows))
+            for source, _, _, destination in plan.rows:
+                _place(source, staging / destination, mode)
+                bar.advance(task)
         _write_manifest(plan, staging / MANIFEST)
         _verify_output(plan, staging)
     except BaseException as error:  # a full disk, Ctrl-C: the half-built copy goes, nothing else changed
@@ -390,13 +391,20 @@ def _swap_in(out: Path, staging: Path, token: str) -> None:
     tmp = journal.with_suffix(".tmp")
     tmp.write_text(json.dumps({"staging": staging.name, "old": old.name, "token": token}), encoding="utf-8")
     os.replace(tmp, journal)  # from here on, the next run finishes what this one started
+    _complete_swap(out, staging, old)
+
+
+def _complete_swap(out: Path, staging: Path, old: Path) -> None:
+    """The swap from wherever it stands: each output still staged goes in (whatever stands in its place is the
+    old one, which goes aside first); then the work folders go, and the journal last."""
     for name in OUTPUTS:
-        if (out / name).exists() or (out / name).is_symlink():
-            os.replace(out / name, old / name)
-        os.replace(staging / name, out / name)
+        if os.path.lexists(staging / name):
+            if os.path.lexists(out / name):
+                os.replace(out / name, old / name)
+            os.replace(staging / name, out / name)
     _remove_work_folder(old)
     _remove_work_folder(staging)
-    journal.unlink()
+    (out / JOURNAL).unlink()
 
 
 def _read_journal(out: Path) -> tuple[Path, Path, str]:
@@ -436,7 +444,7 @@ def finish_interrupted_swap(out: Path) -> bool:
 
 
 def _journal_there(out: Path) -> bool:
-    return (out / JOURNAL).exists() or (out / JOURNAL).is_symlink()
+    return os.path.lexists(out / JOURNAL)
 
 
 def _finish_swap(out: Path) -> bool:
@@ -445,14 +453,7 @@ def _finish_swap(out: Path) -> bool:
     staging, old, token = _read_journal(out)
     if not old.exists():
         _work_folder(old, token)  # the old outputs were deleted already: an empty one to finish the same way
-    for name in OUTPUTS:
-        if (staging / name).exists():  # not yet swapped in: whatever stands in its place is the old one
-            if (out / name).exists() or (out / name).is_symlink():
-                os.replace(out / name, old / name)
-            os.replace(staging / name, out / name)
-    _remove_work_folder(old)
-    _remove_work_folder(staging)
-    (out / JOURNAL).unlink()
+    _complete_swap(out, staging, old)
     warn(f"finished a split of {relpath(out)} that was interrupted while putting its folders in place "
          "(the new split was complete and checked; the old one is removed)")
     return True

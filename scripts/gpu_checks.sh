@@ -81,9 +81,19 @@ print(f"versions: python {platform.python_version()}, torch {torch.__version__},
 EOF
 }
 
+whole_number() {  # NAME VALUE: VALUE when it is a whole number above 0, else a message and a failure
+    [[ "$2" =~ ^[1-9][0-9]*$ ]] && echo "$2" && return
+    echo "error: $1 takes a whole number above 0, not '$2'" >&2
+    return 2
+}
+
 prepare() {  # [--per-class N]
     local per_class=500
-    [ "${1:-}" = --per-class ] && per_class=$2
+    case "${1:-}" in
+        "") ;;
+        --per-class) per_class=$(whole_number --per-class "${2:-}") || return 2 ;;
+        *) echo "$usage" >&2; return 2 ;;
+    esac
     local shared=../shared/data/dogs-vs-cats-2k/train
     [ -d "$shared" ] || { echo "error: $shared is absent: prepare copies its photos" >&2; return 1; }
     if [ -e "$DATA" ] && [ ! -d "$PHOTOS" ]; then  # replace only what an earlier prepare wrote
@@ -188,7 +198,7 @@ shift || true
 budget=$BUDGET
 while [ $# -gt 0 ] && [ "$command" != step ] && [ "$command" != prepare ]; do
     case "$1" in
-        --budget) budget=$2; shift 2 ;;
+        --budget) budget=$(whole_number --budget "${2:-}") || exit 2; shift 2 ;;
         --device) DEVICE=$2; shift 2 ;;
         --smoke) SMOKE=1; shift ;;
         --only) IFS=, read -r -a STEPS <<< "$2"; shift 2 ;;

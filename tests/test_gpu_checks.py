@@ -75,3 +75,8 @@ def test_the_dry_run_shows_one_call_that_fits_twice_in_a_session(tmp_path):
 def test_unknown_steps_and_options_are_refused(tmp_path):
     assert gpu_checks("all", "--only", "tset", data=tmp_path, out=tmp_path).returncode == 2
     assert gpu_checks("all", "--fast", data=tmp_path, out=tmp_path).returncode == 2
+    assert gpu_checks("prepare", "--size", "3", data=tmp_path / "data", out=tmp_path).returncode == 2
+    for command in (("all", "--budget", "x"), ("--dry-run", "--budget", "-5"), ("prepare", "--per-class", "abc")):
+        done = gpu_checks(*command, data=tmp_path / "data", out=tmp_path)
+        assert done.returncode == 2 and f"{command[1]} takes a whole number above 0" in done.stderr
+    assert not (tmp_path / "data").exists()  # nothing prepared from a refused command

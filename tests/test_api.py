@@ -172,3 +172,15 @@ def test_models_lists_the_backbones_of_tlkit_models():
     lite = rows["efficientnet_lite0"]
     assert lite["pretrained"] == "package" and lite["input_size"] == (224, 224) and lite["feature_dim"] == 1280
     assert {"resnet18", "simple-cnn"} <= rows.keys()
+
+
+def test_finetune_takes_every_setting_as_a_typed_keyword():
+    import inspect
+
+    from tlkit.config import config_keys
+
+    parameters = inspect.signature(api.finetune).parameters
+    own = {"data", "config_file", "resume", "force", "callbacks", "quiet"}
+    assert set(parameters) - own == set(config_keys()) - {"data"}
+    assert all(parameters[key].kind is inspect.Parameter.KEYWORD_ONLY for key in set(parameters) - {"data"})
+    assert parameters["epochs"].annotation == "int | None"

@@ -10,9 +10,9 @@ import pytest
 import torch
 from sklearn.metrics import precision_recall_fscore_support
 
-from tlkit import models, report
+from tlkit import report
 from tlkit.callbacks import (
-    BestWeights, EarlyStopping, FreezeSchedule, MetricsLog, TensorBoard, tensorboard_available,
+    BestWeights, EarlyStopping, MetricsLog, TensorBoard, tensorboard_available,
 )
 from tlkit.report import class_report, plot_confusion, plot_curves
 
@@ -97,18 +97,6 @@ def test_class_report_matches_scikit_learn():
     precision, recall, f1, support = precision_recall_fscore_support(targets, predictions)
     assert report["b"]["precision"] == pytest.approx(precision[1]) and report["c"]["recall"] == pytest.approx(recall[2])
     assert report["a"]["support"] == 2 and report["accuracy"] == pytest.approx(4 / 6)
-
-
-def test_freeze_schedule_thaws_after_the_given_epochs():
-    backbone = models.create("simple-cnn", num_classes=2, weights="none")
-    trainer, schedule = fake_trainer(backbone.model), FreezeSchedule(backbone, "none", unfreeze_after=2)
-    states = []
-    for epoch in range(3):
-        trainer.epoch = epoch
-        schedule.on_epoch_start(trainer)
-        states.append((any(p.requires_grad for p in backbone.trunk_parameters()), trainer.frozen is not None))
-    assert states == [(False, True), (False, True), (True, False)]
-    assert all(p.requires_grad for p in backbone.head_parameters())
 
 
 @pytest.mark.skipif(not tensorboard_available(), reason="tensorboard is not installed")

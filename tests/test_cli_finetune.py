@@ -217,7 +217,7 @@ def test_the_new_setting_flags_reach_config_yaml_and_bad_values_are_one_message(
                         "--head-weight-decay", "0.5", "--name", "head") == 0
     saved = yaml.safe_load((tmp_path / "runs" / "head" / "config.yaml").read_text())
     assert (saved["head_lr"], saved["head_weight_decay"]) == (0.02, 0.5)
-    assert "lr 0.02, weight decay 0.5 on the cache" in error_of(capsys)
+    assert "the head on cached features: adamw lr 0.02, weight decay 0.5" in error_of(capsys)
     for flag, value, words in (("--freeze-bn", "maybe", "--freeze-bn must be true or false"),
                                ("--head-lr", "0", "--head-lr must be a number above 0"),
                                ("--resume-every-seconds", "-1", "--resume-every-seconds must be a number 0 or more")):

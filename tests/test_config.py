@@ -130,37 +130,3 @@ def test_shipped_recipes_load(name):
         assert (config.optimizer, config.lr) == ("adamw", 1e-4)
     if name == "scratch-resnet18":
         assert config.weights == "none"
-
-
-def test_auto_settings_are_chosen_for_the_situation_and_given_ones_kept():
-    from tlkit.config import resolve_auto
-
-    scratch = resolve_auto(make_config({}), pretrained=False, data_augment="light")
-    assert (scratch.optimizer, scratch.scheduler, scratch.lr, scratch.epochs) == ("adamw", "onecycle", 3e-3, 10)
-    assert (scratch.freeze, scratch.unfreeze_after, scratch.trunk_lr_mult, scratch.augment) == ("none", None, 1.0, "light")
-    pretrained = resolve_auto(make_config({}), pretrained=True)
-    assert (pretrained.lr, pretrained.trunk_lr_mult, pretrained.unfreeze_after) == (1e-3, 0.1, 1)
-    assert pretrained.augment == "default"
-    cached = resolve_auto(make_config({"precompute_features": True}), pretrained=True)
-    assert (cached.epochs, cached.unfreeze_after) == (30, None)
-    given = resolve_auto(make_config({"optimizer": "sgd", "lr": 0.01, "scheduler": "step", "freeze": "trunk",
-                                      "augment": False, "epochs": 4}), pretrained=True)
-    assert (given.optimizer, given.lr, given.scheduler, given.freeze, given.unfreeze_after, given.augment,
-            given.epochs) == ("sgd", 0.01, "step", "trunk", None, "none", 4)
-    recorded = config_yaml(scratch)
-    assert all(f"{key}: auto" not in recorded for key in ("optimizer", "scheduler", "freeze", "augment"))
-    assert "unfreeze_after: 1" in config_yaml(pretrained)
-
-
-def test_a_head_on_cached_features_gets_its_own_lr_and_weight_decay():
-    from tlkit.config import resolve_auto
-
-    cached = resolve_auto(make_config({"precompute_features": True}), pretrained=True)
-    assert (cached.head_lr, cached.head_weight_decay, cached.freeze_bn) == (1e-2, 2.0, True)
-    assert cached.lr == 5e-4  # what every layer gets after the head (--unfreeze-after)
-    mlp_head = resolve_auto(make_config({"precompute_features": True}), pretrained=True, linear_head=False)
-    assert (mlp_head.head_lr, mlp_head.head_weight_decay) == (1e-3, None)  # VGG/AlexNet keep fc6/fc7
-    given = resolve_auto(make_config({"precompute_features": True, "lr": 0.02, "weight_decay": 0.1}), pretrained=True)
-    assert (given.head_lr, given.head_weight_decay, given.lr) == (0.02, 0.1, 0.02)
-    scratch = resolve_auto(make_config({}), pretrained=False)
-    assert (scratch.head_lr, scratch.freeze_bn) == (None, False)

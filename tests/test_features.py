@@ -204,3 +204,13 @@ def test_a_folder_in_the_caches_place_is_not_replaced(data):
     with pytest.raises(TlkitError, match="not a tlkit cache"):
         _run(data)
     assert (folder / "notes.txt").read_text() == "mine" and not list(folder.parent.glob(".*partial*"))
+
+
+def test_a_feature_pass_written_to_a_log_file_says_how_far_it_is_and_its_time(data, capsys, monkeypatch):
+    # stderr is no terminal here, as in a log file: lines instead of a bar (each task past LOG_EVERY_S, 0 here).
+    from tlkit import runtime
+
+    monkeypatch.setattr(runtime, "LOG_EVERY_S", 0.0)
+    _, err = _run(data, capsys=capsys)
+    assert "features training: 8 done in" in err and "features validation: 4 done in" in err
+    assert "features: 12 image views in" in err

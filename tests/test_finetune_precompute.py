@@ -92,17 +92,18 @@ def test_end_to_end_phase_gets_its_own_schedule(data_dir, tmp_path):
     result = finetune(**recipe(data_dir, tmp_path, precompute_features=True, unfreeze_after=1, epochs=3,
                                scheduler="cosine", name="cosine"))
     lrs = [row["lr"] for row in result.history]
-    # The lr at each epoch's end: the head's cosine over 1 epoch ends at 0; a fresh cosine over the 2
-    # epochs left is half way down after epoch 2 and at 0 after epoch 3 (not restarted at the peak).
-    assert lrs == pytest.approx([0.0, 0.025, 0.0], abs=1e-9)
+    # The lr of each epoch's last step: the head's cosine over 1 epoch ends near 0; a fresh cosine over the
+    # 2 epochs left is about half way down after epoch 2 and near 0 after epoch 3 (not restarted at the peak).
+    assert lrs[0] < 0.01 and 0.02 < lrs[1] < 0.04 and lrs[2] < 0.01
 
 
-def test_resume_follows_the_phase_that_wrote_the_file(data_dir, tmp_path):
+def test_resume_follows_the_phase_that_wrote_the_file(data_dir, tmp_path, capsys):
     settings = recipe(data_dir, tmp_path, epochs=3)
     with pytest.raises(KeyboardInterrupt):
         finetune(**settings, name="images", callbacks=[interrupt_at(2)])
     resumed = finetune(resume=tmp_path / "runs" / "images", precompute_features=True)  # a flag added later
     assert len(resumed.history) == 3
+    assert "--precompute-features not applied: a resumed run keeps the phases it planned" in capsys.readouterr().err
 
 
 def test_precompute_and_cache_commands(data_dir, tmp_path, capsys):

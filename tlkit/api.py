@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as F
 from tlkit import finetuning, models as registry
 from tlkit.checkpoint import Checkpoint, load_checkpoint, resolve_run
 from tlkit.checkpoint_format import BEST_WEIGHTS, read_meta
-from tlkit.config import EXPORT_SUFFIXES
+from tlkit.config import EXPORT_SUFFIXES, config_keys
 from tlkit.decode import Normalizer, _resize_crop
 from tlkit.errors import TlkitError
 from tlkit.evaluate import default_out_dir, evaluate_folder
@@ -285,17 +285,32 @@ class Run(finetuning.FinetuneResult):
 
 def finetune(data: Path | str | None = None, *, config_file: Path | str | None = None,
              resume: Path | str | None = None, force: bool = False, callbacks=(), quiet: bool = False,
-             **settings) -> Run:
+             backbone: str | None = None, weights: str | None = None, img_size: int | None = None,
+             epochs: int | None = None, batch_size: int | None = None, optimizer: str | None = None,
+             lr: float | None = None, lr_scale: str | None = None, momentum: float | None = None,
+             weight_decay: float | None = None, scheduler: str | None = None, step_size: int | None = None,
+             gamma: float | None = None, freeze: str | None = None, unfreeze_after: int | None = None,
+             trunk_lr_mult: float | None = None, freeze_bn: bool | None = None, label_smoothing: float | None = None,
+             augment: str | bool | None = None, monitor: str | None = None, patience: int | None = None,
+             precision: str | None = None, device: str | None = None, workers: int | None = None,
+             cache_images: bool | None = None, precompute_features: bool | None = None, head_lr: float | None = None,
+             head_weight_decay: float | None = None, precompute_views: int | None = None,
+             cache_dir: str | None = None, cache_dtype: str | None = None, resume_every_epochs: int | None = None,
+             resume_every_seconds: float | None = None, seed: int | None = None, name: str | None = None,
+             runs_dir: str | None = None) -> Run:
     """`tlkit finetune`: train a backbone on DATA/training, keep the best epoch on DATA/validation, write runs/<name>/.
 
-    data None: the config's (data/ unless config_file says otherwise). settings are the run's settings
-    as keywords (backbone="efficientnet_lite0", precompute_features=True, epochs=10, name="pets", ...:
-    `tlkit finetune --help` lists them). resume: a run folder to continue. callbacks: extra
-    tlkit.callbacks.Callback objects. Example:
+    data None: the config's (data/ unless config_file says otherwise). Every other keyword is the
+    run's setting of that name (`tlkit finetune --help` says what each does); None, the default, leaves
+    it to config_file or to the recipe (tlkit/recipe.py: on a pretrained trunk the head trains on cached
+    features to convergence, then every layer). resume: a run folder to continue. callbacks: extra
+    tlkit.callbacks.Callback objects. quiet: print nothing. Example:
 
         >>> run = finetune("data", backbone="efficientnet_lite0", precompute_features=True, quiet=True)
         >>> run.accuracy, run.best_epoch, run.path
     """
+    # The settings given: every keyword named like a FinetuneConfig field and not left at None.
+    settings = {key: value for key, value in locals().items() if key in config_keys() and value is not None}
     if data is not None:
         settings["data"] = str(data)
     with _quiet(quiet):

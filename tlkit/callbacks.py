@@ -1,5 +1,5 @@
-"""What happens around the training loop: best weights, early stopping, the freeze schedule, the
-epoch's console line, logs, curves, TensorBoard.
+"""What happens around the training loop: best weights, early stopping, the epoch's console line, logs,
+curves, TensorBoard.
 
 Six events, each given the trainer explicitly: on_fit_start, on_epoch_start, on_batch_end,
 on_epoch_end, on_fit_end, and on_interrupt when a run stops early (Ctrl-C, a diverged loss). Everything
@@ -20,7 +20,7 @@ from tlkit.atomic import atomic_write_text
 from tlkit.checkpoint import point_latest
 from tlkit.checkpoint_format import CheckpointMeta, save_best
 from tlkit.report import plot_curves
-from tlkit.runtime import console, info
+from tlkit.runtime import console
 
 
 class Callback:
@@ -53,16 +53,22 @@ def is_better(monitor: str, value: float, best: float | None) -> bool:
 class BestWeights(Callback):
     """Keeps a true copy of the best epoch's weights, writes them as the best checkpoint, restores them at the end.
 
-    `classifier` is what a checkpoint holds: the whole model. While its head alone trains (on cached
-    features) the copy is of the head, and the checkpoint (528 MB for VGG16) is written once, when
-    that phase ends or is interrupted, not at every improving epoch of a second; the resume file holds
-    the best head meanwhile. Without a run_dir (or off rank 0 under torchrun) nothing is written."""
+    `classifier` is what a checkpoint holds: the whole model. While its head alone trains on cached
+    features (the phase it is told of by `enter`) the copy is of the head, and the checkpoint (528 MB for
+    VGG16) is written once, when that phase ends or is interrupted, not at every improving epoch of a
+    second; the resume file holds the best head meanwhile. Without a run_dir (or off rank 0 under
+    torchrun) nothing is written."""
 
     def __init__(self, monitor: str, classifier, *, run_dir: Path | None = None, meta: CheckpointMeta | None = None):
         self.monitor, self.classifier, self.run_dir, self.meta = monitor, classifier, run_dir, meta
         self.best_value: float | None = None
         self.best_epoch: int | None = None
         self.best_state: dict | None = None  # {name: tensor} of what trains, copies on the CPU
+        self.on_features = False  # the phase trains the head alone on cached features
+
+    def enter(self, phase) -> None:
+        """The phase that trains from now on (a recipe.Phase)."""
+        self.on_features = phase.on_features
 
     def on_epoch_end(self, trainer) -> None:
         row = trainer.history[-1]
@@ -71,19 +77,19 @@ class BestWeights(Callback):
         # A copy: state_dict() returns live references that the next optimizer step would change.
         self.best_state = _cpu_copy(trainer.model)
         self.best_value, self.best_epoch = row[self.monitor], row["epoch"]  # after the copy: a Ctrl-C in it
-        if trainer.model is self.classifier:
+        if not self.on_features:
             self._write(trainer)
 
     def on_fit_end(self, trainer) -> None:
         if self.best_state is None:
             return
         self._restore(trainer)
-        if trainer.model is not self.classifier:  # the head phase ends: the whole classifier from now on
+        if self.on_features:  # the head phase ends: the whole classifier from now on
             self.best_state = _cpu_copy(self.classifier)
             self._write(trainer)
 
     def on_interrupt(self, trainer) -> None:
-        if self.best_state is not None and trainer.model is not self.classifier:
+        if self.best_state is not None and self.on_features:
             self._restore(trainer)
             self._write(trainer)
 
@@ -97,7 +103,7 @@ class BestWeights(Callback):
         if self.run_dir is None or not distributed.is_main():  # under torchrun, rank 0 alone writes
             return
         row = next(row for row in trainer.history if row["epoch"] == self.best_epoch)
-        state = self.best_state if trainer.model is self.classifier else self.classifier.state_dict()
+        state = self.classifier.state_dict() if self.on_features else self.best_state
         save_best(self.run_dir, state, self.meta.at_epoch(row))
         point_latest(self.run_dir)  # only now: runs/latest never names a run that has no model yet
 
@@ -203,26 +209,3 @@ class TensorBoard(Callback):
 
 def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
-
-
-class FreezeSchedule(Callback):
-    """--freeze trunk trains the head only; --unfreeze-after E trains the head alone for E epochs, then all."""
-
-    def __init__(self, backbone, freeze: str, unfreeze_after: int | None):
-        self.backbone, self.freeze, self.unfreeze_after = backbone, freeze, unfreeze_after
-
-    def trunk_frozen(self, epoch: int) -> bool:
-        if self.unfreeze_after is not None:
-            return epoch <= self.unfreeze_after
-        return self.freeze == "trunk"
-
-    def on_epoch_start(self, trainer) -> None:
-        epoch = trainer.epoch + 1
-        if self.trunk_frozen(epoch):
-            self.backbone.freeze_trunk()
-            trainer.frozen = (self.backbone.trunk, self.backbone.head)
-            return
-        if trainer.frozen is not None and epoch > 1:
-            info(f"epoch {epoch}: trunk unfrozen, training every layer from now on")
-        self.backbone.unfreeze()
-        trainer.frozen = None

@@ -38,7 +38,8 @@ class CheckpointMeta:
     monitor: str = "val_loss"
     data_source: dict | None = None  # `tlkit train`: what reopens its dataset
     processes: int = 1  # under torchrun: how many trained it (the lr of --lr-scale linear depends on it)
-    phase: str | None = None  # resume files only: "head" while the head trains on cached features
+    phase: str | None = None  # resume files only: the phase that wrote it (tlkit/recipe.py: head, head-images, images)
+    phases: list[str] = field(default_factory=list)  # what each phase of the run trained with, in words
     epoch: int | None = None  # best.json: the epoch these weights are from, and its metrics
     metrics: dict | None = None
     tlkit_version: str = __version__  # of the tlkit that wrote it
@@ -64,7 +65,7 @@ class CheckpointMeta:
             "num_classes": self.num_classes, "classes": list(self.classes), "in_chans": self.in_chans,
             "img_size": self.img_size, "preprocessing": self.preprocessing.to_dict(), "monitor": self.monitor,
             "config": self.config, "data_source": self.data_source, "processes": self.processes,
-            "phase": self.phase, "epoch": self.epoch, "metrics": self.metrics,
+            "phase": self.phase, "phases": list(self.phases), "epoch": self.epoch, "metrics": self.metrics,
         }
 
     @classmethod
@@ -80,7 +81,8 @@ class CheckpointMeta:
                 preprocessing=Preprocessing.from_dict(values["preprocessing"]),
                 pretrained=bool(values.get("pretrained", False)), config=dict(values.get("config") or {}),
                 monitor=values.get("monitor", "val_loss"), data_source=values.get("data_source"),
-                processes=int(values.get("processes", 1)), phase=values.get("phase"), epoch=values.get("epoch"),
+                processes=int(values.get("processes", 1)), phase=values.get("phase"),
+                phases=list(values.get("phases", [])), epoch=values.get("epoch"),
                 metrics=values.get("metrics"), tlkit_version=values.get("tlkit_version", "?"),
             )
         except (KeyError, TypeError, ValueError) as error:

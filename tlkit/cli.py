@@ -237,6 +237,10 @@ def _add_setting_flags(parser, skip: tuple[str, ...] = (), only: tuple[str, ...]
         if kind is bool and not optional:  # a switch: given means true
             parser.add_argument(flag, action="store_const", const=True, default=argparse.SUPPRESS, help=text)
             continue
+        if kind is bool:  # given alone means true; `--freeze-bn false` says no (unset: auto)
+            parser.add_argument(flag, nargs="?", const="true", default=argparse.SUPPRESS, metavar="true|false",
+                                help=text)
+            continue
         shown = "" if "(default" in text else f" (default: {field.default})"
         # Taken as text: config.checked_settings reads it as the setting's kind and checks its range, as
         # it does a YAML file's, in one message that names the flag.

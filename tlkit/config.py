@@ -90,12 +90,14 @@ class FinetuneConfig:
     weights: str = setting("default", "imagenet, none (random init), a weights file, or default (imagenet where "
                            "the backbone has it)")
     img_size: int | None = setting(None, "input size in px (default: the backbone's own)", within=ONE_OR_MORE)
-    epochs: int | None = setting(None, "epochs to train (default: 10; 30 when only the head trains, on cached "
-                                 "features)", within=ONE_OR_MORE)
+    epochs: int | None = setting(None, "epochs of the whole run, the head's first included (default, pretrained: "
+                                 "30 of the head on cached features + 3 of every layer; 30 with "
+                                 "--precompute-features alone; 10 otherwise)", within=ONE_OR_MORE)
     batch_size: int = setting(64, "images per batch", within=ONE_OR_MORE)
     optimizer: str = setting("auto", "optimizer (auto: adamw)", OPTIMIZERS)
-    lr: float | None = setting(None, "learning rate of the head; the trunk's is lr x --trunk-lr-mult (default: "
-                               "0.001 on a pretrained trunk, 0.003 from scratch)", within=ABOVE_ZERO)
+    lr: float | None = setting(None, "learning rate of the head while every layer trains; the trunk's is lr x "
+                               "--trunk-lr-mult (default: 0.0005 after a head phase, 0.003 from scratch)",
+                               within=ABOVE_ZERO)
     lr_scale: str = setting("none", "under torchrun, linear: lr x the number of processes (--batch-size is per "
                             "process)", LR_SCALES)
     momentum: float = setting(0.9, "SGD momentum, with every schedule but onecycle, which moves it from 0.95 to "
@@ -106,10 +108,12 @@ class FinetuneConfig:
                              "onecycle)", SCHEDULERS)
     step_size: int = setting(7, "step schedule: epochs between lr drops", within=ONE_OR_MORE)
     gamma: float = setting(0.1, "step / plateau schedule: factor of each lr drop", within=SHRINK)
-    freeze: str = setting("auto", "trunk: train the head only; none: every layer from the start; auto: a "
-                          "pretrained trunk trains its head alone for the first epoch, then every layer", FREEZE_MODES)
-    unfreeze_after: int | None = setting(None, "train the head alone for E epochs, then every layer (default: 1 "
-                                         "on a pretrained trunk, none from scratch or with --precompute-features)",
+    freeze: str = setting("auto", "trunk: train the head only; none: every layer from the start (or after "
+                          "--unfreeze-after); auto: a pretrained trunk trains its head first, then every layer",
+                          FREEZE_MODES)
+    unfreeze_after: int | None = setting(None, "train the head alone for E epochs, with an optimizer and schedule "
+                                         "of its own, then every layer (default: 30 on cached features, 1 on the "
+                                         "images, none from scratch or with --precompute-features alone)",
                                          within=ZERO_OR_MORE)
     trunk_lr_mult: float | None = setting(None, "the trunk's lr as a multiple of --lr (default: 0.1 pretrained, "
                                           "1 from scratch)", within=ABOVE_ZERO)
@@ -132,14 +136,16 @@ class FinetuneConfig:
     cache_images: bool = setting(False, "decode every photo once into the cache folder (uint8, about 340 KB a "
                                  "training photo at 224 px) and crop and flip on the device: later epochs and "
                                  "runs decode nothing")
-    precompute_features: bool = setting(False, "run the frozen trunk once, cache its features, train the head "
-                                        "from the cache (tlkit/features.py)")
-    head_lr: float | None = setting(None, "with --precompute-features: the head's lr on the cached features "
-                                    "(default: --lr if given, else 0.01 for a one-layer head, 0.001 for "
-                                    "VGG/AlexNet's)", within=ABOVE_ZERO)
-    head_weight_decay: float | None = setting(None, "with --precompute-features: the head's weight decay on the "
-                                              "cache (default: --weight-decay if given, else 2 for a one-layer "
-                                              "head: as strong as logistic regression's L2)",
+    precompute_features: bool | None = setting(None, "run the frozen trunk once, cache its features, train the "
+                                               "head from the cache (tlkit/features.py); given alone, the head is "
+                                               "all that trains; false: the head trains on the images (default: "
+                                               "the head phase of a pretrained run on split folders)")
+    head_lr: float | None = setting(None, "the lr of the phase that trains the head alone (default: --lr if "
+                                    "given, else on cached features 0.01 for a one-layer head, 0.001 for "
+                                    "VGG/AlexNet's; 0.001 on the images)", within=ABOVE_ZERO)
+    head_weight_decay: float | None = setting(None, "the weight decay of the phase that trains the head alone "
+                                              "(default: --weight-decay if given, else on cached features 2 for a "
+                                              "one-layer head: as strong as logistic regression's L2)",
                                               within=ZERO_OR_MORE)
     precompute_views: int = setting(0, "with --precompute-features: augmented views cached per training image "
                                     "(augmented as --augment says)", within=ZERO_OR_MORE)
@@ -293,56 +299,6 @@ def resolve_config(config_file: Path | None, flags: dict) -> FinetuneConfig:
     came from: a bad value names the file's key, or the flag."""
     file_values = read_config_file(config_file) if config_file else {}
     return FinetuneConfig(**{**file_values, **checked_settings(flags, FLAGS)})
-
-
-# What `auto` (or an unset lr, epochs or trunk lr) means; measured in docs/benchmarks.md ("Defaults").
-AUTO_OPTIMIZER, AUTO_SCHEDULER = "adamw", "onecycle"
-SCRATCH_LR = 3e-3  # AdamW + one-cycle from scratch: mnist-net, simple-cnn, lenet-relu and the MLPs alike
-PRETRAINED_LR = 1e-3  # the head's lr on a pretrained trunk (the trunk gets it x PRETRAINED_TRUNK_LR_MULT)
-PRETRAINED_TRUNK_LR_MULT = 0.1  # ImageNet features need small steps, or the first epochs undo them
-AFTER_CACHE_LR = 5e-4  # every layer after a head trained on the cache: half the lr, as fastai's fine_tune unfreezes
-HEAD_FIRST_EPOCHS = 1  # pretrained, trained on the images: the head alone first (fastai's fine_tune)
-EPOCHS, CACHED_HEAD_EPOCHS = 10, 30  # an epoch of the head on cached features takes well under a second
-# A linear head on cached features overfits them within a few epochs (train loss 0.001, val 98.5%):
-# a strong decoupled weight decay holds it where scikit-learn's L2 logistic regression is (99.25%).
-CACHED_HEAD_LR, CACHED_HEAD_WEIGHT_DECAY = 1e-2, 2.0
-
-
-def resolve_auto(config: FinetuneConfig, *, pretrained: bool, data_augment: str = "default",
-                 linear_head: bool = True) -> FinetuneConfig:
-    """The config with every `auto` and unset value chosen for the situation, so that config.yaml
-    records what the run really used and repeats it. Values given (flags, a config file) are kept.
-
-    From scratch: AdamW, one-cycle, lr 3e-3, every layer trains. Pretrained: AdamW, one-cycle,
-    lr 1e-3; the head trains alone first (one epoch on the images), then every layer with the
-    trunk at a tenth of the lr. With --precompute-features the head trains on the cache (30
-    epochs, a linear head at lr 1e-2 and weight decay 2); any epochs of every layer after it use
-    lr 5e-4 (trunk 5e-5). `data_augment` is what the data declares (no flips for digits).
-    """
-    cached_head = config.precompute_features and config.unfreeze_after is None
-    epochs = config.epochs or (CACHED_HEAD_EPOCHS if cached_head else EPOCHS)
-    if config.epochs is None and config.precompute_features and config.unfreeze_after is not None:
-        epochs = config.unfreeze_after + 3  # the head from the cache, then a few (slow) epochs of every layer
-    freeze, unfreeze_after = config.freeze, config.unfreeze_after
-    if freeze == "auto":
-        freeze = "none"
-        if pretrained and unfreeze_after is None and not config.precompute_features and epochs > HEAD_FIRST_EPOCHS:
-            unfreeze_after = HEAD_FIRST_EPOCHS
-    lr = config.lr or (SCRATCH_LR if not pretrained else AFTER_CACHE_LR if config.precompute_features else PRETRAINED_LR)
-    head_lr, head_decay = None, None
-    if config.precompute_features:
-        head_lr = config.head_lr or config.lr or (CACHED_HEAD_LR if linear_head else PRETRAINED_LR)
-        head_decay = next((value for value in (config.head_weight_decay, config.weight_decay) if value is not None),
-                          CACHED_HEAD_WEIGHT_DECAY if linear_head else None)
-    return dataclasses.replace(
-        config, epochs=epochs, freeze=freeze, unfreeze_after=unfreeze_after, lr=lr, head_lr=head_lr,
-        head_weight_decay=head_decay,
-        optimizer=AUTO_OPTIMIZER if config.optimizer == "auto" else config.optimizer,
-        scheduler=AUTO_SCHEDULER if config.scheduler == "auto" else config.scheduler,
-        trunk_lr_mult=config.trunk_lr_mult or (PRETRAINED_TRUNK_LR_MULT if pretrained else 1.0),
-        freeze_bn=pretrained if config.freeze_bn is None else config.freeze_bn,
-        augment=data_augment if config.augment == "auto" else config.augment,
-    )
 
 
 def config_to_dict(config: FinetuneConfig) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -174,7 +175,7 @@ def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None =
     rows = len(files["training"]) * max(1, views) + len(files["validation"])
     needed = rows * backbone.feature_dim * np.dtype(dtype).itemsize
     staging = distributed.on_main(lambda: new_staging(cache_dir, needed, "the features"))
-    subsets = {}
+    subsets, started = {}, time.perf_counter()
     with progress() as bar:
         for subset in SUBSETS:
             subset_views = views if subset == "training" else 0
@@ -188,6 +189,8 @@ def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None =
     summary = {"holds": f"{backbone.name} features", "input_size": list(backbone.preprocessing.input_size),
                "views": views}
     commit(staging, cache_dir, identity=identity, subsets=subsets, summary=summary)
+    seconds = time.perf_counter() - started
+    info(f"features: {rows:,} image views in {seconds:.1f} s ({rows / seconds:,.0f} a second)")
     return load_cache(cache_dir)
 
 

@@ -1,10 +1,10 @@
 """`tlkit finetune` and `tlkit train` as a Python function: config -> backbone -> input -> trainer -> run folder.
 
-A run is one or two phases, each a Trainer over a TrainingInput (tlkit/inputs.py): with
---precompute-features the head first trains on cached features, then (after --unfreeze-after)
-every layer on the images; otherwise the images alone. `assemble_trainer` is the one place a
-Trainer is put together; the trackers (best weights, early stopping, logs) are made once with
-what they need and carry through both phases. Owns the run folder (config.yaml, checkpoints,
+A run is one or two phases, planned by tlkit/recipe.py (the head alone, on cached features or on the
+images, then every layer on the images), each a Trainer over a TrainingInput (tlkit/inputs.py) with an
+optimizer and schedule of its own. `assemble_trainer` is the one place a Trainer is put together; the
+trackers (best weights, early stopping, logs) are made once with what they need and carry through
+both phases. Owns the run folder (config.yaml, checkpoints,
 reports, runs/latest) and what the user sees at the end. `tlkit lr-find` reuses `build_trainer()`.
 """
 
@@ -26,11 +26,12 @@ from tlkit.checkpoint import RESUME, ResumeWriter, claim_run, discard_untrained,
 from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta
 from tlkit.atomic import atomic_write_text
 from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dict, config_yaml, make_config,
-                          resolve_auto, resolve_config)
+                          resolve_config, setting_name)
 from tlkit.data import SplitFolders, open_split
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError
 from tlkit.inputs import TrainingInput, cached_features, feature_input, image_input
+from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, resolve_auto, unused_settings
 from tlkit.report import class_report, plot_confusion, write_report
 from tlkit.runtime import console, info, out, precision_words, relpath, seed_everything, select_device, warn
 from tlkit.summary import check_input_fits
@@ -38,6 +39,7 @@ from tlkit.train import Diverged, Trainer, evaluate, fit, make_optimizer, make_s
 
 LIST_LIMIT = 10
 SPANNING_SCHEDULES = ("onecycle", "cosine")  # planned over the run's epochs: --resume keeps them
+PLAN_SETTINGS = ("freeze", "unfreeze_after", "precompute_features")  # which phases a run trains in: --resume keeps them
 
 
 @dataclass
@@ -63,7 +65,7 @@ def starts_pretrained(config: FinetuneConfig) -> bool:
 
 
 def run_config(config: FinetuneConfig, source=None) -> FinetuneConfig:
-    """The config with every `auto` chosen for this backbone and data (config.resolve_auto), and its folders
+    """The config with every `auto` chosen for this backbone and data (recipe.resolve_auto), and its folders
     absolute: config.yaml and best.json then repeat the run, resume it and find its validation photos from any
     working directory (messages still show them relative)."""
     data_augment = getattr(source, "augment", "default")  # a folder of photos: crops and mirroring
@@ -72,7 +74,7 @@ def run_config(config: FinetuneConfig, source=None) -> FinetuneConfig:
                                  cache_dir=config.cache_dir and absolute(config.cache_dir),
                                  weights=absolute(config.weights) if Path(config.weights).exists() else config.weights)
     return resolve_auto(config, pretrained=starts_pretrained(config), data_augment=data_augment,
-                        linear_head=models.has_linear_head(config.backbone))
+                        linear_head=models.has_linear_head(config.backbone), features_possible=source is None)
 
 
 def create_backbone(config: FinetuneConfig, classes: list[str], source=None) -> Backbone:
@@ -90,49 +92,14 @@ def create_backbone(config: FinetuneConfig, classes: list[str], source=None) -> 
     return backbone
 
 
-def scaled_lr(config: FinetuneConfig) -> float:
-    """The lr the optimizer starts from: --lr, times the number of processes with --lr-scale linear."""
-    return config.lr * distributed.world_size() if config.lr_scale == "linear" else config.lr
-
-
-@dataclass(frozen=True)
-class Phase:
-    """One stretch of a run with its own input, optimizer and schedule: the head on cached features, or
-    every layer on the images. It trains from epoch `first` + 1 to epoch `last` of the run."""
-
-    on_features: bool
-    first: int
-    last: int
-    total: int  # the run's epochs, for "epoch 3/10"
-    settings: FinetuneConfig  # what its optimizer and schedule read: lr, weight decay, epochs (its own)
-
-
-def plan_phases(config: FinetuneConfig, *, resumed_phase: str | None = None) -> list[Phase]:
-    """The phases of a run, or of what is left of it after a resume file written in `resumed_phase`
-    ("head" or "images"; the file decides, whatever --precompute-features says now). With
-    --precompute-features the head trains on the cache until --unfreeze-after (or the end), and every
-    layer trains on the images for the epochs left, with a schedule of its own over them."""
-    if resumed_phase == "head" or (resumed_phase is None and config.precompute_features):
-        head = config.unfreeze_after if config.unfreeze_after is not None else config.epochs
-        cache = dataclasses.replace(config, lr=config.head_lr, weight_decay=config.head_weight_decay, epochs=head)
-        phases = [Phase(True, 0, head, config.epochs, cache)]
-        if config.epochs > head:
-            rest = dataclasses.replace(config, epochs=config.epochs - head)
-            phases.append(Phase(False, head, config.epochs, config.epochs, rest))
-        return phases
-    first = config.unfreeze_after if config.precompute_features and config.unfreeze_after is not None else 0
-    first = min(first, config.epochs - 1)
-    rest = dataclasses.replace(config, epochs=config.epochs - first)
-    return [Phase(False, first, config.epochs, config.epochs, rest)]
-
-
-def run_meta(config: FinetuneConfig, backbone: Backbone, classes: list[str], source=None) -> CheckpointMeta:
+def run_meta(config: FinetuneConfig, backbone: Backbone, classes: list[str], source=None,
+             phases: list[Phase] = ()) -> CheckpointMeta:
     """What best.json and the resume file record beside the weights, to rebuild and label the model."""
     return CheckpointMeta(
         backbone=backbone.name, weights=backbone.weights, classes=list(classes),
         preprocessing=backbone.preprocessing, pretrained=backbone.pretrained, config=config_to_dict(config),
         monitor=config.monitor, data_source=source.settings if source is not None else None,
-        processes=distributed.world_size())
+        processes=distributed.world_size(), phases=describe(phases, config))
 
 
 def trackers(config: FinetuneConfig, backbone: Backbone, *, run_dir: Path | None = None,
@@ -160,38 +127,36 @@ def phase_input(phase: Phase, config: FinetuneConfig, backbone: Backbone, device
 
 def assemble_trainer(phase: Phase, backbone: Backbone, data: TrainingInput, device: torch.device, callbacks: list,
                      *, history: list[dict] = (), skipped=()) -> Trainer:
-    """The Trainer of one phase, with a fresh optimizer and schedule over its epochs. On the images the
-    freeze schedule (--freeze, --unfreeze-after) comes first among the callbacks."""
+    """The Trainer of one phase, with an optimizer and schedule of its own over its epochs (from its own
+    first step), over what the phase trains: the head alone (the trunk frozen, and in eval mode on the
+    images) or every layer."""
     settings = phase.settings
-    if phase.on_features:
+    if phase.trunk_frozen:
         backbone.freeze_trunk()
     else:
-        backbone.unfreeze()  # every group in the optimizer from the start; freezing only stops gradients
-        callbacks = [cbs.FreezeSchedule(backbone, settings.freeze, settings.unfreeze_after), *callbacks]
-    optimizer = make_optimizer(backbone.param_groups(scaled_lr(settings), settings.trunk_lr_mult), settings)
+        backbone.unfreeze()
+    optimizer = make_optimizer(backbone.param_groups(phase.lr, settings.trunk_lr_mult), settings)
     scheduler = make_scheduler(optimizer, settings, steps_per_epoch=len(data.train_loader))
     norms = [module for module in backbone.trunk.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
-    # A frozen trunk gets no gradients; DistributedDataParallel must be told to expect that. (After a head
-    # trained from cached features, the trunk is never frozen again.)
-    freezes = not phase.on_features and (settings.freeze == "trunk" or (settings.unfreeze_after or 0) > phase.first)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     return Trainer(
         model=data.module, optimizer=optimizer, scheduler=scheduler, scheduler_name=settings.scheduler,
         train_loader=data.train_loader, val_loader=data.val_loader, train_sampler=data.train_sampler,
         normalize=data.normalize, device=device, precision=settings.precision, epochs=phase.last,
-        total_epochs=phase.total,
-        label_smoothing=settings.label_smoothing, callbacks=callbacks,
-        train_model=distributed.wrap_model(data.module, device, find_unused_parameters=freezes),
-        frozen_norms=norms if settings.freeze_bn and not phase.on_features else [], history=history, skipped=skipped)
+        total_epochs=phase.total, label_smoothing=settings.label_smoothing, callbacks=callbacks,
+        train_model=distributed.wrap_model(data.module, device),
+        frozen=(backbone.trunk, backbone.head) if phase.trunk_frozen and not phase.on_features else None,
+        frozen_norms=norms if phase.freeze_bn else [], history=history, skipped=skipped)
 
 
 def build_trainer(config: FinetuneConfig, classes: list[str], *, source=None) -> tuple[Trainer, Backbone, TrainingInput]:
     """A Trainer of every layer on the images, with no run folder (what `tlkit lr-find` sweeps)."""
-    config = run_config(config, source)
+    every_layer = dataclasses.replace(config, freeze="none", unfreeze_after=None, precompute_features=False)
+    config = run_config(every_layer, source)
     device = select_device(config.device)
     distributed.setup(device)  # under torchrun: before the loaders, which take this process's share
     backbone = create_backbone(config, classes, source)
-    phase = plan_phases(dataclasses.replace(config, precompute_features=False))[0]
+    phase = plan_phases(config)[0]
     data = image_input(config, backbone, device, source=source)
     return assemble_trainer(phase, backbone, data, device, trackers(config, backbone)), backbone, data
 
@@ -214,6 +179,11 @@ def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneC
             f"--resume cannot change --epochs. Resume it as it is, or start a new run from its weights: "
             f"tlkit finetune --weights {relpath(resume)} --epochs {settings['epochs']} --name NEW."
         )
+    replanned = [key for key in PLAN_SETTINGS if key in settings and settings[key] != saved.get(key)]
+    if replanned:
+        warn(f"{', '.join(setting_name(key, FLAGS) for key in replanned)} not applied: a resumed run keeps the phases "
+             f"it planned (config.yaml's first lines); start a new run to train in others")
+        settings = {key: value for key, value in settings.items() if key not in replanned}
     changed = sorted(key for key, value in settings.items() if saved.get(key) != value)
     if changed:
         warn(f"resuming with changed settings ({', '.join(changed)}): the result may differ from an uninterrupted run")
@@ -243,19 +213,24 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     if state is not None and state["meta"].classes != classes:
         raise TlkitError(f"{relpath(Path(config.data))} holds classes {classes}, but {relpath(Path(resume))} "
                          f"was trained on {state['meta'].classes}; resume with its own --data.")
-    # A resume file says which phase wrote it (its weights are the head alone, or the whole model).
-    phases = plan_phases(config, resumed_phase=(state["meta"].phase or "images") if state is not None else None)
+    planned = plan_phases(config, processes=distributed.world_size())
+    phases = planned
+    if state is not None:  # the resume file says which phase wrote it: the head alone, or the whole model
+        phases = plan_phases(config, processes=distributed.world_size(), resumed_phase=state["meta"].phase or EVERY_LAYER)
+    else:
+        for note in unused_settings(checked_settings(settings, FLAGS), config, planned):
+            warn(note)
     device = select_device(config.device)
     distributed.setup(device)
     backbone = create_backbone(config, classes, source)
     data = phase_input(phases[0], config, backbone, device, split=split, source=source)
-    with _run_folder(config, resume, force, source) as run_dir:  # only now: everything above checked out
-        meta = run_meta(config, backbone, classes, source)
+    with _run_folder(config, resume, force, source, planned) as run_dir:  # only now: everything above checked out
+        meta = run_meta(config, backbone, classes, source, planned)
         shared = trackers(config, backbone, run_dir=run_dir, meta=meta, extra=callbacks)
         trainer = assemble_trainer(phases[0], backbone, data, device, shared)
         if state is not None:
             _continue(trainer, state, run_dir, config)
-        _announce(config, backbone, data, device, run_dir, phases)
+        _announce(config, backbone, data, device, run_dir, planned)
         command = "train" if source is not None else "finetune"
         for number, phase in enumerate(phases):
             if number > 0:
@@ -264,21 +239,20 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
                 data = phase_input(phase, config, backbone, device, split=split, source=source)
                 trainer = assemble_trainer(phase, backbone, data, device, shared, history=trainer.history,
                                            skipped=trainer.skipped)
-                info(f"epoch {trainer.epoch + 1}: the head is trained; every layer now trains on the images, with a "
-                     f"fresh optimizer and {config.scheduler} schedule over the {phase.last - trainer.epoch} "
-                     "epoch(s) left")
-            phase_meta = dataclasses.replace(meta, phase="head" if phase.on_features else None)
-            _fit(trainer, run_dir, command, config, phase_meta)
+                info(f"epoch {trainer.epoch + 1}: the head is trained; every layer now trains on the images, with an "
+                     f"optimizer and {config.scheduler} schedule of its own over the {phase.epochs} epoch(s) left")
+            shared[0].enter(phase)
+            _fit(trainer, run_dir, command, config, dataclasses.replace(meta, phase=phase.name))
         result = _finish(trainer, shared[0], backbone, data, run_dir)
         distributed.barrier()  # every process returns once rank 0 has written the run folder
         return result
 
 
 @contextlib.contextmanager
-def _run_folder(config: FinetuneConfig, resume: Path | str | None, force: bool, source):
-    """The resumed run's folder, or a new runs/<name>/ with the config.yaml that repeats the run (under
-    torchrun rank 0 makes the folder, names it and tells the others), held for this process while the run
-    lasts. A new folder that the run leaves with nothing trained in it is removed: its name stays free."""
+def _run_folder(config: FinetuneConfig, resume: Path | str | None, force: bool, source, phases: list[Phase]):
+    """The resumed run's folder, or a new runs/<name>/ with the config.yaml that repeats the run, its phases
+    in a comment (under torchrun rank 0 makes the folder, names it and tells the others), held for this
+    process while the run lasts. A new folder that the run leaves with nothing trained in it is removed: its name stays free."""
     if resume is not None:
         run_dir = Path(resume).resolve()  # runs/latest: the run it names, claimed and written by its own name
         if distributed.is_main():
@@ -288,7 +262,9 @@ def _run_folder(config: FinetuneConfig, resume: Path | str | None, force: bool, 
     try:
         if resume is None and distributed.is_main():
             source_yaml = yaml.safe_dump(source.settings, sort_keys=False) if source is not None else ""
-            atomic_write_text(run_dir / "config.yaml", source_yaml + config_yaml(config))
+            planned = "".join(f"#   {line}\n" for line in describe(phases, config))
+            atomic_write_text(run_dir / "config.yaml", f"# the phases these settings train in:\n{planned}"
+                              + source_yaml + config_yaml(config))
         yield run_dir
     except BaseException:
         if resume is None and distributed.is_main() and discard_untrained(run_dir):
@@ -382,45 +358,18 @@ def _announce(config: FinetuneConfig, backbone: Backbone, data: TrainingInput, d
     if backbone.weights not in ("none", "imagenet") and "randomly initialised" in backbone.weights_note:
         warn(f"{relpath(Path(backbone.weights))} was trained for other classes than these {len(data.classes)}: its "
              "trunk is used, but the head starts from a random initialisation")
-    info(f"settings: {_plan(config, phases)}; {_rates(config, phases)}; {config.scheduler} schedule, "
-         f"batch {config.batch_size}, augment {config.augment}, BatchNorm statistics "
-         f"{'frozen' if config.freeze_bn else 'updated'}, monitor {config.monitor}, seed {config.seed} "
-         f"(all in config.yaml)")
+    info(f"settings: {config.epochs} epochs; batch {config.batch_size}, monitor {config.monitor}, seed "
+         f"{config.seed} (all in config.yaml)")
+    for line in describe(phases, config):
+        info(f"  {line}")
     if (unused := unused_momentum(config)) is not None:
         warn(unused)
     world = distributed.world_size()
     if world > 1:
         info(f"{world} processes (DistributedDataParallel): effective batch size {config.batch_size * world} "
-             f"({config.batch_size} per process x {world}); lr {scaled_lr(config):g} "
-             f"(--lr {config.lr:g}, --lr-scale {config.lr_scale})")
-
-
-def _plan(config: FinetuneConfig, phases: list[Phase]) -> str:
-    """What trains when, in words."""
-    if phases[0].on_features:
-        head = phases[0].last
-        rest = f", then every layer on the images for {config.epochs - head}" if len(phases) > 1 else ""
-        return f"{config.epochs} epochs: the head on cached features for {head}{rest}"
-    if config.freeze == "trunk":
-        return f"{config.epochs} epochs of the head alone (trunk frozen)"
-    if config.unfreeze_after:
-        return f"{config.epochs} epochs: the head alone for {config.unfreeze_after}, then every layer"
-    return f"{config.epochs} epochs of every layer"
-
-
-def _rates(config: FinetuneConfig, phases: list[Phase]) -> str:
-    """The optimizer's lr and weight decay in each phase, in words."""
-    def rate(lr: float, decay: float | None, trunk: bool) -> str:
-        trunk_lr = f" (trunk {lr * config.trunk_lr_mult:g})" if trunk and config.trunk_lr_mult != 1 else ""
-        shown = f"{decay:g}" if decay is not None else ("0.01 (adamw's)" if config.optimizer == "adamw" else "0")
-        return f"lr {lr:g}{trunk_lr}, weight decay {shown}"
-
-    images = rate(scaled_lr(config), config.weight_decay, trunk=config.freeze != "trunk")
-    if not phases[0].on_features:
-        return f"{config.optimizer} {images}"
-    head = phases[0].settings
-    cache = rate(scaled_lr(head), head.weight_decay, trunk=False)
-    return f"{config.optimizer} {cache} on the cache" + (f"; every layer: {images}" if len(phases) > 1 else "")
+             f"({config.batch_size} per process x {world}); "
+             + ("the lrs above are scaled by it (--lr-scale linear)" if config.lr_scale == "linear" else
+                "the lrs above are as given (--lr-scale none)"))
 
 
 def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: TrainingInput,

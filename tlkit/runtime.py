@@ -7,8 +7,10 @@ here knows about datasets or models.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import random
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -130,7 +132,10 @@ def precision_words(device, precision: str) -> str:
 
 
 def progress(*extra_columns) -> Progress:
-    """A progress bar on stderr; invisible when quiet or when stderr is not a terminal."""
+    """A progress bar on stderr, in a terminal or a notebook; where stderr is a log file, a line every
+    LOG_EVERY_S seconds of a task instead (LogLines); nothing when quiet."""
+    if not _quiet and not (console.is_terminal or console.is_jupyter):
+        return LogLines()
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -139,9 +144,42 @@ def progress(*extra_columns) -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=_quiet or not console.is_terminal,
+        disable=_quiet,
         transient=True,
     )
+
+
+LOG_EVERY_S = 30.0
+
+
+class LogLines(Progress):
+    """Progress for a log file, where a bar cannot redraw: a task that runs for LOG_EVERY_S seconds says how
+    far it is, and how long is left, every LOG_EVERY_S seconds, and how long it took at its end."""
+
+    def __init__(self):
+        super().__init__(console=console, disable=True)  # rich still counts; only the drawing is off
+        self._said: dict = {}  # task id -> when its last line was written
+
+    def update(self, task_id, **changes) -> None:
+        super().update(task_id, **changes)
+        self._say(task_id)
+
+    def advance(self, task_id, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._say(task_id)
+
+    def _say(self, task_id) -> None:
+        task, now = self._tasks[task_id], time.monotonic()
+        said = self._said.setdefault(task_id, task.start_time or now)
+        done = task.total is not None and task.completed >= task.total
+        if done and said != math.inf and now - (task.start_time or now) >= LOG_EVERY_S:
+            console.print(f"{task.description}: {task.completed:,.0f} done in {now - task.start_time:.0f} s")
+            self._said[task_id] = math.inf  # said once
+        elif not done and now - said >= LOG_EVERY_S:
+            left = f", about {task.time_remaining:.0f} s left" if task.time_remaining is not None else ""
+            console.print(f"{task.description}: {task.completed:,.0f}/{task.total:,.0f} after "
+                          f"{now - task.start_time:.0f} s{left}")
+            self._said[task_id] = now
 
 
 def seed_everything(seed: int) -> None:

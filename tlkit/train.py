@@ -93,8 +93,8 @@ class Trainer:
     def __init__(self, *, model: nn.Module, optimizer, scheduler, scheduler_name: str, train_loader,
                  val_loader, train_sampler, normalize, device: torch.device, precision: str, epochs: int,
                  total_epochs: int | None = None, label_smoothing: float = 0.0, callbacks: list | None = None,
-                 train_model: nn.Module | None = None, frozen_norms: list[nn.Module] = (), history: list[dict] = (),
-                 skipped: set[str] = ()):
+                 train_model: nn.Module | None = None, frozen: tuple[nn.Module, nn.Module] | None = None,
+                 frozen_norms: list[nn.Module] = (), history: list[dict] = (), skipped: set[str] = ()):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train_model: nn.Module = train_model or model
         self.scheduler_name = scheduler_name
@@ -109,7 +109,7 @@ class Trainer:
         self.stop_reason: str | None = None
         # (frozen trunk, head) while the trunk is frozen: the trunk stays in eval mode (BatchNorm keeps
         # its statistics, dropout off), so training it frozen equals training the head on its features.
-        self.frozen: tuple[nn.Module, nn.Module] | None = None
+        self.frozen = frozen
         # BatchNorm layers that keep their running statistics (eval mode) while their weights train:
         # a pretrained trunk's, so that small batches of new photos do not replace ImageNet's statistics.
         self.frozen_norms: list[nn.Module] = list(frozen_norms)
@@ -185,7 +185,7 @@ def train_one_epoch(trainer: Trainer) -> dict:
     per_batch = trainer.scheduler is not None and trainer.scheduler_name in PER_BATCH_SCHEDULERS
     loss_sum = torch.zeros((), device=trainer.device)  # summed on the device: no sync per batch
     correct = torch.zeros((), device=trainer.device, dtype=torch.long)
-    seen, started = 0, time.perf_counter()
+    seen, started, lr = 0, time.perf_counter(), None
     with progress(TextColumn("{task.fields[stats]}")) as bar:
         task = bar.add_task(f"epoch {trainer.epoch + 1}/{trainer.total_epochs}", total=len(trainer.train_loader), stats="")
         for batch_index, (images, labels, skipped) in enumerate(trainer.train_loader):
@@ -204,6 +204,7 @@ def train_one_epoch(trainer: Trainer) -> dict:
                     loss = trainer.criterion(logits, labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                lr = optimizer.param_groups[-1]["lr"]  # the head's (the last group), as this step uses it
                 optimizer.step()
                 if per_batch:
                     trainer.scheduler.step()
@@ -222,7 +223,7 @@ def train_one_epoch(trainer: Trainer) -> dict:
     if seen == 0:
         raise TlkitError("no training image could be decoded in this epoch; check the images with `tlkit check`.")
     return {"train_loss": float(loss_sum) / seen, "train_acc": float(correct) / seen,
-            "train_images": seen, "seconds": seconds, "images_per_s": seen / seconds}
+            "train_images": seen, "seconds": seconds, "images_per_s": seen / seconds, "lr": lr}
 
 
 def _stop_if_diverged(trainer: Trainer, loss_sum: torch.Tensor, batch_index: int) -> None:
@@ -276,7 +277,6 @@ def _run_epoch(trainer: Trainer) -> dict:
     trainer.train_sampler.set_epoch(trainer.epoch + 1)
     trainer.call("on_epoch_start")
     train = train_one_epoch(trainer)
-    lr = trainer.optimizer.param_groups[-1]["lr"]  # the head's: the last group
     val = evaluate(trainer.model, trainer.val_loader, trainer.normalize, autocast=trainer.autocast,
                    skipped=trainer.skipped)
     if not math.isfinite(val["val_loss"]):  # the last steps of the epoch broke the weights
@@ -286,7 +286,8 @@ def _run_epoch(trainer: Trainer) -> dict:
     elif trainer.scheduler is not None and trainer.scheduler_name not in PER_BATCH_SCHEDULERS:
         trainer.scheduler.step()
     return {"epoch": trainer.epoch + 1, "train_loss": train["train_loss"], "train_acc": train["train_acc"],
-            "val_loss": val["val_loss"], "val_acc": val["val_acc"], "lr": lr,
+            "val_loss": val["val_loss"], "val_acc": val["val_acc"],
+            "lr": train["lr"],  # of the epoch's last step (a schedule's next value may lie past its end)
             "seconds": round(train["seconds"], 3), "images_per_s": round(train["images_per_s"], 1)}
 
 

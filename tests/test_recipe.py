@@ -1,0 +1,128 @@
+"""The recipe (tlkit/recipe.py): what `auto` means, the phases a run trains in, each with its own optimizer
+and schedule, contradictions refused, and the README's table of defaults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tlkit import finetune, recipe
+from tlkit.config import config_yaml, make_config
+from tlkit.errors import TlkitError
+from tlkit.recipe import EVERY_LAYER, HEAD, HEAD_ON_IMAGES, plan_phases, resolve_auto
+
+from conftest import make_foldered
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def planned(settings: dict, **situation) -> tuple:
+    config = resolve_auto(make_config(settings), **{"pretrained": True, **situation})
+    return config, plan_phases(config)
+
+
+def test_auto_settings_are_chosen_for_the_situation_and_given_ones_kept():
+    scratch, _ = planned({}, pretrained=False, data_augment="light")
+    assert (scratch.optimizer, scratch.scheduler, scratch.lr, scratch.epochs) == ("adamw", "onecycle", 3e-3, 10)
+    assert (scratch.freeze, scratch.unfreeze_after, scratch.trunk_lr_mult, scratch.augment) == ("none", None, 1.0, "light")
+    on_images, _ = planned({"precompute_features": False})
+    assert (on_images.lr, on_images.head_lr, on_images.trunk_lr_mult, on_images.unfreeze_after) == (5e-4, 1e-3, 0.1, 1)
+    given, _ = planned({"optimizer": "sgd", "lr": 0.01, "scheduler": "step", "freeze": "trunk", "augment": False,
+                        "epochs": 4})
+    assert (given.optimizer, given.head_lr, given.scheduler, given.freeze, given.unfreeze_after, given.augment,
+            given.epochs) == ("sgd", 0.01, "step", "trunk", None, "none", 4)
+    recorded = config_yaml(scratch)
+    assert all(f"{key}: auto" not in recorded for key in ("optimizer", "scheduler", "freeze", "augment"))
+
+
+def test_a_pretrained_run_trains_the_head_on_the_cache_to_convergence_then_every_layer():
+    config, phases = planned({})
+    assert [(p.name, p.first, p.last, p.settings.epochs) for p in phases] == [(HEAD, 0, 30, 30), (EVERY_LAYER, 30, 33, 3)]
+    head, every = phases
+    assert (head.lr, head.weight_decay, head.trunk_lr, head.augment) == (1e-2, 2.0, None, "none")
+    assert (every.lr, every.trunk_lr, every.augment, every.freeze_bn) == (5e-4, 5e-5, "default", True)
+    # Where the features cannot be cached (a `tlkit train` dataset), the head trains one epoch on the images.
+    _, phases = planned({}, features_possible=False)
+    assert [(p.name, p.epochs) for p in phases] == [(HEAD_ON_IMAGES, 1), (EVERY_LAYER, 9)]
+
+
+def test_precompute_features_alone_trains_the_head_alone_and_records_no_lr_it_did_not_use():
+    config, phases = planned({"precompute_features": True})
+    assert [(p.name, p.epochs) for p in phases] == [(HEAD, 30)]
+    assert (config.lr, config.weight_decay, config.head_lr, config.head_weight_decay) == (None, None, 1e-2, 2.0)
+    mlp, _ = planned({"precompute_features": True}, linear_head=False)
+    assert (mlp.head_lr, mlp.head_weight_decay) == (1e-3, None)  # VGG/AlexNet keep fc6/fc7
+    given, _ = planned({"precompute_features": True, "lr": 0.02, "weight_decay": 0.1})
+    assert (given.head_lr, given.head_weight_decay) == (0.02, 0.1)
+    # The resolved config, read back, plans the same phases.
+    again = resolve_auto(make_config(json.loads(json.dumps(config.__dict__))), pretrained=True)
+    assert plan_phases(again) == phases
+
+
+def test_every_resolved_config_plans_the_same_phases_when_read_back():
+    for _, given, pretrained in recipe.SITUATIONS:
+        config, phases = planned(given, pretrained=pretrained)
+        again = resolve_auto(make_config(dict(config.__dict__)), pretrained=pretrained)
+        assert plan_phases(again) == phases, given
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"freeze": "trunk", "unfreeze_after": 2, "epochs": 1}, "give one of them"),
+    ({"freeze": "none", "precompute_features": True}, "give one of them"),
+])
+def test_contradictory_settings_are_one_message(settings, words):
+    with pytest.raises(TlkitError, match=words):
+        planned(settings)
+
+
+def test_settings_no_phase_uses_are_named():
+    given = {"unfreeze_after": 4, "epochs": 3, "precompute_features": True}
+    config, phases = planned(given)
+    notes = recipe.unused_settings(given, config, phases)
+    assert [(p.name, p.epochs) for p in phases] == [(HEAD, 3)]
+    assert any("--unfreeze-after 4 is not before the run's end" in note for note in notes)
+    given = {"freeze": "none", "head_lr": 0.1}
+    assert any("--head-lr" in note for note in recipe.unused_settings(given, *planned(given)))
+    given = {"precompute_features": True, "augment": "light"}
+    assert any("--augment light is not used" in note for note in recipe.unused_settings(given, *planned(given)))
+
+
+def test_a_resume_file_of_a_phase_these_settings_do_not_plan_is_refused():
+    config, _ = planned({"precompute_features": True})
+    with pytest.raises(TlkitError, match="every layer on the images"):
+        plan_phases(config, resumed_phase=EVERY_LAYER)
+    config, phases = planned({})
+    assert plan_phases(config, resumed_phase=EVERY_LAYER) == phases[1:]
+
+
+def test_the_readme_table_of_defaults_is_the_recipe():
+    readme = "\n".join(line.strip() for line in README.read_text(encoding="utf-8").splitlines())
+    assert recipe.defaults_table() in readme
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_foldered(root / "training", {"cat": 8, "dog": 8})
+    make_foldered(root / "validation", {"cat": 4, "dog": 4})
+    return root
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_each_phase_schedule_starts_from_its_own_first_step(data_dir, tmp_path):
+    # The head on the cache for 2 epochs, then every layer for 2, each over a one-cycle of its own: the head
+    # ends at its own last (lowest) lr before every layer starts, and every layer ends at its own.
+    run = finetune(data=str(data_dir), backbone="timm:test_resnet", weights="none", img_size=32, batch_size=4,
+                   workers=0, precompute_features=True, unfreeze_after=2, epochs=4, head_lr=0.01, lr=0.002,
+                   cache_dtype="float32", runs_dir=str(tmp_path / "runs"), name="phases")
+    lrs = [row["lr"] for row in run.history]  # the head's lr after each epoch's last step
+    assert lrs[1] == pytest.approx(0.01 / 25 / 1e4, rel=1e-3)  # OneCycleLR's end: max / div / final_div
+    assert lrs[3] == pytest.approx(0.002 / 25 / 1e4, rel=1e-3)
+    assert lrs[0] > 1e-3 and lrs[2] > 1e-4  # each phase's peak is its own, after its own warm-up
+    written = (run.run_dir / "config.yaml").read_text()
+    assert "#   epochs 1-2: the head on cached features: adamw lr 0.01" in written
+    assert "#   epochs 3-4: every layer on the images: adamw lr 0.002" in written
+    meta = json.loads((run.run_dir / "best.json").read_text())
+    assert len(meta["phases"]) == 2 and "augment none" in meta["phases"][0]

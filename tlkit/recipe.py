@@ -1,0 +1,231 @@
+"""The training recipe: what each `auto` setting means, and the phases a run trains in, fully resolved.
+
+A run on a pretrained trunk trains the head first, to convergence, then every layer at lower rates;
+each phase has an optimizer and a schedule of its own that start from the phase's first step (no
+phase is the warm-up of another's). The head trains on the frozen trunk's cached features where
+they are valid: the run reads split folders, and the head's inputs are the trunk's features of the
+photos, unaugmented (or of the views --precompute-views caches). From scratch, every layer trains
+from the first epoch. `plan_phases` returns every phase with everything it uses; finetuning.py
+builds one trainer per phase and reads nothing else of the recipe. `defaults_table` is the README's
+table of defaults (tests/test_recipe.py holds the README to it). Knows no models and no data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from tlkit.config import FinetuneConfig
+from tlkit.errors import TlkitError
+
+# What `auto` (or an unset lr, epochs or trunk lr) means; measured in docs/benchmarks.md ("Defaults",
+# "The default recipe").
+AUTO_OPTIMIZER, AUTO_SCHEDULER = "adamw", "onecycle"
+SCRATCH_LR = 3e-3  # AdamW + one-cycle from scratch: mnist-net, simple-cnn, lenet-relu and the MLPs alike
+HEAD_LR = 1e-3  # a head on the images, or a head of several layers (VGG, AlexNet) on cached features
+CACHED_HEAD_LR, CACHED_HEAD_WEIGHT_DECAY = 1e-2, 2.0  # a one-layer head on cached features: see below
+AFTER_HEAD_LR = 5e-4  # every layer once the head is trained: half the head's lr, as fastai's fine_tune unfreezes
+PRETRAINED_TRUNK_LR_MULT = 0.1  # ImageNet features need small steps, or the first epochs undo them
+HEAD_EPOCHS_ON_IMAGES = 1  # each an epoch of decoding: fastai's fine_tune trains its head for one
+# An epoch of the head on cached features takes well under a second: 30 reach convergence. A linear
+# head there overfits within a few epochs unless held by a strong decoupled weight decay, which keeps
+# it where scikit-learn's L2 logistic regression is.
+CACHED_HEAD_EPOCHS = 30
+EPOCHS = 10  # every layer from scratch, or a pretrained run on the images
+EPOCHS_AFTER_CACHED_HEAD = 3  # every layer on the images after the head on the cache: the slow part
+
+HEAD, HEAD_ON_IMAGES, EVERY_LAYER = "head", "head-images", "images"  # phase names, as resume files record them
+
+
+def resolve_auto(config: FinetuneConfig, *, pretrained: bool, data_augment: str = "default", linear_head: bool = True,
+                 features_possible: bool = True) -> FinetuneConfig:
+    """The config with every `auto` and unset value chosen for the situation, so that config.yaml records
+    what the run uses and repeats it; values given (flags, a config file) are kept. `pretrained`: the
+    trunk starts from trained tensors; `data_augment`: what the data declares (no mirror for digits);
+    `linear_head`: the head is one layer; `features_possible`: the run reads split folders, whose
+    features can be cached (not a `tlkit train` dataset). Contradictory settings are a TlkitError."""
+    _refuse_contradictions(config)
+    every_layer = config.freeze != "trunk"
+    precompute = config.precompute_features
+    if precompute is None:  # auto: the head first on cached features, where a head trains first at all
+        precompute = pretrained and features_possible and config.freeze == "auto"
+    head_first = config.unfreeze_after
+    if head_first is None and precompute and config.precompute_features is None:
+        head_first = CACHED_HEAD_EPOCHS  # the default recipe: the head to convergence, then every layer
+    elif head_first is None and pretrained and not precompute and config.freeze == "auto":
+        head_first = HEAD_EPOCHS_ON_IMAGES
+    epochs = config.epochs or _default_epochs(precompute, head_first, every_layer)
+    head_only = not every_layer or (precompute and head_first is None) or (head_first or 0) >= epochs
+    trains_head = head_only or bool(head_first)
+    return dataclasses.replace(
+        config, epochs=epochs, precompute_features=precompute, unfreeze_after=None if head_only else head_first,
+        freeze="trunk" if head_only else "none",  # as config.yaml records it: what trains, plainly
+        lr=config.lr or (None if head_only else SCRATCH_LR if not pretrained else
+                         AFTER_HEAD_LR if trains_head else HEAD_LR),
+        head_lr=_head_lr(config, precompute, linear_head, pretrained) if trains_head else None,
+        head_weight_decay=_head_weight_decay(config, precompute, linear_head) if trains_head else None,
+        weight_decay=None if head_only else config.weight_decay,
+        optimizer=AUTO_OPTIMIZER if config.optimizer == "auto" else config.optimizer,
+        scheduler=AUTO_SCHEDULER if config.scheduler == "auto" else config.scheduler,
+        trunk_lr_mult=config.trunk_lr_mult or (PRETRAINED_TRUNK_LR_MULT if pretrained else 1.0),
+        freeze_bn=pretrained if config.freeze_bn is None else config.freeze_bn,
+        augment=data_augment if config.augment == "auto" else config.augment,
+    )
+
+
+def _refuse_contradictions(config: FinetuneConfig) -> None:
+    if config.freeze == "trunk" and config.unfreeze_after is not None:
+        raise TlkitError(f"--freeze trunk trains the head alone for the whole run, and --unfreeze-after "
+                         f"{config.unfreeze_after} unfreezes the trunk after epoch {config.unfreeze_after}: give one "
+                         "of them (--unfreeze-after alone trains the head first, then every layer).")
+    if config.freeze == "none" and config.precompute_features and config.unfreeze_after is None:
+        raise TlkitError("--freeze none trains every layer from the first epoch, and --precompute-features trains "
+                         "the head alone on cached features: give one of them, or add --unfreeze-after E to train "
+                         "the head on the cache for E epochs, then every layer.")
+
+
+def _default_epochs(precompute: bool, head_first: int | None, every_layer: bool) -> int:
+    if not precompute:
+        return EPOCHS
+    if head_first is None or not every_layer:
+        return CACHED_HEAD_EPOCHS  # the head alone, on the cache
+    return head_first + EPOCHS_AFTER_CACHED_HEAD
+
+
+def _head_lr(config: FinetuneConfig, on_features: bool, linear_head: bool, pretrained: bool) -> float:
+    if config.head_lr or config.lr:
+        return config.head_lr or config.lr
+    if not pretrained:
+        return SCRATCH_LR
+    return CACHED_HEAD_LR if on_features and linear_head else HEAD_LR
+
+
+def _head_weight_decay(config: FinetuneConfig, on_features: bool, linear_head: bool) -> float | None:
+    given = next((value for value in (config.head_weight_decay, config.weight_decay) if value is not None), None)
+    if given is not None or not on_features:
+        return given
+    return CACHED_HEAD_WEIGHT_DECAY if linear_head else None
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of a run with its own optimizer and schedule, from epoch `first` + 1 to epoch `last`.
+
+    `settings` is what its optimizer and schedule read (lr, weight decay, epochs: the phase's own);
+    `lr` is the head's, already scaled for the number of processes, `trunk_lr` None while the trunk is
+    frozen; `augment` what its training batches get ("none" on cached features without views)."""
+
+    name: str  # HEAD (on cached features), HEAD_ON_IMAGES or EVERY_LAYER
+    first: int
+    last: int
+    total: int  # the run's epochs, for "epoch 3/33"
+    lr: float
+    trunk_lr: float | None
+    weight_decay: float | None
+    augment: str
+    freeze_bn: bool  # the trunk's BatchNorm statistics stay as they are (every layer on the images)
+    settings: FinetuneConfig
+
+    @property
+    def on_features(self) -> bool:
+        return self.name == HEAD
+
+    @property
+    def trunk_frozen(self) -> bool:
+        return self.name != EVERY_LAYER
+
+    @property
+    def epochs(self) -> int:
+        return self.last - self.first
+
+
+def plan_phases(config: FinetuneConfig, *, processes: int = 1, resumed_phase: str | None = None) -> list[Phase]:
+    """The phases of a resolved config (resolve_auto), or what is left of them after a resume file written
+    in `resumed_phase` (HEAD, HEAD_ON_IMAGES or EVERY_LAYER)."""
+    head_epochs = config.epochs if config.freeze == "trunk" else min(config.unfreeze_after or 0, config.epochs)
+    phases = []
+    if head_epochs:
+        phases.append(_phase(config, HEAD if config.precompute_features else HEAD_ON_IMAGES, 0, head_epochs, processes))
+    if head_epochs < config.epochs:
+        phases.append(_phase(config, EVERY_LAYER, head_epochs, config.epochs, processes))
+    return phases if resumed_phase is None else _from(phases, resumed_phase)
+
+
+def _phase(config: FinetuneConfig, name: str, first: int, last: int, processes: int) -> Phase:
+    scale = processes if config.lr_scale == "linear" else 1
+    if name == EVERY_LAYER:
+        lr, decay, augment = config.lr * scale, config.weight_decay, config.augment
+        trunk_lr = lr * config.trunk_lr_mult
+    else:
+        lr, decay, trunk_lr = config.head_lr * scale, config.head_weight_decay, None
+        augment = config.augment if name == HEAD_ON_IMAGES or config.precompute_views else "none"
+    settings = dataclasses.replace(config, lr=lr, weight_decay=decay, epochs=last - first)
+    return Phase(name, first, last, config.epochs, lr, trunk_lr, decay, augment,
+                 config.freeze_bn and name == EVERY_LAYER, settings)
+
+
+def _from(phases: list[Phase], name: str) -> list[Phase]:
+    names = [phase.name for phase in phases]
+    if name not in names:
+        raise TlkitError(f"the resume file was written while {_WHAT[name]} trained, a phase that these settings no "
+                         f"longer plan ({', '.join(_WHAT[n] for n in names)}); resume with the run's own settings.")
+    return phases[names.index(name):]
+
+
+_WHAT = {HEAD: "the head on cached features", HEAD_ON_IMAGES: "the head on the images",
+         EVERY_LAYER: "every layer on the images"}
+
+
+def describe(phases: list[Phase], config: FinetuneConfig) -> list[str]:
+    """Each phase in words, with what it uses: the run's first lines and config.yaml's comment."""
+    return [f"{_epochs(p)}: {_WHAT[p.name]}: {_rates(p, config)}, {config.scheduler} schedule, augment {p.augment}"
+            + (", BatchNorm statistics frozen" if p.freeze_bn else "") for p in phases]
+
+
+def _epochs(phase: Phase) -> str:
+    return f"epoch {phase.last}" if phase.epochs == 1 else f"epochs {phase.first + 1}-{phase.last}"
+
+
+def _rates(phase: Phase, config: FinetuneConfig) -> str:
+    trunk = f" (trunk {phase.trunk_lr:g})" if phase.trunk_lr is not None and phase.trunk_lr != phase.lr else ""
+    default_decay = "0.01 (adamw's)" if config.optimizer == "adamw" else "0"
+    decay = f"{phase.weight_decay:g}" if phase.weight_decay is not None else default_decay
+    return f"{config.optimizer} lr {phase.lr:g}{trunk}, weight decay {decay}"
+
+
+def unused_settings(given: dict, config: FinetuneConfig, phases: list[Phase]) -> list[str]:
+    """Why a setting given is not used by these phases, one sentence each (empty when all are)."""
+    names = {phase.name for phase in phases}
+    notes = []
+    if {"head_lr", "head_weight_decay"} & given.keys() and not names & {HEAD, HEAD_ON_IMAGES}:
+        notes.append("--head-lr and --head-weight-decay are not used: no phase trains the head alone "
+                     "(every layer trains from the first epoch)")
+    if "precompute_views" in given and HEAD not in names:
+        notes.append("--precompute-views is not used: no phase trains on cached features")
+    if "unfreeze_after" in given and "epochs" in given and EVERY_LAYER not in names:
+        notes.append(f"--unfreeze-after {given['unfreeze_after']} is not before the run's end (--epochs "
+                     f"{config.epochs}): only the head trains")
+    if "augment" in given and names == {HEAD} and not config.precompute_views:
+        notes.append(f"--augment {config.augment} is not used: the head trains on cached features of the "
+                     "unaugmented photos (add --precompute-views N to cache augmented views)")
+    return notes
+
+
+# The README's table of defaults: a situation, the settings that make it, and what trains.
+SITUATIONS = (
+    ("from scratch (`--weights none`, the classic nets)", {}, False),
+    ("pretrained (the default)", {}, True),
+    ("pretrained, `--precompute-features`", {"precompute_features": True}, True),
+    ("pretrained, `--precompute-features false`", {"precompute_features": False}, True),
+    ("pretrained, `--freeze trunk`", {"freeze": "trunk"}, True),
+)
+
+
+def defaults_table() -> str:
+    """The README's table of defaults, from plan_phases on each situation."""
+    rows = ["| situation | epochs | phases (each with its own optimizer and schedule) |", "| --- | --- | --- |"]
+    for situation, given, pretrained in SITUATIONS:
+        config = resolve_auto(FinetuneConfig(**given), pretrained=pretrained)
+        phases = plan_phases(config)
+        rows.append(f"| {situation} | {config.epochs} | {'; then '.join(describe(phases, config))} |")
+    return "\n".join(rows) + "\n"

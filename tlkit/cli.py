@@ -18,7 +18,7 @@ from rich.table import Table
 
 from tlkit import __version__
 from tlkit.errors import TlkitError
-from tlkit.runtime import console, is_quiet, keep_freed_memory, out, relpath, set_quiet, warn
+from tlkit.runtime import console, is_quiet, keep_freed_memory, out, out_of_memory, relpath, set_quiet, warn
 
 LIST_LIMIT = 10  # problem files named on screen before "... and N more"
 
@@ -681,10 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
 def machine_fault(error: BaseException) -> str | None:
     """A fault of the machine's rather than of tlkit's code, in one sentence with what to do; None for
     anything else. The stages name their own files; this catches what reaches the top unnamed."""
-    if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
-        return "out of GPU memory; try a smaller --batch-size (or --img-size), or --device cpu."
-    if "can't allocate memory" in str(error):  # the CPU allocator's RuntimeError
-        return "out of memory (the computer's); try a smaller --batch-size or --img-size, or close other programs."
+    if (message := out_of_memory(error)) is not None:
+        return message
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {error.filename}" if error.filename else ""
         return f"the disk is full{where}; free some space, or write elsewhere (--out, --runs-dir, --cache-dir)."

@@ -55,6 +55,21 @@ def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/] {message}")
 
 
+def out_of_memory(error: BaseException, *, batch_size: int | None = None, gpu_hint: str = "") -> str | None:
+    """The one message for memory running out, the GPU's (torch.OutOfMemoryError) or the computer's (the CPU
+    allocator's plain RuntimeError), with what to try; None for any other error. batch_size: the batch it ran
+    out at, so that the message can name half of it. gpu_hint: one more thing to try when the GPU's ran out."""
+    if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
+        whose, last_resort = "GPU memory", f"{gpu_hint}, or --device cpu"
+    elif "can't allocate memory" in str(error):  # the CPU allocator's words
+        whose, last_resort = "memory (the computer's, not a GPU's)", ", or close other programs"
+    else:
+        return None
+    at = f" at batch size {batch_size}" if batch_size else ""
+    smaller = f"--batch-size {max(1, batch_size // 2)}" if batch_size else "a smaller --batch-size"
+    return f"out of {whose}{at}; try {smaller} or a smaller --img-size{last_resort}."
+
+
 def keep_freed_memory() -> None:
     """Have glibc keep freed memory in the process for the next batch instead of unmapping it.
 

@@ -1,4 +1,5 @@
-"""Process-wide plumbing: the rich consoles, progress bars, seeding and device choice.
+"""Process-wide plumbing: the rich consoles, progress bars, seeding, device choice, and threads that work
+ahead of their consumer.
 
 Chatter goes to stderr through `console`; results go to stdout through `out`. Nothing
 here knows about datasets or models.
@@ -6,10 +7,15 @@ here knows about datasets or models.
 
 from __future__ import annotations
 
+import collections
 import ctypes
+import itertools
 import os
 import random
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -22,6 +28,9 @@ from rich.progress import (
 )
 
 from tlkit.errors import TlkitError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -157,6 +166,22 @@ def progress(*extra_columns) -> Progress:
         disable=_quiet or not console.is_terminal,
         transient=True,
     )
+
+
+def map_ahead(work: Callable[[T], R], items: Iterable[T], *, threads: int, ahead: int) -> Iterator[R]:
+    """work(item) for each item, in order, done by `threads` threads at most `ahead` items in front of the
+    consumer: the next ones are under way while the consumer holds this one. An exception in work is raised
+    here; a consumer that stops early cancels what was not started."""
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="tlkit-ahead")
+    upcoming = iter(items)
+    try:
+        pending = collections.deque(pool.submit(work, item) for item in itertools.islice(upcoming, ahead))
+        while pending:
+            result = pending.popleft().result()
+            pending.extend(pool.submit(work, item) for item in itertools.islice(upcoming, 1))
+            yield result
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def seed_everything(seed: int) -> None:

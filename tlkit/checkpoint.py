@@ -73,7 +73,7 @@ def load_checkpoint(path: Path | str | None = None, device: str = "cpu") -> Chec
 def _unfilled_backbone(meta: CheckpointMeta) -> Backbone:
     """The checkpoint's backbone with memory but no initialisation, which its weights replace anyway
     (VGG16's random init alone takes 1.2 s): built on the meta device, then given empty CPU tensors,
-    the same Parameter objects kept (the trunk/head split and the blocks refer to them). A model
+    the same Parameter objects kept (the trunk/head split refers to them). A model
     with non-persistent buffers, which are computed when built and not saved, is built normally."""
     def build():
         return models.create(meta.backbone, num_classes=meta.num_classes, weights="none", in_chans=meta.in_chans,

@@ -117,10 +117,10 @@ def in_features(head: nn.Module) -> int:
 
 def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """For inference only: a copy of `model` (in eval mode) in which each BatchNorm that directly follows a
-    convolution is folded into it (torch's fuse_conv_bn_eval): one pass over the activations fewer, ResNet18's
-    bf16 trunk 88 -> 95 images/s on 2 CPU cores. A pair is taken where a module registers a Conv2d and then
-    its BatchNorm2d (timm's BatchNormAct2d keeps its activation); the copy is checked against the model on
-    `example`, and where it differs, or nothing folds, the model itself is returned."""
+    convolution is folded into it (torch's fuse_conv_bn_eval): one pass over the activations fewer, so the
+    trunk runs faster (docs/benchmarks.md: Again, after issue 15's session). A pair is taken where a module
+    registers a Conv2d and then its BatchNorm2d (timm's BatchNormAct2d keeps its activation); the copy is
+    checked against the model on `example`, and where it differs, or nothing folds, the model itself is returned."""
     folded, count = copy.deepcopy(model).eval(), 0
     for parent in folded.modules():
         names = list(parent._modules)

@@ -742,9 +742,10 @@ class ReaderMayLeave:
 
 def run() -> None:
     """The `tlkit` command (and `python -m tlkit`): main() in a process tuned for it, left without Python's
-    teardown. Unloading torch's thousands of modules takes 0.4-0.7 s after every command, and there is nothing
-    left to do by then: every file is written, closed and renamed into place, and loader workers are shut
-    down. Under torchrun the normal exit runs (it leaves the process group)."""
+    teardown. Unloading torch's thousands of modules is a noticeable part of a short command (docs/benchmarks.md:
+    Again, after issue 14's second session), and there is nothing left to do by then: every file is written,
+    closed and renamed into place, and loader workers are shut down. Under torchrun the normal exit runs (it
+    leaves the process group)."""
     keep_freed_memory()
     sys.stdout, sys.stderr = ReaderMayLeave(sys.stdout), ReaderMayLeave(sys.stderr)
     code = main()

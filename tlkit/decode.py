@@ -154,7 +154,7 @@ class Normalizer:
         # a dtype or layout change folded into that copy would be made on the CPU first, into unpinned memory.
         # The layout is then settled on the uint8s (PIL's batches come channels_last already), the float is
         # one fresh copy and the rest happens in place: half the time of float, multiply, subtract, then
-        # re-layout (28 vs 56 ms for 64 images at 224 px on a CPU core).
+        # re-layout (docs/benchmarks.md: Again, after issue 15's session).
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
         return images.to(torch.float32, copy=True).mul_(self.scale).sub_(self.shift)
 
@@ -195,8 +195,7 @@ class ImageBatches:
         if self.device.type == "cpu" and self.workers > 0:
             # On a CPU the decode shares the cores with the model, and threads of this process do it best: PIL
             # lets go of the GIL while it decodes and resizes, and there is no worker process to start nor batch
-            # to hand across (`tlkit precompute` of 600 photos, ResNet18: 10.0 s with a loader process, 9.4 s
-            # with threads).
+            # to hand across (docs/benchmarks.md: Again, after issue 14's second session).
             samples = map_ahead(dataset.__getitem__, range(len(dataset)), threads=self.workers,
                                 ahead=2 * self.batch_size)
             batches = (_collate(list(itertools.islice(samples, self.batch_size)))

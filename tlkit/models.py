@@ -125,7 +125,9 @@ def listed(timm_pattern: str | None = None, limit: int = 40) -> tuple[list[str],
     names = available()
     if not timm_pattern:
         return names, 0
-    import timm  # here, not at the top: a torchvision or classic backbone never needs timm's 0.5 s import
+    # here, not at the top: a torchvision or classic backbone never needs timm, whose import takes a while
+    # (docs/benchmarks.md: Again, after issue 14's second session)
+    import timm
 
     matches = [f"timm:{name}" for name in timm.list_models(timm_pattern) if f"timm:{name}" not in names]
     return names + matches[:limit], len(matches)

@@ -83,9 +83,9 @@ def keep_freed_memory() -> None:
     """Have glibc keep freed memory in the process for the next batch instead of unmapping it.
 
     By default every block over 32 MB (one ResNet18 activation at batch 32 is 51 MB) is mapped on malloc
-    and unmapped on free, so each batch page-faults through all its activations again: 2.7 s of system
-    time in a 12 s `tlkit precompute` of 600 photos, 1.2 s after this call (whole process 11.9 -> 11.1 s, peak
-    memory the same). Training's mix of sizes fragments the heap more: a ResNet18 epoch's peak 2.0-2.1 -> 2.3-2.5 GB.
+    and unmapped on free, so each batch page-faults through all its activations again: this call spares
+    precompute most of that system time, at the same peak memory; training's mix of sizes fragments the heap
+    more, so its peak grows a little (docs/benchmarks.md: Again, after issue 14's second session).
     Only the command line calls this (a Python caller's process is its own); a no-op off glibc."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -122,11 +122,10 @@ def autocast(device, precision: str):
 
 def memory_format(device):
     """The layout of images and convolutions: channels_last (NHWC) on CUDA and on every CPU, whatever the precision:
-    oneDNN's convolution kernels are at least as fast on it and mostly faster. Measured on a CPU limited to
-    AVX2 (a laptop's: ONEDNN_MAX_CPU_ISA=AVX2), fp32, against NCHW: ResNet18's trunk 34 -> 46 images/s,
-    EfficientNet-Lite0's 33 -> 50 / 54, AlexNet 113 / 122 -> 149 / 147, VGG16 4.9 -> 6.0; training steps
-    ResNet18 13.0 / 13.9 -> 14.3 / 15.1, EfficientNet-Lite0 10.0 / 8.5 -> 15.6 / 15.3, LeNet 14.6k -> 19.0k,
-    the MNIST net 4.4k / 4.0k -> 5.8k / 6.1k; a ViT the same. With bf16 it is 2.5x ResNet18's fp32 NCHW trunk."""
+    oneDNN's convolution kernels are at least as fast on it and mostly faster, in fp32 on a CPU without bf16 too,
+    for every backbone tried, trunk and training step alike (docs/benchmarks.md: Again, after issue 14's second
+    session); together with bf16 a trunk runs far faster than in fp32 NCHW (docs/benchmarks.md: tlkit against
+    the tutorial on the CPU (issue 14))."""
     import torch
 
     return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
@@ -137,9 +136,9 @@ CPU_INFERENCE_BATCH, GPU_INFERENCE_BATCH = 32, 256
 
 def inference_batch_size(device, asked: int | None = None) -> int:
     """Images per batch through a frozen network (precompute, predict, evaluate): `asked`, else 256 on a
-    GPU and 32 on a CPU. A CPU's trunk runs as fast at 32 as at 256 (ResNet18 bf16: 88 images/s either
-    way), and the first batch, decoded before any compute starts, is ready 8x sooner: `tlkit precompute`
-    of 600 photos took 13.3 s at 256 and 12.0 s at 32 on 2 cores."""
+    GPU and 32 on a CPU. A CPU's trunk runs as fast at 32 as at 256, and the first batch, decoded before
+    any compute starts, is ready 8 times sooner, so the whole command ends sooner
+    (docs/benchmarks.md: Again, after issue 15's session)."""
     if asked is not None:
         return asked
     return GPU_INFERENCE_BATCH if device.type == "cuda" else CPU_INFERENCE_BATCH

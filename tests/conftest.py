@@ -124,6 +124,12 @@ def make_checkpoint(run_dir: Path, classes=("cat", "dog"), backbone: str = "simp
 
 
 @pytest.fixture
+def tiny_run(tmp_path) -> Path:
+    """The run folder of a randomly initialised simple-cnn for cat and dog (make_checkpoint's defaults)."""
+    return make_checkpoint(tmp_path / "runs" / "tiny")
+
+
+@pytest.fixture
 def offline_caches(tmp_path, monkeypatch):
     """Empty temporary caches, offline, and any attempt to open a connection fails the test.
     Modules that load weights use it for every test: pytestmark = pytest.mark.usefixtures(...)."""

@@ -22,11 +22,6 @@ TINY = dict(backbone="simple-cnn", weights="none", epochs=1, batch_size=8, img_s
 
 
 @pytest.fixture
-def tiny_run(tmp_path):
-    return make_checkpoint(tmp_path / "runs" / "tiny")
-
-
-@pytest.fixture
 def photos(tmp_path):
     """Two RGB JPEGs, a grey PNG and a JPEG whose EXIF says 'rotate 90°' (orientation 6)."""
     folder = tmp_path / "photos"

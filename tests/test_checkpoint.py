@@ -258,14 +258,14 @@ def test_a_full_disk_is_one_message_and_leaves_no_partial_file(full_disk, what):
 
 def test_a_loaded_checkpoint_holds_no_unfilled_tensor(tmp_path):
     """The model is built without its random initialisation and then filled: every tensor, and the
-    trunk/head split's and the blocks' references to them, hold the saved values."""
+    trunk/head split's references to them, hold the saved values."""
     backbone = models.create("efficientnet_lite0", num_classes=2, weights="none", img_size=64)
     save_best(tmp_path, backbone.model.state_dict(), meta_for(backbone, ["a", "b"]))
     loaded = load_checkpoint(tmp_path).backbone
     saved = backbone.model.state_dict()
     assert all(torch.equal(tensor, saved[name]) for name, tensor in loaded.model.state_dict().items())
     model_ids = {id(parameter) for parameter in loaded.model.parameters()}
-    referred = [p for block in loaded.trunk_blocks for p in block] + loaded.head_parameters()
+    referred = list(loaded.trunk.parameters()) + loaded.head_parameters()
     assert referred and all(id(parameter) in model_ids and not parameter.is_meta for parameter in referred)
 
 

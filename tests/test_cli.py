@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tlkit.cli import main
 
@@ -161,7 +162,8 @@ def test_debug_shows_the_traceback_behind_a_message(tmp_path, capsys):
 
 @pytest.mark.parametrize("fault, words", [
     (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9663676416 bytes"),
-     "out of memory (the computer's)"),
+     "out of memory (the computer's, not a GPU's); try a smaller --batch-size"),
+    (torch.OutOfMemoryError("CUDA out of memory"), "out of GPU memory; try a smaller --batch-size"),
     (OSError(28, "No space left on device", "predictions.csv"), "the disk is full writing predictions.csv"),
 ])
 def test_a_fault_of_the_machine_is_one_message_from_any_command(tmp_path, capsys, monkeypatch, fault, words):

@@ -112,7 +112,8 @@ def test_decode_threads_give_the_same_batches_in_order(mixed_files):
 
 
 def test_decode_threads_stop_with_their_consumer(mixed_files):
-    from tlkit.decode import _in_threads, _PilDataset
+    from tlkit.decode import _PilDataset
+    from tlkit.runtime import map_ahead
 
     decoded = []
 
@@ -120,10 +121,19 @@ def test_decode_threads_stop_with_their_consumer(mixed_files):
         decoded.append(path)
         return load_image(path, _prep())
 
-    samples = _in_threads(_PilDataset(mixed_files[:5] * 40, range(200), load), workers=2, ahead=4)
+    samples = map_ahead(_PilDataset(mixed_files[:5] * 40, range(200), load).__getitem__, range(200), threads=2, ahead=4)
     assert [index for index, _, _ in itertools.islice(samples, 3)] == [0, 1, 2]
     samples.close()  # the pool is shut down with what was not started cancelled, not decoded
     assert len(decoded) <= 3 + 4 + 2
+
+
+def test_work_ahead_in_threads_keeps_order_and_raises_its_error():
+    from tlkit.runtime import map_ahead
+
+    assert list(map_ahead(lambda n: n * n, range(20), threads=3, ahead=2)) == [n * n for n in range(20)]
+    assert list(map_ahead(lambda n: n, [], threads=1, ahead=1)) == []
+    with pytest.raises(ZeroDivisionError):
+        list(map_ahead(lambda n: 1 / (n - 5), range(10), threads=2, ahead=3))
 
 
 def _refusing(monkeypatch, refuse):

@@ -13,12 +13,7 @@ from tlkit.cli import main
 from tlkit.decode import ImageBatches
 from tlkit.export import sidecar_path
 
-from conftest import make_checkpoint, write_image
-
-
-@pytest.fixture
-def run(tmp_path):
-    return make_checkpoint(tmp_path / "runs" / "tiny")
+from conftest import write_image
 
 
 @pytest.fixture
@@ -26,19 +21,19 @@ def images(tmp_path):
     return [write_image(tmp_path / "img" / f"{n}.jpg", size=(36, 30), color=n) for n in range(5)]
 
 
-def _reference(run, images):
-    checkpoint = load_checkpoint(run)
+def _reference(tiny_run, images):
+    checkpoint = load_checkpoint(tiny_run)
     (batch,) = ImageBatches(images, checkpoint.backbone.preprocessing, device="cpu", batch_size=8)
     with torch.inference_mode():
         return batch.images, checkpoint.backbone.model(batch.images).numpy()
 
 
-def test_torchscript_round_trip_with_dynamic_batch(run, images, tmp_path, capsys):
+def test_torchscript_round_trip_with_dynamic_batch(tiny_run, images, tmp_path, capsys):
     target = tmp_path / "model.pt"
-    assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target),
+    assert main(["export", "--format", "torchscript", "--checkpoint", str(tiny_run), "--out", str(target),
                  "--images", *map(str, images)]) == 0
     assert "verified on 5 real image(s)" in capsys.readouterr().err
-    inputs, expected = _reference(run, images)
+    inputs, expected = _reference(tiny_run, images)
     loaded = torch.jit.load(str(target))
     with torch.inference_mode():
         np.testing.assert_allclose(loaded(inputs).numpy(), expected, atol=1e-4)
@@ -48,15 +43,15 @@ def test_torchscript_round_trip_with_dynamic_batch(run, images, tmp_path, capsys
     assert meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
 
 
-def test_onnx_round_trip(run, images, tmp_path):
+def test_onnx_round_trip(tiny_run, images, tmp_path):
     if importlib.util.find_spec("onnxruntime") is None:
         pytest.skip("onnxruntime is not installed (pip install 'tlkit[onnx]')")
     import onnxruntime
 
     target = tmp_path / "model.onnx"
-    assert main(["export", "--format", "onnx", "--checkpoint", str(run), "--out", str(target),
+    assert main(["export", "--format", "onnx", "--checkpoint", str(tiny_run), "--out", str(target),
                  "--images", *map(str, images)]) == 0
-    inputs, expected = _reference(run, images)
+    inputs, expected = _reference(tiny_run, images)
     session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     for count in (1, 5):
         got = session.run(["logits"], {"images": inputs[:count].numpy()})[0]
@@ -64,21 +59,21 @@ def test_onnx_round_trip(run, images, tmp_path):
     assert json.loads(sidecar_path(target).read_text())["check"]["verified"] is True
 
 
-def test_existing_export_needs_force_and_no_images_is_said(run, tmp_path, capsys):
+def test_existing_export_needs_force_and_no_images_is_said(tiny_run, tmp_path, capsys):
     target = tmp_path / "model.pt"
-    assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target)]) == 0
+    assert main(["export", "--format", "torchscript", "--checkpoint", str(tiny_run), "--out", str(target)]) == 0
     assert "random tensors" in capsys.readouterr().err
-    assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target)]) == 1
+    assert main(["export", "--format", "torchscript", "--checkpoint", str(tiny_run), "--out", str(target)]) == 1
     assert "--force" in capsys.readouterr().err
 
 
-def test_images_that_all_fail_to_decode_are_named_not_called_none_given(run, tmp_path, capsys):
+def test_images_that_all_fail_to_decode_are_named_not_called_none_given(tiny_run, tmp_path, capsys):
     broken = [tmp_path / "img" / name for name in ("a.jpg", "b.png")]
     for path in broken:
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"not an image")
     target = tmp_path / "model.pt"
-    assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target),
+    assert main(["export", "--format", "torchscript", "--checkpoint", str(tiny_run), "--out", str(target),
                  "--images", *map(str, broken)]) == 0
     err = " ".join(capsys.readouterr().err.split())
     assert "no images given" not in err and "none of the 2 image(s) to verify on decoded" in err
@@ -87,30 +82,32 @@ def test_images_that_all_fail_to_decode_are_named_not_called_none_given(run, tmp
     assert sorted(check["images_failed"]) == sorted(map(str, broken))
 
 
-def test_export_beside_the_checkpoint_leaves_best_json_alone(run, tmp_path):
-    before = (run / "best.json").read_text()
-    assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(run / "best.pt")]) == 0
-    assert (run / "best.json").read_text() == before and (run / "best.pt.json").is_file()
-    assert load_checkpoint(run).classes == ["cat", "dog"]
+def test_export_beside_the_checkpoint_leaves_best_json_alone(tiny_run, tmp_path):
+    before = (tiny_run / "best.json").read_text()
+    assert main(["export", "--format", "torchscript", "--checkpoint", str(tiny_run),
+                 "--out", str(tiny_run / "best.pt")]) == 0
+    assert (tiny_run / "best.json").read_text() == before and (tiny_run / "best.pt.json").is_file()
+    assert load_checkpoint(tiny_run).classes == ["cat", "dog"]
 
 
-def test_a_failed_check_keeps_the_earlier_export(run, tmp_path, monkeypatch):
+def test_a_failed_check_keeps_the_earlier_export(tiny_run, tmp_path, monkeypatch):
     from tlkit import export as export_module
 
     target = tmp_path / "model.pt"
-    assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target)]) == 0
+    assert main(["export", "--format", "torchscript", "--checkpoint", str(tiny_run), "--out", str(target)]) == 0
     earlier = target.read_bytes()
     monkeypatch.setattr(export_module, "TOLERANCE", -1.0)  # every comparison now fails
-    assert main(["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target), "--force"]) == 1
+    assert main(["export", "--format", "torchscript", "--checkpoint", str(tiny_run), "--out", str(target),
+                 "--force"]) == 1
     assert target.read_bytes() == earlier and not list(tmp_path.glob(".*unverified"))
 
 
-def test_onnx_without_the_onnx_package_is_one_message_with_the_pip_command(run, images, tmp_path, capsys,
+def test_onnx_without_the_onnx_package_is_one_message_with_the_pip_command(tiny_run, images, tmp_path, capsys,
                                                                           monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real_find_spec(name, *a))
     target = tmp_path / "model.onnx"
-    assert main(["export", "--format", "onnx", "--checkpoint", str(run), "--out", str(target),
+    assert main(["export", "--format", "onnx", "--checkpoint", str(tiny_run), "--out", str(target),
                  "--images", *map(str, images)]) == 1
     err = capsys.readouterr().err
     assert "pip install onnx onnxruntime" in err and "Traceback" not in err
@@ -142,26 +139,26 @@ def _pixels_from_the_json_alone(path, meta) -> np.ndarray:
     return (pixels - np.array(prep["mean"], np.float32)[:, None, None]) / np.array(prep["std"], np.float32)[:, None, None]
 
 
-def test_the_onnx_sidecar_describes_tlkits_own_decoding(run, tmp_path):
+def test_the_onnx_sidecar_describes_tlkits_own_decoding(tiny_run, tmp_path):
     """Large JPEGs, where decoding at reduced size matters: the ONNX model fed by the sidecar's steps
     gives tlkit predict's probabilities."""
     from tlkit.predict import predict_files
 
     photos = [write_image(tmp_path / "big" / f"{n}.jpg", size=(400 + 40 * n, 300), color=n) for n in range(4)]
     target = tmp_path / "model.onnx"
-    assert main(["export", "--format", "onnx", "--checkpoint", str(run), "--out", str(target)]) == 0
+    assert main(["export", "--format", "onnx", "--checkpoint", str(tiny_run), "--out", str(target)]) == 0
     meta = json.loads(sidecar_path(target).read_text())
     assert any("draft" in step for step in meta["decode"]) and any("exif" in step.lower() for step in meta["decode"])
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     inputs = np.stack([_pixels_from_the_json_alone(path, meta) for path in photos])
-    (batch,) = ImageBatches(photos, load_checkpoint(run).backbone.preprocessing, device="cpu", batch_size=8)
+    (batch,) = ImageBatches(photos, load_checkpoint(tiny_run).backbone.preprocessing, device="cpu", batch_size=8)
     # The very pixels tlkit feeds its model (without the reduced-size JPEG decoding: up to 0.16 apart here).
     np.testing.assert_allclose(inputs, batch.images.numpy(), atol=1e-5)
     logits = session.run(["logits"], {"images": inputs})[0]
     theirs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    ours = predict_files(load_checkpoint(run), photos, device=torch.device("cpu"), precision="fp32").probabilities
+    ours = predict_files(load_checkpoint(tiny_run), photos, device=torch.device("cpu"), precision="fp32").probabilities
     np.testing.assert_allclose(theirs, ours, atol=2e-3)
 
 
@@ -178,14 +175,14 @@ def test_the_decode_steps_name_the_crop_mode():
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-def test_an_export_that_would_not_fit_the_disk_is_refused_before_writing(run, tmp_path, monkeypatch, capsys, fmt):
+def test_an_export_that_would_not_fit_the_disk_is_refused_before_writing(tiny_run, tmp_path, monkeypatch, capsys, fmt):
     from types import SimpleNamespace
 
     from tlkit import export
 
     monkeypatch.setattr(export.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))  # 1 KB left
     target = tmp_path / "model.out"
-    assert main(["export", "--format", fmt, "--checkpoint", str(run), "--out", str(target)]) == 1
+    assert main(["export", "--format", fmt, "--checkpoint", str(tiny_run), "--out", str(target)]) == 1
     err = capsys.readouterr().err
     assert "1.0 kB free" in err and "nothing was written" in err and "Traceback" not in err
     assert not list(tmp_path.glob("*model.out*"))
@@ -193,7 +190,7 @@ def test_an_export_that_would_not_fit_the_disk_is_refused_before_writing(run, tm
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 @pytest.mark.parametrize("fails", ["model", "sidecar"])
-def test_a_disk_that_fills_during_the_export_leaves_the_earlier_export_whole(run, tmp_path, monkeypatch, capsys,
+def test_a_disk_that_fills_during_the_export_leaves_the_earlier_export_whole(tiny_run, tmp_path, monkeypatch, capsys,
                                                                            fmt, fails):
     """Another process takes the last space after the check: the write fails like any other (TorchScript's own
     writer would abort the process), no partial or staged file stays, and an earlier model and its sidecar
@@ -202,7 +199,7 @@ def test_a_disk_that_fills_during_the_export_leaves_the_earlier_export_whole(run
     from pathlib import Path
 
     target = tmp_path / "model.out"
-    assert main(["export", "--format", fmt, "--checkpoint", str(run), "--out", str(target)]) == 0
+    assert main(["export", "--format", fmt, "--checkpoint", str(tiny_run), "--out", str(target)]) == 0
     earlier = target.read_bytes(), sidecar_path(target).read_text()
     real_write = Path.write_bytes if fails == "model" else Path.write_text
 
@@ -213,16 +210,16 @@ def test_a_disk_that_fills_during_the_export_leaves_the_earlier_export_whole(run
         return real_write(self, data, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_bytes" if fails == "model" else "write_text", full_disk)
-    assert main(["export", "--format", fmt, "--checkpoint", str(run), "--out", str(target), "--force"]) == 1
+    assert main(["export", "--format", fmt, "--checkpoint", str(tiny_run), "--out", str(target), "--force"]) == 1
     err = capsys.readouterr().err
     assert "No space left on device" in err and "Traceback" not in err
     assert (target.read_bytes(), sidecar_path(target).read_text()) == earlier
     assert sorted(p.name for p in tmp_path.iterdir() if "model" in p.name) == ["model.out", "model.out.json"]
 
 
-def test_force_replaces_an_export_but_never_another_file(run, tmp_path, capsys):
+def test_force_replaces_an_export_but_never_another_file(tiny_run, tmp_path, capsys):
     target = tmp_path / "model.pt"
-    command = ["export", "--format", "torchscript", "--checkpoint", str(run), "--out", str(target), "--force"]
+    command = ["export", "--format", "torchscript", "--checkpoint", str(tiny_run), "--out", str(target), "--force"]
     assert main(command) == 0 and main(command) == 0  # its own export, replaced
     mine = tmp_path / "weights.pt"
     mine.write_bytes(b"a model of my own")

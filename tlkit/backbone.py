@@ -8,7 +8,7 @@ both import this module, and neither imports the other's internals. No weights, 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -57,7 +57,6 @@ class Backbone:
     preprocessing: Preprocessing
     weights: str  # what was asked: "imagenet", "none", or the path given
     pretrained: bool  # whether pretrained tensors were actually loaded
-    trunk_blocks: list[list[nn.Parameter]] = field(default_factory=list, repr=False)  # input to output
     weights_note: str = ""  # where the tensors came from, which head layers start fresh
 
     def head_parameters(self) -> list[nn.Parameter]:
@@ -72,15 +71,9 @@ class Backbone:
         for parameter in self.trunk_parameters():
             parameter.requires_grad_(False)
 
-    def unfreeze(self, last_blocks: int | None = None) -> None:
-        """None: everything trainable. N: the last N trunk blocks and the head; earlier blocks frozen."""
-        if last_blocks is not None and last_blocks < 0:
-            raise ValueError(f"last_blocks must be None or >= 0, not {last_blocks}")
-        thawed = self.trunk_blocks[len(self.trunk_blocks) - last_blocks:] if last_blocks else []
-        thawed_ids = {id(parameter) for block in thawed for parameter in block}
-        for parameter in self.trunk_parameters():
-            parameter.requires_grad_(last_blocks is None or id(parameter) in thawed_ids)
-        for parameter in self.head_parameters():
+    def unfreeze(self) -> None:
+        """Every parameter trainable, trunk and head."""
+        for parameter in self.model.parameters():
             parameter.requires_grad_(True)
 
     def param_groups(self, lr: float, trunk_lr_mult: float = 1.0) -> list[dict]:
@@ -122,17 +115,12 @@ def in_features(head: nn.Module) -> int:
     return first.in_features if isinstance(first, nn.Linear) else first.in_channels
 
 
-def blocks_of(modules: list[nn.Module]) -> list[list[nn.Parameter]]:
-    """The trainable groups of a trunk, input to output: each module's parameters, empty ones left out."""
-    return [params for params in (list(module.parameters()) for module in modules) if params]
-
-
 def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """For inference only: a copy of `model` (in eval mode) in which each BatchNorm that directly follows a
-    convolution is folded into it (torch's fuse_conv_bn_eval): one pass over the activations fewer, ResNet18's
-    bf16 trunk 88 -> 95 images/s on 2 CPU cores. A pair is taken where a module registers a Conv2d and then
-    its BatchNorm2d (timm's BatchNormAct2d keeps its activation); the copy is checked against the model on
-    `example`, and where it differs, or nothing folds, the model itself is returned."""
+    convolution is folded into it (torch's fuse_conv_bn_eval): one pass over the activations fewer, so the
+    trunk runs faster (docs/benchmarks.md: Again, after issue 15's session). A pair is taken where a module
+    registers a Conv2d and then its BatchNorm2d (timm's BatchNormAct2d keeps its activation); the copy is
+    checked against the model on `example`, and where it differs, or nothing folds, the model itself is returned."""
     folded, count = copy.deepcopy(model).eval(), 0
     for parent in folded.modules():
         names = list(parent._modules)

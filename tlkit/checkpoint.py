@@ -71,10 +71,11 @@ def load_checkpoint(path: Path | str | None = None, device: str = "cpu") -> Chec
 
 
 def _unfilled_backbone(meta: CheckpointMeta) -> Backbone:
-    """The checkpoint's backbone with memory but no initialisation, which its weights replace anyway
-    (VGG16's random init alone takes 1.2 s): built on the meta device, then given empty CPU tensors,
-    the same Parameter objects kept (the trunk/head split and the blocks refer to them). A model
-    with non-persistent buffers, which are computed when built and not saved, is built normally."""
+    """The checkpoint's backbone with memory but no initialisation, which its weights replace anyway: a large
+    network's random init takes longer than reading its weights (docs/benchmarks.md: Again, after issue 15's
+    session). Built on the meta device, then given empty CPU tensors, the same Parameter objects kept (the
+    trunk/head split refers to them). A model with non-persistent buffers, which are computed when built and
+    not saved, is built normally."""
     def build():
         return models.create(meta.backbone, num_classes=meta.num_classes, weights="none", in_chans=meta.in_chans,
                              img_size=meta.img_size)

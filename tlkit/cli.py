@@ -18,7 +18,7 @@ from rich.table import Table
 
 from tlkit import __version__
 from tlkit.errors import TlkitError
-from tlkit.runtime import console, is_quiet, keep_freed_memory, out, relpath, set_quiet, warn
+from tlkit.runtime import console, is_quiet, keep_freed_memory, out, out_of_memory, relpath, set_quiet, warn
 
 LIST_LIMIT = 10  # problem files named on screen before "... and N more"
 
@@ -685,10 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
 def machine_fault(error: BaseException) -> str | None:
     """A fault of the machine's rather than of tlkit's code, in one sentence with what to do; None for
     anything else. The stages name their own files; this catches what reaches the top unnamed."""
-    if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
-        return "out of GPU memory; try a smaller --batch-size (or --img-size), or --device cpu."
-    if "can't allocate memory" in str(error):  # the CPU allocator's RuntimeError
-        return "out of memory (the computer's); try a smaller --batch-size or --img-size, or close other programs."
+    if (message := out_of_memory(error)) is not None:
+        return message
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
         where = f" writing {error.filename}" if error.filename else ""
         return f"the disk is full{where}; free some space, or write elsewhere (--out, --runs-dir, --cache-dir)."
@@ -748,9 +746,10 @@ class ReaderMayLeave:
 
 def run() -> None:
     """The `tlkit` command (and `python -m tlkit`): main() in a process tuned for it, left without Python's
-    teardown. Unloading torch's thousands of modules takes 0.4-0.7 s after every command, and there is nothing
-    left to do by then: every file is written, closed and renamed into place, and loader workers are shut
-    down. Under torchrun the normal exit runs (it leaves the process group)."""
+    teardown. Unloading torch's thousands of modules is a noticeable part of a short command (docs/benchmarks.md:
+    Again, after issue 14's second session), and there is nothing left to do by then: every file is written,
+    closed and renamed into place, and loader workers are shut down. Under torchrun the normal exit runs (it
+    leaves the process group)."""
     keep_freed_memory()
     sys.stdout, sys.stderr = ReaderMayLeave(sys.stdout), ReaderMayLeave(sys.stderr)
     code = main()

@@ -20,14 +20,12 @@ The batched decoder is trusted only as far as it is checked:
 
 from __future__ import annotations
 
-import collections
 import io
 import itertools
 import queue
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -37,7 +35,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from tlkit.errors import TlkitError
-from tlkit.runtime import memory_format, warn
+from tlkit.runtime import map_ahead, memory_format, warn
 from tlkit.scan import DECODE_ERRORS, EMPTY_FILE, EXIF_ORIENTATION, decode_failure, open_image, open_photo
 
 _JPEG_MAGIC = b"\xff\xd8"
@@ -156,7 +154,7 @@ class Normalizer:
         # a dtype or layout change folded into that copy would be made on the CPU first, into unpinned memory.
         # The layout is then settled on the uint8s (PIL's batches come channels_last already), the float is
         # one fresh copy and the rest happens in place: half the time of float, multiply, subtract, then
-        # re-layout (28 vs 56 ms for 64 images at 224 px on a CPU core).
+        # re-layout (docs/benchmarks.md: Again, after issue 15's session).
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
         return images.to(torch.float32, copy=True).mul_(self.scale).sub_(self.shift)
 
@@ -195,7 +193,11 @@ class ImageBatches:
     def _pil_batches(self, indices: Sequence[int]) -> Iterator[Batch]:
         dataset = _PilDataset(self.paths, indices, self.load)
         if self.device.type == "cpu" and self.workers > 0:
-            samples = _in_threads(dataset, self.workers, ahead=2 * self.batch_size)
+            # On a CPU the decode shares the cores with the model, and threads of this process do it best: PIL
+            # lets go of the GIL while it decodes and resizes, and there is no worker process to start nor batch
+            # to hand across (docs/benchmarks.md: Again, after issue 14's second session).
+            samples = map_ahead(dataset.__getitem__, range(len(dataset)), threads=self.workers,
+                                ahead=2 * self.batch_size)
             batches = (_collate(list(itertools.islice(samples, self.batch_size)))
                        for _ in range(0, len(dataset), self.batch_size))
         else:
@@ -227,14 +229,9 @@ class ImageBatches:
                   for i in range(0, len(self.paths), self.batch_size)]
         read_chunk = lambda chunk: [(i, _read(self.paths[i])) for i in chunk]  # noqa: E731
         for_pil: list[int] = []  # other files, and those the batched decoder refused: one PIL pass at the end
-        with ThreadPoolExecutor(max(2, self.workers)) as pool:
-            # Two chunks in flight: the next is read while this one decodes; memory stays bounded.
-            ahead = [pool.submit(read_chunk, chunk) for chunk in chunks[:2]]
-            for position in range(len(chunks)):
-                chunk_bytes = ahead.pop(0).result()
-                if position + 2 < len(chunks):
-                    ahead.append(pool.submit(read_chunk, chunks[position + 2]))
-                yield from self._decode_chunk(chunk_bytes, for_pil)
+        # Two chunks in flight: the next is read while this one decodes; memory stays bounded.
+        for chunk_bytes in map_ahead(read_chunk, chunks, threads=2, ahead=2):
+            yield from self._decode_chunk(chunk_bytes, for_pil)
         if for_pil:
             yield from self._pil_batches(sorted(for_pil))
 
@@ -374,23 +371,6 @@ class _CudaStreams:
         consumer = torch.cuda.current_stream(self.device)
         consumer.wait_event(done)
         images.record_stream(consumer)
-
-
-def _in_threads(dataset: _PilDataset, workers: int, ahead: int) -> Iterator:
-    """dataset's items in order, decoded by `workers` threads at most `ahead` items in front of the consumer.
-
-    On a CPU the decode shares the cores with the model, and threads of this process do it best: PIL lets go
-    of the GIL while it decodes and resizes, and there is no worker process to start nor batch to hand across
-    (`tlkit precompute` of 600 photos, ResNet18: 10.0 s with a loader process, 9.4 s with threads)."""
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="tlkit-decode")
-    try:
-        pending = collections.deque(pool.submit(dataset.__getitem__, i) for i in range(min(ahead, len(dataset))))
-        for item in range(len(pending), len(dataset) + len(pending)):
-            yield pending.popleft().result()
-            if item < len(dataset):
-                pending.append(pool.submit(dataset.__getitem__, item))
-    finally:
-        pool.shutdown(cancel_futures=True)
 
 
 def _ahead(items: Iterator, depth: int) -> Iterator:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -124,6 +125,25 @@ def on_main(make: Callable[[], T]) -> T:
 def shard(items: Sequence[T]) -> list[T]:
     """This process's share: items rank, rank + world, ...; the shares of all processes are `items`."""
     return list(items[rank()::world_size()])
+
+
+def unshard_rows(share: np.ndarray, failures: dict[int, str], count: int, *, everywhere: bool,
+                 allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] = np.empty,
+                 ) -> tuple[np.ndarray, dict[int, str]] | None:
+    """The inverse of `shard` for rows every process computed: the `count` rows (the second-to-last axis), each
+    process's share back in its places, and every process's {row: why it failed}, sorted.
+
+    everywhere: every process gets the whole; otherwise rank 0 alone, and None the others. allocate(shape, dtype)
+    makes the whole array: np.empty, or a memory map that writes it straight to disk."""
+    gathered = all_gather((share, failures)) if everywhere else gather_to_main((share, failures))
+    if gathered is None:
+        return None
+    rows = allocate((*share.shape[:-2], count, share.shape[-1]), share.dtype)
+    every_failure = {}
+    for rank_of_share, (part, failed) in enumerate(gathered):
+        rows[..., rank_of_share::len(gathered), :] = part
+        every_failure.update(failed)
+    return rows, dict(sorted(every_failure.items()))
 
 
 def shard_order(order: torch.Tensor, *, equal: bool) -> torch.Tensor:

@@ -106,7 +106,7 @@ def _compute_subset(backbone, trunk: torch.nn.Module, subset_dir: Path, rows: li
     paths = [subset_dir / rows[index][0] for index in mine]
     shape = (views, len(mine), backbone.feature_dim) if views else (len(mine), backbone.feature_dim)
     if distributed.world_size() == 1:
-        array = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
+        array = _open_target(target, shape, dtype)
     else:
         array = np.zeros(shape, dtype=dtype)  # this share, in memory until rank 0 gathers it
     augmented = train_load(backbone.preprocessing, augment)
@@ -117,9 +117,10 @@ def _compute_subset(backbone, trunk: torch.nn.Module, subset_dir: Path, rows: li
                                workers=workers, load=load)
         _run_trunk(trunk, batches, array[view] if views else array, bf16, on_progress)
         failures.update({mine[index]: why for index, why in batches.failures.items()})
-    if distributed.world_size() > 1:
-        failures = _write_gathered(array, failures, target, len(rows))
-    else:
+    if distributed.world_size() > 1:  # rank 0 writes every process's share into target, in row order
+        array, failures = distributed.unshard_rows(array, failures, len(rows), everywhere=False,
+                                                   allocate=partial(_open_target, target)) or (array, failures)
+    if isinstance(array, np.memmap):  # the file target (the other ranks hold only their share, in memory)
         array.flush()
     del array
     return {rows[index][0]: why for index, why in sorted(failures.items())}
@@ -129,20 +130,8 @@ def _view(augmented, view: int, path: Path) -> torch.Tensor:
     return augmented(path, seed=view_seed(view, path))
 
 
-def _write_gathered(share: np.ndarray, failures: dict[int, str], target: Path, rows: int) -> dict[int, str]:
-    """Rank 0 writes every process's share into target in the original row order; returns all failures."""
-    gathered = distributed.gather_to_main((share, failures))
-    if gathered is None:
-        return failures
-    world = len(gathered)
-    shape = (*share.shape[:-2], rows, share.shape[-1])  # [views,] rows, features
-    array = np.lib.format.open_memmap(target, mode="w+", dtype=share.dtype, shape=shape)
-    every_failure = {}
-    for rank, (part, failed) in enumerate(gathered):
-        array[..., rank::world, :] = part  # distributed.shard gave rank the rows rank, rank + world, ...
-        every_failure.update(failed)
-    array.flush()
-    return every_failure
+def _open_target(target: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
+    return np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
 
 
 def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None = None, device: torch.device,

@@ -34,7 +34,7 @@ from tlkit.cache import (
 )
 from tlkit.data import DataBundle, EpochRows, SplitFolders, open_split
 from tlkit.decode import ImageBatches
-from tlkit.runtime import info, progress, relpath
+from tlkit.runtime import info, map_ahead, progress, relpath
 from tlkit.scan import open_image, upright_size
 
 STALE_REASONS = {
@@ -215,12 +215,8 @@ class CachedImageLoader(EpochRows):
             batch = torch.from_numpy(self.images[rows.numpy()])
             return batch.pin_memory() if self.device.type == "cuda" else batch
 
-        with ThreadPoolExecutor(1) as pool:
-            ahead = pool.submit(read, row_batches[0]) if row_batches else None
-            for following in [*row_batches[1:], None]:
-                batch = ahead.result()
-                ahead = pool.submit(read, following) if following is not None else None
-                yield batch.to(self.device, non_blocking=True)
+        for batch in map_ahead(read, row_batches, threads=1, ahead=1):
+            yield batch.to(self.device, non_blocking=True)
 
     def __iter__(self):
         generator, order = self._epoch()

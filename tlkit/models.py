@@ -23,7 +23,7 @@ import torchvision.models as tvm
 from torch import nn
 
 from tlkit import nets, weight_packages
-from tlkit.backbone import Backbone, Preprocessing, blocks_of, head_keys, in_features, per_channel
+from tlkit.backbone import Backbone, Preprocessing, head_keys, in_features, per_channel
 from tlkit.checkpoint_format import BEST_WEIGHTS, CheckpointMeta, checkpoint_paths, read_meta
 from tlkit.errors import TlkitError
 from tlkit.weight_packages import EFFICIENTNET_LITE0, EFFICIENTNET_LITE1, EFFICIENTNET_LITE2, WeightsPackage
@@ -35,28 +35,21 @@ TIMM_PREFIX = "timm:"
 # ---------------------------------------------------------------- where torchvision nets are cut
 
 
-def _split_resnet(model: tvm.ResNet) -> tuple[nn.Module, nn.Module, list[nn.Module]]:
-    """Trunk through global pooling (what ResNet.forward does before fc); blocks: stem, layer1..4."""
+def _split_resnet(model: tvm.ResNet) -> tuple[nn.Module, nn.Module]:
+    """Trunk through global pooling (what ResNet.forward does before fc)."""
     stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
-    stages = [model.layer1, model.layer2, model.layer3, model.layer4]
     trunk = nn.Sequential(OrderedDict(
-        stem=stem, layer1=stages[0], layer2=stages[1], layer3=stages[2], layer4=stages[3],
+        stem=stem, layer1=model.layer1, layer2=model.layer2, layer3=model.layer3, layer4=model.layer4,
         avgpool=model.avgpool, flatten=nn.Flatten(1),
     ))
-    return trunk, model.fc, [stem, *stages]
+    return trunk, model.fc
 
 
-def _split_features_classifier(model: nn.Module) -> tuple[nn.Module, nn.Module, list[nn.Module]]:
+def _split_features_classifier(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """VGG / AlexNet: trunk features+avgpool, head the whole classifier (fc6, fc7 and the new last
-    layer), so ImageNet's fc6/fc7 are kept as the tutorial does; blocks end at each max-pool."""
+    layer), so ImageNet's fc6/fc7 are kept as the tutorial does."""
     trunk = nn.Sequential(OrderedDict(features=model.features, avgpool=model.avgpool, flatten=nn.Flatten(1)))
-    blocks, current = [], []
-    for layer in model.features:
-        current.append(layer)
-        if isinstance(layer, nn.MaxPool2d):
-            blocks.append(nn.Sequential(*current))
-            current = []
-    return trunk, model.classifier, blocks + ([nn.Sequential(*current)] if current else [])
+    return trunk, model.classifier
 
 
 @dataclass(frozen=True)
@@ -70,7 +63,7 @@ class Spec:
     summary: str
     build: Callable[..., nn.Module] | None = None
     imagenet: tvm.WeightsEnum | None = None
-    split: Callable[[nn.Module], tuple[nn.Module, nn.Module, list[nn.Module]]] | None = None
+    split: Callable[[nn.Module], tuple[nn.Module, nn.Module]] | None = None
     input_size: int = 224
     in_chans: int = 3
     mean: tuple[float, ...] = (0.5,)
@@ -132,7 +125,9 @@ def listed(timm_pattern: str | None = None, limit: int = 40) -> tuple[list[str],
     names = available()
     if not timm_pattern:
         return names, 0
-    import timm  # here, not at the top: a torchvision or classic backbone never needs timm's 0.5 s import
+    # here, not at the top: a torchvision or classic backbone never needs timm, whose import takes a while
+    # (docs/benchmarks.md: Again, after issue 14's second session)
+    import timm
 
     matches = [f"timm:{name}" for name in timm.list_models(timm_pattern) if f"timm:{name}" not in names]
     return names + matches[:limit], len(matches)
@@ -165,7 +160,7 @@ def _create_torchvision(name: str, spec: Spec, num_classes: int, weights: str, i
         raise TlkitError(f"{name} takes 3-channel images (the data layer repeats a grayscale photo to 3 "
                          f"channels); for a 1-channel first convolution use a timm:<name> backbone.")
     model = spec.build(weights=None, num_classes=num_classes)
-    trunk, head, blocks = spec.split(model)
+    trunk, head = spec.split(model)
     note = "random initialisation (--weights none): no pretrained tensors"
     if weights == "imagenet":
         location = url_weights(spec.imagenet.url)
@@ -182,7 +177,7 @@ def _create_torchvision(name: str, spec: Spec, num_classes: int, weights: str, i
         std=tuple(transform.std), interpolation=transform.interpolation.value, in_chans=3,
     )
     return Backbone(name, model, trunk, head, in_features(head), num_classes, preprocessing, weights,
-                    pretrained=weights != "none", trunk_blocks=blocks_of(blocks), weights_note=note)
+                    pretrained=weights != "none", weights_note=note)
 
 
 def _create_classic(name: str, spec: Spec, num_classes: int, weights: str, in_chans: int | None,
@@ -202,7 +197,7 @@ def _create_classic(name: str, spec: Spec, num_classes: int, weights: str, in_ch
     preprocessing = Preprocessing((size, size), None, per_channel(spec.mean, chans), per_channel(spec.std, chans),
                                   "bilinear", chans)
     return Backbone(name, model, trunk, head, head.in_features, num_classes, preprocessing, weights,
-                    pretrained=weights != "none", trunk_blocks=blocks_of(list(trunk.children())), weights_note=note)
+                    pretrained=weights != "none", weights_note=note)
 
 
 def create(name: str, num_classes: int, weights: str = "default", in_chans: int | None = None,

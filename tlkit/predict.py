@@ -112,7 +112,7 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.de
         bar.update(task, completed=len(paths))
     failures = {mine[index]: why for index, why in batches.failures.items()}
     if distributed.world_size() > 1:
-        probabilities, failures = _merge_shares(probabilities, failures, len(paths))
+        probabilities, failures = distributed.unshard_rows(probabilities, failures, len(paths), everywhere=True)
     return Predictions(paths=list(paths), probabilities=probabilities, classes=list(checkpoint.classes),
                        failures=failures, seconds=time.perf_counter() - started)
 
@@ -124,18 +124,6 @@ def class_scores(model: torch.nn.Module, images: torch.Tensor, tta: bool = False
     if tta:
         scores = (scores + model(images.flip(-1)).float().softmax(dim=1)) / 2
     return scores
-
-
-def _merge_shares(share: np.ndarray, failures: dict[int, str], count: int) -> tuple[np.ndarray, dict[int, str]]:
-    """Every process's rows back in the order of the files (distributed.shard gave rank the rows rank,
-    rank + world, ...)."""
-    gathered = distributed.all_gather((share, failures))
-    probabilities = np.empty((count, share.shape[1]), dtype=share.dtype)
-    every_failure = {}
-    for rank, (part, failed) in enumerate(gathered):
-        probabilities[rank::len(gathered)] = part
-        every_failure.update(failed)
-    return probabilities, dict(sorted(every_failure.items()))
 
 
 # ---------------------------------------------------------------- writing predictions

@@ -1,4 +1,5 @@
-"""Process-wide plumbing: the rich consoles, progress bars, seeding and device choice.
+"""Process-wide plumbing: the rich consoles, progress bars, seeding, device choice, and threads that work
+ahead of their consumer.
 
 Chatter goes to stderr through `console`; results go to stdout through `out`. Nothing
 here knows about datasets or models.
@@ -6,12 +7,17 @@ here knows about datasets or models.
 
 from __future__ import annotations
 
+import collections
 import ctypes
+import itertools
 import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -24,6 +30,9 @@ from rich.progress import (
 )
 
 from tlkit.errors import TlkitError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -57,13 +66,28 @@ def warn(message: str) -> None:
     console.print(f"[yellow]warning:[/] {message}")
 
 
+def out_of_memory(error: BaseException, *, batch_size: int | None = None, gpu_hint: str = "") -> str | None:
+    """The one message for memory running out, the GPU's (torch.OutOfMemoryError) or the computer's (the CPU
+    allocator's plain RuntimeError), with what to try; None for any other error. batch_size: the batch it ran
+    out at, so that the message can name half of it. gpu_hint: one more thing to try when the GPU's ran out."""
+    if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
+        whose, last_resort = "GPU memory", f"{gpu_hint}, or --device cpu"
+    elif "can't allocate memory" in str(error):  # the CPU allocator's words
+        whose, last_resort = "memory (the computer's, not a GPU's)", ", or close other programs"
+    else:
+        return None
+    at = f" at batch size {batch_size}" if batch_size else ""
+    smaller = f"--batch-size {max(1, batch_size // 2)}" if batch_size else "a smaller --batch-size"
+    return f"out of {whose}{at}; try {smaller} or a smaller --img-size{last_resort}."
+
+
 def keep_freed_memory() -> None:
     """Have glibc keep freed memory in the process for the next batch instead of unmapping it.
 
     By default every block over 32 MB (one ResNet18 activation at batch 32 is 51 MB) is mapped on malloc
-    and unmapped on free, so each batch page-faults through all its activations again: 2.7 s of system
-    time in a 12 s `tlkit precompute` of 600 photos, 1.2 s after this call (whole process 11.9 -> 11.1 s, peak
-    memory the same). Training's mix of sizes fragments the heap more: a ResNet18 epoch's peak 2.0-2.1 -> 2.3-2.5 GB.
+    and unmapped on free, so each batch page-faults through all its activations again: this call spares
+    precompute most of that system time, at the same peak memory; training's mix of sizes fragments the heap
+    more, so its peak grows a little (docs/benchmarks.md: Again, after issue 14's second session).
     Only the command line calls this (a Python caller's process is its own); a no-op off glibc."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -100,11 +124,10 @@ def autocast(device, precision: str):
 
 def memory_format(device):
     """The layout of images and convolutions: channels_last (NHWC) on CUDA and on every CPU, whatever the precision:
-    oneDNN's convolution kernels are at least as fast on it and mostly faster. Measured on a CPU limited to
-    AVX2 (a laptop's: ONEDNN_MAX_CPU_ISA=AVX2), fp32, against NCHW: ResNet18's trunk 34 -> 46 images/s,
-    EfficientNet-Lite0's 33 -> 50 / 54, AlexNet 113 / 122 -> 149 / 147, VGG16 4.9 -> 6.0; training steps
-    ResNet18 13.0 / 13.9 -> 14.3 / 15.1, EfficientNet-Lite0 10.0 / 8.5 -> 15.6 / 15.3, LeNet 14.6k -> 19.0k,
-    the MNIST net 4.4k / 4.0k -> 5.8k / 6.1k; a ViT the same. With bf16 it is 2.5x ResNet18's fp32 NCHW trunk."""
+    oneDNN's convolution kernels are at least as fast on it and mostly faster, in fp32 on a CPU without bf16 too,
+    for every backbone tried, trunk and training step alike (docs/benchmarks.md: Again, after issue 14's second
+    session); together with bf16 a trunk runs far faster than in fp32 NCHW (docs/benchmarks.md: tlkit against
+    the tutorial on the CPU (issue 14))."""
     import torch
 
     return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
@@ -115,9 +138,9 @@ CPU_INFERENCE_BATCH, GPU_INFERENCE_BATCH = 32, 256
 
 def inference_batch_size(device, asked: int | None = None) -> int:
     """Images per batch through a frozen network (precompute, predict, evaluate): `asked`, else 256 on a
-    GPU and 32 on a CPU. A CPU's trunk runs as fast at 32 as at 256 (ResNet18 bf16: 88 images/s either
-    way), and the first batch, decoded before any compute starts, is ready 8x sooner: `tlkit precompute`
-    of 600 photos took 13.3 s at 256 and 12.0 s at 32 on 2 cores."""
+    GPU and 32 on a CPU. A CPU's trunk runs as fast at 32 as at 256, and the first batch, decoded before
+    any compute starts, is ready 8 times sooner, so the whole command ends sooner
+    (docs/benchmarks.md: Again, after issue 15's session)."""
     if asked is not None:
         return asked
     return GPU_INFERENCE_BATCH if device.type == "cuda" else CPU_INFERENCE_BATCH
@@ -180,6 +203,22 @@ class LogLines(Progress):
             console.print(f"{task.description}: {task.completed:,.0f}/{task.total:,.0f} after "
                           f"{now - task.start_time:.0f} s{left}")
             self._said[task_id] = now
+
+
+def map_ahead(work: Callable[[T], R], items: Iterable[T], *, threads: int, ahead: int) -> Iterator[R]:
+    """work(item) for each item, in order, done by `threads` threads at most `ahead` items in front of the
+    consumer: the next ones are under way while the consumer holds this one. An exception in work is raised
+    here; a consumer that stops early cancels what was not started."""
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="tlkit-ahead")
+    upcoming = iter(items)
+    try:
+        pending = collections.deque(pool.submit(work, item) for item in itertools.islice(upcoming, ahead))
+        while pending:
+            result = pending.popleft().result()
+            pending.extend(pool.submit(work, item) for item in itertools.islice(upcoming, 1))
+            yield result
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def seed_everything(seed: int) -> None:

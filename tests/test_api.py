@@ -14,6 +14,7 @@ from tlkit import api
 from tlkit.checkpoint import load_checkpoint
 from tlkit.errors import TlkitError
 from tlkit.predict import predict_files
+from tlkit.runtime import compute_for
 
 from conftest import make_checkpoint, make_flat, make_learnable, write_image
 
@@ -59,7 +60,7 @@ def test_split_finetune_predict_on_real_photos(tmp_path, monkeypatch, capfd):
 def test_a_pil_image_is_predicted_as_its_file(tiny_run, photos):
     classifier = api.load(tiny_run, device="cpu")
     files = sorted(photos.iterdir())
-    expected = predict_files(load_checkpoint(tiny_run), files, device=torch.device("cpu"))
+    expected = predict_files(load_checkpoint(tiny_run), files, compute=compute_for("cpu"))
     images = [Image.open(path) for path in files]  # a turned JPEG keeps its EXIF: applied as for the file
     got = classifier.predict(images)
     assert [row.source for row in got] == [0, 1, 2, 3]

@@ -12,6 +12,7 @@ from tlkit.checkpoint import load_checkpoint
 from tlkit.cli import main
 from tlkit.decode import ImageBatches
 from tlkit.export import sidecar_path
+from tlkit.runtime import compute_for
 
 from conftest import write_image
 
@@ -158,7 +159,7 @@ def test_the_onnx_sidecar_describes_tlkits_own_decoding(tiny_run, tmp_path):
     np.testing.assert_allclose(inputs, batch.images.numpy(), atol=1e-5)
     logits = session.run(["logits"], {"images": inputs})[0]
     theirs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    ours = predict_files(load_checkpoint(tiny_run), photos, device=torch.device("cpu"), precision="fp32").probabilities
+    ours = predict_files(load_checkpoint(tiny_run), photos, compute=compute_for("cpu", "fp32")).probabilities
     np.testing.assert_allclose(theirs, ours, atol=2e-3)
 
 

@@ -12,6 +12,7 @@ from tlkit import features as features_module
 from tlkit.data import EpochSampler
 from tlkit.cache import clear_caches, list_caches
 from tlkit.features import FeatureLoader, FeatureSet, cache_dir_for, precompute
+from tlkit.runtime import compute_for
 
 from conftest import make_foldered, write_image
 
@@ -37,8 +38,9 @@ def data(tmp_path):
 
 
 def _run(data, backbone=None, capsys=None, **kwargs):
-    kwargs.setdefault("precision", "fp32")  # compared with the fp32 trunk exactly; bf16 has its own test
-    sets = precompute(backbone or _backbone(), data, device=torch.device("cpu"), batch_size=3, **kwargs)
+    # Compared with the fp32 trunk exactly; bf16 has its own test.
+    kwargs.setdefault("compute", compute_for("cpu", kwargs.pop("precision", "fp32")))
+    sets = precompute(backbone or _backbone(), data, batch_size=3, **kwargs)
     said = capsys.readouterr().err if capsys else ""
     return sets, said
 
@@ -118,11 +120,10 @@ def test_views_store_k_augmented_copies(data):
     views = sets["training"].features
     assert views.shape == (3, 8, 16) and sets["validation"].features.shape == (4, 16)
     assert not np.array_equal(views[0], views[1])
-    again = precompute(_backbone(), data, device=torch.device("cpu"), views=3, force=True,
-                       precision="fp32")["training"].features
+    again = precompute(_backbone(), data, compute=compute_for("cpu", "fp32"), views=3, force=True)["training"].features
     np.testing.assert_array_equal(again, views)  # seeded by (view, file): a recompute is identical
-    in_threads = precompute(_backbone(), data, device=torch.device("cpu"), views=3, force=True, workers=3,
-                            batch_size=2, precision="fp32")["training"].features
+    in_threads = precompute(_backbone(), data, compute=compute_for("cpu", "fp32"), views=3, force=True, workers=3,
+                            batch_size=2)["training"].features
     np.testing.assert_array_equal(in_threads, views)  # and so is one whose decode threads draw at once
 
 

@@ -82,10 +82,13 @@ def test_precompute_features_from_the_command_line(data_dir, tmp_path, capsys):
 
 
 def test_built_in_datasets_refuse_precompute(tmp_path):
+    from tlkit import finetuning
+    from tlkit.datasets import TrainingSource
     from tlkit.errors import TlkitError
 
+    source = TrainingSource("digits", ["0", "1"], {}, channels=1, image_size=8)
     with pytest.raises(TlkitError, match="--precompute-features"):
-        finetune(data=str(tmp_path), precompute_features=True, source=object())
+        finetuning.finetune(data=str(tmp_path), precompute_features=True, source=source)
 
 
 def test_end_to_end_phase_gets_its_own_schedule(data_dir, tmp_path):

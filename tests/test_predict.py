@@ -12,6 +12,7 @@ from tlkit.cli import main
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
 from tlkit.predict import find_images, predict_files, write_predictions
+from tlkit.runtime import compute_for
 
 from conftest import write_image, write_large_image
 
@@ -37,7 +38,7 @@ def test_probabilities_are_the_models_softmax(tiny_run, photos):
     found = find_images([photos])
     paths = found.images
     assert found.non_images == 1 and [p.name for p in paths] == ["1.jpg", "2.jpg", "3.jpg", "4.jpg", "10.png"]
-    pred = predict_files(checkpoint, paths, device=torch.device("cpu"), batch_size=2, precision="fp32")
+    pred = predict_files(checkpoint, paths, compute=compute_for("cpu", "fp32"), batch_size=2)
     assert list(pred.failures) == [3]
     (batch,) = ImageBatches(paths[:1], checkpoint.backbone.preprocessing, device="cpu")
     with torch.inference_mode():
@@ -49,8 +50,8 @@ def test_probabilities_are_the_models_softmax(tiny_run, photos):
 def test_tta_averages_with_the_flipped_view(tiny_run, photos):
     checkpoint = load_checkpoint(tiny_run)
     paths = [photos / "1.jpg"]
-    plain = predict_files(checkpoint, paths, device=torch.device("cpu"), precision="fp32").probabilities
-    tta = predict_files(checkpoint, paths, device=torch.device("cpu"), tta=True, precision="fp32").probabilities
+    plain = predict_files(checkpoint, paths, compute=compute_for("cpu", "fp32")).probabilities
+    tta = predict_files(checkpoint, paths, compute=compute_for("cpu", "fp32"), tta=True).probabilities
     (batch,) = ImageBatches(paths, checkpoint.backbone.preprocessing, device="cpu")
     with torch.inference_mode():
         flipped = checkpoint.backbone.model(batch.images.flip(-1)).softmax(dim=1).numpy()
@@ -185,7 +186,7 @@ def test_a_checkpoint_for_another_format_is_refused(tiny_run, photos, capsys):
 
 
 def test_bad_topk_and_no_images(tiny_run, photos, tmp_path):
-    pred = predict_files(load_checkpoint(tiny_run), [photos / "1.jpg"], device=torch.device("cpu"))
+    pred = predict_files(load_checkpoint(tiny_run), [photos / "1.jpg"], compute=compute_for("cpu"))
     with pytest.raises(TlkitError, match="--topk"):
         write_predictions(pred, tmp_path / "x.csv", topk=5)
     (tmp_path / "empty").mkdir()

@@ -91,9 +91,10 @@ def initial_model(run) -> dict:
 
     from tlkit.config import make_config
     from tlkit.finetuning import create_backbone, run_config
+    from tlkit.inputs import SplitSource
 
     config = run_config(make_config(yaml.safe_load((run.run_dir / "config.yaml").read_text())))
-    return snapshot(create_backbone(config, run.classes).model)
+    return snapshot(create_backbone(config, run.classes, SplitSource.open(config)).model)
 
 
 def test_frozen_trunk_stays_put_and_unfreeze_after_thaws_it(data_dir, tmp_path):
@@ -315,16 +316,16 @@ def test_bf16_on_the_cpu_where_it_is_supported_channels_last_either_way(data_dir
     monkeypatch.setattr(runtime, "bf16_supported", lambda device: supported)
     trainer, backbone, _ = trainer_for(data_dir, precision="bf16", epochs=1)
     conv = next(m for m in backbone.model.modules() if isinstance(m, torch.nn.Conv2d))
-    assert trainer.use_bf16 == supported
+    assert trainer.compute.bf16 == supported
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # faster in fp32 as well
     with trainer.autocast():
         assert torch.is_autocast_enabled("cpu") == supported
     fit(trainer)
     assert math.isfinite(trainer.history[-1]["train_loss"])
-    assert runtime.precision_words(torch.device("cpu"), "bf16") == (
-        "bf16" if supported else "fp32 (this CPU has no bf16 instructions)")
+    assert runtime.compute_for("cpu", "bf16").words() == (
+        "cpu, bf16" if supported else "cpu, fp32 (this CPU has no bf16 instructions)")
     fp32, _, _ = trainer_for(data_dir, precision="fp32", epochs=1)
-    assert not fp32.use_bf16
+    assert not fp32.compute.bf16
 
 
 def test_ctrl_c_before_the_first_epoch_ends_does_not_suggest_resume(data_dir, tmp_path, capsys):

@@ -33,8 +33,8 @@ from tlkit.evaluate import default_out_dir, evaluate_folder
 from tlkit.export import export_checkpoint
 from tlkit.backbone import for_inference
 from tlkit.predict import class_scores, find_images, predict_files
-from tlkit.runtime import (autocast, default_workers, inference_batch_size, info, is_quiet, memory_format, out,
-                           relpath, select_device, set_quiet, warn)
+from tlkit.runtime import (Compute, compute_for, default_workers, inference_batch_size, info, is_quiet, out, relpath,
+                           set_quiet, warn)
 from tlkit.scan import upright_photo
 from tlkit.split import MANIFEST, MODES, execute_split, prepare_split
 
@@ -149,8 +149,8 @@ class Classifier:
         'cat'
     """
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device):
-        self.checkpoint, self.device = checkpoint, device
+    def __init__(self, checkpoint: Checkpoint, compute: Compute):
+        self.checkpoint, self.compute, self.device = checkpoint, compute, compute.device
         self._ready = None  # the model as predict runs it (backbone.for_inference), made on the first call
 
     def _model(self) -> torch.nn.Module:
@@ -186,7 +186,7 @@ class Classifier:
 
     def _predict_files(self, paths: list, tta: bool, batch_size: int | None) -> list[Prediction]:
         images = find_images([Path(path) for path in paths]).images
-        pred = predict_files(self.checkpoint, images, device=self.device, batch_size=batch_size,
+        pred = predict_files(self.checkpoint, images, compute=self.compute, batch_size=batch_size,
                              workers=default_workers(), tta=tta)
         return _rows(pred.paths, pred.probabilities, pred.classes, pred.failures)
 
@@ -216,11 +216,11 @@ class Classifier:
         model = self._model()
         normalize, size = Normalizer(prep, self.device), inference_batch_size(self.device, batch_size)
         scores = []
-        with torch.inference_mode(), autocast(self.device, "bf16"):
+        with torch.inference_mode(), self.compute.autocast():
             for start in range(0, len(images), size):
                 batch = images[start:start + size]
                 batch = (normalize(batch) if batch.dtype == torch.uint8 else
-                         batch.to(self.device, torch.float32).contiguous(memory_format=memory_format(self.device)))
+                         batch.to(self.device, torch.float32).contiguous(memory_format=self.compute.layout))
                 scores.append(class_scores(model, batch, tta).cpu())
         probabilities = torch.cat(scores).numpy() if scores else np.zeros((0, len(self.classes)), np.float32)
         return _rows(list(range(len(images))), probabilities, self.classes, {})
@@ -234,7 +234,7 @@ class Classifier:
             0.97
         """
         out_dir = Path(out) if out is not None else default_out_dir(self.checkpoint, Path(folder))
-        return evaluate_folder(self.checkpoint, Path(folder), out_dir, device=self.device, workers=default_workers(),
+        return evaluate_folder(self.checkpoint, Path(folder), out_dir, compute=self.compute, workers=default_workers(),
                                force=force)
 
     def export(self, fmt: str = "onnx", path: Path | str | None = None, *, force: bool = False) -> Path:
@@ -249,17 +249,18 @@ class Classifier:
         return Path(export_checkpoint(self.checkpoint, fmt, path, force=force)["file"])
 
 
-def load(path_or_run: Path | str | Run | None = None, *, device: str = "auto",
+def load(path_or_run: Path | str | Run | None = None, *, device: str = "auto", precision: str = "bf16",
          runs_dir: Path | str = "runs") -> Classifier:
     """The Classifier of a run folder or .safetensors file (None: what RUNS_DIR/latest names, as the commands
-    do), on device (auto: a GPU when there is one). A Run gives its own classifier.
+    do), on device (auto: a GPU when there is one), computing in precision (bf16 where the device has it,
+    or fp32). A Run gives its own classifier.
 
         >>> classifier = load()
     """
     if isinstance(path_or_run, Run):
         return path_or_run.classifier
-    chosen = select_device(device)
-    return Classifier(load_checkpoint(resolve_run(path_or_run, runs_dir), device=str(chosen)), chosen)
+    compute = compute_for(device, precision)
+    return Classifier(load_checkpoint(resolve_run(path_or_run, runs_dir), device=str(compute.device)), compute)
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -318,9 +319,9 @@ def finetune(data: Path | str | None = None, *, config_file: Path | str | None =
     model = result.backbone.model.eval()
     checkpoint = Checkpoint(backbone=result.backbone, classes=list(result.classes), meta=read_meta(result.run_dir),
                             path=result.run_dir / BEST_WEIGHTS)
-    device = next(model.parameters()).device
+    compute = compute_for(next(model.parameters()).device, checkpoint.meta.config.get("precision", "bf16"))
     fields = {field.name: getattr(result, field.name) for field in dataclasses.fields(result)}
-    return Run(**fields, classifier=Classifier(checkpoint, device))
+    return Run(**fields, classifier=Classifier(checkpoint, compute))
 
 
 # ---------------------------------------------------------------- backbones

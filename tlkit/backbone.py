@@ -58,6 +58,7 @@ class Backbone:
     weights: str  # what was asked: "imagenet", "none", or the path given
     pretrained: bool  # whether pretrained tensors were actually loaded
     weights_note: str = ""  # where the tensors came from, which head layers start fresh
+    fresh_head: tuple[str, ...] = ()  # head tensors a weights file did not fill (shaped for other classes)
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())

@@ -466,26 +466,26 @@ def _add_inference_flags(parser) -> None:
 
 def _load_for_inference(args: argparse.Namespace):
     from tlkit.checkpoint import load_checkpoint, resolve_run
-    from tlkit.runtime import default_workers, precision_words, select_device
+    from tlkit.runtime import compute_for, default_workers
 
-    device = select_device(args.device)
-    checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir), device=str(device))
+    compute = compute_for(args.device, args.precision)
+    checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir), device=str(compute.device))
     workers = default_workers(args.workers)
     console.print(f"model: {relpath(checkpoint.path)} ({checkpoint.meta.backbone}, "
-                  f"classes {', '.join(checkpoint.classes)}); {device.type}, {precision_words(device, args.precision)}")
-    return checkpoint, device, workers
+                  f"classes {', '.join(checkpoint.classes)}); {compute.words()}")
+    return checkpoint, compute, workers
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from tlkit.predict import check_request, find_images, predict_files, write_predictions
 
-    checkpoint, device, workers = _load_for_inference(args)
+    checkpoint, compute, workers = _load_for_inference(args)
     found = find_images(args.paths)
     paths = found.images
     check_request(Path(args.out), fmt=args.format, topk=args.topk, classes=checkpoint.classes, paths=paths,
                   force=args.force)
-    pred = predict_files(checkpoint, paths, device=device, batch_size=args.batch_size, workers=workers,
-                         tta=args.tta, precision=args.precision)
+    pred = predict_files(checkpoint, paths, compute=compute, batch_size=args.batch_size, workers=workers,
+                         tta=args.tta)
     target = write_predictions(pred, Path(args.out), fmt=args.format, topk=args.topk, force=args.force)
     table = Table(title=f"{len(paths)} images, {len(paths) / max(pred.seconds, 1e-9):,.0f} images/s")
     table.add_column("predicted class")
@@ -527,10 +527,10 @@ def _add_predict(subparsers) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tlkit.evaluate import default_out_dir, evaluate_folder
 
-    checkpoint, device, workers = _load_for_inference(args)
+    checkpoint, compute, workers = _load_for_inference(args)
     out_dir = Path(args.out) if args.out else default_out_dir(checkpoint, args.dir)
-    report = evaluate_folder(checkpoint, args.dir, out_dir, device=device, batch_size=args.batch_size,
-                             workers=workers, tta=args.tta, force=args.force, precision=args.precision)
+    report = evaluate_folder(checkpoint, args.dir, out_dir, compute=compute, batch_size=args.batch_size,
+                             workers=workers, tta=args.tta, force=args.force)
     table = Table(title=f"{relpath(Path(args.dir))}: accuracy {report['accuracy']:.4f} on {report['images']} images")
     for column in ("class", "precision", "recall", "f1", "images"):
         table.add_column(column, justify="left" if column == "class" else "right")

@@ -122,6 +122,8 @@ class TrainingSource:
     sizes: dict = field(default_factory=dict)  # images per subset, for the announcement
     known_stats: tuple | None = None  # (mean, std) of the training set, when the dataset's are known
     augment: str = "default"  # what --augment auto means here: "light" where a mirror changes the class
+    command = "train"  # the command that trains on it (and resumes it)
+    caches = False  # decoded into memory already: no decoded-image or feature cache
 
     def describe(self) -> str:
         subsets = " / ".join(f"{count:,} {subset}" for subset, count in self.sizes.items())

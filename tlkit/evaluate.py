@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from tlkit import distributed
 from tlkit.checkpoint import Checkpoint
 from tlkit.errors import TlkitError
 from tlkit.predict import Predictions, predict_files
 from tlkit.report import class_report, plot_confusion, plot_mistakes, write_report
-from tlkit.runtime import relpath
+from tlkit.runtime import Compute, relpath
 from tlkit.scan import list_dataset
 from tlkit.split import finish_pending_split
 
@@ -54,9 +52,9 @@ def most_confident_mistakes(pred: Predictions, targets: list[int], limit: int) -
     return sorted(mistakes, key=lambda m: -m["confidence"])[:limit]
 
 
-def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, device: torch.device,
+def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, compute: Compute,
                     batch_size: int | None = None, workers: int = 0, tta: bool = False, force: bool = False,
-                    mistakes: int = 16, precision: str = "bf16") -> dict:
+                    mistakes: int = 16) -> dict:
     """Predict every labelled image of data_dir, write report.json, confusion.png and mistakes.png."""
     out_dir = Path(out_dir)
     taken = [name for name in OUTPUTS if (out_dir / name).exists()]
@@ -64,8 +62,7 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, de
         raise TlkitError(f"{relpath(out_dir)} already holds {', '.join(taken)}; nothing was written. Use "
                          "--force to replace them, or --out DIR.")
     paths, targets = labelled_images(data_dir, checkpoint.classes)
-    pred = predict_files(checkpoint, paths, device=device, batch_size=batch_size, workers=workers, tta=tta,
-                         precision=precision)
+    pred = predict_files(checkpoint, paths, compute=compute, batch_size=batch_size, workers=workers, tta=tta)
     scored = [i for i in range(len(paths)) if i not in pred.failures]
     if not scored:
         raise TlkitError(f"no image in {relpath(Path(data_dir))} could be decoded; check them with `tlkit check`.")

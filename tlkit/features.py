@@ -28,7 +28,7 @@ from tlkit.cache import (
 from tlkit.data import EpochRows, SplitFolders, open_split, train_load
 from tlkit.decode import ImageBatches
 from tlkit.runtime import (
-    compute_precision, inference_batch_size, info, precision_words, progress, relpath,
+    Compute, inference_batch_size, info, progress, relpath,
 )
 
 STALE_REASONS = {
@@ -85,17 +85,17 @@ def cache_dir_for(cache_root: Path, backbone_name: str) -> Path:
     return Path(cache_root) / backbone_name.replace(":", "-").replace("/", "-")
 
 
-def _run_trunk(trunk: torch.nn.Module, batches: ImageBatches, rows: np.ndarray, bf16: bool, on_progress) -> None:
+def _run_trunk(trunk: torch.nn.Module, batches: ImageBatches, rows: np.ndarray, compute: Compute,
+               on_progress) -> None:
     """Fill rows[i] with the trunk's features of image i (images that fail to decode stay zero)."""
-    autocast = torch.autocast(batches.device.type, dtype=torch.bfloat16, enabled=bf16)
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), compute.autocast():
         for batch in batches:
             rows[batch.indices] = trunk(batch.images).float().cpu().numpy()
             on_progress(len(batch.indices))
 
 
 def _compute_subset(backbone, trunk: torch.nn.Module, subset_dir: Path, rows: list, target: Path, *, views: int,
-                    augment: str, dtype: str, bf16: bool, device: torch.device, batch_size: int, workers: int,
+                    augment: str, dtype: str, compute: Compute, batch_size: int, workers: int,
                     on_progress) -> dict[str, str]:
     """Write target (.npy, memory-mapped while filled); returns {failed file: reason}. With views, view k
     of each image is the training augmentation `augment` drawn from a seed fixed by (k, file).
@@ -113,9 +113,9 @@ def _compute_subset(backbone, trunk: torch.nn.Module, subset_dir: Path, rows: li
     loads = [partial(_view, augmented, view) for view in range(views)] or [None]
     failures: dict[int, str] = {}
     for view, load in enumerate(loads):
-        batches = ImageBatches(paths, backbone.preprocessing, device=device, batch_size=batch_size,
+        batches = ImageBatches(paths, backbone.preprocessing, device=compute.device, batch_size=batch_size,
                                workers=workers, load=load)
-        _run_trunk(trunk, batches, array[view] if views else array, bf16, on_progress)
+        _run_trunk(trunk, batches, array[view] if views else array, compute, on_progress)
         failures.update({mine[index]: why for index, why in batches.failures.items()})
     if distributed.world_size() > 1:  # rank 0 writes every process's share into target, in row order
         array, failures = distributed.unshard_rows(array, failures, len(rows), everywhere=False,
@@ -134,29 +134,27 @@ def _open_target(target: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
     return np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
 
 
-def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None = None, device: torch.device,
+def precompute(backbone, data: Path | SplitFolders, *, compute: Compute, cache_root: Path | None = None,
                batch_size: int | None = None, workers: int = 0, views: int = 0, augment: str = "default",
-               dtype: str = "float16", precision: str = "bf16", force: bool = False) -> dict[str, FeatureSet]:
+               dtype: str = "float16", force: bool = False) -> dict[str, FeatureSet]:
     """Features of DATA/training and DATA/validation from the cache, computing them if stale.
 
+    compute: the device and arithmetic (bf16 autocast or fp32), as training runs.
     views: K augmented views of each training image (augmented as `augment` names), beside none.
-    batch_size None: runtime.inference_batch_size.
-    precision: bf16 autocast where the device supports it (as training runs), or fp32."""
+    batch_size None: runtime.inference_batch_size."""
     split = open_split(data)
     data_dir, classes = split.root, split.classes
     files = {subset: file_list(data_dir / subset, classes) for subset in SUBSETS}
-    computed = compute_precision(device, precision)
-    compute = f"{device.type}-bf16" if computed == "bf16" else "fp32"
-    identity = cache_identity(backbone, classes, files, views, dtype, compute, augment if views else "none")
+    identity = cache_identity(backbone, classes, files, views, dtype, compute.arithmetic, augment if views else "none")
     cache_dir = cache_dir_for(cache_root or default_cache_root(data_dir), backbone.name)
+    device = compute.device
     distributed.setup(device)
     # Decided once, by rank 0: every process must take the same branch (the compute gathers).
     reason = "--force" if force else distributed.on_main(lambda: why_stale(cache_dir, identity, STALE_REASONS))
     if reason is None:
         info(f"features: using the cache in {relpath(cache_dir)}")
         return load_cache(cache_dir)
-    info(f"features: computing ({reason}) into {relpath(cache_dir)}; {device.type}, "
-         f"{precision_words(device, precision)}")
+    info(f"features: computing ({reason}) into {relpath(cache_dir)}; {compute.words()}")
     # Folded as predict folds (for_inference): the features differ from the unfolded trunk's by rounding only,
     # bf16's or 1e-6 in fp32, and the trunk is faster (fold_batchnorm).
     trunk = for_inference(backbone.trunk, backbone.preprocessing, device)
@@ -172,8 +170,7 @@ def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None =
             task = bar.add_task(f"features {subset}", total=share * max(1, subset_views))
             failed = _compute_subset(
                 backbone, trunk, data_dir / subset, files[subset], staging / f"{subset}.npy", views=subset_views,
-                augment=augment, dtype=dtype, bf16=computed == "bf16", device=device,
-                batch_size=batch_size, workers=workers, on_progress=lambda n, task=task: bar.advance(task, n))
+                augment=augment, dtype=dtype, compute=compute, batch_size=batch_size, workers=workers, on_progress=lambda n, task=task: bar.advance(task, n))
             subsets[subset] = subset_entry(subset, files[subset], failed)
     summary = {"holds": f"{backbone.name} features", "input_size": list(backbone.preprocessing.input_size),
                "views": views}

@@ -27,13 +27,13 @@ from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta
 from tlkit.atomic import atomic_write_text
 from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dict, config_yaml, make_config,
                           resolve_config, setting_name)
-from tlkit.data import SplitFolders, open_split
+from tlkit.data import open_split
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError
-from tlkit.inputs import TrainingInput, cached_features, feature_input, image_input
+from tlkit.inputs import SplitSource, TrainingInput, cached_features, feature_input, image_input
 from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, resolve_auto, unused_settings
 from tlkit.report import class_report, plot_confusion, write_report
-from tlkit.runtime import console, info, out, precision_words, relpath, seed_everything, select_device, warn
+from tlkit.runtime import Compute, compute_for, console, info, out, relpath, seed_everything, warn
 from tlkit.summary import check_input_fits
 from tlkit.train import Diverged, Trainer, evaluate, fit, make_optimizer, make_scheduler, unused_momentum
 
@@ -67,23 +67,22 @@ def starts_pretrained(config: FinetuneConfig) -> bool:
 def run_config(config: FinetuneConfig, source=None) -> FinetuneConfig:
     """The config with every `auto` chosen for this backbone and data (recipe.resolve_auto), and its folders
     absolute: config.yaml and best.json then repeat the run, resume it and find its validation photos from any
-    working directory (messages still show them relative)."""
-    data_augment = getattr(source, "augment", "default")  # a folder of photos: crops and mirroring
+    working directory (messages still show them relative). source None: split folders (a SplitSource, whose
+    class says what every one declares)."""
+    kind = source or SplitSource
     absolute = os.path.abspath
     config = dataclasses.replace(config, data=absolute(config.data), runs_dir=absolute(config.runs_dir),
                                  cache_dir=config.cache_dir and absolute(config.cache_dir),
                                  weights=absolute(config.weights) if Path(config.weights).exists() else config.weights)
-    return resolve_auto(config, pretrained=starts_pretrained(config), data_augment=data_augment,
-                        linear_head=models.has_linear_head(config.backbone), features_possible=source is None)
+    return resolve_auto(config, pretrained=starts_pretrained(config), data_augment=kind.augment,
+                        linear_head=models.has_linear_head(config.backbone), features_possible=kind.caches)
 
 
-def create_backbone(config: FinetuneConfig, classes: list[str], source=None) -> Backbone:
-    """The backbone the config names, seeded first so a random initialisation repeats. Fed a `tlkit train`
-    source, the classic nets take its channels and size (checked to fit), and it sets the normalisation."""
+def create_backbone(config: FinetuneConfig, classes: list[str], source) -> Backbone:
+    """The backbone the config names, seeded first so a random initialisation repeats, checked to take its
+    input size. The classic nets take the source's channels and size where it has them (`tlkit train`'s
+    datasets), and the source sets the normalisation."""
     seed_everything(config.seed)
-    if source is None:
-        return models.create(config.backbone, num_classes=len(classes), weights=config.weights,
-                             img_size=config.img_size)
     classic = models.is_classic(config.backbone)
     backbone = check_input_fits(config.backbone, len(classes), weights=config.weights,
                                 in_chans=source.channels if classic else None,
@@ -98,7 +97,7 @@ def run_meta(config: FinetuneConfig, backbone: Backbone, classes: list[str], sou
     return CheckpointMeta(
         backbone=backbone.name, weights=backbone.weights, classes=list(classes),
         preprocessing=backbone.preprocessing, pretrained=backbone.pretrained, config=config_to_dict(config),
-        monitor=config.monitor, data_source=source.settings if source is not None else None,
+        monitor=config.monitor, data_source=source.settings,
         processes=distributed.world_size(), phases=describe(phases, config))
 
 
@@ -117,15 +116,14 @@ def trackers(config: FinetuneConfig, backbone: Backbone, *, run_dir: Path | None
     return [*shared, cbs.EpochLine(best), *extra]
 
 
-def phase_input(phase: Phase, config: FinetuneConfig, backbone: Backbone, device: torch.device, *,
-                split: SplitFolders | None = None, source=None) -> TrainingInput:
-    """What the phase trains on: the cached features, or the images (`source`'s, for `tlkit train`)."""
+def phase_input(phase: Phase, config: FinetuneConfig, backbone: Backbone, compute: Compute, source) -> TrainingInput:
+    """What the phase trains on: the cached features of the split folders, or the source's images."""
     if phase.on_features:
-        return feature_input(config, backbone, device, split)
-    return image_input(config, backbone, device, split=split, source=source)
+        return feature_input(config, backbone, compute, source.split)
+    return image_input(config, backbone, compute, source)
 
 
-def assemble_trainer(phase: Phase, backbone: Backbone, data: TrainingInput, device: torch.device, callbacks: list,
+def assemble_trainer(phase: Phase, backbone: Backbone, data: TrainingInput, compute: Compute, callbacks: list,
                      *, history: list[dict] = (), skipped=()) -> Trainer:
     """The Trainer of one phase, with an optimizer and schedule of its own over its epochs (from its own
     first step), over what the phase trains: the head alone (the trunk frozen, and in eval mode on the
@@ -138,13 +136,13 @@ def assemble_trainer(phase: Phase, backbone: Backbone, data: TrainingInput, devi
     optimizer = make_optimizer(backbone.param_groups(phase.lr, settings.trunk_lr_mult), settings)
     scheduler = make_scheduler(optimizer, settings, steps_per_epoch=len(data.train_loader))
     norms = [module for module in backbone.trunk.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
-    torch.backends.cudnn.benchmark = device.type == "cuda"
+    torch.backends.cudnn.benchmark = compute.device.type == "cuda"
     return Trainer(
         model=data.module, optimizer=optimizer, scheduler=scheduler, scheduler_name=settings.scheduler,
         train_loader=data.train_loader, val_loader=data.val_loader, train_sampler=data.train_sampler,
-        normalize=data.normalize, device=device, precision=settings.precision, epochs=phase.last,
+        normalize=data.normalize, compute=compute, epochs=phase.last,
         total_epochs=phase.total, label_smoothing=settings.label_smoothing, callbacks=callbacks,
-        train_model=distributed.wrap_model(data.module, device),
+        train_model=distributed.wrap_model(data.module, compute.device),
         frozen=(backbone.trunk, backbone.head) if phase.trunk_frozen and not phase.on_features else None,
         frozen_norms=norms if phase.freeze_bn else [], history=history, skipped=skipped)
 
@@ -153,12 +151,13 @@ def build_trainer(config: FinetuneConfig, classes: list[str], *, source=None) ->
     """A Trainer of every layer on the images, with no run folder (what `tlkit lr-find` sweeps)."""
     every_layer = dataclasses.replace(config, freeze="none", unfreeze_after=None, precompute_features=False)
     config = run_config(every_layer, source)
-    device = select_device(config.device)
-    distributed.setup(device)  # under torchrun: before the loaders, which take this process's share
+    source = source or SplitSource.open(config)
+    compute = compute_for(config.device, config.precision)
+    distributed.setup(compute.device)  # under torchrun: before the loaders, which take this process's share
     backbone = create_backbone(config, classes, source)
     phase = plan_phases(config)[0]
-    data = image_input(config, backbone, device, source=source)
-    return assemble_trainer(phase, backbone, data, device, trackers(config, backbone)), backbone, data
+    data = image_input(config, backbone, compute, source)
+    return assemble_trainer(phase, backbone, data, compute, trackers(config, backbone)), backbone, data
 
 
 def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneConfig, dict]:
@@ -204,12 +203,12 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     else:
         config, state = resolve_config(Path(config_file) if config_file else None, settings), None
     config = run_config(config, source)
+    source = source or SplitSource.open(config)
     for flag, asked in (("--precompute-features", config.precompute_features), ("--cache-images", config.cache_images)):
-        if asked and source is not None:
+        if asked and not source.caches:
             raise TlkitError(f"{flag} needs DATA/training and DATA/validation image folders (tlkit finetune); "
                              "built-in datasets are decoded into memory already and train end to end.")
-    split = open_split(config.data) if source is None else None
-    classes = source.classes if source is not None else split.classes
+    classes = source.classes
     if state is not None and state["meta"].classes != classes:
         raise TlkitError(f"{relpath(Path(config.data))} holds classes {classes}, but {relpath(Path(resume))} "
                          f"was trained on {state['meta'].classes}; resume with its own --data.")
@@ -220,29 +219,28 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     else:
         for note in unused_settings(checked_settings(settings, FLAGS), config, planned):
             warn(note)
-    device = select_device(config.device)
-    distributed.setup(device)
+    compute = compute_for(config.device, config.precision)  # the device and arithmetic, once for the run
+    distributed.setup(compute.device)
     backbone = create_backbone(config, classes, source)
-    data = phase_input(phases[0], config, backbone, device, split=split, source=source)
+    data = phase_input(phases[0], config, backbone, compute, source)
     with _run_folder(config, resume, force, source, planned) as run_dir:  # only now: everything above checked out
         meta = run_meta(config, backbone, classes, source, planned)
         shared = trackers(config, backbone, run_dir=run_dir, meta=meta, extra=callbacks)
-        trainer = assemble_trainer(phases[0], backbone, data, device, shared)
+        trainer = assemble_trainer(phases[0], backbone, data, compute, shared)
         if state is not None:
             _continue(trainer, state, run_dir, config)
-        _announce(config, backbone, data, device, run_dir, planned)
-        command = "train" if source is not None else "finetune"
+        _announce(config, backbone, data, compute, run_dir, planned)
         for number, phase in enumerate(phases):
             if number > 0:
                 if trainer.stop_reason is not None:
                     break
-                data = phase_input(phase, config, backbone, device, split=split, source=source)
-                trainer = assemble_trainer(phase, backbone, data, device, shared, history=trainer.history,
+                data = phase_input(phase, config, backbone, compute, source)
+                trainer = assemble_trainer(phase, backbone, data, compute, shared, history=trainer.history,
                                            skipped=trainer.skipped)
                 info(f"epoch {trainer.epoch + 1}: the head is trained; every layer now trains on the images, with an "
                      f"optimizer and {config.scheduler} schedule of its own over the {phase.epochs} epoch(s) left")
             shared[0].enter(phase)
-            _fit(trainer, run_dir, command, config, dataclasses.replace(meta, phase=phase.name))
+            _fit(trainer, run_dir, source.command, config, dataclasses.replace(meta, phase=phase.name))
         result = _finish(trainer, shared[0], backbone, data, run_dir)
         distributed.barrier()  # every process returns once rank 0 has written the run folder
         return result
@@ -261,7 +259,7 @@ def _run_folder(config: FinetuneConfig, resume: Path | str | None, force: bool, 
         run_dir = distributed.on_main(lambda: new_run_dir(Path(config.runs_dir), config.name, force))
     try:
         if resume is None and distributed.is_main():
-            source_yaml = yaml.safe_dump(source.settings, sort_keys=False) if source is not None else ""
+            source_yaml = yaml.safe_dump(source.settings, sort_keys=False) if source.settings else ""
             planned = "".join(f"#   {line}\n" for line in describe(phases, config))
             atomic_write_text(run_dir / "config.yaml", f"# the phases these settings train in:\n{planned}"
                               + source_yaml + config_yaml(config))
@@ -315,10 +313,10 @@ def precompute_features(config_file: Path | str | None = None, *, batch_size: in
     found valid or computed now (force: computed again). Returns the backbone and its FeatureSets."""
     config = run_config(resolve_config(Path(config_file) if config_file else None, settings))
     split = open_split(config.data)
-    device = select_device(config.device)
+    compute = compute_for(config.device, config.precision)
     # Seeded: random-init weights (--weights none) repeat, and so does their cache.
-    backbone = create_backbone(config, split.classes)
-    return backbone, cached_features(config, backbone, device, split, batch_size=batch_size, force=force)
+    backbone = create_backbone(config, split.classes, SplitSource(split))
+    return backbone, cached_features(config, backbone, compute, split, batch_size=batch_size, force=force)
 
 
 def _fit(trainer: Trainer, run_dir: Path, command: str, config: FinetuneConfig, meta: CheckpointMeta) -> None:
@@ -344,18 +342,17 @@ def _fit(trainer: Trainer, run_dir: Path, command: str, config: FinetuneConfig, 
         raise
 
 
-def _announce(config: FinetuneConfig, backbone: Backbone, data: TrainingInput, device: torch.device, run_dir: Path,
+def _announce(config: FinetuneConfig, backbone: Backbone, data: TrainingInput, compute: Compute, run_dir: Path,
               phases: list[Phase]) -> None:
     """The run's first line: what trains on what, and every setting that decides the result."""
     init = "pretrained weights" if backbone.pretrained else "random init (no pretrained weights)"
-    precision = precision_words(device, config.precision)
     size = "x".join(str(n) for n in backbone.preprocessing.input_size)
     what = "the head, on cached features of " if phases[0].on_features else ""
     what += f"{data.sizes[0]} training / {data.sizes[1]}"
     info(f"fine-tuning {backbone.name} ({init}) at {size} px: {what} validation images, {len(data.classes)} "
-         f"classes; {device.type}, {precision} -> {relpath(run_dir)}")
+         f"classes; {compute.words()} -> {relpath(run_dir)}")
     info(f"weights: {backbone.weights_note}")
-    if backbone.weights not in ("none", "imagenet") and "randomly initialised" in backbone.weights_note:
+    if backbone.weights not in ("none", "imagenet") and backbone.fresh_head:
         warn(f"{relpath(Path(backbone.weights))} was trained for other classes than these {len(data.classes)}: its "
              "trunk is used, but the head starts from a random initialisation")
     info(f"settings: {config.epochs} epochs; batch {config.batch_size}, monitor {config.monitor}, seed "

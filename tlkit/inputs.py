@@ -9,7 +9,6 @@ whose module is the head, not a mode of the trainer. Builds no optimizer; trains
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -17,11 +16,44 @@ from torch import nn
 
 from tlkit.backbone import Backbone
 from tlkit.config import FinetuneConfig
-from tlkit.data import SplitFolders, make_data
+from tlkit.data import SplitFolders, make_data, open_split
 from tlkit.decode import Normalizer
 from tlkit.features import FeatureLoader, FeatureSet, precompute, to_device_float
 from tlkit.imagecache import make_cached_data
-from tlkit.runtime import default_workers, memory_format
+from tlkit.runtime import Compute, default_workers
+
+
+@dataclass
+class SplitSource:
+    """`tlkit finetune`'s data: the split folders DATA/training and DATA/validation (checked once by
+    data.open_split), decoded per epoch or served from the decoded-image cache. What `tlkit train`'s
+    sources (tlkit/datasets.py) declare, it declares too: its classes, what --augment auto means, what a
+    run records of it, and whether its photos and their features can be cached on disk."""
+
+    split: SplitFolders
+    cache_images: bool = False  # --cache-images
+    cache_root: str | None = None  # --cache-dir
+    command = "finetune"  # the command that trains on it (and resumes it)
+    augment = "default"  # photos: crops and mirroring
+    caches = True  # its photos and the trunk's features can be cached
+    settings = None  # nothing to record beyond config.data
+    channels = image_size = None  # the backbone's own input
+
+    @classmethod
+    def open(cls, config: FinetuneConfig) -> SplitSource:
+        return cls(open_split(config.data), config.cache_images, config.cache_dir)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.split.classes
+
+    def preprocessing_for(self, backbone: Backbone):
+        return backbone.preprocessing
+
+    def make_data(self, prep, **loaders):
+        if self.cache_images:
+            return make_cached_data(self.split, prep, cache_root=self.cache_root, **loaders)
+        return make_data(self.split, prep, **loaders)
 
 
 @dataclass
@@ -38,39 +70,33 @@ class TrainingInput:
     test_loader: object | None = None  # the final report's images, where the data has a test split
 
 
-def image_input(config: FinetuneConfig, backbone: Backbone, device: torch.device, *,
-                split: SplitFolders | None = None, source=None) -> TrainingInput:
-    """The images: the split folders (config.data unless given; decoded per epoch, or from the
-    decoded-image cache with --cache-images), or `source`'s (a tlkit.datasets.TrainingSource)."""
-    prep = backbone.preprocessing
+def image_input(config: FinetuneConfig, backbone: Backbone, compute: Compute, source) -> TrainingInput:
+    """The images of `source`: a SplitSource, or a tlkit.datasets.TrainingSource (`tlkit train`)."""
+    prep, device = backbone.preprocessing, compute.device
     loaders = dict(batch_size=config.batch_size, workers=default_workers(config.workers), device=device, seed=config.seed,
                    augment=config.augment)
-    if source is not None:
-        data = source.make_data(prep, **loaders)
-    elif config.cache_images:
-        data = make_cached_data(split or Path(config.data), prep, cache_root=config.cache_dir, **loaders)
-    else:
-        data = make_data(split or Path(config.data), prep, **loaders)
-    backbone.model.to(device, memory_format=memory_format(device))
+    data = source.make_data(prep, **loaders)
+    backbone.model.to(device, memory_format=compute.layout)
     return TrainingInput(
         classes=data.classes, train_loader=data.train_loader, val_loader=data.val_loader,
         train_sampler=data.train_sampler, normalize=Normalizer(prep, device), module=backbone.model,
         sizes=(len(data.train_set), len(data.val_set)), test_loader=getattr(data, "test_loader", None))
 
 
-def cached_features(config: FinetuneConfig, backbone: Backbone, device: torch.device, split: SplitFolders, *,
+def cached_features(config: FinetuneConfig, backbone: Backbone, compute: Compute, split: SplitFolders, *,
                     batch_size: int | None = None, force: bool = False) -> dict[str, FeatureSet]:
     """The frozen trunk's features of the split folders' images as the config asks for them (views,
-    their augmentation, dtype, precision), from the cache or computed now (force: computed again)."""
-    return precompute(backbone, split, cache_root=config.cache_dir, device=device, batch_size=batch_size,
+    their augmentation, dtype), from the cache or computed now (force: computed again)."""
+    return precompute(backbone, split, compute=compute, cache_root=config.cache_dir, batch_size=batch_size,
                       workers=default_workers(config.workers), views=config.precompute_views, augment=config.augment,
-                      dtype=config.cache_dtype, precision=config.precision, force=force)
+                      dtype=config.cache_dtype, force=force)
 
 
-def feature_input(config: FinetuneConfig, backbone: Backbone, device: torch.device, split: SplitFolders) -> TrainingInput:
+def feature_input(config: FinetuneConfig, backbone: Backbone, compute: Compute, split: SplitFolders) -> TrainingInput:
     """The frozen trunk's cached features (cached_features), in the order the image sampler gives; the
     head trains on them."""
-    sets = cached_features(config, backbone, device, split)
+    sets = cached_features(config, backbone, compute, split)
+    device = compute.device
     backbone.model.to(device)
     train_loader = FeatureLoader(sets["training"], batch_size=config.batch_size, device=device, shuffle=True,
                                  seed=config.seed)

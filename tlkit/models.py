@@ -27,7 +27,7 @@ from tlkit.backbone import Backbone, Preprocessing, head_keys, in_features, per_
 from tlkit.checkpoint_format import BEST_WEIGHTS, CheckpointMeta, checkpoint_paths, read_meta
 from tlkit.errors import TlkitError
 from tlkit.weight_packages import EFFICIENTNET_LITE0, EFFICIENTNET_LITE1, EFFICIENTNET_LITE2, WeightsPackage
-from tlkit.weights import CachedWeights, fetch, load_file, matches_its_name, timm_weights, url_weights
+from tlkit.weights import CachedWeights, Loaded, fetch, load_file, matches_its_name, timm_weights, url_weights
 
 TIMM_PREFIX = "timm:"
 
@@ -161,13 +161,13 @@ def _create_torchvision(name: str, spec: Spec, num_classes: int, weights: str, i
                          f"channels); for a 1-channel first convolution use a timm:<name> backbone.")
     model = spec.build(weights=None, num_classes=num_classes)
     trunk, head = spec.split(model)
-    note = "random initialisation (--weights none): no pretrained tensors"
+    loaded = Loaded("random initialisation (--weights none): no pretrained tensors", ())
     if weights == "imagenet":
         location = url_weights(spec.imagenet.url)
         path = fetch(location, name)
-        note = load_file(model, head_keys(model, head), path, f"ImageNet weights {path}", delete_hint=path)
+        loaded = load_file(model, head_keys(model, head), path, f"ImageNet weights {path}", delete_hint=path)
     elif weights != "none":
-        note = load_file(model, head_keys(model, head), Path(weights), f"weights file {weights}")
+        loaded = load_file(model, head_keys(model, head), Path(weights), f"weights file {weights}")
     # The weights enum carries the preprocessing as metadata, so it is there even for --weights none.
     transform = spec.imagenet.transforms()
     crop, resize = transform.crop_size[0], transform.resize_size[0]
@@ -177,7 +177,7 @@ def _create_torchvision(name: str, spec: Spec, num_classes: int, weights: str, i
         std=tuple(transform.std), interpolation=transform.interpolation.value, in_chans=3,
     )
     return Backbone(name, model, trunk, head, in_features(head), num_classes, preprocessing, weights,
-                    pretrained=weights != "none", weights_note=note)
+                    pretrained=weights != "none", weights_note=loaded.note, fresh_head=loaded.fresh_head)
 
 
 def _create_classic(name: str, spec: Spec, num_classes: int, weights: str, in_chans: int | None,
@@ -191,13 +191,13 @@ def _create_classic(name: str, spec: Spec, num_classes: int, weights: str, in_ch
     except ValueError as error:
         raise TlkitError(f"{name}: {error}") from error
     trunk, head = model[:-1], model[-1]
-    note = "random initialisation: trained from scratch"
+    loaded = Loaded("random initialisation: trained from scratch", ())
     if weights != "none":
-        note = load_file(model, head_keys(model, head), Path(weights), f"weights file {weights}")
+        loaded = load_file(model, head_keys(model, head), Path(weights), f"weights file {weights}")
     preprocessing = Preprocessing((size, size), None, per_channel(spec.mean, chans), per_channel(spec.std, chans),
                                   "bilinear", chans)
     return Backbone(name, model, trunk, head, head.in_features, num_classes, preprocessing, weights,
-                    pretrained=weights != "none", weights_note=note)
+                    pretrained=weights != "none", weights_note=loaded.note, fresh_head=loaded.fresh_head)
 
 
 def create(name: str, num_classes: int, weights: str = "default", in_chans: int | None = None,

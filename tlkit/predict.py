@@ -24,7 +24,7 @@ from tlkit.checkpoint import Checkpoint
 from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
-from tlkit.runtime import autocast, inference_batch_size, progress, relpath
+from tlkit.runtime import Compute, inference_batch_size, progress, relpath
 from tlkit.scan import files_and_hidden, is_image_name
 from tlkit.split import finish_pending_split
 
@@ -87,15 +87,15 @@ def _first_time(paths: list[Path], seen: set[Path]) -> list[Path]:
     return fresh
 
 
-def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.device, batch_size: int | None = None,
-                  workers: int = 0, tta: bool = False, gpu_decode: bool | None = None,
-                  precision: str = "bf16") -> Predictions:
+def predict_files(checkpoint: Checkpoint, paths: list[Path], *, compute: Compute, batch_size: int | None = None,
+                  workers: int = 0, tta: bool = False, gpu_decode: bool | None = None) -> Predictions:
     """Softmax probabilities of every image; with tta, averaged with the horizontally flipped view.
-    precision: bf16 autocast where the device supports it, else fp32 (runtime.compute_precision).
+    compute: the device and arithmetic (runtime.compute_for).
     batch_size None: runtime.inference_batch_size. The model runs with its BatchNorm folded (backbone.for_inference).
 
     Under torchrun each process predicts its share of the files; every process returns all of them.
     """
+    device = compute.device
     distributed.setup(device)
     prep = checkpoint.backbone.preprocessing
     model = for_inference(checkpoint.backbone.model, prep, device)
@@ -104,7 +104,7 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, device: torch.de
                            batch_size=inference_batch_size(device, batch_size), workers=workers, gpu_decode=gpu_decode)
     probabilities = np.full((len(mine), len(checkpoint.classes)), np.nan, dtype=np.float32)
     started = time.perf_counter()
-    with progress() as bar, torch.inference_mode(), autocast(device, precision):
+    with progress() as bar, torch.inference_mode(), compute.autocast():
         task = bar.add_task("predicting", total=len(paths))
         for batch in batches:
             probabilities[batch.indices] = class_scores(model, batch.images, tta).cpu().numpy()

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -109,17 +110,44 @@ def bf16_supported(device) -> bool:
     return any(getattr(cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
-def compute_precision(device, precision: str) -> str:
-    """What a run computes in: "bf16" when asked for (the default) and the device supports it, else "fp32"."""
-    return "bf16" if precision == "bf16" and bf16_supported(device) else "fp32"
+@dataclass(frozen=True)
+class Compute:
+    """Where and in what arithmetic a command computes, decided once (compute_for) and handed to every stage
+    that runs a model: the device, bf16 autocast or fp32, and (from the device) the memory layout."""
+
+    device: object  # a torch.device
+    bf16: bool  # autocast to bf16: asked for (the default) and fast on this device
+    asked: str = "bf16"  # the precision asked for, to say why a run computes in fp32
+
+    @property
+    def layout(self):
+        return memory_format(self.device)
+
+    def autocast(self):
+        """The one autocast context of a run: bf16 or a no-op."""
+        import torch
+
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    @property
+    def arithmetic(self) -> str:
+        """What a cache made with it records: "cuda-bf16", "cpu-bf16" or "fp32" (bf16 differs per device)."""
+        return f"{self.device.type}-bf16" if self.bf16 else "fp32"
+
+    def words(self) -> str:
+        """For a command's first line: the device and its arithmetic, and why not bf16 where it was asked for."""
+        if self.bf16 or self.asked == "fp32":
+            return f"{self.device.type}, {'bf16' if self.bf16 else 'fp32'}"
+        why = "this CPU has no bf16 instructions" if self.device.type == "cpu" else "no bf16 on this GPU"
+        return f"{self.device.type}, fp32 ({why})"
 
 
-def autocast(device, precision: str):
-    """The autocast context of compute_precision (a no-op context for fp32)."""
+def compute_for(device="auto", precision: str = "bf16") -> Compute:
+    """The Compute of a device (a name for select_device, or a torch.device) and the precision asked for."""
     import torch
 
-    enabled = compute_precision(device, precision) == "bf16"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    chosen = device if isinstance(device, torch.device) else select_device(device)
+    return Compute(chosen, precision == "bf16" and bf16_supported(chosen), precision)
 
 
 def memory_format(device):
@@ -144,14 +172,6 @@ def inference_batch_size(device, asked: int | None = None) -> int:
     if asked is not None:
         return asked
     return GPU_INFERENCE_BATCH if device.type == "cuda" else CPU_INFERENCE_BATCH
-
-
-def precision_words(device, precision: str) -> str:
-    """For a run's first line: what it computes in, and why not bf16 when bf16 was asked for."""
-    computed = compute_precision(device, precision)
-    if computed == "bf16" or precision == "fp32":
-        return computed
-    return "fp32 (this CPU has no bf16 instructions)" if device.type == "cpu" else "fp32 (no bf16 on this GPU)"
 
 
 def progress(*extra_columns) -> Progress:

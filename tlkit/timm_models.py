@@ -27,7 +27,7 @@ from tlkit import weight_packages
 from tlkit.errors import TlkitError
 from tlkit.backbone import Backbone, Preprocessing, head_keys, in_features, per_channel
 from tlkit.weight_packages import WeightsPackage, port_named, rename_by_position, verified
-from tlkit.weights import fetch, load_tensors, read_tensors, timm_weights
+from tlkit.weights import Loaded, fetch, load_tensors, read_tensors, timm_weights
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 CROP_MODES = ("center", "squash", "border")  # timm's, as transforms_imagenet_eval applies them
@@ -139,7 +139,7 @@ def _timm_pretrained(name: str, timm_name: str, package: WeightsPackage | None, 
     return model, f"ImageNet weights {path}" + _classifier_note(model, options["num_classes"])
 
 
-def _load_path(model: nn.Module, head: nn.Module, path: Path, timm_name: str) -> str:
+def _load_path(model: nn.Module, head: nn.Module, path: Path, timm_name: str) -> Loaded:
     """--weights PATH: timm's names (a tlkit checkpoint, a timm state dict) load as they are; the
     EfficientNet-PyTorch port's names are renamed by position first, as a package's file is."""
     tensors, source = read_tensors(path), f"weights file {path}"
@@ -182,8 +182,9 @@ def create_timm(name: str, timm_name: str, package: WeightsPackage | None, num_c
             raise TlkitError(f"{name} cannot be built as a classifier: {error}") from error
         note = "random initialisation (--weights none): no pretrained tensors"
     head = _timm_head(name, model)
+    loaded = Loaded(note, ())
     if weights not in ("imagenet", "none"):
-        note = _load_path(model, head, Path(weights), timm_name)
+        loaded = _load_path(model, head, Path(weights), timm_name)
     return Backbone(name, model, TimmTrunk(model, head), head, in_features(head), num_classes,
                     _timm_preprocessing(model.pretrained_cfg, chans, img_size), weights,
-                    pretrained=weights != "none", weights_note=note)
+                    pretrained=weights != "none", weights_note=loaded.note, fresh_head=loaded.fresh_head)

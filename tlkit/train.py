@@ -20,7 +20,7 @@ from rich.progress import TextColumn
 from tlkit import distributed
 from tlkit.config import FinetuneConfig
 from tlkit.errors import TlkitError
-from tlkit.runtime import compute_precision, console, out_of_memory, progress
+from tlkit.runtime import Compute, console, out_of_memory, progress
 
 PER_BATCH_SCHEDULERS = ("cosine", "onecycle")
 ONE_CYCLE_MOMENTUM = (0.95, 0.85)  # OneCycleLR's own: SGD's momentum (AdamW's beta1) at the lowest and highest lr
@@ -91,7 +91,7 @@ class Trainer:
     continues a run starts from the `history` (and the `skipped` files) of the one before it."""
 
     def __init__(self, *, model: nn.Module, optimizer, scheduler, scheduler_name: str, train_loader,
-                 val_loader, train_sampler, normalize, device: torch.device, precision: str, epochs: int,
+                 val_loader, train_sampler, normalize, compute: Compute, epochs: int,
                  total_epochs: int | None = None, label_smoothing: float = 0.0, callbacks: list | None = None,
                  train_model: nn.Module | None = None, frozen: tuple[nn.Module, nn.Module] | None = None,
                  frozen_norms: list[nn.Module] = (), history: list[dict] = (), skipped: set[str] = ()):
@@ -99,9 +99,8 @@ class Trainer:
         self.train_model: nn.Module = train_model or model
         self.scheduler_name = scheduler_name
         self.train_loader, self.val_loader, self.train_sampler = train_loader, val_loader, train_sampler
-        self.normalize, self.device, self.epochs = normalize, device, epochs
+        self.normalize, self.compute, self.device, self.epochs = normalize, compute, compute.device, epochs
         self.total_epochs = total_epochs or epochs  # what "epoch 3/10" shows: the whole run's, in any phase
-        self.use_bf16 = compute_precision(device, precision) == "bf16"
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.callbacks = list(callbacks or [])
         self.history: list[dict] = list(history)  # one row per finished epoch
@@ -116,7 +115,7 @@ class Trainer:
         self.skipped: set[str] = set(skipped)  # images that failed to decode
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.use_bf16 else nullcontext()
+        return self.compute.autocast()
 
     def call(self, event: str) -> None:
         for callback in self.callbacks:

@@ -275,12 +275,22 @@ def load_matching(model: nn.Module, tensors: dict[str, torch.Tensor], head_keys:
     return fresh
 
 
-def load_file(model: nn.Module, head_keys: set[str], path: Path, source: str, delete_hint: Path | None = None) -> str:
-    """Load a weights file into `model`; the note says where from and which head tensors start fresh."""
+@dataclass(frozen=True)
+class Loaded:
+    """What loading a weights file did: where the tensors came from, in words, and the head tensors left at
+    their random initialisation (shaped for another number of classes, or absent)."""
+
+    note: str
+    fresh_head: tuple[str, ...]
+
+
+def load_file(model: nn.Module, head_keys: set[str], path: Path, source: str, delete_hint: Path | None = None) -> Loaded:
+    """Load a weights file into `model`."""
     return load_tensors(model, read_tensors(path, delete_hint=delete_hint), head_keys, source)
 
 
-def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], head_keys: set[str], source: str) -> str:
-    """load_matching, and the note load_file returns."""
+def load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], head_keys: set[str], source: str) -> Loaded:
+    """load_matching, and what it did."""
     fresh = load_matching(model, tensors, head_keys, source)
-    return source + (f"; new head tensors, randomly initialised: {', '.join(fresh)}" if fresh else "")
+    note = source + (f"; new head tensors, randomly initialised: {', '.join(fresh)}" if fresh else "")
+    return Loaded(note, tuple(fresh))

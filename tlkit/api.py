@@ -1,6 +1,6 @@
-"""tlkit from Python: split -> finetune -> load -> predict / evaluate / export, in a few calls.
+"""tlkit from Python: split -> audit -> finetune -> load -> predict / evaluate / export, in a few calls.
 
-Each call runs the same functions as its `tlkit` command (prepare_split/execute_split,
+Each call runs the same functions as its `tlkit` command (prepare_split/execute_split, audit_folder,
 finetuning.finetune, load_checkpoint, predict_files, evaluate_folder, export_checkpoint) with the
 command's defaults; nothing here is a second implementation. `quiet=True` silences stdout and
 stderr for the call and restores what was set before. Errors meant for users are TlkitError.
@@ -24,6 +24,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from tlkit import finetuning, models as registry
+from tlkit.auditing import Audit, audit_folder, check_report_dir, default_report_dir, write_audit
 from tlkit.checkpoint import Checkpoint, load_checkpoint, resolve_run
 from tlkit.checkpoint_format import BEST_WEIGHTS, read_meta
 from tlkit.config import EXPORT_SUFFIXES
@@ -31,6 +32,7 @@ from tlkit.decode import Normalizer, _resize_crop
 from tlkit.errors import TlkitError
 from tlkit.evaluate import default_out_dir, evaluate_folder
 from tlkit.export import export_checkpoint
+from tlkit.findings import DUPLICATE_SIMILARITY
 from tlkit.backbone import for_inference
 from tlkit.predict import class_scores, find_images, predict_files
 from tlkit.runtime import (autocast, default_workers, inference_batch_size, info, is_quiet, memory_format, out,
@@ -306,6 +308,29 @@ def finetune(data: Path | str | None = None, *, config_file: Path | str | None =
     device = next(model.parameters()).device
     fields = {field.name: getattr(result, field.name) for field in dataclasses.fields(result)}
     return Run(**fields, classifier=Classifier(checkpoint, device))
+
+
+# ---------------------------------------------------------------- audit
+
+
+def audit(data: Path | str, *, out: Path | str | None = None, force: bool = False, config_file: Path | str | None = None,
+          similarity: float = DUPLICATE_SIMILARITY, quiet: bool = False, **settings) -> Audit:
+    """`tlkit audit`: likely label errors, near-duplicates (across training and validation above all),
+    identical files and outliers of a split folder or of a folder not split yet, judged by the backbone's
+    cached features (efficientnet_lite0 unless settings say otherwise: backbone=, weights=, device=, ...).
+    Writes OUT/audit.csv and audit.json (out None: DATA-audit beside DATA) and returns the Audit: its
+    `issues` are audit.csv's rows, `counts()` the table per class, `findings` every photo's scores.
+
+        >>> report = audit("data", quiet=True)
+        >>> [(row.path, row.action) for row in report.of("label")][:3]
+    """
+    out_dir = Path(out) if out is not None else default_report_dir(Path(data))
+    with _quiet(quiet):
+        check_report_dir(out_dir, force)
+        found = audit_folder(Path(data), settings, config_file=Path(config_file) if config_file else None,
+                             similarity=similarity)
+        write_audit(found, out_dir, settings, force=force)
+    return found
 
 
 # ---------------------------------------------------------------- backbones

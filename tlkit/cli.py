@@ -208,6 +208,75 @@ def _add_check(subparsers) -> None:
     parser.set_defaults(func=cmd_check)
 
 
+# ---------------------------------------------------------------- audit
+
+# What `tlkit audit` reads of a run's settings: the backbone whose features it judges the photos by.
+_AUDIT_READS = ("backbone", "weights", "img_size", "precision", "device", "workers", "seed", "cache_dir", "cache_dtype")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from tlkit.auditing import audit_folder, check_report_dir, default_report_dir, write_audit
+
+    out_dir = Path(args.out) if args.out else default_report_dir(args.data)
+    check_report_dir(out_dir, args.force)  # before the features are computed
+    settings = {key: value for key, value in _given_settings(args).items() if key != "data"}  # DATA: the positional
+    audit = audit_folder(args.data, settings, config_file=args.config, similarity=args.similarity)
+    write_audit(audit, out_dir, settings, force=args.force)
+    _print_audit(audit, args.show)
+    actions = Counter(issue.action for issue in audit.issues)
+    console.print(f"wrote {relpath(out_dir)}/: audit.csv ({', '.join(f'{n} {a}' for a, n in actions.items()) or 'no rows'}"
+                  f"), audit.json; no photo was moved or changed")
+    return 0
+
+
+def _print_audit(audit, show: int) -> None:
+    """The counts per class, then the worst `show` of each issue (tlkit.auditing.Audit)."""
+    from tlkit.auditing import ISSUES
+
+    counts, photos = audit.counts(), Counter(photo.label for photo in audit.photos)
+    table = Table(title=f"audit of {relpath(audit.root)}: {len(audit.photos)} photos")
+    for column in ("class", "photos", *ISSUES):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for label in audit.classes:
+        table.add_row(label, str(photos[label]), *(str(counts[label][issue]) for issue in ISSUES))
+    table.add_row("[bold]all", f"[bold]{len(audit.photos)}",
+                  *(f"[bold]{sum(c[issue] for c in counts.values())}" for issue in ISSUES))
+    out.print(table)
+    for issue in ISSUES:
+        rows = audit.of(issue)[:show]
+        if not rows:
+            continue
+        worst = Table(title=f"worst {len(rows)} of {len(audit.of(issue))}: {issue}", title_justify="left")
+        for column in ("photo", "class", "score", "suggested" if issue == "label" else "other", "action"):
+            worst.add_column(column, justify="right" if column == "score" else "left", overflow="fold")
+        for row in rows:
+            shown = row.suggested if issue == "label" else (row.other.as_posix() if row.other else "")
+            worst.add_row(row.path.as_posix(), row.label, f"{row.score:.3f}", shown, row.action)
+        out.print(worst)
+
+
+def _add_audit(subparsers) -> None:
+    from tlkit.findings import DUPLICATE_SIMILARITY
+
+    parser = _subparser(
+        subparsers, "audit", "find likely label errors, leaks, near-duplicates and photos of no class",
+        "Judge every photo by the frozen trunk's features (from the feature cache, computed once): labels "
+        "that heads trained on the other photos contradict (out of fold), near-identical pairs (above all "
+        "across training/ and validation/) and identical files, photos unlike every other. DATA is a split "
+        "folder or a flat or class-foldered folder not split yet (audited as one set). Writes OUT/audit.csv "
+        "(path, issue, suggested action: exclude / relabel / keep) and audit.json; moves no photo.",
+        "tlkit audit data    # writes data-audit/audit.csv; then tlkit finetune --exclude data-audit/audit.csv",
+    )
+    parser.add_argument("data", type=Path, help="a split folder (training/, validation/) or a folder of photos")
+    _add_setting_flags(parser, only=_AUDIT_READS)
+    parser.add_argument("--out", help="the report folder (default: DATA-audit beside DATA)")
+    parser.add_argument("--force", action="store_true", help="replace an earlier audit in --out")
+    parser.add_argument("--similarity", type=float, default=DUPLICATE_SIMILARITY,
+                        help="cosine similarity of two photos' features from which they are near-duplicates")
+    parser.add_argument("--show", type=_count(0), default=10, help="rows of each issue shown on screen")
+    parser.set_defaults(func=cmd_audit)
+
+
 # ---------------------------------------------------------------- finetune, lr-find
 
 # Settings that only the runs which train from cached features read.
@@ -672,7 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tlkit {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for add in (_add_split, _add_check, _add_finetune, _add_lr_find, _add_precompute, _add_cache,
+    for add in (_add_split, _add_check, _add_audit, _add_finetune, _add_lr_find, _add_precompute, _add_cache,
                 _add_predict, _add_evaluate, _add_export, _add_train, _add_summary, _add_models):
         add(subparsers)
     return parser

@@ -136,6 +136,17 @@ def test_audit_finds_each_planted_problem_and_moves_no_photo(planted):
 
 
 @pytest.mark.slow
+def test_the_audit_page_shows_every_photo_it_names_in_a_browser(planted, tmp_path):
+    from test_photopage import open_in_browser
+
+    root, _, _ = planted
+    page = (root / "data-audit" / "audit.html").read_text()
+    checked = open_in_browser(root / "data-audit" / "audit.html", tmp_path)
+    assert checked["images"] == page.count("<img") >= 3 and checked["shown"] == checked["images"]
+    assert checked["errors"] == [] and (root / "data-audit" / "audit.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
 @pytest.mark.usefixtures("offline_caches")
 def test_the_api_returns_the_rows_the_command_wrote(planted, tmp_path):
     import tlkit
@@ -166,7 +177,7 @@ def test_an_audit_folder_is_replaced_only_with_force_and_only_when_it_is_one(pla
     assert cli.main(["audit", str(data), "--device", "cpu", "--force", "--out", str(foreign)]) == 1
     assert "not an audit folder" in capsys.readouterr().err
     assert (foreign / "mine.txt").read_text() == "keep me" and sorted(p.name for p in report.iterdir()) == [
-        "audit.csv", "audit.json"]
+        "audit.csv", "audit.html", "audit.json", "audit.png"]
 
 
 @pytest.mark.slow

@@ -24,7 +24,8 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from tlkit import finetuning, models as registry
-from tlkit.auditing import Audit, audit_folder, check_report_dir, default_report_dir, write_audit
+from tlkit.audit_report import check_report_dir, default_report_dir, write_audit
+from tlkit.auditing import Audit, audit_folder
 from tlkit.checkpoint import Checkpoint, load_checkpoint, resolve_run
 from tlkit.checkpoint_format import BEST_WEIGHTS, read_meta
 from tlkit.config import EXPORT_SUFFIXES
@@ -229,7 +230,7 @@ class Classifier:
 
     def evaluate(self, folder: Path | str, *, out: Path | str | None = None, force: bool = False) -> dict:
         """`tlkit evaluate`: accuracy and per-class precision / recall / F1 on labelled images (class folders or
-        cat.0.jpg names); writes report.json, confusion.png and mistakes.png to out (None: beside the
+        cat.0.jpg names); writes report.json, confusion.png, mistakes.png and mistakes.html to out (None: beside the
         checkpoint, RUN/evaluate-<folder name>) and returns the report.
 
             >>> classifier.evaluate("data/validation")["accuracy"]
@@ -318,7 +319,8 @@ def audit(data: Path | str, *, out: Path | str | None = None, force: bool = Fals
     """`tlkit audit`: likely label errors, near-duplicates (across training and validation above all),
     identical files and outliers of a split folder or of a folder not split yet, judged by the backbone's
     cached features (efficientnet_lite0 unless settings say otherwise: backbone=, weights=, device=, ...).
-    Writes OUT/audit.csv and audit.json (out None: DATA-audit beside DATA) and returns the Audit: its
+    Writes OUT/audit.csv, audit.json, audit.html and audit.png (out None: DATA-audit beside DATA) and
+    returns the Audit: its
     `issues` are audit.csv's rows, `counts()` the table per class, `findings` every photo's scores.
 
         >>> report = audit("data", quiet=True)

@@ -3,23 +3,19 @@ near-duplicates, photos of no class; found in the frozen trunk's features, from 
 
 Gathers the features (a split's cache, the one `finetune --precompute-features` reads; an unsplit folder's
 own cache, all its photos as one subset), asks tlkit/findings.py, and turns its flags into one reviewable
-row per photo and issue with a suggested action (audit.csv). Never moves, renames or deletes a photo.
+row per photo and issue with a suggested action (tlkit/audit_report.py writes them). Never moves, renames or
+deletes a photo.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tlkit import __version__
-from tlkit.atomic import atomic_write_text
 from tlkit.cache import default_cache_root, file_rows
 from tlkit.config import FinetuneConfig, resolve_config
 from tlkit.data import open_split
@@ -37,9 +33,6 @@ ACTIONS = ("exclude", "relabel", "keep")
 AUDIT_BACKBONE = "efficientnet_lite0"  # its ImageNet weights install with tlkit: an audit works offline
 WHOLE = "all"  # the one subset of a folder not split yet
 RELABEL_ABOVE = 0.9  # out-of-fold probability of the suggested class from which a label issue is relabelled, not excluded
-CSV_COLUMNS = ("path", "subset", "class", "issue", "score", "suggested", "action", "other")
-OUTPUTS = ("audit.csv", "audit.json", "audit.html", "audit.png")  # all an audit folder holds
-REPORT_MARK = "tlkit audit"  # audit.json's "written_by": how --force knows an audit folder as tlkit's
 
 
 @dataclass(frozen=True)
@@ -159,25 +152,26 @@ def issue_rows(photos: list[Photo], classes: list[str], findings: Findings) -> l
 
 
 def _label_rows(photos: list[Photo], classes: list[str], findings: Findings) -> list[Issue]:
-    """A flagged label is relabelled where the other photos agree on another class (RELABEL_ABOVE), else
-    excluded (the photo may hold both classes, or neither)."""
+    """A flagged label is relabelled where the other photos agree on another class (RELABEL_ABOVE) and the photo
+    is no outlier, else excluded (the photo may hold both classes, or neither)."""
     rows = []
     for row in np.argsort(findings.label_quality, kind="stable"):
         if not findings.label_issue[row]:
             continue
         photo, suggested = photos[row], int(findings.suggested[row])
-        sure = findings.probabilities[row, suggested] >= RELABEL_ABOVE and classes[suggested] != photo.label
+        sure = (findings.probabilities[row, suggested] >= RELABEL_ABOVE and classes[suggested] != photo.label
+                and not findings.outlier[row])  # a photo of no class is no photo of the other class either
         rows.append(Issue(photo.path, photo.subset, photo.label, "label", float(findings.label_quality[row]),
                           classes[suggested], "relabel" if sure else "exclude"))
     return rows
 
 
 def _pair_rows(photos: list[Photo], findings: Findings) -> list[Issue]:
-    """One row per pair, for the photo to act on: across training and validation the training copy is excluded
-    (validation stays as it was); identical files in one subset, the later copy; near-duplicates in one subset
-    are kept (the same scene twice is no error, but worth a look)."""
+    """One row per pair (those across subsets first), for the photo to act on: across training and validation
+    the training copy is excluded (validation stays as it was); identical files in one subset, the later copy;
+    near-duplicates in one subset are kept (the same scene twice is no error, but worth a look)."""
     rows = []
-    for pair in findings.pairs:
+    for pair in sorted(findings.pairs, key=lambda pair: photos[pair.first].subset == photos[pair.second].subset):
         first, second = photos[pair.first], photos[pair.second]
         crosses = first.subset != second.subset
         acted, other = (first, second) if crosses and first.subset == "training" else (second, first)
@@ -191,68 +185,3 @@ def _outlier_rows(photos: list[Photo], findings: Findings) -> list[Issue]:
     order = np.argsort(findings.outlier_score, kind="stable")
     return [Issue(photos[row].path, photos[row].subset, photos[row].label, "outlier",
                   float(findings.outlier_score[row]), "", "exclude") for row in order if findings.outlier[row]]
-
-
-# ---------------------------------------------------------------- the audit folder
-
-
-def default_report_dir(data: Path) -> Path:
-    """Beside the audited folder: data -> data-audit, data/train -> data/train-audit."""
-    data = Path(data).resolve()
-    return data.parent / f"{data.name}-audit"
-
-
-def check_report_dir(out: Path, force: bool) -> None:
-    """Refuse to write into a folder that holds anything, unless --force and it is an audit folder of tlkit's
-    (its audit.json says so, and it holds nothing but an audit's files)."""
-    out = Path(out)
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise TlkitError(f"{relpath(out)} is a file; audit writes a folder. Choose another --out.")
-    present = [p.name for p in out.iterdir()]
-    if not present:
-        return
-    if not force:
-        raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace an earlier "
-                         "audit there, or --out DIR to write elsewhere.")
-    foreign = sorted(name for name in present if name not in OUTPUTS and not name.startswith(".audit."))
-    if foreign or not _an_audit(out / "audit.json"):
-        raise TlkitError(f"{relpath(out)} is not an audit folder of tlkit's (it holds {', '.join(foreign or present)}"
-                         "); --force replaces only an earlier audit, so nothing was changed. Choose another --out.")
-
-
-def _an_audit(summary: Path) -> bool:
-    try:
-        return json.loads(summary.read_text(encoding="utf-8")).get("written_by") == REPORT_MARK
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def write_csv(path: Path, issues: list[Issue]) -> None:
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(CSV_COLUMNS)
-    for issue in issues:
-        writer.writerow([issue.path.as_posix(), issue.subset, issue.label, issue.issue, f"{issue.score:.4f}",
-                         issue.suggested, issue.action, issue.other.as_posix() if issue.other else ""])
-    atomic_write_text(path, text.getvalue())
-
-
-def summary(audit: Audit, settings: dict) -> dict:
-    """audit.json: what was audited with which settings, and the counts (the mark --force recognises)."""
-    return {"written_by": REPORT_MARK, "tlkit": __version__, "data": str(audit.root.resolve()),
-            "photos": len(audit.photos), "classes": audit.classes, "backbone": audit.backbone,
-            "settings": {key: str(value) for key, value in settings.items()},
-            "counts": {label: dict(counts) for label, counts in audit.counts().items()},
-            "actions": dict(Counter(issue.action for issue in audit.issues))}
-
-
-def write_audit(audit: Audit, out: Path, settings: dict, *, force: bool = False) -> Path:
-    """audit.csv and audit.json in out (each written atomically); returns out."""
-    out = Path(out)
-    check_report_dir(out, force)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "audit.csv", audit.issues)
-    atomic_write_text(out / "audit.json", json.dumps(summary(audit, settings), indent=2))
-    return out

@@ -215,7 +215,8 @@ _AUDIT_READS = ("backbone", "weights", "img_size", "precision", "device", "worke
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from tlkit.auditing import audit_folder, check_report_dir, default_report_dir, write_audit
+    from tlkit.audit_report import check_report_dir, default_report_dir, write_audit
+    from tlkit.auditing import audit_folder
 
     out_dir = Path(args.out) if args.out else default_report_dir(args.data)
     check_report_dir(out_dir, args.force)  # before the features are computed
@@ -225,7 +226,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     _print_audit(audit, args.show)
     actions = Counter(issue.action for issue in audit.issues)
     console.print(f"wrote {relpath(out_dir)}/: audit.csv ({', '.join(f'{n} {a}' for a, n in actions.items()) or 'no rows'}"
-                  f"), audit.json; no photo was moved or changed")
+                  f"), audit.html (look at it), audit.png, audit.json; no photo was moved or changed")
     return 0
 
 
@@ -247,11 +248,12 @@ def _print_audit(audit, show: int) -> None:
         if not rows:
             continue
         worst = Table(title=f"worst {len(rows)} of {len(audit.of(issue))}: {issue}", title_justify="left")
-        for column in ("photo", "class", "score", "suggested" if issue == "label" else "other", "action"):
+        beside = {"label": ("suggested",), "outlier": ()}.get(issue, ("other",))
+        for column in ("photo", "class", "score", *beside, "action"):
             worst.add_column(column, justify="right" if column == "score" else "left", overflow="fold")
         for row in rows:
-            shown = row.suggested if issue == "label" else (row.other.as_posix() if row.other else "")
-            worst.add_row(row.path.as_posix(), row.label, f"{row.score:.3f}", shown, row.action)
+            shown = {"label": (row.suggested,), "outlier": ()}.get(issue, (str(row.other and row.other.as_posix()),))
+            worst.add_row(row.path.as_posix(), row.label, f"{row.score:.3f}", *shown, row.action)
         out.print(worst)
 
 
@@ -605,7 +607,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       str(int(row["support"])))
     out.print(table)
     _list_paths("images that could not be decoded (left out)", list(report["failed"].items()))
-    console.print(f"wrote {relpath(out_dir)}/: report.json, confusion.png, mistakes.png")
+    console.print(f"wrote {relpath(out_dir)}/: report.json, confusion.png, mistakes.png, mistakes.html")
     return 0
 
 

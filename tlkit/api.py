@@ -71,12 +71,14 @@ class Split:
 
 
 def split(src: Path | str, val: str | int | float = "0.2", out: Path | str | None = None, *, seed: int = 0,
-          mode: str = "link", force: bool = False, quick: bool = False, quiet: bool = False) -> Split:
+          mode: str = "link", force: bool = False, quick: bool = False, exclude: Path | str | None = None,
+          quiet: bool = False) -> Split:
     """`tlkit split`: a stratified, seeded split of a flat (cat.0.jpg) or class-foldered folder.
 
     val: a count (2000) or a fraction (0.2) of the images; out None: beside src (data/train ->
     data/training, data/validation). mode: link, copy, symlink or move. force: replace an earlier split.
-    quick: check image headers only. Example:
+    quick: check image headers only. exclude: a reviewed list (the audit.csv of `audit(src)`): its exclude rows
+    left out, relabel rows split under their new class, near-duplicate pairs kept in one subset. Example:
 
         >>> data = split("photos", val=0.2, out="data", quiet=True)
         >>> data.counts["validation"]
@@ -85,7 +87,8 @@ def split(src: Path | str, val: str | int | float = "0.2", out: Path | str | Non
     if mode not in MODES:
         raise TlkitError(f"mode {mode!r} is not one of {', '.join(MODES)}.")
     with _quiet(quiet):
-        scan, plan = prepare_split(Path(src), str(val), out, seed=seed, force=force, quick=quick)
+        scan, plan = prepare_split(Path(src), str(val), out, seed=seed, force=force, quick=quick,
+                                   exclude=Path(exclude) if exclude else None)
         passed_over = len(scan.unlabelled) + len(scan.non_images) + len(scan.unreadable)
         if passed_over:
             warn(f"{passed_over} file(s) of {relpath(scan.root)} passed over (no class in the name, not an image, "

@@ -88,12 +88,13 @@ def _report_skipped(scan) -> None:
 def cmd_split(args: argparse.Namespace) -> int:
     from tlkit.split import SUBSETS, execute_split, prepare_split
 
-    scan, plan = prepare_split(args.src, args.val, args.out, seed=args.seed, force=args.force, quick=args.quick)
+    scan, plan = prepare_split(args.src, args.val, args.out, seed=args.seed, force=args.force, quick=args.quick,
+                               exclude=args.exclude)
     out_dir = plan.out
     _report_skipped(scan)
     if plan.twins:
-        warn(f"{plan.twins} file(s) identical to another were put in the same subset as it, so that no "
-             "validation image is also a training image (`tlkit check` lists them)")
+        warn(f"{plan.twins} file(s) identical to another (or paired with it as a near-duplicate in --exclude's list) "
+             "were put in the same subset as it, so that no validation image is also a training image")
     counts = plan.counts()
     table = Table(title=f"split of {relpath(scan.root)} ({scan.layout} layout, seed {args.seed})")
     table.add_column("class")
@@ -137,6 +138,10 @@ def _add_split(subparsers) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="read image headers only: faster, but a truncated image or an identical pair is not "
                              "found (by default every image is decoded and hashed)")
+    parser.add_argument("--exclude", type=Path, metavar="FILE",
+                        help="a reviewed list, such as the audit.csv of `tlkit audit SRC`: its exclude rows are left "
+                             "out, its relabel rows split under their new class, its near-duplicate pairs kept in one "
+                             "subset; no photo is moved or changed")
     parser.set_defaults(func=cmd_split)
 
 
@@ -287,7 +292,7 @@ _PRECOMPUTE_SETTINGS = ("precompute_features", "precompute_views", "cache_dir", 
 _LR_FIND_SKIPS = ("epochs", "scheduler", "step_size", "gamma", "unfreeze_after", "monitor", "resume_every_epochs",
                   "resume_every_seconds", "patience", "name", "runs_dir", *_PRECOMPUTE_SETTINGS)
 # What `tlkit precompute` reads of a run's settings: enough to compute the cache that run will use.
-_PRECOMPUTE_READS = ("data", "backbone", "weights", "img_size", "augment", "precision", "device", "workers", "seed",
+_PRECOMPUTE_READS = ("data", "backbone", "weights", "img_size", "augment", "precision", "device", "workers", "seed", "exclude",
                      "precompute_views", "cache_dir", "cache_dtype")
 
 

@@ -21,7 +21,7 @@ from tlkit import distributed
 from tlkit.augment import view_seed
 from tlkit.backbone import for_inference
 from tlkit.cache import (
-    CACHE_FORMAT, SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
+    CACHE_FORMAT, SUBSETS, commit, default_cache_root, digest_rows, file_rows, kept_rows, new_staging, read_manifest,
     subset_entry, to_device, why_stale,
 )
 from tlkit.data import EpochRows, SplitFolders, open_split, train_load
@@ -154,7 +154,7 @@ def precompute(backbone, data: Path | SplitFolders, *, cache_root: Path | None =
     precision: bf16 autocast where the device supports it (as training runs), or fp32."""
     split = open_split(data)
     folders = {subset: split.subset(subset) for subset in SUBSETS}
-    files = {subset: file_list(folder, split.classes) for subset, folder in folders.items()}
+    files = {subset: file_rows(folder, split.images(subset)) for subset, folder in folders.items()}
     cache_dir = cache_dir_for(cache_root or default_cache_root(split.root), backbone.name)
     return precompute_folders(backbone, folders, files, split.classes, cache_dir, device=device, batch_size=batch_size,
                               workers=workers, views=views, augment=augment, dtype=dtype, precision=precision,

@@ -30,6 +30,7 @@ from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dic
 from tlkit.data import SplitFolders, open_split
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError
+from tlkit.exclusions import read_exclusions
 from tlkit.inputs import TrainingInput, cached_features, feature_input, image_input
 from tlkit.report import class_report, plot_confusion, write_report
 from tlkit.runtime import console, info, out, precision_words, relpath, seed_everything, select_device, warn
@@ -70,6 +71,7 @@ def run_config(config: FinetuneConfig, source=None) -> FinetuneConfig:
     absolute = os.path.abspath
     config = dataclasses.replace(config, data=absolute(config.data), runs_dir=absolute(config.runs_dir),
                                  cache_dir=config.cache_dir and absolute(config.cache_dir),
+                                 exclude=config.exclude and absolute(config.exclude),
                                  weights=absolute(config.weights) if Path(config.weights).exists() else config.weights)
     return resolve_auto(config, pretrained=starts_pretrained(config), data_augment=data_augment,
                         linear_head=models.has_linear_head(config.backbone))
@@ -238,7 +240,8 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
         if asked and source is not None:
             raise TlkitError(f"{flag} needs DATA/training and DATA/validation image folders (tlkit finetune); "
                              "built-in datasets are decoded into memory already and train end to end.")
-    split = open_split(config.data) if source is None else None
+    split = open_split(config.data, config.exclude) if source is None else None
+    source = source.excluding(read_exclusions(config.exclude)) if source is not None and config.exclude else source
     classes = source.classes if source is not None else split.classes
     if state is not None and state["meta"].classes != classes:
         raise TlkitError(f"{relpath(Path(config.data))} holds classes {classes}, but {relpath(Path(resume))} "
@@ -338,7 +341,7 @@ def precompute_features(config_file: Path | str | None = None, *, batch_size: in
     """`tlkit precompute`: the feature cache that `finetune --precompute-features` with these settings reads,
     found valid or computed now (force: computed again). Returns the backbone and its FeatureSets."""
     config = run_config(resolve_config(Path(config_file) if config_file else None, settings))
-    split = open_split(config.data)
+    split = open_split(config.data, config.exclude)
     device = select_device(config.device)
     # Seeded: random-init weights (--weights none) repeat, and so does their cache.
     backbone = create_backbone(config, split.classes)

@@ -97,14 +97,14 @@ def write_audit(audit: Audit, out: Path, settings: dict, *, force: bool = False)
 def count_table(audit: Audit) -> list[list[str]]:
     """The counts per class (first row: the heads), as the command's table shows them."""
     counts, photos = audit.counts(), Counter(photo.label for photo in audit.photos)
-    return [["class", "photos", *ISSUES], *([label, str(photos[label]), *(str(counts[label][issue]) for issue in ISSUES)]
-                                            for label in audit.classes)]
+    rows = [[label, str(photos[label]), *(str(counts[label][issue]) for issue in ISSUES)] for label in audit.classes]
+    return [["class", "photos", *ISSUES], *rows]
 
 
 def _intro(audit: Audit) -> str:
-    actions = Counter(issue.action for issue in audit.issues)
+    actions = ", ".join(f"{n} {action}" for action, n in Counter(issue.action for issue in audit.issues).items())
     return (f"{len(audit.photos)} photos of {audit.root.resolve()}, judged by {audit.backbone} features. "
-            f"audit.csv beside this page lists every row ({', '.join(f'{n} {a}' for a, n in actions.items()) or 'none'}); "
+            f"audit.csv beside this page lists every row ({actions or 'none'}); "
             f"here the worst {PAGE_LIMIT} of each issue. No photo was moved or changed.")
 
 

@@ -29,10 +29,9 @@ from tlkit.scan import list_dataset
 from tlkit.split import SUBSETS, finish_pending_split
 
 ISSUES = ("label", "near-duplicate", "identical", "outlier")
-ACTIONS = ("exclude", "relabel", "keep")
 AUDIT_BACKBONE = "efficientnet_lite0"  # its ImageNet weights install with tlkit: an audit works offline
 WHOLE = "all"  # the one subset of a folder not split yet
-RELABEL_ABOVE = 0.9  # out-of-fold probability of the suggested class from which a label issue is relabelled, not excluded
+RELABEL_ABOVE = 0.9  # out-of-fold probability of the suggested class from which a label issue is relabelled
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class Issue:
     issue: str  # one of ISSUES
     score: float  # label: P(own label) out of fold; pairs: similarity; outlier: OOD score (low = unlike)
     suggested: str  # label issues: the class the other photos point to; else ""
-    action: str  # one of ACTIONS
+    action: str  # exclude, relabel or keep (tlkit.exclusions.ACTIONS: what --exclude acts on)
     other: Path | None = None  # the pair's other photo
 
 

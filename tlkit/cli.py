@@ -229,9 +229,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
     audit = audit_folder(args.data, settings, config_file=args.config, similarity=args.similarity)
     write_audit(audit, out_dir, settings, force=args.force)
     _print_audit(audit, args.show)
-    actions = Counter(issue.action for issue in audit.issues)
-    console.print(f"wrote {relpath(out_dir)}/: audit.csv ({', '.join(f'{n} {a}' for a, n in actions.items()) or 'no rows'}"
-                  f"), audit.html (look at it), audit.png, audit.json; no photo was moved or changed")
+    actions = ", ".join(f"{n} {action}" for action, n in Counter(issue.action for issue in audit.issues).items())
+    console.print(f"wrote {relpath(out_dir)}/: audit.csv ({actions or 'no rows'}), audit.html (look at it), audit.png, "
+                  "audit.json; no photo was moved or changed")
     return 0
 
 
@@ -289,11 +289,12 @@ def _add_audit(subparsers) -> None:
 # Settings that only the runs which train from cached features read.
 _PRECOMPUTE_SETTINGS = ("precompute_features", "precompute_views", "cache_dir", "cache_dtype", "head_lr",
                         "head_weight_decay")
+# lr-find sweeps on every photo of the split (its --exclude would be a flag with no effect, so it has none).
 _LR_FIND_SKIPS = ("epochs", "scheduler", "step_size", "gamma", "unfreeze_after", "monitor", "resume_every_epochs",
-                  "resume_every_seconds", "patience", "name", "runs_dir", *_PRECOMPUTE_SETTINGS)
+                  "resume_every_seconds", "patience", "name", "runs_dir", "exclude", *_PRECOMPUTE_SETTINGS)
 # What `tlkit precompute` reads of a run's settings: enough to compute the cache that run will use.
-_PRECOMPUTE_READS = ("data", "backbone", "weights", "img_size", "augment", "precision", "device", "workers", "seed", "exclude",
-                     "precompute_views", "cache_dir", "cache_dtype")
+_PRECOMPUTE_READS = ("data", "backbone", "weights", "img_size", "augment", "precision", "device", "workers", "seed",
+                     "exclude", "precompute_views", "cache_dir", "cache_dtype")
 
 
 def _add_setting_flags(parser, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> None:

@@ -15,7 +15,8 @@ import numpy as np
 from tlkit.errors import TlkitError
 
 FOLDS = 5  # out-of-fold heads: each photo is judged by a head that never saw it
-DUPLICATE_SIMILARITY = 0.90  # cosine similarity of features from which two photos are near-duplicates (see docs/benchmarks.md, "Audit")
+# Cosine similarity of two photos' features from which they are near-duplicates (docs/benchmarks.md, "Audit").
+DUPLICATE_SIMILARITY = 0.90
 SEARCH_MEMORY_MB = 64  # what one block of the neighbour search's distances may take (sklearn working_memory)
 # cleanlab Datalab's default for outliers on features: an average distance to the k nearest neighbours above
 # Q3 + (1 / 0.37037 - 1) x IQR of all of them (cleanlab.datalab ... OutlierIssueManager.DEFAULT_THRESHOLDS).

@@ -4,7 +4,7 @@ issues on one, `tlkit evaluate` its mistakes.
 
 Given paths and caption lines; knows nothing of models. The page loads nothing from anywhere (its
 Content-Security-Policy forbids it) and runs no script: it can be mailed, archived or opened offline.
-Written atomically.
+Written atomically. The HTML is written by hand with html.escape: one page of cards needs no template engine.
 """
 
 from __future__ import annotations

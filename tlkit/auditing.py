@@ -21,7 +21,7 @@ from tlkit.config import FinetuneConfig, resolve_config
 from tlkit.data import open_split
 from tlkit.errors import TlkitError
 from tlkit.features import FeatureSet, cache_dir_for, precompute_folders
-from tlkit.findings import DUPLICATE_SIMILARITY, Findings, find_problems
+from tlkit.findings import AUDIT_BACKBONE, DUPLICATE_SIMILARITY, Findings, find_problems
 from tlkit.finetuning import create_backbone, run_config
 from tlkit.inputs import cached_features
 from tlkit.runtime import default_workers, info, relpath, select_device
@@ -29,7 +29,6 @@ from tlkit.scan import list_dataset
 from tlkit.split import SUBSETS, finish_pending_split
 
 ISSUES = ("label", "near-duplicate", "identical", "outlier")
-AUDIT_BACKBONE = "efficientnet_lite0"  # its ImageNet weights install with tlkit: an audit works offline
 WHOLE = "all"  # the one subset of a folder not split yet
 RELABEL_ABOVE = 0.9  # out-of-fold probability of the suggested class from which a label issue is relabelled
 

@@ -56,6 +56,17 @@ _COMMON.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                      help="with an error, also print the traceback that led to it (for a bug report)")
 
 
+def _similarity(text: str) -> float:
+    """An argparse type: a cosine similarity above 0, at most 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is not above 0 and at most 1")
+    return value
+
+
 def _subparser(subparsers, name: str, summary: str, description: str, example: str):
     """A subcommand whose --help shows its defaults and an example."""
     return subparsers.add_parser(
@@ -263,7 +274,7 @@ def _print_audit(audit, show: int) -> None:
 
 
 def _add_audit(subparsers) -> None:
-    from tlkit.findings import DUPLICATE_SIMILARITY
+    from tlkit.findings import AUDIT_BACKBONE, DUPLICATE_SIMILARITY  # not tlkit.auditing: it loads torch
 
     parser = _subparser(
         subparsers, "audit", "find likely label errors, leaks, near-duplicates and photos of no class",
@@ -271,14 +282,19 @@ def _add_audit(subparsers) -> None:
         "that heads trained on the other photos contradict (out of fold), near-identical pairs (above all "
         "across training/ and validation/) and identical files, photos unlike every other. DATA is a split "
         "folder or a flat or class-foldered folder not split yet (audited as one set). Writes OUT/audit.csv "
-        "(path, issue, suggested action: exclude / relabel / keep) and audit.json; moves no photo.",
+        "(path, issue, suggested action: exclude / relabel / keep), audit.html (thumbnails to look at), audit.png and "
+        "audit.json; moves no photo. Give the reviewed audit.csv to --exclude of finetune (or of split, for a folder "
+        "not split yet).",
         "tlkit audit data    # writes data-audit/audit.csv; then tlkit finetune --exclude data-audit/audit.csv",
     )
     parser.add_argument("data", type=Path, help="a split folder (training/, validation/) or a folder of photos")
-    _add_setting_flags(parser, only=_AUDIT_READS)
+    _add_setting_flags(parser, only=tuple(key for key in _AUDIT_READS if key != "backbone"))
+    parser.add_argument("--backbone", default=argparse.SUPPRESS,
+                        help=f"the network whose features judge the photos (`tlkit models` lists them; default: "
+                             f"{AUDIT_BACKBONE}, whose ImageNet weights come with tlkit, or --config's)")
     parser.add_argument("--out", help="the report folder (default: DATA-audit beside DATA)")
     parser.add_argument("--force", action="store_true", help="replace an earlier audit in --out")
-    parser.add_argument("--similarity", type=float, default=DUPLICATE_SIMILARITY,
+    parser.add_argument("--similarity", type=_similarity, default=DUPLICATE_SIMILARITY,
                         help="cosine similarity of two photos' features from which they are near-duplicates")
     parser.add_argument("--show", type=_count(0), default=10, help="rows of each issue shown on screen")
     parser.set_defaults(func=cmd_audit)

@@ -14,6 +14,7 @@ import numpy as np
 
 from tlkit.errors import TlkitError
 
+AUDIT_BACKBONE = "efficientnet_lite0"  # whose features judge, unless told: its ImageNet weights install with tlkit
 FOLDS = 5  # out-of-fold heads: each photo is judged by a head that never saw it
 # Cosine similarity of two photos' features from which they are near-duplicates (docs/benchmarks.md, "Audit").
 DUPLICATE_SIMILARITY = 0.90

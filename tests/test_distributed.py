@@ -188,7 +188,7 @@ def test_cached_images_train_as_one_process_does(two_processes, tmp_path):
 
 def test_evaluate_writes_once_what_one_process_reports(two_processes, tmp_path):
     assert sorted(p.name for p in (two_processes / "evaluate").iterdir()) == [
-        "confusion.png", "mistakes.png", "report.json"]  # no second writer's leftovers
+        "confusion.png", "mistakes.html", "mistakes.png", "report.json"]  # no second writer's leftovers
     assert main(["evaluate", str(two_processes / "data" / "validation"), "--checkpoint",
                  str(two_processes / "runs" / LATEST), "--device", "cpu", "--workers", "0",
                  "--out", str(tmp_path / "one")]) == 0

@@ -39,7 +39,7 @@ def test_numbers_match_scikit_learn(run, tmp_path):
     assert len(report["most_confident_mistakes"]) == min(wrong, 16)
     confidences = [m["confidence"] for m in report["most_confident_mistakes"]]
     assert confidences == sorted(confidences, reverse=True)
-    for name in ("confusion.png", "mistakes.png"):
+    for name in ("confusion.png", "mistakes.png", "mistakes.html"):
         assert (run / "evaluate-validation" / name).stat().st_size > 1000
 
 

@@ -185,12 +185,12 @@ def test_a_live_precompute_keeps_its_staging_folder_and_ls_survives_a_bad_manife
 
 
 def test_bf16_features_are_not_reused_for_fp32(data, tmp_path):
-    from tlkit.cache import why_stale
+    from tlkit.cache import file_list, why_stale
     from tlkit.features import STALE_REASONS, cache_identity
 
     backbone = _backbone()
     _run(data, backbone)  # fp32
-    files = {s: features_module.file_list(data / s, ["cat", "dog"]) for s in ("training", "validation")}
+    files = {s: file_list(data / s, ["cat", "dog"]) for s in ("training", "validation")}
     as_bf16 = cache_identity(backbone, ["cat", "dog"], files, 0, "float16", compute="cuda-bf16")
     assert why_stale(data / ".tlkit-cache" / "tiny", as_bf16, STALE_REASONS) == "another arithmetic (bf16 vs fp32, or another device's bf16)"
 

@@ -91,10 +91,9 @@ def initial_model(run) -> dict:
 
     from tlkit.config import make_config
     from tlkit.finetuning import create_backbone, run_config
-    from tlkit.inputs import SplitSource
 
     config = run_config(make_config(yaml.safe_load((run.run_dir / "config.yaml").read_text())))
-    return snapshot(create_backbone(config, run.classes, SplitSource.open(config)).model)
+    return snapshot(create_backbone(config, run.classes).model)
 
 
 def test_frozen_trunk_stays_put_and_unfreeze_after_thaws_it(data_dir, tmp_path):

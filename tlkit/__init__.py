@@ -2,7 +2,7 @@
 
 The package is laid out as the data flows: split -> data -> models -> features -> train
 -> predict. Importing it is cheap; heavy libraries load inside the stages that need them.
-The Python API is tlkit/api.py (`from tlkit import api`); its finetune, load and classes are
+The Python API is tlkit/api.py (`from tlkit import api`); its audit, finetune, load and classes are
 also here, loaded on first use. (api.split and api.models keep the module: tlkit.split and
 tlkit.models are the stages of those names.)
 """
@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 from tlkit.errors import TlkitError
 
-_API = ("Classifier", "Prediction", "Run", "Split", "finetune", "load", "predictions_frame")
+_API = ("Audit", "Classifier", "Prediction", "Run", "Split", "audit", "finetune", "load", "predictions_frame")
 __all__ = ["TlkitError", "__version__", *_API]
 
 

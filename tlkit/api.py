@@ -1,6 +1,6 @@
-"""tlkit from Python: split -> finetune -> load -> predict / evaluate / export, in a few calls.
+"""tlkit from Python: split -> audit -> finetune -> load -> predict / evaluate / export, in a few calls.
 
-Each call runs the same functions as its `tlkit` command (prepare_split/execute_split,
+Each call runs the same functions as its `tlkit` command (prepare_split/execute_split, audit_folder,
 finetuning.finetune, load_checkpoint, predict_files, evaluate_folder, export_checkpoint) with the
 command's defaults; nothing here is a second implementation. `quiet=True` silences stdout and
 stderr for the call and restores what was set before. Errors meant for users are TlkitError.
@@ -24,6 +24,8 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from tlkit import finetuning, models as registry
+from tlkit.audit_report import check_report_dir, default_report_dir, write_audit
+from tlkit.auditing import Audit, audit_folder
 from tlkit.checkpoint import Checkpoint, load_checkpoint, resolve_run
 from tlkit.checkpoint_format import BEST_WEIGHTS, read_meta
 from tlkit.config import EXPORT_SUFFIXES, config_keys
@@ -31,6 +33,7 @@ from tlkit.decode import Normalizer, _resize_crop
 from tlkit.errors import TlkitError
 from tlkit.evaluate import default_out_dir, evaluate_folder
 from tlkit.export import export_checkpoint
+from tlkit.findings import DUPLICATE_SIMILARITY
 from tlkit.backbone import for_inference
 from tlkit.predict import class_scores, find_images, predict_files
 from tlkit.runtime import (Compute, compute_for, default_workers, inference_batch_size, info, is_quiet, out, relpath,
@@ -68,12 +71,14 @@ class Split:
 
 
 def split(src: Path | str, val: str | int | float = "0.2", out: Path | str | None = None, *, seed: int = 0,
-          mode: str = "link", force: bool = False, quick: bool = False, quiet: bool = False) -> Split:
+          mode: str = "link", force: bool = False, quick: bool = False, exclude: Path | str | None = None,
+          quiet: bool = False) -> Split:
     """`tlkit split`: a stratified, seeded split of a flat (cat.0.jpg) or class-foldered folder.
 
     val: a count (2000) or a fraction (0.2) of the images; out None: beside src (data/train ->
     data/training, data/validation). mode: link, copy, symlink or move. force: replace an earlier split.
-    quick: check image headers only. Example:
+    quick: check image headers only. exclude: a reviewed list (the audit.csv of `audit(src)`): its exclude rows
+    left out, relabel rows split under their new class, near-duplicate pairs kept in one subset. Example:
 
         >>> data = split("photos", val=0.2, out="data", quiet=True)
         >>> data.counts["validation"]
@@ -82,7 +87,8 @@ def split(src: Path | str, val: str | int | float = "0.2", out: Path | str | Non
     if mode not in MODES:
         raise TlkitError(f"mode {mode!r} is not one of {', '.join(MODES)}.")
     with _quiet(quiet):
-        scan, plan = prepare_split(Path(src), str(val), out, seed=seed, force=force, quick=quick)
+        scan, plan = prepare_split(Path(src), str(val), out, seed=seed, force=force, quick=quick,
+                                   exclude=Path(exclude) if exclude else None)
         passed_over = len(scan.unlabelled) + len(scan.non_images) + len(scan.unreadable)
         if passed_over:
             warn(f"{passed_over} file(s) of {relpath(scan.root)} passed over (no class in the name, not an image, "
@@ -227,7 +233,7 @@ class Classifier:
 
     def evaluate(self, folder: Path | str, *, out: Path | str | None = None, force: bool = False) -> dict:
         """`tlkit evaluate`: accuracy and per-class precision / recall / F1 on labelled images (class folders or
-        cat.0.jpg names); writes report.json, confusion.png and mistakes.png to out (None: beside the
+        cat.0.jpg names); writes report.json, confusion.png, mistakes.png and mistakes.html to out (None: beside the
         checkpoint, RUN/evaluate-<folder name>) and returns the report.
 
             >>> classifier.evaluate("data/validation")["accuracy"]
@@ -322,6 +328,30 @@ def finetune(data: Path | str | None = None, *, config_file: Path | str | None =
     compute = compute_for(next(model.parameters()).device, checkpoint.meta.config.get("precision", "bf16"))
     fields = {field.name: getattr(result, field.name) for field in dataclasses.fields(result)}
     return Run(**fields, classifier=Classifier(checkpoint, compute))
+
+
+# ---------------------------------------------------------------- audit
+
+
+def audit(data: Path | str, *, out: Path | str | None = None, force: bool = False, config_file: Path | str | None = None,
+          similarity: float = DUPLICATE_SIMILARITY, quiet: bool = False, **settings) -> Audit:
+    """`tlkit audit`: likely label errors, near-duplicates (across training and validation above all),
+    identical files and outliers of a split folder or of a folder not split yet, judged by the backbone's
+    cached features (efficientnet_lite0 unless settings say otherwise: backbone=, weights=, device=, ...).
+    Writes OUT/audit.csv, audit.json, audit.html and audit.png (out None: DATA-audit beside DATA) and
+    returns the Audit: its
+    `issues` are audit.csv's rows, `counts()` the table per class, `findings` every photo's scores.
+
+        >>> report = audit("data", quiet=True)
+        >>> [(row.path, row.action) for row in report.of("label")][:3]
+    """
+    out_dir = Path(out) if out is not None else default_report_dir(Path(data))
+    with _quiet(quiet):
+        check_report_dir(out_dir, force)
+        found = audit_folder(Path(data), settings, config_file=Path(config_file) if config_file else None,
+                             similarity=similarity)
+        write_audit(found, out_dir, settings, force=force)
+    return found
 
 
 # ---------------------------------------------------------------- backbones

@@ -37,9 +37,14 @@ def file_list(subset_dir: Path, classes: list[str]) -> list[tuple[str, int, int,
     training reads), sorted: what a cache is valid for."""
     from tlkit.scan import class_images  # here: `tlkit cache ls` and `clear` need no PIL
 
+    return file_rows(subset_dir, class_images(subset_dir, classes))
+
+
+def file_rows(folder: Path, listed: list[tuple[str, int]]) -> list[tuple[str, int, int, int]]:
+    """file_list's rows of the files listed as (path relative to folder in posix form, class index)."""
     rows = []
-    for relative, index in class_images(subset_dir, classes):
-        stat = (Path(subset_dir) / relative).stat()
+    for relative, index in listed:
+        stat = (Path(folder) / relative).stat()
         rows.append((relative, index, stat.st_size, stat.st_mtime_ns))
     return rows
 

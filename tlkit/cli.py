@@ -56,6 +56,17 @@ _COMMON.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                      help="with an error, also print the traceback that led to it (for a bug report)")
 
 
+def _similarity(text: str) -> float:
+    """An argparse type: a cosine similarity above 0, at most 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is not above 0 and at most 1")
+    return value
+
+
 def _subparser(subparsers, name: str, summary: str, description: str, example: str):
     """A subcommand whose --help shows its defaults and an example."""
     return subparsers.add_parser(
@@ -88,12 +99,13 @@ def _report_skipped(scan) -> None:
 def cmd_split(args: argparse.Namespace) -> int:
     from tlkit.split import SUBSETS, execute_split, prepare_split
 
-    scan, plan = prepare_split(args.src, args.val, args.out, seed=args.seed, force=args.force, quick=args.quick)
+    scan, plan = prepare_split(args.src, args.val, args.out, seed=args.seed, force=args.force, quick=args.quick,
+                               exclude=args.exclude)
     out_dir = plan.out
     _report_skipped(scan)
     if plan.twins:
-        warn(f"{plan.twins} file(s) identical to another were put in the same subset as it, so that no "
-             "validation image is also a training image (`tlkit check` lists them)")
+        warn(f"{plan.twins} file(s) identical to another (or paired with it as a near-duplicate in --exclude's list) "
+             "were put in the same subset as it, so that no validation image is also a training image")
     counts = plan.counts()
     table = Table(title=f"split of {relpath(scan.root)} ({scan.layout} layout, seed {args.seed})")
     table.add_column("class")
@@ -137,6 +149,10 @@ def _add_split(subparsers) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="read image headers only: faster, but a truncated image or an identical pair is not "
                              "found (by default every image is decoded and hashed)")
+    parser.add_argument("--exclude", type=Path, metavar="FILE",
+                        help="a reviewed list, such as the audit.csv of `tlkit audit SRC`: its exclude rows are left "
+                             "out, its relabel rows split under their new class, its near-duplicate pairs kept in one "
+                             "subset; no photo is moved or changed")
     parser.set_defaults(func=cmd_split)
 
 
@@ -208,16 +224,93 @@ def _add_check(subparsers) -> None:
     parser.set_defaults(func=cmd_check)
 
 
+# ---------------------------------------------------------------- audit
+
+# What `tlkit audit` reads of a run's settings: the backbone whose features it judges the photos by.
+_AUDIT_READS = ("backbone", "weights", "img_size", "precision", "device", "workers", "seed", "cache_dir", "cache_dtype")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from tlkit.audit_report import check_report_dir, default_report_dir, write_audit
+    from tlkit.auditing import audit_folder
+
+    out_dir = Path(args.out) if args.out else default_report_dir(args.data)
+    check_report_dir(out_dir, args.force)  # before the features are computed
+    settings = {key: value for key, value in _given_settings(args).items() if key != "data"}  # DATA: the positional
+    audit = audit_folder(args.data, settings, config_file=args.config, similarity=args.similarity)
+    write_audit(audit, out_dir, settings, force=args.force)
+    _print_audit(audit, args.show)
+    actions = ", ".join(f"{n} {action}" for action, n in Counter(issue.action for issue in audit.issues).items())
+    console.print(f"wrote {relpath(out_dir)}/: audit.csv ({actions or 'no rows'}), audit.html (look at it), audit.png, "
+                  "audit.json; no photo was moved or changed")
+    return 0
+
+
+def _print_audit(audit, show: int) -> None:
+    """The counts per class, then the worst `show` of each issue (tlkit.auditing.Audit)."""
+    from tlkit.auditing import ISSUES
+
+    counts, photos = audit.counts(), Counter(photo.label for photo in audit.photos)
+    table = Table(title=f"audit of {relpath(audit.root)}: {len(audit.photos)} photos")
+    for column in ("class", "photos", *ISSUES):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for label in audit.classes:
+        table.add_row(label, str(photos[label]), *(str(counts[label][issue]) for issue in ISSUES))
+    table.add_row("[bold]all", f"[bold]{len(audit.photos)}",
+                  *(f"[bold]{sum(c[issue] for c in counts.values())}" for issue in ISSUES))
+    out.print(table)
+    for issue in ISSUES:
+        rows = audit.of(issue)[:show]
+        if not rows:
+            continue
+        worst = Table(title=f"worst {len(rows)} of {len(audit.of(issue))}: {issue}", title_justify="left")
+        beside = {"label": ("suggested",), "outlier": ()}.get(issue, ("other",))
+        for column in ("photo", "class", "score", *beside, "action"):
+            worst.add_column(column, justify="right" if column == "score" else "left", overflow="fold")
+        for row in rows:
+            shown = {"label": (row.suggested,), "outlier": ()}.get(issue, (str(row.other and row.other.as_posix()),))
+            worst.add_row(row.path.as_posix(), row.label, f"{row.score:.3f}", *shown, row.action)
+        out.print(worst)
+
+
+def _add_audit(subparsers) -> None:
+    from tlkit.findings import AUDIT_BACKBONE, DUPLICATE_SIMILARITY  # not tlkit.auditing: it loads torch
+
+    parser = _subparser(
+        subparsers, "audit", "find likely label errors, leaks, near-duplicates and photos of no class",
+        "Judge every photo by the frozen trunk's features (from the feature cache, computed once): labels "
+        "that heads trained on the other photos contradict (out of fold), near-identical pairs (above all "
+        "across training/ and validation/) and identical files, photos unlike every other. DATA is a split "
+        "folder or a flat or class-foldered folder not split yet (audited as one set). Writes OUT/audit.csv "
+        "(path, issue, suggested action: exclude / relabel / keep), audit.html (thumbnails to look at), audit.png and "
+        "audit.json; moves no photo. Give the reviewed audit.csv to --exclude of finetune (or of split, for a folder "
+        "not split yet).",
+        "tlkit audit data    # writes data-audit/audit.csv; then tlkit finetune --exclude data-audit/audit.csv",
+    )
+    parser.add_argument("data", type=Path, help="a split folder (training/, validation/) or a folder of photos")
+    _add_setting_flags(parser, only=tuple(key for key in _AUDIT_READS if key != "backbone"))
+    parser.add_argument("--backbone", default=argparse.SUPPRESS,
+                        help=f"the network whose features judge the photos (`tlkit models` lists them; default: "
+                             f"{AUDIT_BACKBONE}, whose ImageNet weights come with tlkit, or --config's)")
+    parser.add_argument("--out", help="the report folder (default: DATA-audit beside DATA)")
+    parser.add_argument("--force", action="store_true", help="replace an earlier audit in --out")
+    parser.add_argument("--similarity", type=_similarity, default=DUPLICATE_SIMILARITY,
+                        help="cosine similarity of two photos' features from which they are near-duplicates")
+    parser.add_argument("--show", type=_count(0), default=10, help="rows of each issue shown on screen")
+    parser.set_defaults(func=cmd_audit)
+
+
 # ---------------------------------------------------------------- finetune, lr-find
 
 # Settings that only the runs which train from cached features read.
 _PRECOMPUTE_SETTINGS = ("precompute_features", "precompute_views", "cache_dir", "cache_dtype", "head_lr",
                         "head_weight_decay")
+# lr-find sweeps on every photo of the split (its --exclude would be a flag with no effect, so it has none).
 _LR_FIND_SKIPS = ("epochs", "scheduler", "step_size", "gamma", "unfreeze_after", "monitor", "resume_every_epochs",
-                  "resume_every_seconds", "patience", "name", "runs_dir", *_PRECOMPUTE_SETTINGS)
+                  "resume_every_seconds", "patience", "name", "runs_dir", "exclude", *_PRECOMPUTE_SETTINGS)
 # What `tlkit precompute` reads of a run's settings: enough to compute the cache that run will use.
 _PRECOMPUTE_READS = ("data", "backbone", "weights", "img_size", "augment", "precision", "device", "workers", "seed",
-                     "precompute_views", "cache_dir", "cache_dtype")
+                     "exclude", "precompute_views", "cache_dir", "cache_dtype")
 
 
 def _add_setting_flags(parser, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> None:
@@ -540,7 +633,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       str(int(row["support"])))
     out.print(table)
     _list_paths("images that could not be decoded (left out)", list(report["failed"].items()))
-    console.print(f"wrote {relpath(out_dir)}/: report.json, confusion.png, mistakes.png")
+    console.print(f"wrote {relpath(out_dir)}/: report.json, confusion.png, mistakes.png, mistakes.html")
     return 0
 
 
@@ -676,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tlkit {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for add in (_add_split, _add_check, _add_finetune, _add_lr_find, _add_precompute, _add_cache,
+    for add in (_add_split, _add_check, _add_audit, _add_finetune, _add_lr_find, _add_precompute, _add_cache,
                 _add_predict, _add_evaluate, _add_export, _add_train, _add_summary, _add_models):
         add(subparsers)
     return parser

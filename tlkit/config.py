@@ -152,6 +152,9 @@ class FinetuneConfig:
     cache_dir: str | None = setting(None, "folder of the feature and decoded-image caches (default: "
                                     "DATA/.tlkit-cache)")
     cache_dtype: str = setting("float16", "how cached features are stored", CACHE_DTYPES)
+    exclude: str | None = setting(None, "a reviewed list of photos (the audit.csv of `tlkit audit DATA`): its exclude "
+                                  "rows leave training and validation, its relabel rows count under their new class; "
+                                  "the photos stay untouched")
     resume_every_epochs: int | None = setting(None, "write resume.pt after this many epochs (or "
                                               "--resume-every-seconds, whichever comes first; always at the end "
                                               "and on Ctrl-C) (default: by time only)",

@@ -20,6 +20,7 @@ from tlkit import distributed
 from tlkit.augment import Augmentation, crop_flip_photo, policy
 from tlkit.decode import load_image as load_eval_image
 from tlkit.errors import TlkitError
+from tlkit.exclusions import Exclusions, read_exclusions
 from tlkit.runtime import relpath
 from tlkit.scan import DECODE_ERRORS, class_folders, class_images, is_image_name, open_photo, visible_files
 from tlkit.split import SUBSETS, finish_pending_split
@@ -93,8 +94,13 @@ class FolderDataset(ImageFolder):
     and files are tlkit.scan's (class_folders, class_images), the ones check, split and the caches count.
     """
 
-    def __init__(self, root: Path, load):
+    def __init__(self, root: Path, load, listed: list[tuple[str, int]] | None = None):
+        """listed: the (path relative to root, class index) rows to serve instead of every image (SplitFolders.images:
+        --exclude's list applied)."""
         super().__init__(str(root), loader=str, allow_empty=True)
+        if listed is not None:
+            self.samples = self.imgs = [(os.path.join(root, relative), index) for relative, index in listed]
+            self.targets = [index for _, index in listed]
         self.load = load
         empty = [name for name, count in zip(self.classes, torch.bincount(
             torch.tensor(self.targets, dtype=torch.long), minlength=len(self.classes)).tolist()) if count == 0]
@@ -253,14 +259,28 @@ class SplitFolders:
 
     root: Path
     classes: list[str]
+    exclusions: Exclusions | None = None  # --exclude's reviewed list
 
     def subset(self, name: str) -> Path:
         return self.root / name
 
+    def images(self, name: str) -> list[tuple[str, int]]:
+        """(path relative to the subset folder, class index) of what a run takes from it: scan.class_images,
+        less --exclude's exclude rows, its relabel rows under their new class."""
+        listed = class_images(self.subset(name), self.classes)
+        return self.exclusions.apply(listed, self.classes, prefix=f"{name}/") if self.exclusions else listed
 
-def open_split(data: Path | str | SplitFolders) -> SplitFolders:
-    """The checked split folders of `data` (a path, or folders already opened, as they are)."""
-    return data if isinstance(data, SplitFolders) else SplitFolders(Path(data), check_classes(Path(data)))
+
+def open_split(data: Path | str | SplitFolders, exclude: Path | str | None = None) -> SplitFolders:
+    """The checked split folders of `data` (a path, or folders already opened, as they are); exclude: a
+    reviewed list (audit.csv of DATA) whose rows the run acts on."""
+    if isinstance(data, SplitFolders):
+        return data
+    split = SplitFolders(Path(data), check_classes(Path(data)), read_exclusions(exclude) if exclude else None)
+    if split.exclusions:
+        split.exclusions.check_matches({f"{subset}/{relative}" for subset in SUBSETS
+                                        for relative, _ in class_images(split.subset(subset), split.classes)}, split.root)
+    return split
 
 
 def make_data(data: Path | SplitFolders, prep, *, batch_size: int, workers: int, device: torch.device,
@@ -268,8 +288,8 @@ def make_data(data: Path | SplitFolders, prep, *, batch_size: int, workers: int,
     """Datasets and loaders for DATA/training (shuffled, augmented) and DATA/validation (in order)."""
     split = open_split(data)
     classes, train_dir, val_dir = split.classes, split.subset("training"), split.subset("validation")
-    train_set = FolderDataset(train_dir, train_load(prep, augment))
-    val_set = FolderDataset(val_dir, EvalLoad(prep))
+    train_set = FolderDataset(train_dir, train_load(prep, augment), split.images("training"))
+    val_set = FolderDataset(val_dir, EvalLoad(prep), split.images("validation"))
     sampler = EpochSampler(len(train_set), seed, batch_size)
     return DataBundle(
         classes=classes, train_set=train_set, val_set=val_set, train_sampler=sampler,

@@ -16,7 +16,7 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from tlkit.data import (
-    DataBundle, EpochSampler, EvalLoad, FolderDataset, ShardSampler, check_classes, make_loader,
+    DataBundle, EpochSampler, EvalLoad, FolderDataset, ShardSampler, SplitFolders, check_classes, make_loader,
     train_load,
 )
 from tlkit import rawdata
@@ -24,6 +24,7 @@ from tlkit.augment import policy, shift_flip
 from tlkit.backbone import per_channel
 from tlkit.config import checked_settings, config_keys, read_yaml
 from tlkit.errors import TlkitError
+from tlkit.exclusions import Exclusions
 from tlkit.runtime import relpath
 from tlkit.scan import DECODE_ERRORS, open_image
 from tlkit.split import parse_val, val_count
@@ -125,6 +126,11 @@ class TrainingSource:
     command = "train"  # the command that trains on it (and resumes it)
     caches = False  # decoded into memory already: no decoded-image or feature cache
 
+    def excluding(self, exclusions: Exclusions) -> "TrainingSource":
+        """This source without the photos a reviewed list excludes (--exclude); only a split photo folder has them."""
+        raise TlkitError(f"--exclude names photo files of a folder split into training/ and validation/ (tlkit split); "
+                         f"{self.title} is not one. Leave out --exclude, or split the photos first.")
+
     def describe(self) -> str:
         subsets = " / ".join(f"{count:,} {subset}" for subset, count in self.sizes.items())
         shape = f"{self.channels}x{self.image_size}x{self.image_size}" if self.image_size else "images"
@@ -205,13 +211,27 @@ class FolderSource(TrainingSource):
     root: Path = Path(".")
     train_indices: list[int] | None = None  # None: root holds training/ and validation/
     val_indices: list[int] | None = None
+    exclusions: Exclusions | None = None  # --exclude's list (training/ and validation/ only)
+
+    def excluding(self, exclusions: Exclusions) -> "FolderSource":
+        if self.train_indices is not None:
+            return super().excluding(exclusions)
+        split = SplitFolders(self.root, self.classes, exclusions)
+        exclusions.check_matches({f"{subset}/{relative}" for subset in ("training", "validation")
+                                  for relative, _ in SplitFolders(self.root, self.classes).images(subset)}, self.root)
+        return replace(self, exclusions=exclusions, sizes={**self.sizes, **{
+            subset: len(split.images(subset)) for subset in ("training", "validation")}})
+
+    def _subset(self, name: str, load) -> FolderDataset:
+        """training/ or validation/, less --exclude's rows (SplitFolders.images applies them)."""
+        return FolderDataset(self.root / name, load, SplitFolders(self.root, self.classes, self.exclusions).images(name))
 
     def _test_dir(self) -> Path | None:
         return self.root / "test" if self.train_indices is None and (self.root / "test").is_dir() else None
 
     def _train_set(self, load):
         if self.train_indices is None:
-            return FolderDataset(self.root / "training", load)
+            return self._subset("training", load)
         return IndexedSubset(FolderDataset(self.root, load), self.train_indices)
 
     def stats_sample(self, prep) -> torch.Tensor:
@@ -224,7 +244,7 @@ class FolderSource(TrainingSource):
                   augment: str = "default") -> TrainData:
         train_set = self._train_set(train_load(prep, augment))
         if self.train_indices is None:
-            val_set = FolderDataset(self.root / "validation", EvalLoad(prep))
+            val_set = self._subset("validation", EvalLoad(prep))
         else:
             val_set = IndexedSubset(FolderDataset(self.root, EvalLoad(prep)), self.val_indices)
         test_dir = self._test_dir()

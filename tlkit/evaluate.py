@@ -1,7 +1,7 @@
 """`tlkit evaluate`: a trained model's numbers on labelled photos, and what it gets wrong.
 
 Accuracy and scikit-learn's per-class precision / recall / F1, a confusion matrix, and a
-contact sheet of the most confident mistakes (fastai's "top losses"). Labels come from
+contact sheet and a page of the most confident mistakes (fastai's "top losses"). Labels come from
 the folder the same way `tlkit split` reads them (tlkit.scan).
 """
 
@@ -12,13 +12,14 @@ from pathlib import Path
 from tlkit import distributed
 from tlkit.checkpoint import Checkpoint
 from tlkit.errors import TlkitError
+from tlkit.photopage import Card, Section, write_page
 from tlkit.predict import Predictions, predict_files
 from tlkit.report import class_report, plot_confusion, plot_mistakes, write_report
 from tlkit.runtime import Compute, relpath
 from tlkit.scan import list_dataset
 from tlkit.split import finish_pending_split
 
-OUTPUTS = ("report.json", "confusion.png", "mistakes.png")
+OUTPUTS = ("report.json", "confusion.png", "mistakes.png", "mistakes.html")
 
 
 def default_out_dir(checkpoint: Checkpoint, data_dir: Path) -> Path:
@@ -82,4 +83,14 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, co
         plot_confusion(out_dir / "confusion.png", y_true, y_pred, checkpoint.classes,
                        subset=Path(data_dir).resolve().name)
         plot_mistakes(out_dir / "mistakes.png", report["most_confident_mistakes"])
+        mistakes_page(out_dir / "mistakes.html", report)
     return report
+
+
+def mistakes_page(path: Path, report: dict) -> None:
+    """The most confident mistakes on the page `tlkit audit` uses (tlkit/photopage.py): thumbnails, captions."""
+    cards = [Card(Path(m["path"]), (f"true {m['true']}, predicted {m['predicted']}", f"confidence {m['confidence']:.3f}",
+                                    Path(m["path"]).name)) for m in report["most_confident_mistakes"]]
+    write_page(path, f"mistakes on {Path(report['data']).resolve().name}",
+               f"accuracy {report['accuracy']:.4f} on {report['images']} images of {report['data']} with "
+               f"{report['checkpoint']}; the most confident mistakes first.", [Section("most confident mistakes", cards)])

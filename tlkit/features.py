@@ -22,7 +22,7 @@ from tlkit import distributed
 from tlkit.augment import view_seed
 from tlkit.backbone import for_inference
 from tlkit.cache import (
-    CACHE_FORMAT, SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
+    CACHE_FORMAT, SUBSETS, commit, default_cache_root, digest_rows, file_rows, kept_rows, new_staging, read_manifest,
     subset_entry, to_device, why_stale,
 )
 from tlkit.data import EpochRows, SplitFolders, open_split, train_load
@@ -143,10 +143,20 @@ def precompute(backbone, data: Path | SplitFolders, *, compute: Compute, cache_r
     views: K augmented views of each training image (augmented as `augment` names), beside none.
     batch_size None: runtime.inference_batch_size."""
     split = open_split(data)
-    data_dir, classes = split.root, split.classes
-    files = {subset: file_list(data_dir / subset, classes) for subset in SUBSETS}
+    folders = {subset: split.subset(subset) for subset in SUBSETS}
+    files = {subset: file_rows(folder, split.images(subset)) for subset, folder in folders.items()}
+    cache_dir = cache_dir_for(cache_root or default_cache_root(split.root), backbone.name)
+    return precompute_folders(backbone, folders, files, split.classes, cache_dir, compute=compute,
+                              batch_size=batch_size, workers=workers, views=views, augment=augment, dtype=dtype,
+                              force=force)
+
+
+def precompute_folders(backbone, folders: dict[str, Path], files: dict[str, list], classes: list[str], cache_dir: Path,
+                       *, compute: Compute, batch_size: int | None = None, workers: int = 0, views: int = 0,
+                       augment: str = "default", dtype: str = "float16", force: bool = False) -> dict[str, FeatureSet]:
+    """precompute's work for any named subsets: folders[name] holds files[name] (cache.file_list rows, paths
+    relative to it); the views go to a subset named training. `tlkit audit` caches an unsplit folder so."""
     identity = cache_identity(backbone, classes, files, views, dtype, compute.arithmetic, augment if views else "none")
-    cache_dir = cache_dir_for(cache_root or default_cache_root(data_dir), backbone.name)
     device = compute.device
     distributed.setup(device)
     # Decided once, by rank 0: every process must take the same branch (the compute gathers).
@@ -159,18 +169,19 @@ def precompute(backbone, data: Path | SplitFolders, *, compute: Compute, cache_r
     # bf16's or 1e-6 in fp32, and the trunk is faster (fold_batchnorm).
     trunk = for_inference(backbone.trunk, backbone.preprocessing, device)
     batch_size = inference_batch_size(device, batch_size)
-    rows = len(files["training"]) * max(1, views) + len(files["validation"])
+    rows = sum(len(rows) * (max(1, views) if subset == "training" else 1) for subset, rows in files.items())
     needed = rows * backbone.feature_dim * np.dtype(dtype).itemsize
     staging = distributed.on_main(lambda: new_staging(cache_dir, needed, "the features"))
     subsets, started = {}, time.perf_counter()
     with progress() as bar:
-        for subset in SUBSETS:
+        for subset in files:
             subset_views = views if subset == "training" else 0
             share = len(distributed.shard(files[subset]))
             task = bar.add_task(f"features {subset}", total=share * max(1, subset_views))
             failed = _compute_subset(
-                backbone, trunk, data_dir / subset, files[subset], staging / f"{subset}.npy", views=subset_views,
-                augment=augment, dtype=dtype, compute=compute, batch_size=batch_size, workers=workers, on_progress=lambda n, task=task: bar.advance(task, n))
+                backbone, trunk, folders[subset], files[subset], staging / f"{subset}.npy", views=subset_views,
+                augment=augment, dtype=dtype, compute=compute, batch_size=batch_size, workers=workers,
+                on_progress=lambda n, task=task: bar.advance(task, n))
             subsets[subset] = subset_entry(subset, files[subset], failed)
     summary = {"holds": f"{backbone.name} features", "input_size": list(backbone.preprocessing.input_size),
                "views": views}

@@ -30,6 +30,7 @@ from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dic
 from tlkit.data import open_split
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError
+from tlkit.exclusions import read_exclusions
 from tlkit.inputs import SplitSource, TrainingInput, cached_features, feature_input, image_input
 from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, resolve_auto, unused_settings
 from tlkit.report import class_report, plot_confusion, write_report
@@ -73,15 +74,17 @@ def run_config(config: FinetuneConfig, source=None) -> FinetuneConfig:
     absolute = os.path.abspath
     config = dataclasses.replace(config, data=absolute(config.data), runs_dir=absolute(config.runs_dir),
                                  cache_dir=config.cache_dir and absolute(config.cache_dir),
+                                 exclude=config.exclude and absolute(config.exclude),
                                  weights=absolute(config.weights) if Path(config.weights).exists() else config.weights)
     return resolve_auto(config, pretrained=starts_pretrained(config), data_augment=kind.augment,
                         linear_head=models.has_linear_head(config.backbone), features_possible=kind.caches)
 
 
-def create_backbone(config: FinetuneConfig, classes: list[str], source) -> Backbone:
+def create_backbone(config: FinetuneConfig, classes: list[str], source=SplitSource) -> Backbone:
     """The backbone the config names, seeded first so a random initialisation repeats, checked to take its
     input size. The classic nets take the source's channels and size where it has them (`tlkit train`'s
-    datasets), and the source sets the normalisation."""
+    datasets), and the source sets the normalisation (photo folders: the backbone's own, as the class
+    SplitSource declares)."""
     seed_everything(config.seed)
     classic = models.is_classic(config.backbone)
     backbone = check_input_fits(config.backbone, len(classes), weights=config.weights,
@@ -203,7 +206,10 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     else:
         config, state = resolve_config(Path(config_file) if config_file else None, settings), None
     config = run_config(config, source)
-    source = source or SplitSource.open(config)
+    if source is None:
+        source = SplitSource.open(config)  # with --exclude left out as the folders are opened
+    elif config.exclude:
+        source = source.excluding(read_exclusions(config.exclude))
     for flag, asked in (("--precompute-features", config.precompute_features), ("--cache-images", config.cache_images)):
         if asked and not source.caches:
             raise TlkitError(f"{flag} needs DATA/training and DATA/validation image folders (tlkit finetune); "
@@ -312,10 +318,10 @@ def precompute_features(config_file: Path | str | None = None, *, batch_size: in
     """`tlkit precompute`: the feature cache that `finetune --precompute-features` with these settings reads,
     found valid or computed now (force: computed again). Returns the backbone and its FeatureSets."""
     config = run_config(resolve_config(Path(config_file) if config_file else None, settings))
-    split = open_split(config.data)
+    split = open_split(config.data, config.exclude)
     compute = compute_for(config.device, config.precision)
     # Seeded: random-init weights (--weights none) repeat, and so does their cache.
-    backbone = create_backbone(config, split.classes, SplitSource(split))
+    backbone = create_backbone(config, split.classes)
     return backbone, cached_features(config, backbone, compute, split, batch_size=batch_size, force=force)
 
 

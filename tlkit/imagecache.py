@@ -29,7 +29,7 @@ import torch
 from tlkit import distributed
 from tlkit.augment import POLICIES, Augmentation, crop_resize_flip, policy, random_crop_boxes
 from tlkit.cache import (
-    CACHE_FORMAT, SUBSETS, commit, default_cache_root, digest_rows, file_list, kept_rows, new_staging, read_manifest,
+    CACHE_FORMAT, SUBSETS, commit, default_cache_root, digest_rows, file_rows, kept_rows, new_staging, read_manifest,
     subset_entry, to_device, why_stale,
 )
 from tlkit.data import DataBundle, EpochRows, SplitFolders, open_split
@@ -84,7 +84,7 @@ def cache_images(data: Path | SplitFolders, prep, *, augment: bool = True, cache
     """DATA/training and DATA/validation decoded, from the cache or decoded now (and cached)."""
     split = open_split(data)
     data_dir, classes = split.root, split.classes
-    files = {subset: file_list(data_dir / subset, classes) for subset in SUBSETS}
+    files = {subset: file_rows(split.subset(subset), split.images(subset)) for subset in SUBSETS}
     geometries = _geometries(prep, augment)
     identity = json.loads(json.dumps({
         "format": CACHE_FORMAT,

@@ -47,7 +47,8 @@ class SplitSource:
     def classes(self) -> list[str]:
         return self.split.classes
 
-    def preprocessing_for(self, backbone: Backbone):
+    @staticmethod
+    def preprocessing_for(backbone: Backbone):
         return backbone.preprocessing
 
     def make_data(self, prep, **loaders):

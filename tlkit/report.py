@@ -1,5 +1,5 @@
 """Every plot and report a run or an evaluation writes: training curves, the confusion matrix, the
-per-class report, the most confident mistakes and the lr range test's plot.
+per-class report, the most confident mistakes (and any contact sheet of photos) and the lr range test's plot.
 
 matplotlib draws without pyplot (no display, no global backend); each file is written atomically.
 Knows nothing of models or training: it is given numbers and paths.
@@ -84,22 +84,27 @@ def write_report(path: Path, report: dict) -> None:
 
 def plot_mistakes(path: Path, mistakes: list[dict]) -> None:
     """A contact sheet: each image with its true label, the predicted one and the confidence."""
+    plot_photo_sheet(path, [(Path(m["path"]), f"true {m['true']}\npred {m['predicted']} ({m['confidence']:.2f})")
+                            for m in mistakes], empty="no mistakes")
+
+
+def plot_photo_sheet(path: Path, photos: list[tuple[Path, str]], *, empty: str = "nothing to show") -> None:
+    """A contact sheet of photos, four a row, each upright (as the model saw it) under its title."""
     from matplotlib.figure import Figure
 
-    columns = min(4, max(1, len(mistakes)))
-    rows = max(1, -(-len(mistakes) // columns))
+    columns = min(4, max(1, len(photos)))
+    rows = max(1, -(-len(photos) // columns))
     figure = Figure(figsize=(3 * columns, 3.2 * rows))
     axes_grid = np.atleast_1d(figure.subplots(rows, columns)).flat
     for axes in axes_grid:
         axes.axis("off")
-    for axes, mistake in zip(np.atleast_1d(figure.axes), mistakes):
-        image = open_photo(Path(mistake["path"]), "RGB", draft_side=256)  # upright, as the model saw it
+    for axes, (photo, title) in zip(np.atleast_1d(figure.axes), photos):
+        image = open_photo(Path(photo), "RGB", draft_side=256)
         image.thumbnail((256, 256))
         axes.imshow(np.asarray(image))
-        axes.set_title(f"true {mistake['true']}\npred {mistake['predicted']} ({mistake['confidence']:.2f})",
-                       fontsize=9)
-    if not mistakes:
-        figure.axes[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+        axes.set_title(title, fontsize=9)
+    if not photos:
+        figure.axes[0].text(0.5, 0.5, empty, ha="center", va="center")
     save_figure(figure, path)
 
 

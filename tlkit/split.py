@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tlkit.atomic import lock_file, unlock_file
 from tlkit.errors import TlkitError
+from tlkit.exclusions import Exclusions, read_exclusions
 from tlkit.runtime import info, progress, relpath, warn
 from tlkit.scan import Scan, scan_with_progress
 
@@ -77,14 +78,16 @@ def val_count(val: int | float, total: int) -> int:
     return max(count, 1)
 
 
-def plan_split(scan: Scan, val: int | float, out: Path, seed: int = 0) -> SplitPlan:
-    """Choose the validation images: stratified by class, reproducible for a seed."""
+def plan_split(scan: Scan, val: int | float, out: Path, seed: int = 0,
+               pairs: tuple[tuple[str, str], ...] = ()) -> SplitPlan:
+    """Choose the validation images: stratified by class, reproducible for a seed. pairs: (path, path) relative
+    to the source, near-duplicates (from audit.csv) that go to one subset as identical files do."""
     from sklearn.model_selection import train_test_split
 
     images = sorted(scan.images)  # sorted: the split must not depend on listing order
     # Identical files (a photo saved twice) are split as one: a copy in each subset would leak training
     # images into validation. Known only after a full check (scan.details holds the hashes).
-    twin_of = _twins(scan, images)
+    twin_of = _twins(scan, images, pairs)
     unique = [(path, label) for path, label in images if path not in twin_of]
     if not images:
         raise TlkitError(f"{relpath(scan.root)} holds no usable labelled images.")
@@ -125,15 +128,44 @@ def single_image_classes(scan: Scan) -> list[str]:
     return sorted(label for label, n in counts.items() if n < 2)
 
 
-def _twins(scan: Scan, images: list[tuple[Path, str]]) -> dict[Path, Path]:
-    """Each file identical (SHA-1) to an earlier one in sorted order -> that earlier file; {} without hashes."""
-    first_with: dict[str, Path] = {}
-    twin_of = {}
+def _twins(scan: Scan, images: list[tuple[Path, str]], pairs: tuple[tuple[str, str], ...] = ()) -> dict[Path, Path]:
+    """Each file that must go where another goes -> the first file of its group in sorted order: files identical
+    (SHA-1; {} without hashes) and the pairs given (paths relative to the source), joined into groups."""
+    links, first_with = [], {}
     for path, _ in images:
         digest = scan.details[path].sha1 if path in scan.details else ""
         if digest:
-            twin_of[path] = first_with.setdefault(digest, path)
-    return {path: first for path, first in twin_of.items() if path != first}
+            links.append((first_with.setdefault(digest, path), path))
+    links += [(scan.root / first, scan.root / second) for first, second in pairs]
+    known, leader = {path for path, _ in images}, {}
+
+    def group_of(path: Path) -> Path:  # union-find, by hand: a few lines, where a graph library would be a dependency
+        while leader.get(path, path) != path:
+            path = leader[path]
+        return path
+
+    for first, second in links:
+        if first in known and second in known and group_of(first) != group_of(second):
+            low, high = sorted((group_of(first), group_of(second)))
+            leader[high] = low
+    return {path: group_of(path) for path, _ in images if group_of(path) != path}
+
+
+def apply_exclusions(scan: Scan, exclusions: Exclusions) -> tuple[int, int]:
+    """Take the photos a reviewed list excludes out of scan.images and give the
+    ones it relabels their new class; the files stay where they are. Returns (excluded, relabelled)."""
+    relative = {path: path.relative_to(scan.root).as_posix() for path, _ in scan.images}
+    exclusions.check_matches(set(relative.values()), scan.root)
+    classes, new_class, kept = scan.classes, exclusions.new_class, []
+    for path, label in scan.images:
+        name = relative[path]
+        if name in exclusions.excluded:
+            continue
+        kept.append((path, classes[exclusions.class_index(name, classes)] if name in new_class else label))
+    excluded = len(scan.images) - len(kept)
+    relabelled = sum(relative[path] in new_class for path, _ in kept)
+    scan.images = kept
+    return excluded, relabelled
 
 
 def _name_in_class(scan: Scan, path: Path) -> Path:
@@ -144,16 +176,24 @@ def _name_in_class(scan: Scan, path: Path) -> Path:
 
 
 def prepare_split(src: Path, val: str, out: Path | None = None, *, seed: int = 0, force: bool = False,
-                  quick: bool = False) -> tuple[Scan, SplitPlan]:
+                  quick: bool = False, exclude: Path | None = None) -> tuple[Scan, SplitPlan]:
     """What `tlkit split` will do, nothing written yet: the outputs checked free (before any image is
     read), every image checked (decoded and hashed, or headers only when quick), and the seeded plan.
-    val: a count ("2000") or a fraction ("0.1"); out None: beside src."""
+    val: a count ("2000") or a fraction ("0.1"); out None: beside src. exclude: a reviewed list (audit.csv
+    of SRC): its exclude rows are left out, its relabel rows split under their new class, its near-duplicate
+    pairs kept in one subset."""
     val_size = parse_val(val)
+    exclusions = read_exclusions(exclude) if exclude else None  # a bad list stops before any photo is read
     out = Path(out) if out else default_out(src)
     finish_interrupted_swap(out)  # a split killed while swapping in is finished before it is judged
     check_outputs_free(out, Path(src), force)
     scan = scan_with_progress(Path(src), full=not quick)
-    return scan, plan_split(scan, val_size, out, seed=seed)
+    if exclusions is None:
+        return scan, plan_split(scan, val_size, out, seed=seed)
+    excluded, relabelled = apply_exclusions(scan, exclusions)
+    info(f"--exclude {relpath(Path(exclude))}: {excluded} photo(s) left out, {relabelled} split under another class; "
+         "the files themselves are untouched")
+    return scan, plan_split(scan, val_size, out, seed=seed, pairs=exclusions.pairs)
 
 
 def default_out(src: Path) -> Path:

@@ -1,0 +1,139 @@
+"""The folder `tlkit audit` writes: audit.csv (one reviewable row per photo and issue, with the suggested
+action: exclude / relabel / keep), audit.json (what was audited, the counts; the mark that lets --force know
+the folder as an audit's), audit.html (thumbnails, pairs side by side) and audit.png (the worst of each).
+
+Every file is written atomically; an existing folder is written over only with --force, and only when it
+holds nothing but an earlier audit.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+from tlkit import __version__
+from tlkit.atomic import atomic_write_text
+from tlkit.auditing import ISSUES, Audit, Issue
+from tlkit.errors import TlkitError
+from tlkit.photopage import Card, Section, write_page
+from tlkit.report import plot_photo_sheet
+from tlkit.runtime import relpath
+
+CSV_COLUMNS = ("path", "subset", "class", "issue", "score", "suggested", "action", "other")
+OUTPUTS = ("audit.csv", "audit.json", "audit.html", "audit.png")  # all an audit folder holds
+REPORT_MARK = "tlkit audit"  # audit.json's "written_by": how --force knows an audit folder as tlkit's
+PAGE_LIMIT = 60  # photos (or pairs) of each issue on the page; audit.csv holds them all
+SHEET_LIMIT = 8  # of each issue on the PNG sheet
+
+
+def default_report_dir(data: Path) -> Path:
+    """Beside the audited folder: data -> data-audit, data/train -> data/train-audit."""
+    data = Path(data).resolve()
+    return data.parent / f"{data.name}-audit"
+
+
+def check_report_dir(out: Path, force: bool) -> None:
+    """Refuse to write into a folder that holds anything, unless --force and it is an audit folder of tlkit's
+    (its audit.json says so, and it holds nothing but an audit's files)."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise TlkitError(f"{relpath(out)} is a file; audit writes a folder. Choose another --out.")
+    present = [p.name for p in out.iterdir()]
+    if not present:
+        return
+    if not force:
+        raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace an earlier "
+                         "audit there, or --out DIR to write elsewhere.")
+    foreign = sorted(name for name in present if name not in OUTPUTS and not name.startswith(".audit."))
+    if foreign or not _an_audit(out / "audit.json"):
+        raise TlkitError(f"{relpath(out)} is not an audit folder of tlkit's (it holds {', '.join(foreign or present)}"
+                         "); --force replaces only an earlier audit, so nothing was changed. Choose another --out.")
+
+
+def _an_audit(summary: Path) -> bool:
+    try:
+        return json.loads(summary.read_text(encoding="utf-8")).get("written_by") == REPORT_MARK
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def write_csv(path: Path, issues: list[Issue]) -> None:
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(CSV_COLUMNS)
+    for issue in issues:
+        writer.writerow([issue.path.as_posix(), issue.subset, issue.label, issue.issue, f"{issue.score:.4f}",
+                         issue.suggested, issue.action, issue.other.as_posix() if issue.other else ""])
+    atomic_write_text(path, text.getvalue())
+
+
+def summary(audit: Audit, settings: dict) -> dict:
+    """audit.json: what was audited with which settings, and the counts (the mark --force recognises)."""
+    return {"written_by": REPORT_MARK, "tlkit": __version__, "data": str(audit.root.resolve()),
+            "photos": len(audit.photos), "classes": audit.classes, "backbone": audit.backbone,
+            "settings": {key: str(value) for key, value in settings.items()},
+            "counts": {label: dict(counts) for label, counts in audit.counts().items()},
+            "actions": dict(Counter(issue.action for issue in audit.issues))}
+
+
+def write_audit(audit: Audit, out: Path, settings: dict, *, force: bool = False) -> Path:
+    """audit.csv, audit.json, audit.html and audit.png in out (each written atomically); returns out."""
+    out = Path(out)
+    check_report_dir(out, force)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "audit.csv", audit.issues)
+    write_page(out / "audit.html", f"audit of {audit.root.resolve().name}", _intro(audit), page_sections(audit),
+               table=count_table(audit))
+    plot_photo_sheet(out / "audit.png", sheet_photos(audit), empty="no issue found")
+    atomic_write_text(out / "audit.json", json.dumps(summary(audit, settings), indent=2))
+    return out
+
+
+def count_table(audit: Audit) -> list[list[str]]:
+    """The counts per class (first row: the heads), as the command's table shows them."""
+    counts, photos = audit.counts(), Counter(photo.label for photo in audit.photos)
+    rows = [[label, str(photos[label]), *(str(counts[label][issue]) for issue in ISSUES)] for label in audit.classes]
+    return [["class", "photos", *ISSUES], *rows]
+
+
+def _intro(audit: Audit) -> str:
+    actions = ", ".join(f"{n} {action}" for action, n in Counter(issue.action for issue in audit.issues).items())
+    return (f"{len(audit.photos)} photos of {audit.root.resolve()}, judged by {audit.backbone} features. "
+            f"audit.csv beside this page lists every row ({actions or 'none'}); "
+            f"here the worst {PAGE_LIMIT} of each issue. No photo was moved or changed.")
+
+
+def _card(audit: Audit, issue: Issue, *lines: str) -> Card:
+    return Card(audit.root / issue.path, (*lines, issue.path.as_posix()))
+
+
+def page_sections(audit: Audit) -> list[Section]:
+    labels = Section(f"likely label errors ({len(audit.of('label'))}): given -> suggested, P(given) out of fold",
+                     [_card(audit, row, f"{row.label} -> {row.suggested}", f"{row.score:.3f}, {row.action}")
+                      for row in audit.of("label")[:PAGE_LIMIT]])
+    sections = [labels]
+    for kind in ("near-duplicate", "identical"):
+        rows = audit.of(kind)
+        pairs = [(_card(audit, row, f"{row.action}: {row.label}", f"similarity {row.score:.3f}"),
+                  Card(audit.root / row.other, ("its pair", row.other.as_posix()))) for row in rows[:PAGE_LIMIT]]
+        sections.append(Section(f"{kind} pairs ({len(rows)}), across training and validation first", pairs=pairs))
+    outliers = audit.of("outlier")
+    sections.append(Section(f"outliers ({len(outliers)}): unlike every other photo, lowest score first",
+                            [_card(audit, row, f"{row.label}?", f"score {row.score:.3f}, {row.action}")
+                             for row in outliers[:PAGE_LIMIT]]))
+    return sections
+
+
+def sheet_photos(audit: Audit) -> list[tuple[Path, str]]:
+    """The worst SHEET_LIMIT of each issue, titled."""
+    photos = []
+    for kind in ISSUES:
+        for row in audit.of(kind)[:SHEET_LIMIT]:
+            what = f"{row.label} -> {row.suggested}" if kind == "label" else row.label
+            photos.append((audit.root / row.path, f"{kind}: {what}\n{row.score:.3f} {row.action}"))
+    return photos

@@ -1,0 +1,184 @@
+"""`tlkit audit`: what is wrong in a dataset before it costs accuracy: likely label errors, leaks and
+near-duplicates, photos of no class; found in the frozen trunk's features, from the feature cache.
+
+Gathers the features (a split's cache, the one `finetune --precompute-features` reads; an unsplit folder's
+own cache, all its photos as one subset), asks tlkit/findings.py, and turns its flags into one reviewable
+row per photo and issue with a suggested action (tlkit/audit_report.py writes them). Never moves, renames or
+deletes a photo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tlkit.cache import default_cache_root, file_rows
+from tlkit.config import FinetuneConfig, resolve_config
+from tlkit.data import open_split
+from tlkit.errors import TlkitError
+from tlkit.features import FeatureSet, cache_dir_for, precompute_folders
+from tlkit.findings import AUDIT_BACKBONE, DUPLICATE_SIMILARITY, Findings, find_problems
+from tlkit.finetuning import create_backbone, run_config
+from tlkit.inputs import cached_features
+from tlkit.runtime import compute_for, default_workers, info, relpath
+from tlkit.scan import list_dataset
+from tlkit.split import SUBSETS, finish_pending_split
+
+ISSUES = ("label", "near-duplicate", "identical", "outlier")
+WHOLE = "all"  # the one subset of a folder not split yet
+RELABEL_ABOVE = 0.9  # out-of-fold probability of the suggested class from which a label issue is relabelled
+
+
+@dataclass(frozen=True)
+class Photo:
+    path: Path  # relative to the audited folder
+    subset: str  # training, validation, or "all" for a folder not split yet
+    label: str
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One row of audit.csv: a photo, what is wrong with it, and what audit suggests doing."""
+
+    path: Path  # relative to the audited folder
+    subset: str
+    label: str
+    issue: str  # one of ISSUES
+    score: float  # label: P(own label) out of fold; pairs: similarity; outlier: OOD score (low = unlike)
+    suggested: str  # label issues: the class the other photos point to; else ""
+    action: str  # exclude, relabel or keep (tlkit.exclusions.ACTIONS: what --exclude acts on)
+    other: Path | None = None  # the pair's other photo
+
+
+@dataclass
+class Audit:
+    """What `tlkit audit` found in `root`: the photos (rows of the arrays), the findings, and audit.csv's rows."""
+
+    root: Path
+    classes: list[str]
+    backbone: str  # whose features judged the photos
+    photos: list[Photo]
+    findings: Findings
+    issues: list[Issue]  # audit.csv's rows (issue_rows)
+
+    def counts(self) -> dict[str, Counter]:
+        """{class: Counter(issue -> photos)} of the issues found."""
+        counts = {label: Counter() for label in self.classes}
+        for issue in self.issues:
+            counts[issue.label][issue.issue] += 1
+        return counts
+
+    def of(self, kind: str) -> list[Issue]:
+        return [issue for issue in self.issues if issue.issue == kind]
+
+    def ranked(self, kind: str, limit: int) -> list[int]:
+        """The rows most likely to have a label issue ("label") or to be outliers ("outlier"), flagged or not."""
+        scores = self.findings.label_quality if kind == "label" else self.findings.outlier_score
+        return np.argsort(scores, kind="stable")[:limit].tolist()
+
+
+def audit_folder(data: Path, settings: dict, *, config_file: Path | None = None,
+                 similarity: float = DUPLICATE_SIMILARITY) -> Audit:
+    """Audit a split folder (training/ + validation/) or a flat or class-foldered folder not split yet.
+    settings: the run's backbone settings (FinetuneConfig fields: backbone, weights, img_size, device, ...),
+    over config_file's; without a file the backbone is AUDIT_BACKBONE unless settings name one."""
+    data = Path(data)
+    finish_pending_split(data)
+    defaults = {} if config_file else {"backbone": AUDIT_BACKBONE}
+    config = run_config(resolve_config(config_file, {**defaults, **settings, "data": str(data), "precompute_views": 0}))
+    photos, classes, features = gather_features(data, config)
+    labels = np.array([classes.index(photo.label) for photo in photos], dtype=np.int64)
+    info(f"audit: judging {len(photos)} photos' labels ({len(classes)} classes), near-duplicates and outliers")
+    findings = find_problems(features, labels, file_digests(data, photos), similarity=similarity, seed=config.seed)
+    return Audit(root=data, classes=classes, backbone=config.backbone, photos=photos, findings=findings,
+                 issues=issue_rows(photos, classes, findings))
+
+
+def is_split(data: Path) -> bool:
+    return all((Path(data) / subset).is_dir() for subset in SUBSETS)
+
+
+def gather_features(data: Path, config: FinetuneConfig) -> tuple[list[Photo], list[str], np.ndarray]:
+    """(photos, classes, features [N, D]) of every photo that decoded, the trunk's as config sets it up: from
+    the cache, or computed into it."""
+    compute = compute_for(config.device, config.precision)
+    if is_split(data):
+        split = open_split(data)
+        classes = split.classes
+        backbone = create_backbone(config, classes)
+        sets = cached_features(config, backbone, compute, split)
+    else:
+        classes, folders, files = _unsplit_files(data)
+        backbone = create_backbone(config, classes)
+        cache_root = Path(config.cache_dir) if config.cache_dir else default_cache_root(data.resolve().parent)
+        cache_dir = cache_dir_for(cache_root, f"{data.resolve().name}-{backbone.name}")
+        sets = precompute_folders(backbone, folders, files, classes, cache_dir, compute=compute,
+                                  workers=default_workers(config.workers), views=0, dtype=config.cache_dtype)
+    return _photos(sets, classes), classes, np.concatenate([np.asarray(s.features) for s in sets.values()])
+
+
+def _unsplit_files(data: Path) -> tuple[list[str], dict[str, Path], dict[str, list]]:
+    """A flat or class-foldered folder as one subset: (classes, {all: folder}, {all: file rows})."""
+    scan = list_dataset(data)
+    classes = scan.classes
+    if len(classes) < 2:
+        raise TlkitError(f"{relpath(data)} holds {len(classes)} class(es) of labelled photos; an audit judges labels "
+                         "against at least two. Name photos <class>.<n>.jpg, or put them in <class>/ folders.")
+    listed = [(path.relative_to(scan.root).as_posix(), classes.index(label)) for path, label in scan.images]
+    return classes, {WHOLE: scan.root}, {WHOLE: file_rows(scan.root, listed)}
+
+
+def _photos(sets: dict[str, FeatureSet], classes: list[str]) -> list[Photo]:
+    """The photos in the features' row order; a split's paths start with their subset folder."""
+    return [Photo(Path(name) if subset == WHOLE else Path(subset) / name, subset, classes[label])
+            for subset, feature_set in sets.items() for name, label in zip(feature_set.files, feature_set.labels)]
+
+
+def file_digests(data: Path, photos: list[Photo]) -> list[str]:
+    """SHA-1 of each photo's bytes: identical files are found even where decoding would tell them apart."""
+    return [hashlib.sha1((data / photo.path).read_bytes()).hexdigest() for photo in photos]
+
+
+def issue_rows(photos: list[Photo], classes: list[str], findings: Findings) -> list[Issue]:
+    """audit.csv's rows: label issues, then near-duplicate and identical pairs, then outliers; each worst first."""
+    return [*_label_rows(photos, classes, findings), *_pair_rows(photos, findings), *_outlier_rows(photos, findings)]
+
+
+def _label_rows(photos: list[Photo], classes: list[str], findings: Findings) -> list[Issue]:
+    """A flagged label is relabelled where the other photos agree on another class (RELABEL_ABOVE) and the photo
+    is no outlier, else excluded (the photo may hold both classes, or neither)."""
+    rows = []
+    for row in np.argsort(findings.label_quality, kind="stable"):
+        if not findings.label_issue[row]:
+            continue
+        photo, suggested = photos[row], int(findings.suggested[row])
+        sure = (findings.probabilities[row, suggested] >= RELABEL_ABOVE and classes[suggested] != photo.label
+                and not findings.outlier[row])  # a photo of no class is no photo of the other class either
+        rows.append(Issue(photo.path, photo.subset, photo.label, "label", float(findings.label_quality[row]),
+                          classes[suggested], "relabel" if sure else "exclude"))
+    return rows
+
+
+def _pair_rows(photos: list[Photo], findings: Findings) -> list[Issue]:
+    """One row per pair (those across subsets first), for the photo to act on: across training and validation
+    the training copy is excluded (validation stays as it was); identical files in one subset, the later copy;
+    near-duplicates in one subset are kept (the same scene twice is no error, but worth a look)."""
+    rows = []
+    for pair in sorted(findings.pairs, key=lambda pair: photos[pair.first].subset == photos[pair.second].subset):
+        first, second = photos[pair.first], photos[pair.second]
+        crosses = first.subset != second.subset
+        acted, other = (first, second) if crosses and first.subset == "training" else (second, first)
+        action = "exclude" if crosses or pair.identical else "keep"
+        rows.append(Issue(acted.path, acted.subset, acted.label, "identical" if pair.identical else "near-duplicate",
+                          pair.similarity, "", action, other.path))
+    return rows
+
+
+def _outlier_rows(photos: list[Photo], findings: Findings) -> list[Issue]:
+    order = np.argsort(findings.outlier_score, kind="stable")
+    return [Issue(photos[row].path, photos[row].subset, photos[row].label, "outlier",
+                  float(findings.outlier_score[row]), "", "exclude") for row in order if findings.outlier[row]]

@@ -1,0 +1,162 @@
+"""What is wrong in a dataset, told from its photos' features: labels that the other photos contradict,
+near-identical photos (above all across training and validation), and photos unlike every class.
+
+Works on arrays (features, labels, file digests) and returns per-row scores and flags; reads no photo,
+writes nothing, prints nothing (tlkit/auditing.py does). scikit-learn gives the out-of-fold heads and
+the neighbour search; cleanlab turns the scores into issues with its published rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tlkit.errors import TlkitError
+
+AUDIT_BACKBONE = "efficientnet_lite0"  # whose features judge, unless told: its ImageNet weights install with tlkit
+FOLDS = 5  # out-of-fold heads: each photo is judged by a head that never saw it
+# Cosine similarity of two photos' features from which they are near-duplicates (docs/benchmarks.md, "Audit").
+DUPLICATE_SIMILARITY = 0.90
+SEARCH_MEMORY_MB = 64  # what one block of the neighbour search's distances may take (sklearn working_memory)
+# cleanlab Datalab's default for outliers on features: an average distance to the k nearest neighbours above
+# Q3 + (1 / 0.37037 - 1) x IQR of all of them (cleanlab.datalab ... OutlierIssueManager.DEFAULT_THRESHOLDS).
+OUTLIER_IQR_SCALE = 1 / 0.37037 - 1
+
+
+@dataclass(frozen=True)
+class DuplicatePair:
+    """Two photos (rows) whose features are nearly the same; identical: the same bytes."""
+
+    first: int
+    second: int
+    similarity: float
+    identical: bool
+
+
+@dataclass
+class Findings:
+    """Per row (photo): the out-of-fold verdict on its label, how unlike the rest it is; and the pairs."""
+
+    probabilities: np.ndarray  # [N, C] out of fold: from a head trained on the other folds
+    label_quality: np.ndarray  # [N] the probability of the photo's own label (cleanlab's self_confidence)
+    label_issue: np.ndarray  # [N] bool: confident learning counts the label as wrong
+    outlier_score: np.ndarray  # [N] in (0, 1], low = far from every other photo (cleanlab's OutOfDistribution)
+    outlier: np.ndarray  # [N] bool: Datalab's rule on the same distances
+    pairs: list[DuplicatePair]  # most similar first
+    groups: np.ndarray  # [N] a group number shared by photos joined by pairs, -1 for a photo in none
+
+    @property
+    def suggested(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+
+def find_problems(features: np.ndarray, labels: np.ndarray, digests: list[str], *, seed: int = 0,
+                  similarity: float = DUPLICATE_SIMILARITY) -> Findings:
+    """Everything audit reports, from features [N, D] (any scale), labels [N] and the files' digests."""
+    unit = unit_rows(features)
+    probabilities = out_of_fold_probabilities(unit, labels, seed=seed)
+    quality, issue = judge_labels(labels, probabilities)
+    outlier_score, outlier = outliers(unit)
+    pairs = near_duplicates(unit, digests, similarity=similarity)
+    return Findings(probabilities=probabilities, label_quality=quality, label_issue=issue, outlier_score=outlier_score,
+                    outlier=outlier, pairs=pairs, groups=duplicate_groups(pairs, len(labels)))
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """float32 rows of length 1: cosine similarity is then a dot product, and distances comparable."""
+    rows = np.asarray(features, dtype=np.float32)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """[N, C] class probabilities of each photo from a logistic-regression head trained on the other folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    smallest = int(np.bincount(labels).min()) if len(labels) else 0
+    if smallest < 2:
+        raise TlkitError("a class holds fewer than 2 photos, too few to judge its labels out of fold; add photos "
+                         "of that class or remove it.")
+    folds = min(FOLDS, smallest)
+    # C=0.1: a stronger L2 than scikit-learn's default; a trunk's 1,280 features separate a few thousand photos,
+    # and an unregularised head's probabilities saturate at 0 and 1, where a ranking can no longer tell them apart.
+    head = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    return cross_val_predict(head, features, labels, method="predict_proba",
+                             cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+
+
+def judge_labels(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(label quality, is a label issue) by cleanlab: self-confidence, and confident learning's count of
+    errors per class (filter_by="prune_by_noise_rate", its default)."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    quality = get_label_quality_scores(labels, probabilities, method="self_confidence")
+    return quality, find_label_issues(labels, probabilities, n_jobs=1)  # 1: no pool of processes for a few classes
+
+
+def outliers(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(score, is an outlier): cleanlab's OutOfDistribution score from the average cosine distance to the
+    k=10 nearest photos, and Datalab's rule for which of them are outliers, applied to those distances."""
+    from cleanlab.outlier import OutOfDistribution
+
+    scores = OutOfDistribution().fit_score(features=features, verbose=False)
+    # The score is exp(-distance / median distance): its -log is the distance on a scale that the
+    # quartile rule does not depend on.
+    distance = -np.log(np.clip(scores, 1e-30, 1.0))
+    q1, q3 = np.percentile(distance, [25, 75])
+    return scores, distance > q3 + OUTLIER_IQR_SCALE * (q3 - q1)
+
+
+def near_duplicates(features: np.ndarray, digests: list[str], *, similarity: float = DUPLICATE_SIMILARITY,
+                    memory_mb: int = SEARCH_MEMORY_MB) -> list[DuplicatePair]:
+    """Every pair of unit rows at cosine similarity >= `similarity`, and every pair of identical files.
+
+    scikit-learn's radius search on unit vectors (euclidean distance^2 = 2 - 2 cos): it computes the
+    distances a block of rows at a time (working_memory), so memory grows with n, never n x n."""
+    from sklearn import config_context
+    from sklearn.neighbors import NearestNeighbors
+
+    radius = float(np.sqrt(max(0.0, 2 - 2 * similarity)))
+    with config_context(working_memory=memory_mb):
+        search = NearestNeighbors(radius=radius, algorithm="brute").fit(features)
+        distances, neighbours = search.radius_neighbors(features, sort_results=True)
+    found = {}
+    for row, (row_distances, row_neighbours) in enumerate(zip(distances, neighbours)):
+        for distance, other in zip(row_distances, row_neighbours):
+            if other > row:
+                found[row, int(other)] = 1 - float(distance) ** 2 / 2
+    for first, second in _identical_files(digests):
+        found[first, second] = 1.0
+    pairs = [DuplicatePair(first, second, min(1.0, value), digests[first] == digests[second] != "")
+             for (first, second), value in found.items()]
+    return sorted(pairs, key=lambda pair: (-pair.similarity, pair.first, pair.second))
+
+
+def _identical_files(digests: list[str]) -> list[tuple[int, int]]:
+    """(earlier, later) rows of files with the same bytes (found even when decoding made their features differ)."""
+    first_with: dict[str, int] = {}
+    pairs = []
+    for row, digest in enumerate(digests):
+        if digest and digest in first_with:
+            pairs.append((first_with[digest], row))
+        first_with.setdefault(digest, row)
+    return pairs
+
+
+def duplicate_groups(pairs: list[DuplicatePair], rows: int) -> np.ndarray:
+    """[rows] a number per group of photos that pairs join (connected components), -1 for a photo in none."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not pairs:
+        return np.full(rows, -1)
+    first, second = np.array([[pair.first, pair.second] for pair in pairs]).T
+    graph = coo_matrix((np.ones(len(pairs)), (first, second)), shape=(rows, rows))
+    _, component = connected_components(graph, directed=False)
+    in_pair = np.zeros(rows, bool)
+    in_pair[first] = in_pair[second] = True
+    return np.where(in_pair, component, -1)

@@ -304,7 +304,7 @@ def finetune(data: Path | str | None = None, *, config_file: Path | str | None =
              head_weight_decay: float | None = None, precompute_views: int | None = None,
              cache_dir: str | None = None, cache_dtype: str | None = None, resume_every_epochs: int | None = None,
              resume_every_seconds: float | None = None, seed: int | None = None, name: str | None = None,
-             runs_dir: str | None = None) -> Run:
+             runs_dir: str | None = None, exclude: str | None = None) -> Run:
     """`tlkit finetune`: train a backbone on DATA/training, keep the best epoch on DATA/validation, write runs/<name>/.
 
     data None: the config's (data/ unless config_file says otherwise). Every other keyword is the

@@ -20,6 +20,7 @@ The batched decoder is trusted only as far as it is checked:
 
 from __future__ import annotations
 
+import contextvars
 import io
 import itertools
 import queue
@@ -400,7 +401,9 @@ def _ahead(items: Iterator, depth: int) -> Iterator:
         except BaseException as error:  # noqa: BLE001 (handed to the consumer, who raises it)
             offer((done, error))
 
-    thread = threading.Thread(target=produce, name="tlkit-decode", daemon=True)
+    # In the consumer's context: its reporter (a quiet call stays quiet) and its naming of options.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(produce,), name="tlkit-decode",
+                              daemon=True)
     thread.start()
     try:
         while True:

@@ -33,7 +33,7 @@ from tlkit.errors import TlkitError
 from tlkit.inputs import TrainingInput, cached_features, feature_input, image_input
 from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, resolve_auto, unused_settings
 from tlkit.report import class_report, plot_confusion, write_report
-from tlkit.runtime import console, info, out, precision_words, relpath, seed_everything, select_device, warn
+from tlkit.runtime import info, precision_words, relpath, result, seed_everything, select_device, warn
 from tlkit.summary import check_input_fits
 from tlkit.train import Diverged, Trainer, evaluate, fit, make_optimizer, make_scheduler, unused_momentum
 
@@ -305,7 +305,7 @@ def train(config_file: Path | str | None = None, *, resume: Path | str | None = 
         if "backbone" not in settings:
             raise TlkitError(f"no model given: add --model ({', '.join(models.available())}, or timm:NAME).")
     source = open_source(**source_settings)
-    console.print(f"data: {source.describe()}")
+    info(f"data: {source.describe()}")
     return finetune(resume=resume, force=force, callbacks=callbacks, source=source, **settings)
 
 
@@ -335,12 +335,12 @@ def _fit(trainer: Trainer, run_dir: Path, command: str, config: FinetuneConfig, 
             try:
                 writer.flush()  # the last finished epoch, if the cadence had not written it yet
             except Exception as error:  # noqa: BLE001 (the Ctrl-C and its hint must still come through)
-                console.print(f"[red]could not write {RESUME} on the way out: {error}[/]")
+                info(f"[red]could not write {RESUME} on the way out: {error}[/]")
         if (run_dir / RESUME).is_file():
-            console.print(f"continue this run with: tlkit {command} --resume {relpath(run_dir)}")
+            info(f"continue this run with: tlkit {command} --resume {relpath(run_dir)}")
         else:  # stopped before the first epoch ended: nothing to continue from
-            console.print(f"no epoch had ended, so there is nothing to resume: start again (add --force to "
-                          f"replace {relpath(run_dir)})")
+            info(f"no epoch had ended, so there is nothing to resume: start again (add --force to "
+                 f"replace {relpath(run_dir)})")
         raise
 
 
@@ -405,13 +405,13 @@ def _print_summary(history: list[dict], best_epoch: int, report: dict, outputs: 
     table.add_column(f"last: epoch {last_row['epoch']}", justify="right")
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
         table.add_row(key.replace("_", " "), f"{best_row[key]:.4f}", f"{last_row[key]:.4f}")
-    out.print(table)
-    out.print(f"{report.get('subset', 'validation')} accuracy of the saved model: {report['accuracy']:.4f}")
+    result(table)
+    result(f"{report.get('subset', 'validation')} accuracy of the saved model: {report['accuracy']:.4f}")
     for name, path in outputs.items():
-        out.print(f"  {name:<16} {relpath(path)}")
+        result(f"  {name:<16} {relpath(path)}")
     if skipped:
         warn(f"images that failed to decode and were skipped: {len(skipped)}")
         for path in skipped[:LIST_LIMIT]:
-            console.print(f"  {path}")
+            info(f"  {path}")
         if len(skipped) > LIST_LIMIT:
-            console.print(f"  ... and {len(skipped) - LIST_LIMIT} more")
+            info(f"  ... and {len(skipped) - LIST_LIMIT} more")

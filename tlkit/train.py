@@ -20,7 +20,7 @@ from rich.progress import TextColumn
 from tlkit import distributed
 from tlkit.config import FinetuneConfig
 from tlkit.errors import TlkitError
-from tlkit.runtime import compute_precision, console, out_of_memory, progress
+from tlkit.runtime import compute_precision, info, out_of_memory, progress
 
 PER_BATCH_SCHEDULERS = ("cosine", "onecycle")
 ONE_CYCLE_MOMENTUM = (0.95, 0.85)  # OneCycleLR's own: SGD's momentum (AdamW's beta1) at the lowest and highest lr
@@ -309,7 +309,7 @@ def fit(trainer: Trainer, save_resume=None) -> None:
         try:
             trainer.call("on_interrupt")
         except Exception as error:  # noqa: BLE001 (the Ctrl-C or divergence and its hint must still come through)
-            console.print(f"[red]could not save on the way out: {error}[/]")
+            info(f"[red]could not save on the way out: {error}[/]")
         raise
     except RuntimeError as error:  # torch.OutOfMemoryError is one
         held = getattr(trainer.train_loader, "images", None)  # --cache-images keeps the pixels on the GPU
@@ -320,5 +320,5 @@ def fit(trainer: Trainer, save_resume=None) -> None:
             raise
         raise TlkitError(message) from None
     if trainer.stop_reason:
-        console.print(trainer.stop_reason)
+        info(trainer.stop_reason)
     trainer.call("on_fit_end")

@@ -13,7 +13,7 @@ import torch
 
 from tlkit import distributed
 from tlkit.checkpoint import Checkpoint
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.predict import Predictions, predict_files
 from tlkit.report import class_report, plot_confusion, plot_mistakes, write_report
 from tlkit.runtime import relpath
@@ -62,7 +62,7 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, de
     taken = [name for name in OUTPUTS if (out_dir / name).exists()]
     if taken and not force:
         raise TlkitError(f"{relpath(out_dir)} already holds {', '.join(taken)}; nothing was written. Use "
-                         "--force to replace them, or --out DIR.")
+                         f"{option('force', True)} to replace them, or {option('out', 'DIR')}.")
     paths, targets = labelled_images(data_dir, checkpoint.classes)
     pred = predict_files(checkpoint, paths, device=device, batch_size=batch_size, workers=workers, tta=tta,
                          precision=precision)

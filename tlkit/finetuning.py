@@ -29,7 +29,7 @@ from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dic
                           resolve_config, setting_name)
 from tlkit.data import SplitFolders, open_split
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.inputs import TrainingInput, cached_features, feature_input, image_input
 from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, resolve_auto, unused_settings
 from tlkit.report import class_report, plot_confusion, write_report
@@ -164,20 +164,21 @@ def build_trainer(config: FinetuneConfig, classes: list[str], *, source=None) ->
 def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneConfig, dict]:
     """The interrupted run's own config (flags given may change it, but not the backbone)."""
     if config_file is not None:
-        raise TlkitError("--resume continues with the run's own config.yaml; leave out --config.")
+        raise TlkitError(f"{option('resume')} continues with the run's own config.yaml; leave out "
+                         f"{option('config', python='config_file')}.")
     state = load_resume(resume)
     saved, settings = state["meta"].config, checked_settings(settings, FLAGS)
     asked = settings.get("backbone")
     if asked is not None and asked != saved["backbone"]:
         raise TlkitError(
             f"{relpath(resume)} was trained with backbone {saved['backbone']}, not {asked}; resume it without "
-            "--backbone, or start a new run (another --name) for the other backbone."
+            f"{option('backbone')}, or start a new run (another {option('name')}) for the other backbone."
         )
     if "epochs" in settings and settings["epochs"] != saved["epochs"] and saved.get("scheduler") in SPANNING_SCHEDULES:
         raise TlkitError(
             f"{relpath(resume)} follows a {saved['scheduler']} schedule planned over its {saved['epochs']} epochs, so "
-            f"--resume cannot change --epochs. Resume it as it is, or start a new run from its weights: "
-            f"tlkit finetune --weights {relpath(resume)} --epochs {settings['epochs']} --name NEW."
+            f"{option('resume')} cannot change {option('epochs')}. Resume it as it is, or start a new run from its "
+            f"weights: tlkit finetune --weights {relpath(resume)} --epochs {settings['epochs']} --name NEW."
         )
     replanned = [key for key in PLAN_SETTINGS if key in settings and settings[key] != saved.get(key)]
     if replanned:
@@ -204,15 +205,15 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     else:
         config, state = resolve_config(Path(config_file) if config_file else None, settings), None
     config = run_config(config, source)
-    for flag, asked in (("--precompute-features", config.precompute_features), ("--cache-images", config.cache_images)):
+    for key, asked in (("precompute_features", config.precompute_features), ("cache_images", config.cache_images)):
         if asked and source is not None:
-            raise TlkitError(f"{flag} needs DATA/training and DATA/validation image folders (tlkit finetune); "
+            raise TlkitError(f"{option(key)} needs DATA/training and DATA/validation image folders (tlkit finetune); "
                              "built-in datasets are decoded into memory already and train end to end.")
     split = open_split(config.data) if source is None else None
     classes = source.classes if source is not None else split.classes
     if state is not None and state["meta"].classes != classes:
         raise TlkitError(f"{relpath(Path(config.data))} holds classes {classes}, but {relpath(Path(resume))} "
-                         f"was trained on {state['meta'].classes}; resume with its own --data.")
+                         f"was trained on {state['meta'].classes}; resume with its own {option('data')}.")
     planned = plan_phases(config, processes=distributed.world_size())
     phases = planned
     if state is not None:  # the resume file says which phase wrote it: the head alone, or the whole model
@@ -281,7 +282,7 @@ def _continue(trainer: Trainer, state: dict, run_dir: Path, config: FinetuneConf
     before, now = state["meta"].processes, distributed.world_size()
     if config.lr_scale == "linear" and before != now:
         warn(f"the run was trained by {before} process(es) and resumes with {now}: its optimizer and schedule "
-             f"keep the lr scaled for {before} (--lr-scale linear); the result differs from either run")
+             f"keep the lr scaled for {before} ({option('lr_scale', 'linear')}); the result differs from either run")
 
 
 def train(config_file: Path | str | None = None, *, resume: Path | str | None = None, force: bool = False,
@@ -339,7 +340,7 @@ def _fit(trainer: Trainer, run_dir: Path, command: str, config: FinetuneConfig, 
         if (run_dir / RESUME).is_file():
             info(f"continue this run with: tlkit {command} --resume {relpath(run_dir)}")
         else:  # stopped before the first epoch ended: nothing to continue from
-            info(f"no epoch had ended, so there is nothing to resume: start again (add --force to "
+            info(f"no epoch had ended, so there is nothing to resume: start again (add {option('force', True)} to "
                  f"replace {relpath(run_dir)})")
         raise
 
@@ -368,15 +369,16 @@ def _announce(config: FinetuneConfig, backbone: Backbone, data: TrainingInput, d
     if world > 1:
         info(f"{world} processes (DistributedDataParallel): effective batch size {config.batch_size * world} "
              f"({config.batch_size} per process x {world}); "
-             + ("the lrs above are scaled by it (--lr-scale linear)" if config.lr_scale == "linear" else
-                "the lrs above are as given (--lr-scale none)"))
+             + (f"the lrs above are scaled by it ({option('lr_scale', 'linear')})" if config.lr_scale == "linear"
+                else f"the lrs above are as given ({option('lr_scale', 'none')})"))
 
 
 def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: TrainingInput,
             run_dir: Path) -> FinetuneResult:
     """Best weights are back in the model: write the checkpoint, confusion matrix and report; show the summary."""
     if best.best_state is None:
-        raise TlkitError(f"no epoch gave a usable {best.monitor} (NaN: the training diverged); try a lower --lr.")
+        raise TlkitError(f"no epoch gave a usable {best.monitor} (NaN: the training diverged); try a lower "
+                         f"{option('lr')}.")
     # The final report is on the test split where the data has one (tlkit train), else on validation.
     subset, loader = ("test", data.test_loader) if data.test_loader is not None else ("validation", data.val_loader)
     result = evaluate(trainer.model, loader, trainer.normalize, autocast=trainer.autocast, collect=True)

@@ -82,10 +82,11 @@ def test_precompute_features_from_the_command_line(data_dir, tmp_path, capsys):
 
 
 def test_built_in_datasets_refuse_precompute(tmp_path):
+    from tlkit import finetuning
     from tlkit.errors import TlkitError
 
-    with pytest.raises(TlkitError, match="--precompute-features"):
-        finetune(data=str(tmp_path), precompute_features=True, source=object())
+    with pytest.raises(TlkitError, match="--precompute-features"):  # tlkit.finetune (the API's) takes no source
+        finetuning.finetune(data=str(tmp_path), precompute_features=True, source=object())
 
 
 def test_end_to_end_phase_gets_its_own_schedule(data_dir, tmp_path):

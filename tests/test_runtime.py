@@ -1,5 +1,6 @@
 """tlkit.runtime: the reporter (what is printed, where, and who may silence it) and the threads that work ahead."""
 
+import importlib.util
 import threading
 
 import pytest
@@ -7,7 +8,7 @@ import pytest
 from tlkit import api
 from tlkit.cli import main
 from tlkit.errors import TlkitError
-from tlkit.runtime import info, is_quiet, map_ahead, progress, reporting, result, warn
+from tlkit.runtime import LogLines, info, is_quiet, map_ahead, progress, reporting, result, warn
 
 from conftest import make_flat
 
@@ -88,3 +89,14 @@ def test_a_quiet_command_line_prints_nothing_on_stderr(tmp_path, capfd):
     assert captured.err == "" and "training" in captured.out  # -q keeps the result table
     assert main(["split", str(src), "--val", "2", "--force"]) == 0  # the next command speaks again
     assert "manifest" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("ipywidgets", [True, False])
+def test_a_notebook_draws_a_bar_only_with_ipywidgets(monkeypatch, ipywidgets):
+    """rich's live bar in Jupyter draws into an ipywidgets Output; without the package it would only warn."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: (ipywidgets or None) if name == "ipywidgets" else find_spec(name, *rest))
+    with reporting() as notebook:
+        notebook.chatter.is_jupyter = True
+        assert isinstance(progress(), LogLines) is not ipywidgets

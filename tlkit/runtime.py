@@ -92,7 +92,7 @@ def reporting(*, quiet: bool = False, results: bool | None = None) -> Iterator[R
 
 def silence() -> None:
     """Nothing printed from here to the end of the current `reporting` block (or thread): for the processes
-    under torchrun other than rank 0."""
+    under torchrun other than rank 0, and for a script that prints its own tables."""
     _current.set(Reporter(quiet=True))
 
 

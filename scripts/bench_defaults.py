@@ -19,7 +19,7 @@ from pathlib import Path
 from tlkit.datasets import memory_source, open_source
 from tlkit.finetuning import finetune
 from tlkit.rawdata import BUILTINS, read_idx_pair
-from tlkit.runtime import set_quiet
+from tlkit.runtime import silence
 
 OLD_DEFAULTS = {"optimizer": "sgd", "lr": 1e-3, "scheduler": "step", "augment": "light"}
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/mnist-t10k"))
     args = parser.parse_args()
-    set_quiet(True)
+    silence()  # the script prints its own table: no chatter, bars or run summaries
     cases = [("MNIST 8,000/2,000", mnist_source(args.data), "mnist-net", 2),
              ("digits 1,617/180", open_source("digits"), "simple-cnn", 40)]
     rows = ["| data | model | epochs | defaults | validation accuracy | time (s) |", "| --- | --- | ---: | --- | ---: | ---: |"]

@@ -20,7 +20,7 @@ import torch
 from tlkit.datasets import memory_source, resolve_train_settings
 from tlkit.finetuning import finetune
 from tlkit.rawdata import BUILTINS, read_idx_pair
-from tlkit.runtime import set_quiet
+from tlkit.runtime import silence
 
 # name -> (model, recipe, changes to the recipe)
 RUNS = {
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/tlkit-bench-mnist"))
     args = parser.parse_args(argv)
-    set_quiet(True)
+    silence()  # the script prints its own table: no chatter, bars or run summaries
     train, held_out = load_t10k(args.data, args.train)
     rows = [run(name, train, held_out, val=args.val, epochs=args.epochs, runs_dir=args.runs_dir) for name in args.runs]
     print(f"trained on {args.train - args.val:,} digits (+{args.val} validation), tested on {len(held_out[1]):,}; "

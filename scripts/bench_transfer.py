@@ -24,7 +24,7 @@ import numpy as np
 from tlkit.cli import main as cli
 from tlkit.features import load_cache
 from tlkit.finetuning import finetune
-from tlkit.runtime import set_quiet
+from tlkit.runtime import silence
 
 
 def subset_of(photos: Path, count: int | None, target: Path) -> Path:
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--plain", action="store_true", help="also time the default recipe, no flag but --backbone")
     args = parser.parse_args()
-    set_quiet(True)
+    silence()  # the script prints its own table: no chatter, bars or run summaries
     rows = ["| run | validation accuracy | best epoch | time (s) |", "| --- | ---: | ---: | ---: |"]
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)

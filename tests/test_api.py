@@ -12,6 +12,7 @@ from PIL import Image
 import tlkit
 from tlkit import api
 from tlkit.checkpoint import load_checkpoint
+from tlkit.cli import main
 from tlkit.errors import TlkitError
 from tlkit.predict import predict_files
 from tlkit.runtime import compute_for
@@ -137,6 +138,30 @@ def test_the_runs_classifier_is_the_reloaded_run(tmp_path):
     with pytest.raises(TlkitError, match="already holds"):
         run.classifier.evaluate(folder)
     assert run.classifier.evaluate(folder, out=tmp_path / "eval", force=True)["accuracy"] == report["accuracy"]
+
+
+def test_errors_name_the_parameter_from_python_and_the_flag_from_the_command_line(tmp_path, tiny_run, capsys):
+    src = make_flat(tmp_path / "photos", {"cat": 4, "dog": 4})
+    out = tmp_path / "data"
+    with pytest.raises(TlkitError, match=r"^val='half' is neither a count"):
+        api.split(src, val="half", out=out)
+    assert main(["split", str(src), "--val", "half", "--out", str(out)]) == 1
+    assert "--val half is neither a count" in capsys.readouterr().err
+    api.split(src, "2", out, quiet=True)
+    with pytest.raises(TlkitError, match=r"Use force=True to replace it, or out=DIR to write") as refused:
+        api.split(src, "2", out)
+    assert "--" not in str(refused.value)
+    assert main(["split", str(src), "--val", "2", "--out", str(out)]) == 1
+    assert "Use --force to replace it, or --out DIR to write" in capsys.readouterr().err
+    data, runs = make_learnable(tmp_path / "learnable", 2, 1), str(tmp_path / "runs")
+    with pytest.raises(TlkitError, match=r"^batch_size= must be a whole number 1 or more, not 0"):
+        api.finetune(data, runs_dir=runs, **{**TINY, "batch_size": 0})
+    assert main(["finetune", "--data", str(data), "--runs-dir", runs, "--batch-size", "0"]) == 1
+    assert "--batch-size must be a whole number 1 or more, not 0" in capsys.readouterr().err
+    with pytest.raises(TlkitError, match=r"^device='tpu' is not a device"):
+        api.load(tiny_run, device="tpu")
+    with pytest.raises(TlkitError, match=r"Use force=True, or path=FILE"):
+        api.load(tiny_run, device="cpu").export("torchscript", tiny_run / "best.json")
 
 
 def test_export_writes_the_model_and_says_where(tiny_run, photos):

@@ -3,7 +3,8 @@
 Each call runs the same functions as its `tlkit` command (prepare_split/execute_split, audit_folder,
 finetuning.finetune, load_checkpoint, predict_files, evaluate_folder, export_checkpoint) with the
 command's defaults; nothing here is a second implementation. `quiet=True` silences stdout and
-stderr for the call and restores what was set before. Errors meant for users are TlkitError.
+stderr for that call alone (runtime.reporting). Errors meant for users are TlkitError, and name the
+parameter to change (`val=`, `force=True`) where the command's would name its flag (errors.option).
 
     >>> from tlkit import api
     >>> data = api.split("photos/train", val="0.2", out="data")
@@ -30,30 +31,25 @@ from tlkit.checkpoint import Checkpoint, load_checkpoint, resolve_run
 from tlkit.checkpoint_format import BEST_WEIGHTS, read_meta
 from tlkit.config import EXPORT_SUFFIXES, config_keys
 from tlkit.decode import Normalizer, _resize_crop
-from tlkit.errors import TlkitError
+from tlkit.errors import PYTHON, TlkitError, naming
 from tlkit.evaluate import default_out_dir, evaluate_folder
 from tlkit.export import export_checkpoint
 from tlkit.findings import DUPLICATE_SIMILARITY
 from tlkit.backbone import for_inference
 from tlkit.predict import class_scores, find_images, predict_files
-from tlkit.runtime import (Compute, compute_for, default_workers, inference_batch_size, info, is_quiet, out, relpath,
-                           set_quiet, warn)
+from tlkit.runtime import (Compute, compute_for, default_workers, inference_batch_size, info, relpath, reporting,
+                           warn)
 from tlkit.scan import upright_photo
 from tlkit.split import MANIFEST, MODES, execute_split, prepare_split
 
 
 @contextlib.contextmanager
-def _quiet(quiet: bool):
-    """With quiet, nothing on stdout (results) or stderr (chatter, bars) for the call; the state before is restored."""
-    before = is_quiet(), out.quiet
-    if quiet:
-        set_quiet(True)
-        out.quiet = True
-    try:
+def _call(quiet: bool = False):
+    """Around each call here: its messages name its parameters (`val=`, not the command's `--val`), and with
+    quiet nothing is printed on stdout or stderr until it returns. Both hold for this call alone: another
+    thread's call, and the next one, keep their own."""
+    with naming(PYTHON), (reporting(quiet=True) if quiet else contextlib.nullcontext()):
         yield
-    finally:
-        set_quiet(before[0])
-        out.quiet = before[1]
 
 
 # ---------------------------------------------------------------- split
@@ -86,7 +82,7 @@ def split(src: Path | str, val: str | int | float = "0.2", out: Path | str | Non
     """
     if mode not in MODES:
         raise TlkitError(f"mode {mode!r} is not one of {', '.join(MODES)}.")
-    with _quiet(quiet):
+    with _call(quiet):
         scan, plan = prepare_split(Path(src), str(val), out, seed=seed, force=force, quick=quick,
                                    exclude=Path(exclude) if exclude else None)
         passed_over = len(scan.unlabelled) + len(scan.non_images) + len(scan.unreadable)
@@ -176,7 +172,7 @@ class Classifier:
         the model's input size. Files go through `tlkit predict`'s decode (a file that fails is a row with
         its error); PIL images are read as files are (EXIF orientation, RGB or L), at the same geometry.
         tta: average with the horizontally flipped view. batch_size None: 256 on a GPU, 32 on a CPU."""
-        with _quiet(quiet):
+        with _call(quiet):
             if isinstance(x, torch.Tensor):
                 return self._predict_tensor(x, tta, batch_size)
             items = list(x) if isinstance(x, (list, tuple)) else [x]
@@ -240,8 +236,9 @@ class Classifier:
             0.97
         """
         out_dir = Path(out) if out is not None else default_out_dir(self.checkpoint, Path(folder))
-        return evaluate_folder(self.checkpoint, Path(folder), out_dir, compute=self.compute, workers=default_workers(),
-                               force=force)
+        with _call():
+            return evaluate_folder(self.checkpoint, Path(folder), out_dir, compute=self.compute,
+                                   workers=default_workers(), force=force)
 
     def export(self, fmt: str = "onnx", path: Path | str | None = None, *, force: bool = False) -> Path:
         """`tlkit export`: the model as ONNX or TorchScript with its preprocessing in a .json beside it, checked
@@ -252,7 +249,8 @@ class Classifier:
         """
         if fmt not in EXPORT_SUFFIXES:
             raise TlkitError(f"export format {fmt!r} is not one of {', '.join(EXPORT_SUFFIXES)}.")
-        return Path(export_checkpoint(self.checkpoint, fmt, path, force=force)["file"])
+        with _call():
+            return Path(export_checkpoint(self.checkpoint, fmt, path, force=force)["file"])
 
 
 def load(path_or_run: Path | str | Run | None = None, *, device: str = "auto", precision: str = "bf16",
@@ -265,8 +263,9 @@ def load(path_or_run: Path | str | Run | None = None, *, device: str = "auto", p
     """
     if isinstance(path_or_run, Run):
         return path_or_run.classifier
-    compute = compute_for(device, precision)
-    return Classifier(load_checkpoint(resolve_run(path_or_run, runs_dir), device=str(compute.device)), compute)
+    with _call():
+        compute = compute_for(device, precision)
+        return Classifier(load_checkpoint(resolve_run(path_or_run, runs_dir), device=str(compute.device)), compute)
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -320,7 +319,7 @@ def finetune(data: Path | str | None = None, *, config_file: Path | str | None =
     settings = {key: value for key, value in locals().items() if key in config_keys() and value is not None}
     if data is not None:
         settings["data"] = str(data)
-    with _quiet(quiet):
+    with _call(quiet):
         result = finetuning.finetune(config_file, resume=resume, force=force, callbacks=callbacks, **settings)
     model = result.backbone.model.eval()
     checkpoint = Checkpoint(backbone=result.backbone, classes=list(result.classes), meta=read_meta(result.run_dir),
@@ -346,7 +345,7 @@ def audit(data: Path | str, *, out: Path | str | None = None, force: bool = Fals
         >>> [(row.path, row.action) for row in report.of("label")][:3]
     """
     out_dir = Path(out) if out is not None else default_report_dir(Path(data))
-    with _quiet(quiet):
+    with _call(quiet):
         check_report_dir(out_dir, force)
         found = audit_folder(Path(data), settings, config_file=Path(config_file) if config_file else None,
                              similarity=similarity)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit import __version__
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.runtime import relpath, size_words, warn
 
 MANIFEST = "manifest.json"
@@ -80,7 +80,7 @@ def _check_space(cache_dir: Path, needed: int, what: str) -> None:
     if needed > free:
         raise TlkitError(
             f"{what} need {size_words(needed)} in {relpath(cache_dir.parent)}, which has {size_words(free)} free; "
-            "nothing was written. Free some space, or point --cache-dir at a disk with room.")
+            f"nothing was written. Free some space, or point {option('cache_dir')} at a disk with room.")
 
 
 def new_staging(cache_dir: Path, needed: int, what: str) -> Path:
@@ -128,7 +128,7 @@ def commit(staging: Path, cache_dir: Path, *, identity: dict, subsets: dict, sum
         if cache_dir.exists() and not _is_cache(cache_dir):  # only a stale cache of tlkit's is replaced
             shutil.rmtree(staging, ignore_errors=True)
             raise TlkitError(f"{relpath(cache_dir)} is in the way and is not a tlkit cache; nothing was replaced. "
-                             "Move it away, or point --cache-dir elsewhere.")
+                             f"Move it away, or point {option('cache_dir')} elsewhere.")
         shutil.rmtree(cache_dir, ignore_errors=True)
         os.replace(staging, cache_dir)
     distributed.barrier()

@@ -20,7 +20,7 @@ from tlkit.atomic import atomic_write_text
 from tlkit.checkpoint import point_latest
 from tlkit.checkpoint_format import CheckpointMeta, save_best
 from tlkit.report import plot_curves
-from tlkit.runtime import console
+from tlkit.runtime import info
 
 
 class Callback:
@@ -123,7 +123,7 @@ class EpochLine(Callback):
     def on_epoch_end(self, trainer) -> None:
         row = trainer.history[-1]
         best = "  [green]* best[/]" if self.best.best_epoch == row["epoch"] else ""
-        console.print(
+        info(
             f"epoch {row['epoch']:>3}/{trainer.total_epochs}  train loss {row['train_loss']:.4f} acc "
             f"{row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  "
             f"{row['images_per_s']:,.0f} img/s  {row['seconds']:.1f}s{best}")

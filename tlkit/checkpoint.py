@@ -21,7 +21,7 @@ from tlkit import models
 from tlkit.atomic import atomic_write, atomic_write_text, lock_file, unlock_file
 from tlkit.backbone import Backbone
 from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta, checkpoint_paths, read_meta
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.runtime import relpath
 from tlkit.weights import pickled_global
 
@@ -145,7 +145,8 @@ def load_resume(run_dir: Path) -> dict:
     if not path.is_file():
         raise TlkitError(
             f"{relpath(path)} does not exist: {relpath(run_dir)} is not a tlkit run folder, or its run "
-            "stopped before the first epoch ended. Start it again without --resume (add --force)."
+            f"stopped before the first epoch ended. Start it again without {option('resume')} (add "
+            f"{option('force', True)})."
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -153,11 +154,12 @@ def load_resume(run_dir: Path) -> dict:
         refused = pickled_global(error)
         what = (f"holds pickled Python objects ({refused}), and tlkit never runs pickled code" if refused
                 else f"is truncated or not a tlkit resume file ({error.__class__.__name__})")
-        raise TlkitError(f"{relpath(path)} {what}. Start the run again without --resume (add --force), or "
-                         "use its best checkpoint (best.safetensors) with --weights.") from None
+        raise TlkitError(f"{relpath(path)} {what}. Start the run again without {option('resume')} (add "
+                         f"{option('force', True)}), or use its best checkpoint (best.safetensors) with "
+                         f"{option('weights')}.") from None
     if not isinstance(state, dict) or "meta" not in state:
-        raise TlkitError(f"{relpath(path)} is not a tlkit resume file. Start the run again without --resume "
-                         "(add --force).")
+        raise TlkitError(f"{relpath(path)} is not a tlkit resume file. Start the run again without "
+                         f"{option('resume')} (add {option('force', True)}).")
     state["meta"] = CheckpointMeta.from_dict(state["meta"], path)
     return state
 
@@ -172,15 +174,15 @@ def new_run_dir(runs_dir: Path, name: str | None, force: bool) -> Path:
     if name is None:
         return _new_stamped_run(runs_dir)
     if not name or name == LATEST or "/" in name or "\\" in name or name.startswith("."):
-        raise TlkitError(f"--name {name!r} is not a usable folder name (no slashes, not {LATEST!r}).")
+        raise TlkitError(f"{option('name', name)} is not a usable folder name (no slashes, not {LATEST!r}).")
     run_dir = runs_dir / name
     claim_run(run_dir)
     try:
         if os.path.lexists(run_dir):
             if not force:
                 raise TlkitError(
-                    f"{relpath(run_dir)} already exists; nothing was written. Use --force to replace it, "
-                    f"--resume {relpath(run_dir)} to continue it, or another --name."
+                    f"{relpath(run_dir)} already exists; nothing was written. Use {option('force', True)} to "
+                    f"replace it, {option('resume', relpath(run_dir))} to continue it, or another {option('name')}."
                 )
             _check_a_run(run_dir)
             shutil.rmtree(run_dir)
@@ -204,22 +206,22 @@ def _new_stamped_run(runs_dir: Path) -> Path:
             run_dir.mkdir(parents=True)
             return run_dir
         release_run(run_dir)
-    raise TlkitError(f"no free run name for {stamp} in {relpath(runs_dir)}; give one with --name.")
+    raise TlkitError(f"no free run name for {stamp} in {relpath(runs_dir)}; give one with {option('name')}.")
 
 
 def _check_a_run(path: Path) -> None:
     """--force replaces a run folder of tlkit's (or an empty folder): anything else is the user's, and stays."""
     if path.is_symlink() or not path.is_dir():
         raise TlkitError(f"{relpath(path)} is {'a link' if path.is_symlink() else 'a file'}, not a run folder; "
-                         "--force replaces only tlkit's run folders, so nothing was changed. Choose another --name "
-                         "(or --runs-dir), or move it away.")
+                         f"{option('force', True)} replaces only tlkit's run folders, so nothing was changed. "
+                         f"Choose another {option('name')} (or {option('runs_dir')}), or move it away.")
     others = sorted(entry.name for entry in path.iterdir()
                     if entry.name not in RUN_FILES and not _RUN_NAMES.fullmatch(entry.name))
     if others or (any(path.iterdir()) and not _a_runs_config(path / "config.yaml")):
         held = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise TlkitError(f"{relpath(path)} is not a tlkit run folder (it holds {held or 'no config.yaml of a run'}); "
-                         "--force replaces only run folders, so nothing was changed. Choose another --name (or "
-                         "--runs-dir), or move it away.")
+                         f"{option('force', True)} replaces only run folders, so nothing was changed. Choose "
+                         f"another {option('name')} (or {option('runs_dir')}), or move it away.")
 
 
 def _a_runs_config(path: Path) -> bool:
@@ -243,7 +245,7 @@ def claim_run(run_dir: Path) -> None:
         handle = lock_file(lock, wait=False)
     except BlockingIOError:
         raise TlkitError(f"another tlkit process is writing {relpath(run_dir)} right now; nothing was written. "
-                         "Wait for it to finish, or choose another --name.") from None
+                         f"Wait for it to finish, or choose another {option('name')}.") from None
     _claims[run_dir.absolute()] = (handle, lock)
 
 

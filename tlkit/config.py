@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 
 OPTIMIZERS = ("auto", "sgd", "adamw")
 SCHEDULERS = ("auto", "step", "plateau", "cosine", "onecycle", "none")
@@ -32,7 +32,7 @@ PREDICT_FORMATS = ("csv", "json", "kaggle")
 EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 BUILT_IN_DATASETS = ("cifar10", "digits", "fashion-mnist", "mnist")  # tlkit.datasets.dataset_names(), tested
 _KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
-FLAGS = "flags"  # the `where` of settings given as command-line flags (or as keywords to finetune(), train())
+FLAGS = "flags"  # the `where` of settings given as command-line flags, or as keywords to tlkit.api.finetune
 
 
 PRECISION_HELP = ("bf16 autocast where the device supports it: CUDA, CPUs with AVX512-BF16 or AMX; fp32 elsewhere, "
@@ -199,8 +199,9 @@ def _fields() -> dict[str, dataclasses.Field]:
 
 
 def setting_name(key: str, where: str) -> str:
-    """A setting as its user wrote it: the flag (--batch-size) for FLAGS, else the key and where it was."""
-    return "--" + key.replace("_", "-") if where == FLAGS else f"{where}: {key}"
+    """A setting as its user wrote it: for FLAGS the option (errors.option: --batch-size on the command line,
+    batch_size= from Python), else the key and where it was."""
+    return option(key) if where == FLAGS else f"{where}: {key}"
 
 
 def _as_number(value, kind: type) -> int | float:
@@ -251,7 +252,8 @@ def _checked(key: str, value, where: str):
         raise TlkitError(refusal) from None
     choices, within = _fields()[key].metadata["choices"], _fields()[key].metadata["range"]
     if choices and value not in choices:
-        raise TlkitError(f"{setting_name(key, where)} {value!r} is not one of {', '.join(choices)}.")
+        given = option(key, value) if where == FLAGS else f"{setting_name(key, where)} {value!r}"
+        raise TlkitError(f"{given} is not one of {', '.join(choices)}.")
     if within is not None and value not in within:
         raise TlkitError(refusal)
     return value

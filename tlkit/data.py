@@ -19,7 +19,7 @@ from torchvision.transforms.v2 import functional as F
 from tlkit import distributed
 from tlkit.augment import Augmentation, crop_flip_photo, policy
 from tlkit.decode import load_image as load_eval_image
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions, read_exclusions
 from tlkit.runtime import relpath
 from tlkit.scan import DECODE_ERRORS, class_folders, class_images, is_image_name, open_photo, visible_files
@@ -49,13 +49,13 @@ def subset_dirs(data_dir: Path) -> tuple[Path, Path]:
             raise TlkitError(
                 f"{relpath(data_dir)} holds photos, not the training/ and validation/ folders fine-tuning reads. "
                 f"Run `tlkit split {relpath(data_dir)} --val 0.2` (it writes {relpath(data_dir.parent)}/training and "
-                f"{relpath(data_dir.parent)}/validation), then --data {relpath(data_dir.parent)}."
+                f"{relpath(data_dir.parent)}/validation), then {option('data', relpath(data_dir.parent))}."
             )
         if not subset_dir.is_dir():
             raise TlkitError(
                 f"{relpath(subset_dir)} does not exist. Fine-tuning reads {relpath(data_dir)}/training and "
                 f"{relpath(data_dir)}/validation: run `tlkit split YOUR_PHOTOS --val 0.2 --out {relpath(data_dir)}` "
-                "first, or point --data at the folder that holds them."
+                f"first, or point {option('data')} at the folder that holds them."
             )
     return dirs
 

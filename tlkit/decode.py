@@ -20,6 +20,7 @@ The batched decoder is trusted only as far as it is checked:
 
 from __future__ import annotations
 
+import contextvars
 import io
 import itertools
 import queue
@@ -34,7 +35,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.runtime import map_ahead, memory_format, warn
 from tlkit.scan import DECODE_ERRORS, EMPTY_FILE, EXIF_ORIENTATION, decode_failure, open_image, open_photo
 
@@ -286,7 +287,8 @@ class ImageBatches:
         if self.gpu_decode and self.decoded_by_batch == 0 and self.refusals >= DECODER_DEAD_AFTER:
             raise TlkitError(f"the batched JPEG decoder on {self.device} has refused every file it was given "
                              f"({self.refusals} files, each on its own; torchvision says: {self._refusal}). Run on "
-                             "the CPU (--device cpu), or check the CUDA and torchvision installation (nvjpeg).")
+                             f"the CPU ({option('device', 'cpu')}), or check the CUDA and torchvision installation "
+                             "(nvjpeg).")
 
     def _guard(self, jpegs: list[tuple[int, bytes]], images: torch.Tensor) -> bool:
         """Whether the first files the batched decoder gave agree with PIL's full-size decode of them; when
@@ -400,7 +402,9 @@ def _ahead(items: Iterator, depth: int) -> Iterator:
         except BaseException as error:  # noqa: BLE001 (handed to the consumer, who raises it)
             offer((done, error))
 
-    thread = threading.Thread(target=produce, name="tlkit-decode", daemon=True)
+    # In the consumer's context: its reporter (a quiet call stays quiet) and its naming of options.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(produce,), name="tlkit-decode",
+                              daemon=True)
     thread.start()
     try:
         while True:

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from tlkit.errors import TlkitError
-from tlkit.runtime import out, set_quiet
+from tlkit.runtime import silence
 
 T = TypeVar("T")
 
@@ -47,8 +47,7 @@ def is_main() -> bool:
 def quiet_unless_main() -> None:
     """The other processes print nothing: no chatter, no progress bars, no results."""
     if not is_main():
-        set_quiet(True)
-        out.quiet = True
+        silence()
 
 
 def setup(device: torch.device) -> None:

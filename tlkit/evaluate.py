@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tlkit import distributed
 from tlkit.checkpoint import Checkpoint
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.photopage import Card, Section, write_page
 from tlkit.predict import Predictions, predict_files
 from tlkit.report import class_report, plot_confusion, plot_mistakes, write_report
@@ -61,7 +61,7 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, co
     taken = [name for name in OUTPUTS if (out_dir / name).exists()]
     if taken and not force:
         raise TlkitError(f"{relpath(out_dir)} already holds {', '.join(taken)}; nothing was written. Use "
-                         "--force to replace them, or --out DIR.")
+                         f"{option('force', True)} to replace them, or {option('out', 'DIR')}.")
     paths, targets = labelled_images(data_dir, checkpoint.classes)
     pred = predict_files(checkpoint, paths, compute=compute, batch_size=batch_size, workers=workers, tta=tta)
     scored = [i for i in range(len(paths)) if i not in pred.failures]

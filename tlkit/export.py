@@ -25,7 +25,7 @@ from tlkit.atomic import atomic_write, atomic_write_text
 from tlkit.checkpoint import Checkpoint
 from tlkit.config import EXPORT_SUFFIXES
 from tlkit.decode import ImageBatches, draft_side, scale_size
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.runtime import relpath, size_words
 from tlkit.scan import is_image_name, visible_files
 
@@ -86,7 +86,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> N
     if importlib.util.find_spec("onnx") is None:
         raise TlkitError(f"exporting to ONNX needs the onnx package, which is not installed in this Python "
                          f"({sys.executable}); nothing was written. Run `{ONNX_INSTALL}` and export again, "
-                         "or use --format torchscript.")
+                         f"or use {option('format', 'torchscript', python='fmt')}.")
 
     buffer = io.BytesIO()
     with _quiet_deprecations():
@@ -124,7 +124,8 @@ def _check_disk_room(size: int, out: Path) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise TlkitError(f"{relpath(folder)} has {size_words(free)} free and the export needs about "
-                         f"{size_words(needed)}; nothing was written. Free some space, or --out on another disk.")
+                         f"{size_words(needed)}; nothing was written. Free some space, or "
+                         f"{option('out', python='path')} on another disk.")
 
 
 def decode_steps(prep) -> list[str]:
@@ -195,10 +196,12 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None,
     sidecar = sidecar_path(out)
     for target in (out, sidecar):
         if target.exists() and not force:
-            raise TlkitError(f"{relpath(target)} already exists; nothing was written. Use --force, or --out FILE.")
+            raise TlkitError(f"{relpath(target)} already exists; nothing was written. Use {option('force', True)}, "
+                             f"or {option('out', 'FILE', python='path')}.")
     if (out.exists() or sidecar.exists()) and not _an_export(sidecar):
         raise TlkitError(f"{relpath(out)} is not an export of tlkit's (no {sidecar.name} of tlkit's beside it), and "
-                         "--force replaces only those; nothing was written. Choose another --out, or move it away.")
+                         f"{option('force', True)} replaces only those; nothing was written. Choose another "
+                         f"{option('out', python='path')}, or move it away.")
     model = checkpoint.backbone.model.float().cpu().eval()
     _check_disk_room(model_bytes(model), out)
     samples, source, failed = sample_images(checkpoint, images)

@@ -29,12 +29,12 @@ from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dic
                           resolve_config, setting_name)
 from tlkit.data import open_split
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.exclusions import read_exclusions
 from tlkit.inputs import SplitSource, TrainingInput, cached_features, feature_input, image_input
 from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, resolve_auto, unused_settings
 from tlkit.report import class_report, plot_confusion, write_report
-from tlkit.runtime import Compute, compute_for, console, info, out, relpath, seed_everything, warn
+from tlkit.runtime import Compute, compute_for, info, relpath, result, seed_everything, warn
 from tlkit.summary import check_input_fits
 from tlkit.train import Diverged, Trainer, evaluate, fit, make_optimizer, make_scheduler, unused_momentum
 
@@ -166,20 +166,21 @@ def build_trainer(config: FinetuneConfig, classes: list[str], *, source=None) ->
 def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneConfig, dict]:
     """The interrupted run's own config (flags given may change it, but not the backbone)."""
     if config_file is not None:
-        raise TlkitError("--resume continues with the run's own config.yaml; leave out --config.")
+        raise TlkitError(f"{option('resume')} continues with the run's own config.yaml; leave out "
+                         f"{option('config', python='config_file')}.")
     state = load_resume(resume)
     saved, settings = state["meta"].config, checked_settings(settings, FLAGS)
     asked = settings.get("backbone")
     if asked is not None and asked != saved["backbone"]:
         raise TlkitError(
             f"{relpath(resume)} was trained with backbone {saved['backbone']}, not {asked}; resume it without "
-            "--backbone, or start a new run (another --name) for the other backbone."
+            f"{option('backbone')}, or start a new run (another {option('name')}) for the other backbone."
         )
     if "epochs" in settings and settings["epochs"] != saved["epochs"] and saved.get("scheduler") in SPANNING_SCHEDULES:
         raise TlkitError(
             f"{relpath(resume)} follows a {saved['scheduler']} schedule planned over its {saved['epochs']} epochs, so "
-            f"--resume cannot change --epochs. Resume it as it is, or start a new run from its weights: "
-            f"tlkit finetune --weights {relpath(resume)} --epochs {settings['epochs']} --name NEW."
+            f"{option('resume')} cannot change {option('epochs')}. Resume it as it is, or start a new run from its "
+            f"weights: tlkit finetune --weights {relpath(resume)} --epochs {settings['epochs']} --name NEW."
         )
     replanned = [key for key in PLAN_SETTINGS if key in settings and settings[key] != saved.get(key)]
     if replanned:
@@ -210,14 +211,14 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
         source = SplitSource.open(config)  # with --exclude left out as the folders are opened
     elif config.exclude:
         source = source.excluding(read_exclusions(config.exclude))
-    for flag, asked in (("--precompute-features", config.precompute_features), ("--cache-images", config.cache_images)):
+    for key, asked in (("precompute_features", config.precompute_features), ("cache_images", config.cache_images)):
         if asked and not source.caches:
-            raise TlkitError(f"{flag} needs DATA/training and DATA/validation image folders (tlkit finetune); "
+            raise TlkitError(f"{option(key)} needs DATA/training and DATA/validation image folders (tlkit finetune); "
                              "built-in datasets are decoded into memory already and train end to end.")
     classes = source.classes
     if state is not None and state["meta"].classes != classes:
         raise TlkitError(f"{relpath(Path(config.data))} holds classes {classes}, but {relpath(Path(resume))} "
-                         f"was trained on {state['meta'].classes}; resume with its own --data.")
+                         f"was trained on {state['meta'].classes}; resume with its own {option('data')}.")
     planned = plan_phases(config, processes=distributed.world_size())
     phases = planned
     if state is not None:  # the resume file says which phase wrote it: the head alone, or the whole model
@@ -285,7 +286,7 @@ def _continue(trainer: Trainer, state: dict, run_dir: Path, config: FinetuneConf
     before, now = state["meta"].processes, distributed.world_size()
     if config.lr_scale == "linear" and before != now:
         warn(f"the run was trained by {before} process(es) and resumes with {now}: its optimizer and schedule "
-             f"keep the lr scaled for {before} (--lr-scale linear); the result differs from either run")
+             f"keep the lr scaled for {before} ({option('lr_scale', 'linear')}); the result differs from either run")
 
 
 def train(config_file: Path | str | None = None, *, resume: Path | str | None = None, force: bool = False,
@@ -309,7 +310,7 @@ def train(config_file: Path | str | None = None, *, resume: Path | str | None = 
         if "backbone" not in settings:
             raise TlkitError(f"no model given: add --model ({', '.join(models.available())}, or timm:NAME).")
     source = open_source(**source_settings)
-    console.print(f"data: {source.describe()}")
+    info(f"data: {source.describe()}")
     return finetune(resume=resume, force=force, callbacks=callbacks, source=source, **settings)
 
 
@@ -339,12 +340,12 @@ def _fit(trainer: Trainer, run_dir: Path, command: str, config: FinetuneConfig, 
             try:
                 writer.flush()  # the last finished epoch, if the cadence had not written it yet
             except Exception as error:  # noqa: BLE001 (the Ctrl-C and its hint must still come through)
-                console.print(f"[red]could not write {RESUME} on the way out: {error}[/]")
+                info(f"[red]could not write {RESUME} on the way out: {error}[/]")
         if (run_dir / RESUME).is_file():
-            console.print(f"continue this run with: tlkit {command} --resume {relpath(run_dir)}")
+            info(f"continue this run with: tlkit {command} --resume {relpath(run_dir)}")
         else:  # stopped before the first epoch ended: nothing to continue from
-            console.print(f"no epoch had ended, so there is nothing to resume: start again (add --force to "
-                          f"replace {relpath(run_dir)})")
+            info(f"no epoch had ended, so there is nothing to resume: start again (add {option('force', True)} to "
+                 f"replace {relpath(run_dir)})")
         raise
 
 
@@ -371,15 +372,16 @@ def _announce(config: FinetuneConfig, backbone: Backbone, data: TrainingInput, c
     if world > 1:
         info(f"{world} processes (DistributedDataParallel): effective batch size {config.batch_size * world} "
              f"({config.batch_size} per process x {world}); "
-             + ("the lrs above are scaled by it (--lr-scale linear)" if config.lr_scale == "linear" else
-                "the lrs above are as given (--lr-scale none)"))
+             + (f"the lrs above are scaled by it ({option('lr_scale', 'linear')})" if config.lr_scale == "linear"
+                else f"the lrs above are as given ({option('lr_scale', 'none')})"))
 
 
 def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: TrainingInput,
             run_dir: Path) -> FinetuneResult:
     """Best weights are back in the model: write the checkpoint, confusion matrix and report; show the summary."""
     if best.best_state is None:
-        raise TlkitError(f"no epoch gave a usable {best.monitor} (NaN: the training diverged); try a lower --lr.")
+        raise TlkitError(f"no epoch gave a usable {best.monitor} (NaN: the training diverged); try a lower "
+                         f"{option('lr')}.")
     # The final report is on the test split where the data has one (tlkit train), else on validation.
     subset, loader = ("test", data.test_loader) if data.test_loader is not None else ("validation", data.val_loader)
     result = evaluate(trainer.model, loader, trainer.normalize, autocast=trainer.autocast, collect=True)
@@ -408,13 +410,13 @@ def _print_summary(history: list[dict], best_epoch: int, report: dict, outputs: 
     table.add_column(f"last: epoch {last_row['epoch']}", justify="right")
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
         table.add_row(key.replace("_", " "), f"{best_row[key]:.4f}", f"{last_row[key]:.4f}")
-    out.print(table)
-    out.print(f"{report.get('subset', 'validation')} accuracy of the saved model: {report['accuracy']:.4f}")
+    result(table)
+    result(f"{report.get('subset', 'validation')} accuracy of the saved model: {report['accuracy']:.4f}")
     for name, path in outputs.items():
-        out.print(f"  {name:<16} {relpath(path)}")
+        result(f"  {name:<16} {relpath(path)}")
     if skipped:
         warn(f"images that failed to decode and were skipped: {len(skipped)}")
         for path in skipped[:LIST_LIMIT]:
-            console.print(f"  {path}")
+            info(f"  {path}")
         if len(skipped) > LIST_LIMIT:
-            console.print(f"  ... and {len(skipped) - LIST_LIMIT} more")
+            info(f"  ... and {len(skipped) - LIST_LIMIT} more")

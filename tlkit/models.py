@@ -25,7 +25,7 @@ from torch import nn
 from tlkit import nets, weight_packages
 from tlkit.backbone import Backbone, Preprocessing, head_keys, in_features, per_channel
 from tlkit.checkpoint_format import BEST_WEIGHTS, CheckpointMeta, checkpoint_paths, read_meta
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.weight_packages import EFFICIENTNET_LITE0, EFFICIENTNET_LITE1, EFFICIENTNET_LITE2, WeightsPackage
 from tlkit.weights import CachedWeights, Loaded, fetch, load_file, matches_its_name, timm_weights, url_weights
 
@@ -183,8 +183,8 @@ def _create_torchvision(name: str, spec: Spec, num_classes: int, weights: str, i
 def _create_classic(name: str, spec: Spec, num_classes: int, weights: str, in_chans: int | None,
                     img_size: int | None) -> Backbone:
     if weights == "imagenet":
-        raise TlkitError(f"{name} has no pretrained weights; it trains from scratch (--weights none) "
-                         "or starts from a file (--weights PATH).")
+        raise TlkitError(f"{name} has no pretrained weights; it trains from scratch ({option('weights', 'none')}) "
+                         f"or starts from a file ({option('weights', 'PATH')}).")
     chans, size = in_chans or spec.in_chans, img_size or spec.input_size
     try:
         model = spec.build(num_classes, in_chans=chans, img_size=size)

@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from tlkit.config import FinetuneConfig
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 
 # What `auto` (or an unset lr, epochs or trunk lr) means; measured in docs/benchmarks.md ("Defaults",
 # "The default recipe").
@@ -75,13 +75,15 @@ def resolve_auto(config: FinetuneConfig, *, pretrained: bool, data_augment: str 
 
 def _refuse_contradictions(config: FinetuneConfig) -> None:
     if config.freeze == "trunk" and config.unfreeze_after is not None:
-        raise TlkitError(f"--freeze trunk trains the head alone for the whole run, and --unfreeze-after "
-                         f"{config.unfreeze_after} unfreezes the trunk after epoch {config.unfreeze_after}: give one "
-                         "of them (--unfreeze-after alone trains the head first, then every layer).")
+        raise TlkitError(f"{option('freeze', 'trunk')} trains the head alone for the whole run, and "
+                         f"{option('unfreeze_after', config.unfreeze_after)} unfreezes the trunk after epoch "
+                         f"{config.unfreeze_after}: give one of them ({option('unfreeze_after')} alone trains the head "
+                         "first, then every layer).")
     if config.freeze == "none" and config.precompute_features and config.unfreeze_after is None:
-        raise TlkitError("--freeze none trains every layer from the first epoch, and --precompute-features trains "
-                         "the head alone on cached features: give one of them, or add --unfreeze-after E to train "
-                         "the head on the cache for E epochs, then every layer.")
+        raise TlkitError(f"{option('freeze', 'none')} trains every layer from the first epoch, and "
+                         f"{option('precompute_features', True)} trains the head alone on cached features: give one "
+                         f"of them, or add {option('unfreeze_after', 'E')} to train the head on the cache for E "
+                         "epochs, then every layer.")
 
 
 def _default_epochs(precompute: bool, head_first: int | None, every_layer: bool) -> int:
@@ -198,16 +200,16 @@ def unused_settings(given: dict, config: FinetuneConfig, phases: list[Phase]) ->
     names = {phase.name for phase in phases}
     notes = []
     if {"head_lr", "head_weight_decay"} & given.keys() and not names & {HEAD, HEAD_ON_IMAGES}:
-        notes.append("--head-lr and --head-weight-decay are not used: no phase trains the head alone "
-                     "(every layer trains from the first epoch)")
+        notes.append(f"{option('head_lr')} and {option('head_weight_decay')} are not used: no phase trains the "
+                     "head alone (every layer trains from the first epoch)")
     if "precompute_views" in given and HEAD not in names:
-        notes.append("--precompute-views is not used: no phase trains on cached features")
+        notes.append(f"{option('precompute_views')} is not used: no phase trains on cached features")
     if "unfreeze_after" in given and "epochs" in given and EVERY_LAYER not in names:
-        notes.append(f"--unfreeze-after {given['unfreeze_after']} is not before the run's end (--epochs "
-                     f"{config.epochs}): only the head trains")
+        notes.append(f"{option('unfreeze_after', given['unfreeze_after'])} is not before the run's end "
+                     f"({option('epochs', config.epochs)}): only the head trains")
     if "augment" in given and names == {HEAD} and not config.precompute_views:
-        notes.append(f"--augment {config.augment} is not used: the head trains on cached features of the "
-                     "unaugmented photos (add --precompute-views N to cache augmented views)")
+        notes.append(f"{option('augment', config.augment)} is not used: the head trains on cached features of the "
+                     f"unaugmented photos (add {option('precompute_views', 'N')} to cache augmented views)")
     return notes
 
 

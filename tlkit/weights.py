@@ -22,11 +22,15 @@ from urllib.request import getproxies
 import torch
 from torch import nn
 
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.runtime import is_quiet
 
-ALTERNATIVES = ("or train without it: --weights PATH (a .safetensors/.pth state dict you copied here) "
-                "or --weights none (random initialisation)")
+
+def alternatives() -> str:
+    return (f"or train without it: {option('weights', 'PATH')} (a .safetensors/.pth state dict you copied here) "
+            f"or {option('weights', 'none')} (random initialisation)")
+
+
 OFFLINE_VARIABLES = ("TLKIT_OFFLINE", "HF_HUB_OFFLINE")
 PROBE_TIMEOUT_S = 3.0  # a reachable download host answers a TCP connect well within this
 STRIPPED_PREFIXES = ("model.", "module.")  # tlkit checkpoints; nn.DataParallel
@@ -139,7 +143,7 @@ def fetch(location: CachedWeights, backbone: str, missing_package: str = "") -> 
             raise TlkitError(
                 f"{location.path} is truncated or altered: its sha256 does not start with the "
                 f"{named_sha256_prefix(location.path)} its name gives. Delete it and fetch it again "
-                f"(it is downloaded into {location.folder} when online), {ALTERNATIVES}."
+                f"(it is downloaded into {location.folder} when online), {alternatives()}."
             )
         return location.path
     reason = offline_reason(location.url)
@@ -147,14 +151,14 @@ def fetch(location: CachedWeights, backbone: str, missing_package: str = "") -> 
     if reason:
         raise TlkitError(
             f"{backbone}: {first}the ImageNet weights are not cached and cannot be downloaded ({reason}). "
-            f"Looked for {location.file_name} in {location.folder}. Copy that file there, {ALTERNATIVES}."
+            f"Looked for {location.file_name} in {location.folder}. Copy that file there, {alternatives()}."
         )
     try:
         return _download(location)
     except OSError as error:  # urllib and requests errors, HTTP errors of huggingface_hub included
         raise TlkitError(
             f"{backbone}: {first}downloading {location.file_name} from {location.url} failed ({error}). "
-            f"It would be cached in {location.folder}; {ALTERNATIVES}."
+            f"It would be cached in {location.folder}; {alternatives()}."
         ) from error
 
 
@@ -186,7 +190,7 @@ def read_tensors(path: Path, delete_hint: Path | None = None) -> dict[str, torch
     """
     path = Path(path)
     if not path.is_file():
-        raise TlkitError(f"weights file {path} does not exist (--weights takes imagenet, none or a file)")
+        raise TlkitError(f"weights file {path} does not exist ({option('weights')} takes imagenet, none or a file)")
     if path.suffix not in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):
         raise TlkitError(f"weights file {path}: expected a .safetensors, .pth, .pt or .bin file")
     try:
@@ -207,7 +211,7 @@ def read_tensors(path: Path, delete_hint: Path | None = None) -> dict[str, torch
         detail = _first_sentence(str(error)) or "no detail"
         remedy = f"delete {delete_hint} and fetch it again, or" if delete_hint else "replace it, or"
         raise TlkitError(f"{path} is truncated or corrupt ({error.__class__.__name__}: {detail}); {remedy} "
-                         "use --weights PATH / --weights none.") from error
+                         f"use {option('weights', 'PATH')} / {option('weights', 'none')}.") from error
     return _unwrap(loaded, path)
 
 

@@ -148,8 +148,10 @@ def search_cost(rows: int, dim: int = 1280, seed: int = 0) -> str:
     pairs = near_duplicates(features, [""] * rows)
     seconds = time.perf_counter() - start
     raised = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB on Linux
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return (f"near-duplicate search on {rows:,} x {dim} vectors: {seconds:.2f} s, peak memory +{raised / 1024:.0f} MiB "
-            f"over the {features.nbytes / 2**20:.0f} MiB of features (an n x n float32 matrix would be "
+            f"(the whole process's peak: {peak:,.0f} MiB, libraries and features included) over the "
+            f"{features.nbytes / 2**20:.0f} MiB of features (an n x n float32 matrix would be "
             f"{rows * rows * 4 / 2**20:,.0f} MiB); pairs found {len(pairs)}")
 
 

@@ -64,12 +64,12 @@ def plain_recipe(data: Path, runs: Path, backbone: str, device: str, figures: li
     seconds = time.perf_counter() - start
     head_epochs = int(yaml_setting(result.run_dir / "config.yaml", "unfreeze_after"))
     head_best = min(result.history[:head_epochs], key=lambda row: row["val_loss"])
-    every_layer = ", ".join(f"{row['val_acc']:.4f}" for row in result.history[head_epochs:])
+    every_layer = ", ".join(f"{row['val_acc']:.4f} (loss {row['val_loss']:.4f})" for row in result.history[head_epochs:])
     figures.append(f"plain finetune {result.report['accuracy']:.4f} in {seconds:.1f} s (head phase's best "
                    f"{head_best['val_acc']:.4f})")
     return (f"| plain `finetune --backbone {backbone}` (head's best epoch {head_best['epoch']}: "
-            f"{head_best['val_acc']:.4f}; every layer: {every_layer}) | {result.report['accuracy']:.4f} | "
-            f"{result.best_epoch} | {seconds:.1f} |")
+            f"{head_best['val_acc']:.4f} (loss {head_best['val_loss']:.4f}); every layer: {every_layer}) | "
+            f"{result.report['accuracy']:.4f} | {result.best_epoch} | {seconds:.1f} |")
 
 
 def yaml_setting(path: Path, key: str):

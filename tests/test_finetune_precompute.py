@@ -1,6 +1,8 @@
 """`finetune --precompute-features`: the head trained from cached features is the head trained
 through the frozen trunk; resumes and --unfreeze-after continue exactly; predict reads the result."""
 
+import json
+
 import pytest
 import torch
 
@@ -187,3 +189,20 @@ def test_precompute_reads_a_runs_settings_and_refuses_bad_ones(data_dir, tmp_pat
     assert main(["precompute", "--config", str(recipe_file)]) == 1
     err = capsys.readouterr().err
     assert "unknown setting(s) learning_rate" in err and "Traceback" not in err
+
+
+def test_each_phase_schedule_starts_from_its_own_first_step(data_dir, tmp_path):
+    # The head on the cache for 2 epochs, then every layer for 2, each over a one-cycle of its own: the head
+    # ends at its own last (lowest) lr before every layer starts, and every layer ends at its own.
+    run = finetune(data=str(data_dir), backbone="timm:test_resnet", weights="none", img_size=32, batch_size=4,
+                   workers=0, precompute_features=True, unfreeze_after=2, epochs=4, head_lr=0.01, lr=0.002,
+                   cache_dtype="float32", runs_dir=str(tmp_path / "runs"), name="phases")
+    lrs = [row["lr"] for row in run.history]  # the head's lr after each epoch's last step
+    assert lrs[1] == pytest.approx(0.01 / 25 / 1e4, rel=1e-3)  # OneCycleLR's end: max / div / final_div
+    assert lrs[3] == pytest.approx(0.002 / 25 / 1e4, rel=1e-3)
+    assert lrs[0] > 1e-3 and lrs[2] > 1e-4  # each phase's peak is its own, after its own warm-up
+    written = (run.run_dir / "config.yaml").read_text()
+    assert "#   epochs 1-2: the head on cached features: adamw lr 0.01" in written
+    assert "#   epochs 3-4: every layer on the images: adamw lr 0.002" in written
+    meta = json.loads((run.run_dir / "best.json").read_text())
+    assert len(meta["phases"]) == 2 and "augment none" in meta["phases"][0]

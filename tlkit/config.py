@@ -91,7 +91,7 @@ class FinetuneConfig:
                            "the backbone has it)")
     img_size: int | None = setting(None, "input size in px (default: the backbone's own)", within=ONE_OR_MORE)
     epochs: int | None = setting(None, "epochs of the whole run, the head's first included (default, pretrained: "
-                                 "30 of the head on cached features + 3 of every layer; 30 with "
+                                 "30 of the head on cached features + 1 of every layer; 30 with "
                                  "--precompute-features alone; 10 otherwise)", within=ONE_OR_MORE)
     batch_size: int = setting(64, "images per batch", within=ONE_OR_MORE)
     optimizer: str = setting("auto", "optimizer (auto: adamw)", OPTIMIZERS)

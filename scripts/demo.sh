@@ -28,7 +28,7 @@ echo
 echo "results:"
 echo "  demo/pets/training/, demo/pets/validation/, demo/pets/split.csv   the split and its manifest"
 echo "  demo/runs/pets/               best.safetensors + best.json, metrics.jsonl, curves.png, confusion.png"
-echo "  demo/runs/pets/evaluate-validation/   report.json, confusion.png, mistakes.png"
+echo "  demo/runs/pets/evaluate-validation/   report.json, confusion.png, mistakes.png, mistakes.html"
 echo "  demo/predictions.csv          a prediction for every validation photo of a cat"
 echo "  demo/pets.onnx (+ pets.onnx.json)     the model for deployment, checked against PyTorch"
 echo "  demo/runs/digits/             the from-scratch digits run"

@@ -91,9 +91,9 @@ def test_settings_no_phase_uses_are_named():
 def test_a_resume_file_of_a_phase_these_settings_do_not_plan_is_refused():
     config, _ = planned({"precompute_features": True})
     with pytest.raises(TlkitError, match="every layer on the images"):
-        plan_phases(config, resumed_phase=EVERY_LAYER)
+        recipe.remaining(plan_phases(config), EVERY_LAYER)
     config, phases = planned({})
-    assert plan_phases(config, resumed_phase=EVERY_LAYER) == phases[1:]
+    assert recipe.remaining(phases, EVERY_LAYER) == phases[1:]
 
 
 def test_the_readme_table_of_defaults_is_the_recipe():

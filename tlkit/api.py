@@ -321,12 +321,11 @@ def finetune(data: Path | str | None = None, *, config_file: Path | str | None =
         settings["data"] = str(data)
     with _call(quiet):
         result = finetuning.finetune(config_file, resume=resume, force=force, callbacks=callbacks, **settings)
-    model = result.backbone.model.eval()
+    result.backbone.model.eval()
     checkpoint = Checkpoint(backbone=result.backbone, classes=list(result.classes), meta=read_meta(result.run_dir),
                             path=result.run_dir / BEST_WEIGHTS)
-    compute = compute_for(next(model.parameters()).device, checkpoint.meta.config.get("precision", "bf16"))
     fields = {field.name: getattr(result, field.name) for field in dataclasses.fields(result)}
-    return Run(**fields, classifier=Classifier(checkpoint, compute))
+    return Run(**fields, classifier=Classifier(checkpoint, result.compute))
 
 
 # ---------------------------------------------------------------- audit

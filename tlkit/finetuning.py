@@ -32,7 +32,7 @@ from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError, option
 from tlkit.exclusions import read_exclusions
 from tlkit.inputs import SplitSource, TrainingInput, cached_features, feature_input, image_input
-from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, resolve_auto, unused_settings
+from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, remaining, resolve_auto, unused_settings
 from tlkit.report import class_report, plot_confusion, write_report
 from tlkit.runtime import Compute, compute_for, info, relpath, result, seed_everything, warn
 from tlkit.summary import check_input_fits
@@ -55,6 +55,7 @@ class FinetuneResult:
     outputs: dict[str, Path]
     backbone: Backbone
     skipped: list[str]
+    compute: Compute  # where and in what arithmetic the run computed: its model's, to predict with
 
 
 def starts_pretrained(config: FinetuneConfig) -> bool:
@@ -94,8 +95,8 @@ def create_backbone(config: FinetuneConfig, classes: list[str], source=SplitSour
     return backbone
 
 
-def run_meta(config: FinetuneConfig, backbone: Backbone, classes: list[str], source=None,
-             phases: list[Phase] = ()) -> CheckpointMeta:
+def run_meta(config: FinetuneConfig, backbone: Backbone, classes: list[str], source,
+             phases: list[Phase]) -> CheckpointMeta:
     """What best.json and the resume file record beside the weights, to rebuild and label the model."""
     return CheckpointMeta(
         backbone=backbone.name, weights=backbone.weights, classes=list(classes),
@@ -222,7 +223,7 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     planned = plan_phases(config, processes=distributed.world_size())
     phases = planned
     if state is not None:  # the resume file says which phase wrote it: the head alone, or the whole model
-        phases = plan_phases(config, processes=distributed.world_size(), resumed_phase=state["meta"].phase or EVERY_LAYER)
+        phases = remaining(planned, state["meta"].phase or EVERY_LAYER)
     else:
         for note in unused_settings(checked_settings(settings, FLAGS), config, planned):
             warn(note)
@@ -257,7 +258,8 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
 def _run_folder(config: FinetuneConfig, resume: Path | str | None, force: bool, source, phases: list[Phase]):
     """The resumed run's folder, or a new runs/<name>/ with the config.yaml that repeats the run, its phases
     in a comment (under torchrun rank 0 makes the folder, names it and tells the others), held for this
-    process while the run lasts. A new folder that the run leaves with nothing trained in it is removed: its name stays free."""
+    process while the run lasts. A new folder that the run leaves with nothing trained in it is removed: its
+    name stays free."""
     if resume is not None:
         run_dir = Path(resume).resolve()  # runs/latest: the run it names, claimed and written by its own name
         if distributed.is_main():
@@ -398,7 +400,7 @@ def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: T
         outputs["tb"] = run_dir / "tb"
     _print_summary(trainer.history, best.best_epoch, report, outputs, skipped)
     return FinetuneResult(run_dir=run_dir, classes=data.classes, history=trainer.history, best_epoch=best.best_epoch,
-                          report=report, outputs=outputs, backbone=backbone, skipped=skipped)
+                          report=report, outputs=outputs, backbone=backbone, skipped=skipped, compute=trainer.compute)
 
 
 def _print_summary(history: list[dict], best_epoch: int, report: dict, outputs: dict, skipped: list[str]) -> None:

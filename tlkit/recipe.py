@@ -116,19 +116,15 @@ def _head_weight_decay(config: FinetuneConfig, on_features: bool, linear_head: b
 class Phase:
     """One stretch of a run with its own optimizer and schedule, from epoch `first` + 1 to epoch `last`.
 
-    `settings` is what its optimizer and schedule read (lr, weight decay, epochs: the phase's own);
-    `lr` is the head's, already scaled for the number of processes, `trunk_lr` None while the trunk is
-    frozen; `augment` what its training batches get ("none" on cached features without views)."""
+    `settings` is what its optimizer and schedule read: the run's, with the phase's own lr (the head's,
+    scaled for the number of processes), weight decay and epochs. `augment` is what its training batches
+    get ("none" on cached features without views)."""
 
     name: str  # HEAD (on cached features), HEAD_ON_IMAGES or EVERY_LAYER
     first: int
     last: int
     total: int  # the run's epochs, for "epoch 3/33"
-    lr: float
-    trunk_lr: float | None
-    weight_decay: float | None
     augment: str
-    freeze_bn: bool  # the trunk's BatchNorm statistics stay as they are (every layer on the images)
     settings: FinetuneConfig
 
     @property
@@ -143,33 +139,50 @@ class Phase:
     def epochs(self) -> int:
         return self.last - self.first
 
+    @property
+    def lr(self) -> float:
+        return self.settings.lr
 
-def plan_phases(config: FinetuneConfig, *, processes: int = 1, resumed_phase: str | None = None) -> list[Phase]:
-    """The phases of a resolved config (resolve_auto), or what is left of them after a resume file written
-    in `resumed_phase` (HEAD, HEAD_ON_IMAGES or EVERY_LAYER)."""
+    @property
+    def weight_decay(self) -> float | None:
+        return self.settings.weight_decay
+
+    @property
+    def trunk_lr(self) -> float | None:
+        """None while the trunk is frozen."""
+        return None if self.trunk_frozen else self.lr * self.settings.trunk_lr_mult
+
+    @property
+    def freeze_bn(self) -> bool:
+        """The trunk's BatchNorm statistics stay as they are while every layer trains on the images."""
+        return self.settings.freeze_bn and not self.trunk_frozen
+
+
+def plan_phases(config: FinetuneConfig, *, processes: int = 1) -> list[Phase]:
+    """The phases of a resolved config (resolve_auto)."""
     head_epochs = config.epochs if config.freeze == "trunk" else min(config.unfreeze_after or 0, config.epochs)
     phases = []
     if head_epochs:
         phases.append(_phase(config, HEAD if config.precompute_features else HEAD_ON_IMAGES, 0, head_epochs, processes))
     if head_epochs < config.epochs:
         phases.append(_phase(config, EVERY_LAYER, head_epochs, config.epochs, processes))
-    return phases if resumed_phase is None else _from(phases, resumed_phase)
+    return phases
 
 
 def _phase(config: FinetuneConfig, name: str, first: int, last: int, processes: int) -> Phase:
     scale = processes if config.lr_scale == "linear" else 1
     if name == EVERY_LAYER:
-        lr, decay, augment = config.lr * scale, config.weight_decay, config.augment
-        trunk_lr = lr * config.trunk_lr_mult
+        lr, decay, augment = config.lr, config.weight_decay, config.augment
     else:
-        lr, decay, trunk_lr = config.head_lr * scale, config.head_weight_decay, None
+        lr, decay = config.head_lr, config.head_weight_decay
         augment = config.augment if name == HEAD_ON_IMAGES or config.precompute_views else "none"
-    settings = dataclasses.replace(config, lr=lr, weight_decay=decay, epochs=last - first)
-    return Phase(name, first, last, config.epochs, lr, trunk_lr, decay, augment,
-                 config.freeze_bn and name == EVERY_LAYER, settings)
+    settings = dataclasses.replace(config, lr=lr * scale, weight_decay=decay, epochs=last - first)
+    return Phase(name, first, last, config.epochs, augment, settings)
 
 
-def _from(phases: list[Phase], name: str) -> list[Phase]:
+def remaining(phases: list[Phase], name: str) -> list[Phase]:
+    """The phases from the one a resume file was written in (its `phase`: HEAD, HEAD_ON_IMAGES or
+    EVERY_LAYER) to the end."""
     names = [phase.name for phase in phases]
     if name not in names:
         raise TlkitError(f"the resume file was written while {_WHAT[name]} trained, a phase that these settings no "

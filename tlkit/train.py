@@ -99,7 +99,7 @@ class Trainer:
         self.train_model: nn.Module = train_model or model
         self.scheduler_name = scheduler_name
         self.train_loader, self.val_loader, self.train_sampler = train_loader, val_loader, train_sampler
-        self.normalize, self.compute, self.device, self.epochs = normalize, compute, compute.device, epochs
+        self.normalize, self.compute, self.epochs = normalize, compute, epochs
         self.total_epochs = total_epochs or epochs  # what "epoch 3/10" shows: the whole run's, in any phase
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.callbacks = list(callbacks or [])
@@ -113,6 +113,10 @@ class Trainer:
         # a pretrained trunk's, so that small batches of new photos do not replace ImageNet's statistics.
         self.frozen_norms: list[nn.Module] = list(frozen_norms)
         self.skipped: set[str] = set(skipped)  # images that failed to decode
+
+    @property
+    def device(self) -> torch.device:
+        return self.compute.device
 
     def autocast(self):
         return self.compute.autocast()

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from tlkit.cli import main as cli
 from tlkit.features import load_cache
@@ -62,7 +63,7 @@ def plain_recipe(data: Path, runs: Path, backbone: str, device: str, figures: li
     start = time.perf_counter()
     result = finetune(data=str(data), backbone=backbone, runs_dir=str(runs), name="plain", device=device)
     seconds = time.perf_counter() - start
-    head_epochs = int(yaml_setting(result.run_dir / "config.yaml", "unfreeze_after"))
+    head_epochs = yaml.safe_load((result.run_dir / "config.yaml").read_text())["unfreeze_after"]
     head_best = min(result.history[:head_epochs], key=lambda row: row["val_loss"])
     every_layer = ", ".join(f"{row['val_acc']:.4f} (loss {row['val_loss']:.4f})" for row in result.history[head_epochs:])
     figures.append(f"plain finetune {result.report['accuracy']:.4f} in {seconds:.1f} s (head phase's best "
@@ -70,12 +71,6 @@ def plain_recipe(data: Path, runs: Path, backbone: str, device: str, figures: li
     return (f"| plain `finetune --backbone {backbone}` (head's best epoch {head_best['epoch']}: "
             f"{head_best['val_acc']:.4f} (loss {head_best['val_loss']:.4f}); every layer: {every_layer}) | "
             f"{result.report['accuracy']:.4f} | {result.best_epoch} | {seconds:.1f} |")
-
-
-def yaml_setting(path: Path, key: str):
-    import yaml
-
-    return yaml.safe_load(path.read_text())[key]
 
 
 def main() -> None:

@@ -125,14 +125,14 @@ def _rows(sources: list, probabilities: np.ndarray, classes: list[str], failures
 
 def predictions_frame(rows: list[Prediction]):
     """The rows as a pandas DataFrame: source, label, confidence, p_<class> for each class, error.
-    pandas is not a dependency of tlkit; without it this raises TlkitError.
+    pandas comes with cleanlab (what `audit` uses); where it is missing this raises TlkitError.
 
         >>> predictions_frame(classifier.predict("photos/test")).groupby("label").size()
     """
     try:
         import pandas
     except ImportError:
-        raise TlkitError("predictions_frame needs pandas, which tlkit does not install: `pip install pandas`, or "
+        raise TlkitError("predictions_frame needs pandas, which is not installed here: `pip install pandas`, or "
                          "use the list of Prediction rows as it is.") from None
     return pandas.DataFrame([{"source": str(row.source) if isinstance(row.source, Path) else row.source,
                               "label": row.label, "confidence": row.confidence,

@@ -17,7 +17,7 @@ from pathlib import Path
 from tlkit import __version__
 from tlkit.atomic import atomic_write_text
 from tlkit.auditing import ISSUES, Audit, Issue
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.photopage import Card, Section, write_page
 from tlkit.report import plot_photo_sheet
 from tlkit.runtime import relpath
@@ -42,17 +42,18 @@ def check_report_dir(out: Path, force: bool) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise TlkitError(f"{relpath(out)} is a file; audit writes a folder. Choose another --out.")
+        raise TlkitError(f"{relpath(out)} is a file; audit writes a folder. Choose another {option('out')}.")
     present = [p.name for p in out.iterdir()]
     if not present:
         return
     if not force:
-        raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace an earlier "
-                         "audit there, or --out DIR to write elsewhere.")
+        raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use {option('force', True)} to replace "
+                         f"an earlier audit there, or {option('out', 'DIR')} to write elsewhere.")
     foreign = sorted(name for name in present if name not in OUTPUTS and not name.startswith(".audit."))
     if foreign or not _an_audit(out / "audit.json"):
         raise TlkitError(f"{relpath(out)} is not an audit folder of tlkit's (it holds {', '.join(foreign or present)}"
-                         "); --force replaces only an earlier audit, so nothing was changed. Choose another --out.")
+                         f"); {option('force', True)} replaces only an earlier audit, so nothing was changed. Choose "
+                         f"another {option('out')}.")
 
 
 def _an_audit(summary: Path) -> bool:

@@ -193,7 +193,7 @@ def prepare_split(src: Path, val: str, out: Path | None = None, *, seed: int = 0
     if exclusions is None:
         return scan, plan_split(scan, val_size, out, seed=seed)
     excluded, relabelled = apply_exclusions(scan, exclusions)
-    info(f"--exclude {relpath(Path(exclude))}: {excluded} photo(s) left out, {relabelled} split under another class; "
+    info(f"{option('exclude', relpath(Path(exclude)))}: {excluded} photo(s) left out, {relabelled} split under another class; "
          "the files themselves are untouched")
     return scan, plan_split(scan, val_size, out, seed=seed, pairs=exclusions.pairs)
 

@@ -202,3 +202,12 @@ def test_a_folder_of_one_class_is_one_clear_message(tmp_path, capsys):
     assert cli.main(["audit", str(tmp_path / "cats"), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "1 class(es)" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("value, words", [("0", "is not above 0 and at most 1"), ("1.5", "is not above 0"),
+                                          ("high", "'high' is not a number")])
+def test_a_similarity_out_of_range_is_one_message(tmp_path, capsys, value, words):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["audit", str(tmp_path), "--similarity", value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--similarity" in err and words in err and "Traceback" not in err

@@ -366,3 +366,13 @@ def test_resume_cannot_stretch_a_schedule_planned_over_the_epochs(tmp_path, data
     assert main(["finetune", "--resume", str(runs / "exp"), "--epochs", "2"]) == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "cannot change --epochs" in err and "--weights" in err and "Traceback" not in err
+
+
+def test_precompute_features_takes_true_or_false_and_false_trains_the_head_on_the_images(tmp_path, data_dir, capsys):
+    assert finetune_cli(tmp_path, data_dir, "--precompute-features", "false", "--unfreeze-after", "1", "--epochs", "2",
+                        "--name", "images") == 0
+    err = error_of(capsys)
+    assert "epoch 1: the head on the images" in err and "cached features" not in err
+    assert finetune_cli(tmp_path, data_dir, "--precompute-features", "maybe", "--name", "bad") == 1
+    err = error_of(capsys)
+    assert "--precompute-features must be true or false" in err and "Traceback" not in err

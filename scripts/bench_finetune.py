@@ -120,7 +120,6 @@ def tlkit_loop(data: Path, device: torch.device, img_size: int, epochs: int, bat
     """images/s of each epoch (`epochs` 0: none), of the loader alone, and the seconds spent building
     the decoded-image cache (0 without it)."""
     from tlkit.config import make_config
-    from tlkit.data import check_classes
     from tlkit.finetuning import build_trainer
     from tlkit.train import train_one_epoch
 
@@ -130,7 +129,7 @@ def tlkit_loop(data: Path, device: torch.device, img_size: int, epochs: int, bat
                           "optimizer": "sgd", "lr": 0.001, "cache_images": cache_images,
                           "cache_dir": str(data / "cache")})
     started = time.perf_counter()
-    trainer, _, data_bundle = build_trainer(config, check_classes(data))
+    trainer, _, data_bundle = build_trainer(config)
     build_seconds = time.perf_counter() - started
     if max_batches is not None:  # CPU smoke runs: a few batches per epoch
         data_bundle.train_sampler.size = min(data_bundle.train_sampler.size, max_batches * batch_size)

@@ -12,6 +12,7 @@ import pytest
 
 from tlkit import cli
 from tlkit.data import make_data, open_split
+from tlkit.exclusions import read_exclusions
 
 from conftest import make_flat, make_learnable
 
@@ -59,7 +60,7 @@ def test_finetune_inputs_and_the_feature_cache_follow_the_list(tmp_path):
         {"path": "training/cat/0.png", "action": "exclude"},
         {"path": "validation/dog/1.png", "action": "exclude"},
         {"path": "training/dog/2.png", "suggested": "cat", "action": "relabel"}])
-    split = open_split(data, listed)
+    split = open_split(data).excluding(read_exclusions(listed))
     bundle = make_data(split, _prep(), batch_size=4, workers=0, device=__import__("torch").device("cpu"), seed=0)
     assert (len(bundle.train_set), len(bundle.val_set)) == (11, 5)
     relabelled = [target for path, target in bundle.train_set.samples if path.endswith("dog/2.png")]
@@ -108,3 +109,50 @@ def test_a_list_that_cannot_serve_is_one_clear_message(tmp_path, capsys):
     assert cli.main(["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--exclude",
                      str(elsewhere), "--runs-dir", str(tmp_path / "runs")]) == 1
     assert "training/ and validation/" in capsys.readouterr().err
+
+
+TINY = ["--backbone", "simple-cnn", "--weights", "none", "--img-size", "24", "--device", "cpu", "--workers", "0"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_finetune_trains_without_the_excluded_photos_from_the_cli_and_from_python(tmp_path, capsys):
+    """The run's inputs shrink by the list's exclude rows (it trained on all of them before: the list was
+    lost on its way to the split folders), and the feature cache `precompute --exclude` wrote is the one the
+    run reads."""
+    from tlkit import api
+
+    data = make_learnable(tmp_path / "data", train_per_class=6, val_per_class=3)
+    listed = write_list(tmp_path / "audit.csv", [
+        {"path": "training/cat/0.png", "action": "exclude"}, {"path": "training/cat/1.png", "action": "exclude"},
+        {"path": "validation/dog/0.png", "action": "exclude"}])
+    assert cli.main(["precompute", "--data", str(data), *TINY, "--exclude", str(listed)]) == 0
+    capsys.readouterr()
+    assert cli.main(["finetune", "--data", str(data), *TINY, "--precompute-features", "--epochs", "1", "--exclude",
+                     str(listed), "--runs-dir", str(tmp_path / "runs"), "--name", "cli"]) == 0
+    err = capsys.readouterr().err
+    assert "cached features of 10 training / 5 validation" in err and "using the cache" in err
+    run = api.finetune(data, **{key.lstrip("-").replace("-", "_"): value for key, value in zip(TINY[::2], TINY[1::2])},
+                       epochs=1, exclude=listed, runs_dir=tmp_path / "runs", name="api", quiet=True)
+    assert run.report["macro avg"]["support"] == 5  # validation less its excluded photo
+
+
+@pytest.mark.parametrize("command", ["finetune", "lr-find", "precompute", "train"])
+def test_a_list_the_run_cannot_act_on_stops_every_command_before_it_starts(tmp_path, capsys, command):
+    """Each was accepted and ignored by finetune (the list was never read): a list naming no photo here, a relabel
+    to a class the folders lack, an unknown action, a list that does not exist."""
+    data = make_learnable(tmp_path / "data", train_per_class=3, val_per_class=2)
+    unknown_action = tmp_path / "action.csv"
+    unknown_action.write_text("path,action\ntraining/cat/0.png,delete\n")
+    cases = {"names no photo": (write_list(tmp_path / "other.csv", [{"path": "training/cat/x.png"}]), "no row of"),
+             "unknown class": (write_list(tmp_path / "relabel.csv", [
+                 {"path": "training/cat/0.png", "suggested": "horse", "action": "relabel"}]), "'horse'"),
+             "unknown action": (unknown_action, "line 2 of"),
+             "missing": (tmp_path / "missing.csv", "cannot read the list")}
+    where = ["--dataset", str(data), "--model", "simple-cnn"] if command == "train" else ["--data", str(data), *TINY[:2]]
+    out = {"lr-find": ["--out", str(tmp_path / "lr.png")], "finetune": ["--runs-dir", str(tmp_path / "runs")],
+           "train": ["--runs-dir", str(tmp_path / "runs")]}.get(command, [])
+    for listed, words in cases.values():
+        code = cli.main([command, *where, *TINY[2:], *out, "--exclude", str(listed)])
+        err = capsys.readouterr().err
+        assert code == 1 and words in err and "Traceback" not in err, (listed.name, err)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "lr.png").exists()

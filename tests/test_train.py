@@ -40,7 +40,7 @@ def settings(data_dir: Path, **overrides) -> dict:
 
 
 def trainer_for(data_dir: Path, **overrides):
-    return build_trainer(make_config(settings(data_dir, **overrides)), CLASSES)
+    return build_trainer(make_config(settings(data_dir, **overrides)))
 
 
 def snapshot(module: torch.nn.Module) -> dict:

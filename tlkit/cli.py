@@ -306,9 +306,9 @@ def _add_audit(subparsers) -> None:
 # Settings that only the runs which train from cached features read.
 _PRECOMPUTE_SETTINGS = ("precompute_features", "precompute_views", "cache_dir", "cache_dtype", "head_lr",
                         "head_weight_decay")
-# lr-find sweeps on every photo of the split (its --exclude would be a flag with no effect, so it has none).
+# What lr-find's one sweep of every layer on the images has no use for.
 _LR_FIND_SKIPS = ("epochs", "scheduler", "step_size", "gamma", "unfreeze_after", "monitor", "resume_every_epochs",
-                  "resume_every_seconds", "patience", "name", "runs_dir", "exclude", *_PRECOMPUTE_SETTINGS)
+                  "resume_every_seconds", "patience", "name", "runs_dir", *_PRECOMPUTE_SETTINGS)
 # What `tlkit precompute` reads of a run's settings: enough to compute the cache that run will use.
 _PRECOMPUTE_READS = ("data", "backbone", "weights", "img_size", "augment", "precision", "device", "workers", "seed",
                      "exclude", "precompute_views", "cache_dir", "cache_dtype")

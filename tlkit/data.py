@@ -8,6 +8,7 @@ the same whatever the worker count, and a resumed run sees what an uninterrupted
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from tlkit import distributed
 from tlkit.augment import Augmentation, crop_flip_photo, policy
 from tlkit.decode import load_image as load_eval_image
 from tlkit.errors import TlkitError, option
-from tlkit.exclusions import Exclusions, read_exclusions
+from tlkit.exclusions import Exclusions
 from tlkit.runtime import relpath
 from tlkit.scan import DECODE_ERRORS, class_folders, class_images, is_image_name, open_photo, visible_files
 from tlkit.split import SUBSETS, finish_pending_split
@@ -270,17 +271,22 @@ class SplitFolders:
         listed = class_images(self.subset(name), self.classes)
         return self.exclusions.apply(listed, self.classes, prefix=f"{name}/") if self.exclusions else listed
 
+    def excluding(self, exclusions: Exclusions) -> SplitFolders:
+        """These folders less what a reviewed list (--exclude) leaves out, its relabel rows under their new
+        class. A list that names no photo here, or relabels one as a class the folders lack, stops here, before
+        anything is computed."""
+        every = {f"{subset}/{relative}" for subset in SUBSETS
+                 for relative, _ in class_images(self.subset(subset), self.classes)}
+        exclusions.check_matches(every, self.root)
+        exclusions.check_classes(self.classes)
+        return dataclasses.replace(self, exclusions=exclusions)
 
-def open_split(data: Path | str | SplitFolders, exclude: Path | str | None = None) -> SplitFolders:
-    """The checked split folders of `data` (a path, or folders already opened, as they are); exclude: a
-    reviewed list (audit.csv of DATA) whose rows the run acts on."""
+
+def open_split(data: Path | str | SplitFolders) -> SplitFolders:
+    """The checked split folders of `data` (a path, or folders already opened, as they are)."""
     if isinstance(data, SplitFolders):
         return data
-    split = SplitFolders(Path(data), check_classes(Path(data)), read_exclusions(exclude) if exclude else None)
-    if split.exclusions:
-        split.exclusions.check_matches({f"{subset}/{relative}" for subset in SUBSETS
-                                        for relative, _ in class_images(split.subset(subset), split.classes)}, split.root)
-    return split
+    return SplitFolders(Path(data), check_classes(Path(data)))
 
 
 def make_data(data: Path | SplitFolders, prep, *, batch_size: int, workers: int, device: torch.device,

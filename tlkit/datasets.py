@@ -23,11 +23,11 @@ from tlkit import rawdata
 from tlkit.augment import policy, shift_flip
 from tlkit.backbone import per_channel
 from tlkit.config import checked_settings, config_keys, read_yaml
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions
 from tlkit.runtime import relpath
 from tlkit.scan import DECODE_ERRORS, open_image
-from tlkit.split import parse_val, val_count
+from tlkit.split import SUBSETS, parse_val, val_count
 
 STATS_SAMPLE = 2000  # images of a folder read to estimate its mean and std
 
@@ -128,8 +128,9 @@ class TrainingSource:
 
     def excluding(self, exclusions: Exclusions) -> "TrainingSource":
         """This source without the photos a reviewed list excludes (--exclude); only a split photo folder has them."""
-        raise TlkitError(f"--exclude names photo files of a folder split into training/ and validation/ (tlkit split); "
-                         f"{self.title} is not one. Leave out --exclude, or split the photos first.")
+        raise TlkitError(f"{option('exclude')} names photo files of a folder split into training/ and validation/ "
+                         f"(tlkit split); {self.title} is not one. Leave out {option('exclude')}, or split the photos "
+                         "first.")
 
     def describe(self) -> str:
         subsets = " / ".join(f"{count:,} {subset}" for subset, count in self.sizes.items())
@@ -216,11 +217,9 @@ class FolderSource(TrainingSource):
     def excluding(self, exclusions: Exclusions) -> "FolderSource":
         if self.train_indices is not None:
             return super().excluding(exclusions)
-        split = SplitFolders(self.root, self.classes, exclusions)
-        exclusions.check_matches({f"{subset}/{relative}" for subset in ("training", "validation")
-                                  for relative, _ in SplitFolders(self.root, self.classes).images(subset)}, self.root)
+        split = SplitFolders(self.root, self.classes).excluding(exclusions)
         return replace(self, exclusions=exclusions, sizes={**self.sizes, **{
-            subset: len(split.images(subset)) for subset in ("training", "validation")}})
+            subset: len(split.images(subset)) for subset in SUBSETS}})
 
     def _subset(self, name: str, load) -> FolderDataset:
         """training/ or validation/, less --exclude's rows (SplitFolders.images applies them)."""

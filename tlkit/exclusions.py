@@ -38,22 +38,23 @@ class Exclusions:
     def apply(self, listed: list[tuple[str, int]], classes: list[str], prefix: str = "") -> list[tuple[str, int]]:
         """(relative path, class index) rows without the excluded ones, relabelled ones under their new class;
         prefix: what the list's paths carry before a row's (a split's `training/`)."""
+        self.check_classes(classes)
         new_class, kept = self.new_class, []
         for relative, index in listed:
             key = prefix + relative
             if key in self.excluded:
                 continue
             if key in new_class:
-                index = self.class_index(key, classes)
+                index = classes.index(new_class[key])
             kept.append((relative, index))
         return kept
 
-    def class_index(self, path: str, classes: list[str]) -> int:
-        label = self.new_class[path]
-        if label not in classes:
-            raise TlkitError(f"{relpath(self.source)} relabels {path} as {label!r}, which is not one of the classes "
-                             f"({', '.join(classes)}); correct the row or change its action to exclude.")
-        return classes.index(label)
+    def check_classes(self, classes: list[str]) -> None:
+        """Stop at a relabel row whose new class is not one of `classes`."""
+        for path, label in self.relabelled:
+            if label not in classes:
+                raise TlkitError(f"{relpath(self.source)} relabels {path} as {label!r}, which is not one of the "
+                                 f"classes ({', '.join(classes)}); correct the row or change its action to exclude.")
 
     def check_matches(self, known: set[str], folder: Path) -> None:
         """Say which rows name no photo of `folder`; stop when none does (a list written for another folder)."""

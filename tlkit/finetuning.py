@@ -27,11 +27,9 @@ from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta
 from tlkit.atomic import atomic_write_text
 from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dict, config_yaml, make_config,
                           resolve_config, setting_name)
-from tlkit.data import open_split
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError, option
-from tlkit.exclusions import read_exclusions
-from tlkit.inputs import SplitSource, TrainingInput, cached_features, feature_input, image_input
+from tlkit.inputs import SplitSource, TrainingInput, cached_features, feature_input, image_input, open_photos
 from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, remaining, resolve_auto, unused_settings
 from tlkit.report import class_report, plot_confusion, write_report
 from tlkit.runtime import Compute, compute_for, info, relpath, result, seed_everything, warn
@@ -151,14 +149,14 @@ def assemble_trainer(phase: Phase, backbone: Backbone, data: TrainingInput, comp
         frozen_norms=norms if phase.freeze_bn else [], history=history, skipped=skipped)
 
 
-def build_trainer(config: FinetuneConfig, classes: list[str], *, source=None) -> tuple[Trainer, Backbone, TrainingInput]:
+def build_trainer(config: FinetuneConfig, *, source=None) -> tuple[Trainer, Backbone, TrainingInput]:
     """A Trainer of every layer on the images, with no run folder (what `tlkit lr-find` sweeps)."""
     every_layer = dataclasses.replace(config, freeze="none", unfreeze_after=None, precompute_features=False)
     config = run_config(every_layer, source)
-    source = source or SplitSource.open(config)
+    source = open_photos(config, source)
     compute = compute_for(config.device, config.precision)
     distributed.setup(compute.device)  # under torchrun: before the loaders, which take this process's share
-    backbone = create_backbone(config, classes, source)
+    backbone = create_backbone(config, source.classes, source)
     phase = plan_phases(config)[0]
     data = image_input(config, backbone, compute, source)
     return assemble_trainer(phase, backbone, data, compute, trackers(config, backbone)), backbone, data
@@ -208,14 +206,7 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     else:
         config, state = resolve_config(Path(config_file) if config_file else None, settings), None
     config = run_config(config, source)
-    if source is None:
-        source = SplitSource.open(config)  # with --exclude left out as the folders are opened
-    elif config.exclude:
-        source = source.excluding(read_exclusions(config.exclude))
-    for key, asked in (("precompute_features", config.precompute_features), ("cache_images", config.cache_images)):
-        if asked and not source.caches:
-            raise TlkitError(f"{option(key)} needs DATA/training and DATA/validation image folders (tlkit finetune); "
-                             "built-in datasets are decoded into memory already and train end to end.")
+    source = open_photos(config, source)
     classes = source.classes
     if state is not None and state["meta"].classes != classes:
         raise TlkitError(f"{relpath(Path(config.data))} holds classes {classes}, but {relpath(Path(resume))} "
@@ -321,7 +312,7 @@ def precompute_features(config_file: Path | str | None = None, *, batch_size: in
     """`tlkit precompute`: the feature cache that `finetune --precompute-features` with these settings reads,
     found valid or computed now (force: computed again). Returns the backbone and its FeatureSets."""
     config = run_config(resolve_config(Path(config_file) if config_file else None, settings))
-    split = open_split(config.data, config.exclude)
+    split = open_photos(config).split
     compute = compute_for(config.device, config.precision)
     # Seeded: random-init weights (--weights none) repeat, and so does their cache.
     backbone = create_backbone(config, split.classes)

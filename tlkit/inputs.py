@@ -8,53 +8,89 @@ whose module is the head, not a mode of the trainer. Builds no optimizer; trains
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
 
-from tlkit.backbone import Backbone
+from tlkit.backbone import Backbone, Preprocessing
 from tlkit.config import FinetuneConfig
-from tlkit.data import SplitFolders, make_data, open_split
+from tlkit.data import DataBundle, SplitFolders, make_data, open_split
 from tlkit.decode import Normalizer
+from tlkit.errors import TlkitError, option
+from tlkit.exclusions import Exclusions, read_exclusions
 from tlkit.features import FeatureLoader, FeatureSet, precompute, to_device_float
 from tlkit.imagecache import make_cached_data
 from tlkit.runtime import Compute, default_workers
 
 
+class PhotoSource(Protocol):
+    """What a run trains on, as every source declares it: `tlkit finetune`'s split folders (SplitSource) and
+    `tlkit train`'s datasets (tlkit.datasets.TrainingSource). open_photos makes one from the settings, with
+    every setting that shapes the photos applied or refused there; nothing else makes one."""
+
+    classes: list[str]
+    command: str  # the command that trains on it (and resumes it)
+    augment: str  # what --augment auto means for these photos
+    caches: bool  # whether its photos and the trunk's features can be cached on disk
+    settings: dict | None  # what a run records to open it again (None: config.data says it all)
+    channels: int | None  # the classic nets' input, where the data fixes it
+    image_size: int | None
+
+    def preprocessing_for(self, backbone: Backbone) -> Preprocessing: ...
+
+    def make_data(self, prep: Preprocessing, **loaders) -> DataBundle: ...
+
+    def excluding(self, exclusions: Exclusions) -> PhotoSource: ...
+
+
+# The settings that say which photos a run reads and how they are served: open_photos applies each of them.
+SOURCE_SETTINGS = ("data", "exclude", "cache_images", "cache_dir", "precompute_features")
+
+
+def open_photos(config: FinetuneConfig, given: PhotoSource | None = None) -> PhotoSource:
+    """The photos of finetune, lr-find and precompute (given: `tlkit train`'s dataset; None: config.data's split
+    folders), with every setting of SOURCE_SETTINGS applied, or refused where the source cannot honour it.
+    The one place a source is made from the settings, so no command can leave one of them out."""
+    source = given or SplitSource(open_split(config.data), config.cache_images, config.cache_dir)
+    for key in ("precompute_features", "cache_images"):
+        if getattr(config, key) and not source.caches:
+            raise TlkitError(f"{option(key)} needs DATA/training and DATA/validation image folders (tlkit finetune); "
+                             "built-in datasets are decoded into memory already and train end to end.")
+    return source.excluding(read_exclusions(config.exclude)) if config.exclude else source
+
+
 @dataclass
 class SplitSource:
     """`tlkit finetune`'s data: the split folders DATA/training and DATA/validation (checked once by
-    data.open_split), decoded per epoch or served from the decoded-image cache. What `tlkit train`'s
-    sources (tlkit/datasets.py) declare, it declares too: its classes, what --augment auto means, what a
-    run records of it, and whether its photos and their features can be cached on disk."""
+    data.open_split), decoded per epoch or served from the decoded-image cache."""
 
     split: SplitFolders
     cache_images: bool = False  # --cache-images
     cache_root: str | None = None  # --cache-dir
-    command = "finetune"  # the command that trains on it (and resumes it)
+    command = "finetune"
     augment = "default"  # photos: crops and mirroring
-    caches = True  # its photos and the trunk's features can be cached
-    settings = None  # nothing to record beyond config.data
+    caches = True
+    settings = None
     channels = image_size = None  # the backbone's own input
-
-    @classmethod
-    def open(cls, config: FinetuneConfig) -> SplitSource:
-        return cls(open_split(config.data), config.cache_images, config.cache_dir)
 
     @property
     def classes(self) -> list[str]:
         return self.split.classes
 
     @staticmethod
-    def preprocessing_for(backbone: Backbone):
+    def preprocessing_for(backbone: Backbone) -> Preprocessing:
         return backbone.preprocessing
 
-    def make_data(self, prep, **loaders):
+    def make_data(self, prep: Preprocessing, **loaders) -> DataBundle:
         if self.cache_images:
             return make_cached_data(self.split, prep, cache_root=self.cache_root, **loaders)
         return make_data(self.split, prep, **loaders)
+
+    def excluding(self, exclusions: Exclusions) -> SplitSource:
+        return dataclasses.replace(self, split=self.split.excluding(exclusions))
 
 
 @dataclass

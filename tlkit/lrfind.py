@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlkit.config import resolve_config
-from tlkit.data import open_split
 from tlkit.errors import TlkitError
 from tlkit.finetuning import build_trainer
 from tlkit.report import plot_lr_find
@@ -105,7 +104,7 @@ def find_lr(config_file: Path | str | None = None, *, out: Path, force: bool = F
         raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace it, "
                          "or --out FILE.")
     config = resolve_config(Path(config_file) if config_file else None, {**settings, "scheduler": "none"})
-    trainer, _, _ = build_trainer(config, open_split(config.data).classes)
+    trainer, _, _ = build_trainer(config)
     result = lr_range_test(trainer, start_lr=start_lr, end_lr=end_lr, steps=steps)
     plot_lr_find(out, result)
     return result

@@ -158,16 +158,10 @@ def apply_exclusions(scan: Scan, exclusions: Exclusions) -> tuple[int, int]:
     ones it relabels their new class; the files stay where they are. Returns (excluded, relabelled)."""
     relative = {path: path.relative_to(scan.root).as_posix() for path, _ in scan.images}
     exclusions.check_matches(set(relative.values()), scan.root)
-    classes, new_class, kept = scan.classes, exclusions.new_class, []
-    for path, label in scan.images:
-        name = relative[path]
-        if name in exclusions.excluded:
-            continue
-        kept.append((path, classes[exclusions.class_index(name, classes)] if name in new_class else label))
-    excluded = len(scan.images) - len(kept)
-    relabelled = sum(relative[path] in new_class for path, _ in kept)
-    scan.images = kept
-    return excluded, relabelled
+    classes, path_of = scan.classes, {name: path for path, name in relative.items()}
+    kept = exclusions.apply([(relative[path], classes.index(label)) for path, label in scan.images], classes)
+    scan.images, before = [(path_of[name], classes[index]) for name, index in kept], len(scan.images)
+    return before - len(kept), sum(name in exclusions.new_class for name, _ in kept)
 
 
 def _name_in_class(scan: Scan, path: Path) -> Path:

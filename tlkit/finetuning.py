@@ -150,9 +150,11 @@ def assemble_trainer(phase: Phase, backbone: Backbone, data: TrainingInput, comp
 
 
 def build_trainer(config: FinetuneConfig, *, source=None) -> tuple[Trainer, Backbone, TrainingInput]:
-    """A Trainer of every layer on the images, with no run folder (what `tlkit lr-find` sweeps)."""
-    every_layer = dataclasses.replace(config, freeze="none", unfreeze_after=None, precompute_features=False)
-    config = run_config(every_layer, source)
+    """A Trainer on the images, with no run folder (what `tlkit lr-find` sweeps): of the head alone with
+    --freeze trunk, else of every layer."""
+    one_phase = dataclasses.replace(config, freeze="trunk" if config.freeze == "trunk" else "none",
+                                    unfreeze_after=None, precompute_features=False)
+    config = run_config(one_phase, source)
     source = open_photos(config, source)
     compute = compute_for(config.device, config.precision)
     distributed.setup(compute.device)  # under torchrun: before the loaders, which take this process's share

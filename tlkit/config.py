@@ -72,6 +72,8 @@ SHRINK = Range(0, 1, low_included=False)  # (0, 1): a factor that lowers the lr
 SEEDS = Range(0, 2**32 - 1, high_included=True)  # what NumPy's seed takes
 # The commands' own numbers (not settings of a run), checked by checked_number as the settings are.
 BATCH_SIZES = Range(1, 2**20, high_included=True)  # images per batch; more is a slip of the keyboard
+IMAGE_SIDES = Range(1, 10_000, high_included=True)  # px of an input side
+VIEW_COUNTS = Range(0, 100, high_included=True)  # augmented views cached per image: each is a copy of the features
 WORKER_COUNTS = Range(0, 512, high_included=True)  # loader processes
 SIMILARITIES = Range(0, 1, low_included=False, high_included=True)  # audit's cosine similarity of near-duplicates
 CLASS_COUNTS = Range(1, 100_000, high_included=True)  # a head's outputs; more would not fit in memory
@@ -97,7 +99,7 @@ class FinetuneConfig:
     backbone: str = setting("resnet18", "network to fine-tune (`tlkit models` lists them; timm:NAME for timm)")
     weights: str = setting("default", "imagenet, none (random init), a weights file, or default (imagenet where "
                            "the backbone has it)")
-    img_size: int | None = setting(None, "input size in px (default: the backbone's own)", within=ONE_OR_MORE)
+    img_size: int | None = setting(None, "input size in px (default: the backbone's own)", within=IMAGE_SIDES)
     epochs: int | None = setting(None, "epochs of the whole run, the head's first included (default, pretrained: "
                                  "30 of the head on cached features + 1 of every layer; 30 with "
                                  "--precompute-features alone; 10 otherwise)", within=ONE_OR_MORE)
@@ -156,7 +158,7 @@ class FinetuneConfig:
                                               "one-layer head: as strong as logistic regression's L2)",
                                               within=ZERO_OR_MORE)
     precompute_views: int = setting(0, "with --precompute-features: augmented views cached per training image "
-                                    "(augmented as --augment says)", within=ZERO_OR_MORE)
+                                    "(augmented as --augment says)", within=VIEW_COUNTS)
     cache_dir: str | None = setting(None, "folder of the feature and decoded-image caches (default: "
                                     "DATA/.tlkit-cache)")
     cache_dtype: str = setting("float16", "how cached features are stored", CACHE_DTYPES)

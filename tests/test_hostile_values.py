@@ -41,14 +41,15 @@ FIRST_WORK = {
 }
 
 
-def stop_at_first_work(monkeypatch) -> None:
+def stop_at_first_work(monkeypatch, command: str, places: dict = FIRST_WORK) -> None:
+    """The command's first work (places[command]) replaced by a stub that raises Reached."""
     import importlib
 
     def reached(*args, **kwargs):
         raise Reached
 
-    for module, name in set(FIRST_WORK.values()):
-        monkeypatch.setattr(importlib.import_module(module), name, reached)
+    module, name = places[command]
+    monkeypatch.setattr(importlib.import_module(module), name, reached)
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -78,7 +79,8 @@ def base_argv(command: str, root: Path) -> list[str]:
         "train": ["train", "--dataset", str(root / "data" / "training"), "--model", "simple-cnn", "--runs-dir", out,
                   "--device", "cpu"],
         "lr-find": ["lr-find", "--data", str(root / "data"), "--out", out + ".png", "--device", "cpu"],
-        "precompute": ["precompute", "--data", str(root / "data"), "--cache-dir", out, "--device", "cpu"],
+        "precompute": ["precompute", "--data", str(root / "data"), "--cache-dir", out, "--device", "cpu", "--backbone",
+                       "simple-cnn", "--weights", "none"],
         "predict": ["predict", str(root / "flat"), "--out", out + ".csv", *run],
         "evaluate": ["evaluate", str(root / "data" / "validation"), "--out", out, *run],
         "export": ["export", "--format", "onnx", "--out", out + ".onnx", "--checkpoint", str(root / "runs" / "tiny")],
@@ -118,7 +120,7 @@ def test_the_matrix_covers_every_command_with_numbers():
 @pytest.mark.parametrize("value", HOSTILE)
 @pytest.mark.parametrize("command, flag", FLAGS)
 def test_a_hostile_number_is_one_message_naming_its_flag(place, monkeypatch, capsys, command, flag, value):
-    stop_at_first_work(monkeypatch)
+    stop_at_first_work(monkeypatch, command)
     before = tree_digest(place / "flat"), tree_digest(place / "data")
     try:
         code = cli.main([*base_argv(command, place), flag, value])
@@ -158,7 +160,8 @@ def api_calls(place: Path):
 @pytest.mark.parametrize("call", ["split seed", "split val", "finetune epochs", "finetune lr", "finetune img_size",
                                   "audit similarity", "audit batch_size", "predict batch_size"])
 def test_a_hostile_number_given_to_the_api_is_a_tlkit_error_naming_the_parameter(place, monkeypatch, call, value):
-    stop_at_first_work(monkeypatch)
+    stop_at_first_work(monkeypatch, {"split": "split", "finetune": "finetune", "audit": "audit",
+                                     "predict": "predict"}[call.split()[0]])
     parameter = call.split()[1]
     try:
         api_calls(place)[call](value)

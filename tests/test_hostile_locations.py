@@ -57,13 +57,17 @@ def test_a_file_where_the_output_folder_should_be_is_one_message_before_any_work
     assert (tree_digest(place / "flat"), tree_digest(place / "data")) == before
 
 
+def mounted_tmpfs(tmp_path_factory, options: str):
+    """A small tmpfs mounted with `options` while the module's tests run (root can mount one), or skip."""
+    mount = tmp_path_factory.mktemp("tmpfs")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here (needs root)")
+    return mount
+
+
 @pytest.fixture(scope="module")
 def read_only_mount(tmp_path_factory):
-    """A read-only tmpfs (root can mount one), or skip."""
-    mount = tmp_path_factory.mktemp("readonly")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    mount = mounted_tmpfs(tmp_path_factory, "ro,size=64k")
     yield mount
     subprocess.run(["umount", str(mount)], check=False)
 
@@ -80,10 +84,7 @@ def test_a_read_only_file_system_is_one_message_before_any_work(place, read_only
 @pytest.fixture(scope="module")
 def full_disk(tmp_path_factory):
     """A 64 KB tmpfs filled to the last byte, or skip."""
-    mount = tmp_path_factory.mktemp("full")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    mount = mounted_tmpfs(tmp_path_factory, "size=64k")
     descriptor = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
     try:
         while True:

@@ -154,10 +154,10 @@ def test_errors_name_the_parameter_from_python_and_the_flag_from_the_command_lin
     assert main(["split", str(src), "--val", "2", "--out", str(out)]) == 1
     assert "Use --force to replace it, or --out DIR to write" in capsys.readouterr().err
     data, runs = make_learnable(tmp_path / "learnable", 2, 1), str(tmp_path / "runs")
-    with pytest.raises(TlkitError, match=r"^batch_size= must be a whole number 1 or more, not 0"):
+    with pytest.raises(TlkitError, match=r"^batch_size= must be a whole number 1 or more and at most 1048576, not 0"):
         api.finetune(data, runs_dir=runs, **{**TINY, "batch_size": 0})
     assert main(["finetune", "--data", str(data), "--runs-dir", runs, "--batch-size", "0"]) == 1
-    assert "--batch-size must be a whole number 1 or more, not 0" in capsys.readouterr().err
+    assert "--batch-size must be a whole number 1 or more and at most 1048576, not 0" in capsys.readouterr().err
     with pytest.raises(TlkitError, match=r"^device='tpu' is not a device"):
         api.load(tiny_run, device="tpu")
     with pytest.raises(TlkitError, match=r"Use force=True, or path=FILE"):

@@ -204,8 +204,8 @@ def test_a_folder_of_one_class_is_one_clear_message(tmp_path, capsys):
     assert "1 class(es)" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("value, words", [("0", "is not above 0 and at most 1"), ("1.5", "is not above 0"),
-                                          ("high", "'high' is not a number")])
+@pytest.mark.parametrize("value, words", [("0", "must be a number above 0 and at most 1, not 0"),
+                                          ("1.5", "not 1.5"), ("high", "not high")])
 def test_a_similarity_out_of_range_is_one_message(tmp_path, capsys, value, words):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["audit", str(tmp_path), "--similarity", value])

@@ -39,7 +39,7 @@ def test_unknown_keys_are_named_with_the_valid_ones(tmp_path):
     ({"epochs": 0}, "epochs must be a whole number 1 or more, not 0"),
     ({"epochs": "three"}, "epochs must be a whole number 1 or more, not three"),
     ({"augment": "maybe"}, "augment 'maybe' is not one of auto, default, light, none"),
-    ({"batch_size": 2.5}, "batch_size must be a whole number 1 or more, not 2.5"),
+    ({"batch_size": 2.5}, "batch_size must be a whole number 1 or more and at most 1048576, not 2.5"),
 ])
 def test_bad_values_are_explained(values, words):
     with pytest.raises(TlkitError, match=words):
@@ -71,8 +71,8 @@ BAD_NUMBERS = [
     ("epochs", "true", "a whole number 1 or more, not true"),
     ("epochs", "1.5", "a whole number 1 or more, not 1.5"),
     ("epochs", "three", "a whole number 1 or more, not three"),
-    ("batch_size", "0", "a whole number 1 or more, not 0"),
-    ("workers", "-1", "a whole number 0 or more, not -1"),
+    ("batch_size", "0", "a whole number 1 or more and at most 1048576, not 0"),
+    ("workers", "-1", "a whole number 0 or more and at most 512, not -1"),
     ("seed", "4294967296", "a whole number 0 or more and at most 4294967295, not 4294967296"),
     ("resume_every_seconds", "nan", "a number 0 or more, not nan"),
 ]

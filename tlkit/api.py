@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +30,14 @@ from tlkit.audit_report import check_report_dir, default_report_dir, write_audit
 from tlkit.auditing import Audit, audit_folder
 from tlkit.checkpoint import Checkpoint, load_checkpoint, resolve_run
 from tlkit.checkpoint_format import BEST_WEIGHTS, read_meta
-from tlkit.config import EXPORT_SUFFIXES, config_keys
+from tlkit.config import BATCH_SIZES, EXPORT_SUFFIXES, SIMILARITIES, checked_number, config_keys
 from tlkit.decode import Normalizer, _resize_crop
-from tlkit.errors import PYTHON, TlkitError, naming
+from tlkit.errors import PYTHON, TlkitError, naming, option
 from tlkit.evaluate import default_out_dir, evaluate_folder
 from tlkit.export import export_checkpoint
 from tlkit.findings import DUPLICATE_SIMILARITY
 from tlkit.backbone import for_inference
-from tlkit.predict import class_scores, find_images, predict_files
+from tlkit.predict import class_scores, find_images, predict_files, with_unscored
 from tlkit.runtime import (Compute, compute_for, default_workers, inference_batch_size, info, relpath, reporting,
                            warn)
 from tlkit.scan import upright_photo
@@ -50,6 +51,27 @@ def _call(quiet: bool = False):
     thread's call, and the next one, keep their own."""
     with naming(PYTHON), (reporting(quiet=True) if quiet else contextlib.nullcontext()):
         yield
+
+
+def _path(name: str, value, *, optional: bool = True) -> Path | None:
+    """A path parameter checked at the first hop: a str or os.PathLike (None where optional), else TlkitError
+    naming the parameter, rather than a TypeError from deep inside."""
+    if value is None and optional:
+        return None
+    if isinstance(value, (str, os.PathLike)) and str(value):
+        return Path(value)
+    raise TlkitError(f"{option(name)} must be a path (a str or pathlib.Path), not {_given(value)}.")
+
+
+def _switch(name: str, value) -> bool:
+    """A yes/no parameter: True or False only, as `force="no"` would otherwise mean yes."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TlkitError(f"{option(name)} must be True or False, not {_given(value)}.")
+
+
+def _given(value) -> str:
+    return f"{type(value).__name__} {value!r}" if value is not None else "None"
 
 
 # ---------------------------------------------------------------- split
@@ -80,11 +102,14 @@ def split(src: Path | str, val: str | int | float = "0.2", out: Path | str | Non
         >>> data.counts["validation"]
         {'cat': 24, 'dog': 50}
     """
-    if mode not in MODES:
-        raise TlkitError(f"mode {mode!r} is not one of {', '.join(MODES)}.")
     with _call(quiet):
-        scan, plan = prepare_split(Path(src), str(val), out, seed=seed, force=force, quick=quick,
-                                   exclude=Path(exclude) if exclude else None)
+        src, out, exclude = _path("src", src, optional=False), _path("out", out), _path("exclude", exclude)
+        force, quick = _switch("force", force), _switch("quick", quick)
+        if mode not in MODES:
+            raise TlkitError(f"mode {mode!r} is not one of {', '.join(MODES)}.")
+        if isinstance(val, bool) or not isinstance(val, (str, int, float)):
+            raise TlkitError(f"{option('val')} must be a count (2000) or a fraction (0.2), not {_given(val)}.")
+        scan, plan = prepare_split(src, str(val), out, seed=seed, force=force, quick=quick, exclude=exclude)
         passed_over = len(scan.unlabelled) + len(scan.non_images) + len(scan.unreadable)
         if passed_over:
             warn(f"{passed_over} file(s) of {relpath(scan.root)} passed over (no class in the name, not an image, "
@@ -173,12 +198,14 @@ class Classifier:
         its error); PIL images are read as files are (EXIF orientation, RGB or L), at the same geometry.
         tta: average with the horizontally flipped view. batch_size None: 256 on a GPU, 32 on a CPU."""
         with _call(quiet):
+            tta = _switch("tta", tta)
+            if batch_size is not None:
+                batch_size = checked_number("batch_size", batch_size, int, BATCH_SIZES)
             if isinstance(x, torch.Tensor):
                 return self._predict_tensor(x, tta, batch_size)
             items = list(x) if isinstance(x, (list, tuple)) else [x]
             if items and all(isinstance(item, Image.Image) for item in items):
-                pixels = torch.stack([self._pil_pixels(image) for image in items])
-                return self._predict_pixels(pixels, tta, batch_size)
+                return self._predict_pil(items, tta, batch_size)
             if items and all(isinstance(item, (str, Path)) for item in items):
                 return self._predict_files(items, tta, batch_size)
         given = ("an empty list" if not items else f"a list of {', '.join(sorted({type(i).__name__ for i in items}))}"
@@ -192,6 +219,19 @@ class Classifier:
                              workers=default_workers(), tta=tta)
         return _rows(pred.paths, pred.probabilities, pred.classes, pred.failures)
 
+    def _predict_pil(self, images: list[Image.Image], tta: bool, batch_size: int | None) -> list[Prediction]:
+        """Each image read as a file is; one with no pixels, or in a mode that does not convert, is a row with its
+        error, as a file that fails to decode is."""
+        pixels, failures = {}, {}
+        for index, image in enumerate(images):
+            try:
+                if 0 in image.size:
+                    raise ValueError(f"the image is {image.width}x{image.height}: it has no pixels")
+                pixels[index] = self._pil_pixels(image)
+            except (ValueError, OSError) as error:
+                failures[index] = f"not predicted: {error}"
+        return self._predict_pixels(pixels, tta, batch_size, len(images), failures)
+
     def _pil_pixels(self, image: Image.Image) -> torch.Tensor:
         prep = self.checkpoint.backbone.preprocessing
         photo = upright_photo(image, "RGB" if prep.in_chans == 3 else "L")
@@ -204,28 +244,38 @@ class Classifier:
             raise TlkitError(f"a tensor batch must be [N, {prep.in_chans}, H, W] for this model; got "
                              f"{list(images.shape)}.")
         if images.dtype == torch.uint8:
-            return self._predict_pixels(torch.stack([_resize_crop(image, prep) for image in images]), tta,
-                                        batch_size)
+            if 0 in images.shape[2:]:
+                raise TlkitError(f"a tensor batch of {list(images.shape)} holds images with no pixels; each needs a "
+                                 "height and width of at least 1.")
+            return self._predict_pixels(dict(enumerate(_resize_crop(image, prep) for image in images)), tta,
+                                        batch_size, len(images))
         if not images.is_floating_point() or tuple(images.shape[1:]) != expected:
             raise TlkitError(f"a float batch must be normalised images of the model's input size, [N, "
                              f"{', '.join(map(str, expected))}]; got {images.dtype} {list(images.shape)}. Give "
                              "uint8 pixels to have them resized and normalised.")
-        return self._predict_pixels(images, tta, batch_size)
+        finite = torch.isfinite(images).flatten(1).all(dim=1).tolist() if len(images) else []
+        failures = {index: "not predicted: the tensor holds NaN or infinite values" for index, ok in
+                    enumerate(finite) if not ok}
+        return self._predict_pixels({index: image for index, image in enumerate(images) if finite[index]}, tta,
+                                    batch_size, len(images), failures)
 
-    def _predict_pixels(self, images: torch.Tensor, tta: bool, batch_size: int | None) -> list[Prediction]:
-        """uint8 pixels at the model's geometry (normalised here as decode does), or a normalised float batch."""
+    def _predict_pixels(self, images: dict[int, torch.Tensor], tta: bool, batch_size: int | None, count: int,
+                        failures: dict[int, str] | None = None) -> list[Prediction]:
+        """Rows for `count` inputs: those in `images` (by index) predicted, uint8 pixels at the model's geometry
+        (normalised here as decode does) or normalised floats; those in failures rows with their error."""
         prep = self.checkpoint.backbone.preprocessing
         model = self._model()
         normalize, size = Normalizer(prep, self.device), inference_batch_size(self.device, batch_size)
-        scores = []
+        indices = list(images)
+        probabilities = np.full((count, len(self.classes)), np.nan, np.float32)
         with torch.inference_mode(), self.compute.autocast():
-            for start in range(0, len(images), size):
-                batch = images[start:start + size]
+            for start in range(0, len(indices), size):
+                chosen = indices[start:start + size]
+                batch = torch.stack([images[index] for index in chosen])
                 batch = (normalize(batch) if batch.dtype == torch.uint8 else
                          batch.to(self.device, torch.float32).contiguous(memory_format=self.compute.layout))
-                scores.append(class_scores(model, batch, tta).cpu())
-        probabilities = torch.cat(scores).numpy() if scores else np.zeros((0, len(self.classes)), np.float32)
-        return _rows(list(range(len(images))), probabilities, self.classes, {})
+                probabilities[chosen] = class_scores(model, batch, tta).float().cpu().numpy()
+        return _rows(list(range(count)), probabilities, self.classes, with_unscored(probabilities, failures or {}))
 
     def evaluate(self, folder: Path | str, *, out: Path | str | None = None, force: bool = False) -> dict:
         """`tlkit evaluate`: accuracy and per-class precision / recall / F1 on labelled images (class folders or
@@ -235,9 +285,10 @@ class Classifier:
             >>> classifier.evaluate("data/validation")["accuracy"]
             0.97
         """
-        out_dir = Path(out) if out is not None else default_out_dir(self.checkpoint, Path(folder))
         with _call():
-            return evaluate_folder(self.checkpoint, Path(folder), out_dir, compute=self.compute,
+            folder, out, force = _path("folder", folder, optional=False), _path("out", out), _switch("force", force)
+            out_dir = out if out is not None else default_out_dir(self.checkpoint, folder)
+            return evaluate_folder(self.checkpoint, folder, out_dir, compute=self.compute,
                                    workers=default_workers(), force=force)
 
     def export(self, fmt: str = "onnx", path: Path | str | None = None, *, force: bool = False) -> Path:
@@ -247,9 +298,10 @@ class Classifier:
             >>> classifier.export("torchscript")
             PosixPath('runs/pets/model.pt')
         """
-        if fmt not in EXPORT_SUFFIXES:
-            raise TlkitError(f"export format {fmt!r} is not one of {', '.join(EXPORT_SUFFIXES)}.")
         with _call():
+            path, force = _path("path", path), _switch("force", force)
+            if fmt not in EXPORT_SUFFIXES:
+                raise TlkitError(f"export format {fmt!r} is not one of {', '.join(EXPORT_SUFFIXES)}.")
             return Path(export_checkpoint(self.checkpoint, fmt, path, force=force)["file"])
 
 
@@ -264,8 +316,9 @@ def load(path_or_run: Path | str | Run | None = None, *, device: str = "auto", p
     if isinstance(path_or_run, Run):
         return path_or_run.classifier
     with _call():
+        path, runs_dir = _path("path_or_run", path_or_run), _path("runs_dir", runs_dir, optional=False)
         compute = compute_for(device, precision)
-        return Classifier(load_checkpoint(resolve_run(path_or_run, runs_dir), device=str(compute.device)), compute)
+        return Classifier(load_checkpoint(resolve_run(path, runs_dir), device=str(compute.device)), compute)
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -317,10 +370,12 @@ def finetune(data: Path | str | None = None, *, config_file: Path | str | None =
     """
     # The settings given: every keyword named like a FinetuneConfig field and not left at None.
     settings = {key: value for key, value in locals().items() if key in config_keys() and value is not None}
-    if data is not None:
-        settings["data"] = str(data)
     with _call(quiet):
-        result = finetuning.finetune(config_file, resume=resume, force=force, callbacks=callbacks, **settings)
+        if data is not None:
+            settings["data"] = str(_path("data", data))
+        config_file, resume = _path("config_file", config_file), _path("resume", resume)
+        result = finetuning.finetune(config_file, resume=resume, force=_switch("force", force), callbacks=callbacks,
+                                     **settings)
     result.backbone.model.eval()
     checkpoint = Checkpoint(backbone=result.backbone, classes=list(result.classes), meta=read_meta(result.run_dir),
                             path=result.run_dir / BEST_WEIGHTS)
@@ -343,11 +398,12 @@ def audit(data: Path | str, *, out: Path | str | None = None, force: bool = Fals
         >>> report = audit("data", quiet=True)
         >>> [(row.path, row.action) for row in report.of("label")][:3]
     """
-    out_dir = Path(out) if out is not None else default_report_dir(Path(data))
     with _call(quiet):
+        data, out, config_file = _path("data", data, optional=False), _path("out", out), _path("config_file", config_file)
+        force, similarity = _switch("force", force), checked_number("similarity", similarity, float, SIMILARITIES)
+        out_dir = out if out is not None else default_report_dir(data)
         check_report_dir(out_dir, force)
-        found = audit_folder(Path(data), settings, config_file=Path(config_file) if config_file else None,
-                             similarity=similarity)
+        found = audit_folder(data, settings, config_file=config_file, similarity=similarity)
         write_audit(found, out_dir, settings, force=force)
     return found
 

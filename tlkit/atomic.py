@@ -6,12 +6,14 @@ lock files that keep two processes from writing the same run or split at once.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.runtime import relpath
 
 FULL_BELOW_BYTES = 16 << 20  # a folder with less free space than this after a failed write: the disk was full
@@ -98,6 +100,43 @@ def _out_of_space(error: BaseException, folder: Path) -> bool:
         return shutil.disk_usage(folder).free < FULL_BELOW_BYTES
     except OSError:
         return False
+
+
+def check_writable(folder: Path, flag: str, *, python: str | None = None, advice: str | None = None) -> None:
+    """Before any compute: that a file can be written and renamed in `folder`, or in its nearest existing parent
+    where the command would create it. TlkitError naming the folder, why (no permission, a file where a folder
+    should be, a read-only file system, a full disk) and what to do: by default another `flag` (errors.option;
+    python: the parameter's name where it differs). Leaves nothing behind."""
+    folder = Path(folder)
+    existing = next((path for path in (folder, *folder.parents) if os.path.lexists(path)), Path("."))
+    probe = existing / f".tlkit-probe-{os.getpid()}"
+    renamed = probe.with_name(probe.name + "-renamed")
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(existing))
+        with open(probe, "xb") as handle:
+            handle.write(b"tlkit")  # a full disk may still take an empty file
+        os.replace(probe, renamed)
+        renamed.unlink()
+    except OSError as error:
+        for leftover in (probe, renamed):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        where = relpath(folder) if existing == folder else f"{relpath(folder)} (in {relpath(existing)})"
+        todo = advice or f"Nothing was done; choose another {option(flag, 'DIR', python=python)}."
+        raise TlkitError(f"cannot write to {where}: {_why_unwritable(error, existing)}. {todo}") from None
+
+
+def _why_unwritable(error: OSError, existing: Path) -> str:
+    if error.errno == errno.ENOTDIR:
+        return f"{relpath(existing)} is a file, where a folder should be"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return "you have no permission to write there"
+    if error.errno == errno.EROFS:
+        return "it is on a read-only file system"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full"
+    return error.strerror or str(error)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from tlkit import __version__
-from tlkit.atomic import atomic_write_text
+from tlkit.atomic import atomic_write_text, check_writable
 from tlkit.auditing import ISSUES, Audit, Issue
 from tlkit.errors import TlkitError, option
 from tlkit.photopage import Card, Section, write_page
@@ -36,9 +36,14 @@ def default_report_dir(data: Path) -> Path:
 
 
 def check_report_dir(out: Path, force: bool) -> None:
+    """Before any feature is computed: the report folder is free (_check_free) and can be written."""
+    _check_free(Path(out), force)
+    check_writable(out, "out")
+
+
+def _check_free(out: Path, force: bool) -> None:
     """Refuse to write into a folder that holds anything, unless --force and it is an audit folder of tlkit's
     (its audit.json says so, and it holds nothing but an audit's files)."""
-    out = Path(out)
     if not out.exists():
         return
     if not out.is_dir():

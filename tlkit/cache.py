@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit import __version__
+from tlkit.atomic import check_writable
 from tlkit.errors import TlkitError, option
 from tlkit.runtime import relpath, size_words, warn
 
@@ -86,6 +87,8 @@ def _check_space(cache_dir: Path, needed: int, what: str) -> None:
 def new_staging(cache_dir: Path, needed: int, what: str) -> Path:
     """An empty folder beside cache_dir to build the cache in (leftovers of interrupted runs removed),
     once the disk is known to have room for `needed` bytes of `what`."""
+    check_writable(cache_dir.parent, "cache_dir",
+                   advice=f"Nothing was computed; point {option('cache_dir', 'DIR')} at a folder you may write to.")
     _check_space(cache_dir, needed, what)
     for leftover in cache_dir.parent.glob(f".{cache_dir.name}.partial-*"):
         if not _process_alive(leftover.name.rsplit("-", 1)[-1]):  # not another build at work

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from tlkit import __version__
+from tlkit import __version__, config
 from tlkit.errors import TlkitError
 from tlkit.runtime import (info, is_quiet, keep_freed_memory, out_of_memory, relpath, reporter, reporting, result,
                            warn)
@@ -33,17 +33,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
-def _count(minimum: int):
-    """An argparse type: a whole number of at least `minimum`."""
+def _number(kind: type, within):
+    """An argparse type: a number of `kind` (int or float) in the config.Range `within`, checked by the one
+    check of numbers (config.number_in); argparse's message names the flag."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> int | float:
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
-        return value
+            return config.number_in(text, kind, within)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
     return parse
 
@@ -55,17 +53,6 @@ _COMMON.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPP
                      help="no progress bars or chatter")
 _COMMON.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                      help="with an error, also print the traceback that led to it (for a bug report)")
-
-
-def _similarity(text: str) -> float:
-    """An argparse type: a cosine similarity above 0, at most 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} is not above 0 and at most 1")
-    return value
 
 
 def _subparser(subparsers, name: str, summary: str, description: str, example: str):
@@ -101,7 +88,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     from tlkit.split import SUBSETS, execute_split, prepare_split
 
     scan, plan = prepare_split(args.src, args.val, args.out, seed=args.seed, force=args.force, quick=args.quick,
-                               exclude=args.exclude)
+                               exclude=args.exclude, dry_run=args.dry_run)
     out_dir = plan.out
     _report_skipped(scan)
     if plan.twins:
@@ -140,7 +127,7 @@ def _add_split(subparsers) -> None:
     parser.add_argument("src", type=Path, help="the folder of images")
     parser.add_argument("--val", required=True, help="validation size: a count (2000) or a fraction (0.1)")
     parser.add_argument("--out", help="where training/ and validation/ go (default: beside SRC)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random split")
+    parser.add_argument("--seed", type=_number(int, config.SEEDS), default=0, help="seed of the random split")
     parser.add_argument(
         "--mode", choices=MODES, default="link",
         help="hard-link (copies across file systems), copy, symlink, or move the originals",
@@ -295,9 +282,9 @@ def _add_audit(subparsers) -> None:
                              f"{AUDIT_BACKBONE}, whose ImageNet weights come with tlkit, or --config's)")
     parser.add_argument("--out", help="the report folder (default: DATA-audit beside DATA)")
     parser.add_argument("--force", action="store_true", help="replace an earlier audit in --out")
-    parser.add_argument("--similarity", type=_similarity, default=DUPLICATE_SIMILARITY,
+    parser.add_argument("--similarity", type=_number(float, config.SIMILARITIES), default=DUPLICATE_SIMILARITY,
                         help="cosine similarity of two photos' features from which they are near-duplicates")
-    parser.add_argument("--show", type=_count(0), default=10, help="rows of each issue shown on screen")
+    parser.add_argument("--show", type=_number(int, config.ZERO_OR_MORE), default=10, help="rows of each issue shown on screen")
     parser.set_defaults(func=cmd_audit)
 
 
@@ -394,9 +381,9 @@ def _add_lr_find(subparsers) -> None:
         "tlkit lr-find --backbone resnet18 --data data --freeze trunk",
     )
     _add_setting_flags(parser, skip=_LR_FIND_SKIPS)
-    parser.add_argument("--start-lr", type=float, default=1e-7, help="lr of the first step")
-    parser.add_argument("--end-lr", type=float, default=10.0, help="lr of the last step")
-    parser.add_argument("--steps", type=_count(1), default=100, help="batches in the sweep (it stops early when the loss explodes)")
+    parser.add_argument("--start-lr", type=_number(float, config.ABOVE_ZERO), default=1e-7, help="lr of the first step")
+    parser.add_argument("--end-lr", type=_number(float, config.ABOVE_ZERO), default=10.0, help="lr of the last step")
+    parser.add_argument("--steps", type=_number(int, config.LR_FIND_STEPS), default=100, help="batches in the sweep (it stops early when the loss explodes)")
     parser.add_argument("--out", type=Path, default=Path("runs/lr-find.png"), help="where the plot goes")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.set_defaults(func=cmd_lr_find)
@@ -473,7 +460,7 @@ def _add_summary(subparsers) -> None:
     )
     parser.add_argument("model", help="a model name (`tlkit models` lists them; timm:NAME for timm)")
     parser.add_argument("--input", help="input shape CxHxW, e.g. 1x28x28 (default: the model's own)")
-    parser.add_argument("--classes", type=_count(1), default=10, help="outputs of the last layer")
+    parser.add_argument("--classes", type=_number(int, config.CLASS_COUNTS), default=10, help="outputs of the last layer")
     parser.set_defaults(func=cmd_summary)
 
 
@@ -503,7 +490,7 @@ def _add_precompute(subparsers) -> None:
         "tlkit precompute --backbone vgg16",
     )
     _add_setting_flags(parser, only=_PRECOMPUTE_READS)
-    parser.add_argument("--batch-size", dest="trunk_batch_size", type=_count(1),
+    parser.add_argument("--batch-size", dest="trunk_batch_size", type=_number(int, config.BATCH_SIZES),
                         help="images per trunk batch (default: 256 on a GPU, 32 on a CPU)")
     parser.add_argument("--force", action="store_true", help="recompute even when the cache is valid")
     parser.set_defaults(func=cmd_precompute)
@@ -547,13 +534,11 @@ def _add_cache(subparsers) -> None:
 
 
 def _add_inference_flags(parser) -> None:
-    from tlkit import config
-
     parser.add_argument("--checkpoint", help="a run folder or .safetensors file (default: runs/latest)")
     parser.add_argument("--runs-dir", default="runs", help="where runs/latest is looked for")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--batch-size", type=_count(1), help="images per batch (default: 256 on a GPU, 32 on a CPU)")
-    parser.add_argument("--workers", type=_count(0), help="decode workers (default: all cores but one)")
+    parser.add_argument("--batch-size", type=_number(int, config.BATCH_SIZES), help="images per batch (default: 256 on a GPU, 32 on a CPU)")
+    parser.add_argument("--workers", type=_number(int, config.WORKER_COUNTS), help="decode workers (default: all cores but one)")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped view")
     parser.add_argument("--precision", choices=config.PRECISIONS, default="bf16", help=config.PRECISION_HELP)
 
@@ -613,7 +598,7 @@ def _add_predict(subparsers) -> None:
     parser.add_argument("--out", default="predictions.csv", help="the file to write")
     parser.add_argument("--format", choices=FORMATS, default="csv",
                         help="csv / json: label, confidence, probabilities; kaggle: id,label (P(dog))")
-    parser.add_argument("--topk", type=_count(1), help="write the K best classes instead of every probability")
+    parser.add_argument("--topk", type=_number(int, config.ONE_OR_MORE), help="write the K best classes instead of every probability")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.set_defaults(func=cmd_predict)
 
@@ -752,7 +737,7 @@ def _add_models(subparsers) -> None:
         "tlkit models --timm 'convnext_*'",
     )
     parser.add_argument("--timm", metavar="PATTERN", help="also list the timm models matching PATTERN (e.g. 'convnext_*')")
-    parser.add_argument("--num-classes", type=_count(1), help="count head parameters for this many classes "
+    parser.add_argument("--num-classes", type=_number(int, config.CLASS_COUNTS), help="count head parameters for this many classes "
                         "(default: 1000, or 10 for the nets trained from scratch)")
     parser.set_defaults(func=cmd_models)
 

@@ -70,6 +70,16 @@ ABOVE_ZERO, ZERO_OR_MORE, ONE_OR_MORE = Range(0, low_included=False), Range(0), 
 FRACTION = Range(0, 1)  # [0, 1): momentum, label smoothing
 SHRINK = Range(0, 1, low_included=False)  # (0, 1): a factor that lowers the lr
 SEEDS = Range(0, 2**32 - 1, high_included=True)  # what NumPy's seed takes
+# The commands' own numbers (not settings of a run), checked by checked_number as the settings are.
+BATCH_SIZES = Range(1, 2**20, high_included=True)  # images per batch; more is a slip of the keyboard
+IMAGE_SIDES = Range(1, 10_000, high_included=True)  # px of an input side
+VIEW_COUNTS = Range(0, 100, high_included=True)  # augmented views cached per image: each is a copy of the features
+WORKER_COUNTS = Range(0, 512, high_included=True)  # loader processes
+SIMILARITIES = Range(0, 1, low_included=False, high_included=True)  # audit's cosine similarity of near-duplicates
+CLASS_COUNTS = Range(1, 100_000, high_included=True)  # a head's outputs; more would not fit in memory
+LR_FIND_STEPS = Range(1, 100_000, high_included=True)  # batches of a sweep
+SCALED_MEANS = Range(0, 1, high_included=True)  # --mean, on the 0-1 scale of channel_stats
+SCALED_STDS = Range(0, 1, low_included=False, high_included=True)  # --std: one of 0 would divide by zero
 
 
 def setting(default, help: str, choices: tuple | None = None, within: Range | None = None):
@@ -89,11 +99,11 @@ class FinetuneConfig:
     backbone: str = setting("resnet18", "network to fine-tune (`tlkit models` lists them; timm:NAME for timm)")
     weights: str = setting("default", "imagenet, none (random init), a weights file, or default (imagenet where "
                            "the backbone has it)")
-    img_size: int | None = setting(None, "input size in px (default: the backbone's own)", within=ONE_OR_MORE)
+    img_size: int | None = setting(None, "input size in px (default: the backbone's own)", within=IMAGE_SIDES)
     epochs: int | None = setting(None, "epochs of the whole run, the head's first included (default, pretrained: "
                                  "30 of the head on cached features + 1 of every layer; 30 with "
                                  "--precompute-features alone; 10 otherwise)", within=ONE_OR_MORE)
-    batch_size: int = setting(64, "images per batch", within=ONE_OR_MORE)
+    batch_size: int = setting(64, "images per batch", within=BATCH_SIZES)
     optimizer: str = setting("auto", "optimizer (auto: adamw)", OPTIMIZERS)
     lr: float | None = setting(None, "learning rate of the head while every layer trains; the trunk's is lr x "
                                "--trunk-lr-mult (default: 0.0005 after a head phase, 0.003 from scratch)",
@@ -132,7 +142,7 @@ class FinetuneConfig:
     precision: str = setting("bf16", PRECISION_HELP, PRECISIONS)
     device: str = setting("auto", "where to train", DEVICES)
     workers: int | None = setting(None, "image loader processes (default: every core but one)",
-                                 within=ZERO_OR_MORE)
+                                 within=WORKER_COUNTS)
     cache_images: bool = setting(False, "decode every photo once into the cache folder (uint8, about 340 KB a "
                                  "training photo at 224 px) and crop and flip on the device: later epochs and "
                                  "runs decode nothing")
@@ -148,7 +158,7 @@ class FinetuneConfig:
                                               "one-layer head: as strong as logistic regression's L2)",
                                               within=ZERO_OR_MORE)
     precompute_views: int = setting(0, "with --precompute-features: augmented views cached per training image "
-                                    "(augmented as --augment says)", within=ZERO_OR_MORE)
+                                    "(augmented as --augment says)", within=VIEW_COUNTS)
     cache_dir: str | None = setting(None, "folder of the feature and decoded-image caches (default: "
                                     "DATA/.tlkit-cache)")
     cache_dtype: str = setting("float16", "how cached features are stored", CACHE_DTYPES)
@@ -221,6 +231,29 @@ def _as_number(value, kind: type) -> int | float:
     return kind(value)
 
 
+def number_in(value, kind: type, within: Range) -> int | float:
+    """value (a number, or a flag's text) as `kind` (int or float) within `within`; ValueError saying what it
+    must be: "must be a whole number 1 or more, not 0"."""
+    wanted = f"must be {_KIND_NAMES[kind]} {within}, not {_as_written(value)}"
+    try:
+        number = _as_number(value, kind)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(wanted) from None
+    if number not in within:
+        raise ValueError(wanted)
+    return number
+
+
+def checked_number(name: str, value, kind: type, within: Range, *, python: str | None = None) -> int | float:
+    """A number that is not a run's setting (split's seed, predict's topk, a tlkit.api parameter) checked as
+    the settings are, or TlkitError naming it (errors.option: --seed, or seed=; python: the parameter's name
+    where it differs from the flag's)."""
+    try:
+        return number_in(value, kind, within)
+    except ValueError as error:
+        raise TlkitError(f"{option(name, python=python)} {error}.") from None
+
+
 def _as_bool(value) -> bool:
     if isinstance(value, bool):
         return value
@@ -286,9 +319,17 @@ def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise TlkitError(f"config file {path} does not exist.")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise TlkitError(f"{path} is not valid YAML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise TlkitError(f"{path} is not a text file in UTF-8 (byte {error.object[error.start]:#04x} at offset "
+                         f"{error.start}): a settings file holds `setting: value` lines; save it as UTF-8.") from None
+    except OSError as error:
+        raise TlkitError(f"cannot read {path}: {error.strerror or error}.") from None
+    if values is None:
+        raise TlkitError(f"{path} holds no settings (it is empty, or only comments): write `setting: value` lines "
+                         f"in it, or leave out {option('config', python='config_file')}.")
     if not isinstance(values, dict):
         raise TlkitError(f"{path} must hold `setting: value` lines, not a {type(values).__name__}.")
     return {str(key).replace("-", "_"): value for key, value in values.items()}

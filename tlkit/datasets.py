@@ -22,7 +22,7 @@ from tlkit.data import (
 from tlkit import rawdata
 from tlkit.augment import policy, shift_flip
 from tlkit.backbone import per_channel
-from tlkit.config import checked_settings, config_keys, read_yaml
+from tlkit.config import SCALED_MEANS, SCALED_STDS, checked_settings, config_keys, number_in, read_yaml
 from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions
 from tlkit.runtime import relpath
@@ -273,10 +273,12 @@ def _floats(value, key: str) -> list[float] | None:
     if value is None:
         return None
     parts = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    within = SCALED_STDS if key == "std" else SCALED_MEANS
     try:
-        return [float(part) for part in parts]
-    except (TypeError, ValueError):
-        raise TlkitError(f"{key} {value!r} is not a number or a comma-separated list of numbers.") from None
+        return [number_in(part, float, within) for part in parts]
+    except ValueError as error:
+        raise TlkitError(f"{option(key)} {value!r}: each value {error} (on the 0-1 scale of pixels, as 0.485,0.456,"
+                         f"0.406 is ImageNet's mean); give one value or one per channel, separated by commas.") from None
 
 
 def memory_source(title: str, classes: list[str], train: tuple, test: tuple | None = None, *,
@@ -338,7 +340,7 @@ def open_source(dataset: str, *, data_root: str | Path = "data", val: str | floa
                 download: bool = True) -> TrainingSource:
     """A dataset by name (mnist, fashion-mnist, cifar10, digits) or folder, ready to serve any model."""
     settings = {"dataset": str(dataset), "data_root": str(data_root), "val": val,
-                "mean": _floats(mean, "--mean"), "std": _floats(std, "--std"), "download": bool(download)}
+                "mean": _floats(mean, "mean"), "std": _floats(std, "std"), "download": bool(download)}
     if dataset in rawdata.BUILTINS:
         spec = rawdata.BUILTINS[dataset]
         splits = rawdata.load_builtin(dataset, Path(data_root), download=download)

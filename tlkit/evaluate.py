@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tlkit import distributed
 from tlkit.checkpoint import Checkpoint
+from tlkit.atomic import check_writable
 from tlkit.errors import TlkitError, option
 from tlkit.photopage import Card, Section, write_page
 from tlkit.predict import Predictions, predict_files
@@ -62,6 +63,7 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, co
     if taken and not force:
         raise TlkitError(f"{relpath(out_dir)} already holds {', '.join(taken)}; nothing was written. Use "
                          f"{option('force', True)} to replace them, or {option('out', 'DIR')}.")
+    check_writable(out_dir, "out")
     paths, targets = labelled_images(data_dir, checkpoint.classes)
     pred = predict_files(checkpoint, paths, compute=compute, batch_size=batch_size, workers=workers, tta=tta)
     scored = [i for i in range(len(paths)) if i not in pred.failures]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tlkit.atomic import atomic_write, atomic_write_text
+from tlkit.atomic import atomic_write, atomic_write_text, check_writable
 from tlkit.checkpoint import Checkpoint
 from tlkit.config import EXPORT_SUFFIXES
 from tlkit.decode import ImageBatches, draft_side, scale_size
@@ -202,6 +202,7 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None,
         raise TlkitError(f"{relpath(out)} is not an export of tlkit's (no {sidecar.name} of tlkit's beside it), and "
                          f"{option('force', True)} replaces only those; nothing was written. Choose another "
                          f"{option('out', python='path')}, or move it away.")
+    check_writable(out.parent, "out", python="path")
     model = checkpoint.backbone.model.float().cpu().eval()
     _check_disk_room(model_bytes(model), out)
     samples, source, failed = sample_images(checkpoint, images)

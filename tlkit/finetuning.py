@@ -24,7 +24,7 @@ from tlkit import callbacks as cbs, distributed, models
 from tlkit.backbone import Backbone
 from tlkit.checkpoint import RESUME, ResumeWriter, claim_run, discard_untrained, load_resume, new_run_dir, release_run
 from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta
-from tlkit.atomic import atomic_write_text
+from tlkit.atomic import atomic_write_text, check_writable
 from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dict, config_yaml, make_config,
                           resolve_config, setting_name)
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
@@ -208,6 +208,9 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
     else:
         config, state = resolve_config(Path(config_file) if config_file else None, settings), None
     config = run_config(config, source)
+    if distributed.is_main():  # before anything is computed: the run folder can be made
+        check_writable(Path(config.runs_dir) if resume is None else Path(resume), "runs_dir",
+                       advice=None if resume is None else "Copy the run to a folder of yours and resume it there.")
     source = open_photos(config, source)
     classes = source.classes
     if state is not None and state["meta"].classes != classes:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlkit.config import resolve_config
+from tlkit.atomic import check_writable
 from tlkit.errors import TlkitError
 from tlkit.finetuning import build_trainer
 from tlkit.report import plot_lr_find
@@ -103,6 +104,9 @@ def find_lr(config_file: Path | str | None = None, *, out: Path, force: bool = F
     if out.exists() and not force:
         raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace it, "
                          "or --out FILE.")
+    check_writable(out.parent, "out")
+    if not start_lr < end_lr:
+        raise TlkitError(f"--start-lr {start_lr:g} must be below --end-lr {end_lr:g}: the sweep grows the lr.")
     config = resolve_config(Path(config_file) if config_file else None, {**settings, "scheduler": "none"})
     trainer, _, _ = build_trainer(config)
     result = lr_range_test(trainer, start_lr=start_lr, end_lr=end_lr, steps=steps)

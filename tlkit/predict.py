@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tlkit import distributed
-from tlkit.atomic import atomic_write_text
+from tlkit.atomic import atomic_write_text, check_writable
 from tlkit.backbone import for_inference
 from tlkit.checkpoint import Checkpoint
 from tlkit.config import PREDICT_FORMATS
@@ -29,6 +29,7 @@ from tlkit.scan import files_and_hidden, is_image_name
 from tlkit.split import finish_pending_split
 
 FORMATS = PREDICT_FORMATS
+UNSCORED = "the model gave no finite score (NaN or infinite pixels, or damaged weights)"
 
 
 @dataclass
@@ -114,7 +115,14 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, compute: Compute
     if distributed.world_size() > 1:
         probabilities, failures = distributed.unshard_rows(probabilities, failures, len(paths), everywhere=True)
     return Predictions(paths=list(paths), probabilities=probabilities, classes=list(checkpoint.classes),
-                       failures=failures, seconds=time.perf_counter() - started)
+                       failures=with_unscored(probabilities, failures), seconds=time.perf_counter() - started)
+
+
+def with_unscored(probabilities: np.ndarray, failures: dict[int, str]) -> dict[int, str]:
+    """failures, plus every other row whose scores are not all finite (NaN pixels given, or damaged weights):
+    such a row is no prediction, and gets no label."""
+    unscored = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
+    return {**{int(index): UNSCORED for index in unscored}, **failures}
 
 
 def class_scores(model: torch.nn.Module, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
@@ -224,6 +232,7 @@ def check_request(out: Path, *, fmt: str, topk: int | None, classes: list[str], 
     if Path(out).exists() and not Path(out).is_dir() and not written_by_predict(Path(out)):
         raise TlkitError(f"{relpath(Path(out))} is not a predictions file of tlkit's, and --force replaces only "
                          "those; nothing was written. Choose another --out, or move it away.")
+    check_writable(Path(out).parent, "out")
     if topk is not None and not 1 <= topk <= len(classes):
         raise TlkitError(f"--topk {topk} must be between 1 and the number of classes ({len(classes)}).")
     if fmt == "kaggle":

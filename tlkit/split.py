@@ -22,7 +22,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlkit.atomic import lock_file, unlock_file
+from tlkit.atomic import check_writable, lock_file, unlock_file
+from tlkit.config import SEEDS, checked_number
 from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions, read_exclusions
 from tlkit.runtime import info, progress, relpath, warn
@@ -63,6 +64,9 @@ def parse_val(text: str) -> int | float:
         raise TlkitError(f"{option('val', text)} must be above 0: give a count (2000) or a fraction (0.1).")
     if value < 1:
         return value
+    if value == 1 and text.strip() != "1":  # 1.0: every image as a fraction, one as a count
+        raise TlkitError(f"{option('val', text)} is ambiguous: write 1 for one validation image, or a fraction "
+                         "below 1 (0.2) for a share of them.")
     if value != int(value):
         raise TlkitError(f"{option('val', text)} is above 1 but not a whole number: give a count (2000) or a "
                          "fraction (0.1).")
@@ -172,17 +176,20 @@ def _name_in_class(scan: Scan, path: Path) -> Path:
 
 
 def prepare_split(src: Path, val: str, out: Path | None = None, *, seed: int = 0, force: bool = False,
-                  quick: bool = False, exclude: Path | None = None) -> tuple[Scan, SplitPlan]:
+                  quick: bool = False, exclude: Path | None = None, dry_run: bool = False) -> tuple[Scan, SplitPlan]:
     """What `tlkit split` will do, nothing written yet: the outputs checked free (before any image is
     read), every image checked (decoded and hashed, or headers only when quick), and the seeded plan.
     val: a count ("2000") or a fraction ("0.1"); out None: beside src. exclude: a reviewed list (audit.csv
     of SRC): its exclude rows are left out, its relabel rows split under their new class, its near-duplicate
-    pairs kept in one subset."""
+    pairs kept in one subset. dry_run: OUT need not be writable."""
     val_size = parse_val(val)
+    seed = checked_number("seed", seed, int, SEEDS)
     exclusions = read_exclusions(exclude) if exclude else None  # a bad list stops before any photo is read
     out = Path(out) if out else default_out(src)
     finish_interrupted_swap(out)  # a split killed while swapping in is finished before it is judged
     check_outputs_free(out, Path(src), force)
+    if not dry_run:
+        check_writable(out, "out")
     scan = scan_with_progress(Path(src), full=not quick)
     if exclusions is None:
         return scan, plan_split(scan, val_size, out, seed=seed)

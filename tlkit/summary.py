@@ -27,14 +27,18 @@ class LayerRow:
     in_head: bool
 
 
+MAX_INPUT_SIDE = 10_000  # channels or pixels of a side; one such image is already 400 MB per 1,000 channels
+
+
 def parse_input(text: str) -> tuple[int, int, int]:
     """`1x28x28` -> (1, 28, 28); `3x224` -> (3, 224, 224)."""
     try:
         dims = tuple(int(part) for part in text.lower().split("x"))
     except ValueError:
         dims = ()
-    if len(dims) not in (2, 3) or min(dims) < 1:
-        raise TlkitError(f"--input {text!r} is not CxHxW (1x28x28) or CxS (3x224).")
+    if len(dims) not in (2, 3) or min(dims) < 1 or max(dims) > MAX_INPUT_SIDE:
+        raise TlkitError(f"--input {text!r} is not CxHxW (1x28x28) or CxS (3x224), each from 1 to "
+                         f"{MAX_INPUT_SIDE:,}.")
     return dims if len(dims) == 3 else (dims[0], dims[1], dims[1])
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from tlkit.atomic import lock_file, unlock_file
 from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions, read_exclusions
+from tlkit.pathtext import ENCODING, ERRORS, path_text, refuse_stdout
 from tlkit.runtime import info, progress, relpath, warn
 from tlkit.scan import Scan, scan_with_progress
 
@@ -184,6 +185,7 @@ def prepare_split(src: Path, val: str, out: Path | None = None, *, seed: int = 0
     val: a count ("2000") or a fraction ("0.1"); out None: beside src. exclude: a reviewed list (audit.csv
     of SRC): its exclude rows are left out, its relabel rows split under their new class, its near-duplicate
     pairs kept in one subset."""
+    refuse_stdout(out, "two folders and split.csv")
     val_size = parse_val(val)
     exclusions = read_exclusions(exclude) if exclude else None  # a bad list stops before any photo is read
     out = Path(out) if out else default_out(src)
@@ -291,11 +293,11 @@ def _place(src: Path, dest: Path, mode: str) -> None:
 
 
 def _write_manifest(plan: SplitPlan, path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with open(path, "w", newline="", encoding=ENCODING, errors=ERRORS) as handle:
         writer = csv.writer(handle)
         writer.writerow(["source", "class", "subset", "destination"])
         for source, label, subset, destination in plan.rows:
-            writer.writerow([source.relative_to(plan.scan.root).as_posix(), label, subset, destination.as_posix()])
+            writer.writerow([path_text(source.relative_to(plan.scan.root)), label, subset, path_text(destination)])
 
 
 def _verify_output(plan: SplitPlan, staging: Path) -> None:

@@ -598,6 +598,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         info(f"non-image files passed over: {found.non_images}")
     _list_paths("hidden files and folders passed over (name a file to predict it)",
                 [relpath(path) for path in found.hidden])
+    _list_paths("links to a folder already searched (a loop, or a second way in), not searched again",
+                [relpath(path) for path in found.repeated])
     _list_paths("images that could not be decoded (rows with an error)",
                 [(pred.paths[i], why) for i, why in sorted(pred.failures.items())])
     info(f"predictions: {'standard output' if is_stdout(target) else relpath(target)}")

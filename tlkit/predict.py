@@ -26,7 +26,7 @@ from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
 from tlkit.pathtext import ENCODING, ERRORS, is_stdout, path_text, write_stdout
 from tlkit.runtime import Compute, inference_batch_size, progress, relpath
-from tlkit.scan import files_and_hidden, is_image_name
+from tlkit.scan import is_image_name, list_folder
 from tlkit.split import finish_pending_split
 
 FORMATS = PREDICT_FORMATS
@@ -53,13 +53,14 @@ class FoundImages:
     images: list[Path]
     non_images: int  # files of a folder named that are not images by their suffix
     hidden: list[Path]  # hidden files and folders of a folder named (scan.is_hidden), each folder once
+    repeated: list[Path]  # links to a folder walked already (a loop): not walked again (scan.list_folder)
 
 
 def find_images(paths: list[Path]) -> FoundImages:
     """Every file named, whatever its name (one that does not decode is a row with its reason); of a
     folder named, its visible image files as tlkit.scan lists them, sorted. A file met twice (a folder
     named twice, or a file and its folder) is taken once."""
-    found, seen = FoundImages(images=[], non_images=0, hidden=[]), set()
+    found, seen = FoundImages(images=[], non_images=0, hidden=[], repeated=[]), set()
     for path in map(Path, paths):
         finish_pending_split(path)  # a folder of a split interrupted while swapping in: finished first
         if not path.exists():
@@ -67,10 +68,11 @@ def find_images(paths: list[Path]) -> FoundImages:
         if not path.is_dir():
             found.images += _first_time([path], seen)
             continue
-        files, hidden = files_and_hidden(path)
-        found.images += _first_time([file for file in files if is_image_name(file)], seen)
-        found.non_images += len(_first_time([file for file in files if not is_image_name(file)], seen))
-        found.hidden += _first_time(hidden, seen)
+        listing = list_folder(path)
+        found.images += _first_time([file for file in listing.files if is_image_name(file)], seen)
+        found.non_images += len(_first_time([file for file in listing.files if not is_image_name(file)], seen))
+        found.hidden += _first_time(listing.hidden, seen)
+        found.repeated += listing.repeated
     if not found.images:
         raise TlkitError(f"no image files in {', '.join(relpath(Path(p)) for p in paths)} (looked for .jpg, "
                          f".png, ...; {found.non_images} other and {len(found.hidden)} hidden file(s) or "

@@ -114,9 +114,9 @@ class Listing:
 
 def list_folder(folder: Path, depth: int | None = None) -> Listing:
     """The files under folder, following links to folders; a folder is walked once however many links lead to
-    it, so a link to a parent ends rather than looping."""
+    it, and a link to folder or a folder above it is a loop, never walked."""
     folder, listing = Path(folder), Listing([], [], [])
-    walked = {_identity(folder)}
+    walked = {_identity(above) for above in (folder.resolve(), *folder.resolve().parents)}
     for parent, subfolders, names in os.walk(folder, followlinks=True):
         level = len(Path(parent).relative_to(folder).parts) + 1
         if depth is not None and level >= depth:

@@ -318,9 +318,20 @@ def execute_split(plan: SplitPlan, mode: str = "link", force: bool = False) -> N
     """Write the plan: build under a temporary folder (with a progress bar), check it, then swap it into place,
     holding the folder's split lock from before an earlier split is finished until the moved sources are gone."""
     out = plan.out
-    if not out.exists():
+    made_out = not out.exists()
+    if made_out:
         check_outputs_free(out, plan.scan.root, force)  # refused before anything is made
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        _build_and_swap(plan, mode, force)
+    except BaseException:
+        if made_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a split that failed leaves no empty folder of its own making
+        raise
+
+
+def _build_and_swap(plan: SplitPlan, mode: str, force: bool) -> None:
+    out = plan.out
     with _holding_split(out):
         _finish_swap(out)
         check_outputs_free(out, plan.scan.root, force)

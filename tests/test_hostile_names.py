@@ -319,6 +319,8 @@ def test_out_dash_is_refused_where_the_output_is_not_one_stream(command, tmp_pat
     assert not (tmp_path / "-").exists()
 
 
-def test_out_dash_from_python_names_the_parameter(tiny_model, tmp_path):
+def test_out_dash_from_python_names_the_parameter(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a file named `-` would land
     with pytest.raises(TlkitError, match=r"path='-' means standard output"):
         api.load(tiny_model, device="cpu").export("torchscript", "-")
+    assert not (tmp_path / "-").exists()

@@ -114,8 +114,10 @@ class Listing:
 
 def list_folder(folder: Path, depth: int | None = None) -> Listing:
     """The files under folder, following links to folders; a folder is walked once however many links lead to
-    it, and a link to folder or a folder above it is a loop, never walked."""
+    it, and a link to folder or a folder above it is a loop, never walked. No folder there: nothing found."""
     folder, listing = Path(folder), Listing([], [], [])
+    if not folder.is_dir():
+        return listing
     walked = {_identity(above) for above in (folder.resolve(), *folder.resolve().parents)}
     for parent, subfolders, names in os.walk(folder, followlinks=True):
         level = len(Path(parent).relative_to(folder).parts) + 1
@@ -157,7 +159,7 @@ def one_spelling_each(files_by_class: dict[str, list[Path]], root: Path) -> None
     clashes = [labels for labels in spellings.values() if len(labels) > 1]
     if not clashes:
         return
-    said = "; ".join(" and ".join(f"{shown(repr(label))} ({len(files_by_class[label])} file(s), such as "
+    said = "; ".join(" and ".join(f"'{shown(label)}' ({len(files_by_class[label])} file(s), such as "
                                   f"{shown(files_by_class[label][0].relative_to(root))})" for label in labels)
                      for labels in clashes)
     raise TlkitError(f"{relpath(root)} spells a class in more than one way: {said}. Names that differ only in capitals "
@@ -181,7 +183,8 @@ def detect_layout(root: Path) -> str:
                      if any(is_image_name(p) for p in visible_files(root / name))]
     named = [path for path in visible_files(root, depth=1) if is_image_name(path) and flat_label(path)]
     if image_folders and named:
-        folders = ", ".join(f"{shown(name)}/" for name in image_folders[:3]) + (", ..." if len(image_folders) > 3 else "")
+        folders = ", ".join(f"{shown(name)}/" for name in image_folders[:3])
+        folders += ", ..." if len(image_folders) > 3 else ""
         raise TlkitError(f"{relpath(root)} holds {len(named)} photo(s) named by class (such as {shown(named[0].name)}) "
                          f"and {len(image_folders)} subfolder(s) of images ({folders}), so its classes could be "
                          "either. Move the subfolders out to use the names, or the named photos into <class>/ "

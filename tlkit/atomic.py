@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from tlkit.errors import TlkitError, option
+from tlkit.pathtext import ENCODING, ERRORS
 from tlkit.runtime import relpath
 
 FULL_BELOW_BYTES = 16 << 20  # a folder with less free space than this after a failed write: the disk was full
@@ -140,4 +141,5 @@ def _why_unwritable(error: OSError, existing: Path) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    """text as UTF-8, a file name in it that is not UTF-8 as its own bytes (tlkit.pathtext)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding=ENCODING, errors=ERRORS))

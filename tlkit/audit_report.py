@@ -18,6 +18,7 @@ from tlkit import __version__
 from tlkit.atomic import atomic_write_text, check_writable
 from tlkit.auditing import ISSUES, Audit, Issue
 from tlkit.errors import TlkitError, option
+from tlkit.pathtext import path_text, refuse_stdout
 from tlkit.photopage import Card, Section, write_page
 from tlkit.report import plot_photo_sheet
 from tlkit.runtime import relpath
@@ -44,6 +45,8 @@ def check_report_dir(out: Path, force: bool) -> None:
 def _check_free(out: Path, force: bool) -> None:
     """Refuse to write into a folder that holds anything, unless --force and it is an audit folder of tlkit's
     (its audit.json says so, and it holds nothing but an audit's files)."""
+    refuse_stdout(out, "a folder of audit.csv, audit.html, audit.png and audit.json")
+    out = Path(out)
     if not out.exists():
         return
     if not out.is_dir():
@@ -73,8 +76,8 @@ def write_csv(path: Path, issues: list[Issue]) -> None:
     writer = csv.writer(text)
     writer.writerow(CSV_COLUMNS)
     for issue in issues:
-        writer.writerow([issue.path.as_posix(), issue.subset, issue.label, issue.issue, f"{issue.score:.4f}",
-                         issue.suggested, issue.action, issue.other.as_posix() if issue.other else ""])
+        writer.writerow([path_text(issue.path), issue.subset, issue.label, issue.issue, f"{issue.score:.4f}",
+                         issue.suggested, issue.action, path_text(issue.other) if issue.other else ""])
     atomic_write_text(path, text.getvalue())
 
 

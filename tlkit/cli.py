@@ -64,13 +64,17 @@ def _subparser(subparsers, name: str, summary: str, description: str, example: s
 
 
 def _list_paths(title: str, items: list, root: Path | None = None) -> None:
+    from rich.markup import escape
+
+    from tlkit.pathtext import shown
+
     if not items:
         return
     warn(f"{title}: {len(items)}")
     for item in items[:LIST_LIMIT]:
         path, why = item if isinstance(item, tuple) else (item, "")
-        shown = path.relative_to(root) if root else path
-        info(f"  {shown}" + (f"  [dim]{why}[/]" if why else ""))
+        name = escape(shown(path.relative_to(root) if root else path))  # a name may hold [ ] or bytes not UTF-8
+        info(f"  {name}" + (f"  [dim]{escape(shown(why))}[/]" if why else ""))
     if len(items) > LIST_LIMIT:
         info(f"  ... and {len(items) - LIST_LIMIT} more")
 
@@ -556,6 +560,7 @@ def _load_for_inference(args: argparse.Namespace):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from tlkit.pathtext import is_stdout
     from tlkit.predict import check_request, find_images, predict_files, write_predictions
 
     checkpoint, compute, workers = _load_for_inference(args)
@@ -572,15 +577,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predicted = Counter(pred.classes[i] for n, i in enumerate(pred.predicted()) if n not in pred.failures)
     for label in pred.classes:
         table.add_row(label, str(predicted[label]))
-    if not is_quiet():  # predict's result is the --out file; the table only tells how it went
+    if not is_quiet() and not is_stdout(args.out):  # the result is the --out file; the table tells how it went
         result(table)
     if found.non_images:
         info(f"non-image files passed over: {found.non_images}")
     _list_paths("hidden files and folders passed over (name a file to predict it)",
                 [relpath(path) for path in found.hidden])
+    _list_paths("links to a folder already searched (a loop, or a second way in), not searched again",
+                [relpath(path) for path in found.repeated])
     _list_paths("images that could not be decoded (rows with an error)",
                 [(pred.paths[i], why) for i, why in sorted(pred.failures.items())])
-    info(f"predictions: {relpath(target)}")
+    info(f"predictions: {'standard output' if is_stdout(target) else relpath(target)}")
     return 0
 
 
@@ -595,7 +602,7 @@ def _add_predict(subparsers) -> None:
     )
     parser.add_argument("paths", nargs="+", type=Path, help="image files or folders")
     _add_inference_flags(parser)
-    parser.add_argument("--out", default="predictions.csv", help="the file to write")
+    parser.add_argument("--out", default="predictions.csv", help="the file to write; - for standard output")
     parser.add_argument("--format", choices=FORMATS, default="csv",
                         help="csv / json: label, confidence, probabilities; kaggle: id,label (P(dog))")
     parser.add_argument("--topk", type=_number(int, config.ONE_OR_MORE), help="write the K best classes instead of every probability")
@@ -773,8 +780,17 @@ def machine_fault(error: BaseException) -> str | None:
     return None
 
 
+def _print_any_name() -> None:
+    """A file name that is not UTF-8 in a message or a table is printed with escapes, never an encoding error
+    (a file tlkit writes keeps its bytes: tlkit.pathtext)."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _print_any_name()
     try:
         # -q: no chatter or bars for this command, and results still on stdout (predict's is its --out file).
         with reporting(quiet=getattr(args, "quiet", False), results=True):

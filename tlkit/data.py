@@ -23,7 +23,8 @@ from tlkit.decode import load_image as load_eval_image
 from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions
 from tlkit.runtime import relpath
-from tlkit.scan import DECODE_ERRORS, class_folders, class_images, is_image_name, open_photo, visible_files
+from tlkit.scan import (DECODE_ERRORS, class_folders, class_images, detect_layout, is_image_name, open_photo,
+                        visible_files)
 from tlkit.split import SUBSETS, finish_pending_split
 
 
@@ -67,8 +68,11 @@ def _holds_photos(folder: Path) -> bool:
 
 
 def check_classes(data_dir: Path) -> list[str]:
-    """The class names, the same in training and validation, at least two, none empty."""
+    """The class names, the same in training and validation, at least two, none empty; photos named by class
+    loose beside the class folders are refused (scan.detect_layout), not passed over."""
     train_dir, val_dir = subset_dirs(data_dir)
+    for subset_dir in (train_dir, val_dir):
+        detect_layout(subset_dir)
     train_classes, val_classes = class_folders(train_dir), class_folders(val_dir)
     if train_classes != val_classes:
         only_train = sorted(set(train_classes) - set(val_classes))

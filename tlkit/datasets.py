@@ -26,7 +26,7 @@ from tlkit.config import SCALED_MEANS, SCALED_STDS, checked_settings, config_key
 from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions
 from tlkit.runtime import relpath
-from tlkit.scan import DECODE_ERRORS, open_image
+from tlkit.scan import DECODE_ERRORS, detect_layout, open_image
 from tlkit.split import SUBSETS, parse_val, val_count
 
 STATS_SAMPLE = 2000  # images of a folder read to estimate its mean and std
@@ -322,10 +322,8 @@ def _folder_source(root: Path, settings: dict) -> FolderSource:
             sizes["test"] = len(FolderDataset(root / "test", None))
         return FolderSource(title=relpath(root), classes=classes, settings=settings, sizes=sizes,
                             channels=_first_image_channels(train_set), image_size=None, root=root)
-    try:
-        whole = FolderDataset(root, None)
-    except FileNotFoundError:
-        whole = None
+    # detect_layout refuses photos named by class beside subfolders of images, rather than train on the subfolders
+    whole = FolderDataset(root, None) if detect_layout(root) == "folders" else None
     if whole is None or len(whole.classes) < 2 or not len(whole):
         raise TlkitError(f"{relpath(root)} holds no class folders (cat/, dog/, ...) nor training/ + validation/; "
                          f"for a flat folder of cat.0.jpg, dog.0.jpg run `tlkit split {relpath(root)} --val 0.2` first.")

@@ -13,6 +13,7 @@ from tlkit import distributed
 from tlkit.checkpoint import Checkpoint
 from tlkit.atomic import check_writable
 from tlkit.errors import TlkitError, option
+from tlkit.pathtext import refuse_stdout
 from tlkit.photopage import Card, Section, write_page
 from tlkit.predict import Predictions, predict_files
 from tlkit.report import class_report, plot_confusion, plot_mistakes, write_report
@@ -58,6 +59,7 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, co
                     batch_size: int | None = None, workers: int = 0, tta: bool = False, force: bool = False,
                     mistakes: int = 16) -> dict:
     """Predict every labelled image of data_dir, write report.json, confusion.png and mistakes.png."""
+    refuse_stdout(out_dir, "a folder of a report, plots and a page")
     out_dir = Path(out_dir)
     taken = [name for name in OUTPUTS if (out_dir / name).exists()]
     if taken and not force:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlkit.errors import TlkitError
+from tlkit.pathtext import ENCODING, ERRORS
 from tlkit.runtime import relpath, warn
 
 ACTIONS = ("exclude", "relabel", "keep")
@@ -74,7 +75,7 @@ def read_exclusions(path: Path | str) -> Exclusions:
     class in `suggested`, the pair of near-duplicate rows in `other`."""
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding=ENCODING, errors=ERRORS) as handle:
             rows = list(csv.DictReader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise TlkitError(f"cannot read the list of photos to exclude, {relpath(path)} ({error}); give the audit.csv "

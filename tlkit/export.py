@@ -26,6 +26,7 @@ from tlkit.checkpoint import Checkpoint
 from tlkit.config import EXPORT_SUFFIXES
 from tlkit.decode import ImageBatches, draft_side, scale_size
 from tlkit.errors import TlkitError, option
+from tlkit.pathtext import refuse_stdout
 from tlkit.runtime import relpath, size_words
 from tlkit.scan import is_image_name, visible_files
 
@@ -191,6 +192,7 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None,
     """Write the model and `<out>.json` (input size, mean/std, classes); verify; return what was checked,
     with the file written. out None: model.onnx / model.pt beside the checkpoint. images: what the export
     is checked on; none given: a few of the run's own validation images, when they are still there."""
+    refuse_stdout(out, "a model file and its sidecar", python="path")
     out = Path(out) if out is not None else checkpoint.path.with_name(f"model{FORMATS[fmt]}")
     images = list(images) or validation_images(checkpoint)
     sidecar = sidecar_path(out)

@@ -14,6 +14,7 @@ from pathlib import Path
 from tlkit.config import resolve_config
 from tlkit.atomic import check_writable
 from tlkit.errors import TlkitError
+from tlkit.pathtext import refuse_stdout
 from tlkit.finetuning import build_trainer
 from tlkit.report import plot_lr_find
 from tlkit.runtime import progress, relpath
@@ -100,6 +101,7 @@ def find_lr(config_file: Path | str | None = None, *, out: Path, force: bool = F
             end_lr: float = 10.0, steps: int = 100, **settings) -> LrFindResult:
     """`tlkit lr-find`: the range test on the model and data the settings name (as `finetune` would train
     them, without a schedule), its plot written to `out` (never over a file without force)."""
+    refuse_stdout(out, "a plot")
     out = Path(out)
     if out.exists() and not force:
         raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace it, "

@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from tlkit.atomic import atomic_write_text
+from tlkit.pathtext import shown
 from tlkit.scan import DECODE_ERRORS, open_photo
 
 THUMB_SIDE = 160  # px, the longer side
@@ -93,4 +94,5 @@ def render_page(title: str, intro: str, sections: list[Section], table: list[lis
 
 def write_page(path: Path, title: str, intro: str, sections: list[Section],
                table: list[list[str]] | None = None) -> None:
-    atomic_write_text(Path(path), render_page(title, intro, sections, table))
+    # shown: a file name that is not UTF-8 reads as cat.\xff1.jpg on the page (a browser would show a glyph of doubt)
+    atomic_write_text(Path(path), shown(render_page(title, intro, sections, table)))

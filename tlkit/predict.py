@@ -24,8 +24,9 @@ from tlkit.checkpoint import Checkpoint
 from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
+from tlkit.pathtext import ENCODING, ERRORS, is_stdout, path_text, write_stdout
 from tlkit.runtime import Compute, inference_batch_size, progress, relpath
-from tlkit.scan import files_and_hidden, is_image_name
+from tlkit.scan import is_image_name, list_folder
 from tlkit.split import finish_pending_split
 
 FORMATS = PREDICT_FORMATS
@@ -53,13 +54,14 @@ class FoundImages:
     images: list[Path]
     non_images: int  # files of a folder named that are not images by their suffix
     hidden: list[Path]  # hidden files and folders of a folder named (scan.is_hidden), each folder once
+    repeated: list[Path]  # links to a folder walked already (a loop): not walked again (scan.list_folder)
 
 
 def find_images(paths: list[Path]) -> FoundImages:
     """Every file named, whatever its name (one that does not decode is a row with its reason); of a
     folder named, its visible image files as tlkit.scan lists them, sorted. A file met twice (a folder
     named twice, or a file and its folder) is taken once."""
-    found, seen = FoundImages(images=[], non_images=0, hidden=[]), set()
+    found, seen = FoundImages(images=[], non_images=0, hidden=[], repeated=[]), set()
     for path in map(Path, paths):
         finish_pending_split(path)  # a folder of a split interrupted while swapping in: finished first
         if not path.exists():
@@ -67,10 +69,11 @@ def find_images(paths: list[Path]) -> FoundImages:
         if not path.is_dir():
             found.images += _first_time([path], seen)
             continue
-        files, hidden = files_and_hidden(path)
-        found.images += _first_time([file for file in files if is_image_name(file)], seen)
-        found.non_images += len(_first_time([file for file in files if not is_image_name(file)], seen))
-        found.hidden += _first_time(hidden, seen)
+        listing = list_folder(path)
+        found.images += _first_time([file for file in listing.files if is_image_name(file)], seen)
+        found.non_images += len(_first_time([file for file in listing.files if not is_image_name(file)], seen))
+        found.hidden += _first_time(listing.hidden, seen)
+        found.repeated += listing.repeated
     if not found.images:
         raise TlkitError(f"no image files in {', '.join(relpath(Path(p)) for p in paths)} (looked for .jpg, "
                          f".png, ...; {found.non_images} other and {len(found.hidden)} hidden file(s) or "
@@ -152,7 +155,7 @@ def _csv_text(pred: Predictions, topk: int | None) -> str:
     writer.writerow(["path", "label", "confidence", *extra, "error"])
     for index, path in enumerate(pred.paths):
         if index in pred.failures:
-            writer.writerow([str(path), "", "", *([""] * len(extra)), pred.failures[index]])
+            writer.writerow([path_text(path), "", "", *([""] * len(extra)), pred.failures[index]])
             continue
         row = pred.probabilities[index]
         (label, confidence), *_ = _top(row, pred.classes, 1)
@@ -160,7 +163,7 @@ def _csv_text(pred: Predictions, topk: int | None) -> str:
             values = [v for name, p in _top(row, pred.classes, topk) for v in (name, f"{p:.6f}")]
         else:
             values = [f"{p:.6f}" for p in row]
-        writer.writerow([str(path), label, f"{confidence:.6f}", *values, ""])
+        writer.writerow([path_text(path), label, f"{confidence:.6f}", *values, ""])
     return buffer.getvalue()
 
 
@@ -168,11 +171,11 @@ def _json_text(pred: Predictions, topk: int | None) -> str:
     records = []
     for index, path in enumerate(pred.paths):
         if index in pred.failures:
-            records.append({"path": str(path), "error": pred.failures[index]})
+            records.append({"path": path_text(path), "error": pred.failures[index]})
             continue
         row = pred.probabilities[index]
         ranked = _top(row, pred.classes, topk or len(pred.classes))
-        records.append({"path": str(path), "label": ranked[0][0], "confidence": ranked[0][1],
+        records.append({"path": path_text(path), "label": ranked[0][0], "confidence": ranked[0][1],
                         "probabilities": dict(ranked)})
     return json.dumps(records, indent=1)
 
@@ -214,7 +217,7 @@ def _check_kaggle_ids(paths: list[Path]) -> None:
 def written_by_predict(path: Path) -> bool:
     """Whether a file is one predict writes: a csv's or kaggle's header, or a json list of rows with a path."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding=ENCODING, errors=ERRORS)
         if text.startswith(("path,label,confidence,", "id,label\n")):
             return True
         rows = json.loads(text)
@@ -225,14 +228,9 @@ def written_by_predict(path: Path) -> bool:
 
 def check_request(out: Path, *, fmt: str, topk: int | None, classes: list[str], paths: list[Path],
                   force: bool) -> None:
-    """Everything that would stop the writing, checked before any image is predicted."""
-    if Path(out).exists() and not force:
-        raise TlkitError(f"{relpath(Path(out))} already exists; nothing was written. Use --force to replace it, "
-                         "or --out to write elsewhere.")
-    if Path(out).exists() and not Path(out).is_dir() and not written_by_predict(Path(out)):
-        raise TlkitError(f"{relpath(Path(out))} is not a predictions file of tlkit's, and --force replaces only "
-                         "those; nothing was written. Choose another --out, or move it away.")
-    check_writable(Path(out).parent, "out")
+    """Everything that would stop the writing, checked before any image is predicted. out `-`: standard output."""
+    if not is_stdout(out):
+        _check_out_file(Path(out), force)
     if topk is not None and not 1 <= topk <= len(classes):
         raise TlkitError(f"--topk {topk} must be between 1 and the number of classes ({len(classes)}).")
     if fmt == "kaggle":
@@ -241,16 +239,30 @@ def check_request(out: Path, *, fmt: str, topk: int | None, classes: list[str], 
         _check_kaggle_ids(paths)
 
 
+def _check_out_file(out: Path, force: bool) -> None:
+    """A file may be written at out: nothing there, or a predictions file and force."""
+    if out.exists() and not force:
+        raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace it, "
+                         "or --out to write elsewhere.")
+    if out.exists() and not out.is_dir() and not written_by_predict(out):
+        raise TlkitError(f"{relpath(out)} is not a predictions file of tlkit's, and --force replaces only "
+                         "those; nothing was written. Choose another --out, or move it away.")
+    check_writable(out.parent, "out")
+
+
 def write_predictions(pred: Predictions, out: Path, *, fmt: str = "csv", topk: int | None = None,
                       force: bool = False) -> Path:
-    """Write predictions in `fmt`; an existing file is replaced only with force. Under torchrun rank 0
-    alone writes (every process holds all the predictions)."""
+    """Write predictions in `fmt` (out `-`: to standard output); an existing file is replaced only with force.
+    Under torchrun rank 0 alone writes (every process holds all the predictions)."""
     out = Path(out)
     if not distributed.is_main():
         return out
     check_request(out, fmt=fmt, topk=topk, classes=pred.classes, paths=pred.paths, force=force)
     text = {"csv": lambda: _csv_text(pred, topk), "json": lambda: _json_text(pred, topk),
             "kaggle": lambda: _kaggle_text(pred)}[fmt]()
+    if is_stdout(out):
+        write_stdout(text)
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, text)
     return out

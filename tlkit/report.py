@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.atomic import atomic_write, atomic_write_text
+from tlkit.pathtext import shown
 from tlkit.scan import open_photo
 
 
@@ -102,7 +103,7 @@ def plot_photo_sheet(path: Path, photos: list[tuple[Path, str]], *, empty: str =
         image = open_photo(Path(photo), "RGB", draft_side=256)
         image.thumbnail((256, 256))
         axes.imshow(np.asarray(image))
-        axes.set_title(title, fontsize=9)
+        axes.set_title(shown(title), fontsize=9)
     if not photos:
         figure.axes[0].text(0.5, 0.5, empty, ha="center", va="center")
     save_figure(figure, path)

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from tlkit.errors import TlkitError
+from tlkit.pathtext import shown
 from tlkit.runtime import progress, relpath
 
 IMAGE_SUFFIXES = frozenset(
@@ -99,26 +100,71 @@ def visible_files(folder: Path, depth: int | None = None) -> list[Path]:
     """Files under folder, sorted by path, leaving out hidden ones and everything in hidden folders.
 
     depth: 1 for the folder's own files, 2 with those one folder down, ...; None for all."""
-    return files_and_hidden(folder, depth)[0]
+    return list_folder(folder, depth).files
 
 
-def files_and_hidden(folder: Path, depth: int | None = None) -> tuple[list[Path], list[Path]]:
-    """(visible_files, the hidden files and folders it leaves out), each sorted; a hidden folder is
-    listed once and never walked into."""
-    folder, found, hidden = Path(folder), [], []
-    for parent, subfolders, names in os.walk(folder):
+@dataclass
+class Listing:
+    """What list_folder found under a folder, each list sorted."""
+
+    files: list[Path]  # visible files, a linked folder's included
+    hidden: list[Path]  # hidden files and folders left out (a hidden folder once, never walked into)
+    repeated: list[Path]  # links to a folder walked already (a loop, or a second way in): not walked again
+
+
+def list_folder(folder: Path, depth: int | None = None) -> Listing:
+    """The files under folder, following links to folders; a folder is walked once however many links lead to
+    it, and a link to folder or a folder above it is a loop, never walked. No folder there: nothing found."""
+    folder, listing = Path(folder), Listing([], [], [])
+    if not folder.is_dir():
+        return listing
+    walked = {_identity(above) for above in (folder.resolve(), *folder.resolve().parents)}
+    for parent, subfolders, names in os.walk(folder, followlinks=True):
         level = len(Path(parent).relative_to(folder).parts) + 1
         if depth is not None and level >= depth:
             subfolders[:] = []
-        hidden += (Path(parent, name) for name in (*subfolders, *names) if is_hidden(name))
+        listing.hidden += (Path(parent, name) for name in (*subfolders, *names) if is_hidden(name))
         subfolders[:] = [name for name in subfolders if not is_hidden(name)]
-        found += (Path(parent, name) for name in names if not is_hidden(name))
-    return sorted(path for path in found if path.is_file()), sorted(hidden)
+        for name in list(subfolders):
+            identity = _identity(Path(parent, name))
+            if identity in walked:
+                listing.repeated.append(Path(parent, name))
+                subfolders.remove(name)
+            walked.add(identity)
+        listing.files += (Path(parent, name) for name in names if not is_hidden(name))
+    return Listing(sorted(path for path in listing.files if path.is_file()), sorted(listing.hidden),
+                   sorted(listing.repeated))
+
+
+def _identity(folder: Path) -> tuple[int, int]:
+    """(device, inode) of a folder, a link followed: the same for every way to it."""
+    status = os.stat(folder)
+    return status.st_dev, status.st_ino
 
 
 def class_folders(folder: Path) -> list[str]:
-    """The names of folder's visible subfolders, sorted: the classes of a class-foldered tree."""
-    return sorted(p.name for p in Path(folder).iterdir() if p.is_dir() and not is_hidden(p.name))
+    """The names of folder's visible subfolders, sorted: the classes of a class-foldered tree. Two spelt alike but
+    for capitals or spaces (Cat/, cat/) are refused (one_spelling_each)."""
+    names = sorted(p.name for p in Path(folder).iterdir() if p.is_dir() and not is_hidden(p.name))
+    one_spelling_each({name: [Path(folder, name)] for name in names}, Path(folder))
+    return names
+
+
+def one_spelling_each(files_by_class: dict[str, list[Path]], root: Path) -> None:
+    """Refuse class names that differ only in capitals or surrounding spaces (`Cat` and `cat`, `dog ` and `dog`):
+    they would train as different classes, and which spelling is meant is the user's to say."""
+    spellings: dict[str, list[str]] = defaultdict(list)
+    for label in sorted(files_by_class):
+        spellings[label.strip().casefold()].append(label)
+    clashes = [labels for labels in spellings.values() if len(labels) > 1]
+    if not clashes:
+        return
+    said = "; ".join(" and ".join(f"'{shown(label)}' ({len(files_by_class[label])} file(s), such as "
+                                  f"{shown(files_by_class[label][0].relative_to(root))})" for label in labels)
+                     for labels in clashes)
+    raise TlkitError(f"{relpath(root)} spells a class in more than one way: {said}. Names that differ only in capitals "
+                     "or spaces would be trained as different classes; rename the files or folders to one spelling "
+                     "and run again.")
 
 
 def class_images(subset_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
@@ -131,11 +177,19 @@ def class_images(subset_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
 
 
 def detect_layout(root: Path) -> str:
-    """`folders` when a subfolder holds images, else `flat`."""
-    for name in class_folders(root):
-        if any(is_image_name(p) for p in visible_files(root / name)):
-            return "folders"
-    return "flat"
+    """`folders` when a subfolder holds images, else `flat`; a folder that holds both photos named by class
+    (cat.0.jpg) and subfolders of images is refused: which of them are the classes is the user's to say."""
+    image_folders = [name for name in class_folders(root)
+                     if any(is_image_name(p) for p in visible_files(root / name))]
+    named = [path for path in visible_files(root, depth=1) if is_image_name(path) and flat_label(path)]
+    if image_folders and named:
+        folders = ", ".join(f"{shown(name)}/" for name in image_folders[:3])
+        folders += ", ..." if len(image_folders) > 3 else ""
+        raise TlkitError(f"{relpath(root)} holds {len(named)} photo(s) named by class (such as {shown(named[0].name)}) "
+                         f"and {len(image_folders)} subfolder(s) of images ({folders}), so its classes could be "
+                         "either. Move the subfolders out to use the names, or the named photos into <class>/ "
+                         "folders, and run again.")
+    return "folders" if image_folders else "flat"
 
 
 def _require_folder(root: Path) -> None:
@@ -168,6 +222,10 @@ def list_dataset(root: Path) -> Scan:
                 scan.unlabelled.append(path)
             else:
                 scan.images.append((path, label))
+    files_by_class: dict[str, list[Path]] = defaultdict(list)
+    for path, label in scan.images:
+        files_by_class[label].append(path)
+    one_spelling_each(files_by_class, root)
     if not scan.images and not scan.unlabelled and not scan.non_images:
         raise TlkitError(f"{relpath(root)} is empty. Put your images there (cat.0.jpg, ... or <class>/<image>).")
     return scan

@@ -26,6 +26,7 @@ from tlkit.atomic import check_writable, lock_file, unlock_file
 from tlkit.config import SEEDS, checked_number
 from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions, read_exclusions
+from tlkit.pathtext import ENCODING, ERRORS, path_text, refuse_stdout
 from tlkit.runtime import info, progress, relpath, warn
 from tlkit.scan import Scan, scan_with_progress
 
@@ -182,6 +183,7 @@ def prepare_split(src: Path, val: str, out: Path | None = None, *, seed: int = 0
     val: a count ("2000") or a fraction ("0.1"); out None: beside src. exclude: a reviewed list (audit.csv
     of SRC): its exclude rows are left out, its relabel rows split under their new class, its near-duplicate
     pairs kept in one subset. dry_run: OUT need not be writable."""
+    refuse_stdout(out, "two folders and split.csv")
     val_size = parse_val(val)
     seed = checked_number("seed", seed, int, SEEDS)
     exclusions = read_exclusions(exclude) if exclude else None  # a bad list stops before any photo is read
@@ -292,11 +294,11 @@ def _place(src: Path, dest: Path, mode: str) -> None:
 
 
 def _write_manifest(plan: SplitPlan, path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    with open(path, "w", newline="", encoding=ENCODING, errors=ERRORS) as handle:
         writer = csv.writer(handle)
         writer.writerow(["source", "class", "subset", "destination"])
         for source, label, subset, destination in plan.rows:
-            writer.writerow([source.relative_to(plan.scan.root).as_posix(), label, subset, destination.as_posix()])
+            writer.writerow([path_text(source.relative_to(plan.scan.root)), label, subset, path_text(destination)])
 
 
 def _verify_output(plan: SplitPlan, staging: Path) -> None:
@@ -317,9 +319,20 @@ def execute_split(plan: SplitPlan, mode: str = "link", force: bool = False) -> N
     """Write the plan: build under a temporary folder (with a progress bar), check it, then swap it into place,
     holding the folder's split lock from before an earlier split is finished until the moved sources are gone."""
     out = plan.out
-    if not out.exists():
+    made_out = not out.exists()
+    if made_out:
         check_outputs_free(out, plan.scan.root, force)  # refused before anything is made
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        _build_and_swap(plan, mode, force)
+    except BaseException:
+        if made_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a split that failed leaves no empty folder of its own making
+        raise
+
+
+def _build_and_swap(plan: SplitPlan, mode: str, force: bool) -> None:
+    out = plan.out
     with _holding_split(out):
         _finish_swap(out)
         check_outputs_free(out, plan.scan.root, force)

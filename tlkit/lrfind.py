@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tlkit.config import resolve_config
 from tlkit.data import open_split
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
+from tlkit.ownership import why_kept
 from tlkit.finetuning import build_trainer
 from tlkit.report import plot_lr_find
 from tlkit.runtime import progress, relpath
@@ -104,6 +105,9 @@ def find_lr(config_file: Path | str | None = None, *, out: Path, force: bool = F
     if out.exists() and not force:
         raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace it, "
                          "or --out FILE.")
+    if out.exists() and (why := why_kept(out)):
+        raise TlkitError(f"{relpath(out)} is not a plot of tlkit's ({why}), and {option('force', True)} replaces only "
+                         f"those; nothing was written. Choose another {option('out', 'FILE')}, or move it away.")
     config = resolve_config(Path(config_file) if config_file else None, {**settings, "scheduler": "none"})
     trainer, _, _ = build_trainer(config, open_split(config.data).classes)
     result = lr_range_test(trainer, start_lr=start_lr, end_lr=end_lr, steps=steps)

@@ -24,6 +24,7 @@ from tlkit.checkpoint import Checkpoint
 from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
+from tlkit.ownership import why_kept
 from tlkit.runtime import Compute, inference_batch_size, progress, relpath
 from tlkit.scan import files_and_hidden, is_image_name
 from tlkit.split import finish_pending_split
@@ -203,27 +204,15 @@ def _check_kaggle_ids(paths: list[Path]) -> None:
         first_with_id[id_] = path
 
 
-def written_by_predict(path: Path) -> bool:
-    """Whether a file is one predict writes: a csv's or kaggle's header, or a json list of rows with a path."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        if text.startswith(("path,label,confidence,", "id,label\n")):
-            return True
-        rows = json.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(rows, list) and all(isinstance(row, dict) and "path" in row for row in rows)
-
-
 def check_request(out: Path, *, fmt: str, topk: int | None, classes: list[str], paths: list[Path],
                   force: bool) -> None:
     """Everything that would stop the writing, checked before any image is predicted."""
     if Path(out).exists() and not force:
         raise TlkitError(f"{relpath(Path(out))} already exists; nothing was written. Use --force to replace it, "
                          "or --out to write elsewhere.")
-    if Path(out).exists() and not Path(out).is_dir() and not written_by_predict(Path(out)):
-        raise TlkitError(f"{relpath(Path(out))} is not a predictions file of tlkit's, and --force replaces only "
-                         "those; nothing was written. Choose another --out, or move it away.")
+    if Path(out).exists() and not Path(out).is_dir() and (why := why_kept(Path(out))):
+        raise TlkitError(f"{relpath(Path(out))} is not a predictions file of tlkit's ({why}), and --force replaces "
+                         "only those; nothing was written. Choose another --out, or move it away.")
     if topk is not None and not 1 <= topk <= len(classes):
         raise TlkitError(f"--topk {topk} must be between 1 and the number of classes ({len(classes)}).")
     if fmt == "kaggle":

@@ -81,7 +81,7 @@ def write_audit(audit: Audit, out: Path, settings: dict, *, force: bool = False)
     name the user changed, as audit.new.csv and so on, said); returns out."""
     out = Path(out)
     check_report_dir(out, force)
-    target = replace_outputs(out, OUTPUTS)
+    target = replace_outputs(out, OUTPUTS, force)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(target["audit.csv"], audit.issues)
     write_page(target["audit.html"], f"audit of {audit.root.resolve().name}", _intro(audit), page_sections(audit),

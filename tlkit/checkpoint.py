@@ -21,7 +21,7 @@ from tlkit.atomic import atomic_write, atomic_write_text, lock_file, unlock_file
 from tlkit.backbone import Backbone
 from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta, checkpoint_paths, read_meta
 from tlkit.errors import TlkitError, option
-from tlkit.ownership import clear, read_record, survey
+from tlkit.ownership import clear, survey, wrote_any
 from tlkit.runtime import relpath
 from tlkit.weights import pickled_global
 
@@ -213,8 +213,8 @@ def _new_stamped_run(runs_dir: Path) -> Path:
 
 def _clear_for_a_new_run(run_dir: Path) -> None:
     """--force: remove the earlier run's files (tlkit's and unchanged, by the folders' records); anything else
-    stays, said, and one where the new run writes stops it with nothing changed. A folder without a record
-    (from before tlkit kept them) is judged as it was: by its names and its config.yaml."""
+    stays, said, and one where the new run writes stops it with nothing changed. A folder without a run's
+    record (from before tlkit kept them) is judged as it was: by its names and its config.yaml."""
     if run_dir.is_symlink() or not run_dir.is_dir():
         raise TlkitError(f"{relpath(run_dir)} is {'a link' if run_dir.is_symlink() else 'a file'}, not a run folder; "
                          f"{option('force', True)} replaces only tlkit's run folders, so nothing was changed. "
@@ -222,7 +222,7 @@ def _clear_for_a_new_run(run_dir: Path) -> None:
     def named_by_a_run(path: Path) -> bool:
         return _named_by_a_run(path.relative_to(run_dir).parts)
 
-    legacy = read_record(run_dir) is None
+    legacy = not wrote_any(run_dir, RUN_FILES)  # a record of other files (a predictions csv) is no run's
     if legacy:
         _check_a_run(run_dir)
     found = survey(run_dir, named_by_a_run if legacy else None)
@@ -290,12 +290,12 @@ def release_run(run_dir: Path) -> None:
 
 def discard_untrained(run_dir: Path) -> bool:
     """Remove the files of a run that failed or was interrupted with nothing trained (no weights, no resume
-    file), and its folder once empty, so that its name is free again; whether it did. What tlkit did not
-    write there stays (said)."""
+    file), and its folder once empty, so that its name is free again; whether the folder went. What tlkit
+    did not write there stays (said)."""
     if (run_dir / BEST_WEIGHTS).exists() or (run_dir / RESUME).exists():
         return False
     clear(survey(run_dir))
-    return True
+    return not os.path.lexists(run_dir)
 
 
 def point_latest(run_dir: Path) -> None:

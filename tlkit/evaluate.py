@@ -77,7 +77,7 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, co
     }
     if distributed.is_main():  # under torchrun every process holds every prediction; rank 0 alone writes
         check_out_dir(out_dir, force)  # again: the folder may have changed while the photos were predicted
-        target = replace_outputs(out_dir, OUTPUTS)
+        target = replace_outputs(out_dir, OUTPUTS, force)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_report(target["report.json"], report)
         plot_confusion(target["confusion.png"], y_true, y_pred, checkpoint.classes,

@@ -168,11 +168,14 @@ def say_kept(kept: dict[Path, str]) -> None:
         warn(f"kept {len(kept)} file(s) that tlkit did not write or that changed since: {named}{more}")
 
 
-def replace_outputs(folder: Path, outputs: tuple[str, ...]) -> dict[str, Path]:
-    """Clear an output folder (its files that tlkit wrote and that are unchanged) and say where each of
-    `outputs` is to be written: under its own name, or, beside a kept file of that name (an audit.csv the user
-    edited), as NAME.new.EXT, said."""
+def replace_outputs(folder: Path, outputs: tuple[str, ...], force: bool) -> dict[str, Path]:
+    """Where each of `outputs` is to be written in `folder`. With force, the folder is cleared first (its files
+    that tlkit wrote and that are unchanged), and an output whose name a kept file holds (an audit.csv the user
+    edited) goes beside it as NAME.new.EXT, said. Without, nothing is removed: the caller has refused a folder
+    that holds an output already."""
     folder = Path(folder)
+    if not force:
+        return {name: folder / name for name in outputs}
     found = survey(folder)
     clear(found)
     targets = {}

@@ -16,6 +16,7 @@ from PIL import Image
 
 from tlkit import cli
 from tlkit.findings import duplicate_groups, find_problems, near_duplicates, unit_rows
+from tlkit.ownership import RECORD
 
 from conftest import shared_photos
 
@@ -177,7 +178,7 @@ def test_an_audit_folder_is_replaced_only_with_force_and_only_when_it_is_one(pla
     assert cli.main(["audit", str(data), "--device", "cpu", "--force", "--out", str(foreign)]) == 1
     assert "not an audit folder" in capsys.readouterr().err
     assert (foreign / "mine.txt").read_text() == "keep me" and sorted(p.name for p in report.iterdir()) == [
-        "audit.csv", "audit.html", "audit.json", "audit.png"]
+        RECORD, "audit.csv", "audit.html", "audit.json", "audit.png"]
 
 
 @pytest.mark.slow

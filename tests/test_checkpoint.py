@@ -15,6 +15,7 @@ from tlkit.checkpoint import (load_checkpoint, load_resume, new_run_dir, point_l
                              save_resume)
 from tlkit.checkpoint_format import CheckpointMeta, read_meta, save_best
 from tlkit.errors import TlkitError
+from tlkit.ownership import RECORD
 
 from conftest import make_checkpoint
 
@@ -65,7 +66,7 @@ def test_a_failed_write_leaves_the_previous_best_intact(tmp_path, monkeypatch):
     with pytest.raises(TlkitError, match="No space left on device.*previous version"):
         save_best(tmp_path, backbone.model.state_dict(), meta_for(backbone, ["x", "y"]))
     assert {name: (tmp_path / name).read_bytes() for name in before} == before
-    assert sorted(os.listdir(tmp_path)) == ["best.json", "best.safetensors"]  # no temporary files left
+    assert sorted(os.listdir(tmp_path)) == [RECORD, "best.json", "best.safetensors"]  # no temporary files left
 
 
 def test_resume_file_loads_with_weights_only(tmp_path):

@@ -1,7 +1,8 @@
 """Atomic file writes: every file tlkit writes goes to a temporary name first and is renamed over
-the old one, so a failed or interrupted write leaves the previous version whole. A full disk
-becomes a TlkitError that names the file. Knows nothing of what is written. Also the advisory
-lock files that keep two processes from writing the same run or split at once.
+the old one, so a failed or interrupted write leaves the previous version whole, and is recorded as tlkit's
+(tlkit/ownership.py: what --force may replace). A full disk becomes a TlkitError that names the file. Knows
+nothing of what is written. Also the advisory lock files that keep two processes from writing the same run or
+split at once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from tlkit.errors import TlkitError, option
+from tlkit.ownership import note_written
 from tlkit.pathtext import ENCODING, ERRORS
 from tlkit.runtime import relpath
 
@@ -61,7 +63,8 @@ def _same_file(path: Path, handle) -> bool:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(temporary path), then rename it over `path`; on failure `path` is untouched."""
+    """Call write(temporary path), then rename it over `path` and record it as tlkit's; on failure `path` is
+    untouched."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -77,6 +80,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else "no space left on the disk"
         raise TlkitError(f"could not write {relpath(path)} ({reason}); the previous version, if any, is left as it "
                          f"was. {_what_to_do(error, full, path)}") from None
+    note_written(path)
 
 
 def _what_to_do(error: BaseException, full: bool, path: Path) -> str:

@@ -1,9 +1,9 @@
 """The folder `tlkit audit` writes: audit.csv (one reviewable row per photo and issue, with the suggested
-action: exclude / relabel / keep), audit.json (what was audited, the counts; the mark that lets --force know
-the folder as an audit's), audit.html (thumbnails, pairs side by side) and audit.png (the worst of each).
+action: exclude / relabel / keep), audit.json (what was audited, the counts), audit.html (thumbnails, pairs
+side by side) and audit.png (the worst of each).
 
-Every file is written atomically; an existing folder is written over only with --force, and only when it
-holds nothing but an earlier audit.
+Every file is written atomically; an existing folder is written into only with --force, and only over an
+earlier audit's files that are unchanged (tlkit/ownership.py): an audit.csv the user edited stays.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from tlkit import __version__
 from tlkit.atomic import atomic_write_text, check_writable
 from tlkit.auditing import ISSUES, Audit, Issue
 from tlkit.errors import TlkitError, option
+from tlkit.ownership import replace_outputs, wrote_any
 from tlkit.pathtext import path_text, refuse_stdout
 from tlkit.photopage import Card, Section, write_page
 from tlkit.report import plot_photo_sheet
@@ -25,7 +26,7 @@ from tlkit.runtime import relpath
 
 CSV_COLUMNS = ("path", "subset", "class", "issue", "score", "suggested", "action", "other")
 OUTPUTS = ("audit.csv", "audit.json", "audit.html", "audit.png")  # all an audit folder holds
-REPORT_MARK = "tlkit audit"  # audit.json's "written_by": how --force knows an audit folder as tlkit's
+REPORT_MARK = "tlkit audit"  # audit.json's "written_by"
 PAGE_LIMIT = 60  # photos (or pairs) of each issue on the page; audit.csv holds them all
 SHEET_LIMIT = 8  # of each issue on the PNG sheet
 
@@ -44,7 +45,7 @@ def check_report_dir(out: Path, force: bool) -> None:
 
 def _check_free(out: Path, force: bool) -> None:
     """Refuse to write into a folder that holds anything, unless --force and it is an audit folder of tlkit's
-    (its audit.json says so, and it holds nothing but an audit's files)."""
+    (its record names an audit's files); what the user added or changed there stays (write_audit)."""
     refuse_stdout(out, "a folder of audit.csv, audit.html, audit.png and audit.json")
     out = Path(out)
     if not out.exists():
@@ -57,18 +58,11 @@ def _check_free(out: Path, force: bool) -> None:
     if not force:
         raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use {option('force', True)} to replace "
                          f"an earlier audit there, or {option('out', 'DIR')} to write elsewhere.")
-    foreign = sorted(name for name in present if name not in OUTPUTS and not name.startswith(".audit."))
-    if foreign or not _an_audit(out / "audit.json"):
-        raise TlkitError(f"{relpath(out)} is not an audit folder of tlkit's (it holds {', '.join(foreign or present)}"
-                         f"); {option('force', True)} replaces only an earlier audit, so nothing was changed. Choose "
-                         f"another {option('out')}.")
-
-
-def _an_audit(summary: Path) -> bool:
-    try:
-        return json.loads(summary.read_text(encoding="utf-8")).get("written_by") == REPORT_MARK
-    except (OSError, ValueError, AttributeError):
-        return False
+    if not wrote_any(out, OUTPUTS):
+        raise TlkitError(f"{relpath(out)} is not an audit folder of tlkit's (tlkit has no record of writing "
+                         f"{', '.join(sorted(present)[:3])}{' ...' if len(present) > 3 else ''}; an audit written "
+                         f"before tlkit kept records counts as another's); {option('force', True)} replaces only an "
+                         f"earlier audit, so nothing was changed. Choose another {option('out')}.")
 
 
 def write_csv(path: Path, issues: list[Issue]) -> None:
@@ -82,7 +76,7 @@ def write_csv(path: Path, issues: list[Issue]) -> None:
 
 
 def summary(audit: Audit, settings: dict) -> dict:
-    """audit.json: what was audited with which settings, and the counts (the mark --force recognises)."""
+    """audit.json: what was audited with which settings, and the counts."""
     return {"written_by": REPORT_MARK, "tlkit": __version__, "data": str(audit.root.resolve()),
             "photos": len(audit.photos), "classes": audit.classes, "backbone": audit.backbone,
             "settings": {key: str(value) for key, value in settings.items()},
@@ -91,15 +85,17 @@ def summary(audit: Audit, settings: dict) -> dict:
 
 
 def write_audit(audit: Audit, out: Path, settings: dict, *, force: bool = False) -> Path:
-    """audit.csv, audit.json, audit.html and audit.png in out (each written atomically); returns out."""
+    """audit.csv, audit.json, audit.html and audit.png in out (each written atomically; beside a file of that
+    name the user changed, as audit.new.csv and so on, said); returns out."""
     out = Path(out)
     check_report_dir(out, force)
+    target = replace_outputs(out, OUTPUTS, force)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "audit.csv", audit.issues)
-    write_page(out / "audit.html", f"audit of {audit.root.resolve().name}", _intro(audit), page_sections(audit),
+    write_csv(target["audit.csv"], audit.issues)
+    write_page(target["audit.html"], f"audit of {audit.root.resolve().name}", _intro(audit), page_sections(audit),
                table=count_table(audit))
-    plot_photo_sheet(out / "audit.png", sheet_photos(audit), empty="no issue found")
-    atomic_write_text(out / "audit.json", json.dumps(summary(audit, settings), indent=2))
+    plot_photo_sheet(target["audit.png"], sheet_photos(audit), empty="no issue found")
+    atomic_write_text(target["audit.json"], json.dumps(summary(audit, settings), indent=2))
     return out
 
 

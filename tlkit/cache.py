@@ -4,7 +4,8 @@ A cache is a folder holding one array per subset and a manifest.json, written la
 identity (everything it was computed from, the files' paths, sizes and modification times
 included) is stored in the manifest; a cache whose identity differs from what a run needs is
 stale, and the run says why before recomputing. Built in a staging folder beside it and
-renamed into place, so an interrupted build never leaves a cache that looks valid.
+renamed into place, so an interrupted build never leaves a cache that looks valid; an earlier
+cache goes file by file, only what tlkit wrote there (tlkit/ownership.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from tlkit import __version__
 from tlkit.atomic import check_writable
 from tlkit.errors import TlkitError, option
+from tlkit.ownership import RECORD, clear, note_written, read_record, survey
 from tlkit.runtime import relpath, size_words, warn
 
 MANIFEST = "manifest.json"
@@ -128,13 +130,40 @@ def commit(staging: Path, cache_dir: Path, *, identity: dict, subsets: dict, sum
     if distributed.is_main():
         manifest = {"tlkit": __version__, "identity": identity, "subsets": subsets, "summary": summary}
         (staging / MANIFEST).write_text(json.dumps(manifest))
-        if cache_dir.exists() and not _is_cache(cache_dir):  # only a stale cache of tlkit's is replaced
+        for path in staging.iterdir():
+            note_written(path)
+        try:
+            _put_in_place(staging, cache_dir)
+        except TlkitError:
             shutil.rmtree(staging, ignore_errors=True)
+            raise
+    distributed.barrier()
+
+
+def _put_in_place(staging: Path, cache_dir: Path) -> None:
+    """The staged cache in cache_dir's place. Of an earlier cache there, only what tlkit wrote and is unchanged
+    goes; what stays keeps the folder, and the new files are moved in beside it, the manifest last."""
+    if cache_dir.exists():
+        if not _is_cache(cache_dir) and read_record(cache_dir) is None:  # only a cache of tlkit's is replaced
             raise TlkitError(f"{relpath(cache_dir)} is in the way and is not a tlkit cache; nothing was replaced. "
                              f"Move it away, or point {option('cache_dir')} elsewhere.")
-        shutil.rmtree(cache_dir, ignore_errors=True)
+        clear(survey(cache_dir, _legacy_cache_file))
+    if not cache_dir.exists():
         os.replace(staging, cache_dir)
-    distributed.barrier()
+        return
+    in_the_way = sorted(path.name for path in staging.iterdir() if path.name != RECORD
+                        and os.path.lexists(cache_dir / path.name))
+    if in_the_way:
+        raise TlkitError(f"{relpath(cache_dir)} holds {', '.join(in_the_way)}, which tlkit did not write or which "
+                         f"changed since; nothing was replaced. Move it away, or point {option('cache_dir')} elsewhere.")
+    for path in sorted(staging.iterdir(), key=lambda path: path.name == MANIFEST):  # the manifest last
+        os.replace(path, cache_dir / path.name)
+    staging.rmdir()
+
+
+def _legacy_cache_file(path: Path) -> bool:
+    """In a cache folder from before tlkit kept records: its manifest and arrays, where the manifest is tlkit's."""
+    return _is_cache(path.parent) and (path.name == MANIFEST or path.suffix == ".npy")
 
 
 def read_manifest(cache_dir: Path) -> dict:
@@ -168,13 +197,17 @@ def list_caches(cache_root: Path) -> list[dict]:
 def clear_caches(cache_root: Path) -> int:
     """Delete every cache (and leftovers of interrupted ones) under cache_root; returns how many.
 
-    Only folders that are caches: a --cache-dir pointed at the wrong place must not cost a dataset."""
+    Only folders that are caches, and in them only what tlkit wrote (said): a --cache-dir pointed at the wrong
+    place must not cost a dataset."""
     root = Path(cache_root)
     if not root.is_dir():
         return 0
     folders = [p for p in root.iterdir() if p.is_dir() and (_is_cache(p) or _is_staging(p))]
     for folder in folders:
-        shutil.rmtree(folder)
+        if _is_staging(folder):
+            shutil.rmtree(folder)
+        else:
+            clear(survey(folder, _legacy_cache_file))
     return len(folders)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tlkit import distributed
 from tlkit.atomic import atomic_write_text
+from tlkit.ownership import note_written
 from tlkit.checkpoint import point_latest
 from tlkit.checkpoint_format import CheckpointMeta, save_best
 from tlkit.report import plot_curves
@@ -165,6 +166,7 @@ class MetricsLog(Callback):
     def on_epoch_end(self, trainer) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(trainer.history[-1]) + "\n")
+        note_written(self.path)  # appended, not rewritten: recorded anew as it grows
 
 
 class Curves(Callback):
@@ -187,22 +189,33 @@ class TensorBoard(Callback):
     """Event files under tb/ (only made when tensorboard is installed; see `tensorboard_available`)."""
 
     def __init__(self, log_dir: Path):
-        self.log_dir, self.writer = Path(log_dir), None
+        self.log_dir, self.writer, self.found_before = Path(log_dir), None, set()
 
     def on_epoch_end(self, trainer) -> None:
         if self.writer is None:  # made with the first epoch's row: a run stopped before it leaves no tb/ behind
             from torch.utils.tensorboard import SummaryWriter
 
+            self.found_before = self._event_files()
             self.writer = SummaryWriter(str(self.log_dir), purge_step=len(trainer.history))
         row = trainer.history[-1]
         for kind in ("loss", "acc"):
             self.writer.add_scalars(kind, {"train": row[f"train_{kind}"], "val": row[f"val_{kind}"]}, row["epoch"])
         self.writer.add_scalar("lr", row["lr"], row["epoch"])
         self.writer.flush()
+        self._record()
 
     def on_fit_end(self, trainer) -> None:
         if self.writer is not None:
             self.writer.close()
+            self._record()
+
+    def _event_files(self) -> set[Path]:
+        return {path for path in self.log_dir.rglob("events.out.tfevents.*") if path.is_file()}
+
+    def _record(self) -> None:
+        """The event files this writer made, recorded as tlkit's as they grow (their writer is TensorBoard's)."""
+        for path in self._event_files() - self.found_before:
+            note_written(path)
 
     on_interrupt = on_fit_end
 

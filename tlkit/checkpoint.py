@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from tlkit.atomic import atomic_write, atomic_write_text, lock_file, unlock_file
 from tlkit.backbone import Backbone
 from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta, checkpoint_paths, read_meta
 from tlkit.errors import TlkitError, option
+from tlkit.ownership import clear, survey, wrote_any
 from tlkit.runtime import relpath
 from tlkit.weights import pickled_global
 
@@ -31,6 +31,9 @@ LATEST = "latest"
 # temporary names of their atomic writes. --force replaces a folder that holds nothing else.
 RUN_FILES = ("config.yaml", BEST_WEIGHTS, BEST_META, RESUME, "metrics.jsonl", "curves.png", "confusion.png",
              "report.json", "tb")
+EVALUATE_FILES = ("report.json", "confusion.png", "mistakes.png", "mistakes.html")  # in evaluate-<data>/
+# What else a run folder written before tlkit kept records (tlkit/ownership.py) held: evaluate's evaluate-<data>/
+# folders, export's model.* files, and temporary names of their atomic writes.
 _RUN_NAMES = re.compile(r"evaluate-.+|model\.(onnx|pt)(\.json)?|\..+\.tmp-\d+|\.model\.(onnx|pt)(\.json)?\.unverified")
 _RUN_CONFIG_KEYS = {"backbone", "weights", "runs_dir", "seed"}  # in every config.yaml a run writes
 
@@ -169,7 +172,7 @@ def load_resume(run_dir: Path) -> dict:
 
 def new_run_dir(runs_dir: Path, name: str | None, force: bool) -> Path:
     """Create runs/<name>/ (a timestamp when no name is given) and claim it for this process; never overwrite
-    without force, and with force only a run folder."""
+    without force, and with force only the files of an earlier run (_clear_for_a_new_run)."""
     runs_dir = Path(runs_dir)
     if name is None:
         return _new_stamped_run(runs_dir)
@@ -184,9 +187,8 @@ def new_run_dir(runs_dir: Path, name: str | None, force: bool) -> Path:
                     f"{relpath(run_dir)} already exists; nothing was written. Use {option('force', True)} to "
                     f"replace it, {option('resume', relpath(run_dir))} to continue it, or another {option('name')}."
                 )
-            _check_a_run(run_dir)
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
+            _clear_for_a_new_run(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
     except BaseException:
         release_run(run_dir)
         raise
@@ -209,12 +211,43 @@ def _new_stamped_run(runs_dir: Path) -> Path:
     raise TlkitError(f"no free run name for {stamp} in {relpath(runs_dir)}; give one with {option('name')}.")
 
 
-def _check_a_run(path: Path) -> None:
-    """--force replaces a run folder of tlkit's (or an empty folder): anything else is the user's, and stays."""
-    if path.is_symlink() or not path.is_dir():
-        raise TlkitError(f"{relpath(path)} is {'a link' if path.is_symlink() else 'a file'}, not a run folder; "
+def _clear_for_a_new_run(run_dir: Path) -> None:
+    """--force: remove the earlier run's files (tlkit's and unchanged, by the folders' records); anything else
+    stays, said, and one where the new run writes stops it with nothing changed. A folder without a run's
+    record (from before tlkit kept them) is judged as it was: by its names and its config.yaml."""
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        raise TlkitError(f"{relpath(run_dir)} is {'a link' if run_dir.is_symlink() else 'a file'}, not a run folder; "
                          f"{option('force', True)} replaces only tlkit's run folders, so nothing was changed. "
                          f"Choose another {option('name')} (or {option('runs_dir')}), or move it away.")
+    def named_by_a_run(path: Path) -> bool:
+        return _named_by_a_run(path.relative_to(run_dir).parts)
+
+    legacy = not wrote_any(run_dir, RUN_FILES)  # a record of other files (a predictions csv) is no run's
+    if legacy:
+        _check_a_run(run_dir)
+    found = survey(run_dir, named_by_a_run if legacy else None)
+    in_the_way = [f"{relpath(path)} ({why})" for path, why in found.kept.items()
+                  if path.parent == run_dir and path.name in RUN_FILES]
+    if in_the_way:
+        raise TlkitError(f"{relpath(run_dir)} holds {', '.join(in_the_way)}, where the new run would write; "
+                         f"{option('force', True)} replaces only what tlkit wrote, so nothing was changed. Move it "
+                         f"away, or choose another {option('name')}.")
+    clear(found)
+
+
+def _named_by_a_run(parts: tuple[str, ...]) -> bool:
+    """Whether a file of a run folder without a record bears a name tlkit gives: a run's files, evaluate's in
+    evaluate-<data>/, TensorBoard's event files under tb/."""
+    if len(parts) == 1:
+        return parts[0] in RUN_FILES or bool(_RUN_NAMES.fullmatch(parts[0]))
+    if parts[0] == "tb":
+        return parts[-1].startswith("events.out.tfevents.")
+    return len(parts) == 2 and parts[0].startswith("evaluate-") and parts[1] in EVALUATE_FILES
+
+
+def _check_a_run(path: Path) -> None:
+    """A run folder without a record: --force replaces it only when it holds nothing but a run's names and a
+    run's config.yaml (or nothing)."""
     others = sorted(entry.name for entry in path.iterdir()
                     if entry.name not in RUN_FILES and not _RUN_NAMES.fullmatch(entry.name))
     if others or (any(path.iterdir()) and not _a_runs_config(path / "config.yaml")):
@@ -256,12 +289,13 @@ def release_run(run_dir: Path) -> None:
 
 
 def discard_untrained(run_dir: Path) -> bool:
-    """Remove a run folder that a failed or interrupted run leaves with nothing trained in it (no weights, no
-    resume file), so that its name is free again; whether it did."""
+    """Remove the files of a run that failed or was interrupted with nothing trained (no weights, no resume
+    file), and its folder once empty, so that its name is free again; whether the folder went. What tlkit
+    did not write there stays (said)."""
     if (run_dir / BEST_WEIGHTS).exists() or (run_dir / RESUME).exists():
         return False
-    shutil.rmtree(run_dir, ignore_errors=True)
-    return True
+    clear(survey(run_dir))
+    return not os.path.lexists(run_dir)
 
 
 def point_latest(run_dir: Path) -> None:

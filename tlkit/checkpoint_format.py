@@ -9,12 +9,12 @@ Models are built elsewhere (tlkit/checkpoint.py); nothing here imports torch's m
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tlkit import __version__
 from tlkit.atomic import atomic_write, atomic_write_text
+from tlkit.ownership import move_into_place
 from tlkit.backbone import Preprocessing
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
@@ -105,8 +105,8 @@ def save_best(run_dir: Path, state_dict: dict, meta: CheckpointMeta) -> Path:
     staged_meta = meta_path.with_name(f".{meta_path.name}.staged")
     atomic_write(staged_weights, lambda tmp: save_file(tensors, str(tmp), metadata={"tlkit": "1"}))
     atomic_write_text(staged_meta, json.dumps(meta.to_dict(), indent=2))
-    os.replace(staged_weights, weights_path)
-    os.replace(staged_meta, meta_path)
+    move_into_place(staged_weights, weights_path)
+    move_into_place(staged_meta, meta_path)
     return weights_path
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from tlkit import distributed
-from tlkit.checkpoint import Checkpoint
 from tlkit.atomic import check_writable
+from tlkit.checkpoint import EVALUATE_FILES, Checkpoint
 from tlkit.errors import TlkitError, option
+from tlkit.ownership import replace_outputs, wrote_any
 from tlkit.pathtext import refuse_stdout
 from tlkit.photopage import Card, Section, write_page
 from tlkit.predict import Predictions, predict_files
@@ -21,7 +22,7 @@ from tlkit.runtime import Compute, relpath
 from tlkit.scan import list_dataset
 from tlkit.split import finish_pending_split
 
-OUTPUTS = ("report.json", "confusion.png", "mistakes.png", "mistakes.html")
+OUTPUTS = EVALUATE_FILES  # what runs/NAME/evaluate-<data>/ holds
 
 
 def default_out_dir(checkpoint: Checkpoint, data_dir: Path) -> Path:
@@ -61,10 +62,7 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, co
     """Predict every labelled image of data_dir, write report.json, confusion.png and mistakes.png."""
     refuse_stdout(out_dir, "a folder of a report, plots and a page")
     out_dir = Path(out_dir)
-    taken = [name for name in OUTPUTS if (out_dir / name).exists()]
-    if taken and not force:
-        raise TlkitError(f"{relpath(out_dir)} already holds {', '.join(taken)}; nothing was written. Use "
-                         f"{option('force', True)} to replace them, or {option('out', 'DIR')}.")
+    check_out_dir(out_dir, force)
     check_writable(out_dir, "out")
     paths, targets = labelled_images(data_dir, checkpoint.classes)
     pred = predict_files(checkpoint, paths, compute=compute, batch_size=batch_size, workers=workers, tta=tta)
@@ -82,13 +80,32 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, co
         "images_per_s": len(paths) / max(pred.seconds, 1e-9),
     }
     if distributed.is_main():  # under torchrun every process holds every prediction; rank 0 alone writes
+        check_out_dir(out_dir, force)  # again: the folder may have changed while the photos were predicted
+        target = replace_outputs(out_dir, OUTPUTS, force)
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_report(out_dir / "report.json", report)
-        plot_confusion(out_dir / "confusion.png", y_true, y_pred, checkpoint.classes,
+        write_report(target["report.json"], report)
+        plot_confusion(target["confusion.png"], y_true, y_pred, checkpoint.classes,
                        subset=Path(data_dir).resolve().name)
-        plot_mistakes(out_dir / "mistakes.png", report["most_confident_mistakes"])
-        mistakes_page(out_dir / "mistakes.html", report)
+        plot_mistakes(target["mistakes.png"], report["most_confident_mistakes"])
+        mistakes_page(target["mistakes.html"], report)
     return report
+
+
+def check_out_dir(out_dir: Path, force: bool) -> None:
+    """evaluate writes into a new or empty folder, or over an earlier evaluation (with force): never among
+    files of another's (photos, notes), nor over an evaluation written before tlkit kept records of its files."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TlkitError(f"{relpath(out_dir)} is a file; evaluate writes a folder. Choose another {option('out', 'DIR')}.")
+    present = sorted(path.name for path in out_dir.iterdir()) if out_dir.is_dir() else []
+    if present and not wrote_any(out_dir, OUTPUTS):
+        raise TlkitError(f"{relpath(out_dir)} holds files that tlkit's evaluate did not write ({', '.join(present[:3])}"
+                         f"{' ...' if len(present) > 3 else ''}); its report would be scattered among them, so nothing "
+                         f"was written. Choose a new or empty {option('out', 'DIR')} (an evaluation written before "
+                         "tlkit kept records of its files counts as another's: move it away).")
+    taken = [name for name in OUTPUTS if (out_dir / name).exists()]
+    if taken and not force:
+        raise TlkitError(f"{relpath(out_dir)} already holds {', '.join(taken)}; nothing was written. Use "
+                         f"{option('force', True)} to replace them, or {option('out', 'DIR')}.")
 
 
 def mistakes_page(path: Path, report: dict) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import os
 import shutil
 import sys
 import warnings
@@ -26,6 +25,7 @@ from tlkit.checkpoint import Checkpoint
 from tlkit.config import EXPORT_SUFFIXES
 from tlkit.decode import ImageBatches, draft_side, scale_size
 from tlkit.errors import TlkitError, option
+from tlkit.ownership import move_into_place, why_kept
 from tlkit.pathtext import refuse_stdout
 from tlkit.runtime import relpath, size_words
 from tlkit.scan import is_image_name, visible_files
@@ -200,10 +200,10 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None,
         if target.exists() and not force:
             raise TlkitError(f"{relpath(target)} already exists; nothing was written. Use {option('force', True)}, "
                              f"or {option('out', 'FILE', python='path')}.")
-    if (out.exists() or sidecar.exists()) and not _an_export(sidecar):
-        raise TlkitError(f"{relpath(out)} is not an export of tlkit's (no {sidecar.name} of tlkit's beside it), and "
-                         f"{option('force', True)} replaces only those; nothing was written. Choose another "
-                         f"{option('out', python='path')}, or move it away.")
+        if target.exists() and (why := why_kept(target)):
+            raise TlkitError(f"{relpath(target)} is not an export of tlkit's ({why}), and {option('force', True)} "
+                             f"replaces only those; nothing was written. Choose another "
+                             f"{option('out', python='path')}, or move it away.")
     check_writable(out.parent, "out", python="path")
     model = checkpoint.backbone.model.float().cpu().eval()
     _check_disk_room(model_bytes(model), out)
@@ -219,21 +219,12 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None,
         check = {**_verified(fmt, staged, samples, expected, source), "file": str(out),
                  "images_failed": {str(path): why for path, why in failed.items()}}
         atomic_write_text(staged_sidecar, json.dumps(_sidecar(checkpoint, check), indent=2))
-        os.replace(staged, out)
-        os.replace(staged_sidecar, sidecar)
+        move_into_place(staged, out)
+        move_into_place(staged_sidecar, sidecar)
     finally:
         staged.unlink(missing_ok=True)
         staged_sidecar.unlink(missing_ok=True)
     return check
-
-
-def _an_export(sidecar: Path) -> bool:
-    """Whether `sidecar` is the json an export of tlkit's writes beside its model."""
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(meta, dict) and {"classes", "input", "preprocessing", "decode", "check"} <= meta.keys()
 
 
 def _sidecar(checkpoint: Checkpoint, check: dict) -> dict:

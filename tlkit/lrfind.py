@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tlkit.config import resolve_config
 from tlkit.atomic import check_writable
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
+from tlkit.ownership import why_kept
 from tlkit.pathtext import refuse_stdout
 from tlkit.finetuning import build_trainer
 from tlkit.report import plot_lr_find
@@ -106,6 +107,9 @@ def find_lr(config_file: Path | str | None = None, *, out: Path, force: bool = F
     if out.exists() and not force:
         raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace it, "
                          "or --out FILE.")
+    if out.exists() and (why := why_kept(out)):
+        raise TlkitError(f"{relpath(out)} is not a plot of tlkit's ({why}), and {option('force', True)} replaces only "
+                         f"those; nothing was written. Choose another {option('out', 'FILE')}, or move it away.")
     check_writable(out.parent, "out")
     if not start_lr < end_lr:
         raise TlkitError(f"--start-lr {start_lr:g} must be below --end-lr {end_lr:g}: the sweep grows the lr.")

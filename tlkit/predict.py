@@ -24,7 +24,8 @@ from tlkit.checkpoint import Checkpoint
 from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import ImageBatches
 from tlkit.errors import TlkitError
-from tlkit.pathtext import ENCODING, ERRORS, is_stdout, path_text, write_stdout
+from tlkit.ownership import why_kept
+from tlkit.pathtext import is_stdout, path_text, write_stdout
 from tlkit.runtime import Compute, inference_batch_size, progress, relpath
 from tlkit.scan import is_image_name, list_folder
 from tlkit.split import finish_pending_split
@@ -214,18 +215,6 @@ def _check_kaggle_ids(paths: list[Path]) -> None:
         first_with_id[id_] = path
 
 
-def written_by_predict(path: Path) -> bool:
-    """Whether a file is one predict writes: a csv's or kaggle's header, or a json list of rows with a path."""
-    try:
-        text = path.read_text(encoding=ENCODING, errors=ERRORS)
-        if text.startswith(("path,label,confidence,", "id,label\n")):
-            return True
-        rows = json.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(rows, list) and all(isinstance(row, dict) and "path" in row for row in rows)
-
-
 def check_request(out: Path, *, fmt: str, topk: int | None, classes: list[str], paths: list[Path],
                   force: bool) -> None:
     """Everything that would stop the writing, checked before any image is predicted. out `-`: standard output."""
@@ -244,9 +233,9 @@ def _check_out_file(out: Path, force: bool) -> None:
     if out.exists() and not force:
         raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace it, "
                          "or --out to write elsewhere.")
-    if out.exists() and not out.is_dir() and not written_by_predict(out):
-        raise TlkitError(f"{relpath(out)} is not a predictions file of tlkit's, and --force replaces only "
-                         "those; nothing was written. Choose another --out, or move it away.")
+    if out.exists() and not out.is_dir() and (why := why_kept(out)):
+        raise TlkitError(f"{relpath(out)} is not a predictions file of tlkit's ({why}), and --force replaces "
+                         "only those; nothing was written. Choose another --out, or move it away.")
     check_writable(out.parent, "out")
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tlkit.ownership import RECORD
 import torch
 import torch.multiprocessing as mp
 
@@ -120,7 +122,7 @@ def test_finetune_matches_one_process_and_rank_0_alone_writes(two_processes, one
     from tlkit.callbacks import tensorboard_available
 
     expected = ["config.yaml", "best.safetensors", "best.json", "resume.pt", "metrics.jsonl", "curves.png",
-                "confusion.png", "report.json", *(["tb"] if tensorboard_available() else [])]
+                "confusion.png", "report.json", RECORD, *(["tb"] if tensorboard_available() else [])]
     # no leftover temporary files of a second writer
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(expected)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -188,7 +190,7 @@ def test_cached_images_train_as_one_process_does(two_processes, tmp_path):
 
 def test_evaluate_writes_once_what_one_process_reports(two_processes, tmp_path):
     assert sorted(p.name for p in (two_processes / "evaluate").iterdir()) == [
-        "confusion.png", "mistakes.html", "mistakes.png", "report.json"]  # no second writer's leftovers
+        RECORD, "confusion.png", "mistakes.html", "mistakes.png", "report.json"]  # no second writer's leftovers
     assert main(["evaluate", str(two_processes / "data" / "validation"), "--checkpoint",
                  str(two_processes / "runs" / LATEST), "--device", "cpu", "--workers", "0",
                  "--out", str(tmp_path / "one")]) == 0

@@ -21,6 +21,7 @@ import pytest
 from tlkit import cli
 from tlkit.checkpoint import ResumeWriter
 from tlkit.config import config_keys
+from tlkit.ownership import RECORD
 
 from conftest import make_checkpoint, make_flat, make_learnable, write_image
 
@@ -243,7 +244,7 @@ def _observe(root: Path, code: int, out: str, err: str, resume_writes: list[int]
     caches = [p for p in root.rglob("*") if p.is_file() and ("cache" in p.as_posix() or "elsewhere" in p.parts)
               and p.suffix in (".npy", ".json", ".bin", ".u8", ".f16", ".f32")]
     said = re.sub(TIMINGS, "", err)
-    texts = [p for p in root.rglob("*") if p.is_file() and p.suffix in (".csv", ".json", ".onnx")
+    texts = [p for p in root.rglob("*") if p.is_file() and p.suffix in (".csv", ".json", ".onnx") and p.name != RECORD
              and p.relative_to(root).parts[0] in ("split", "predictions.csv", "evaluation", "model.onnx", "model.onnx.json")]
     plain = lambda text: re.sub(TIMINGS, "", text.replace(str(root), "R"))  # noqa: E731
     seen = {"code": code, "written": written, "output": plain(out + err),

@@ -30,7 +30,8 @@ from tlkit.audit_report import check_report_dir, default_report_dir, write_audit
 from tlkit.auditing import Audit, audit_folder
 from tlkit.checkpoint import Checkpoint, load_checkpoint, resolve_run
 from tlkit.checkpoint_format import BEST_WEIGHTS, read_meta
-from tlkit.config import BATCH_SIZES, EXPORT_SUFFIXES, SIMILARITIES, checked_number, config_keys
+from tlkit.config import (BATCH_SIZES, DEFAULT_PRECISION, EXPORT_SUFFIXES, SIMILARITIES, checked_number,
+                          config_keys)
 from tlkit.decode import Normalizer, _resize_crop
 from tlkit.errors import PYTHON, TlkitError, naming, option
 from tlkit.evaluate import default_out_dir, evaluate_folder
@@ -305,7 +306,7 @@ class Classifier:
             return Path(export_checkpoint(self.checkpoint, fmt, path, force=force)["file"])
 
 
-def load(path_or_run: Path | str | Run | None = None, *, device: str = "auto", precision: str = "bf16",
+def load(path_or_run: Path | str | Run | None = None, *, device: str = "auto", precision: str = DEFAULT_PRECISION,
          runs_dir: Path | str = "runs") -> Classifier:
     """The Classifier of a run folder or .safetensors file (None: what RUNS_DIR/latest names, as the commands
     do), on device (auto: a GPU when there is one), computing in precision (bf16 where the device has it,
@@ -368,6 +369,9 @@ def finetune(data: Path | str | None = None, *, config_file: Path | str | None =
         >>> run = finetune("data", backbone="efficientnet_lite0", precompute_features=True, quiet=True)
         >>> run.accuracy, run.best_epoch, run.path
     """
+    # The keywords above restate config.py's settings on purpose: help(), editors and type checkers see each one
+    # with its type, where a derived **settings would show nothing. tests/test_api.py holds them equal to
+    # config_keys(), so a new setting fails the suite until it is added here.
     # The settings given: every keyword named like a FinetuneConfig field and not left at None.
     settings = {key: value for key, value in locals().items() if key in config_keys() and value is not None}
     with _call(quiet):

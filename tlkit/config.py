@@ -2,7 +2,8 @@
 
 Precedence: the dataclass defaults, then a `--config` YAML file, then the flags given.
 Unknown keys are an error that names them and the valid ones. Knows nothing of models
-or data; it only checks that each value is of the right kind and in range.
+or data; it only checks that each value is of the right kind and in range. The recipe's
+numbers (what `auto` means, applied by tlkit/recipe.py) are here, so the help states them.
 """
 
 from __future__ import annotations

@@ -72,6 +72,22 @@ def test_a_pil_image_is_predicted_as_its_file(tiny_run, photos):
     np.testing.assert_allclose(_probabilities(one), _probabilities(by_file), atol=1e-5)
 
 
+def test_the_model_is_prepared_once_for_files_images_and_tensors(tiny_run, photos, monkeypatch):
+    """BatchNorm is folded once per loaded checkpoint and device (Checkpoint.inference_model), not per call."""
+    from tlkit import checkpoint as checkpoint_module
+
+    folds = []
+    real = checkpoint_module.for_inference
+    monkeypatch.setattr(checkpoint_module, "for_inference", lambda *args: folds.append(args) or real(*args))
+    classifier = api.load(tiny_run, device="cpu")
+    files = sorted(photos.glob("*.jpg"))
+    classifier.predict(files, quiet=True)
+    classifier.predict(files, tta=True, quiet=True)
+    classifier.predict([Image.open(path) for path in files], quiet=True)
+    classifier.predict(torch.zeros(2, 3, 20, 20, dtype=torch.uint8), quiet=True)
+    assert len(folds) == 1
+
+
 def test_tensor_batches_are_predicted_as_their_files(tiny_run, photos):
     """uint8 pixels are resized as files are; a float batch is taken as normalised model input."""
     from tlkit.decode import Normalizer, load_image

@@ -30,14 +30,14 @@ from tlkit.audit_report import check_report_dir, default_report_dir, write_audit
 from tlkit.auditing import Audit, audit_folder
 from tlkit.checkpoint import Checkpoint, load_checkpoint, resolve_run
 from tlkit.checkpoint_format import BEST_WEIGHTS, read_meta
-from tlkit.config import BATCH_SIZES, EXPORT_SUFFIXES, SIMILARITIES, checked_number, config_keys
-from tlkit.decode import Normalizer, _resize_crop
+from tlkit.config import (BATCH_SIZES, DEFAULT_PRECISION, EXPORT_SUFFIXES, SIMILARITIES, checked_number,
+                          config_keys)
+from tlkit.decode import pixel_batches, resize_crop
 from tlkit.errors import PYTHON, TlkitError, naming, option
 from tlkit.evaluate import default_out_dir, evaluate_folder
 from tlkit.export import export_checkpoint
 from tlkit.findings import DUPLICATE_SIMILARITY
-from tlkit.backbone import for_inference
-from tlkit.predict import class_scores, find_images, predict_files, with_unscored
+from tlkit.predict import find_images, predict_files, score_batches, with_unscored
 from tlkit.runtime import (Compute, compute_for, default_workers, inference_batch_size, info, relpath, reporting,
                            warn)
 from tlkit.scan import upright_photo
@@ -178,13 +178,6 @@ class Classifier:
 
     def __init__(self, checkpoint: Checkpoint, compute: Compute):
         self.checkpoint, self.compute, self.device = checkpoint, compute, compute.device
-        self._ready = None  # the model as predict runs it (backbone.for_inference), made on the first call
-
-    def _model(self) -> torch.nn.Module:
-        if self._ready is None:
-            self._ready = for_inference(self.checkpoint.backbone.model, self.checkpoint.backbone.preprocessing,
-                                        self.device)
-        return self._ready
 
     @property
     def classes(self) -> list[str]:
@@ -235,7 +228,7 @@ class Classifier:
     def _pil_pixels(self, image: Image.Image) -> torch.Tensor:
         prep = self.checkpoint.backbone.preprocessing
         photo = upright_photo(image, "RGB" if prep.in_chans == 3 else "L")
-        return F.pil_to_tensor(_resize_crop(photo, prep))
+        return F.pil_to_tensor(resize_crop(photo, prep))
 
     def _predict_tensor(self, images: torch.Tensor, tta: bool, batch_size: int | None) -> list[Prediction]:
         prep = self.checkpoint.backbone.preprocessing
@@ -247,7 +240,7 @@ class Classifier:
             if 0 in images.shape[2:]:
                 raise TlkitError(f"a tensor batch of {list(images.shape)} holds images with no pixels; each needs a "
                                  "height and width of at least 1.")
-            return self._predict_pixels(dict(enumerate(_resize_crop(image, prep) for image in images)), tta,
+            return self._predict_pixels(dict(enumerate(resize_crop(image, prep) for image in images)), tta,
                                         batch_size, len(images))
         if not images.is_floating_point() or tuple(images.shape[1:]) != expected:
             raise TlkitError(f"a float batch must be normalised images of the model's input size, [N, "
@@ -262,19 +255,12 @@ class Classifier:
     def _predict_pixels(self, images: dict[int, torch.Tensor], tta: bool, batch_size: int | None, count: int,
                         failures: dict[int, str] | None = None) -> list[Prediction]:
         """Rows for `count` inputs: those in `images` (by index) predicted, uint8 pixels at the model's geometry
-        (normalised here as decode does) or normalised floats; those in failures rows with their error."""
-        prep = self.checkpoint.backbone.preprocessing
-        model = self._model()
-        normalize, size = Normalizer(prep, self.device), inference_batch_size(self.device, batch_size)
-        indices = list(images)
-        probabilities = np.full((count, len(self.classes)), np.nan, np.float32)
-        with torch.inference_mode(), self.compute.autocast():
-            for start in range(0, len(indices), size):
-                chosen = indices[start:start + size]
-                batch = torch.stack([images[index] for index in chosen])
-                batch = (normalize(batch) if batch.dtype == torch.uint8 else
-                         batch.to(self.device, torch.float32).contiguous(memory_format=self.compute.layout))
-                probabilities[chosen] = class_scores(model, batch, tta).float().cpu().numpy()
+        (normalised as decoded files are) or normalised floats; those in failures rows with their error. Scored by
+        predict_files' loop (score_batches), on the checkpoint's model prepared once."""
+        batches = pixel_batches(images, self.checkpoint.backbone.preprocessing, self.device,
+                                inference_batch_size(self.device, batch_size))
+        probabilities = score_batches(self.checkpoint.inference_model(self.device), batches, count, len(self.classes),
+                                      compute=self.compute, tta=tta)
         return _rows(list(range(count)), probabilities, self.classes, with_unscored(probabilities, failures or {}))
 
     def evaluate(self, folder: Path | str, *, out: Path | str | None = None, force: bool = False) -> dict:
@@ -305,7 +291,7 @@ class Classifier:
             return Path(export_checkpoint(self.checkpoint, fmt, path, force=force)["file"])
 
 
-def load(path_or_run: Path | str | Run | None = None, *, device: str = "auto", precision: str = "bf16",
+def load(path_or_run: Path | str | Run | None = None, *, device: str = "auto", precision: str = DEFAULT_PRECISION,
          runs_dir: Path | str = "runs") -> Classifier:
     """The Classifier of a run folder or .safetensors file (None: what RUNS_DIR/latest names, as the commands
     do), on device (auto: a GPU when there is one), computing in precision (bf16 where the device has it,
@@ -368,6 +354,9 @@ def finetune(data: Path | str | None = None, *, config_file: Path | str | None =
         >>> run = finetune("data", backbone="efficientnet_lite0", precompute_features=True, quiet=True)
         >>> run.accuracy, run.best_epoch, run.path
     """
+    # The keywords above restate config.py's settings on purpose: help(), editors and type checkers see each one
+    # with its type, where a derived **settings would show nothing. tests/test_api.py holds them equal to
+    # config_keys(), so a new setting fails the suite until it is added here.
     # The settings given: every keyword named like a FinetuneConfig field and not left at None.
     settings = {key: value for key, value in locals().items() if key in config_keys() and value is not None}
     with _call(quiet):

@@ -26,7 +26,6 @@ from tlkit.runtime import relpath, size_words, warn
 
 MANIFEST = "manifest.json"
 CACHE_FORMAT = 2  # of both caches' arrays; 2: photos read upright (EXIF orientation) and 16-bit samples scaled
-SUBSETS = ("training", "validation")
 _CHUNK_BYTES = 256 * 2**20  # host memory a copy to the GPU goes through at a time
 GPU_RESERVE = 0.3  # share of the GPU's memory a cache must leave free for the model and its batches
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from tlkit import models
 from tlkit.atomic import atomic_write, atomic_write_text, lock_file, unlock_file
-from tlkit.backbone import Backbone
+from tlkit.backbone import Backbone, for_inference
 from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta, checkpoint_paths, read_meta
 from tlkit.errors import TlkitError, option
 from tlkit.ownership import clear, survey, wrote_any
@@ -48,6 +49,15 @@ class Checkpoint:
     classes: list[str]
     meta: CheckpointMeta
     path: Path  # the .safetensors file
+    _prepared: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # device -> inference_model
+
+    def inference_model(self, device: torch.device) -> nn.Module:
+        """The model as inference runs it on `device` (backbone.for_inference: eval mode, its layout, BatchNorm
+        folded), made once per checkpoint and device: predicting again (api.Classifier, evaluate) folds nothing
+        again."""
+        if device not in self._prepared:
+            self._prepared[device] = for_inference(self.backbone.model, self.backbone.preprocessing, device)
+        return self._prepared[device]
 
 
 # ---------------------------------------------------------------- best weights

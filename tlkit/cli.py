@@ -544,7 +544,8 @@ def _add_inference_flags(parser) -> None:
     parser.add_argument("--batch-size", type=_number(int, config.BATCH_SIZES), help="images per batch (default: 256 on a GPU, 32 on a CPU)")
     parser.add_argument("--workers", type=_number(int, config.WORKER_COUNTS), help="decode workers (default: all cores but one)")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped view")
-    parser.add_argument("--precision", choices=config.PRECISIONS, default="bf16", help=config.PRECISION_HELP)
+    parser.add_argument("--precision", choices=config.PRECISIONS, default=config.DEFAULT_PRECISION,
+                        help=config.PRECISION_HELP)
 
 
 def _load_for_inference(args: argparse.Namespace):

@@ -2,7 +2,8 @@
 
 Precedence: the dataclass defaults, then a `--config` YAML file, then the flags given.
 Unknown keys are an error that names them and the valid ones. Knows nothing of models
-or data; it only checks that each value is of the right kind and in range.
+or data; it only checks that each value is of the right kind and in range. The recipe's
+numbers (what `auto` means, applied by tlkit/recipe.py) are here, so the help states them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ FREEZE_MODES = ("auto", "none", "trunk")
 AUGMENTS = ("auto", "default", "light", "none")  # tlkit/augment.py says what each does
 MONITORS = ("val_loss", "val_acc")
 PRECISIONS = ("bf16", "fp32")
+DEFAULT_PRECISION = "bf16"  # of every command that runs a model, and of tlkit.api.load
 DEVICES = ("auto", "cpu", "cuda")
 CACHE_DTYPES = ("float16", "float32")
 LR_SCALES = ("none", "linear")
@@ -82,6 +84,28 @@ SCALED_MEANS = Range(0, 1, high_included=True)  # --mean, on the 0-1 scale of ch
 SCALED_STDS = Range(0, 1, low_included=False, high_included=True)  # --std: one of 0 would divide by zero
 
 
+# The recipe's numbers: what `auto` (or an unset lr, epochs or trunk lr) means. tlkit/recipe.py applies them;
+# they are here so that the settings' help below states them from the same names. Measured in docs/benchmarks.md
+# ("Defaults", "The default recipe").
+AUTO_OPTIMIZER, AUTO_SCHEDULER = "adamw", "onecycle"
+SCRATCH_LR = 3e-3  # AdamW + one-cycle from scratch: mnist-net, simple-cnn, lenet-relu and the MLPs alike
+HEAD_LR = 1e-3  # a head on the images, or a head of several layers (VGG, AlexNet) on cached features
+CACHED_HEAD_LR, CACHED_HEAD_WEIGHT_DECAY = 1e-2, 2.0  # a one-layer head on cached features: see below
+AFTER_HEAD_LR = 5e-4  # every layer once the head is trained: half the head's lr, as fastai's fine_tune unfreezes
+PRETRAINED_TRUNK_LR_MULT = 0.1  # ImageNet features need small steps, or the first epochs undo them
+HEAD_EPOCHS_ON_IMAGES = 1  # each an epoch of decoding: fastai's fine_tune trains its head for one
+# An epoch of the head on cached features takes well under a second: 30 reach convergence. A linear
+# head there overfits within a few epochs unless held by a strong decoupled weight decay, which keeps
+# it where scikit-learn's L2 logistic regression is.
+CACHED_HEAD_EPOCHS = 30
+EPOCHS = 10  # every layer from scratch, or a pretrained run on the images
+# Every layer on the images after the head on the cache: the slow part (an epoch of EfficientNet-Lite0 on 1,602
+# photos takes about 2 minutes on 2 CPU cores), and the first such epoch is the best one (docs/benchmarks.md:
+# "The default recipe"), as in fastai's fine_tune(1).
+EPOCHS_AFTER_CACHED_HEAD = 1
+ADAMW_WEIGHT_DECAY = 0.01  # torch.optim.AdamW's own default, which a weight decay left unset keeps
+
+
 def setting(default, help: str, choices: tuple | None = None, within: Range | None = None):
     """A FinetuneConfig field with what its command-line flag says: the CLI builds every setting flag
     from these (help, choices), so a new setting is one line here. A help that says "(default" names
@@ -101,32 +125,36 @@ class FinetuneConfig:
                            "the backbone has it)")
     img_size: int | None = setting(None, "input size in px (default: the backbone's own)", within=IMAGE_SIDES)
     epochs: int | None = setting(None, "epochs of the whole run, the head's first included (default, pretrained: "
-                                 "30 of the head on cached features + 1 of every layer; 30 with "
-                                 "--precompute-features alone; 10 otherwise)", within=ONE_OR_MORE)
+                                 f"{CACHED_HEAD_EPOCHS} of the head on cached features + {EPOCHS_AFTER_CACHED_HEAD} of "
+                                 f"every layer; {CACHED_HEAD_EPOCHS} with --precompute-features alone; {EPOCHS} "
+                                 "otherwise)", within=ONE_OR_MORE)
     batch_size: int = setting(64, "images per batch", within=BATCH_SIZES)
-    optimizer: str = setting("auto", "optimizer (auto: adamw)", OPTIMIZERS)
+    optimizer: str = setting("auto", f"optimizer (auto: {AUTO_OPTIMIZER})", OPTIMIZERS)
     lr: float | None = setting(None, "learning rate of the head while every layer trains; the trunk's is lr x "
-                               "--trunk-lr-mult (default: 0.0005 after a head phase, 0.003 from scratch)",
+                               f"--trunk-lr-mult (default: {AFTER_HEAD_LR:g} after a head phase, {SCRATCH_LR:g} from "
+                               "scratch)",
                                within=ABOVE_ZERO)
     lr_scale: str = setting("none", "under torchrun, linear: lr x the number of processes (--batch-size is per "
                             "process)", LR_SCALES)
     momentum: float = setting(0.9, "SGD momentum, with every schedule but onecycle, which moves it from 0.95 to "
                                "0.85 and back itself (0 turns it off there too)", within=FRACTION)
-    weight_decay: float | None = setting(None, "weight decay (default: PyTorch's, sgd 0, adamw 0.01)",
-                                         within=ZERO_OR_MORE)
+    weight_decay: float | None = setting(None, "weight decay (default: PyTorch's, sgd 0, adamw "
+                                         f"{ADAMW_WEIGHT_DECAY:g})", within=ZERO_OR_MORE)
     scheduler: str = setting("auto", "lr schedule: step, plateau (on val loss), cosine, onecycle, none (auto: "
-                             "onecycle)", SCHEDULERS)
+                             f"{AUTO_SCHEDULER})", SCHEDULERS)
     step_size: int = setting(7, "step schedule: epochs between lr drops", within=ONE_OR_MORE)
     gamma: float = setting(0.1, "step / plateau schedule: factor of each lr drop", within=SHRINK)
     freeze: str = setting("auto", "trunk: train the head only; none: every layer from the start (or after "
                           "--unfreeze-after); auto: a pretrained trunk trains its head first, then every layer",
                           FREEZE_MODES)
     unfreeze_after: int | None = setting(None, "train the head alone for E epochs, with an optimizer and schedule "
-                                         "of its own, then every layer (default: 30 on cached features, 1 on the "
-                                         "images, none from scratch or with --precompute-features alone)",
+                                         f"of its own, then every layer (default: {CACHED_HEAD_EPOCHS} on cached "
+                                         f"features, {HEAD_EPOCHS_ON_IMAGES} on the images, none from scratch or with "
+                                         "--precompute-features alone)",
                                          within=ZERO_OR_MORE)
-    trunk_lr_mult: float | None = setting(None, "the trunk's lr as a multiple of --lr (default: 0.1 pretrained, "
-                                          "1 from scratch)", within=ABOVE_ZERO)
+    trunk_lr_mult: float | None = setting(None, "the trunk's lr as a multiple of --lr (default: "
+                                          f"{PRETRAINED_TRUNK_LR_MULT:g} pretrained, 1 from scratch)",
+                                          within=ABOVE_ZERO)
     freeze_bn: bool | None = setting(None, "true: the trunk's BatchNorm layers keep their running statistics "
                                      "while their weights train (as Keras' transfer-learning guide does); false: "
                                      "they follow the new photos (default: true on a pretrained trunk, false from "
@@ -139,7 +167,7 @@ class FinetuneConfig:
     monitor: str = setting("val_loss", "validation metric that picks the best epoch", MONITORS)
     patience: int | None = setting(None, "stop after this many epochs without improvement (default: never)",
                                    within=ONE_OR_MORE)
-    precision: str = setting("bf16", PRECISION_HELP, PRECISIONS)
+    precision: str = setting(DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS)
     device: str = setting("auto", "where to train", DEVICES)
     workers: int | None = setting(None, "image loader processes (default: every core but one)",
                                  within=WORKER_COUNTS)
@@ -151,11 +179,12 @@ class FinetuneConfig:
                                                "all that trains; false: the head trains on the images (default: "
                                                "the head phase of a pretrained run on split folders)")
     head_lr: float | None = setting(None, "the lr of the phase that trains the head alone (default: --lr if "
-                                    "given, else on cached features 0.01 for a one-layer head, 0.001 for "
-                                    "VGG/AlexNet's; 0.001 on the images)", within=ABOVE_ZERO)
+                                    f"given, else on cached features {CACHED_HEAD_LR:g} for a one-layer head, "
+                                    f"{HEAD_LR:g} for VGG/AlexNet's; {HEAD_LR:g} on the images)", within=ABOVE_ZERO)
     head_weight_decay: float | None = setting(None, "the weight decay of the phase that trains the head alone "
-                                              "(default: --weight-decay if given, else on cached features 2 for a "
-                                              "one-layer head: as strong as logistic regression's L2)",
+                                              "(default: --weight-decay if given, else on cached features "
+                                              f"{CACHED_HEAD_WEIGHT_DECAY:g} for a one-layer head: as strong as "
+                                              "logistic regression's L2)",
                                               within=ZERO_OR_MORE)
     precompute_views: int = setting(0, "with --precompute-features: augmented views cached per training image "
                                     "(augmented as --augment says)", within=VIEW_COUNTS)

@@ -27,7 +27,7 @@ from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions
 from tlkit.runtime import relpath
 from tlkit.scan import DECODE_ERRORS, detect_layout, open_image
-from tlkit.split import SUBSETS, parse_val, val_count
+from tlkit.split import SUBSETS, TRAINING, VALIDATION, parse_val, val_count
 
 STATS_SAMPLE = 2000  # images of a folder read to estimate its mean and std
 
@@ -230,7 +230,7 @@ class FolderSource(TrainingSource):
 
     def _train_set(self, load):
         if self.train_indices is None:
-            return self._subset("training", load)
+            return self._subset(TRAINING, load)
         return IndexedSubset(FolderDataset(self.root, load), self.train_indices)
 
     def stats_sample(self, prep) -> torch.Tensor:
@@ -243,7 +243,7 @@ class FolderSource(TrainingSource):
                   augment: str = "default") -> TrainData:
         train_set = self._train_set(train_load(prep, augment))
         if self.train_indices is None:
-            val_set = self._subset("validation", EvalLoad(prep))
+            val_set = self._subset(VALIDATION, EvalLoad(prep))
         else:
             val_set = IndexedSubset(FolderDataset(self.root, EvalLoad(prep)), self.val_indices)
         test_dir = self._test_dir()
@@ -291,7 +291,7 @@ def memory_source(title: str, classes: list[str], train: tuple, test: tuple | No
         raise TlkitError(f"{title}: label {int(labels.max())} found, but the dataset has {len(classes)} classes.")
     val = parse_val(str(settings["val"] if settings["val"] is not None else DEFAULT_VAL))
     train_indices, val_indices = (torch.tensor(part) for part in carve_val(labels.tolist(), val))
-    sizes = {"training": len(train_indices), "validation": len(val_indices)}
+    sizes = {TRAINING: len(train_indices), VALIDATION: len(val_indices)}
     if test is not None:
         sizes["test"] = len(test[1])
     return MemorySource(
@@ -314,10 +314,10 @@ def _first_image_channels(dataset: FolderDataset) -> int:
 
 def _folder_source(root: Path, settings: dict) -> FolderSource:
     """training/ + validation/ as `tlkit split` writes them, or class folders to carve --val from."""
-    if (root / "training").is_dir() or (root / "validation").is_dir():
+    if any((root / subset).is_dir() for subset in SUBSETS):
         classes = check_classes(root)
-        train_set, val_set = FolderDataset(root / "training", None), FolderDataset(root / "validation", None)
-        sizes = {"training": len(train_set), "validation": len(val_set)}
+        train_set, val_set = (FolderDataset(root / subset, None) for subset in SUBSETS)
+        sizes = {TRAINING: len(train_set), VALIDATION: len(val_set)}
         if (root / "test").is_dir():
             sizes["test"] = len(FolderDataset(root / "test", None))
         return FolderSource(title=relpath(root), classes=classes, settings=settings, sizes=sizes,
@@ -330,7 +330,7 @@ def _folder_source(root: Path, settings: dict) -> FolderSource:
     val = parse_val(str(settings["val"] if settings["val"] is not None else DEFAULT_VAL))
     train_indices, val_indices = carve_val(whole.targets, val)
     return FolderSource(title=relpath(root), classes=whole.classes, settings=settings, channels=_first_image_channels(whole),
-                        image_size=None, sizes={"training": len(train_indices), "validation": len(val_indices)},
+                        image_size=None, sizes={TRAINING: len(train_indices), VALIDATION: len(val_indices)},
                         root=root, train_indices=train_indices, val_indices=val_indices)
 
 
@@ -348,7 +348,7 @@ def open_source(dataset: str, *, data_root: str | Path = "data", val: str | floa
         return memory_source("digits (scikit-learn)", [str(n) for n in range(10)], rawdata.load_digits(),
                              settings=settings, augment="light")
     if Path(dataset).is_dir():
-        if val is not None and (Path(dataset) / "validation").is_dir():
+        if val is not None and (Path(dataset) / VALIDATION).is_dir():
             raise TlkitError(f"{relpath(Path(dataset))} already holds validation/; leave out --val.")
         return _folder_source(Path(dataset), settings)
     raise TlkitError(f"unknown dataset {dataset!r} (and no such folder). Valid: {dataset_help()}.")

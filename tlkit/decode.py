@@ -88,8 +88,9 @@ def _pad_to(image, crop: tuple[int, int], mean: tuple[float, ...]):
     return F.pad(image, padding, fill=fill if len(fill) > 1 else fill[0])
 
 
-def _resize_crop(image, prep):
-    """The eval geometry on a PIL image or a uint8 tensor, on whatever device it sits."""
+def resize_crop(image, prep):
+    """The eval geometry on a PIL image or a uint8 tensor, on whatever device it sits: every file the inference
+    stages decode, and the PIL images and uint8 tensors given to tlkit.api's Classifier, go through it."""
     resize, crop = _eval_sizes(prep)
     border = bool(prep.resize_size) and prep.crop_mode == "border"
     if border:
@@ -110,7 +111,7 @@ def load_image(path: Path, prep, full_size: bool = False) -> torch.Tensor:
     """One file -> uint8 [C, H, W] in the model's geometry and channel count, via PIL. full_size: no
     reduced-size JPEG decode (the geometry of the batched decoder, which decodes every pixel)."""
     image = open_photo(path, "RGB" if prep.in_chans == 3 else "L", draft_side=None if full_size else draft_side(prep))
-    return F.pil_to_tensor(_resize_crop(image, prep))
+    return F.pil_to_tensor(resize_crop(image, prep))
 
 
 class _PilDataset(torch.utils.data.Dataset):
@@ -158,6 +159,17 @@ class Normalizer:
         # re-layout (docs/benchmarks.md: Again, after issue 15's session).
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.layout)
         return images.to(torch.float32, copy=True).mul_(self.scale).sub_(self.shift)
+
+
+def pixel_batches(images: dict[int, torch.Tensor], prep, device: torch.device, batch_size: int) -> Iterator[Batch]:
+    """Images already in memory, by index, as Batches of at most batch_size: uint8 pixels at the model's geometry
+    (resize_crop) normalised as decoded files are, float ones (normalised already) moved to the device as they are."""
+    normalise, layout, indices = Normalizer(prep, device), memory_format(device), list(images)
+    for start in range(0, len(indices), batch_size):
+        chosen = indices[start:start + batch_size]
+        stacked = torch.stack([images[index] for index in chosen])
+        yield Batch(normalise(stacked) if stacked.dtype == torch.uint8 else
+                    stacked.to(device, torch.float32).contiguous(memory_format=layout), chosen)
 
 
 class ImageBatches:
@@ -323,7 +335,7 @@ class ImageBatches:
             # torchvision 0.29 marks its image I/O as moving to TorchCodec; it still works.
             warnings.simplefilter("ignore", DeprecationWarning)
             images = decode_jpeg(data, mode=mode, device=self.device)
-        return torch.stack([_resize_crop(image, self.prep) for image in images])
+        return torch.stack([resize_crop(image, self.prep) for image in images])
 
 
 def stream_order(device: torch.device):

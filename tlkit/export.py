@@ -152,7 +152,7 @@ def validation_images(checkpoint: Checkpoint) -> list[Path]:
 
 
 def _resize_step(prep) -> str:
-    """decode._resize_crop in words, for each crop_mode."""
+    """decode.resize_crop in words, for each crop_mode."""
     height, width = prep.input_size
     how, crop = f"({prep.interpolation}, antialiased)", f"centre-crop to {height}x{width}"
     if not prep.resize_size:

@@ -22,7 +22,7 @@ from tlkit import distributed
 from tlkit.augment import view_seed
 from tlkit.backbone import for_inference
 from tlkit.cache import (
-    CACHE_FORMAT, SUBSETS, commit, default_cache_root, digest_rows, file_rows, kept_rows, new_staging, read_manifest,
+    CACHE_FORMAT, commit, default_cache_root, digest_rows, file_rows, kept_rows, new_staging, read_manifest,
     subset_entry, to_device, why_stale,
 )
 from tlkit.data import EpochRows, SplitFolders, open_split, train_load
@@ -30,6 +30,7 @@ from tlkit.decode import ImageBatches
 from tlkit.runtime import (
     Compute, inference_batch_size, info, progress, relpath,
 )
+from tlkit.split import SUBSETS
 
 STALE_REASONS = {
     "format": "the cache format changed",

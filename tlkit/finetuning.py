@@ -34,10 +34,10 @@ from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, remaining, r
 from tlkit.report import class_report, plot_confusion, write_report
 from tlkit.runtime import Compute, compute_for, info, relpath, result, seed_everything, warn
 from tlkit.summary import check_input_fits
-from tlkit.train import Diverged, Trainer, evaluate, fit, make_optimizer, make_scheduler, unused_momentum
+from tlkit.train import (PER_BATCH_SCHEDULERS, Diverged, Trainer, evaluate, fit, make_optimizer, make_scheduler,
+                         unused_momentum)
 
 LIST_LIMIT = 10
-SPANNING_SCHEDULES = ("onecycle", "cosine")  # planned over the run's epochs: --resume keeps them
 PLAN_SETTINGS = ("freeze", "unfreeze_after", "precompute_features")  # which phases a run trains in: --resume keeps them
 
 
@@ -177,7 +177,7 @@ def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneC
             f"{relpath(resume)} was trained with backbone {saved['backbone']}, not {asked}; resume it without "
             f"{option('backbone')}, or start a new run (another {option('name')}) for the other backbone."
         )
-    if "epochs" in settings and settings["epochs"] != saved["epochs"] and saved.get("scheduler") in SPANNING_SCHEDULES:
+    if "epochs" in settings and settings["epochs"] != saved["epochs"] and saved.get("scheduler") in PER_BATCH_SCHEDULERS:
         raise TlkitError(
             f"{relpath(resume)} follows a {saved['scheduler']} schedule planned over its {saved['epochs']} epochs, so "
             f"{option('resume')} cannot change {option('epochs')}. Resume it as it is, or start a new run from its "

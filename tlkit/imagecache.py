@@ -29,13 +29,14 @@ import torch
 from tlkit import distributed
 from tlkit.augment import POLICIES, Augmentation, crop_resize_flip, policy, random_crop_boxes
 from tlkit.cache import (
-    CACHE_FORMAT, SUBSETS, commit, default_cache_root, digest_rows, file_rows, kept_rows, new_staging, read_manifest,
+    CACHE_FORMAT, commit, default_cache_root, digest_rows, file_rows, kept_rows, new_staging, read_manifest,
     subset_entry, to_device, why_stale,
 )
 from tlkit.data import DataBundle, EpochRows, SplitFolders, open_split
 from tlkit.decode import ImageBatches
 from tlkit.runtime import info, map_ahead, progress, relpath
 from tlkit.scan import open_image, upright_size
+from tlkit.split import SUBSETS
 
 STALE_REASONS = {
     "format": "the cache format changed",

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,9 @@ import torch
 
 from tlkit import distributed
 from tlkit.atomic import atomic_write_text, check_writable
-from tlkit.backbone import for_inference
 from tlkit.checkpoint import Checkpoint
 from tlkit.config import PREDICT_FORMATS
-from tlkit.decode import ImageBatches
+from tlkit.decode import Batch, ImageBatches
 from tlkit.errors import TlkitError
 from tlkit.ownership import why_kept
 from tlkit.pathtext import is_stdout, path_text, write_stdout
@@ -96,25 +96,19 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, compute: Compute
                   workers: int = 0, tta: bool = False, gpu_decode: bool | None = None) -> Predictions:
     """Softmax probabilities of every image; with tta, averaged with the horizontally flipped view.
     compute: the device and arithmetic (runtime.compute_for).
-    batch_size None: runtime.inference_batch_size. The model runs with its BatchNorm folded (backbone.for_inference).
+    batch_size None: runtime.inference_batch_size. The model runs with its BatchNorm folded, once per checkpoint
+    (Checkpoint.inference_model).
 
     Under torchrun each process predicts its share of the files; every process returns all of them.
     """
     device = compute.device
     distributed.setup(device)
-    prep = checkpoint.backbone.preprocessing
-    model = for_inference(checkpoint.backbone.model, prep, device)
+    model = checkpoint.inference_model(device)
     mine = distributed.shard(range(len(paths)))  # every file in a single process
-    batches = ImageBatches([paths[index] for index in mine], prep, device=device,
+    batches = ImageBatches([paths[index] for index in mine], checkpoint.backbone.preprocessing, device=device,
                            batch_size=inference_batch_size(device, batch_size), workers=workers, gpu_decode=gpu_decode)
-    probabilities = np.full((len(mine), len(checkpoint.classes)), np.nan, dtype=np.float32)
     started = time.perf_counter()
-    with progress() as bar, torch.inference_mode(), compute.autocast():
-        task = bar.add_task("predicting", total=len(paths))
-        for batch in batches:
-            probabilities[batch.indices] = class_scores(model, batch.images, tta).cpu().numpy()
-            bar.advance(task, len(batch.indices))
-        bar.update(task, completed=len(paths))
+    probabilities = score_batches(model, batches, len(mine), len(checkpoint.classes), compute=compute, tta=tta)
     failures = {mine[index]: why for index, why in batches.failures.items()}
     if distributed.world_size() > 1:
         probabilities, failures = distributed.unshard_rows(probabilities, failures, len(paths), everywhere=True)
@@ -129,9 +123,24 @@ def with_unscored(probabilities: np.ndarray, failures: dict[int, str]) -> dict[i
     return {**{int(index): UNSCORED for index in unscored}, **failures}
 
 
-def class_scores(model: torch.nn.Module, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+def score_batches(model: torch.nn.Module, batches: Iterable[Batch], count: int, num_classes: int, *,
+                  compute: Compute, tta: bool = False) -> np.ndarray:
+    """The one inference loop, of predict_files and tlkit.api's Classifier: softmax probabilities [count,
+    num_classes] of each batch's normalised images at its indices, NaN where no batch held an index (a failed
+    decode); with tta averaged with the horizontally flipped view. compute: the device's autocast."""
+    probabilities = np.full((count, num_classes), np.nan, dtype=np.float32)
+    with progress() as bar, torch.inference_mode(), compute.autocast():
+        task = bar.add_task("predicting", total=count)
+        for batch in batches:
+            probabilities[batch.indices] = _class_scores(model, batch.images, tta).cpu().numpy()
+            bar.advance(task, len(batch.indices))
+        bar.update(task, completed=count)
+    return probabilities
+
+
+def _class_scores(model: torch.nn.Module, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """Softmax probabilities of a normalised batch; with tta, averaged with the horizontally flipped view.
-    Called inside inference_mode and the autocast of the run's precision (predict_files)."""
+    Called inside inference_mode and the autocast of the run's precision (score_batches)."""
     scores = model(images).float().softmax(dim=1)
     if tta:
         scores = (scores + model(images.flip(-1)).float().softmax(dim=1)) / 2

@@ -7,7 +7,8 @@ they are valid: the run reads split folders, and the head's inputs are the trunk
 photos, unaugmented (or of the views --precompute-views caches). From scratch, every layer trains
 from the first epoch. `plan_phases` returns every phase with everything it uses; finetuning.py
 builds one trainer per phase and reads nothing else of the recipe. `defaults_table` is the README's
-table of defaults (tests/test_recipe.py holds the README to it). Knows no models and no data.
+table of defaults (tests/test_recipe.py holds the README to it). Its numbers (SCRATCH_LR, CACHED_HEAD_EPOCHS, ...)
+are in tlkit/config.py, whose settings' help states them. Knows no models and no data.
 """
 
 from __future__ import annotations
@@ -15,27 +16,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from tlkit.config import FinetuneConfig
+from tlkit.config import (ADAMW_WEIGHT_DECAY, AFTER_HEAD_LR, AUTO_OPTIMIZER, AUTO_SCHEDULER, CACHED_HEAD_EPOCHS,
+                          CACHED_HEAD_LR, CACHED_HEAD_WEIGHT_DECAY, EPOCHS, EPOCHS_AFTER_CACHED_HEAD,
+                          HEAD_EPOCHS_ON_IMAGES, HEAD_LR, PRETRAINED_TRUNK_LR_MULT, SCRATCH_LR, FinetuneConfig)
 from tlkit.errors import TlkitError, option
-
-# What `auto` (or an unset lr, epochs or trunk lr) means; measured in docs/benchmarks.md ("Defaults",
-# "The default recipe").
-AUTO_OPTIMIZER, AUTO_SCHEDULER = "adamw", "onecycle"
-SCRATCH_LR = 3e-3  # AdamW + one-cycle from scratch: mnist-net, simple-cnn, lenet-relu and the MLPs alike
-HEAD_LR = 1e-3  # a head on the images, or a head of several layers (VGG, AlexNet) on cached features
-CACHED_HEAD_LR, CACHED_HEAD_WEIGHT_DECAY = 1e-2, 2.0  # a one-layer head on cached features: see below
-AFTER_HEAD_LR = 5e-4  # every layer once the head is trained: half the head's lr, as fastai's fine_tune unfreezes
-PRETRAINED_TRUNK_LR_MULT = 0.1  # ImageNet features need small steps, or the first epochs undo them
-HEAD_EPOCHS_ON_IMAGES = 1  # each an epoch of decoding: fastai's fine_tune trains its head for one
-# An epoch of the head on cached features takes well under a second: 30 reach convergence. A linear
-# head there overfits within a few epochs unless held by a strong decoupled weight decay, which keeps
-# it where scikit-learn's L2 logistic regression is.
-CACHED_HEAD_EPOCHS = 30
-EPOCHS = 10  # every layer from scratch, or a pretrained run on the images
-# Every layer on the images after the head on the cache: the slow part (an epoch of EfficientNet-Lite0 on 1,602
-# photos takes about 2 minutes on 2 CPU cores), and the first such epoch is the best one (docs/benchmarks.md:
-# "The default recipe"), as in fastai's fine_tune(1).
-EPOCHS_AFTER_CACHED_HEAD = 1
 
 HEAD, HEAD_ON_IMAGES, EVERY_LAYER = "head", "head-images", "images"  # phase names, as resume files record them
 
@@ -206,7 +190,7 @@ def _epochs(phase: Phase) -> str:
 
 def _rates(phase: Phase, config: FinetuneConfig) -> str:
     trunk = f" (trunk {phase.trunk_lr:g})" if phase.trunk_lr is not None and phase.trunk_lr != phase.lr else ""
-    default_decay = "0.01 (adamw's)" if config.optimizer == "adamw" else "0"
+    default_decay = f"{ADAMW_WEIGHT_DECAY:g} (adamw's)" if config.optimizer == "adamw" else "0"
     decay = f"{phase.weight_decay:g}" if phase.weight_decay is not None else default_decay
     return f"{config.optimizer} lr {phase.lr:g}{trunk}, weight decay {decay}"
 

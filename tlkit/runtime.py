@@ -34,6 +34,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from tlkit.config import DEFAULT_PRECISION
 from tlkit.errors import TlkitError, option
 
 T = TypeVar("T")
@@ -181,7 +182,7 @@ class Compute:
 
     device: object  # a torch.device
     bf16: bool  # autocast to bf16: asked for (the default) and fast on this device
-    asked: str = "bf16"  # the precision asked for, to say why a run computes in fp32
+    asked: str = DEFAULT_PRECISION  # the precision asked for, to say why a run computes in fp32
 
     @property
     def layout(self):
@@ -206,7 +207,7 @@ class Compute:
         return f"{self.device.type}, fp32 ({why})"
 
 
-def compute_for(device="auto", precision: str = "bf16") -> Compute:
+def compute_for(device="auto", precision: str = DEFAULT_PRECISION) -> Compute:
     """The Compute of a device (a name for select_device, or a torch.device) and the precision asked for."""
     import torch
 

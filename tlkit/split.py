@@ -30,7 +30,8 @@ from tlkit.pathtext import ENCODING, ERRORS, path_text, refuse_stdout
 from tlkit.runtime import info, progress, relpath, warn
 from tlkit.scan import Scan, scan_with_progress
 
-SUBSETS = ("training", "validation")
+TRAINING, VALIDATION = "training", "validation"
+SUBSETS = (TRAINING, VALIDATION)  # the folders a split writes, and every stage after it reads
 MODES = ("link", "copy", "symlink", "move")
 MANIFEST = "split.csv"
 OUTPUTS = (*SUBSETS, MANIFEST)  # what a split writes into OUT, swapped in together

@@ -22,6 +22,7 @@ from tlkit.config import FinetuneConfig
 from tlkit.errors import TlkitError, option
 from tlkit.runtime import Compute, info, out_of_memory, progress
 
+# Planned over the phase's steps and stepped each batch; so a resumed run cannot change its epochs (finetuning.py).
 PER_BATCH_SCHEDULERS = ("cosine", "onecycle")
 ONE_CYCLE_MOMENTUM = (0.95, 0.85)  # OneCycleLR's own: SGD's momentum (AdamW's beta1) at the lowest and highest lr
 DISPLAY_EVERY = 10  # batches between reads of the loss from the GPU: the progress bar's figures, the divergence check

@@ -473,7 +473,7 @@ def _add_summary(subparsers) -> None:
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
-    from tlkit.finetuning import precompute_features
+    from tlkit.run_backbone import precompute_features
 
     backbone, sets = precompute_features(args.config, batch_size=args.trunk_batch_size, force=args.force,
                                          **_given_settings(args))

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import tlkit
-from tlkit import api
+from tlkit import api, runtime
 from tlkit.checkpoint import load_checkpoint
 from tlkit.cli import main
 from tlkit.errors import TlkitError
@@ -123,6 +123,31 @@ def test_quiet_split_and_finetune_write_nothing(tmp_path, capfd):
         api.split(tmp_path / "photos", "4", tmp_path / "data", quiet=True)
     with pytest.raises(TlkitError, match="mode 'hardlink'"):
         api.split(tmp_path / "photos", "4", tmp_path / "other", mode="hardlink")
+
+
+def test_every_call_of_the_api_takes_quiet():
+    """One way to call the API: every public call, function or Classifier method, takes quiet=False."""
+    import inspect
+
+    calls = [call for name, call in [*vars(api).items(), *vars(api.Classifier).items()]
+             if inspect.isfunction(call) and call.__module__ == api.__name__ and not name.startswith("_")]
+    pure = {api.predictions_frame}  # turns rows into a DataFrame: it prints nothing, so it takes no quiet
+    assert len(calls) >= 8 and pure < set(calls)
+    for call in set(calls) - pure:
+        quiet = inspect.signature(call).parameters.get("quiet")
+        assert quiet is not None and quiet.default is False and quiet.kind is quiet.KEYWORD_ONLY, call.__qualname__
+
+
+def test_quiet_load_evaluate_export_and_models_write_nothing(tiny_run, tmp_path, capfd, monkeypatch):
+    monkeypatch.setattr(runtime, "LOG_EVERY_S", 0.0)  # stderr is no terminal here: a progress line at each task's end
+    folder = make_flat(tmp_path / "labelled", {"cat": 2, "dog": 2})
+    api.load(tiny_run, device="cpu").evaluate(folder, out=tmp_path / "heard")
+    assert "predicting" in capfd.readouterr().err
+    classifier = api.load(tiny_run, device="cpu", quiet=True)
+    assert classifier.evaluate(folder, out=tmp_path / "quiet", quiet=True)["images"] == 4
+    assert classifier.export("torchscript", tmp_path / "model.pt", quiet=True).is_file()
+    assert api.models(quiet=True)
+    assert capfd.readouterr() == ("", "")
 
 
 def test_the_runs_classifier_is_the_reloaded_run(tmp_path):

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 import tlkit
-from tlkit import api, runtime
+from tlkit import api, models as registry, runtime
 from tlkit.checkpoint import load_checkpoint
 from tlkit.cli import main
-from tlkit.errors import TlkitError
+from tlkit.errors import PYTHON, TlkitError, naming
 from tlkit.predict import predict_files
 from tlkit.runtime import compute_for
 
@@ -187,6 +187,28 @@ def test_errors_name_the_parameter_from_python_and_the_flag_from_the_command_lin
         api.load(tiny_run, device="tpu")
     with pytest.raises(TlkitError, match=r"Use force=True, or path=FILE"):
         api.load(tiny_run, device="cpu").export("torchscript", tiny_run / "best.json")
+
+
+def test_warnings_and_advice_name_the_parameter_from_python_and_the_flag_from_the_command_line(tmp_path, capfd):
+    """What a run says about its settings (the momentum adamw does not use, the image size a backbone needs, where
+    its weights come from) names them as the caller gave them."""
+    data, runs = make_learnable(tmp_path / "learnable", 2, 1), str(tmp_path / "runs")
+    api.finetune(data, runs_dir=runs, name="python", momentum=0.5, **TINY)
+    err = capfd.readouterr().err
+    assert "momentum=0.5 is not used" in err and "add optimizer='sgd' to use it" in err
+    assert "--" not in err
+    flags = ["--backbone", "simple-cnn", "--weights", "none", "--epochs", "1", "--batch-size", "8", "--workers", "0"]
+    assert main(["finetune", "--data", str(data), "--runs-dir", runs, "--name", "cli", *flags, "--img-size", "24",
+                 "--momentum", "0.5"]) == 0
+    err = capfd.readouterr().err
+    assert "--momentum 0.5 is not used" in err and "add --optimizer sgd to use it" in err
+    with pytest.raises(TlkitError, match=r"add img_size=8 \(or more\)"):
+        api.finetune(data, runs_dir=runs, **{**TINY, "img_size": 4})
+    assert main(["finetune", "--data", str(data), "--runs-dir", runs, *flags, "--img-size", "4"]) == 1
+    assert "add --img-size 8 (or more)" in capfd.readouterr().err
+    with naming(PYTHON):  # as inside an API call: the note `weights:` shows when a run starts
+        assert "random initialisation (weights='none')" in registry.create("resnet18", 2, weights="none").weights_note
+    assert "random initialisation (--weights none)" in registry.create("resnet18", 2, weights="none").weights_note
 
 
 def test_export_writes_the_model_and_says_where(tiny_run, photos):

@@ -243,7 +243,8 @@ def train(config_file: Path | str | None = None, *, resume: Path | str | None = 
     to continue, on the dataset it recorded (flags given may change its settings)."""
     if resume is not None:
         if config_file is not None:
-            raise TlkitError("--resume continues with the run's own settings; leave out --config.")
+            raise TlkitError(f"{option('resume')} continues with the run's own settings; leave out "
+                             f"{option('config', python='config_file')}.")
         given_source, settings = split_settings(flags, "flags")
         saved = load_resume(Path(resume))["meta"].data_source
         if not saved:
@@ -253,7 +254,7 @@ def train(config_file: Path | str | None = None, *, resume: Path | str | None = 
     else:
         source_settings, settings = resolve_train_settings(Path(config_file) if config_file else None, flags)
         if "backbone" not in settings:
-            raise TlkitError(f"no model given: add --model ({', '.join(models.available())}, or timm:NAME).")
+            raise TlkitError(f"no model given: add {option('model')} ({', '.join(models.available())}, or timm:NAME).")
     source = open_source(**source_settings)
     info(f"data: {source.describe()}")
     return finetune(resume=resume, force=force, callbacks=callbacks, source=source, **settings)

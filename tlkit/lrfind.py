@@ -127,14 +127,15 @@ def find_lr(config_file: Path | str | None = None, *, out: Path, force: bool = F
     refuse_stdout(out, "a plot")
     out = Path(out)
     if out.exists() and not force:
-        raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace it, "
-                         "or --out FILE.")
+        raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use {option('force', True)} to replace "
+                         f"it, or {option('out', 'FILE')}.")
     if out.exists() and (why := why_kept(out)):
         raise TlkitError(f"{relpath(out)} is not a plot of tlkit's ({why}), and {option('force', True)} replaces only "
                          f"those; nothing was written. Choose another {option('out', 'FILE')}, or move it away.")
     check_writable(out.parent, "out")
     if not start_lr < end_lr:
-        raise TlkitError(f"--start-lr {start_lr:g} must be below --end-lr {end_lr:g}: the sweep grows the lr.")
+        raise TlkitError(f"{option('start_lr', start_lr)} must be below {option('end_lr', end_lr)}: the sweep grows "
+                         "the lr.")
     config = resolve_config(Path(config_file) if config_file else None, {**settings, "scheduler": "none"})
     trainer, _, _ = build_trainer(config)
     result = lr_range_test(trainer, start_lr=start_lr, end_lr=end_lr, steps=steps)

@@ -120,7 +120,7 @@ def tlkit_loop(data: Path, device: torch.device, img_size: int, epochs: int, bat
     """images/s of each epoch (`epochs` 0: none), of the loader alone, and the seconds spent building
     the decoded-image cache (0 without it)."""
     from tlkit.config import make_config
-    from tlkit.finetuning import build_trainer
+    from tlkit.lrfind import build_trainer
     from tlkit.train import train_one_epoch
 
     config = make_config({"data": str(data), "device": device.type, "backbone": "resnet18", "weights": "none",

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 import tlkit
-from tlkit import api
+from tlkit import api, models as registry, runtime
 from tlkit.checkpoint import load_checkpoint
 from tlkit.cli import main
-from tlkit.errors import TlkitError
+from tlkit.errors import PYTHON, TlkitError, naming
 from tlkit.predict import predict_files
 from tlkit.runtime import compute_for
 
@@ -141,6 +141,31 @@ def test_quiet_split_and_finetune_write_nothing(tmp_path, capfd):
         api.split(tmp_path / "photos", "4", tmp_path / "other", mode="hardlink")
 
 
+def test_every_call_of_the_api_takes_quiet():
+    """One way to call the API: every public call, function or Classifier method, takes quiet=False."""
+    import inspect
+
+    calls = [call for name, call in [*vars(api).items(), *vars(api.Classifier).items()]
+             if inspect.isfunction(call) and call.__module__ == api.__name__ and not name.startswith("_")]
+    pure = {api.predictions_frame}  # turns rows into a DataFrame: it prints nothing, so it takes no quiet
+    assert len(calls) >= 8 and pure < set(calls)
+    for call in set(calls) - pure:
+        quiet = inspect.signature(call).parameters.get("quiet")
+        assert quiet is not None and quiet.default is False and quiet.kind is quiet.KEYWORD_ONLY, call.__qualname__
+
+
+def test_quiet_load_evaluate_export_and_models_write_nothing(tiny_run, tmp_path, capfd, monkeypatch):
+    monkeypatch.setattr(runtime, "LOG_EVERY_S", 0.0)  # stderr is no terminal here: a progress line at each task's end
+    folder = make_flat(tmp_path / "labelled", {"cat": 2, "dog": 2})
+    api.load(tiny_run, device="cpu").evaluate(folder, out=tmp_path / "heard")
+    assert "predicting" in capfd.readouterr().err
+    classifier = api.load(tiny_run, device="cpu", quiet=True)
+    assert classifier.evaluate(folder, out=tmp_path / "quiet", quiet=True)["images"] == 4
+    assert classifier.export("torchscript", tmp_path / "model.pt", quiet=True).is_file()
+    assert api.models(quiet=True)
+    assert capfd.readouterr() == ("", "")
+
+
 def test_the_runs_classifier_is_the_reloaded_run(tmp_path):
     data = make_learnable(tmp_path / "data", train_per_class=6, val_per_class=3)
     run = tlkit.finetune(data, runs_dir=str(tmp_path / "runs"), name="api", quiet=True, **TINY)
@@ -178,6 +203,28 @@ def test_errors_name_the_parameter_from_python_and_the_flag_from_the_command_lin
         api.load(tiny_run, device="tpu")
     with pytest.raises(TlkitError, match=r"Use force=True, or path=FILE"):
         api.load(tiny_run, device="cpu").export("torchscript", tiny_run / "best.json")
+
+
+def test_warnings_and_advice_name_the_parameter_from_python_and_the_flag_from_the_command_line(tmp_path, capfd):
+    """What a run says about its settings (the momentum adamw does not use, the image size a backbone needs, where
+    its weights come from) names them as the caller gave them."""
+    data, runs = make_learnable(tmp_path / "learnable", 2, 1), str(tmp_path / "runs")
+    api.finetune(data, runs_dir=runs, name="python", momentum=0.5, **TINY)
+    err = capfd.readouterr().err
+    assert "momentum=0.5 is not used" in err and "add optimizer='sgd' to use it" in err
+    assert "--" not in err
+    flags = ["--backbone", "simple-cnn", "--weights", "none", "--epochs", "1", "--batch-size", "8", "--workers", "0"]
+    assert main(["finetune", "--data", str(data), "--runs-dir", runs, "--name", "cli", *flags, "--img-size", "24",
+                 "--momentum", "0.5"]) == 0
+    err = capfd.readouterr().err
+    assert "--momentum 0.5 is not used" in err and "add --optimizer sgd to use it" in err
+    with pytest.raises(TlkitError, match=r"add img_size=8 \(or more\)"):
+        api.finetune(data, runs_dir=runs, **{**TINY, "img_size": 4})
+    assert main(["finetune", "--data", str(data), "--runs-dir", runs, *flags, "--img-size", "4"]) == 1
+    assert "add --img-size 8 (or more)" in capfd.readouterr().err
+    with naming(PYTHON):  # as inside an API call: the note `weights:` shows when a run starts
+        assert "random initialisation (weights='none')" in registry.create("resnet18", 2, weights="none").weights_note
+    assert "random initialisation (--weights none)" in registry.create("resnet18", 2, weights="none").weights_note
 
 
 def test_export_writes_the_model_and_says_where(tiny_run, photos):

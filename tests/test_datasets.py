@@ -18,7 +18,7 @@ from tlkit import datasets, models, rawdata
 from tlkit.config import make_config
 from tlkit.decode import Normalizer
 from tlkit.errors import TlkitError
-from tlkit.finetuning import create_backbone
+from tlkit.run_backbone import create_backbone
 
 IDX_NAMES = {split: rawdata.IDX_SPLITS[split] for split in ("train", "test")}
 

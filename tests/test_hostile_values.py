@@ -33,7 +33,7 @@ class Reached(Exception):
 FIRST_WORK = {
     "split": ("tlkit.split", "scan_with_progress"), "audit": ("tlkit.auditing", "gather_features"),
     "finetune": ("tlkit.finetuning", "create_backbone"), "train": ("tlkit.finetuning", "create_backbone"),
-    "lr-find": ("tlkit.finetuning", "create_backbone"), "precompute": ("tlkit.finetuning", "create_backbone"),
+    "lr-find": ("tlkit.lrfind", "create_backbone"), "precompute": ("tlkit.run_backbone", "create_backbone"),
     "predict": ("tlkit.checkpoint", "for_inference"), "evaluate": ("tlkit.checkpoint", "for_inference"),
     "export": ("tlkit.export", "sample_images"), "summary": ("tlkit.summary", "summarize"),
     "models": ("tlkit.models", "listed"),

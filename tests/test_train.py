@@ -16,8 +16,8 @@ from tlkit.callbacks import Callback
 from tlkit.checkpoint import load_checkpoint
 from tlkit.config import make_config
 from tlkit.errors import TlkitError
-from tlkit.finetuning import build_trainer, finetune
-from tlkit.lrfind import lr_range_test
+from tlkit.finetuning import finetune
+from tlkit.lrfind import build_trainer, lr_range_test
 from tlkit.report import plot_lr_find
 from tlkit.train import Diverged, evaluate, fit, unused_momentum
 
@@ -90,7 +90,7 @@ def initial_model(run) -> dict:
     import yaml
 
     from tlkit.config import make_config
-    from tlkit.finetuning import create_backbone, run_config
+    from tlkit.run_backbone import create_backbone, run_config
 
     config = run_config(make_config(yaml.safe_load((run.run_dir / "config.yaml").read_text())))
     return snapshot(create_backbone(config, run.classes).model)

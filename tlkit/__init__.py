@@ -7,9 +7,8 @@ also here, loaded on first use. (api.split and api.models keep the module: tlkit
 tlkit.models are the stages of those names.)
 """
 
-__version__ = "0.1.0"
-
 from tlkit.errors import TlkitError
+from tlkit.version import __version__
 
 _API = ("Audit", "Classifier", "Prediction", "Run", "Split", "audit", "finetune", "load", "predictions_frame")
 __all__ = ["TlkitError", "__version__", *_API]

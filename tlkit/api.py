@@ -263,28 +263,31 @@ class Classifier:
                                       compute=self.compute, tta=tta)
         return _rows(list(range(count)), probabilities, self.classes, with_unscored(probabilities, failures or {}))
 
-    def evaluate(self, folder: Path | str, *, out: Path | str | None = None, force: bool = False) -> dict:
+    def evaluate(self, folder: Path | str, *, out: Path | str | None = None, force: bool = False,
+                 quiet: bool = False) -> dict:
         """`tlkit evaluate`: accuracy and per-class precision / recall / F1 on labelled images (class folders or
         cat.0.jpg names); writes report.json, confusion.png, mistakes.png and mistakes.html to out (None: beside the
-        checkpoint, RUN/evaluate-<folder name>) and returns the report.
+        checkpoint, RUN/evaluate-<folder name>) and returns the report. quiet: print nothing.
 
             >>> classifier.evaluate("data/validation")["accuracy"]
             0.97
         """
-        with _call():
+        with _call(quiet):
             folder, out, force = _path("folder", folder, optional=False), _path("out", out), _switch("force", force)
             out_dir = out if out is not None else default_out_dir(self.checkpoint, folder)
             return evaluate_folder(self.checkpoint, folder, out_dir, compute=self.compute,
                                    workers=default_workers(), force=force)
 
-    def export(self, fmt: str = "onnx", path: Path | str | None = None, *, force: bool = False) -> Path:
+    def export(self, fmt: str = "onnx", path: Path | str | None = None, *, force: bool = False,
+               quiet: bool = False) -> Path:
         """`tlkit export`: the model as ONNX or TorchScript with its preprocessing in a .json beside it, checked
         against PyTorch on the run's validation images; the file written (path None: RUN/model.onnx or .pt).
+        quiet: print nothing.
 
             >>> classifier.export("torchscript")
             PosixPath('runs/pets/model.pt')
         """
-        with _call():
+        with _call(quiet):
             path, force = _path("path", path), _switch("force", force)
             if fmt not in EXPORT_SUFFIXES:
                 raise TlkitError(f"export format {fmt!r} is not one of {', '.join(EXPORT_SUFFIXES)}.")
@@ -292,16 +295,16 @@ class Classifier:
 
 
 def load(path_or_run: Path | str | Run | None = None, *, device: str = "auto", precision: str = DEFAULT_PRECISION,
-         runs_dir: Path | str = "runs") -> Classifier:
+         runs_dir: Path | str = "runs", quiet: bool = False) -> Classifier:
     """The Classifier of a run folder or .safetensors file (None: what RUNS_DIR/latest names, as the commands
     do), on device (auto: a GPU when there is one), computing in precision (bf16 where the device has it,
-    or fp32). A Run gives its own classifier.
+    or fp32). A Run gives its own classifier. quiet: print nothing.
 
         >>> classifier = load()
     """
     if isinstance(path_or_run, Run):
         return path_or_run.classifier
-    with _call():
+    with _call(quiet):
         path, runs_dir = _path("path_or_run", path_or_run), _path("runs_dir", runs_dir, optional=False)
         compute = compute_for(device, precision)
         return Classifier(load_checkpoint(resolve_run(path, runs_dir), device=str(compute.device)), compute)
@@ -400,18 +403,20 @@ def audit(data: Path | str, *, out: Path | str | None = None, force: bool = Fals
 # ---------------------------------------------------------------- backbones
 
 
-def models() -> list[dict]:
+def models(*, quiet: bool = False) -> list[dict]:
     """The backbones `tlkit models` lists: name, family, summary, feature_dim, input_size, parameters (with a
     1000-class head; 10 for the nets trained from scratch) and pretrained (where the ImageNet weights are:
-    package, cached, damaged, missing, or none).
+    package, cached, damaged, missing, or none). quiet: print nothing.
 
         >>> [m["name"] for m in models() if m["pretrained"] in ("package", "cached")]
     """
-    names, _ = registry.listed(None)
     rows = []
-    for name in names:
-        backbone = registry.describe(name)
-        rows.append({"name": name, "family": backbone.family, "summary": backbone.summary,
-                     "feature_dim": backbone.feature_dim, "input_size": tuple(backbone.input_size),
-                     "parameters": backbone.trunk_params + backbone.head_params, "pretrained": backbone.weights_state})
+    with _call(quiet):
+        names, _ = registry.listed(None)
+        for name in names:
+            backbone = registry.describe(name)
+            rows.append({"name": name, "family": backbone.family, "summary": backbone.summary,
+                         "feature_dim": backbone.feature_dim, "input_size": tuple(backbone.input_size),
+                         "parameters": backbone.trunk_params + backbone.head_params,
+                         "pretrained": backbone.weights_state})
     return rows

@@ -14,7 +14,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from tlkit import __version__
 from tlkit.atomic import atomic_write_text, check_writable
 from tlkit.auditing import ISSUES, Audit, Issue
 from tlkit.errors import TlkitError, option
@@ -23,6 +22,7 @@ from tlkit.pathtext import path_text, refuse_stdout
 from tlkit.photopage import Card, Section, write_page
 from tlkit.report import plot_photo_sheet
 from tlkit.runtime import relpath
+from tlkit.version import __version__
 
 CSV_COLUMNS = ("path", "subset", "class", "issue", "score", "suggested", "action", "other")
 OUTPUTS = ("audit.csv", "audit.json", "audit.html", "audit.png")  # all an audit folder holds

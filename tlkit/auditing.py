@@ -22,8 +22,8 @@ from tlkit.data import open_split
 from tlkit.errors import TlkitError
 from tlkit.features import FeatureSet, cache_dir_for, precompute_folders
 from tlkit.findings import AUDIT_BACKBONE, DUPLICATE_SIMILARITY, Findings, find_problems
-from tlkit.finetuning import create_backbone, run_config
 from tlkit.inputs import cached_features
+from tlkit.run_backbone import create_backbone, run_config
 from tlkit.runtime import compute_for, default_workers, info, relpath
 from tlkit.scan import list_dataset
 from tlkit.split import SUBSETS, finish_pending_split

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tlkit import __version__
 from tlkit.atomic import check_writable
 from tlkit.errors import TlkitError, option
 from tlkit.ownership import RECORD, clear, note_written, read_record, survey
 from tlkit.runtime import relpath, size_words, warn
+from tlkit.version import __version__
 
 MANIFEST = "manifest.json"
 CACHE_FORMAT = 2  # of both caches' arrays; 2: photos read upright (EXIF orientation) and 16-bit samples scaled

@@ -12,12 +12,12 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tlkit import __version__
 from tlkit.atomic import atomic_write, atomic_write_text
 from tlkit.ownership import move_into_place
 from tlkit.backbone import Preprocessing
 from tlkit.errors import TlkitError
 from tlkit.runtime import relpath
+from tlkit.version import __version__
 
 BEST_WEIGHTS = "best.safetensors"
 BEST_META = "best.json"

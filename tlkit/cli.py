@@ -16,10 +16,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-from tlkit import __version__, config
+from tlkit import config
 from tlkit.errors import TlkitError
 from tlkit.runtime import (info, is_quiet, keep_freed_memory, out_of_memory, relpath, reporter, reporting, result,
                            warn)
+from tlkit.version import __version__
 
 LIST_LIMIT = 10  # problem files named on screen before "... and N more"
 
@@ -472,7 +473,7 @@ def _add_summary(subparsers) -> None:
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
-    from tlkit.finetuning import precompute_features
+    from tlkit.run_backbone import precompute_features
 
     backbone, sets = precompute_features(args.config, batch_size=args.trunk_batch_size, force=args.force,
                                          **_given_settings(args))

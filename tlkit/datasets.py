@@ -143,8 +143,8 @@ class TrainingSource:
         prep = backbone.preprocessing
         mean, std = self.settings.get("mean"), self.settings.get("std")
         if mean is not None or std is not None:
-            mean = per_channel(mean or prep.mean, prep.in_chans, given_as="--mean")
-            std = per_channel(std or prep.std, prep.in_chans, given_as="--std")
+            mean = per_channel(mean or prep.mean, prep.in_chans, given_as=option("mean"))
+            std = per_channel(std or prep.std, prep.in_chans, given_as=option("std"))
         elif backbone.pretrained:
             mean, std = prep.mean, prep.std
         elif self.known_stats is not None and self.channels <= prep.in_chans:
@@ -349,7 +349,7 @@ def open_source(dataset: str, *, data_root: str | Path = "data", val: str | floa
                              settings=settings, augment="light")
     if Path(dataset).is_dir():
         if val is not None and (Path(dataset) / VALIDATION).is_dir():
-            raise TlkitError(f"{relpath(Path(dataset))} already holds validation/; leave out --val.")
+            raise TlkitError(f"{relpath(Path(dataset))} already holds validation/; leave out {option('val')}.")
         return _folder_source(Path(dataset), settings)
     raise TlkitError(f"unknown dataset {dataset!r} (and no such folder). Valid: {dataset_help()}.")
 
@@ -378,5 +378,5 @@ def resolve_train_settings(config_file: Path | None, flags: dict) -> tuple[dict,
     flag_source, flag_settings = split_settings(flags, "flags")
     source = {**SOURCE_DEFAULTS, **file_source, **flag_source}
     if source["dataset"] is None:
-        raise TlkitError(f"no dataset given: add --dataset ({dataset_help()}).")
+        raise TlkitError(f"no dataset given: add {option('dataset')} ({dataset_help()}).")
     return source, {**file_settings, **flag_settings}

@@ -27,6 +27,7 @@ from tlkit.cache import (
 )
 from tlkit.data import EpochRows, SplitFolders, open_split, train_load
 from tlkit.decode import ImageBatches
+from tlkit.errors import option
 from tlkit.runtime import (
     Compute, inference_batch_size, info, progress, relpath,
 )
@@ -161,7 +162,8 @@ def precompute_folders(backbone, folders: dict[str, Path], files: dict[str, list
     device = compute.device
     distributed.setup(device)
     # Decided once, by rank 0: every process must take the same branch (the compute gathers).
-    reason = "--force" if force else distributed.on_main(lambda: why_stale(cache_dir, identity, STALE_REASONS))
+    reason = option("force", True) if force else distributed.on_main(
+        lambda: why_stale(cache_dir, identity, STALE_REASONS))
     if reason is None:
         info(f"features: using the cache in {relpath(cache_dir)}")
         return load_cache(cache_dir)

@@ -4,15 +4,14 @@ A run is one or two phases, planned by tlkit/recipe.py (the head alone, on cache
 images, then every layer on the images), each a Trainer over a TrainingInput (tlkit/inputs.py) with an
 optimizer and schedule of its own. `assemble_trainer` is the one place a Trainer is put together; the
 trackers (best weights, early stopping, logs) are made once with what they need and carry through
-both phases. Owns the run folder (config.yaml, checkpoints,
-reports, runs/latest) and what the user sees at the end. `tlkit lr-find` reuses `build_trainer()`.
+both phases. Owns the run folder (config.yaml, checkpoints, reports, runs/latest) and what the user sees at
+the end. The backbone a run starts from is tlkit/run_backbone.py's; lr-find's Trainer is built in tlkit/lrfind.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +28,11 @@ from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dic
                           resolve_config, setting_name)
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError, option
-from tlkit.inputs import SplitSource, TrainingInput, cached_features, feature_input, image_input, open_photos
-from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, remaining, resolve_auto, unused_settings
+from tlkit.inputs import TrainingInput, feature_input, image_input, open_photos
+from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, remaining, unused_settings
 from tlkit.report import class_report, plot_confusion, write_report
-from tlkit.runtime import Compute, compute_for, info, relpath, result, seed_everything, warn
-from tlkit.summary import check_input_fits
+from tlkit.run_backbone import create_backbone, run_config
+from tlkit.runtime import Compute, compute_for, info, relpath, result, warn
 from tlkit.train import (PER_BATCH_SCHEDULERS, Diverged, Trainer, evaluate, fit, make_optimizer, make_scheduler,
                          unused_momentum)
 
@@ -54,43 +53,6 @@ class FinetuneResult:
     backbone: Backbone
     skipped: list[str]
     compute: Compute  # where and in what arithmetic the run computed: its model's, to predict with
-
-
-def starts_pretrained(config: FinetuneConfig) -> bool:
-    """Whether the run starts from trained tensors: ImageNet's (the default where the backbone has
-    them) or a file's; the classic nets and --weights none start from a random initialisation."""
-    if config.weights == "default":
-        return not models.is_classic(config.backbone)
-    return config.weights != "none"
-
-
-def run_config(config: FinetuneConfig, source=None) -> FinetuneConfig:
-    """The config with every `auto` chosen for this backbone and data (recipe.resolve_auto), and its folders
-    absolute: config.yaml and best.json then repeat the run, resume it and find its validation photos from any
-    working directory (messages still show them relative). source None: split folders (a SplitSource, whose
-    class says what every one declares)."""
-    kind = source or SplitSource
-    absolute = os.path.abspath
-    config = dataclasses.replace(config, data=absolute(config.data), runs_dir=absolute(config.runs_dir),
-                                 cache_dir=config.cache_dir and absolute(config.cache_dir),
-                                 exclude=config.exclude and absolute(config.exclude),
-                                 weights=absolute(config.weights) if Path(config.weights).exists() else config.weights)
-    return resolve_auto(config, pretrained=starts_pretrained(config), data_augment=kind.augment,
-                        linear_head=models.has_linear_head(config.backbone), features_possible=kind.caches)
-
-
-def create_backbone(config: FinetuneConfig, classes: list[str], source=SplitSource) -> Backbone:
-    """The backbone the config names, seeded first so a random initialisation repeats, checked to take its
-    input size. The classic nets take the source's channels and size where it has them (`tlkit train`'s
-    datasets), and the source sets the normalisation (photo folders: the backbone's own, as the class
-    SplitSource declares)."""
-    seed_everything(config.seed)
-    classic = models.is_classic(config.backbone)
-    backbone = check_input_fits(config.backbone, len(classes), weights=config.weights,
-                                in_chans=source.channels if classic else None,
-                                img_size=config.img_size or (source.image_size if classic else None))
-    backbone.preprocessing = source.preprocessing_for(backbone)
-    return backbone
 
 
 def run_meta(config: FinetuneConfig, backbone: Backbone, classes: list[str], source,
@@ -147,21 +109,6 @@ def assemble_trainer(phase: Phase, backbone: Backbone, data: TrainingInput, comp
         train_model=distributed.wrap_model(data.module, compute.device),
         frozen=(backbone.trunk, backbone.head) if phase.trunk_frozen and not phase.on_features else None,
         frozen_norms=norms if phase.freeze_bn else [], history=history, skipped=skipped)
-
-
-def build_trainer(config: FinetuneConfig, *, source=None) -> tuple[Trainer, Backbone, TrainingInput]:
-    """A Trainer on the images, with no run folder (what `tlkit lr-find` sweeps): of the head alone with
-    --freeze trunk, else of every layer."""
-    one_phase = dataclasses.replace(config, freeze="trunk" if config.freeze == "trunk" else "none",
-                                    unfreeze_after=None, precompute_features=False)
-    config = run_config(one_phase, source)
-    source = open_photos(config, source)
-    compute = compute_for(config.device, config.precision)
-    distributed.setup(compute.device)  # under torchrun: before the loaders, which take this process's share
-    backbone = create_backbone(config, source.classes, source)
-    phase = plan_phases(config)[0]
-    data = image_input(config, backbone, compute, source)
-    return assemble_trainer(phase, backbone, data, compute, trackers(config, backbone)), backbone, data
 
 
 def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneConfig, dict]:
@@ -296,7 +243,8 @@ def train(config_file: Path | str | None = None, *, resume: Path | str | None = 
     to continue, on the dataset it recorded (flags given may change its settings)."""
     if resume is not None:
         if config_file is not None:
-            raise TlkitError("--resume continues with the run's own settings; leave out --config.")
+            raise TlkitError(f"{option('resume')} continues with the run's own settings; leave out "
+                             f"{option('config', python='config_file')}.")
         given_source, settings = split_settings(flags, "flags")
         saved = load_resume(Path(resume))["meta"].data_source
         if not saved:
@@ -306,22 +254,10 @@ def train(config_file: Path | str | None = None, *, resume: Path | str | None = 
     else:
         source_settings, settings = resolve_train_settings(Path(config_file) if config_file else None, flags)
         if "backbone" not in settings:
-            raise TlkitError(f"no model given: add --model ({', '.join(models.available())}, or timm:NAME).")
+            raise TlkitError(f"no model given: add {option('model')} ({', '.join(models.available())}, or timm:NAME).")
     source = open_source(**source_settings)
     info(f"data: {source.describe()}")
     return finetune(resume=resume, force=force, callbacks=callbacks, source=source, **settings)
-
-
-def precompute_features(config_file: Path | str | None = None, *, batch_size: int | None = None, force: bool = False,
-                        **settings) -> tuple[Backbone, dict]:
-    """`tlkit precompute`: the feature cache that `finetune --precompute-features` with these settings reads,
-    found valid or computed now (force: computed again). Returns the backbone and its FeatureSets."""
-    config = run_config(resolve_config(Path(config_file) if config_file else None, settings))
-    split = open_photos(config).split
-    compute = compute_for(config.device, config.precision)
-    # Seeded: random-init weights (--weights none) repeat, and so does their cache.
-    backbone = create_backbone(config, split.classes)
-    return backbone, cached_features(config, backbone, compute, split, batch_size=batch_size, force=force)
 
 
 def _fit(trainer: Trainer, run_dir: Path, command: str, config: FinetuneConfig, meta: CheckpointMeta) -> None:

@@ -1,24 +1,31 @@
 """The learning-rate range test (Leslie Smith; fastai's lr_find): train briefly while the lr grows
 exponentially, record the loss, suggest the lr where the loss falls fastest.
 
-Leaves the model and optimizer exactly as it found them; writes nothing but the plot.
+Sweeps a Trainer of its own (build_trainer: one phase on the images, no run folder), leaves its model and
+optimizer exactly as it found them, and writes nothing but the plot.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlkit.config import resolve_config
+from tlkit import distributed
 from tlkit.atomic import check_writable
+from tlkit.backbone import Backbone
+from tlkit.config import FinetuneConfig, resolve_config
 from tlkit.errors import TlkitError, option
+from tlkit.finetuning import assemble_trainer, trackers
+from tlkit.inputs import TrainingInput, image_input, open_photos
 from tlkit.ownership import why_kept
 from tlkit.pathtext import refuse_stdout
-from tlkit.finetuning import build_trainer
+from tlkit.recipe import plan_phases
 from tlkit.report import plot_lr_find
-from tlkit.runtime import progress, relpath
+from tlkit.run_backbone import create_backbone, run_config
+from tlkit.runtime import compute_for, progress, relpath
 from tlkit.train import Trainer, set_training_mode
 
 MIN_FALL = 0.05  # the loss must fall by this share of its starting value for a suggestion to mean something
@@ -98,6 +105,21 @@ def suggest(lrs: list[float], losses: list[float]) -> dict:
     return {"suggested_lr": finite[steepest][0], "min_loss_lr": finite[lowest][0], "loss_fell": fell}
 
 
+def build_trainer(config: FinetuneConfig, *, source=None) -> tuple[Trainer, Backbone, TrainingInput]:
+    """A Trainer on the images, with no run folder (what `tlkit lr-find` sweeps): of the head alone with
+    --freeze trunk, else of every layer."""
+    one_phase = dataclasses.replace(config, freeze="trunk" if config.freeze == "trunk" else "none",
+                                    unfreeze_after=None, precompute_features=False)
+    config = run_config(one_phase, source)
+    source = open_photos(config, source)
+    compute = compute_for(config.device, config.precision)
+    distributed.setup(compute.device)  # under torchrun: before the loaders, which take this process's share
+    backbone = create_backbone(config, source.classes, source)
+    phase = plan_phases(config)[0]
+    data = image_input(config, backbone, compute, source)
+    return assemble_trainer(phase, backbone, data, compute, trackers(config, backbone)), backbone, data
+
+
 def find_lr(config_file: Path | str | None = None, *, out: Path, force: bool = False, start_lr: float = 1e-7,
             end_lr: float = 10.0, steps: int = 100, **settings) -> LrFindResult:
     """`tlkit lr-find`: the range test on the model and data the settings name (as `finetune` would train
@@ -105,14 +127,15 @@ def find_lr(config_file: Path | str | None = None, *, out: Path, force: bool = F
     refuse_stdout(out, "a plot")
     out = Path(out)
     if out.exists() and not force:
-        raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace it, "
-                         "or --out FILE.")
+        raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use {option('force', True)} to replace "
+                         f"it, or {option('out', 'FILE')}.")
     if out.exists() and (why := why_kept(out)):
         raise TlkitError(f"{relpath(out)} is not a plot of tlkit's ({why}), and {option('force', True)} replaces only "
                          f"those; nothing was written. Choose another {option('out', 'FILE')}, or move it away.")
     check_writable(out.parent, "out")
     if not start_lr < end_lr:
-        raise TlkitError(f"--start-lr {start_lr:g} must be below --end-lr {end_lr:g}: the sweep grows the lr.")
+        raise TlkitError(f"{option('start_lr', start_lr)} must be below {option('end_lr', end_lr)}: the sweep grows "
+                         "the lr.")
     config = resolve_config(Path(config_file) if config_file else None, {**settings, "scheduler": "none"})
     trainer, _, _ = build_trainer(config)
     result = lr_range_test(trainer, start_lr=start_lr, end_lr=end_lr, steps=steps)

@@ -161,7 +161,7 @@ def _create_torchvision(name: str, spec: Spec, num_classes: int, weights: str, i
                          f"channels); for a 1-channel first convolution use a timm:<name> backbone.")
     model = spec.build(weights=None, num_classes=num_classes)
     trunk, head = spec.split(model)
-    loaded = Loaded("random initialisation (--weights none): no pretrained tensors", ())
+    loaded = Loaded(f"random initialisation ({option('weights', 'none')}): no pretrained tensors", ())
     if weights == "imagenet":
         location = url_weights(spec.imagenet.url)
         path = fetch(location, name)

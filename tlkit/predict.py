@@ -23,7 +23,7 @@ from tlkit.atomic import atomic_write_text, check_writable
 from tlkit.checkpoint import Checkpoint
 from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import Batch, ImageBatches
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.ownership import why_kept
 from tlkit.pathtext import is_stdout, path_text, write_stdout
 from tlkit.runtime import Compute, inference_batch_size, progress, relpath
@@ -204,7 +204,7 @@ def _kaggle_text(pred: Predictions) -> str:
     for index, path in enumerate(pred.paths):
         if index in pred.failures:
             raise TlkitError(f"{relpath(path)} {pred.failures[index]}, so it has no prediction and a Kaggle "
-                             "submission needs every id; replace the file or use --format csv.")
+                             f"submission needs every id; replace the file or use {option('format', 'csv')}.")
         rows.append((kaggle_id(path), float(pred.probabilities[index, positive])))
     return "id,label\n" + "".join(f"{id_},{p:.6f}\n" for id_, p in sorted(rows))
 
@@ -213,14 +213,16 @@ def _check_kaggle_ids(paths: list[Path]) -> None:
     """Every file has a number for a name, and no two the same number (`007.jpg` and `7.png` are both 7)."""
     named = [path for path in map(Path, paths) if kaggle_id(path) is None]
     if named:
-        raise TlkitError(f"--format kaggle takes ids from file names like 123.jpg; {relpath(named[0])} is not "
-                         f"one ({len(named)} such file(s)). Use --format csv, or predict on the Kaggle test folder.")
+        raise TlkitError(f"{option('format', 'kaggle')} takes ids from file names like 123.jpg; {relpath(named[0])} "
+                         f"is not one ({len(named)} such file(s)). Use {option('format', 'csv')}, or predict on the "
+                         "Kaggle test folder.")
     first_with_id: dict[int, Path] = {}
     for path in map(Path, paths):
         id_ = kaggle_id(path)
         if id_ in first_with_id:
-            raise TlkitError(f"--format kaggle needs one file per id; {relpath(first_with_id[id_])} and "
-                             f"{relpath(path)} are both id {id_}. Rename or remove one, or use --format csv.")
+            raise TlkitError(f"{option('format', 'kaggle')} needs one file per id; {relpath(first_with_id[id_])} and "
+                             f"{relpath(path)} are both id {id_}. Rename or remove one, or use "
+                             f"{option('format', 'csv')}.")
         first_with_id[id_] = path
 
 
@@ -230,21 +232,22 @@ def check_request(out: Path, *, fmt: str, topk: int | None, classes: list[str], 
     if not is_stdout(out):
         _check_out_file(Path(out), force)
     if topk is not None and not 1 <= topk <= len(classes):
-        raise TlkitError(f"--topk {topk} must be between 1 and the number of classes ({len(classes)}).")
+        raise TlkitError(f"{option('topk', topk)} must be between 1 and the number of classes ({len(classes)}).")
     if fmt == "kaggle":
         if len(classes) != 2:
-            raise TlkitError(f"--format kaggle needs a two-class model; this one has {len(classes)} classes.")
+            raise TlkitError(f"{option('format', 'kaggle')} needs a two-class model; this one has {len(classes)} "
+                             "classes.")
         _check_kaggle_ids(paths)
 
 
 def _check_out_file(out: Path, force: bool) -> None:
     """A file may be written at out: nothing there, or a predictions file and force."""
     if out.exists() and not force:
-        raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use --force to replace it, "
-                         "or --out to write elsewhere.")
+        raise TlkitError(f"{relpath(out)} already exists; nothing was written. Use {option('force', True)} to replace "
+                         f"it, or {option('out')} to write elsewhere.")
     if out.exists() and not out.is_dir() and (why := why_kept(out)):
-        raise TlkitError(f"{relpath(out)} is not a predictions file of tlkit's ({why}), and --force replaces "
-                         "only those; nothing was written. Choose another --out, or move it away.")
+        raise TlkitError(f"{relpath(out)} is not a predictions file of tlkit's ({why}), and {option('force', True)} "
+                         f"replaces only those; nothing was written. Choose another {option('out')}, or move it away.")
     check_writable(out.parent, "out")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.runtime import info, relpath
 from tlkit.weights import offline_reason
 
@@ -160,7 +160,7 @@ def _download(name: str, spec: Builtin, data_root: Path) -> None:
     url = CIFAR_URL if name == "cifar10" else "https://ossci-datasets.s3.amazonaws.com/mnist/"
     reason = offline_reason(url if name != "fashion-mnist" else "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/")
     advice = (f"{spec.title} needs {expected} (IDX files may be .gz) in {relpath(where)}/ or directly in "
-              f"{relpath(data_root)}/; copy them there, or point --data-root at the folder that holds them.")
+              f"{relpath(data_root)}/; copy them there, or point {option('data_root')} at the folder that holds them.")
     if reason:
         raise TlkitError(f"{spec.title} is not in {relpath(data_root)} and cannot be downloaded ({reason}). {advice}")
     info(f"downloading {spec.title} into {relpath(data_root)}")

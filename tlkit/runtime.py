@@ -12,6 +12,7 @@ import collections
 import contextlib
 import contextvars
 import ctypes
+import errno
 import importlib.util
 import itertools
 import math
@@ -145,6 +146,17 @@ def out_of_memory(error: BaseException, *, batch_size: int | None = None, gpu_hi
     at = f" at batch size {batch_size}" if batch_size else ""
     smaller = option("batch_size", max(1, batch_size // 2)) if batch_size else f"a smaller {option('batch_size')}"
     return f"out of {whose}{at}; try {smaller} or a smaller {option('img_size')}{last_resort}."
+
+
+def machine_fault(error: BaseException) -> str | None:
+    """A fault of the machine's rather than of tlkit's code, in one sentence with what to do; None for
+    anything else. The stages name their own files; this catches what reaches a command's top unnamed."""
+    if (message := out_of_memory(error)) is not None:
+        return message
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {error.filename}" if error.filename else ""
+        return f"the disk is full{where}; free some space, or write elsewhere (--out, --runs-dir, --cache-dir)."
+    return None
 
 
 def keep_freed_memory() -> None:

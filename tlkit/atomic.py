@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -114,7 +115,7 @@ def check_writable(folder: Path, flag: str, *, python: str | None = None, advice
     python: the parameter's name where it differs). Leaves nothing behind."""
     folder = Path(folder)
     existing = next((path for path in (folder, *folder.parents) if os.path.lexists(path)), Path("."))
-    probe = existing / f".tlkit-probe-{os.getpid()}"
+    probe = existing / f".tlkit-probe-{os.getpid()}-{threading.get_ident()}"  # two threads may probe one folder
     renamed = probe.with_name(probe.name + "-renamed")
     try:
         if not existing.is_dir():

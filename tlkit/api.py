@@ -292,11 +292,12 @@ class Classifier:
                                    workers=default_workers(), force=force)
 
     def export(self, fmt: str = "onnx", path: Path | str | None = None, *, force: bool = False) -> Path:
-        """`tlkit export`: the model as ONNX or TorchScript with its preprocessing in a .json beside it, checked
-        against PyTorch on the run's validation images; the file written (path None: RUN/model.onnx or .pt).
+        """`tlkit export`: the model as ONNX, torch.export's ExportedProgram ("pt2") or TorchScript (deprecated
+        upstream) with its preprocessing in a .json beside it, checked against PyTorch on the run's validation
+        images; the file written (path None: RUN/model.onnx, .pt2 or .pt).
 
-            >>> classifier.export("torchscript")
-            PosixPath('runs/pets/model.pt')
+            >>> classifier.export("pt2")
+            PosixPath('runs/pets/model.pt2')
         """
         with _call():
             path, force = _path("path", path), _switch("force", force)

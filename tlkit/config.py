@@ -29,7 +29,7 @@ CACHE_DTYPES = ("float16", "float32")
 LR_SCALES = ("none", "linear")
 # Choices of the other commands, here so that building the CLI's parser imports no torch (start-up time).
 PREDICT_FORMATS = ("csv", "json", "kaggle")
-EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+EXPORT_SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
 BUILT_IN_DATASETS = ("cifar10", "digits", "fashion-mnist", "mnist")  # tlkit.datasets.dataset_names(), tested
 _KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 FLAGS = "flags"  # the `where` of settings given as command-line flags, or as keywords to tlkit.api.finetune

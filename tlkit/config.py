@@ -84,7 +84,8 @@ SCALED_STDS = Range(0, 1, low_included=False, high_included=True)  # --std: one 
 
 def setting(default, help: str, choices: tuple | None = None, within: Range | None = None):
     """A FinetuneConfig field with what its command-line flag says: the CLI builds every setting flag
-    from these (help, choices), so a new setting is one line here. A help that says "(default" names
+    from these (help, choices), so a new setting's flag follows from its line here (docs/architecture.md
+    says what else a new setting needs). A help that says "(default" names
     the default itself; otherwise the flag's help shows the field's. `within`: a number's range, which
     flags, YAML files and Python callers alike are checked against."""
     return field(default=default, metadata={"help": help, "choices": choices, "range": within})

@@ -7,9 +7,11 @@ very same cached features (the ceiling a linear head can be held to). `--unfreez
 runs then continue the cached head end to end on the images, to show that the defaults for a
 pretrained trunk keep (or improve) what the head reached. `--plain` times the default recipe alone
 (`tlkit finetune --backbone efficientnet_lite0`, no other flag: the head on the cache to convergence,
-then every layer) from a split of its own, its feature cache built inside the time.
+then every layer) from a split of its own, its feature cache built inside the time. Each run's saved
+model is also scored on `--holdout` (photos of cats and dogs no run trains on: by default the 370
+Oxford-IIIT Pet photos, another source than Kaggle's): accuracy and mean log loss.
 
-    python scripts/bench_transfer.py [--photos DIR] [--val 400] [--subset N] [--unfreeze 1] [--plain]
+    python scripts/bench_transfer.py [--photos DIR] [--val 400] [--subset N] [--unfreeze 1] [--plain] [--holdout DIR]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from tlkit.api import load
 from tlkit.cli import main as cli
 from tlkit.features import load_cache
 from tlkit.finetuning import finetune
@@ -58,7 +61,24 @@ def logistic_regression(cache_dir: Path) -> float:
     return float(model.score(np.asarray(val.features, dtype=np.float32), val.labels))
 
 
-def plain_recipe(data: Path, runs: Path, backbone: str, device: str, figures: list[str]) -> str:
+def best_loss(result) -> str:
+    """The saved epoch's validation loss."""
+    return f"{next(row['val_loss'] for row in result.history if row['epoch'] == result.best_epoch):.4f}"
+
+
+def holdout_scores(run_dir: Path, photos: Path | None) -> str:
+    """Accuracy and mean log loss of the run's saved model on the hold-out photos (class: the name before the
+    first dot), as a table cell; "-" without a hold-out."""
+    if photos is None:
+        return "-"
+    rows = load(run_dir).predict(photos, quiet=True)
+    truths = [Path(row.source).name.split(".")[0] for row in rows]
+    correct = sum(row.label == truth for row, truth in zip(rows, truths))
+    log_loss = -np.mean([np.log(max(row.probabilities.get(truth, 0.0), 1e-12)) for row, truth in zip(rows, truths)])
+    return f"{correct / len(rows):.4f} (loss {log_loss:.4f}, {correct} of {len(rows)})"
+
+
+def plain_recipe(data: Path, runs: Path, backbone: str, device: str, figures: list[str], holdout: Path | None) -> str:
     """The default recipe on a fresh split (its cache built in the time): the table row, and a figure."""
     start = time.perf_counter()
     result = finetune(data=str(data), backbone=backbone, runs_dir=str(runs), name="plain", device=device)
@@ -70,7 +90,8 @@ def plain_recipe(data: Path, runs: Path, backbone: str, device: str, figures: li
                    f"{head_best['val_acc']:.4f})")
     return (f"| plain `finetune --backbone {backbone}` (head's best epoch {head_best['epoch']}: "
             f"{head_best['val_acc']:.4f} (loss {head_best['val_loss']:.4f}); every layer: {every_layer}) | "
-            f"{result.report['accuracy']:.4f} | {result.best_epoch} | {seconds:.1f} |")
+            f"{result.report['accuracy']:.4f} | {best_loss(result)} | {holdout_scores(result.run_dir, holdout)} | "
+            f"{result.best_epoch} | {seconds:.1f} |")
 
 
 def main() -> None:
@@ -84,9 +105,13 @@ def main() -> None:
     parser.add_argument("--e2e-epochs", type=int, default=2, help="epochs of every layer after the head")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--plain", action="store_true", help="also time the default recipe, no flag but --backbone")
+    parser.add_argument("--holdout", type=Path, default=Path("../shared/data/oxford-pets-370"),
+                        help="photos no run trains on, scored by each run's saved model (missing: not scored)")
     args = parser.parse_args()
     silence()  # the script prints its own table: no chatter, bars or run summaries
-    rows = ["| run | validation accuracy | best epoch | time (s) |", "| --- | ---: | ---: | ---: |"]
+    holdout = args.holdout if args.holdout.is_dir() else None
+    rows = ["| run | validation accuracy | validation loss | hold-out accuracy | best epoch | time (s) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |"]
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         photos = subset_of(args.photos, args.subset, work / "photos")
@@ -97,12 +122,14 @@ def main() -> None:
         result = finetune(name="defaults", **common)
         seconds = time.perf_counter() - start
         rows.append(f"| finetune --precompute-features, defaults (cache built) | {result.report['accuracy']:.4f} | "
-                    f"{result.best_epoch} | {seconds:.1f} |")
+                    f"{best_loss(result)} | {holdout_scores(result.run_dir, holdout)} | {result.best_epoch} | "
+                    f"{seconds:.1f} |")
         figures = [f"{args.backbone} --precompute-features {result.report['accuracy']:.4f} in {seconds:.1f} s"]
         cache = next((work / "data" / ".tlkit-cache").iterdir())
         start = time.perf_counter()
         ceiling = logistic_regression(cache)
-        rows.append(f"| logistic regression on the same cache | {ceiling:.4f} | - | {time.perf_counter() - start:.1f} |")
+        rows.append(f"| logistic regression on the same cache | {ceiling:.4f} | - | - | - | "
+                    f"{time.perf_counter() - start:.1f} |")
         figures.append(f"logistic regression {ceiling:.4f}")
         for head_epochs in args.unfreeze:
             start = time.perf_counter()
@@ -110,13 +137,14 @@ def main() -> None:
                               epochs=head_epochs + args.e2e_epochs, **common)
             per_epoch = ", ".join(f"{row['val_acc']:.4f}" for row in result.history[head_epochs - 1:])
             rows.append(f"| --unfreeze-after {head_epochs} --epochs {head_epochs + args.e2e_epochs} (head's last, "
-                        f"then every layer: {per_epoch}) | {result.report['accuracy']:.4f} | {result.best_epoch} | "
+                        f"then every layer: {per_epoch}) | {result.report['accuracy']:.4f} | {best_loss(result)} | "
+                        f"{holdout_scores(result.run_dir, holdout)} | {result.best_epoch} | "
                         f"{time.perf_counter() - start:.1f} |")
             figures.append(f"--unfreeze-after {head_epochs} --epochs {head_epochs + args.e2e_epochs} "
                            f"{result.report['accuracy']:.4f} in {time.perf_counter() - start:.1f} s")
         if args.plain:
             assert cli(["split", str(photos), "--val", args.val, "--out", str(work / "plain"), "--quiet"]) == 0
-            rows.append(plain_recipe(work / "plain", work / "runs", args.backbone, args.device, figures))
+            rows.append(plain_recipe(work / "plain", work / "runs", args.backbone, args.device, figures, holdout))
     print("\n".join(rows))
     print(f"figure: transfer, validation accuracy: {'; '.join(figures)}")
 

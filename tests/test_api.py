@@ -229,13 +229,15 @@ def test_warnings_and_advice_name_the_parameter_from_python_and_the_flag_from_th
 
 def test_export_writes_the_model_and_says_where(tiny_run, photos):
     classifier = api.load(tiny_run, device="cpu")
-    with pytest.raises(TlkitError, match="not one of onnx, torchscript"):
+    with pytest.raises(TlkitError, match="not one of onnx, pt2, torchscript"):
         classifier.export("tflite")
     path = classifier.export("torchscript", tiny_run / "model.pt")
     assert path == tiny_run / "model.pt" and path.is_file() and path.with_suffix(".pt.json").is_file()
     with pytest.raises(TlkitError, match="already exists"):
         classifier.export("torchscript", path)
     assert classifier.export("torchscript", path, force=True) == path
+    program = classifier.export("pt2")  # beside the checkpoint, as `tlkit export --format pt2`
+    assert program == tiny_run / "model.pt2" and program.with_suffix(".pt2.json").is_file()
 
 
 def test_predictions_frame_needs_pandas(tiny_run, photos, monkeypatch):

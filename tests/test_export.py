@@ -1,4 +1,4 @@
-"""tlkit.export and `tlkit export`: round trips through TorchScript and ONNX, checked on images."""
+"""tlkit.export and `tlkit export`: round trips through TorchScript, torch.export (.pt2) and ONNX, checked on images."""
 
 import importlib.util
 import json
@@ -14,7 +14,7 @@ from tlkit.decode import ImageBatches
 from tlkit.export import sidecar_path
 from tlkit.runtime import compute_for
 
-from conftest import write_image
+from conftest import real_photos, write_image
 
 
 @pytest.fixture
@@ -42,6 +42,24 @@ def test_torchscript_round_trip_with_dynamic_batch(tiny_run, images, tmp_path, c
     meta = json.loads(sidecar_path(target).read_text())
     assert meta["classes"] == ["cat", "dog"] and meta["input"]["height"] == 32
     assert meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_pt2_round_trip_on_real_photos_with_dynamic_batch(tiny_run, tmp_path, capsys):
+    """torch.export's ExportedProgram: checked on real photos when written, then loaded by torch.export alone,
+    it gives PyTorch's logits at batch sizes other than the one it was traced at (1 included)."""
+    photos = [real_photos() / f"{label}.{n}.jpg" for label in ("cat", "dog") for n in range(3)][:5]
+    target = tmp_path / "model.pt2"
+    assert main(["export", "--format", "pt2", "--checkpoint", str(tiny_run), "--out", str(target),
+                 "--images", *map(str, photos)]) == 0
+    assert "verified on 5 real image(s)" in capsys.readouterr().err
+    inputs, expected = _reference(tiny_run, photos)
+    program = torch.export.load(str(target)).module()
+    with torch.inference_mode():
+        for count in (1, 3, 5):
+            np.testing.assert_allclose(program(inputs[:count]).numpy(), expected[:count], atol=1e-4)
+    meta = json.loads(sidecar_path(target).read_text())
+    assert meta["check"]["format"] == "pt2" and meta["check"]["verified"] is True
+    assert meta["classes"] == ["cat", "dog"] and meta["input"]["batch"] == "dynamic"
 
 
 def test_onnx_round_trip(tiny_run, images, tmp_path):
@@ -175,7 +193,7 @@ def test_the_decode_steps_name_the_crop_mode():
     assert decode_steps(replace(prep, crop_mode="squash"))[0].startswith("Pillow: Image.open(file); draft('RGB', (70, 70))")
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2", "onnx"])
 def test_an_export_that_would_not_fit_the_disk_is_refused_before_writing(tiny_run, tmp_path, monkeypatch, capsys, fmt):
     from types import SimpleNamespace
 
@@ -189,7 +207,7 @@ def test_an_export_that_would_not_fit_the_disk_is_refused_before_writing(tiny_ru
     assert not list(tmp_path.glob("*model.out*"))
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2", "onnx"])
 @pytest.mark.parametrize("fails", ["model", "sidecar"])
 def test_a_disk_that_fills_during_the_export_leaves_the_earlier_export_whole(tiny_run, tmp_path, monkeypatch, capsys,
                                                                            fmt, fails):

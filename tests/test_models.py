@@ -160,12 +160,26 @@ def test_freeze_unfreeze_and_parameter_groups():
     backbone.freeze_trunk()
     assert not any(p.requires_grad for p in backbone.trunk_parameters())
     groups = backbone.param_groups(lr=0.01, trunk_lr_mult=0.1)
-    assert [g["name"] for g in groups] == ["head"] and groups[0]["lr"] == 0.01
+    assert [g["name"] for g in groups] == ["head", "head (no decay)"] and {g["lr"] for g in groups} == {0.01}
     backbone.unfreeze()
     assert all(p.requires_grad for p in backbone.model.parameters())
-    trunk_group, head_group = backbone.param_groups(lr=0.01, trunk_lr_mult=0.1)
-    assert trunk_group["lr"] == pytest.approx(0.001) and len(trunk_group["params"]) == len(backbone.trunk_parameters())
-    assert head_group["lr"] == 0.01
+    trunk_group, trunk_no_decay, head_group, head_no_decay = backbone.param_groups(lr=0.01, trunk_lr_mult=0.1)
+    assert trunk_group["lr"] == pytest.approx(0.001) and trunk_no_decay["lr"] == pytest.approx(0.001)
+    assert len(trunk_group["params"]) + len(trunk_no_decay["params"]) == len(backbone.trunk_parameters())
+    assert head_group["lr"] == 0.01 and head_no_decay["lr"] == 0.01
+
+
+def test_biases_and_batchnorm_weights_are_not_decayed():
+    """timm's rule (param_groups_weight_decay): every parameter of one dimension (biases, BatchNorm's and
+    LayerNorm's scales) goes without weight decay; weight matrices and kernels keep the optimizer's."""
+    backbone = models.create("resnet18", 2, weights="none")
+    trunk, trunk_no_decay, head, head_no_decay = backbone.param_groups(lr=0.01)
+    norms = [m for m in backbone.trunk.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    exempt = {id(p) for p in trunk_no_decay["params"]}
+    assert norms and all(id(m.weight) in exempt and id(m.bias) in exempt for m in norms)
+    assert all(p.ndim > 1 for p in trunk["params"]) and "weight_decay" not in trunk
+    assert trunk_no_decay["weight_decay"] == 0.0 and head_no_decay["weight_decay"] == 0.0
+    assert head["params"] == [backbone.head.weight] and head_no_decay["params"] == [backbone.head.bias]
 
 
 def test_a_timm_trunk_leaves_the_head_out_of_its_parameters_and_state_dict():

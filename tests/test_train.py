@@ -110,7 +110,7 @@ def test_frozen_trunk_stays_put_and_unfreeze_after_thaws_it(data_dir, tmp_path):
                               runs_dir=str(tmp_path / "runs"), name="thaw"), callbacks=[Record()])
     # Epoch 1: the head alone, with an optimizer of its own; the trunk (BatchNorm statistics included) does
     # not move. Epoch 2: every layer, with another optimizer.
-    assert optimized == [["head"], ["trunk", "head"]]
+    assert optimized == [["head", "head (no decay)"], ["trunk", "trunk (no decay)", "head", "head (no decay)"]]
     head = head_keys(run.backbone.model, run.backbone.head)
     start = initial_model(run)
     assert all(torch.equal(start[key], states[0][key]) for key in start if key not in head)
@@ -128,7 +128,20 @@ def test_freeze_trunk_trains_the_head_only(data_dir, tmp_path):
 def test_trunk_lr_mult_gives_the_trunk_its_own_lr(data_dir):
     trainer, _, _ = trainer_for(data_dir, lr=0.02, trunk_lr_mult=0.1)
     lrs = {group["name"]: group["lr"] for group in trainer.optimizer.param_groups}
-    assert lrs == pytest.approx({"trunk": 0.002, "head": 0.02})
+    assert lrs == pytest.approx({"trunk": 0.002, "trunk (no decay)": 0.002, "head": 0.02, "head (no decay)": 0.02})
+
+
+def test_a_resume_file_with_other_parameter_groups_is_one_message(data_dir):
+    """A resume file from a tlkit that grouped the parameters otherwise (trunk and head, every parameter decayed)
+    cannot feed this optimizer: the message says why, instead of PyTorch's ValueError."""
+    trainer, _, _ = trainer_for(data_dir, lr=0.02, trunk_lr_mult=0.1)
+    state = trainer.state_dict()
+    groups = state["optimizer"]["param_groups"]
+    state["optimizer"]["param_groups"] = [{**groups[0], "params": groups[0]["params"] + groups[1]["params"]},
+                                          {**groups[2], "params": groups[2]["params"] + groups[3]["params"]}]
+    with pytest.raises(TlkitError, match="parameter groups trunk, head, and this tlkit trains trunk, trunk "
+                                         r"\(no decay\), head, head \(no decay\)"):
+        trainer.load_state_dict(state)
 
 
 class LrBump(Callback):

@@ -284,12 +284,12 @@ class Classifier:
 
     def export(self, fmt: str = "onnx", path: Path | str | None = None, *, force: bool = False,
                quiet: bool = False) -> Path:
-        """`tlkit export`: the model as ONNX or TorchScript with its preprocessing in a .json beside it, checked
-        against PyTorch on the run's validation images; the file written (path None: RUN/model.onnx or .pt).
-        quiet: print nothing.
+        """`tlkit export`: the model as ONNX, torch.export's ExportedProgram ("pt2") or TorchScript (deprecated
+        upstream) with its preprocessing in a .json beside it, checked against PyTorch on the run's validation
+        images; the file written (path None: RUN/model.onnx, .pt2 or .pt). quiet: print nothing.
 
-            >>> classifier.export("torchscript")
-            PosixPath('runs/pets/model.pt')
+            >>> classifier.export("pt2")
+            PosixPath('runs/pets/model.pt2')
         """
         with _call(quiet):
             path, force = _path("path", path), _switch("force", force)

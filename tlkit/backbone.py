@@ -78,11 +78,17 @@ class Backbone:
             parameter.requires_grad_(True)
 
     def param_groups(self, lr: float, trunk_lr_mult: float = 1.0) -> list[dict]:
-        """Optimizer groups of the trainable parameters: the trunk at lr * trunk_lr_mult, the head at lr."""
-        groups = [
-            {"params": [p for p in self.trunk_parameters() if p.requires_grad], "lr": lr * trunk_lr_mult, "name": "trunk"},
-            {"params": [p for p in self.head_parameters() if p.requires_grad], "lr": lr, "name": "head"},
-        ]
+        """Optimizer groups of the trainable parameters: the trunk at lr * trunk_lr_mult, the head at lr (last).
+        Each part's biases and normalisation weights (every parameter of one dimension) form a group of their
+        own without weight decay, as timm's param_groups_weight_decay keeps them: decay pulls a weight matrix
+        towards small, simple maps, while a BatchNorm scale pulled towards 0 silences its channel."""
+        groups = []
+        for name, parameters, part_lr in (("trunk", self.trunk_parameters(), lr * trunk_lr_mult),
+                                          ("head", self.head_parameters(), lr)):
+            trainable = [p for p in parameters if p.requires_grad]
+            groups.append({"params": [p for p in trainable if p.ndim > 1], "lr": part_lr, "name": name})
+            groups.append({"params": [p for p in trainable if p.ndim <= 1], "lr": part_lr, "weight_decay": 0.0,
+                           "name": f"{name} (no decay)"})
         return [group for group in groups if group["params"]]
 
 

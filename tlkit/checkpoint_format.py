@@ -123,7 +123,7 @@ def read_meta(path: Path) -> CheckpointMeta:
     weights_path, meta_path = checkpoint_paths(path)
     if Path(path).is_file() and Path(path).suffix not in (".safetensors", ".json"):
         raise TlkitError(f"{relpath(Path(path))} is not a tlkit checkpoint; give a run folder (runs/NAME) or its "
-                         f"{BEST_WEIGHTS} (exported .onnx / .pt files and resume.pt are not read back).")
+                         f"{BEST_WEIGHTS} (exported .onnx / .pt2 / .pt files and resume.pt are not read back).")
     for needed in (weights_path, meta_path):
         if not needed.is_file():
             raise TlkitError(

@@ -473,15 +473,17 @@ def _add_export(subparsers) -> None:
     from tlkit.config import EXPORT_SUFFIXES as FORMATS
 
     parser = _subparser(
-        subparsers, "export", "write a trained model as ONNX or TorchScript",
+        subparsers, "export", "write a trained model as ONNX, an ExportedProgram (.pt2) or TorchScript",
         "Export the best weights of a run with their preprocessing in a .json beside them, and check that "
         "the export gives PyTorch's outputs on real images.",
         "tlkit export --format onnx --out model.onnx",
     )
-    parser.add_argument("--format", choices=sorted(FORMATS), required=True, help="onnx or torchscript")
+    parser.add_argument("--format", choices=sorted(FORMATS), required=True,
+                        help="onnx; pt2 (torch.export's ExportedProgram: torch.export.load(FILE).module()); or "
+                             "torchscript (deprecated upstream by PyTorch, in favour of torch.export: kept while it works)")
     parser.add_argument("--checkpoint", help="a run folder or .safetensors file (default: runs/latest)")
     _add_setting_flags(parser, only=("runs_dir",), config_file=False)
-    parser.add_argument("--out", help="the file to write (default: RUN/model.onnx or RUN/model.pt)")
+    parser.add_argument("--out", help="the file to write (default: RUN/model.onnx, RUN/model.pt2 or RUN/model.pt)")
     parser.add_argument("--images", nargs="*", type=Path,
                         help="images to verify on (default: a few of the run's validation images)")
     parser.add_argument("--force", action="store_true", help="replace an existing --out file")

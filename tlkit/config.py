@@ -31,7 +31,7 @@ CACHE_DTYPES = ("float16", "float32")
 LR_SCALES = ("none", "linear")
 # Choices of the other commands, here so that building the CLI's parser imports no torch (start-up time).
 PREDICT_FORMATS = ("csv", "json", "kaggle")
-EXPORT_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+EXPORT_SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
 BUILT_IN_DATASETS = ("cifar10", "digits", "fashion-mnist", "mnist")  # tlkit.datasets.dataset_names(), tested
 _KIND_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 FLAGS = "flags"  # the `where` of settings given as command-line flags, or as keywords to tlkit.api.finetune
@@ -108,7 +108,8 @@ ADAMW_WEIGHT_DECAY = 0.01  # torch.optim.AdamW's own default, which a weight dec
 
 def setting(default, help: str, choices: tuple | None = None, within: Range | None = None):
     """A FinetuneConfig field with what its command-line flag says: the CLI builds every setting flag
-    from these (help, choices), so a new setting is one line here. A help that says "(default" names
+    from these (help, choices), so a new setting's flag follows from its line here (docs/architecture.md
+    says what else a new setting needs). A help that says "(default" names
     the default itself; otherwise the flag's help shows the field's. `within`: a number's range, which
     flags, YAML files and Python callers alike are checked against."""
     return field(default=default, metadata={"help": help, "choices": choices, "range": within})

@@ -1,4 +1,5 @@
-"""`tlkit export`: a checkpoint as ONNX or TorchScript, with its preprocessing beside it.
+"""`tlkit export`: a checkpoint as ONNX, torch.export's ExportedProgram (.pt2) or TorchScript (deprecated
+upstream, kept while it works), with its preprocessing beside it.
 
 Every export is checked before it is kept: the exported model's outputs on real images (or,
 without any that decode, on random ones, said plainly with the files that failed) must match
@@ -72,6 +73,16 @@ def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Pat
     _write_bytes(path, buffer.getvalue())
 
 
+def _export_pt2(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    """torch.export's ExportedProgram, where PyTorch is taking TorchScript's place: `torch.export.load(path)
+    .module()` runs it. Traced at a batch of two, as torch.export specialises a size of 1 to the constant 1."""
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, (example[:1].repeat(2, 1, 1, 1),), dynamic_shapes=({0: batch},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    _write_bytes(path, buffer.getvalue())
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
     """An exporter's file, serialised in memory first and written by Python: a disk that fills under the write
     (another process taking the last space) is then an error like any other, where TorchScript's own writer
@@ -87,7 +98,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> N
     if importlib.util.find_spec("onnx") is None:
         raise TlkitError(f"exporting to ONNX needs the onnx package, which is not installed in this Python "
                          f"({sys.executable}); nothing was written. Run `{ONNX_INSTALL}` and export again, "
-                         f"or use {option('format', 'torchscript', python='fmt')}.")
+                         f"or use {option('format', 'pt2', python='fmt')}.")
 
     buffer = io.BytesIO()
     with _quiet_deprecations():
@@ -98,10 +109,16 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> N
     _write_bytes(path, buffer.getvalue())
 
 
+EXPORTERS = {"onnx": _export_onnx, "pt2": _export_pt2, "torchscript": _export_torchscript}  # one per EXPORT_SUFFIXES key
+
+
 def _run_exported(fmt: str, path: Path, images: torch.Tensor) -> np.ndarray | None:
     if fmt == "torchscript":
         with torch.inference_mode(), _quiet_deprecations():
             return torch.jit.load(str(path)).eval()(images).numpy()
+    if fmt == "pt2":
+        with torch.inference_mode():
+            return torch.export.load(str(path)).module()(images).numpy()
     if importlib.util.find_spec("onnxruntime") is None:
         return None
     import onnxruntime
@@ -190,7 +207,7 @@ def _verified(fmt: str, path: Path, samples: torch.Tensor, expected: np.ndarray,
 def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None, *, images: list[Path] = (),
                       force: bool = False) -> dict:
     """Write the model and `<out>.json` (input size, mean/std, classes); verify; return what was checked,
-    with the file written. out None: model.onnx / model.pt beside the checkpoint. images: what the export
+    with the file written. out None: model.onnx / .pt2 / .pt beside the checkpoint. images: what the export
     is checked on; none given: a few of the run's own validation images, when they are still there."""
     refuse_stdout(out, "a model file and its sidecar", python="path")
     out = Path(out) if out is not None else checkpoint.path.with_name(f"model{FORMATS[fmt]}")
@@ -215,7 +232,7 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None,
     # failed check or write leaves an earlier export in place, and never a model without its sidecar.
     staged, staged_sidecar = (path.with_name(f".{path.name}.unverified") for path in (out, sidecar))
     try:
-        (_export_onnx if fmt == "onnx" else _export_torchscript)(model, samples, staged)
+        EXPORTERS[fmt](model, samples, staged)
         check = {**_verified(fmt, staged, samples, expected, source), "file": str(out),
                  "images_failed": {str(path): why for path, why in failed.items()}}
         atomic_write_text(staged_sidecar, json.dumps(_sidecar(checkpoint, check), indent=2))

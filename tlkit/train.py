@@ -144,12 +144,24 @@ class Trainer:
             },
         }
 
+    def _check_groups(self, saved: dict) -> None:
+        """A resume file's optimizer state fits only the parameter groups it was saved with; a tlkit that
+        groups them otherwise (before biases and normalisation weights went without weight decay) says so."""
+        saved_names = [group.get("name", "lr") for group in saved["param_groups"]]
+        names = [group.get("name", "lr") for group in self.optimizer.param_groups]
+        if saved_names != names:
+            raise TlkitError(f"the resume file's optimizer holds the parameter groups {', '.join(saved_names)}, "
+                             f"and this tlkit trains {', '.join(names)} (it takes biases and normalisation weights "
+                             "apart, without weight decay), so the run cannot go on from it. Finish it with the "
+                             "tlkit that wrote it, or start it again.")
+
     def load_state_dict(self, state: dict) -> None:
         import numpy as np
 
         self.epoch, self.history, self.stop_reason = state["epoch"], state["history"], state["stop_reason"]
         self.skipped = set(state["skipped"])
         self.model.load_state_dict(state["model"])
+        self._check_groups(state["optimizer"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])

@@ -2,7 +2,8 @@
 
 Each call runs the same functions as its `tlkit` command (prepare_split/execute_split, audit_folder,
 finetuning.finetune, load_checkpoint, predict_files, evaluate_folder, export_checkpoint) with the
-command's defaults; nothing here is a second implementation. `quiet=True` silences stdout and
+command's defaults, and the commands call these (split, check and cache, which start without torch, call their
+stages directly). `quiet=True` silences stdout and
 stderr for that call alone (runtime.reporting). Errors meant for users are TlkitError, and name the
 parameter to change (`val=`, `force=True`) where the command's would name its flag (errors.option).
 

@@ -18,7 +18,7 @@ from tlkit import datasets, models, rawdata
 from tlkit.config import make_config
 from tlkit.decode import Normalizer
 from tlkit.errors import TlkitError
-from tlkit.run_backbone import create_backbone
+from tlkit.run_backbone import create_backbone, resolve_preprocessing
 
 IDX_NAMES = {split: rawdata.IDX_SPLITS[split] for split in ("train", "test")}
 
@@ -174,12 +174,12 @@ def test_normalisation_follows_data_and_model(tmp_path):
     write_mnist(tmp_path)
     source = datasets.open_source("mnist", data_root=tmp_path, val=10)
     lenet = models.create("lenet", 10, weights="none")
-    assert source.preprocessing_for(lenet).mean == (0.1307,)  # MNIST's known statistics
+    assert resolve_preprocessing(lenet, source).mean == (0.1307,)  # MNIST's known statistics
     wide = models.create("simple-cnn", 10, weights="none", img_size=28)
-    assert source.preprocessing_for(wide).std == (0.3081,) * 3  # repeated for a 3-channel model
+    assert resolve_preprocessing(wide, source).std == (0.3081,) * 3  # repeated for a 3-channel model
     digits = datasets.open_source("digits", mean=0.5, std="0.25")
-    assert digits.preprocessing_for(lenet).mean == (0.5,) and digits.preprocessing_for(lenet).std == (0.25,)
-    measured = datasets.open_source("digits").preprocessing_for(lenet)
+    assert resolve_preprocessing(lenet, digits).mean == (0.5,) and resolve_preprocessing(lenet, digits).std == (0.25,)
+    measured = resolve_preprocessing(lenet, datasets.open_source("digits"))
     assert 0.2 < measured.mean[0] < 0.4 and 0.3 < measured.std[0] < 0.5  # computed from the training set
 
 
@@ -188,7 +188,7 @@ def test_alexnet_recipe_feeds_96px_three_channel_digits(tmp_path):
     source = datasets.open_source("mnist", data_root=tmp_path, val=10, mean=0.2, std=0.3)
     with torch.device("meta"):
         alexnet = models.create("alexnet", 10, weights="none", img_size=96)
-    prep = source.preprocessing_for(alexnet)
+    prep = resolve_preprocessing(alexnet, source)
     assert (prep.in_chans, prep.input_size, prep.mean, prep.resize_size) == (3, (96, 96), (0.2,) * 3, None)
     data = source.make_data(prep, batch_size=8, workers=0, device=torch.device("cpu"), seed=0, augment="none")
     images, labels, skipped = next(iter(data.train_loader))
@@ -211,7 +211,7 @@ def test_folder_of_class_folders_carves_val_and_split_folder_refuses_it(tmp_path
     source = datasets.open_source(str(tmp_path / "photos"), val="4")
     assert source.classes == ["cat", "dog"] and source.sizes == {"training": 8, "validation": 4}
     lenet = models.create("lenet", 2, weights="none", in_chans=3, img_size=16)
-    prep = source.preprocessing_for(lenet)
+    prep = resolve_preprocessing(lenet, source)
     data = source.make_data(prep, batch_size=4, workers=0, device=torch.device("cpu"), seed=0)
     images, labels, _ = next(iter(data.train_loader))
     assert images.shape == (4, 3, 16, 16) and len(data.val_set) == 4
@@ -228,7 +228,7 @@ def test_a_first_photo_over_the_pixel_limit_is_skipped_by_training_as_everywhere
     write_large_image(tmp_path / "photos" / "cat" / "0.png")  # grey, where the others are RGB
     source = datasets.open_source(str(tmp_path / "photos"), val="4")
     lenet = models.create("lenet", 2, weights="none", in_chans=3, img_size=16)
-    data = source.make_data(source.preprocessing_for(lenet), batch_size=4, workers=0, device=torch.device("cpu"),
+    data = source.make_data(resolve_preprocessing(lenet, source), batch_size=4, workers=0, device=torch.device("cpu"),
                             seed=0)
     skipped = [path for loader in (data.train_loader, data.val_loader) for *_, paths in loader for path in paths]
     assert source.channels == 3

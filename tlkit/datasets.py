@@ -21,7 +21,6 @@ from tlkit.data import (
 )
 from tlkit import rawdata
 from tlkit.augment import policy, shift_flip
-from tlkit.backbone import per_channel
 from tlkit.config import SCALED_MEANS, SCALED_STDS, checked_settings, config_keys, number_in, read_yaml
 from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions
@@ -124,6 +123,7 @@ class TrainingSource:
     known_stats: tuple | None = None  # (mean, std) of the training set, when the dataset's are known
     augment: str = "default"  # what --augment auto means here: "light" where a mirror changes the class
     command = "train"  # the command that trains on it (and resumes it)
+    own_normalisation = True  # given, known or measured (run_backbone.resolve_preprocessing chooses)
     caches = False  # decoded into memory already: no decoded-image or feature cache
 
     def excluding(self, exclusions: Exclusions) -> "TrainingSource":
@@ -137,21 +137,13 @@ class TrainingSource:
         shape = f"{self.channels}x{self.image_size}x{self.image_size}" if self.image_size else "images"
         return f"{self.title}: {subsets} ({shape}, {len(self.classes)} classes)"
 
-    def preprocessing_for(self, backbone):
-        """The backbone's geometry with this data's normalisation: the settings' mean/std if given; a
-        pretrained backbone's own; else the training set's (known per dataset, or measured)."""
-        prep = backbone.preprocessing
-        mean, std = self.settings.get("mean"), self.settings.get("std")
-        if mean is not None or std is not None:
-            mean = per_channel(mean or prep.mean, prep.in_chans, given_as=option("mean"))
-            std = per_channel(std or prep.std, prep.in_chans, given_as=option("std"))
-        elif backbone.pretrained:
-            mean, std = prep.mean, prep.std
-        elif self.known_stats is not None and self.channels <= prep.in_chans:
-            mean, std = (per_channel(values, prep.in_chans) for values in self.known_stats)
-        else:
-            mean, std = channel_stats(self.stats_sample(prep))
-        return replace(prep, mean=tuple(mean), std=tuple(std), **self.geometry(prep))
+    def given_stats(self) -> tuple:
+        """The settings' (mean, std), each None where not given."""
+        return self.settings.get("mean"), self.settings.get("std")
+
+    def measured_stats(self, prep) -> tuple:
+        """The training set's (mean, std) per channel, measured on a sample served at the model's channels."""
+        return channel_stats(self.stats_sample(prep))
 
     def geometry(self, prep) -> dict:
         return {}

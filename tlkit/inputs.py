@@ -38,8 +38,9 @@ class PhotoSource(Protocol):
     settings: dict | None  # what a run records to open it again (None: config.data says it all)
     channels: int | None  # the classic nets' input, where the data fixes it
     image_size: int | None
-
-    def preprocessing_for(self, backbone: Backbone) -> Preprocessing: ...
+    # whether the data has a normalisation of its own (tlkit train's datasets; run_backbone.resolve_preprocessing
+    # reads it), or always takes the backbone's (photo folders)
+    own_normalisation: bool
 
     def make_data(self, prep: Preprocessing, **loaders) -> DataBundle: ...
 
@@ -75,14 +76,11 @@ class SplitSource:
     caches = True
     settings = None
     channels = image_size = None  # the backbone's own input
+    own_normalisation = False  # the backbone's own
 
     @property
     def classes(self) -> list[str]:
         return self.split.classes
-
-    @staticmethod
-    def preprocessing_for(backbone: Backbone) -> Preprocessing:
-        return backbone.preprocessing
 
     def make_data(self, prep: Preprocessing, **loaders) -> DataBundle:
         if self.cache_images:

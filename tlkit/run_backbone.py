@@ -1,5 +1,6 @@
 """The backbone a run would use: its settings with every `auto` chosen (run_config), the model built and
-seeded (create_backbone), and its trunk's cached features (`tlkit precompute`).
+seeded (create_backbone) with the preprocessing it gets on this data (resolve_preprocessing), and its trunk's
+cached features (`tlkit precompute`).
 
 Shared by fine-tuning, lr-find and the audit, below all three; trains nothing and writes no run folder.
 """
@@ -11,8 +12,9 @@ import os
 from pathlib import Path
 
 from tlkit import models
-from tlkit.backbone import Backbone
+from tlkit.backbone import Backbone, Preprocessing, per_channel
 from tlkit.config import FinetuneConfig, resolve_config
+from tlkit.errors import option
 from tlkit.inputs import SplitSource, cached_features, open_photos
 from tlkit.recipe import resolve_auto
 from tlkit.runtime import compute_for, seed_everything
@@ -44,16 +46,36 @@ def run_config(config: FinetuneConfig, source=None) -> FinetuneConfig:
 
 def create_backbone(config: FinetuneConfig, classes: list[str], source=SplitSource) -> Backbone:
     """The backbone the config names, seeded first so a random initialisation repeats, checked to take its
-    input size. The classic nets take the source's channels and size where it has them (`tlkit train`'s
-    datasets), and the source sets the normalisation (photo folders: the backbone's own, as the class
-    SplitSource declares)."""
+    input size, with the preprocessing it gets on the source's data (resolve_preprocessing). The classic nets
+    take the source's channels and size where it has them (`tlkit train`'s datasets)."""
     seed_everything(config.seed)
     classic = models.is_classic(config.backbone)
     backbone = check_input_fits(config.backbone, len(classes), weights=config.weights,
                                 in_chans=source.channels if classic else None,
                                 img_size=config.img_size or (source.image_size if classic else None))
-    backbone.preprocessing = source.preprocessing_for(backbone)
-    return backbone
+    return dataclasses.replace(backbone, preprocessing=resolve_preprocessing(backbone, source))
+
+
+def resolve_preprocessing(backbone: Backbone, source) -> Preprocessing:
+    """What this model gets on this data, answered here alone. The model's own preprocessing comes from its
+    weights' config, read once by its family in models.create (torchvision's weights enum, a classic net's
+    spec, timm's resolve_data_config), and is what photo folders get. A source with a normalisation of its
+    own (`tlkit train`'s datasets) sets the mean/std: the settings' if given; a pretrained backbone's own;
+    else the training set's (known per dataset, or measured); and its geometry where the data fixes it."""
+    native = backbone.preprocessing
+    if not source.own_normalisation:
+        return native
+    mean, std = source.given_stats()
+    if mean is not None or std is not None:
+        mean = per_channel(mean or native.mean, native.in_chans, given_as=option("mean"))
+        std = per_channel(std or native.std, native.in_chans, given_as=option("std"))
+    elif backbone.pretrained:
+        mean, std = native.mean, native.std
+    elif source.known_stats is not None and source.channels <= native.in_chans:
+        mean, std = (per_channel(values, native.in_chans) for values in source.known_stats)
+    else:
+        mean, std = source.measured_stats(native)
+    return dataclasses.replace(native, mean=tuple(mean), std=tuple(std), **source.geometry(native))
 
 
 def precompute_features(config_file: Path | str | None = None, *, batch_size: int | None = None, force: bool = False,

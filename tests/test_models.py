@@ -119,7 +119,7 @@ def test_timm_preprocessing_follows_timms_resolver_and_its_crop_mode():
     from timm.models import get_pretrained_cfg
 
     from tlkit.decode import scale_size
-    from tlkit.timm_models import _timm_preprocessing
+    from tlkit.timm_models import timm_preprocessing
 
     # pretrained_cfg: 240 px, crop_pct 0.9, crop_mode squash (timm resizes both sides to 266, then crops)
     squashed = models.create("timm:tf_efficientnetv2_b3.in21k_ft_in1k", 2, weights="none")
@@ -133,11 +133,11 @@ def test_timm_preprocessing_follows_timms_resolver_and_its_crop_mode():
     assert models.create("resnet18", 2, weights="none").preprocessing.crop_mode == "center"
     # border, and a non-square squash, from their configs alone (the models are too big to build here)
     border_cfg = get_pretrained_cfg("deepseek_vit_412m.deepseek_v4_flash_vision_exp").to_dict()
-    border = _timm_preprocessing(border_cfg, 3, None)
+    border = timm_preprocessing(border_cfg, 3, None)
     assert (border.crop_mode, border.input_size, border.resize_size) == ("border", (392, 392), 392)
     tall_cfg = get_pretrained_cfg("vit_base_patch16_sapiens2.fb").to_dict()  # 1024x768, crop_pct 1
-    assert scale_size(_timm_preprocessing(tall_cfg, 3, None)) == (1024, 768)
-    gray = _timm_preprocessing(tall_cfg, 1, 512)  # tlkit's img_size and in_chans still apply
+    assert scale_size(timm_preprocessing(tall_cfg, 3, None)) == (1024, 768)
+    gray = timm_preprocessing(tall_cfg, 1, 512)  # tlkit's img_size and in_chans still apply
     assert (gray.crop_mode, gray.input_size, gray.resize_size, gray.mean) == ("squash", (512, 512), 512, (0.449,))
 
 

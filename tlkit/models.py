@@ -154,8 +154,11 @@ def timm_name_of(name: str, spec: Spec) -> str:
 # ---------------------------------------------------------------- the three families
 
 
+Parts = tuple[nn.Module, nn.Module, nn.Module, Loaded]  # a family's build: the model, its trunk and head, its tensors
+
+
 def _create_torchvision(name: str, spec: Spec, num_classes: int, weights: str, in_chans: int | None,
-                        img_size: int | None) -> Backbone:
+                        img_size: int | None) -> Parts:
     if in_chans not in (None, 3):
         raise TlkitError(f"{name} takes 3-channel images (the data layer repeats a grayscale photo to 3 "
                          f"channels); for a 1-channel first convolution use a timm:<name> backbone.")
@@ -168,36 +171,45 @@ def _create_torchvision(name: str, spec: Spec, num_classes: int, weights: str, i
         loaded = load_file(model, head_keys(model, head), path, f"ImageNet weights {path}", delete_hint=path)
     elif weights != "none":
         loaded = load_file(model, head_keys(model, head), Path(weights), f"weights file {weights}")
-    # The weights enum carries the preprocessing as metadata, so it is there even for --weights none.
-    transform = spec.imagenet.transforms()
-    crop, resize = transform.crop_size[0], transform.resize_size[0]
-    size = img_size or crop
-    preprocessing = Preprocessing(
-        input_size=(size, size), resize_size=round(size * resize / crop), mean=tuple(transform.mean),
-        std=tuple(transform.std), interpolation=transform.interpolation.value, in_chans=3,
-    )
-    return Backbone(name, model, trunk, head, in_features(head), num_classes, preprocessing, weights,
-                    pretrained=weights != "none", weights_note=loaded.note, fresh_head=loaded.fresh_head)
+    return model, trunk, head, loaded
 
 
 def _create_classic(name: str, spec: Spec, num_classes: int, weights: str, in_chans: int | None,
-                    img_size: int | None) -> Backbone:
+                    img_size: int | None) -> Parts:
     if weights == "imagenet":
         raise TlkitError(f"{name} has no pretrained weights; it trains from scratch ({option('weights', 'none')}) "
                          f"or starts from a file ({option('weights', 'PATH')}).")
-    chans, size = in_chans or spec.in_chans, img_size or spec.input_size
     try:
-        model = spec.build(num_classes, in_chans=chans, img_size=size)
+        model = spec.build(num_classes, in_chans=in_chans or spec.in_chans, img_size=img_size or spec.input_size)
     except ValueError as error:
         raise TlkitError(f"{name}: {error}") from error
     trunk, head = model[:-1], model[-1]
     loaded = Loaded("random initialisation: trained from scratch", ())
     if weights != "none":
         loaded = load_file(model, head_keys(model, head), Path(weights), f"weights file {weights}")
-    preprocessing = Preprocessing((size, size), None, per_channel(spec.mean, chans), per_channel(spec.std, chans),
-                                  "bilinear", chans)
-    return Backbone(name, model, trunk, head, head.in_features, num_classes, preprocessing, weights,
-                    pretrained=weights != "none", weights_note=loaded.note, fresh_head=loaded.fresh_head)
+    return model, trunk, head, loaded
+
+
+def weights_preprocessing(spec: Spec, model: nn.Module, in_chans: int | None, img_size: int | None) -> Preprocessing:
+    """What an image must look like for this model, each family read from its weights' own config (the one
+    dispatch): torchvision's weights enum (metadata, so there even for --weights none; the resize scaled with
+    the crop and rounded), a classic net's spec, timm's pretrained_cfg through timm's resolve_data_config.
+    A run's data may set its own normalisation over this (tlkit.run_backbone.resolve_preprocessing)."""
+    if spec.family == "torchvision":
+        transform = spec.imagenet.transforms()
+        crop, resize = transform.crop_size[0], transform.resize_size[0]
+        size = img_size or crop
+        return Preprocessing(
+            input_size=(size, size), resize_size=round(size * resize / crop), mean=tuple(transform.mean),
+            std=tuple(transform.std), interpolation=transform.interpolation.value, in_chans=3,
+        )
+    if spec.family == "classic":
+        chans, size = in_chans or spec.in_chans, img_size or spec.input_size
+        return Preprocessing((size, size), None, per_channel(spec.mean, chans), per_channel(spec.std, chans),
+                             "bilinear", chans)
+    from tlkit.timm_models import timm_preprocessing
+
+    return timm_preprocessing(model.pretrained_cfg, in_chans or 3, img_size)
 
 
 def create(name: str, num_classes: int, weights: str = "default", in_chans: int | None = None,
@@ -221,12 +233,17 @@ def create(name: str, num_classes: int, weights: str = "default", in_chans: int 
         if meta is not None:  # a tlkit run: its image size and channels, unless asked otherwise
             img_size, in_chans = img_size or meta.img_size, in_chans or meta.in_chans
     if spec.family == "torchvision":
-        return _create_torchvision(name, spec, num_classes, weights, in_chans, img_size)
-    if spec.family == "classic":
-        return _create_classic(name, spec, num_classes, weights, in_chans, img_size)
-    from tlkit.timm_models import create_timm  # timm is imported only for a timm backbone
+        model, trunk, head, loaded = _create_torchvision(name, spec, num_classes, weights, in_chans, img_size)
+    elif spec.family == "classic":
+        model, trunk, head, loaded = _create_classic(name, spec, num_classes, weights, in_chans, img_size)
+    else:
+        from tlkit.timm_models import create_timm  # timm is imported only for a timm backbone
 
-    return create_timm(name, timm_name_of(name, spec), spec.package, num_classes, weights, in_chans, img_size)
+        model, trunk, head, loaded = create_timm(name, timm_name_of(name, spec), spec.package, num_classes, weights,
+                                                 in_chans, img_size)
+    return Backbone(name, model, trunk, head, in_features(head), num_classes,
+                    weights_preprocessing(spec, model, in_chans, img_size), weights, pretrained=weights != "none",
+                    weights_note=loaded.note, fresh_head=loaded.fresh_head)
 
 
 def _tlkit_checkpoint(weights: str) -> tuple[str, CheckpointMeta | None]:

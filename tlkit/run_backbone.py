@@ -58,7 +58,7 @@ def create_backbone(config: FinetuneConfig, classes: list[str], source=SplitSour
 
 def resolve_preprocessing(backbone: Backbone, source) -> Preprocessing:
     """What this model gets on this data, answered here alone. The model's own preprocessing comes from its
-    weights' config, read once by its family in models.create (torchvision's weights enum, a classic net's
+    weights' config, read by models.weights_preprocessing (torchvision's weights enum, a classic net's
     spec, timm's resolve_data_config), and is what photo folders get. A source with a normalisation of its
     own (`tlkit train`'s datasets) sets the mean/std: the settings' if given; a pretrained backbone's own;
     else the training set's (known per dataset, or measured); and its geometry where the data fixes it."""

@@ -167,23 +167,23 @@ def test_debug_shows_the_traceback_behind_a_message(tmp_path, capsys):
     (OSError(28, "No space left on device", "predictions.csv"), "the disk is full writing predictions.csv"),
 ])
 def test_a_fault_of_the_machine_is_one_message_from_any_command(tmp_path, capsys, monkeypatch, fault, words):
-    import tlkit.cli as cli
+    import tlkit.check
 
-    def failing(args):
+    def failing(folder):
         raise fault
 
-    monkeypatch.setattr(cli, "cmd_check", failing)  # the parser is built at each main() call
+    monkeypatch.setattr(tlkit.check, "check_dataset", failing)  # what cmd_check calls, looked up at each call
     assert main(["check", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
 
 
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
-    import tlkit.cli as cli
+    import tlkit.check
 
-    def buggy(args):
+    def buggy(folder):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_check", buggy)
+    monkeypatch.setattr(tlkit.check, "check_dataset", buggy)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["check", str(tmp_path)])

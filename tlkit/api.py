@@ -265,7 +265,7 @@ class Classifier:
         batches = pixel_batches(images, self.checkpoint.backbone.preprocessing, self.device,
                                 inference_batch_size(self.device, batch_size))
         probabilities = score_batches(self.checkpoint.inference_model(self.device), batches, count, len(self.classes),
-                                      compute=self.compute, tta=tta)
+                                      compute=self.compute, tta=tta, temperature=self.checkpoint.meta.temperature)
         return _rows(list(range(count)), probabilities, self.classes, with_unscored(probabilities, failures or {}))
 
     def evaluate(self, folder: Path | str, *, out: Path | str | None = None, force: bool = False,

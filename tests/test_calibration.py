@@ -85,6 +85,8 @@ def test_a_run_keeps_its_temperature_and_evaluate_reports_the_ece_before_and_aft
     assert report["temperature"] == meta.temperature
     assert report["ece"] == pytest.approx(fitted["ece_after"], abs=1e-4)
     assert report["ece_uncalibrated"] == pytest.approx(fitted["ece_before"], abs=1e-4)
+    assert report["log_loss"] == pytest.approx(fitted["nll_after"], abs=1e-4)
+    assert report["log_loss_uncalibrated"] == pytest.approx(fitted["nll_before"], abs=1e-4)
     assert sum(row["count"] for row in report["reliability"]) == 12
     assert (tmp_path / "eval" / "reliability.png").stat().st_size > 0
     assert "reliability: expected calibration error" in (tmp_path / "eval" / "mistakes.html").read_text()

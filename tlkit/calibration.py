@@ -66,6 +66,13 @@ def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray, b
     return float(sum(row["count"] * abs(row["confidence"] - row["accuracy"]) for row in curve) / max(total, 1))
 
 
+def log_loss(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """The mean negative log of the probability given to the true class (floored at 1e-12: one photo given 0
+    would make it infinite)."""
+    given = np.asarray(probabilities, dtype=np.float64)[np.arange(len(targets)), np.asarray(targets)]
+    return float(-np.log(np.maximum(given, 1e-12)).mean())
+
+
 def calibrate(logits: np.ndarray, targets: np.ndarray) -> dict:
     """The temperature fitted on these logits, with the ECE and NLL on them before and after (what best.json
     records: the figures are on the images T was fitted on, so the after-figure is optimistic)."""

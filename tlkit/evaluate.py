@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit import distributed
-from tlkit.calibration import expected_calibration_error, reliability, uncalibrated
+from tlkit.calibration import expected_calibration_error, log_loss, reliability, uncalibrated
 from tlkit.atomic import check_writable
 from tlkit.checkpoint import EVALUATE_FILES, Checkpoint
 from tlkit.errors import TlkitError, option
@@ -101,12 +101,12 @@ def calibration_report(probabilities: np.ndarray, targets: list[int], temperatur
     their reliability curve, and where the model has a temperature, the same before it: from the same predictions
     (tlkit.calibration.uncalibrated), which a tta average does not allow (then null)."""
     report = {"temperature": temperature, "ece": expected_calibration_error(probabilities, targets),
-              "reliability": reliability(probabilities, targets), "ece_uncalibrated": None,
-              "reliability_uncalibrated": None}
+              "log_loss": log_loss(probabilities, targets), "reliability": reliability(probabilities, targets),
+              "ece_uncalibrated": None, "log_loss_uncalibrated": None, "reliability_uncalibrated": None}
     if temperature != 1.0 and not tta:
         before = uncalibrated(probabilities, temperature)
         report.update(ece_uncalibrated=expected_calibration_error(before, targets),
-                      reliability_uncalibrated=reliability(before, targets))
+                      log_loss_uncalibrated=log_loss(before, targets), reliability_uncalibrated=reliability(before, targets))
     return report
 
 

@@ -106,7 +106,8 @@ def calibration_report(probabilities: np.ndarray, targets: list[int], temperatur
     if temperature != 1.0 and not tta:
         before = uncalibrated(probabilities, temperature)
         report.update(ece_uncalibrated=expected_calibration_error(before, targets),
-                      log_loss_uncalibrated=log_loss(before, targets), reliability_uncalibrated=reliability(before, targets))
+                      log_loss_uncalibrated=log_loss(before, targets),
+                      reliability_uncalibrated=reliability(before, targets))
     return report
 
 

@@ -283,7 +283,8 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
     loss_sum, correct, seen = distributed.sum_all([loss_sum, correct, seen], device)
     if collect and distributed.world_size() > 1:
         shares = distributed.all_gather((targets, predictions, outputs))
-        targets, predictions = [t for share, _, _ in shares for t in share], [p for _, share, _ in shares for p in share]
+        targets = [target for share, _, _ in shares for target in share]
+        predictions = [predicted for _, share, _ in shares for predicted in share]
         outputs = [rows for _, _, share in shares for rows in share]
     if seen == 0:
         raise TlkitError("no validation image could be decoded; check them with `tlkit check`.")

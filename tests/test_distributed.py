@@ -190,7 +190,8 @@ def test_cached_images_train_as_one_process_does(two_processes, tmp_path):
 
 def test_evaluate_writes_once_what_one_process_reports(two_processes, tmp_path):
     assert sorted(p.name for p in (two_processes / "evaluate").iterdir()) == [
-        RECORD, "confusion.png", "mistakes.html", "mistakes.png", "report.json"]  # no second writer's leftovers
+        RECORD, "confusion.png", "mistakes.html", "mistakes.png", "reliability.png",
+        "report.json"]  # no second writer's leftovers
     assert main(["evaluate", str(two_processes / "data" / "validation"), "--checkpoint",
                  str(two_processes / "runs" / LATEST), "--device", "cpu", "--workers", "0",
                  "--out", str(tmp_path / "one")]) == 0

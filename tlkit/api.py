@@ -265,14 +265,15 @@ class Classifier:
         batches = pixel_batches(images, self.checkpoint.backbone.preprocessing, self.device,
                                 inference_batch_size(self.device, batch_size))
         probabilities = score_batches(self.checkpoint.inference_model(self.device), batches, count, len(self.classes),
-                                      compute=self.compute, tta=tta)
+                                      compute=self.compute, tta=tta, temperature=self.checkpoint.meta.temperature)
         return _rows(list(range(count)), probabilities, self.classes, with_unscored(probabilities, failures or {}))
 
     def evaluate(self, folder: Path | str, *, out: Path | str | None = None, force: bool = False,
                  quiet: bool = False) -> dict:
-        """`tlkit evaluate`: accuracy and per-class precision / recall / F1 on labelled images (class folders or
-        cat.0.jpg names); writes report.json, confusion.png, mistakes.png and mistakes.html to out (None: beside the
-        checkpoint, RUN/evaluate-<folder name>) and returns the report. quiet: print nothing.
+        """`tlkit evaluate`: accuracy, per-class precision / recall / F1 and the expected calibration error (`ece`, and
+        `ece_uncalibrated` at T = 1) on labelled images (class folders or cat.0.jpg names); writes report.json,
+        confusion.png, mistakes.png, reliability.png and mistakes.html to out (None: beside the checkpoint,
+        RUN/evaluate-<folder name>) and returns the report. quiet: print nothing.
 
             >>> classifier.evaluate("data/validation")["accuracy"]
             0.97

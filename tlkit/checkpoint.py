@@ -32,7 +32,8 @@ LATEST = "latest"
 # temporary names of their atomic writes. --force replaces a folder that holds nothing else.
 RUN_FILES = ("config.yaml", BEST_WEIGHTS, BEST_META, RESUME, "metrics.jsonl", "curves.png", "confusion.png",
              "report.json", "tb")
-EVALUATE_FILES = ("report.json", "confusion.png", "mistakes.png", "mistakes.html")  # in evaluate-<data>/
+# in evaluate-<data>/
+EVALUATE_FILES = ("report.json", "confusion.png", "mistakes.png", "reliability.png", "mistakes.html")
 # What else a run folder written before tlkit kept records (tlkit/ownership.py) held: evaluate's evaluate-<data>/
 # folders, export's model.* files, and temporary names of their atomic writes.
 _RUN_NAMES = re.compile(r"evaluate-.+|model\.(onnx|pt)(\.json)?|\..+\.tmp-\d+|\.model\.(onnx|pt)(\.json)?\.unverified")

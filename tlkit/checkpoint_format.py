@@ -9,6 +9,7 @@ Models are built elsewhere (tlkit/checkpoint.py); nothing here imports torch's m
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -42,6 +43,8 @@ class CheckpointMeta:
     phases: list[str] = field(default_factory=list)  # what each phase of the run trained with, in words
     epoch: int | None = None  # best.json: the epoch these weights are from, and its metrics
     metrics: dict | None = None
+    temperature: float = 1.0  # best.json: logits / temperature before the softmax (tlkit/calibration.py); 1 before it
+    calibration: dict | None = None  # how the temperature was fitted: images, ECE and NLL before and after
     tlkit_version: str = __version__  # of the tlkit that wrote it
 
     @property
@@ -66,6 +69,7 @@ class CheckpointMeta:
             "img_size": self.img_size, "preprocessing": self.preprocessing.to_dict(), "monitor": self.monitor,
             "config": self.config, "data_source": self.data_source, "processes": self.processes,
             "phase": self.phase, "phases": list(self.phases), "epoch": self.epoch, "metrics": self.metrics,
+            "temperature": self.temperature, "calibration": self.calibration,
         }
 
     @classmethod
@@ -83,15 +87,28 @@ class CheckpointMeta:
                 monitor=values.get("monitor", "val_loss"), data_source=values.get("data_source"),
                 processes=int(values.get("processes", 1)), phase=values.get("phase"),
                 phases=list(values.get("phases", [])), epoch=values.get("epoch"),
-                metrics=values.get("metrics"), tlkit_version=values.get("tlkit_version", "?"),
+                metrics=values.get("metrics"), temperature=_temperature(values.get("temperature", 1.0)),
+                calibration=values.get("calibration"), tlkit_version=values.get("tlkit_version", "?"),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise TlkitError(f"{relpath(where)} lacks or garbles {error} of what rebuilds the model; it is not the "
                              "file tlkit wrote. Use another run, or retrain this one.") from None
 
+    def calibrated(self, calibration: dict) -> CheckpointMeta:
+        """This meta with the temperature fitted at the end of the run (tlkit.calibration.calibrate's result)."""
+        return replace(self, temperature=calibration["temperature"], calibration=calibration)
+
     def at_epoch(self, row: dict) -> CheckpointMeta:
         """This meta for the weights of one epoch (its history row)."""
         return replace(self, epoch=row["epoch"], metrics=row)
+
+
+def _temperature(value) -> float:
+    """best.json's temperature: a finite number above 0 (a file written before calibration has none: 1)."""
+    temperature = float(value)
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature {value!r}")
+    return temperature
 
 
 def save_best(run_dir: Path, state_dict: dict, meta: CheckpointMeta) -> Path:
@@ -108,6 +125,11 @@ def save_best(run_dir: Path, state_dict: dict, meta: CheckpointMeta) -> Path:
     move_into_place(staged_weights, weights_path)
     move_into_place(staged_meta, meta_path)
     return weights_path
+
+
+def save_meta(run_dir: Path, meta: CheckpointMeta) -> None:
+    """Write best.json alone, beside the best.safetensors already there (the temperature fitted at the end)."""
+    atomic_write_text(Path(run_dir) / BEST_META, json.dumps(meta.to_dict(), indent=2))
 
 
 def checkpoint_paths(path: Path) -> tuple[Path, Path]:

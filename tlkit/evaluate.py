@@ -1,15 +1,18 @@
 """`tlkit evaluate`: a trained model's numbers on labelled photos, and what it gets wrong.
 
-Accuracy and scikit-learn's per-class precision / recall / F1, a confusion matrix, and a
-contact sheet and a page of the most confident mistakes (fastai's "top losses"). Labels come from
-the folder the same way `tlkit split` reads them (tlkit.scan).
+Accuracy and scikit-learn's per-class precision / recall / F1, a confusion matrix, the expected calibration
+error with its reliability diagram, and a contact sheet and a page of the most confident mistakes (fastai's
+"top losses"). Labels come from the folder the same way `tlkit split` reads them (tlkit.scan).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from tlkit import distributed
+from tlkit.calibration import expected_calibration_error, log_loss, reliability, uncalibrated
 from tlkit.atomic import check_writable
 from tlkit.checkpoint import EVALUATE_FILES, Checkpoint
 from tlkit.errors import TlkitError, option
@@ -17,7 +20,7 @@ from tlkit.ownership import replace_outputs, wrote_any
 from tlkit.pathtext import refuse_stdout
 from tlkit.photopage import Card, Section, write_page
 from tlkit.predict import Predictions, predict_files
-from tlkit.report import class_report, plot_confusion, plot_mistakes, write_report
+from tlkit.report import class_report, plot_confusion, plot_mistakes, plot_reliability, write_report
 from tlkit.runtime import Compute, relpath
 from tlkit.scan import list_dataset
 from tlkit.split import finish_pending_split
@@ -75,6 +78,7 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, co
     report = {
         "checkpoint": str(checkpoint.path), "data": str(data_dir), "images": len(scored), "tta": tta,
         "accuracy": per_class["accuracy"], "per_class": per_class,
+        **calibration_report(pred.probabilities[scored], y_true, checkpoint.meta.temperature, tta),
         "failed": {str(paths[i]): why for i, why in sorted(pred.failures.items())},
         "most_confident_mistakes": most_confident_mistakes(pred, targets, mistakes),
         "images_per_s": len(paths) / max(pred.seconds, 1e-9),
@@ -87,7 +91,23 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, co
         plot_confusion(target["confusion.png"], y_true, y_pred, checkpoint.classes,
                        subset=Path(data_dir).resolve().name)
         plot_mistakes(target["mistakes.png"], report["most_confident_mistakes"])
-        mistakes_page(target["mistakes.html"], report)
+        plot_reliability(target["reliability.png"], report)
+        mistakes_page(target["mistakes.html"], report, target["reliability.png"])
+    return report
+
+
+def calibration_report(probabilities: np.ndarray, targets: list[int], temperature: float, tta: bool) -> dict:
+    """The expected calibration error of the confidences predict gives (at the checkpoint's temperature) with
+    their reliability curve, and where the model has a temperature, the same before it: from the same predictions
+    (tlkit.calibration.uncalibrated), which a tta average does not allow (then null)."""
+    report = {"temperature": temperature, "ece": expected_calibration_error(probabilities, targets),
+              "log_loss": log_loss(probabilities, targets), "reliability": reliability(probabilities, targets),
+              "ece_uncalibrated": None, "log_loss_uncalibrated": None, "reliability_uncalibrated": None}
+    if temperature != 1.0 and not tta:
+        before = uncalibrated(probabilities, temperature)
+        report.update(ece_uncalibrated=expected_calibration_error(before, targets),
+                      log_loss_uncalibrated=log_loss(before, targets),
+                      reliability_uncalibrated=reliability(before, targets))
     return report
 
 
@@ -108,10 +128,13 @@ def check_out_dir(out_dir: Path, force: bool) -> None:
                          f"{option('force', True)} to replace them, or {option('out', 'DIR')}.")
 
 
-def mistakes_page(path: Path, report: dict) -> None:
-    """The most confident mistakes on the page `tlkit audit` uses (tlkit/photopage.py): thumbnails, captions."""
+def mistakes_page(path: Path, report: dict, reliability_png: Path) -> None:
+    """The most confident mistakes on the page `tlkit audit` uses (tlkit/photopage.py): thumbnails, captions;
+    then the reliability diagram."""
     cards = [Card(Path(m["path"]), (f"true {m['true']}, predicted {m['predicted']}", f"confidence {m['confidence']:.3f}",
                                     Path(m["path"]).name)) for m in report["most_confident_mistakes"]]
     write_page(path, f"mistakes on {Path(report['data']).resolve().name}",
                f"accuracy {report['accuracy']:.4f} on {report['images']} images of {report['data']} with "
-               f"{report['checkpoint']}; the most confident mistakes first.", [Section("most confident mistakes", cards)])
+               f"{report['checkpoint']}; the most confident mistakes first.",
+               [Section("most confident mistakes", cards),
+                Section(f"reliability: expected calibration error {report['ece']:.4f}", figure=reliability_png)])

@@ -245,10 +245,15 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None,
 
 
 def _sidecar(checkpoint: Checkpoint, check: dict) -> dict:
-    """What a user of the exported model needs beside it: classes, input, preprocessing and decode steps."""
+    """What a user of the exported model needs beside it: classes, input, preprocessing and decode steps, and the
+    temperature. The exported model outputs the logits as PyTorch does (its check compares them), the division
+    left to the user, as the sidecar says: the labels need no softmax, and a runtime's model stays the network."""
     prep = checkpoint.backbone.preprocessing
+    temperature = checkpoint.meta.temperature
     return {"backbone": checkpoint.meta.backbone, "classes": checkpoint.classes,
             "input": {"layout": "NCHW", "dtype": "float32", "batch": "dynamic", "channels": prep.in_chans,
                       "height": prep.input_size[0], "width": prep.input_size[1]},
             "preprocessing": prep.to_dict(), "decode": decode_steps(prep),
-            "output": "logits (softmax gives probabilities)", "check": check}
+            "output": f"logits: softmax(logits / temperature) gives the calibrated probabilities (temperature "
+                      f"{temperature:g}, fitted on the validation photos), the same as tlkit predict's",
+            "temperature": temperature, "check": check}

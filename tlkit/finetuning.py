@@ -22,7 +22,8 @@ from rich.table import Table
 from tlkit import callbacks as cbs, distributed, models
 from tlkit.backbone import Backbone
 from tlkit.checkpoint import RESUME, ResumeWriter, claim_run, discard_untrained, load_resume, new_run_dir, release_run
-from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta
+from tlkit.calibration import calibrate
+from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta, read_meta, save_meta
 from tlkit.atomic import atomic_write_text, check_writable
 from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dict, config_yaml, make_config,
                           resolve_config, setting_name)
@@ -320,9 +321,12 @@ def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: T
     subset, loader = ("test", data.test_loader) if data.test_loader is not None else ("validation", data.val_loader)
     result = evaluate(trainer.model, loader, trainer.normalize, autocast=trainer.autocast, collect=True)
     report = {**class_report(result["targets"], result["predictions"], data.classes), "subset": subset}
+    calibration = _calibrate(trainer, data, result if subset == "validation" else None)
+    report["calibration"] = calibration
     backbone.model.to(memory_format=torch.contiguous_format)  # handed back as a checkpoint loads: plain NCHW
     # best.safetensors was written by BestWeights (when that epoch or the head phase ended); not again here.
     if distributed.is_main():  # under torchrun rank 0 alone writes (every process holds the same results)
+        save_meta(run_dir, read_meta(run_dir).calibrated(calibration))
         plot_confusion(run_dir / "confusion.png", result["targets"], result["predictions"], data.classes)
         write_report(run_dir / "report.json", report)
     skipped = sorted(set().union(*distributed.all_gather(trainer.skipped)))  # met by any process
@@ -333,6 +337,15 @@ def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: T
     _print_summary(trainer.history, best.best_epoch, report, outputs, skipped)
     return FinetuneResult(run_dir=run_dir, classes=data.classes, history=trainer.history, best_epoch=best.best_epoch,
                           report=report, outputs=outputs, backbone=backbone, skipped=skipped, compute=trainer.compute)
+
+
+def _calibrate(trainer: Trainer, data: TrainingInput, on_validation: dict | None) -> dict:
+    """The temperature of the best weights, fitted on the validation logits (those of the final report when it
+    is on validation: not predicted twice), with the validation ECE before and after (tlkit/calibration.py)."""
+    if on_validation is None:  # the final report is on the test split: the temperature is still fitted on validation
+        on_validation = evaluate(trainer.model, data.val_loader, trainer.normalize, autocast=trainer.autocast,
+                                 collect=True)
+    return calibrate(on_validation["logits"], on_validation["targets"])
 
 
 def _print_summary(history: list[dict], best_epoch: int, report: dict, outputs: dict, skipped: list[str]) -> None:
@@ -346,6 +359,9 @@ def _print_summary(history: list[dict], best_epoch: int, report: dict, outputs: 
         table.add_row(key.replace("_", " "), f"{best_row[key]:.4f}", f"{last_row[key]:.4f}")
     result(table)
     result(f"{report.get('subset', 'validation')} accuracy of the saved model: {report['accuracy']:.4f}")
+    calibration = report["calibration"]
+    result(f"temperature {calibration['temperature']:.3f} (fitted on validation): expected calibration error "
+           f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} on those {calibration['images']} images")
     for name, path in outputs.items():
         result(f"  {name:<16} {relpath(path)}")
     if skipped:

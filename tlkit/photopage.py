@@ -1,6 +1,6 @@
 """One self-contained HTML page of photos to look at: each a small JPEG thumbnail embedded in the page
 (base64), with its caption; sections of single photos, or of pairs side by side. `tlkit audit` shows its
-issues on one, `tlkit evaluate` its mistakes.
+issues on one, `tlkit evaluate` its mistakes and its reliability diagram (a plot, at its own size).
 
 Given paths and caption lines; knows nothing of models. The page loads nothing from anywhere (its
 Content-Security-Policy forbids it) and runs no script: it can be mailed, archived or opened offline.
@@ -45,6 +45,7 @@ class Section:
     title: str
     cards: list[Card] = field(default_factory=list)
     pairs: list[tuple[Card, Card]] = field(default_factory=list)  # shown side by side
+    figure: Path | None = None  # a PNG plot shown at its own size (evaluate's reliability diagram)
 
 
 def thumbnail_uri(path: Path) -> str:
@@ -60,6 +61,11 @@ def thumbnail_uri(path: Path) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def figure_uri(path: Path) -> str:
+    """A data: URI of a PNG plot as it is (a plot is not shrunk like a photo: its text must stay readable)."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
 def _card(card: Card) -> str:
     lines = [f"<b>{html.escape(card.lines[0])}</b>", *map(html.escape, card.lines[1:])] if card.lines else []
     return (f'<img src="{thumbnail_uri(card.path)}" alt="{html.escape(card.path.name)}">'
@@ -70,6 +76,8 @@ def _section(section: Section) -> str:
     parts = [f'<div class="card">{_card(card)}</div>' for card in section.cards]
     parts += [f'<div class="pair"><div>{_card(left)}</div><div>{_card(right)}</div></div>'
               for left, right in section.pairs]
+    if section.figure is not None:
+        parts.append(f'<img src="{figure_uri(section.figure)}" alt="{html.escape(section.title)}">')
     body = "".join(parts) or "<p>none</p>"
     return f'<h2>{html.escape(section.title)}</h2><div class="cards">{body}</div>'
 

@@ -94,7 +94,8 @@ def _first_time(paths: list[Path], seen: set[Path]) -> list[Path]:
 
 def predict_files(checkpoint: Checkpoint, paths: list[Path], *, compute: Compute, batch_size: int | None = None,
                   workers: int = 0, tta: bool = False, gpu_decode: bool | None = None) -> Predictions:
-    """Softmax probabilities of every image; with tta, averaged with the horizontally flipped view.
+    """Softmax probabilities of every image, calibrated by the checkpoint's temperature; with tta, averaged with
+    the horizontally flipped view.
     compute: the device and arithmetic (runtime.compute_for).
     batch_size None: runtime.inference_batch_size. The model runs with its BatchNorm folded, once per checkpoint
     (Checkpoint.inference_model).
@@ -108,7 +109,8 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, compute: Compute
     batches = ImageBatches([paths[index] for index in mine], checkpoint.backbone.preprocessing, device=device,
                            batch_size=inference_batch_size(device, batch_size), workers=workers, gpu_decode=gpu_decode)
     started = time.perf_counter()
-    probabilities = score_batches(model, batches, len(mine), len(checkpoint.classes), compute=compute, tta=tta)
+    probabilities = score_batches(model, batches, len(mine), len(checkpoint.classes), compute=compute, tta=tta,
+                                  temperature=checkpoint.meta.temperature)
     failures = {mine[index]: why for index, why in batches.failures.items()}
     if distributed.world_size() > 1:
         probabilities, failures = distributed.unshard_rows(probabilities, failures, len(paths), everywhere=True)
@@ -124,26 +126,28 @@ def with_unscored(probabilities: np.ndarray, failures: dict[int, str]) -> dict[i
 
 
 def score_batches(model: torch.nn.Module, batches: Iterable[Batch], count: int, num_classes: int, *,
-                  compute: Compute, tta: bool = False) -> np.ndarray:
+                  compute: Compute, tta: bool = False, temperature: float = 1.0) -> np.ndarray:
     """The one inference loop, of predict_files and tlkit.api's Classifier: softmax probabilities [count,
     num_classes] of each batch's normalised images at its indices, NaN where no batch held an index (a failed
-    decode); with tta averaged with the horizontally flipped view. compute: the device's autocast."""
+    decode); with tta averaged with the horizontally flipped view. compute: the device's autocast. temperature:
+    the checkpoint's (tlkit/calibration.py), which divides the logits before the softmax."""
     probabilities = np.full((count, num_classes), np.nan, dtype=np.float32)
     with progress() as bar, torch.inference_mode(), compute.autocast():
         task = bar.add_task("predicting", total=count)
         for batch in batches:
-            probabilities[batch.indices] = _class_scores(model, batch.images, tta).cpu().numpy()
+            probabilities[batch.indices] = _class_scores(model, batch.images, tta, temperature).cpu().numpy()
             bar.advance(task, len(batch.indices))
         bar.update(task, completed=count)
     return probabilities
 
 
-def _class_scores(model: torch.nn.Module, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """Softmax probabilities of a normalised batch; with tta, averaged with the horizontally flipped view.
-    Called inside inference_mode and the autocast of the run's precision (score_batches)."""
-    scores = model(images).float().softmax(dim=1)
+def _class_scores(model: torch.nn.Module, images: torch.Tensor, tta: bool = False,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """Softmax probabilities of a normalised batch at `temperature`; with tta, averaged with the horizontally
+    flipped view. Called inside inference_mode and the autocast of the run's precision (score_batches)."""
+    scores = (model(images).float() / temperature).softmax(dim=1)
     if tta:
-        scores = (scores + model(images.flip(-1)).float().softmax(dim=1)) / 2
+        scores = (scores + (model(images.flip(-1)).float() / temperature).softmax(dim=1)) / 2
     return scores
 
 

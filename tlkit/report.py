@@ -1,5 +1,6 @@
 """Every plot and report a run or an evaluation writes: training curves, the confusion matrix, the
-per-class report, the most confident mistakes (and any contact sheet of photos) and the lr range test's plot.
+per-class report, the reliability diagram, the most confident mistakes (and any contact sheet of photos) and the
+lr range test's plot.
 
 matplotlib draws without pyplot (no display, no global backend); each file is written atomically.
 Knows nothing of models or training: it is given numbers and paths.
@@ -87,6 +88,34 @@ def plot_mistakes(path: Path, mistakes: list[dict]) -> None:
     """A contact sheet: each image with its true label, the predicted one and the confidence."""
     plot_photo_sheet(path, [(Path(m["path"]), f"true {m['true']}\npred {m['predicted']} ({m['confidence']:.2f})")
                             for m in mistakes], empty="no mistakes")
+
+
+def plot_reliability(path: Path, report: dict) -> None:
+    """The reliability diagram of an evaluation: accuracy against mean confidence per bin, at the model's
+    temperature and, where the report has it, before (tlkit.calibration.reliability); the diagonal is perfect."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 5))
+    axes = figure.subplots()
+    axes.plot([0, 1], [0, 1], color="tab:gray", linestyle=":", label="perfectly calibrated")
+    if report.get("reliability_uncalibrated"):
+        _reliability_line(axes, report["reliability_uncalibrated"], f"T = 1: ECE {report['ece_uncalibrated']:.4f}",
+                          "tab:red")
+    _reliability_line(axes, report["reliability"], f"T = {report['temperature']:.3g}: ECE {report['ece']:.4f}",
+                      "tab:blue")
+    axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (mean in each bin)", ylabel="accuracy",
+             title=f"reliability ({report['images']} images)")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper left")
+    save_figure(figure, path)
+
+
+def _reliability_line(axes, curve: list[dict], label: str, colour: str) -> None:
+    """One curve, each bin a point whose area grows with how many predictions it holds."""
+    counts = np.array([row["count"] for row in curve], dtype=float)
+    axes.plot([row["confidence"] for row in curve], [row["accuracy"] for row in curve], color=colour, label=label)
+    axes.scatter([row["confidence"] for row in curve], [row["accuracy"] for row in curve], color=colour,
+                 s=12 + 200 * counts / counts.sum())
 
 
 def plot_photo_sheet(path: Path, photos: list[tuple[Path, str]], *, empty: str = "nothing to show") -> None:

@@ -220,8 +220,11 @@ def evaluation(report: dict, classes: list[str], folder: Path, out_dir: Path) ->
         table.add_row(label, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1-score']:.4f}",
                       str(int(row["support"])))
     result(table)
+    before = "" if report["ece_uncalibrated"] is None else f" ({report['ece_uncalibrated']:.4f} at T = 1)"
+    result(f"expected calibration error {report['ece']:.4f} at the model's temperature "
+           f"{report['temperature']:.3g}{before}")
     list_paths("images that could not be decoded (left out)", list(report["failed"].items()))
-    info(f"wrote {relpath(out_dir)}/: report.json, confusion.png, mistakes.png, mistakes.html")
+    info(f"wrote {relpath(out_dir)}/: report.json, confusion.png, mistakes.png, reliability.png, mistakes.html")
 
 
 def export_check(check: dict) -> None:

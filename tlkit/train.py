@@ -253,7 +253,8 @@ def _stop_if_diverged(trainer: Trainer, loss_sum: torch.Tensor, batch_index: int
 
 def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, collect: bool = False,
              skipped: set | None = None) -> dict:
-    """Mean loss and accuracy over a loader in eval mode; with collect, the targets and predictions too.
+    """Mean loss and accuracy over a loader in eval mode; with collect, the targets, predictions and logits
+    (float32 numpy [N, C], to fit the temperature on: tlkit/calibration.py) too.
 
     Under torchrun each process evaluates its share of the loader, and the result is over all of them.
     """
@@ -261,7 +262,7 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen, targets, predictions = 0, [], []
+    seen, targets, predictions, outputs = 0, [], [], []
     with torch.inference_mode():
         for images, labels, bad in loader:
             if skipped is not None:
@@ -278,15 +279,20 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
             if collect:
                 targets += labels.tolist()
                 predictions += predicted.tolist()
+                outputs.append(logits.float().cpu())
     loss_sum, correct, seen = distributed.sum_all([loss_sum, correct, seen], device)
     if collect and distributed.world_size() > 1:
-        shares = distributed.all_gather((targets, predictions))
-        targets, predictions = [t for share, _ in shares for t in share], [p for _, share in shares for p in share]
+        shares = distributed.all_gather((targets, predictions, outputs))
+        targets = [target for share, _, _ in shares for target in share]
+        predictions = [predicted for _, share, _ in shares for predicted in share]
+        outputs = [rows for _, _, share in shares for rows in share]
     if seen == 0:
         raise TlkitError("no validation image could be decoded; check them with `tlkit check`.")
     seen = int(seen)
     result = {"val_loss": loss_sum / seen, "val_acc": correct / seen, "val_images": seen}
-    return {**result, "targets": targets, "predictions": predictions} if collect else result
+    if not collect:
+        return result
+    return {**result, "targets": targets, "predictions": predictions, "logits": torch.cat(outputs).numpy()}
 
 
 def _run_epoch(trainer: Trainer) -> dict:

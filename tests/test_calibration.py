@@ -150,3 +150,18 @@ def test_export_keeps_the_logits_and_its_sidecar_states_the_temperature(tiny_run
     classifier = api.load(tiny_run, device="cpu", precision="fp32", quiet=True)
     predicted = [[row.probabilities["cat"], row.probabilities["dog"]] for row in classifier.predict(photos)]
     np.testing.assert_allclose(calibration.probabilities(exported, sidecar["temperature"]), predicted, atol=1e-5)
+
+
+def test_a_validation_set_with_every_image_right_keeps_the_temperature_at_one():
+    """Every image right: the log loss keeps falling towards T = 0, which would give every new
+    photo a confidence of 1. The fit is not trusted there; T stays 1 and the record says why."""
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, 200)
+    logits = np.where(np.eye(2)[targets] == 1, 3.0, -3.0) + rng.normal(0, 0.3, (200, 2))
+    fitted = calibration.calibrate(logits, targets)
+    assert fitted["kept_at_one"] and fitted["temperature"] == 1.0
+    assert fitted["ece_after"] == fitted["ece_before"]
+    mistaken = targets.copy()
+    mistaken[:10] = 1 - mistaken[:10]  # a few confident mistakes: a finite temperature fits again
+    refitted = calibration.calibrate(logits, mistaken)
+    assert not refitted["kept_at_one"] and refitted["temperature"] > 1

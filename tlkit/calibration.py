@@ -77,8 +77,11 @@ def calibrate(logits: np.ndarray, targets: np.ndarray) -> dict:
     """The temperature fitted on these logits, with the ECE and NLL on them before and after (what best.json
     records: the figures are on the images T was fitted on, so the after-figure is optimistic)."""
     targets = np.asarray(targets, dtype=np.int64)
-    temperature = fit_temperature(logits, targets)
-    return {"temperature": temperature, "images": len(targets), "bins": BINS,
+    # With every image right, each one's loss falls as T falls: no finite T fits, and T -> 0 would claim certainty
+    # on every new photo. Then T stays 1. One mistake is enough for the loss to rise again towards T = 0.
+    kept = bool((np.asarray(logits).argmax(axis=1) == targets).all())
+    temperature = 1.0 if kept else fit_temperature(logits, targets)
+    return {"temperature": temperature, "images": len(targets), "bins": BINS, "kept_at_one": bool(kept),
             "ece_before": expected_calibration_error(probabilities(logits), targets),
             "ece_after": expected_calibration_error(probabilities(logits, temperature), targets),
             "nll_before": nll(logits, targets, 1.0), "nll_after": nll(logits, targets, temperature)}

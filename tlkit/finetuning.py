@@ -360,8 +360,13 @@ def _print_summary(history: list[dict], best_epoch: int, report: dict, outputs: 
     result(table)
     result(f"{report.get('subset', 'validation')} accuracy of the saved model: {report['accuracy']:.4f}")
     calibration = report["calibration"]
-    result(f"temperature {calibration['temperature']:.3f} (fitted on validation): expected calibration error "
-           f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} on those {calibration['images']} images")
+    if calibration.get("kept_at_one"):
+        result(f"temperature kept at 1: every one of the {calibration['images']} validation images is right, so no "
+               "temperature fits (the fit would claim certainty); more validation images help")
+    else:
+        result(f"temperature {calibration['temperature']:.3f} (fitted on validation): expected calibration error "
+               f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} on those {calibration['images']} "
+               "images")
     for name, path in outputs.items():
         result(f"  {name:<16} {relpath(path)}")
     if skipped:

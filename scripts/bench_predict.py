@@ -24,11 +24,14 @@ import torch
 from _bench_common import SHARED_PHOTOS, link_photos, tutorial_throughput
 from tlkit import models
 from tlkit.checkpoint import Checkpoint
+from tlkit.checkpoint_format import CheckpointMeta
 from tlkit.predict import predict_files
 from tlkit.runtime import compute_for, default_workers, select_device
 
 def tlkit_way(backbone, paths: list[Path], device: torch.device, batch_size: int) -> float:
-    checkpoint = Checkpoint(backbone=backbone, classes=["cat", "dog"], meta={}, path=Path("bench"))
+    meta = CheckpointMeta(backbone=backbone.name, weights=backbone.weights, classes=["cat", "dog"],
+                          preprocessing=backbone.preprocessing)
+    checkpoint = Checkpoint(backbone=backbone, classes=["cat", "dog"], meta=meta, path=Path("bench"))
     start = time.perf_counter()
     predict_files(checkpoint, paths, compute=compute_for(device), batch_size=batch_size, workers=default_workers())
     return len(paths) / (time.perf_counter() - start)

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
-from tlkit import cli
+from tlkit import cli, models
 from tlkit.checkpoint import ResumeWriter
 from tlkit.config import config_keys
 from tlkit.ownership import RECORD
@@ -190,11 +192,6 @@ def _world(root: Path) -> Path:
         for n in range(count):
             write_image(root / "three" / subset / "bird" / f"{n}.png", size=(24, 24), color=100 + n)
     (root / "audit.csv").write_text("path,action\ntraining/cat/0.png,exclude\ntraining/dog/1.png,exclude\n")
-    from tlkit import models
-    from safetensors.torch import save_file
-
-    import torch
-
     torch.manual_seed(7)
     made = models.create("simple-cnn", num_classes=2, weights="none", img_size=24)
     save_file({k: v.contiguous() for k, v in made.model.state_dict().items()}, str(root / "start.safetensors"))

@@ -47,13 +47,10 @@ class PhotoSource(Protocol):
     def excluding(self, exclusions: Exclusions) -> PhotoSource: ...
 
 
-# The settings that say which photos a run reads and how they are served: open_photos applies each of them.
-SOURCE_SETTINGS = ("data", "exclude", "cache_images", "cache_dir", "precompute_features")
-
-
 def open_photos(config: FinetuneConfig, given: PhotoSource | None = None) -> PhotoSource:
     """The photos of finetune, lr-find and precompute (given: `tlkit train`'s dataset; None: config.data's split
-    folders), with every setting of SOURCE_SETTINGS applied, or refused where the source cannot honour it.
+    folders), with every setting that says which photos are read and how they are served (data, exclude,
+    cache_images, cache_dir, precompute_features) applied, or refused where the source cannot honour it.
     The one place a source is made from the settings, so no command can leave one of them out."""
     source = given or SplitSource(open_split(config.data), config.cache_images, config.cache_dir)
     for key in ("precompute_features", "cache_images"):

@@ -119,10 +119,12 @@ def _given_settings(args: argparse.Namespace, keys: tuple[str, ...] | None = Non
 # ---------------------------------------------------------------- split, check, audit
 
 @_command("split", "split a folder of photos into training/ and validation/ class folders",
-          "Split a flat folder (cat.0.jpg, dog.0.jpg, ...) or a class-foldered tree into OUT/training/<class>/ and "
+          "Split a flat folder (cat.0.jpg, dog.0.jpg, ...), a class-foldered tree or a label file (labels.csv: path,label "
+          "rows, paths relative to it; a split column keeps your split) into OUT/training/<class>/ and "
           "OUT/validation/<class>/, stratified by class.",
-          _arg("src", type=Path, help="the folder of images"),
-          _arg("--val", required=True, help="validation size: a count (2000) or a fraction (0.1)"),
+          _arg("src", type=Path, help="the folder of images, or a label file (.csv)"),
+          _arg("--val", help="validation size: a count (2000) or a fraction (0.1); needed unless SRC is a label file "
+               "with a split column"),
           _arg("--out", help="where training/ and validation/ go (default: beside SRC)"),
           _arg("--seed", type=_number(int, config.SEEDS), default=0, help="seed of the random split"),
           _arg("--mode", choices=MODES, default="link",
@@ -151,9 +153,9 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 @_command("check", "report classes, broken or odd images and duplicates in a dataset folder",
-          "Decode every image of a flat or class-foldered dataset and report images per class, unreadable / empty / "
-          "non-image files, sizes, colour modes and duplicate files.",
-          _arg("dir", type=Path, help="the dataset folder"),
+          "Decode every image of a flat or class-foldered dataset, or of a label file, and report images per class, "
+          "unreadable / empty / non-image files, a label file's rows left out, sizes, colour modes and duplicate files.",
+          _arg("dir", type=Path, help="the dataset folder, or a label file (.csv)"),
           _arg("--strict", action="store_true", help="exit non-zero when any problem is found"),
           example="tlkit check data/train --strict")
 def cmd_check(args: argparse.Namespace) -> int:
@@ -178,7 +180,8 @@ def cmd_check(args: argparse.Namespace) -> int:
           "class-foldered folder not split yet (audited as one set). Writes OUT/audit.csv (path, issue, suggested "
           "action: exclude / relabel / keep), audit.html (thumbnails to look at), audit.png and audit.json; moves no "
           "photo. Give the reviewed audit.csv to --exclude of finetune (or of split, for a folder not split yet).",
-          _arg("data", type=Path, help="a split folder (training/, validation/) or a folder of photos"),
+          _arg("data", type=Path, help="a split folder (training/, validation/), a folder of photos, or a label file "
+               "(.csv)"),
           _settings(tuple(key for key in config.AUDIT_READS if key != "backbone")),
           _arg("--backbone", default=argparse.SUPPRESS,
                help=f"the network whose features judge the photos (`tlkit models` lists them; default: "
@@ -330,7 +333,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 @_command("evaluate", "measure a trained model on labelled photos",
           "Accuracy and per-class precision / recall / F1 on DIR (class folders or flat cat.0.jpg names), a confusion "
           "matrix and the most confident mistakes.",
-          _arg("dir", type=Path, help="labelled images: <class>/<image> or <class>.<n>.jpg"),
+          _arg("dir", type=Path, help="labelled images: <class>/<image>, <class>.<n>.jpg, or a label file (.csv)"),
           *_INFERENCE,
           _arg("--out", help="output folder (default: RUN/evaluate-<DIR name>)"),
           _arg("--force", action="store_true", help="replace earlier outputs in --out"),
@@ -383,8 +386,8 @@ def _source(*names: str, help: str, **options):
           "folder, with the fine-tune loop: same run folder, checkpoints, metrics, plots and --resume. Built-in "
           "datasets are read from --data-root (downloaded when absent and online); --val carves a validation set from "
           "the training data; the final report uses the test split.",
-          _source("--dataset", help=f"{', '.join(config.BUILT_IN_DATASETS)}, or a folder (class folders, or "
-                  "training/ + validation/ from `tlkit split`)"),
+          _source("--dataset", help=f"{', '.join(config.BUILT_IN_DATASETS)}, a folder (class folders, or "
+                  "training/ + validation/ from `tlkit split`), or a label file (.csv)"),
           _source("--model", dest="backbone", metavar="MODEL", help="network to train (`tlkit models` lists them): "
                   "lenet, mnist-net, mlp, mlp-relu, mlp-bn, simple-cnn, alexnet, resnet18, timm:NAME ..."),
           _source("--data-root", help="where the built-in datasets' raw files are, or go (default: data)"),

@@ -1,7 +1,8 @@
 """Find the images of a dataset folder, read their class labels, and check that they decode.
 
-Two layouts: the Kaggle flat one (`cat.0.jpg`: the class is the name before the first dot)
-and a class-foldered tree (`ROOT/<class>/...`). Which files count is decided here alone
+Three layouts: the Kaggle flat one (`cat.0.jpg`: the class is the name before the first dot), a
+class-foldered tree (`ROOT/<class>/...`) and a label file (`labels.csv`: path,label rows, tlkit/labelfile.py;
+its photos under the CSV's folder). Which files count is decided here alone
 (`visible_files`, `class_folders`, `class_images`: hidden files and everything in hidden
 folders are left out), so check, split, training, the caches, predict and evaluate all see the
 same images; every stage opens an image through `open_image` (one pixel limit, Pillow's
@@ -23,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from tlkit.errors import TlkitError
+from tlkit.labelfile import BadRow, bad_row_text, is_label_file, read_label_file
 from tlkit.pathtext import shown
 from tlkit.runtime import progress, relpath
 
@@ -54,13 +56,21 @@ class ImageInfo:
 class Scan:
     """The files of one dataset folder, sorted by path, sorted into what can be used and what not."""
 
-    root: Path
-    layout: str  # "flat" or "folders"
+    root: Path  # the folder the photos' paths are relative to (a label file's own folder)
+    layout: str  # "flat", "folders" or "labels"
     images: list[tuple[Path, str]] = field(default_factory=list)  # (path, class)
     unlabelled: list[Path] = field(default_factory=list)  # no class in the name or place
     non_images: list[Path] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (path, why)
     details: dict[Path, ImageInfo] = field(default_factory=dict)  # filled by a full check
+    labels_file: Path | None = None  # the label file read, for the "labels" layout
+    bad_rows: list[BadRow] = field(default_factory=list)  # its rows left out, each with why
+    given_subsets: dict[Path, str] = field(default_factory=dict)  # photo -> subset, from its split column
+
+    @property
+    def source(self) -> Path:
+        """What the user named: the folder, or the label file."""
+        return self.labels_file or self.root
 
     @property
     def classes(self) -> list[str]:
@@ -71,7 +81,7 @@ class Scan:
 
     @property
     def problems(self) -> int:
-        return len(self.unlabelled) + len(self.non_images) + len(self.unreadable)
+        return len(self.unlabelled) + len(self.non_images) + len(self.unreadable) + len(self.bad_rows)
 
     def duplicates(self) -> list[list[Path]]:
         """Groups of files with identical bytes (needs a full check)."""
@@ -194,14 +204,25 @@ def detect_layout(root: Path) -> str:
 
 def _require_folder(root: Path) -> None:
     if not root.exists():
-        raise TlkitError(f"{relpath(root)} does not exist. Give the folder that holds your images.")
+        raise TlkitError(f"{relpath(root)} does not exist. Give the folder that holds your images, or a label file "
+                         "(labels.csv).")
     if not root.is_dir():
-        raise TlkitError(f"{relpath(root)} is a file, not a folder. Give the folder that holds your images.")
+        raise TlkitError(f"{relpath(root)} is a file, not a folder. Give the folder that holds your images, or a label "
+                         "file (labels.csv: a CSV with the columns path,label).")
+
+
+def photo_root(source: Path) -> Path:
+    """The folder a dataset's photo paths are relative to: a folder itself, a label file's own folder."""
+    source = Path(source)
+    return source.parent if is_label_file(source) and source.is_file() else source
 
 
 def list_dataset(root: Path) -> Scan:
-    """Sort every file under root into labelled images, unlabelled images and non-images."""
+    """Sort every file under root (a folder), or every row of a label file, into labelled images, unlabelled
+    images and non-images (and a label file's bad rows)."""
     root = Path(root)
+    if is_label_file(root) and root.is_file():
+        return _checked_classes(_label_file_scan(root))
     _require_folder(root)
     scan = Scan(root=root, layout=detect_layout(root))
     if scan.layout == "folders":
@@ -222,12 +243,39 @@ def list_dataset(root: Path) -> Scan:
                 scan.unlabelled.append(path)
             else:
                 scan.images.append((path, label))
+    if not scan.images and not scan.unlabelled and not scan.non_images:
+        raise TlkitError(f"{relpath(root)} is empty. Put your images there (cat.0.jpg, ... or <class>/<image>).")
+    return _checked_classes(scan)
+
+
+def _checked_classes(scan: Scan) -> Scan:
     files_by_class: dict[str, list[Path]] = defaultdict(list)
     for path, label in scan.images:
         files_by_class[label].append(path)
-    one_spelling_each(files_by_class, root)
-    if not scan.images and not scan.unlabelled and not scan.non_images:
-        raise TlkitError(f"{relpath(root)} is empty. Put your images there (cat.0.jpg, ... or <class>/<image>).")
+    one_spelling_each(files_by_class, scan.root)
+    return scan
+
+
+def _label_file_scan(path: Path) -> Scan:
+    """A label file's rows as a Scan of its folder: a non-image passed over as in a folder, a hidden path (left
+    out of every folder) a bad row; a file whose rows name no usable photo is refused, its first bad rows said."""
+    labels = read_label_file(path)
+    scan = Scan(root=path.parent, layout="labels", labels_file=path, bad_rows=list(labels.bad))
+    for row in labels.rows:
+        if any(is_hidden(part) for part in row.path.relative_to(scan.root).parts):
+            scan.bad_rows.append(BadRow(row.line, row.text, "names a hidden file or folder (a name starting with "
+                                                            "'.'), which tlkit leaves out everywhere"))
+        elif not is_image_name(row.path):
+            scan.non_images.append(row.path)
+        else:
+            scan.images.append((row.path, row.labels[0]))  # one label a photo (labelfile.row_labels)
+            if row.subset:
+                scan.given_subsets[row.path] = row.subset
+    scan.bad_rows.sort(key=lambda row: row.line)
+    if not scan.images and not scan.non_images:
+        said = "".join(f"; {bad_row_text(row)}" for row in scan.bad_rows[:3]) + ("; ..." if len(scan.bad_rows) > 3 else "")
+        raise TlkitError(f"{relpath(path)} is empty: none of its {len(scan.bad_rows)} row(s) names a usable photo{said}. "
+                         "Each row names a photo by its path relative to the label file's folder, and its label.")
     return scan
 
 

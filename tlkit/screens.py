@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from tlkit.labelfile import bad_row_text
 from tlkit.pathtext import is_stdout, shown
 from tlkit.runtime import info, relpath, reporter, result, warn
 
@@ -35,6 +36,18 @@ def skipped(scan) -> None:
     list_paths("files whose names carry no class (skipped)", scan.unlabelled, scan.root)
     list_paths("non-image files (skipped)", scan.non_images, scan.root)
     list_paths("unreadable images (skipped)", scan.unreadable, scan.root)
+    bad_rows(scan)
+
+
+def bad_rows(scan) -> None:
+    """A label file's rows left out (tlkit.scan.Scan.bad_rows), one line each."""
+    if not scan.bad_rows:
+        return
+    warn(f"rows of {escape(relpath(scan.source))} left out: {len(scan.bad_rows)}")
+    for row in scan.bad_rows[:LIST_LIMIT]:
+        info(f"  {escape(bad_row_text(row))}")
+    if len(scan.bad_rows) > LIST_LIMIT:
+        info(f"  ... and {len(scan.bad_rows) - LIST_LIMIT} more")
 
 
 def _identical_groups(groups: list, root: Path) -> None:
@@ -54,7 +67,8 @@ def split_plan(scan, plan, seed: int) -> None:
         warn(f"{plan.twins} file(s) identical to another (or paired with it as a near-duplicate in --exclude's list) "
              "were put in the same subset as it, so that no validation image is also a training image")
     counts = plan.counts()
-    table = Table(title=f"split of {relpath(scan.root)} ({scan.layout} layout, seed {seed})")
+    kept = ", the split its split column gives" if scan.given_subsets else f", seed {seed}"
+    table = Table(title=f"split of {relpath(scan.source)} ({scan.layout} layout{kept})")
     table.add_column("class")
     for subset in (*SUBSETS, "total"):
         table.add_column(subset, justify="right")
@@ -77,7 +91,7 @@ def split_written(plan) -> None:
 def folder_check(check) -> None:
     """One folder's table of classes, its sizes and colour modes, and its problems (tlkit.check.FolderCheck)."""
     scan = check.scan
-    table = Table(title=f"{relpath(scan.root)} ({scan.layout} layout)")
+    table = Table(title=f"{relpath(scan.source)} ({scan.layout} layout)")
     table.add_column("class")
     table.add_column("images", justify="right")
     for label, count in sorted(scan.class_counts().items()):

@@ -1,6 +1,6 @@
-"""Split a flat or class-foldered image folder into training/ and validation/ ImageFolders.
+"""Split a flat or class-foldered image folder, or a label file, into training/ and validation/ ImageFolders.
 
-Stratified by class and seeded, so the same files and seed give the same split whatever
+Stratified by class and seeded (or as a label file's split column gives it), so the same files and seed give the same split whatever
 order the file system lists them in. Never loses data: outputs are built in a temporary
 folder and renamed into place, and originals are removed (`--mode move`) only once the
 output is complete and checked.
@@ -26,6 +26,7 @@ from tlkit.atomic import check_writable, lock_file, unlock_file
 from tlkit.config import SEEDS, checked_number
 from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions, read_exclusions
+from tlkit.labelfile import is_label_file
 from tlkit.pathtext import ENCODING, ERRORS, path_text, refuse_stdout
 from tlkit.runtime import info, progress, relpath, warn
 from tlkit.scan import Scan, scan_with_progress
@@ -86,10 +87,11 @@ def val_count(val: int | float, total: int) -> int:
     return max(count, 1)
 
 
-def plan_split(scan: Scan, val: int | float, out: Path, seed: int = 0,
+def plan_split(scan: Scan, val: int | float | None, out: Path, seed: int = 0,
                pairs: tuple[tuple[str, str], ...] = ()) -> SplitPlan:
-    """Choose the validation images: stratified by class, reproducible for a seed. pairs: (path, path) relative
-    to the source, near-duplicates (from audit.csv) that go to one subset as identical files do."""
+    """Choose the validation images: stratified by class, reproducible for a seed; a label file's split column,
+    where it has one, chooses instead (val unused). pairs: (path, path) relative to the source, near-duplicates
+    (from audit.csv) that go to one subset as identical files do."""
     from sklearn.model_selection import train_test_split
 
     images = sorted(scan.images)  # sorted: the split must not depend on listing order
@@ -98,13 +100,17 @@ def plan_split(scan: Scan, val: int | float, out: Path, seed: int = 0,
     twin_of = _twins(scan, images, pairs)
     unique = [(path, label) for path, label in images if path not in twin_of]
     if not images:
-        raise TlkitError(f"{relpath(scan.root)} holds no usable labelled images.")
+        raise TlkitError(f"{relpath(scan.source)} holds no usable labelled images.")
     counts = Counter(label for _, label in unique)
     if len(counts) < 2:
         raise TlkitError(
-            f"{relpath(scan.root)} holds one class only ({next(iter(counts))}); a classifier needs "
+            f"{relpath(scan.source)} holds one class only ({next(iter(counts))}); a classifier needs "
             "at least two. Flat names look like cat.0.jpg / dog.0.jpg; folders like cat/, dog/."
         )
+    if scan.given_subsets:
+        return _kept_split(scan, out)
+    if val is None:
+        raise _no_val(scan.source)
     singles = single_image_classes(scan)
     if singles:
         raise TlkitError(
@@ -126,6 +132,25 @@ def plan_split(scan: Scan, val: int | float, out: Path, seed: int = 0,
         rows.append((path, label, subset, Path(subset) / label / _name_in_class(scan, path)))
     rows.sort(key=lambda row: (row[2] != "training", row[0]))
     return SplitPlan(scan=scan, out=Path(out), rows=rows, twins=len(twin_of))
+
+
+def _no_val(src: Path) -> TlkitError:
+    return TlkitError(f"{option('val')} is needed: say how many photos of {relpath(src)} go to validation (a count, "
+                      "2000, or a fraction, 0.2). Only a label file with a split column gives its own split.")
+
+
+def _kept_split(scan: Scan, out: Path) -> SplitPlan:
+    """The split a label file's split column gives, kept as it is; every class needs a photo in each subset."""
+    rows = [(path, label, scan.given_subsets[path], Path(scan.given_subsets[path]) / label / _name_in_class(scan, path))
+            for path, label in sorted(scan.images)]
+    plan = SplitPlan(scan=scan, out=Path(out), rows=sorted(rows, key=lambda row: (row[2] != TRAINING, row[0])))
+    counts = plan.counts()
+    lacking = [f"{label} (no {subset} photo)" for label in scan.classes for subset in SUBSETS if not counts[subset][label]]
+    if lacking:
+        raise TlkitError(f"the split column of {relpath(scan.source)} leaves class {', '.join(lacking)}; each subset "
+                         "needs a photo of every class. Give those photos the other subset, or drop the split column "
+                         f"to let {option('val')} choose.")
+    return plan
 
 
 def single_image_classes(scan: Scan) -> list[str]:
@@ -177,15 +202,18 @@ def _name_in_class(scan: Scan, path: Path) -> Path:
     return Path(*relative.parts[1:]) if scan.layout == "folders" else relative
 
 
-def prepare_split(src: Path, val: str, out: Path | None = None, *, seed: int = 0, force: bool = False,
+def prepare_split(src: Path, val: str | None, out: Path | None = None, *, seed: int = 0, force: bool = False,
                   quick: bool = False, exclude: Path | None = None, dry_run: bool = False) -> tuple[Scan, SplitPlan]:
     """What `tlkit split` will do, nothing written yet: the outputs checked free (before any image is
     read), every image checked (decoded and hashed, or headers only when quick), and the seeded plan.
-    val: a count ("2000") or a fraction ("0.1"); out None: beside src. exclude: a reviewed list (audit.csv
+    src: a folder, or a label file (labels.csv: tlkit/labelfile.py). val: a count ("2000") or a fraction
+    ("0.1"); None only for a label file whose split column gives the split. out None: beside src. exclude: a reviewed list (audit.csv
     of SRC): its exclude rows are left out, its relabel rows split under their new class, its near-duplicate
     pairs kept in one subset. dry_run: OUT need not be writable."""
     refuse_stdout(out, "two folders and split.csv")
-    val_size = parse_val(val)
+    if val is None and not is_label_file(Path(src)):
+        raise _no_val(Path(src))  # a label file may give its split; a folder never does
+    val_size = parse_val(val) if val is not None else None
     seed = checked_number("seed", seed, int, SEEDS)
     exclusions = read_exclusions(exclude) if exclude else None  # a bad list stops before any photo is read
     out = Path(out) if out else default_out(src)
@@ -194,6 +222,9 @@ def prepare_split(src: Path, val: str, out: Path | None = None, *, seed: int = 0
     if not dry_run:
         check_writable(out, "out")
     scan = scan_with_progress(Path(src), full=not quick)
+    check_sources_outside(scan, out)
+    if scan.given_subsets and val is not None:
+        info(f"{relpath(scan.source)} gives the split in its split column; {option('val', val)} is not used")
     if exclusions is None:
         return scan, plan_split(scan, val_size, out, seed=seed)
     excluded, relabelled = apply_exclusions(scan, exclusions)
@@ -203,8 +234,21 @@ def prepare_split(src: Path, val: str, out: Path | None = None, *, seed: int = 0
 
 
 def default_out(src: Path) -> Path:
-    """`data/train` splits into `data/training` and `data/validation`."""
+    """`data/train` splits into `data/training` and `data/validation`; `data/labels.csv` too."""
     return Path(src).resolve().parent
+
+
+def check_sources_outside(scan: Scan, out: Path) -> None:
+    """Refuse a label file that names photos inside the folders the split replaces (a folder source is refused
+    before, by check_outputs_free): the split would delete or overwrite its own sources."""
+    if scan.labels_file is None:
+        return
+    targets = [(Path(out) / subset).resolve() for subset in SUBSETS]
+    inside = [path for path, _ in scan.images if any(target in path.resolve().parents for target in targets)]
+    if inside:
+        raise TlkitError(f"{relpath(scan.source)} names {len(inside)} photo(s) inside the folders this split writes "
+                         f"(such as {relpath(inside[0])}), which it would replace; choose another {option('out')}, or "
+                         "list photos that lie elsewhere.")
 
 
 def check_outputs_free(out: Path, src: Path, force: bool) -> None:
@@ -322,7 +366,7 @@ def execute_split(plan: SplitPlan, mode: str = "link", force: bool = False) -> N
     out = plan.out
     made_out = not out.exists()
     if made_out:
-        check_outputs_free(out, plan.scan.root, force)  # refused before anything is made
+        check_outputs_free(out, plan.scan.source, force)  # refused before anything is made
     out.mkdir(parents=True, exist_ok=True)
     try:
         _build_and_swap(plan, mode, force)
@@ -336,7 +380,7 @@ def _build_and_swap(plan: SplitPlan, mode: str, force: bool) -> None:
     out = plan.out
     with _holding_split(out):
         _finish_swap(out)
-        check_outputs_free(out, plan.scan.root, force)
+        check_outputs_free(out, plan.scan.source, force)
         if force:
             check_nothing_lost(plan)
         _remove_leftovers(out)

@@ -93,12 +93,13 @@ class Split:
     manifest: Path
 
 
-def split(src: Path | str, val: str | int | float = "0.2", out: Path | str | None = None, *, seed: int = 0,
+def split(src: Path | str, val: str | int | float | None = "0.2", out: Path | str | None = None, *, seed: int = 0,
           mode: str = "link", force: bool = False, quick: bool = False, exclude: Path | str | None = None,
           quiet: bool = False) -> Split:
-    """`tlkit split`: a stratified, seeded split of a flat (cat.0.jpg) or class-foldered folder.
+    """`tlkit split`: a stratified, seeded split of a flat (cat.0.jpg) or class-foldered folder, or of a label file
+    (labels.csv: path,label rows, paths relative to it; a split column, where it has one, is kept and val unused).
 
-    val: a count (2000) or a fraction (0.2) of the images; out None: beside src (data/train ->
+    val: a count (2000) or a fraction (0.2) of the images (None: the label file's split column); out None: beside src (data/train ->
     data/training, data/validation). mode: link, copy, symlink or move. force: replace an earlier split.
     quick: check image headers only. exclude: a reviewed list (the audit.csv of `audit(src)`): its exclude rows
     left out, relabel rows split under their new class, near-duplicate pairs kept in one subset. Example:
@@ -112,15 +113,14 @@ def split(src: Path | str, val: str | int | float = "0.2", out: Path | str | Non
         force, quick = _switch("force", force), _switch("quick", quick)
         if mode not in MODES:
             raise TlkitError(f"mode {mode!r} is not one of {', '.join(MODES)}.")
-        if isinstance(val, bool) or not isinstance(val, (str, int, float)):
+        if isinstance(val, bool) or not isinstance(val, (str, int, float, type(None))):
             raise TlkitError(f"{option('val')} must be a count (2000) or a fraction (0.2), not {_given(val)}.")
-        scan, plan = prepare_split(src, str(val), out, seed=seed, force=force, quick=quick, exclude=exclude)
-        passed_over = len(scan.unlabelled) + len(scan.non_images) + len(scan.unreadable)
-        if passed_over:
-            warn(f"{passed_over} file(s) of {relpath(scan.root)} passed over (no class in the name, not an image, "
-                 "or unreadable); `tlkit check` lists them")
+        scan, plan = prepare_split(src, None if val is None else str(val), out, seed=seed, force=force, quick=quick, exclude=exclude)
+        if scan.problems:
+            warn(f"{scan.problems} file(s) or row(s) of {relpath(scan.source)} passed over (no class in the name, not "
+                 "an image, unreadable, or a label file's bad row); `tlkit check` lists them")
         execute_split(plan, mode=mode, force=force)
-        info(f"split {relpath(scan.root)} into {relpath(plan.out)}/training and validation ({len(plan.rows)} images)")
+        info(f"split {relpath(scan.source)} into {relpath(plan.out)}/training and validation ({len(plan.rows)} images)")
     counts = {subset: dict(sorted(by_class.items())) for subset, by_class in plan.counts().items()}
     return Split(out=plan.out, training=plan.out / "training", validation=plan.out / "validation", counts=counts,
                  manifest=plan.out / MANIFEST)

@@ -25,7 +25,7 @@ from tlkit.findings import AUDIT_BACKBONE, DUPLICATE_SIMILARITY, Findings, find_
 from tlkit.inputs import cached_features
 from tlkit.run_backbone import create_backbone, run_config
 from tlkit.runtime import compute_for, default_workers, info, relpath
-from tlkit.scan import list_dataset
+from tlkit.scan import list_dataset, photo_root, warn_rows_left_out
 from tlkit.split import SUBSETS, finish_pending_split
 
 ISSUES = ("label", "near-duplicate", "identical", "outlier")
@@ -93,8 +93,9 @@ def audit_folder(data: Path, settings: dict, *, config_file: Path | None = None,
     photos, classes, features = gather_features(data, config)
     labels = np.array([classes.index(photo.label) for photo in photos], dtype=np.int64)
     info(f"audit: judging {len(photos)} photos' labels ({len(classes)} classes), near-duplicates and outliers")
-    findings = find_problems(features, labels, file_digests(data, photos), similarity=similarity, seed=config.seed)
-    return Audit(root=data, classes=classes, backbone=config.backbone, photos=photos, findings=findings,
+    root = photo_root(data)  # a label file's paths are relative to its folder
+    findings = find_problems(features, labels, file_digests(root, photos), similarity=similarity, seed=config.seed)
+    return Audit(root=root, classes=classes, backbone=config.backbone, photos=photos, findings=findings,
                  issues=issue_rows(photos, classes, findings))
 
 
@@ -122,8 +123,9 @@ def gather_features(data: Path, config: FinetuneConfig) -> tuple[list[Photo], li
 
 
 def _unsplit_files(data: Path) -> tuple[list[str], dict[str, Path], dict[str, list]]:
-    """A flat or class-foldered folder as one subset: (classes, {all: folder}, {all: file rows})."""
+    """A flat or class-foldered folder, or a label file, as one subset: (classes, {all: folder}, {all: file rows})."""
     scan = list_dataset(data)
+    warn_rows_left_out(scan)
     classes = scan.classes
     if len(classes) < 2:
         raise TlkitError(f"{relpath(data)} holds {len(classes)} class(es) of labelled photos; an audit judges labels "

@@ -1,6 +1,6 @@
-"""What `tlkit check` finds in a dataset folder: per folder checked, its images and every problem
+"""What `tlkit check` finds in a dataset folder or label file: per folder checked, its images and every problem
 that split or training would meet (unusable files, empty class folders, identical files, one class,
-a class of a single image), and of a split, the files in both training/ and validation/.
+a class of a single image, a label file's bad rows), and of a split, the files in both training/ and validation/.
 
 Decides which folders are checked and counts the problems; prints nothing (cli.py shows the report).
 """
@@ -33,7 +33,7 @@ class FolderCheck:
         """Why the folder cannot be checked at all (no usable labelled image), else None."""
         if self.scan.images:
             return None
-        return (f"{relpath(self.scan.root)} holds no usable labelled image ({self.scan.layout} layout); the files "
+        return (f"{relpath(self.scan.source)} holds no usable labelled image ({self.scan.layout} layout); the files "
                 "found are listed above. Name them <class>.<n>.jpg, or put them in <class>/ folders.")
 
     @property

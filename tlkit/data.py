@@ -99,13 +99,12 @@ class FolderDataset(ImageFolder):
     and files are tlkit.scan's (class_folders, class_images), the ones check, split and the caches count.
     """
 
-    def __init__(self, root: Path, load, listed: list[tuple[str, int]] | None = None):
+    def __init__(self, root: Path, load, listed: list[tuple[str, int]] | None = None, classes: list[str] | None = None):
         """listed: the (path relative to root, class index) rows to serve instead of every image (SplitFolders.images:
-        --exclude's list applied)."""
+        --exclude's list applied; a label file's rows). classes: the class names where root's folders are not them
+        (a label file's)."""
+        self.listed, self.given_classes = listed, classes
         super().__init__(str(root), loader=str, allow_empty=True)
-        if listed is not None:
-            self.samples = self.imgs = [(os.path.join(root, relative), index) for relative, index in listed]
-            self.targets = [index for _, index in listed]
         self.load = load
         empty = [name for name, count in zip(self.classes, torch.bincount(
             torch.tensor(self.targets, dtype=torch.long), minlength=len(self.classes)).tolist()) if count == 0]
@@ -113,14 +112,14 @@ class FolderDataset(ImageFolder):
             raise TlkitError(f"class folder(s) {', '.join(empty)} of {relpath(root)} hold no images.")
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        classes = class_folders(Path(directory))
+        classes = self.given_classes or class_folders(Path(directory))
         return classes, {name: index for index, name in enumerate(classes)}
 
-    @staticmethod
-    def make_dataset(directory: str, class_to_idx: dict[str, int], extensions=None, is_valid_file=None,
+    def make_dataset(self, directory: str, class_to_idx: dict[str, int], extensions=None, is_valid_file=None,
                      allow_empty: bool = False) -> list[tuple[str, int]]:
         classes = sorted(class_to_idx, key=class_to_idx.__getitem__)
-        return [(os.path.join(directory, relative), index) for relative, index in class_images(Path(directory), classes)]
+        listed = self.listed if self.listed is not None else class_images(Path(directory), classes)
+        return [(os.path.join(directory, relative), index) for relative, index in listed]
 
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, None)

@@ -1,6 +1,6 @@
-"""What `tlkit train` trains on: MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's digits, or a folder.
+"""What `tlkit train` trains on: MNIST, Fashion-MNIST, CIFAR-10, scikit-learn's digits, a folder or a label file.
 
-Opens a dataset (raw files via tlkit/rawdata.py, folders via tlkit/data.py), carves a
+Opens a dataset (raw files via tlkit/rawdata.py, folders via tlkit/data.py, label files via tlkit/scan.py), carves a
 validation set where it has none, knows its normalisation (given, known or measured; chosen by
 tlkit/run_backbone.py: resolve_preprocessing), and serves uint8 images at the model's channels and size
 in the DataBundle the fine-tune loop runs on unchanged. Builds no model; trains nothing.
@@ -25,7 +25,8 @@ from tlkit.config import SCALED_MEANS, SCALED_STDS, checked_settings, config_key
 from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions
 from tlkit.runtime import relpath
-from tlkit.scan import DECODE_ERRORS, detect_layout, open_image
+from tlkit.labelfile import is_label_file
+from tlkit.scan import DECODE_ERRORS, detect_layout, list_dataset, open_image, warn_rows_left_out
 from tlkit.split import SUBSETS, TRAINING, VALIDATION, parse_val, val_count
 
 STATS_SAMPLE = 2000  # images of a folder read to estimate its mean and std
@@ -199,11 +200,13 @@ class MemorySource(TrainingSource):
 
 @dataclass
 class FolderSource(TrainingSource):
-    """A folder: class folders (validation carved by --val) or training/ + validation/ (+ test/)."""
+    """A folder: class folders (validation carved by --val) or training/ + validation/ (+ test/); or a label file's
+    photos under its folder (its split column's split, or carved by --val)."""
 
     root: Path = Path(".")
     train_indices: list[int] | None = None  # None: root holds training/ and validation/
     val_indices: list[int] | None = None
+    listed: list[tuple[str, int]] | None = None  # a label file's (path relative to root, class index) rows
     exclusions: Exclusions | None = None  # --exclude's list (training/ and validation/ only)
 
     def excluding(self, exclusions: Exclusions) -> "FolderSource":
@@ -220,10 +223,14 @@ class FolderSource(TrainingSource):
     def _test_dir(self) -> Path | None:
         return self.root / "test" if self.train_indices is None and (self.root / "test").is_dir() else None
 
+    def _whole(self, load) -> FolderDataset:
+        """Every photo of root's class folders, or of the label file, to take the carved indices from."""
+        return FolderDataset(self.root, load, self.listed, self.classes if self.listed is not None else None)
+
     def _train_set(self, load):
         if self.train_indices is None:
             return self._subset(TRAINING, load)
-        return IndexedSubset(FolderDataset(self.root, load), self.train_indices)
+        return IndexedSubset(self._whole(load), self.train_indices)
 
     def stats_sample(self, prep) -> torch.Tensor:
         train_set = self._train_set(EvalLoad(prep))
@@ -237,7 +244,7 @@ class FolderSource(TrainingSource):
         if self.train_indices is None:
             val_set = self._subset(VALIDATION, EvalLoad(prep))
         else:
-            val_set = IndexedSubset(FolderDataset(self.root, EvalLoad(prep)), self.val_indices)
+            val_set = IndexedSubset(self._whole(EvalLoad(prep)), self.val_indices)
         test_dir = self._test_dir()
         test_set = FolderDataset(test_dir, EvalLoad(prep)) if test_dir else None
         return _bundle(self.classes, train_set, val_set, test_set, batch_size=batch_size, workers=workers,
@@ -251,7 +258,8 @@ DEFAULT_VAL = 0.1  # the validation share carved from training data that has no 
 
 
 def dataset_help() -> str:
-    return f"{', '.join(dataset_names())}, or a folder (class folders, or training/ + validation/ from `tlkit split`)"
+    return (f"{', '.join(dataset_names())}, a folder (class folders, or training/ + validation/ from `tlkit split`), "
+            "or a label file (labels.csv)")
 
 
 def dataset_names() -> list[str]:
@@ -326,6 +334,29 @@ def _folder_source(root: Path, settings: dict) -> FolderSource:
                         root=root, train_indices=train_indices, val_indices=val_indices)
 
 
+def _label_file_source(path: Path, settings: dict) -> FolderSource:
+    """A label file's photos (tlkit.scan reads it, as split does), validation as its split column gives it, else
+    carved by --val."""
+    scan = list_dataset(path)
+    warn_rows_left_out(scan)
+    classes = scan.classes
+    if len(classes) < 2:
+        raise TlkitError(f"{relpath(path)} labels {len(classes)} class(es) of photos; a classifier needs at least two.")
+    listed = [(photo.relative_to(scan.root).as_posix(), classes.index(label)) for photo, label in scan.images]
+    if scan.given_subsets:
+        if settings["val"] is not None:
+            raise TlkitError(f"{relpath(path)} gives its split in its split column; leave out {option('val')}.")
+        subsets = [scan.given_subsets[photo] for photo, _ in scan.images]
+        train_indices, val_indices = ([i for i, subset in enumerate(subsets) if subset == name] for name in SUBSETS)
+    else:
+        val = parse_val(str(settings["val"] if settings["val"] is not None else DEFAULT_VAL))
+        train_indices, val_indices = carve_val([index for _, index in listed], val)
+    whole = FolderDataset(scan.root, None, listed, classes)
+    return FolderSource(title=relpath(path), classes=classes, settings=settings, channels=_first_image_channels(whole),
+                        image_size=None, sizes={TRAINING: len(train_indices), VALIDATION: len(val_indices)},
+                        root=scan.root, train_indices=train_indices, val_indices=val_indices, listed=listed)
+
+
 def open_source(dataset: str, *, data_root: str | Path = "data", val: str | float | None = None, mean=None, std=None,
                 download: bool = True) -> TrainingSource:
     """A dataset by name (mnist, fashion-mnist, cifar10, digits) or folder, ready to serve any model."""
@@ -339,6 +370,8 @@ def open_source(dataset: str, *, data_root: str | Path = "data", val: str | floa
     if dataset == "digits":
         return memory_source("digits (scikit-learn)", [str(n) for n in range(10)], rawdata.load_digits(),
                              settings=settings, augment="light")
+    if is_label_file(Path(dataset)) and Path(dataset).is_file():
+        return _label_file_source(Path(dataset), settings)
     if Path(dataset).is_dir():
         if val is not None and (Path(dataset) / VALIDATION).is_dir():
             raise TlkitError(f"{relpath(Path(dataset))} already holds validation/; leave out {option('val')}.")

@@ -2,7 +2,7 @@
 
 Accuracy and scikit-learn's per-class precision / recall / F1, a confusion matrix, the expected calibration
 error with its reliability diagram, and a contact sheet and a page of the most confident mistakes (fastai's
-"top losses"). Labels come from the folder the same way `tlkit split` reads them (tlkit.scan).
+"top losses"). Labels come from the folder or label file the same way `tlkit split` reads them (tlkit.scan).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tlkit.photopage import Card, Section, write_page
 from tlkit.predict import Predictions, predict_files
 from tlkit.report import class_report, plot_confusion, plot_mistakes, plot_reliability, write_report
 from tlkit.runtime import Compute, relpath
-from tlkit.scan import list_dataset
+from tlkit.scan import list_dataset, warn_rows_left_out
 from tlkit.split import finish_pending_split
 
 OUTPUTS = EVALUATE_FILES  # what runs/NAME/evaluate-<data>/ holds
@@ -34,9 +34,11 @@ def default_out_dir(checkpoint: Checkpoint, data_dir: Path) -> Path:
 
 
 def labelled_images(data_dir: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
-    """The images of a flat or class-foldered folder, with their class indices in the model's order."""
+    """The images of a flat or class-foldered folder or of a label file, with their class indices in the model's
+    order."""
     finish_pending_split(Path(data_dir))  # DATA/validation of a split interrupted while swapping in
     scan = list_dataset(Path(data_dir))
+    warn_rows_left_out(scan)
     unknown = sorted(set(scan.classes) - set(classes))
     if unknown:
         raise TlkitError(

@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 from tlkit.errors import TlkitError
 from tlkit.labelfile import BadRow, bad_row_text, is_label_file, read_label_file
 from tlkit.pathtext import shown
-from tlkit.runtime import progress, relpath
+from tlkit.runtime import progress, relpath, warn
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -254,6 +254,13 @@ def _checked_classes(scan: Scan) -> Scan:
         files_by_class[label].append(path)
     one_spelling_each(files_by_class, scan.root)
     return scan
+
+
+def warn_rows_left_out(scan: Scan) -> None:
+    """One warning for a label file's bad rows, where a command does not list them (check and split do)."""
+    if scan.bad_rows:
+        warn(f"{len(scan.bad_rows)} row(s) of {relpath(scan.source)} left out (such as {bad_row_text(scan.bad_rows[0])}); "
+             f"`tlkit check {relpath(scan.source)}` lists them all")
 
 
 def _label_file_scan(path: Path) -> Scan:

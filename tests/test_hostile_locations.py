@@ -57,6 +57,21 @@ def test_a_file_where_the_output_folder_should_be_is_one_message_before_any_work
     assert (tree_digest(place / "flat"), tree_digest(place / "data")) == before
 
 
+LABEL_FILE_READERS = {"split": 1, "audit": 1, "evaluate": 1, "train": 2}  # where each command's data path is
+
+
+@pytest.mark.parametrize("command", sorted(LABEL_FILE_READERS))
+def test_a_label_file_given_for_data_meets_the_same_output_checks(place, tmp_path, monkeypatch, capsys, command):
+    """A file where the output folder should be, with the photos named by a label file: the same one message."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("mine")
+    argv = argv_with_output(command, place, blocker / "inside")
+    argv[LABEL_FILE_READERS[command]] = str(place / "labels.csv")
+    code, err = run_in_process(argv, monkeypatch, capsys)
+    assert code == 1 and "blocker is a file, where a folder should be" in err and "Traceback" not in err, err
+    assert blocker.read_text() == "mine" and sorted(os.listdir(tmp_path)) == ["blocker"]
+
+
 def mounted_tmpfs(tmp_path_factory, options: str):
     """A small tmpfs mounted with `options` while the module's tests run (root can mount one), or skip."""
     mount = tmp_path_factory.mktemp("tmpfs")

@@ -1,7 +1,8 @@
 """Hostile file names and folder layouts over every command that reads photos or writes paths (issue 30).
 
 A matrix: each FOLDERS row builds one class of names or layouts (bytes that are not UTF-8, spaces, capitals, dots,
-255-byte names, links and loops, mixed layouts, one class, nothing); each COMMANDS or API row runs one command on
+255-byte names, links and loops, mixed layouts, one class, nothing; label files with bad rows, a split column, no
+header, nothing: the commands that read classes are given the label file); each COMMANDS or API row runs one command on
 it. Every case holds the README's promise: exit 0 with the result, or one message (rc 1 or 2) naming what to change;
 never a traceback; no input file changed; nothing written outside the command's output folder. A new command is
 one more row. Then one test for each fault found on main 6fbdf33.
@@ -24,6 +25,7 @@ import pytest
 from conftest import make_checkpoint, make_flat, make_foldered, write_image
 from tlkit import api, cli
 from tlkit.errors import TlkitError
+from tlkit.scan import photo_root
 
 ENCODING, ERRORS = "utf-8", "surrogateescape"  # as tlkit.pathtext writes a file name
 
@@ -41,6 +43,11 @@ class Folder:
 
     build: Callable[[Path], None]
     refused: str | None = None
+    labels: str | None = None  # a label file under the folder, which the commands that read classes are given
+    problems: str | None = None  # what `check --strict` fails on, where every other command passes it over
+
+    def source(self, photos: Path, reads: str) -> Path:
+        return photos / self.labels if self.labels and reads != NAMES else photos
 
 
 def _flat(root: Path, *extra: str) -> None:
@@ -55,6 +62,33 @@ def _linked(root: Path) -> None:
     (root / "dog" / "linked").symlink_to(root.parent / "elsewhere" / "more", target_is_directory=True)
     (root / "cat" / "up").symlink_to("..", target_is_directory=True)  # a loop
 
+
+def _labelled(root: Path, *extra_rows: list[str], header: tuple[str, ...] = ("path", "label")) -> None:
+    """_flat's photos with hostile names, listed in root/labels.csv by their class (in photos/ beside it), then
+    extra_rows."""
+    _flat(root / "photos", NOT_UTF8, "cat.my photo 1.jpg", "dog.狗.jpg", LONG)
+    (root / "photos" / ".hidden.jpg").write_bytes((root / "photos" / "cat.0.jpg").read_bytes())
+    rows = [[f"photos/{name}", name.split(".")[0], *(["training" if n % 2 else "validation"] if len(header) > 2 else [])]
+            for n, name in enumerate(sorted(os.listdir(root / "photos"))) if not name.startswith(".")]
+    with open(root / "labels.csv", "w", newline="", encoding=ENCODING, errors=ERRORS) as handle:
+        csv.writer(handle).writerows([header, *rows, *extra_rows])
+
+
+BAD_ROWS = (["photos/none.jpg", "cat"], ["../photos/cat.0.jpg", "cat"], ["/etc/hostname", "dog"], ["photos/cat.1.jpg", ""],
+            ["photos/cat.0.jpg", "dog"], ["photos/dog.0.jpg", "dog"], ["photos/dog.1.jpg", "cat|dog"],
+            ["photos/.hidden.jpg", "cat"], ["photos/dog.2.jpg", "d\udce9g"], ["photos/dog.3.jpg"])
+# Each label file's folder holds its photos, so that the commands that read no classes (predict, export) run.
+LABEL_FILES = {
+    "label-file-bad-rows": Folder(lambda root: _labelled(root, *BAD_ROWS), labels="labels.csv", problems="left out"),
+    "label-file-split-column": Folder(lambda root: _labelled(root, header=("path", "label", "split")),
+                                      labels="labels.csv"),
+    "label-file-no-header": Folder(lambda root: (_labelled(root), (root / "labels.csv").write_text("a.jpg,cat\n")),
+                                   refused="has no column path nor label", labels="labels.csv"),
+    "label-file-empty": Folder(lambda root: (_labelled(root), (root / "labels.csv").write_bytes(b"")),
+                               refused="is empty", labels="labels.csv"),
+    "label-file-one-class": Folder(lambda root: (_labelled(root), (root / "labels.csv").write_text(
+        "path,label\nphotos/cat.0.jpg,cat\nphotos/cat.1.jpg,cat\n")), refused="class", labels="labels.csv"),
+}
 
 FOLDERS = {
     "not-utf8": Folder(lambda root: _flat(root, NOT_UTF8, os.fsdecode(b"dog.\xfe2.jpg"))),
@@ -71,6 +105,7 @@ FOLDERS = {
     "links-and-a-loop": Folder(_linked),
     "one-class": Folder(lambda root: make_flat(root, {"cat": 4}), refused="class"),
     "empty": Folder(lambda root: root.mkdir(), refused="empty"),
+    **LABEL_FILES,
 }
 
 
@@ -116,7 +151,7 @@ def _api_finetune(work: Path, photos: Path, model: Path) -> None:
     run = api.finetune(data.out, backbone="simple-cnn", weights="none", img_size=32, epochs=1, batch_size=4,
                        device="cpu", workers=0, runs_dir=str(work / "out" / "runs"), quiet=True)
     classifier = api.load(run, device="cpu")
-    assert len(classifier.predict(photos, quiet=True)) >= 8
+    assert len(classifier.predict(photo_root(photos), quiet=True)) >= 8  # a label file's folder: predict reads no CSV
     assert "accuracy" in classifier.evaluate(data.validation, out=work / "out" / "ev")
     assert classifier.export("torchscript", work / "out" / "m.pt").is_file()
 
@@ -153,7 +188,7 @@ def _expect(name: str, reads: str) -> str | None:
     """The words of the one message the case must end with, or None for a success."""
     if name == "empty":
         return "no image files" if reads == NAMES else "empty"
-    if name == "one-class":
+    if name in ("one-class", "label-file-one-class"):
         return FOLDERS[name].refused if reads == CLASSES else None
     return None if reads == NAMES else FOLDERS[name].refused
 
@@ -167,7 +202,7 @@ def test_every_command_on_every_hostile_folder_succeeds_or_says_one_thing(name, 
     folder.build(photos)
     before = snapshot(tmp_path)
     try:
-        code = run(tmp_path, photos, tiny_model)
+        code = run(tmp_path, folder.source(photos, reads), tiny_model)
     except SystemExit as exit_info:  # argparse's own refusal
         code = exit_info.code
     err = capsys.readouterr().err
@@ -175,6 +210,8 @@ def test_every_command_on_every_hostile_folder_succeeds_or_says_one_thing(name, 
     expected = _expect(name, reads)
     if name == "one-class" and command == "check":
         assert code == 1 and "one class only" in err  # --strict fails on it
+    elif folder.problems and command == "check":
+        assert code == 1 and folder.problems in err and "problem(s)" in err, err
     elif expected is None:
         assert code == 0, err
     else:
@@ -191,10 +228,10 @@ def test_every_api_call_on_every_hostile_folder_returns_or_raises_one_tlkit_erro
     before = snapshot(tmp_path)
     expected = _expect(name, reads)
     if expected is None:
-        run(tmp_path, photos, tiny_model)
+        run(tmp_path, folder.source(photos, reads), tiny_model)
     else:
         with pytest.raises(TlkitError, match=expected.replace("(", r"\(").replace(")", r"\)")):
-            run(tmp_path, photos, tiny_model)
+            run(tmp_path, folder.source(photos, reads), tiny_model)
     assert snapshot(tmp_path) == before, "an input file changed, or something was written outside out/"
 
 

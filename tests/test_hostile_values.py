@@ -59,9 +59,11 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def place(tmp_path_factory) -> Path:
-    """A flat folder of photos, a split folder and a tiny run: the inputs of every command."""
+    """A flat folder of photos, a label file of them, a split folder and a tiny run: the inputs of every command."""
     root = tmp_path_factory.mktemp("hostile")
     make_flat(root / "flat", {"cat": 4, "dog": 4})
+    (root / "labels.csv").write_text("path,label\n" + "".join(f"flat/{label}.{n}.jpg,{label}\n" for label in ("cat", "dog")
+                                                              for n in range(4)))
     make_learnable(root / "data", 3, 2, size=16)
     make_checkpoint(root / "runs" / "tiny")
     return root
@@ -297,6 +299,18 @@ def hostile_files(folder: Path) -> dict[str, bool]:
     (folder / "dog.empty.png").write_bytes(b"")
     return {"cat.1x1.png": True, "cat.sixteen.png": True, "dog.cmyk.jpg": True, "dog.moving.gif": True,
             "cat.whole.jpg": True, "dog.truncated.jpg": False, "cat.text.jpg": False, "dog.empty.png": False}
+
+
+def test_hostile_files_listed_in_a_label_file_are_split_or_listed_with_their_error(tmp_path, capsys):
+    expected = hostile_files(tmp_path / "photos")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"photos/{name},{name.split('.')[0]}\n" for name in expected))
+    before = tree_digest(tmp_path)
+    assert cli.main(["check", str(labels)]) == 0
+    assert cli.main(["split", str(labels), "--val", "0.3", "--out", str(tmp_path / "split"), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "dog.truncated.jpg" in err and "dog.empty.png" in err
+    assert tree_digest(tmp_path) == before
 
 
 def test_hostile_files_are_labelled_or_rows_with_their_error_in_every_command(place, tmp_path, capsys, classifier):

@@ -258,8 +258,8 @@ DEFAULT_VAL = 0.1  # the validation share carved from training data that has no 
 
 
 def dataset_help() -> str:
-    return (f"{', '.join(dataset_names())}, a folder (class folders, or training/ + validation/ from `tlkit split`), "
-            "or a label file (labels.csv)")
+    return (f"{', '.join(dataset_names())}, or a folder (class folders, or training/ + validation/ from `tlkit split`) "
+            "or label file (labels.csv)")
 
 
 def dataset_names() -> list[str]:

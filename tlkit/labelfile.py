@@ -68,8 +68,8 @@ def row_labels(cell: str) -> tuple[str, ...]:
 
 
 def read_label_file(path: Path) -> LabelFile:
-    """The rows of a label file, each checked (row_problem) and a path listed twice kept once (_one_row_each
-    path); a file tlkit cannot read as one (empty, no header naming path and label, broken quoting) is a
+    """The rows of a label file, each checked (_read_row) and a photo listed twice kept once (_one_row_each_path);
+    a file tlkit cannot read as one (empty, no header naming path and label, broken quoting, unreadable) is a
     TlkitError. A path's bytes that are not UTF-8 are a file name's own (tlkit.pathtext)."""
     path = Path(path)
     try:
@@ -80,6 +80,8 @@ def read_label_file(path: Path) -> LabelFile:
                          "quote needs quotes around it (\"a, b.jpg\"), and a quote inside doubled.") from None
     except IsADirectoryError:
         raise TlkitError(f"{relpath(path)} is a folder; a label file ({SUFFIX}) is a file. {_HINT}") from None
+    except OSError as error:
+        raise TlkitError(f"{relpath(path)} cannot be read ({error.strerror}).") from None
     if not any(any(cell.strip() for cell in line) for line in lines):
         raise TlkitError(f"{relpath(path)} is empty. {_HINT}")
     columns = _columns(path, lines[0])

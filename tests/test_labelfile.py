@@ -200,6 +200,13 @@ def test_train_takes_a_label_file_with_its_split_column_or_val(tmp_path, capsys)
     assert "6 training / 2 validation" in " ".join(capsys.readouterr().err.split())
 
 
+def test_finetune_given_a_label_file_says_to_split_it_first(tmp_path, capsys):
+    labels = labelled_photos(tmp_path, {"cat": 2, "dog": 2})
+    assert cli.main(["finetune", "--data", str(labels), "--runs-dir", str(tmp_path / "runs"), *QUICK]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "is a label file" in err and "tlkit split" in err and "Traceback" not in err
+
+
 def test_audit_of_a_label_file_finds_its_photos_and_its_list_excludes_from_the_split(tmp_path):
     labels = labelled_photos(tmp_path, {"cat": 4, "dog": 4})
     write_image(tmp_path / "photos" / "twin.jpg", color=zlib_color(tmp_path))

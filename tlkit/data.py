@@ -22,6 +22,7 @@ from tlkit.augment import Augmentation, crop_flip_photo, policy
 from tlkit.decode import load_image as load_eval_image
 from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions
+from tlkit.labelfile import is_label_file
 from tlkit.runtime import relpath
 from tlkit.scan import (DECODE_ERRORS, class_folders, class_images, detect_layout, is_image_name, open_photo,
                         visible_files)
@@ -44,6 +45,12 @@ class DataBundle:
 def subset_dirs(data_dir: Path) -> tuple[Path, Path]:
     """DATA/training and DATA/validation, or a message saying to run `tlkit split`."""
     data_dir = Path(data_dir)
+    if is_label_file(data_dir) and data_dir.is_file():
+        raise TlkitError(
+            f"{relpath(data_dir)} is a label file; fine-tuning reads the training/ and validation/ folders a split "
+            f"writes. Run `tlkit split {relpath(data_dir)} --val 0.2` (it writes them beside it), then "
+            f"{option('data', relpath(data_dir.parent))}."
+        )
     finish_pending_split(data_dir)  # never train on half of one split and half of another
     dirs = tuple(data_dir / subset for subset in SUBSETS)
     for subset_dir in dirs:

@@ -162,3 +162,9 @@ def test_stratification_thresholds_weights_and_metrics_by_hand():
     assert thresholds == [0.8, 0.6]  # the lowest probability of each label's positives: F1 1
     report = metrics(targets, probabilities, thresholds, ["cat", "dog"])
     assert report["subset_accuracy"] == 1.0 and report["mean_average_precision"] == 1.0 and report["macro_f1"] == 1.0
+
+
+def test_the_audit_of_a_multi_label_split_is_one_message(trained):
+    root, _, _ = trained
+    with pytest.raises(TlkitError, match="is a multi-label split .* the audit judges one label a photo"):
+        api.audit(root / "data", out=root / "audit", backbone="simple-cnn", weights="none", device="cpu", quiet=True)

@@ -109,6 +109,11 @@ def gather_features(data: Path, config: FinetuneConfig) -> tuple[list[Photo], li
     compute = compute_for(config.device, config.precision)
     if is_split(data):
         split = open_split(data)
+        if split.multi_label:
+            raise TlkitError(f"{relpath(data)} is a multi-label split (several labels a photo); the audit judges one "
+                             "label a photo, so it cannot judge these. Audit the photos before a multi-label split "
+                             "as a folder of one class each, or review the labels with `tlkit evaluate`'s page of "
+                             "each label's worst false positives and negatives.")
         classes = split.classes
         backbone = create_backbone(config, classes)
         sets = cached_features(config, backbone, compute, split)

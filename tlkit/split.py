@@ -49,7 +49,6 @@ class SplitPlan:
     twins: int = 0  # files identical to another one, placed in its subset
     multi_label: bool = False  # several labels a photo (class: them joined): photos under their own paths, LABELS_FILE
 
-
     def counts(self) -> dict[str, Counter]:
         counts = {subset: Counter() for subset in SUBSETS}
         for _, label, subset, _ in self.rows:
@@ -163,9 +162,10 @@ def _multi_label_plan(scan: Scan, val: int | float | None, out: Path, seed: int,
     held = {subset: {name for _, label, row_subset, _ in rows if row_subset == subset for name in scan.labels_of(label)}
             for subset in SUBSETS}
     if not held[TRAINING] >= held[VALIDATION] or len(held[TRAINING]) < 2 or not held[VALIDATION]:
+        given = ", ".join(sorted(held[VALIDATION])) or "none: no validation photo"
         raise TlkitError(f"this split's training photos hold the label(s) {', '.join(sorted(held[TRAINING])) or 'none'}; "
-                         f"a model needs two labels at least, and every label validation holds "
-                         f"({', '.join(sorted(held[VALIDATION])) or 'none: no validation photo'}). Give those labels more photos, or training photos.")
+                         f"a model needs two labels at least, and every label validation holds ({given}). Give those "
+                         "labels more photos, or training photos.")
     if lacking := sorted(held[TRAINING] - held[VALIDATION]):
         warn(f"no validation photo holds the label(s) {', '.join(lacking)}: their threshold stays 0.5 and their "
              f"precision is not measured; a larger {option('val')} (or more such photos) gives them some")

@@ -27,7 +27,8 @@ def labelled_photos(root: Path, singles: int = 10, composites: int = 8) -> Path:
     rows = []
     for label in ("cat", "dog"):
         for n in range(singles):
-            Image.open(photos / f"{label}.{n}.jpg").convert("RGB").resize((SIDE, SIDE)).save(root / "photos" / f"{label}.{n}.jpg")
+            photo = Image.open(photos / f"{label}.{n}.jpg").convert("RGB").resize((SIDE, SIDE))
+            photo.save(root / "photos" / f"{label}.{n}.jpg")
             rows.append((f"photos/{label}.{n}.jpg", label))
     for n in range(composites):
         cat, dog = (Image.open(photos / f"{label}.{100 + n}.jpg").convert("RGB").resize((SIDE, SIDE))
@@ -86,6 +87,10 @@ def test_predict_writes_each_photos_label_set_and_every_probability(trained, cap
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 28 and {"labels", "p_cat", "p_dog"} <= set(rows[0])
     assert all(row["labels"] == "cat|dog" for row in rows)  # every probability of a sigmoid is above 0.01
+    assert cli.main(["predict", str(root / "photos" / "both.0.jpg"), "--checkpoint", str(run.path), "--device", "cpu",
+                     "--out", str(root / "p.json"), "--format", "json", "--threshold", "0.999999"]) == 0
+    record, = json.loads((root / "p.json").read_text())
+    assert record["labels"] == [] and set(record["probabilities"]) == {"cat", "dog"}  # none reaches 0.999999
     classifier = api.load(run.path, device="cpu")
     rows = classifier.predict(root / "photos" / "both.0.jpg", quiet=True)
     thresholds = json.loads((run.path / "best.json").read_text())["thresholds"]
@@ -100,8 +105,8 @@ def test_evaluate_reports_the_labels_and_pages_their_worst_mistakes(trained):
     root, _, run = trained
     report = api.load(run.path, device="cpu").evaluate(root / "data" / "validation", out=root / "eval", quiet=True)
     assert report["task"] == "multi-label" and set(report["worst_mistakes"]) == {"cat", "dog"}
-    assert report["per_label"]["cat"]["support"] == sum("cat" in row["label"] for row in
-                                                        csv.DictReader(open(root / "data" / "validation" / "labels.csv")))
+    validation = list(csv.DictReader(open(root / "data" / "validation" / "labels.csv")))
+    assert report["per_label"]["cat"]["support"] == sum("cat" in row["label"] for row in validation)
     page = (root / "eval" / "mistakes.html").read_text()
     assert "cat: false positives" in page and "dog: false negatives" in page
 
@@ -164,7 +169,14 @@ def test_stratification_thresholds_weights_and_metrics_by_hand():
     assert report["subset_accuracy"] == 1.0 and report["mean_average_precision"] == 1.0 and report["macro_f1"] == 1.0
 
 
-def test_the_audit_of_a_multi_label_split_is_one_message(trained):
+def test_the_audit_of_a_multi_label_split_judges_each_photos_label_set(trained):
     root, _, _ = trained
-    with pytest.raises(TlkitError, match="is a multi-label split .* the audit judges one label a photo"):
-        api.audit(root / "data", out=root / "audit", backbone="simple-cnn", weights="none", device="cpu", quiet=True)
+    audit = api.audit(root / "data", out=root / "audit", backbone="timm:test_resnet", weights="none", img_size=32,
+                      device="cpu", workers=0, cache_dir=str(root / "cache"), quiet=True)
+    assert audit.multi_label and audit.classes == ["cat", "dog"]
+    assert audit.photo_counts() == {"cat": 18, "dog": 18}  # 10 of each and the 8 composites, counted for both
+    assert audit.findings.probabilities.shape == (28, 2)  # each label's out-of-fold probability
+    for row in audit.of("label"):  # flagged sets keep their row: the label file is the user's to edit
+        assert row.action == "keep" and set(row.suggested.split("|")) <= {"cat", "dog", ""}
+    assert (root / "audit" / "audit.csv").is_file() and set(json.loads((root / "audit" / "audit.json").read_text())
+                                                            ["counts"]) == {"cat", "dog"}

@@ -113,7 +113,8 @@ def split(src: Path | str, val: str | int | float | None = "0.2", out: Path | st
     """
     with _call(quiet):
         src, out, exclude = _path("src", src, optional=False), _path("out", out), _path("exclude", exclude)
-        force, quick, multi_label = _switch("force", force), _switch("quick", quick), _switch("multi_label", multi_label)
+        force, quick = _switch("force", force), _switch("quick", quick)
+        multi_label = _switch("multi_label", multi_label)
         if mode not in MODES:
             raise TlkitError(f"mode {mode!r} is not one of {', '.join(MODES)}.")
         if isinstance(val, bool) or not isinstance(val, (str, int, float, type(None))):
@@ -225,7 +226,8 @@ class Classifier:
         raise TlkitError("predict takes an image file or folder, a PIL image, a list of either (not mixed), or a "
                          f"tensor batch [N, C, H, W]; it was given {given}.")
 
-    def _predict_files(self, paths: list, tta: bool, batch_size: int | None, threshold: float | None) -> list[Prediction]:
+    def _predict_files(self, paths: list, tta: bool, batch_size: int | None,
+                       threshold: float | None) -> list[Prediction]:
         images = find_images([Path(path) for path in paths]).images
         pred = predict_files(self.checkpoint, images, compute=self.compute, batch_size=batch_size,
                              workers=default_workers(), tta=tta, threshold=threshold)

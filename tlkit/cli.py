@@ -139,7 +139,8 @@ def _given_settings(args: argparse.Namespace, keys: tuple[str, ...] | None = Non
                     "no photo is moved or changed"),
           _arg("--multi-label", action="store_true", help="SRC is a label file whose label cells give several labels "
                "a photo (cat|dog): the split writes OUT/training/ and OUT/validation/ with the photos and a labels.csv "
-               "each, stratified on each photo's rarest label; every later step trains and predicts one yes/no per label"),
+               "each, stratified on each photo's rarest label; every later step trains and predicts one yes/no per "
+               "label"),
           _arg("--label-sep", default="|", help="what separates the labels of a photo with --multi-label (default: |)"),
           example="tlkit split data/train --val 2000    # writes data/training, data/validation")
 def cmd_split(args: argparse.Namespace) -> int:

@@ -99,10 +99,10 @@ def multi_label_classes(data_dir: Path) -> list[str]:
     train_dir, val_dir = subset_dirs(data_dir)
     held = [{name for _, labels in read_subset_labels(folder) for name in labels} for folder in (train_dir, val_dir)]
     if len(held[0]) < 2 or not held[0] >= held[1]:
-        raise TlkitError(f"the multi-label split in {relpath(Path(data_dir))} holds the labels "
-                         f"{', '.join(sorted(held[0])) or 'none'} in training and {', '.join(sorted(held[1])) or 'none'} in "
-                         "validation; a model needs two labels at least, and each validation label among training's. "
-                         "Re-run `tlkit split --multi-label`.")
+        training, validation = (", ".join(sorted(labels)) or "none" for labels in held)
+        raise TlkitError(f"the multi-label split in {relpath(Path(data_dir))} holds the labels {training} in training "
+                         f"and {validation} in validation; a model needs two labels at least, and each validation "
+                         "label among training's. Re-run `tlkit split --multi-label`.")
     return sorted(held[0])
 
 
@@ -290,7 +290,8 @@ class SplitFolders:
         less --exclude's exclude rows, its relabel rows under their new class. A multi-label split's rows give
         each photo's 0/1 target per class (multilabel.multi_hot) in place of its class index."""
         if self.multi_label:
-            return [(relative, multi_hot(labels, self.classes)) for relative, labels in read_subset_labels(self.subset(name))]
+            rows = read_subset_labels(self.subset(name))
+            return [(relative, multi_hot(labels, self.classes)) for relative, labels in rows]
         listed = class_images(self.subset(name), self.classes)
         return self.exclusions.apply(listed, self.classes, prefix=f"{name}/") if self.exclusions else listed
 
@@ -299,8 +300,8 @@ class SplitFolders:
         class. A list that names no photo here, or relabels one as a class the folders lack, stops here, before
         anything is computed."""
         if self.multi_label:
-            raise TlkitError(f"{option('exclude')} relabels photos with one class each; a multi-label split's labels are "
-                             "its label file's: edit that file's rows and split again.")
+            raise TlkitError(f"{option('exclude')} relabels photos with one class each; a multi-label split's labels "
+                             "are its label file's: edit that file's rows and split again.")
         every = {f"{subset}/{relative}" for subset in SUBSETS
                  for relative, _ in class_images(self.subset(subset), self.classes)}
         exclusions.check_matches(every, self.root)

@@ -31,7 +31,8 @@ from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dic
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError, option
 from tlkit.inputs import TrainingInput, feature_input, image_input, open_photos
-from tlkit.multilabel import MULTI_LABEL, SINGLE_LABEL, check_monitor, choose_thresholds, metrics, sigmoid, summary_lines
+from tlkit.multilabel import (MULTI_LABEL, SINGLE_LABEL, check_monitor, choose_thresholds, metrics, sigmoid,
+                              summary_lines)
 from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, remaining, unused_settings
 from tlkit.report import class_report, plot_confusion, write_report
 from tlkit.run_backbone import create_backbone, run_config
@@ -385,7 +386,7 @@ def _print_summary(history: list[dict], best_epoch: int, report: dict, outputs: 
         for line in summary_lines(report):
             result(line)
     else:
-        _calibration_lines(report)
+        _single_label_lines(report)
     for name, path in outputs.items():
         result(f"  {name:<16} {relpath(path)}")
     if skipped:
@@ -396,7 +397,8 @@ def _print_summary(history: list[dict], best_epoch: int, report: dict, outputs: 
             info(f"  ... and {len(skipped) - LIST_LIMIT} more")
 
 
-def _calibration_lines(report: dict) -> None:
+def _single_label_lines(report: dict) -> None:
+    """What a single-label run says of its final report: accuracy, and the temperature fitted."""
     result(f"{report.get('subset', 'validation')} accuracy of the saved model: {report['accuracy']:.4f}")
     calibration = report["calibration"]
     if calibration.get("kept_at_one"):

@@ -132,7 +132,8 @@ def metrics(targets: np.ndarray, probabilities: np.ndarray, thresholds, classes:
                         if truth[:, i].any() else None,
                         "support": int(support[i]), "threshold": float(thresholds[i])}
                  for i, name in enumerate(classes)}
-    return {"task": MULTI_LABEL, "images": len(truth), "mean_average_precision": mean_average_precision(truth, probabilities),
+    return {"task": MULTI_LABEL, "images": len(truth),
+            "mean_average_precision": mean_average_precision(truth, probabilities),
             "micro_f1": float(f1_score(truth, said, average="micro", zero_division=0)),
             "macro_f1": float(f1_score(truth, said, average="macro", zero_division=0)),
             "subset_accuracy": float((truth == said).all(axis=1).mean()), "per_label": per_label}
@@ -213,7 +214,7 @@ def check_monitor(monitor: str, multi_label: bool) -> None:
 def summary_lines(report: dict) -> list[str]:
     """What a multi-label run's end and `tlkit evaluate` say of its metrics (metrics' report)."""
     per_label = ", ".join(f"{name} {values['threshold']:.2f}" for name, values in report["per_label"].items())
-    return [f"{report.get('subset', 'validation')} of the saved model, {report['images']} photos: mean average precision "
-            f"{report['mean_average_precision']:.4f}, micro F1 {report['micro_f1']:.4f}, macro F1 "
+    return [f"{report.get('subset', 'validation')} of the saved model, {report['images']} photos: mean average "
+            f"precision {report['mean_average_precision']:.4f}, micro F1 {report['micro_f1']:.4f}, macro F1 "
             f"{report['macro_f1']:.4f}, subset accuracy {report['subset_accuracy']:.4f}",
             f"thresholds (each label's, maximising its F1 on validation): {per_label}"]

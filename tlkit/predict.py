@@ -154,7 +154,8 @@ def with_unscored(probabilities: np.ndarray, failures: dict[int, str]) -> dict[i
 
 
 def score_batches(model: torch.nn.Module, batches: Iterable[Batch], count: int, num_classes: int, *,
-                  compute: Compute, tta: bool = False, temperature: float = 1.0, multi_label: bool = False) -> np.ndarray:
+                  compute: Compute, tta: bool = False, temperature: float = 1.0,
+                  multi_label: bool = False) -> np.ndarray:
     """The one inference loop, of predict_files and tlkit.api's Classifier: softmax probabilities [count,
     num_classes] of each batch's normalised images at its indices, NaN where no batch held an index (a failed
     decode); with tta averaged with the horizontally flipped view. compute: the device's autocast. temperature:
@@ -164,7 +165,8 @@ def score_batches(model: torch.nn.Module, batches: Iterable[Batch], count: int, 
     with progress() as bar, torch.inference_mode(), compute.autocast():
         task = bar.add_task("predicting", total=count)
         for batch in batches:
-            probabilities[batch.indices] = _class_scores(model, batch.images, tta, temperature, multi_label).cpu().numpy()
+            scores = _class_scores(model, batch.images, tta, temperature, multi_label)
+            probabilities[batch.indices] = scores.cpu().numpy()
             bar.advance(task, len(batch.indices))
         bar.update(task, completed=count)
     return probabilities
@@ -173,7 +175,8 @@ def score_batches(model: torch.nn.Module, batches: Iterable[Batch], count: int, 
 def _class_scores(model: torch.nn.Module, images: torch.Tensor, tta: bool = False,
                   temperature: float = 1.0, multi_label: bool = False) -> torch.Tensor:
     """Softmax probabilities of a normalised batch at `temperature` (multi_label: sigmoids); with tta, averaged with
-    the horizontally flipped view. Called inside inference_mode and the autocast of the run's precision (score_batches)."""
+    the horizontally flipped view. Called inside inference_mode and the autocast of the run's precision
+    (score_batches)."""
     def scores_of(batch: torch.Tensor) -> torch.Tensor:
         logits = model(batch).float() / temperature
         return logits.sigmoid() if multi_label else logits.softmax(dim=1)

@@ -133,7 +133,7 @@ def audit(found, show: int, out_dir: Path) -> None:
     """The counts per class, then the worst `show` of each issue (tlkit.auditing.Audit), then what was written."""
     from tlkit.auditing import ISSUES
 
-    counts, photos = found.counts(), Counter(photo.label for photo in found.photos)
+    counts, photos = found.counts(), found.photo_counts()
     table = Table(title=f"audit of {relpath(found.root)}: {len(found.photos)} photos")
     for column in ("class", "photos", *ISSUES):
         table.add_column(column, justify="left" if column == "class" else "right")

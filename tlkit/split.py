@@ -138,7 +138,8 @@ def plan_split(scan: Scan, val: int | float | None, out: Path, seed: int = 0,
     return SplitPlan(scan=scan, out=Path(out), rows=rows, twins=len(twin_of))
 
 
-def _multi_label_plan(scan: Scan, val: int | float | None, out: Path, seed: int, twin_of: dict[Path, Path]) -> SplitPlan:
+def _multi_label_plan(scan: Scan, val: int | float | None, out: Path, seed: int,
+                      twin_of: dict[Path, Path]) -> SplitPlan:
     """A multi-label split: the split column's, or validation chosen by multilabel.validation_choice (stratified on
     each photo's rarest label); each photo keeps its path under the source, its labels go to LABELS_FILE."""
     images = sorted(scan.images)
@@ -163,9 +164,10 @@ def _multi_label_plan(scan: Scan, val: int | float | None, out: Path, seed: int,
             for subset in SUBSETS}
     if not held[TRAINING] >= held[VALIDATION] or len(held[TRAINING]) < 2 or not held[VALIDATION]:
         given = ", ".join(sorted(held[VALIDATION])) or "none: no validation photo"
-        raise TlkitError(f"this split's training photos hold the label(s) {', '.join(sorted(held[TRAINING])) or 'none'}; "
-                         f"a model needs two labels at least, and every label validation holds ({given}). Give those "
-                         "labels more photos, or training photos.")
+        trained = ", ".join(sorted(held[TRAINING])) or "none"
+        raise TlkitError(f"this split's training photos hold the label(s) {trained}; a model needs two labels at "
+                         f"least, and every label validation holds ({given}). Give those labels more photos, or "
+                         "training photos.")
     if lacking := sorted(held[TRAINING] - held[VALIDATION]):
         warn(f"no validation photo holds the label(s) {', '.join(lacking)}: their threshold stays 0.5 and their "
              f"precision is not measured; a larger {option('val')} (or more such photos) gives them some")
@@ -176,16 +178,17 @@ def multi_label_source(scan: Scan, multi_label: bool) -> None:
     """Refuse what cannot be read as asked: a folder as multi-label (a class folder holds one label a photo), a
     label file whose cells give several labels without multi_label."""
     if multi_label and scan.labels_file is None:
-        raise TlkitError(f"{option('multi_label', True)} needs a label file (labels.csv, path,label rows with the labels "
-                         f"of a photo separated by '{SEPARATOR}': cat{SEPARATOR}dog); {relpath(scan.source)} is a folder, and "
-                         "a folder's names or class folders give one label a photo. Write a label file of your photos, "
-                         f"or leave out {option('multi_label', True)}.")
+        raise TlkitError(f"{option('multi_label', True)} needs a label file (labels.csv, path,label rows with the "
+                         f"labels of a photo separated by '{SEPARATOR}': cat{SEPARATOR}dog); {relpath(scan.source)} is a "
+                         "folder, and a folder's names or class folders give one label a photo. Write a label file "
+                         f"of your photos, or leave out {option('multi_label', True)}.")
     several = [row for row in scan.bad_rows if row.why.startswith(SEVERAL_LABELS)]
     if several and not multi_label:
         raise TlkitError(f"{relpath(scan.source)} gives several labels to {len(several)} photo(s) (such as "
                          f"{bad_row_text(several[0])}), and a split reads one label a photo unless told: add "
                          f"{option('multi_label', True)} to train a multi-label model (one yes/no output per label; "
-                         f"{option('label_sep')} names another separator than '{SEPARATOR}'), or give each photo one label.")
+                         f"{option('label_sep')} names another separator than '{SEPARATOR}'), or give each photo one "
+                         "label.")
 
 
 def _no_val(src: Path) -> TlkitError:
@@ -288,7 +291,8 @@ def prepare_split(src: Path, val: str | None, out: Path | None = None, *, seed: 
         return scan, plan_split(scan, val_size, out, seed=seed)
     if multi_label:
         raise TlkitError(f"{option('exclude')} relabels photos with one class each, so it does not apply to a "
-                         f"multi-label split; edit the label file's rows instead, or leave out {option('multi_label', True)}.")
+                         "multi-label split; edit the label file's rows instead, or leave out "
+                         f"{option('multi_label', True)}.")
     excluded, relabelled = apply_exclusions(scan, exclusions)
     info(f"{option('exclude', relpath(Path(exclude)))}: {excluded} photo(s) left out, {relabelled} split under another class; "
          "the files themselves are untouched")

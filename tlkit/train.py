@@ -332,7 +332,8 @@ def _run_epoch(trainer: Trainer) -> dict:
     elif trainer.scheduler is not None and trainer.scheduler_name not in PER_BATCH_SCHEDULERS:
         trainer.scheduler.step()
     return {"epoch": trainer.epoch + 1, "train_loss": train["train_loss"], "train_acc": train["train_acc"],
-            "val_loss": val["val_loss"], "val_acc": val["val_acc"], **({"val_map": val["val_map"]} if "val_map" in val else {}),
+            "val_loss": val["val_loss"], "val_acc": val["val_acc"],
+            **({"val_map": val["val_map"]} if "val_map" in val else {}),  # a multi-label run's
             "lr": train["lr"],  # of the epoch's last step (a schedule's next value may lie past its end)
             "seconds": round(train["seconds"], 3), "images_per_s": round(train["images_per_s"], 1)}
 

@@ -284,7 +284,7 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen, targets, predictions, outputs = 0, [], [], []
+    seen, targets, predictions, outputs, multi_label = 0, [], [], [], 0
     with torch.inference_mode():
         for images, labels, bad in loader:
             if skipped is not None:
@@ -298,12 +298,14 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
             predicted = logits > 0 if labels.dim() == 2 else logits.argmax(dim=1)
             correct += hits(logits, labels)
             seen += len(labels)
-            if collect or labels.dim() == 2:
+            multi_label = int(labels.dim() == 2)
+            if collect or multi_label:
                 targets += labels.tolist()
                 predictions += predicted.tolist()
                 outputs.append(logits.float().cpu())
-    loss_sum, correct, seen = distributed.sum_all([loss_sum, correct, seen], device)
-    if collect and distributed.world_size() > 1:
+    # Summed with the rest: every process learns that the batches are multi-label, even one whose share was empty.
+    loss_sum, correct, seen, multi_label = distributed.sum_all([loss_sum, correct, seen, multi_label], device)
+    if (collect or multi_label) and distributed.world_size() > 1:
         shares = distributed.all_gather((targets, predictions, outputs))
         targets = [target for share, _, _ in shares for target in share]
         predictions = [predicted for _, share, _ in shares for predicted in share]
@@ -312,7 +314,7 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
         raise TlkitError("no validation image could be decoded; check them with `tlkit check`.")
     seen = int(seen)
     result = {"val_loss": loss_sum / seen, "val_acc": correct / seen, "val_images": seen}
-    if targets and isinstance(targets[0], list):  # multi-label
+    if multi_label:
         result["val_map"] = mean_average_precision(torch.tensor(targets).numpy(), torch.cat(outputs).sigmoid().numpy())
     if not collect:
         return result

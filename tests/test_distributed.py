@@ -55,13 +55,18 @@ def _flags(settings: dict) -> list[str]:
     return [text for key, value in settings.items() for text in (f"--{key.replace('_', '-')}", str(value))]
 
 
-def _job(rank: int, root: str, port: int) -> None:
-    """One process of the two, with torchrun's environment; its stdout/stderr go to root/rank<N>.out/.err."""
+def _as_rank(rank: int, root: str, port: int) -> None:
+    """This spawned process as torchrun would start rank `rank`; its stdout/stderr go to root/rank<N>.out/.err."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     for fd, suffix in ((1, "out"), (2, "err")):
         os.dup2(os.open(f"{root}/rank{rank}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+
+
+def _job(rank: int, root: str, port: int) -> None:
+    """One process of the two, with torchrun's environment; its stdout/stderr go to root/rank<N>.out/.err."""
+    _as_rank(rank, root, port)
     codes = [
         main(["finetune", "--data", f"{root}/data", "--runs-dir", f"{root}/runs", "--epochs", "2",
               "--batch-size", str(PER_PROCESS_BATCH), *_flags(RECIPE)]),  # no --name: rank 0 names the folder
@@ -202,11 +207,7 @@ def test_evaluate_writes_once_what_one_process_reports(two_processes, tmp_path):
 
 def _multi_label_job(rank: int, root: str, port: int) -> None:
     """A multi-label fine-tune by two processes, the best epoch by val_map (every process must agree on it)."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    for fd, suffix in ((1, "out"), (2, "err")):
-        os.dup2(os.open(f"{root}/rank{rank}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    _as_rank(rank, root, port)
     code = main(["finetune", "--data", f"{root}/data", "--runs-dir", f"{root}/runs", "--epochs", "2", "--monitor",
                  "val_map", "--batch-size", str(PER_PROCESS_BATCH), *_flags(RECIPE)])
     if code:

@@ -105,8 +105,9 @@ def make_foldered(root: Path, counts: dict[str, int], suffix: str = ".png") -> P
 
 
 def make_checkpoint(run_dir: Path, classes=("cat", "dog"), backbone: str = "simple-cnn", img_size: int = 32,
-                    seed: int = 0) -> Path:
-    """A run folder with best.safetensors + best.json of a randomly initialised small model."""
+                    seed: int = 0, thresholds: list[float] | None = None) -> Path:
+    """A run folder with best.safetensors + best.json of a randomly initialised small model (thresholds given: a
+    multi-label one's, a threshold per class)."""
     import torch
 
     from tlkit import models
@@ -116,7 +117,8 @@ def make_checkpoint(run_dir: Path, classes=("cat", "dog"), backbone: str = "simp
     torch.manual_seed(seed)
     made = models.create(backbone, num_classes=len(classes), weights="none", img_size=img_size)
     meta = CheckpointMeta(backbone=backbone, weights="none", classes=list(classes), preprocessing=made.preprocessing,
-                          config={"data": str(run_dir / "no-data")})
+                          config={"data": str(run_dir / "no-data")},
+                          task="single-label" if thresholds is None else "multi-label", thresholds=thresholds)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_best(run_dir, made.model.state_dict(), meta)
     point_latest(run_dir)

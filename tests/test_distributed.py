@@ -55,13 +55,18 @@ def _flags(settings: dict) -> list[str]:
     return [text for key, value in settings.items() for text in (f"--{key.replace('_', '-')}", str(value))]
 
 
-def _job(rank: int, root: str, port: int) -> None:
-    """One process of the two, with torchrun's environment; its stdout/stderr go to root/rank<N>.out/.err."""
+def _as_rank(rank: int, root: str, port: int) -> None:
+    """This spawned process as torchrun would start rank `rank`; its stdout/stderr go to root/rank<N>.out/.err."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_WORLD_SIZE=str(WORLD),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     for fd, suffix in ((1, "out"), (2, "err")):
         os.dup2(os.open(f"{root}/rank{rank}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+
+
+def _job(rank: int, root: str, port: int) -> None:
+    """One process of the two, with torchrun's environment; its stdout/stderr go to root/rank<N>.out/.err."""
+    _as_rank(rank, root, port)
     codes = [
         main(["finetune", "--data", f"{root}/data", "--runs-dir", f"{root}/runs", "--epochs", "2",
               "--batch-size", str(PER_PROCESS_BATCH), *_flags(RECIPE)]),  # no --name: rank 0 names the folder
@@ -198,3 +203,39 @@ def test_evaluate_writes_once_what_one_process_reports(two_processes, tmp_path):
     ours, theirs = (json.loads((folder / "report.json").read_text()) for folder in (two_processes / "evaluate",
                                                                                    tmp_path / "one"))
     assert ours["images"] == theirs["images"] == 11 and ours["per_class"] == theirs["per_class"]
+
+
+def _multi_label_job(rank: int, root: str, port: int) -> None:
+    """A multi-label fine-tune by two processes, the best epoch by val_map (every process must agree on it)."""
+    _as_rank(rank, root, port)
+    code = main(["finetune", "--data", f"{root}/data", "--runs-dir", f"{root}/runs", "--epochs", "2", "--monitor",
+                 "val_map", "--batch-size", str(PER_PROCESS_BATCH), *_flags(RECIPE)])
+    if code:
+        raise SystemExit(f"rank {rank}: exit code {code}")
+
+
+def test_a_multi_label_run_of_two_processes_matches_one_process(tmp_path):
+    """val_map is computed on every process from all the validation photos (gathered), so both processes keep the
+    same best epoch, and the run is the one-process run's."""
+    from tlkit import api
+
+    make_learnable(tmp_path / "photos", train_per_class=14, val_per_class=5, size=16)
+    rows = [(f"{subset}/{label}/{n}.png", label if n >= (2 if subset == "training" else 1) else "cat|dog", subset)
+            for subset, count in (("training", 14), ("validation", 5)) for label in ("cat", "dog") for n in range(count)]
+    (tmp_path / "photos" / "labels.csv").write_text("path,label,split\n" + "".join(",".join(row) + "\n" for row in rows))
+    api.split(tmp_path / "photos" / "labels.csv", val=None, out=tmp_path / "data", multi_label=True, quiet=True)
+    context = mp.start_processes(_multi_label_job, args=(str(tmp_path), _free_port()), nprocs=WORLD, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + 300
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the two-process multi-label job did not finish in 300 s")
+    one = finetune(data=str(tmp_path / "data"), runs_dir=str(tmp_path / "one"), epochs=2, monitor="val_map",
+                   batch_size=WORLD * PER_PROCESS_BATCH, **RECIPE)
+    history = [json.loads(line) for line in (tmp_path / "runs" / LATEST / "metrics.jsonl").read_text().splitlines()]
+    _assert_rows_match(history, one.history)
+    assert [row["val_map"] for row in history] == pytest.approx([row["val_map"] for row in one.history], rel=RTOL)
+    report = json.loads((tmp_path / "runs" / LATEST / "report.json").read_text())
+    assert report["images"] == 10 and report["task"] == "multi-label"  # the whole validation set

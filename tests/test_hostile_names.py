@@ -361,3 +361,31 @@ def test_out_dash_from_python_names_the_parameter(tiny_model, tmp_path, monkeypa
     with pytest.raises(TlkitError, match=r"path='-' means standard output"):
         api.load(tiny_model, device="cpu").export("torchscript", "-")
     assert not (tmp_path / "-").exists()
+
+
+def test_a_multi_label_file_of_hostile_names_splits_trains_predicts_and_evaluates(tmp_path, capsys):
+    """Names not UTF-8, with commas, quotes, spaces and 255 bytes, in a label file of several labels a photo: the
+    split's own labels.csv keeps each name's bytes, so every later step opens the same photos (tlkit/multilabel.py)."""
+    names = [NOT_UTF8, "cat.my photo, 1.jpg", 'dog."quoted" 2.jpg', LONG, "dog.狗 3.jpg", "cat.ünï 4.jpg"]
+    _flat(tmp_path / "photos", *names)
+    rows = [(path.name, "cat|dog" if n % 3 == 0 else path.name.split(".")[0])
+            for n, path in enumerate(sorted((tmp_path / "photos").iterdir()))]
+    with open(tmp_path / "photos" / "labels.csv", "w", newline="", encoding=ENCODING, errors=ERRORS) as handle:
+        csv.writer(handle).writerows([("path", "label"), *rows])
+    before = snapshot(tmp_path)
+    out = tmp_path / "out"
+    assert cli.main(["split", str(tmp_path / "photos" / "labels.csv"), "--val", "0.4", "--multi-label", "--out",
+                     str(out / "data")]) == 0
+    assert cli.main(["finetune", "--data", str(out / "data"), "--runs-dir", str(out / "runs"), "--epochs", "1",
+                     "--batch-size", "4", *QUICK]) == 0
+    assert cli.main(["predict", str(tmp_path / "photos"), "--out", str(out / "p.csv"), "--runs-dir",
+                     str(out / "runs"), "--device", "cpu"]) == 0
+    assert cli.main(["evaluate", str(out / "data" / "validation"), "--out", str(out / "ev"), "--runs-dir",
+                     str(out / "runs"), "--device", "cpu"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    predicted = {Path(row["path"]).name for row in _rows(out / "p.csv")}
+    assert {NOT_UTF8, LONG, 'dog."quoted" 2.jpg'} <= predicted and len(predicted) == len(rows)
+    listed = {Path(row["path"]).name for subset in ("training", "validation")
+              for row in _rows(out / "data" / subset / "labels.csv")}
+    assert listed == {name for name, _ in rows}
+    assert snapshot(tmp_path) == before, "an input file changed, or something was written outside out/"

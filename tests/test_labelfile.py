@@ -44,10 +44,13 @@ def test_the_split_subsets_are_the_ones_a_split_column_takes():
     assert GIVEN_SUBSETS == SUBSETS
 
 
-def test_a_label_cell_gives_one_label_and_refuses_several_for_now():
+def test_a_label_cell_gives_one_label_and_refuses_several_unless_multi_label():
     assert row_labels(" cat ") == ("cat",)
-    with pytest.raises(ValueError, match="does not read yet"):
+    with pytest.raises(ValueError, match="several labels.*--multi-label"):
         row_labels("cat|dog")
+    assert row_labels(" cat | dog|cat", "|") == ("cat", "dog") and row_labels("cat;dog", ";") == ("cat", "dog")
+    with pytest.raises(ValueError, match="no label between"):
+        row_labels("| |", "|")
     with pytest.raises(ValueError, match="empty label"):
         row_labels("  ")
 
@@ -67,7 +70,7 @@ def test_every_bad_row_is_one_sentence_and_the_good_rows_are_read(tmp_path):
     why = {row.line: row.why for row in read.bad}
     assert "names no file" in why[6] and "empty label" in why[7] and "outside" in why[8] and "outside" in why[9]
     assert "different labels: 'dog' on line 4, 'cat' on line 10" in why[4]  # neither kept
-    assert why[11] == "repeats line 3; read once" and "does not read yet" in why[12]
+    assert why[11] == "repeats line 3; read once" and "several labels" in why[12]
     assert "folder, not a photo" in why[13] and "no path" in why[14] and "fewer than the columns" in why[15]
     assert "names no file" in why[17] and "not UTF-8" in why[18]  # a path's bytes are a name's; a label's are not
     assert len(read.bad) == 12 and not read.has_split  # the two rows of dog.0.jpg are one message

@@ -199,6 +199,10 @@ def _world(root: Path) -> Path:
     (root / "flat-audit.csv").write_text("path,action\ncat.0.jpg,exclude\n")
     make_checkpoint(root / "runs" / "trained", img_size=24)
     make_checkpoint(root / "other-runs" / "trained", img_size=24, seed=1)
+    make_checkpoint(root / "multi-runs" / "trained", img_size=24, thresholds=[0.99, 0.99])
+    cells = {"cat.2.jpg": "cat;dog", "dog.2.jpg": "cat;dog"}  # one label "cat;dog" unless --label-sep ';'
+    (root / "labels.csv").write_text("path,label\n" + "".join(
+        f"flat/{label}.{n}.jpg,{cells.get(f'{label}.{n}.jpg', label)}\n" for label in ("cat", "dog") for n in range(4)))
     assert cli.main(["-q", "precompute", "--data", str(root / "three"), "--backbone", "simple-cnn", "--weights", "none",
                      "--img-size", "24", "--workers", "0"]) == 0
     return root
@@ -234,7 +238,8 @@ def _digest(path: Path) -> str:
 
 def _observe(root: Path, code: int, out: str, err: str, resume_writes: list[int]) -> dict:
     """What a user can see of one command: what it said and wrote, and what trained on what."""
-    inputs = {"data", "three", "audit.csv", "start.safetensors", "flat", "flat-audit.csv", "other-runs"}
+    inputs = {"data", "three", "audit.csv", "start.safetensors", "flat", "flat-audit.csv", "other-runs", "multi-runs",
+              "labels.csv"}
     written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                      if p.is_file() and p.relative_to(root).parts[0] not in inputs and "tb" not in p.parts)
     written += sorted(p.relative_to(root).as_posix() for p in root.glob("*/.tlkit-cache/**/*") if p.is_file())
@@ -324,3 +329,23 @@ def test_the_same_command_twice_is_seen_the_same(command, world, tmp_path, capsy
     first = _run(command, _fresh(world, tmp_path, "one"), (), capsys, monkeypatch)
     second = _run(command, _fresh(world, tmp_path, "two"), (), capsys, monkeypatch)
     assert first == second
+
+
+# The flags of several labels a photo (tlkit/multilabel.py), a command's own and no run setting: (command, the
+# first argument, flags both runs take, the flag under test with its value, the observation it changes).
+MULTI_LABEL_FLAGS = [
+    ("split", "R/labels.csv", (), ("--multi-label",), "content"),
+    ("split", "R/labels.csv", ("--multi-label",), ("--label-sep", ";"), "content"),
+    ("predict", None, ("--runs-dir", "R/multi-runs"), ("--threshold", "0.01"), "content"),
+]
+
+
+@pytest.mark.parametrize("command, first, extra, flag, observed", MULTI_LABEL_FLAGS, ids=lambda value: str(value))
+def test_a_multi_label_flag_changes_what_the_user_sees(command, first, extra, flag, observed, world, tmp_path, capsys,
+                                                       monkeypatch):
+    def run(name: str, flags: tuple[str, ...]) -> dict:
+        root = _fresh(world, tmp_path, name)
+        positional = first and first.replace("R/", f"{root}/")
+        return _run(command, root, flags, capsys, monkeypatch, positional=positional)
+
+    assert run("base", extra)[observed] != run("given", (*extra, *flag))[observed]

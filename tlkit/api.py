@@ -41,7 +41,9 @@ from tlkit.features import FeatureSet
 from tlkit.findings import DUPLICATE_SIMILARITY
 from tlkit.backbone import Backbone
 from tlkit.lrfind import LrFindResult, find_lr
-from tlkit.predict import find_images, predict_files, score_batches, with_unscored
+from tlkit.labelfile import SEPARATOR
+from tlkit.multilabel import label_set
+from tlkit.predict import find_images, model_thresholds, predict_files, score_batches, with_unscored
 from tlkit.run_backbone import precompute_features
 from tlkit.runtime import (Compute, compute_for, default_workers, inference_batch_size, info, relpath, reporting,
                            warn)
@@ -95,14 +97,15 @@ class Split:
 
 def split(src: Path | str, val: str | int | float | None = "0.2", out: Path | str | None = None, *, seed: int = 0,
           mode: str = "link", force: bool = False, quick: bool = False, exclude: Path | str | None = None,
-          quiet: bool = False) -> Split:
+          multi_label: bool = False, label_sep: str = "|", quiet: bool = False) -> Split:
     """`tlkit split`: a stratified, seeded split of a flat (cat.0.jpg) or class-foldered folder, or of a label file
     (labels.csv: path,label rows, paths relative to it; a split column, where it has one, is kept and val unused).
 
     val: a count (2000) or a fraction (0.2) of the images (None: the label file's split column); out None: beside src (data/train ->
     data/training, data/validation). mode: link, copy, symlink or move. force: replace an earlier split.
     quick: check image headers only. exclude: a reviewed list (the audit.csv of `audit(src)`): its exclude rows
-    left out, relabel rows split under their new class, near-duplicate pairs kept in one subset. Example:
+    left out, relabel rows split under their new class, near-duplicate pairs kept in one subset. multi_label: src
+    is a label file giving several labels a photo, separated by label_sep (cat|dog); counts are per label. Example:
 
         >>> data = split("photos", val=0.2, out="data", quiet=True)
         >>> data.counts["validation"]
@@ -111,11 +114,13 @@ def split(src: Path | str, val: str | int | float | None = "0.2", out: Path | st
     with _call(quiet):
         src, out, exclude = _path("src", src, optional=False), _path("out", out), _path("exclude", exclude)
         force, quick = _switch("force", force), _switch("quick", quick)
+        multi_label = _switch("multi_label", multi_label)
         if mode not in MODES:
             raise TlkitError(f"mode {mode!r} is not one of {', '.join(MODES)}.")
         if isinstance(val, bool) or not isinstance(val, (str, int, float, type(None))):
             raise TlkitError(f"{option('val')} must be a count (2000) or a fraction (0.2), not {_given(val)}.")
-        scan, plan = prepare_split(src, None if val is None else str(val), out, seed=seed, force=force, quick=quick, exclude=exclude)
+        scan, plan = prepare_split(src, None if val is None else str(val), out, seed=seed, force=force, quick=quick,
+                                   exclude=exclude, multi_label=multi_label, label_sep=label_sep)
         if scan.problems:
             warn(f"{scan.problems} file(s) or row(s) of {relpath(scan.source)} passed over (no class in the name, not "
                  "an image, unreadable, or a label file's bad row); `tlkit check` lists them")
@@ -132,24 +137,32 @@ def split(src: Path | str, val: str | int | float | None = "0.2", out: Path | st
 @dataclass(frozen=True)
 class Prediction:
     """One input's prediction. source: its path, or its index in a list of images or a tensor batch.
-    A file that failed to decode has error set (why), label and confidence None, probabilities {}."""
+    A file that failed to decode has error set (why), label and confidence None, probabilities {}. A multi-label
+    model's: labels holds every label at or above its threshold, label them joined by '|', confidence None."""
 
     source: Path | int
     label: str | None
     confidence: float | None
     probabilities: dict[str, float]
     error: str | None = None
+    labels: tuple[str, ...] | None = None
 
 
-def _rows(sources: list, probabilities: np.ndarray, classes: list[str], failures: dict[int, str]) -> list[Prediction]:
+def _rows(sources: list, probabilities: np.ndarray, classes: list[str], failures: dict[int, str],
+          thresholds: list[float] | None = None) -> list[Prediction]:
     rows = []
     for index, source in enumerate(sources):
         if index in failures:
             rows.append(Prediction(source, None, None, {}, failures[index]))
             continue
         row = probabilities[index]
+        every = dict(zip(classes, map(float, row)))
+        if thresholds is not None:  # multi-label
+            labels = tuple(label_set(row, thresholds, classes))
+            rows.append(Prediction(source, SEPARATOR.join(labels), None, every, labels=labels))
+            continue
         best = int(row.argmax())
-        rows.append(Prediction(source, classes[best], float(row[best]), dict(zip(classes, map(float, row)))))
+        rows.append(Prediction(source, classes[best], float(row[best]), every))
     return rows
 
 
@@ -188,36 +201,40 @@ class Classifier:
     def classes(self) -> list[str]:
         return list(self.checkpoint.classes)
 
-    def predict(self, x, *, tta: bool = False, batch_size: int | None = None,
+    def predict(self, x, *, tta: bool = False, batch_size: int | None = None, threshold: float | None = None,
                 quiet: bool = False) -> list[Prediction]:
         """Label x: an image file or folder (or a list of them), a PIL image (or a list), or a tensor batch
         [N, C, H, W]: uint8 raw pixels (resized and cropped as files are) or float already normalised at
         the model's input size. Files go through `tlkit predict`'s decode (a file that fails is a row with
         its error); PIL images are read as files are (EXIF orientation, RGB or L), at the same geometry.
-        tta: average with the horizontally flipped view. batch_size None: 256 on a GPU, 32 on a CPU."""
+        tta: average with the horizontally flipped view. batch_size None: 256 on a GPU, 32 on a CPU. threshold: a
+        multi-label model's one threshold for every label (None: each label's own, chosen on validation)."""
         with _call(quiet):
             tta = _switch("tta", tta)
+            thresholds = model_thresholds(self.checkpoint, threshold)
             if batch_size is not None:
                 batch_size = checked_number("batch_size", batch_size, int, BATCH_SIZES)
             if isinstance(x, torch.Tensor):
-                return self._predict_tensor(x, tta, batch_size)
+                return self._predict_tensor(x, tta, batch_size, thresholds)
             items = list(x) if isinstance(x, (list, tuple)) else [x]
             if items and all(isinstance(item, Image.Image) for item in items):
-                return self._predict_pil(items, tta, batch_size)
+                return self._predict_pil(items, tta, batch_size, thresholds)
             if items and all(isinstance(item, (str, Path)) for item in items):
-                return self._predict_files(items, tta, batch_size)
+                return self._predict_files(items, tta, batch_size, threshold)
         given = ("an empty list" if not items else f"a list of {', '.join(sorted({type(i).__name__ for i in items}))}"
                  if isinstance(x, (list, tuple)) else f"a {type(x).__name__}")
         raise TlkitError("predict takes an image file or folder, a PIL image, a list of either (not mixed), or a "
                          f"tensor batch [N, C, H, W]; it was given {given}.")
 
-    def _predict_files(self, paths: list, tta: bool, batch_size: int | None) -> list[Prediction]:
+    def _predict_files(self, paths: list, tta: bool, batch_size: int | None,
+                       threshold: float | None) -> list[Prediction]:
         images = find_images([Path(path) for path in paths]).images
         pred = predict_files(self.checkpoint, images, compute=self.compute, batch_size=batch_size,
-                             workers=default_workers(), tta=tta)
-        return _rows(pred.paths, pred.probabilities, pred.classes, pred.failures)
+                             workers=default_workers(), tta=tta, threshold=threshold)
+        return _rows(pred.paths, pred.probabilities, pred.classes, pred.failures, pred.thresholds)
 
-    def _predict_pil(self, images: list[Image.Image], tta: bool, batch_size: int | None) -> list[Prediction]:
+    def _predict_pil(self, images: list[Image.Image], tta: bool, batch_size: int | None,
+                     thresholds: list[float] | None) -> list[Prediction]:
         """Each image read as a file is; one with no pixels, or in a mode that does not convert, is a row with its
         error, as a file that fails to decode is."""
         pixels, failures = {}, {}
@@ -228,14 +245,15 @@ class Classifier:
                 pixels[index] = self._pil_pixels(image)
             except (ValueError, OSError) as error:
                 failures[index] = f"not predicted: {error}"
-        return self._predict_pixels(pixels, tta, batch_size, len(images), failures)
+        return self._predict_pixels(pixels, tta, batch_size, len(images), thresholds, failures)
 
     def _pil_pixels(self, image: Image.Image) -> torch.Tensor:
         prep = self.checkpoint.backbone.preprocessing
         photo = upright_photo(image, "RGB" if prep.in_chans == 3 else "L")
         return F.pil_to_tensor(resize_crop(photo, prep))
 
-    def _predict_tensor(self, images: torch.Tensor, tta: bool, batch_size: int | None) -> list[Prediction]:
+    def _predict_tensor(self, images: torch.Tensor, tta: bool, batch_size: int | None,
+                        thresholds: list[float] | None) -> list[Prediction]:
         prep = self.checkpoint.backbone.preprocessing
         expected = (prep.in_chans, *prep.input_size)
         if images.dim() != 4 or images.shape[1] != prep.in_chans:
@@ -246,7 +264,7 @@ class Classifier:
                 raise TlkitError(f"a tensor batch of {list(images.shape)} holds images with no pixels; each needs a "
                                  "height and width of at least 1.")
             return self._predict_pixels(dict(enumerate(resize_crop(image, prep) for image in images)), tta,
-                                        batch_size, len(images))
+                                        batch_size, len(images), thresholds)
         if not images.is_floating_point() or tuple(images.shape[1:]) != expected:
             raise TlkitError(f"a float batch must be normalised images of the model's input size, [N, "
                              f"{', '.join(map(str, expected))}]; got {images.dtype} {list(images.shape)}. Give "
@@ -255,18 +273,20 @@ class Classifier:
         failures = {index: "not predicted: the tensor holds NaN or infinite values" for index, ok in
                     enumerate(finite) if not ok}
         return self._predict_pixels({index: image for index, image in enumerate(images) if finite[index]}, tta,
-                                    batch_size, len(images), failures)
+                                    batch_size, len(images), thresholds, failures)
 
     def _predict_pixels(self, images: dict[int, torch.Tensor], tta: bool, batch_size: int | None, count: int,
-                        failures: dict[int, str] | None = None) -> list[Prediction]:
+                        thresholds: list[float] | None, failures: dict[int, str] | None = None) -> list[Prediction]:
         """Rows for `count` inputs: those in `images` (by index) predicted, uint8 pixels at the model's geometry
         (normalised as decoded files are) or normalised floats; those in failures rows with their error. Scored by
         predict_files' loop (score_batches), on the checkpoint's model prepared once."""
         batches = pixel_batches(images, self.checkpoint.backbone.preprocessing, self.device,
                                 inference_batch_size(self.device, batch_size))
         probabilities = score_batches(self.checkpoint.inference_model(self.device), batches, count, len(self.classes),
-                                      compute=self.compute, tta=tta, temperature=self.checkpoint.meta.temperature)
-        return _rows(list(range(count)), probabilities, self.classes, with_unscored(probabilities, failures or {}))
+                                      compute=self.compute, tta=tta, temperature=self.checkpoint.meta.temperature,
+                                      multi_label=thresholds is not None)
+        return _rows(list(range(count)), probabilities, self.classes, with_unscored(probabilities, failures or {}),
+                     thresholds)
 
     def evaluate(self, folder: Path | str, *, out: Path | str | None = None, force: bool = False,
                  quiet: bool = False) -> dict:

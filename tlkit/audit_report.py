@@ -101,7 +101,7 @@ def write_audit(audit: Audit, out: Path, settings: dict, *, force: bool = False)
 
 def count_table(audit: Audit) -> list[list[str]]:
     """The counts per class (first row: the heads), as the command's table shows them."""
-    counts, photos = audit.counts(), Counter(photo.label for photo in audit.photos)
+    counts, photos = audit.counts(), audit.photo_counts()
     rows = [[label, str(photos[label]), *(str(counts[label][issue]) for issue in ISSUES)] for label in audit.classes]
     return [["class", "photos", *ISSUES], *rows]
 

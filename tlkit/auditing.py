@@ -23,6 +23,8 @@ from tlkit.errors import TlkitError
 from tlkit.features import FeatureSet, cache_dir_for, precompute_folders
 from tlkit.findings import AUDIT_BACKBONE, DUPLICATE_SIMILARITY, Findings, find_problems
 from tlkit.inputs import cached_features
+from tlkit.labelfile import SEPARATOR
+from tlkit.multilabel import is_multi_label_split, label_set, multi_hot
 from tlkit.run_backbone import create_backbone, run_config
 from tlkit.runtime import compute_for, default_workers, info, relpath
 from tlkit.scan import list_dataset, photo_root, warn_rows_left_out
@@ -64,13 +66,22 @@ class Audit:
     photos: list[Photo]
     findings: Findings
     issues: list[Issue]  # audit.csv's rows (issue_rows)
+    multi_label: bool = False  # a multi-label split's: a photo's label is its labels joined by '|'
+
+    def labels_of(self, label: str) -> list[str]:
+        return label.split(SEPARATOR) if self.multi_label else [label]
 
     def counts(self) -> dict[str, Counter]:
         """{class: Counter(issue -> photos)} of the issues found."""
         counts = {label: Counter() for label in self.classes}
         for issue in self.issues:
-            counts[issue.label][issue.issue] += 1
+            for label in self.labels_of(issue.label):  # a multi-label photo's issue counts for each of its labels
+                counts[label][issue.issue] += 1
         return counts
+
+    def photo_counts(self) -> Counter:
+        """{class: photos}; a multi-label photo counts for each of its labels."""
+        return Counter(label for photo in self.photos for label in self.labels_of(photo.label))
 
     def of(self, kind: str) -> list[Issue]:
         return [issue for issue in self.issues if issue.issue == kind]
@@ -91,12 +102,20 @@ def audit_folder(data: Path, settings: dict, *, config_file: Path | None = None,
     defaults = {} if config_file else {"backbone": AUDIT_BACKBONE}
     config = run_config(resolve_config(config_file, {**defaults, **settings, "data": str(data), "precompute_views": 0}))
     photos, classes, features = gather_features(data, config)
-    labels = np.array([classes.index(photo.label) for photo in photos], dtype=np.int64)
+    labels = photo_labels(photos, classes, multi_label=is_multi_label_split(data))
     info(f"audit: judging {len(photos)} photos' labels ({len(classes)} classes), near-duplicates and outliers")
     root = photo_root(data)  # a label file's paths are relative to its folder
     findings = find_problems(features, labels, file_digests(root, photos), similarity=similarity, seed=config.seed)
     return Audit(root=root, classes=classes, backbone=config.backbone, photos=photos, findings=findings,
-                 issues=issue_rows(photos, classes, findings))
+                 issues=issue_rows(photos, classes, findings, multi_label=labels.ndim == 2),
+                 multi_label=labels.ndim == 2)
+
+
+def photo_labels(photos: list[Photo], classes: list[str], *, multi_label: bool) -> np.ndarray:
+    """The photos' class indices [N], or a multi-label split's 0/1 rows [N, L] (a photo's labels joined by '|')."""
+    if multi_label:
+        return np.array([multi_hot(tuple(photo.label.split(SEPARATOR)), classes) for photo in photos])
+    return np.array([classes.index(photo.label) for photo in photos], dtype=np.int64)
 
 
 def is_split(data: Path) -> bool:
@@ -135,8 +154,10 @@ def _unsplit_files(data: Path) -> tuple[list[str], dict[str, Path], dict[str, li
 
 
 def _photos(sets: dict[str, FeatureSet], classes: list[str]) -> list[Photo]:
-    """The photos in the features' row order; a split's paths start with their subset folder."""
-    return [Photo(Path(name) if subset == WHOLE else Path(subset) / name, subset, classes[label])
+    """The photos in the features' row order; a split's paths start with their subset folder; a multi-label
+    split's labels joined by '|'."""
+    return [Photo(Path(name) if subset == WHOLE else Path(subset) / name, subset,
+                  SEPARATOR.join(label_set(label, [0.5] * len(classes), classes)) if label.ndim else classes[label])
             for subset, feature_set in sets.items() for name, label in zip(feature_set.files, feature_set.labels)]
 
 
@@ -145,9 +166,19 @@ def file_digests(data: Path, photos: list[Photo]) -> list[str]:
     return [hashlib.sha1((data / photo.path).read_bytes()).hexdigest() for photo in photos]
 
 
-def issue_rows(photos: list[Photo], classes: list[str], findings: Findings) -> list[Issue]:
+def issue_rows(photos: list[Photo], classes: list[str], findings: Findings, *,
+               multi_label: bool = False) -> list[Issue]:
     """audit.csv's rows: label issues, then near-duplicate and identical pairs, then outliers; each worst first."""
-    return [*_label_rows(photos, classes, findings), *_pair_rows(photos, findings), *_outlier_rows(photos, findings)]
+    labels = _label_set_rows(photos, classes, findings) if multi_label else _label_rows(photos, classes, findings)
+    return [*labels, *_pair_rows(photos, findings), *_outlier_rows(photos, findings)]
+
+
+def _label_set_rows(photos: list[Photo], classes: list[str], findings: Findings) -> list[Issue]:
+    """A flagged label set (several labels a photo) with the set the other photos point to (each label's out-of-fold
+    probability at 0.5); kept, as --exclude relabels one class a photo: the label file's row is the user's to edit."""
+    return [Issue(photos[row].path, photos[row].subset, photos[row].label, "label", float(findings.label_quality[row]),
+                  SEPARATOR.join(label_set(findings.probabilities[row], [0.5] * len(classes), classes)), "keep")
+            for row in np.argsort(findings.label_quality, kind="stable") if findings.label_issue[row]]
 
 
 def _label_rows(photos: list[Photo], classes: list[str], findings: Findings) -> list[Issue]:

@@ -169,6 +169,12 @@ def read_manifest(cache_dir: Path) -> dict:
     return json.loads((cache_dir / MANIFEST).read_text())
 
 
+def label_array(labels: list) -> np.ndarray:
+    """A subset's stored labels as arrays: class indices int64 [N], or a multi-label split's 0/1 rows float32 [N, L]."""
+    multi_hot = bool(labels) and isinstance(labels[0], list)
+    return np.asarray(labels, dtype=np.float32 if multi_hot else np.int64)
+
+
 def kept_rows(entry: dict) -> list[int]:
     """The rows of a subset whose image decoded (failed ones stay zero in the array and are left out)."""
     return [i for i, name in enumerate(entry["files"]) if name not in entry["failed"]]

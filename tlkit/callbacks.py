@@ -126,7 +126,8 @@ class EpochLine(Callback):
         best = "  [green]* best[/]" if self.best.best_epoch == row["epoch"] else ""
         info(
             f"epoch {row['epoch']:>3}/{trainer.total_epochs}  train loss {row['train_loss']:.4f} acc "
-            f"{row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.2e}  "
+            f"{row['train_acc']:.4f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  "
+            + (f"map {row['val_map']:.4f}  " if "val_map" in row else "") + f"lr {row['lr']:.2e}  "
             f"{row['images_per_s']:,.0f} img/s  {row['seconds']:.1f}s{best}")
 
 

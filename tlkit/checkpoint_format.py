@@ -45,6 +45,8 @@ class CheckpointMeta:
     metrics: dict | None = None
     temperature: float = 1.0  # best.json: logits / temperature before the softmax (tlkit/calibration.py); 1 before it
     calibration: dict | None = None  # how the temperature was fitted: images, ECE and NLL before and after
+    task: str = "single-label"  # or "multi-label": a sigmoid per class, a photo holds each above its threshold
+    thresholds: list[float] | None = None  # best.json of a multi-label run: each class's, chosen on validation
     tlkit_version: str = __version__  # of the tlkit that wrote it
 
     @property
@@ -69,7 +71,8 @@ class CheckpointMeta:
             "img_size": self.img_size, "preprocessing": self.preprocessing.to_dict(), "monitor": self.monitor,
             "config": self.config, "data_source": self.data_source, "processes": self.processes,
             "phase": self.phase, "phases": list(self.phases), "epoch": self.epoch, "metrics": self.metrics,
-            "temperature": self.temperature, "calibration": self.calibration,
+            "temperature": self.temperature, "calibration": self.calibration, "task": self.task,
+            "thresholds": self.thresholds,
         }
 
     @classmethod
@@ -89,6 +92,8 @@ class CheckpointMeta:
                 phases=list(values.get("phases", [])), epoch=values.get("epoch"),
                 metrics=values.get("metrics"), temperature=_temperature(values.get("temperature", 1.0)),
                 calibration=values.get("calibration"), tlkit_version=values.get("tlkit_version", "?"),
+                task=_task(values.get("task", "single-label")), thresholds=_thresholds(values.get("thresholds"),
+                                                                                       len(values["classes"])),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise TlkitError(f"{relpath(where)} lacks or garbles {error} of what rebuilds the model; it is not the "
@@ -109,6 +114,22 @@ def _temperature(value) -> float:
     if not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature {value!r}")
     return temperature
+
+
+def _task(value) -> str:
+    if value not in ("single-label", "multi-label"):
+        raise ValueError(f"task {value!r}")
+    return value
+
+
+def _thresholds(values, classes: int) -> list[float] | None:
+    """best.json's thresholds: one probability in [0, 1] per class, or None (a single-label model's)."""
+    if values is None:
+        return None
+    thresholds = [float(value) for value in values]
+    if len(thresholds) != classes or not all(0 <= value <= 1 for value in thresholds):
+        raise ValueError(f"thresholds {values!r}")
+    return thresholds
 
 
 def save_best(run_dir: Path, state_dict: dict, meta: CheckpointMeta) -> Path:

@@ -137,12 +137,18 @@ def _given_settings(args: argparse.Namespace, keys: tuple[str, ...] | None = Non
                help="a reviewed list, such as the audit.csv of `tlkit audit SRC`: its exclude rows are left out, "
                     "its relabel rows split under their new class, its near-duplicate pairs kept in one subset; "
                     "no photo is moved or changed"),
+          _arg("--multi-label", action="store_true", help="SRC is a label file whose label cells give several labels "
+               "a photo (cat|dog): the split writes OUT/training/ and OUT/validation/ with the photos and a labels.csv "
+               "each, stratified on each photo's rarest label; every later step trains and predicts one yes/no per "
+               "label"),
+          _arg("--label-sep", default="|", help="what separates the labels of a photo with --multi-label (default: |)"),
           example="tlkit split data/train --val 2000    # writes data/training, data/validation")
 def cmd_split(args: argparse.Namespace) -> int:
     from tlkit.split import execute_split, prepare_split
 
     scan, plan = prepare_split(args.src, args.val, args.out, seed=args.seed, force=args.force, quick=args.quick,
-                               exclude=args.exclude, dry_run=args.dry_run)
+                               exclude=args.exclude, dry_run=args.dry_run, multi_label=args.multi_label,
+                               label_sep=args.label_sep)
     screens.split_plan(scan, plan, args.seed)
     if args.dry_run:
         info("dry run: nothing written")
@@ -313,18 +319,21 @@ def _load_for_inference(args: argparse.Namespace):
                help="csv / json: label, confidence, probabilities; kaggle: id,label (P(dog))"),
           _arg("--topk", type=_number(int, config.ONE_OR_MORE),
                help="write the K best classes instead of every probability"),
+          _arg("--threshold", type=_number(float, config.PROBABILITIES),
+               help="a multi-label model: a photo holds each label whose probability reaches this (default: each "
+                    "label's own threshold, chosen on validation at the end of the run)"),
           _arg("--force", action="store_true", help="replace an existing --out file"),
           example="tlkit predict data/test --format kaggle --out submission.csv")
 def cmd_predict(args: argparse.Namespace) -> int:
     from tlkit.pathtext import is_stdout
-    from tlkit.predict import check_request, find_images, predict_files, write_predictions
+    from tlkit.predict import check_request, find_images, model_thresholds, predict_files, write_predictions
 
     checkpoint, compute, workers = _load_for_inference(args)
     found = find_images(args.paths)
     check_request(Path(args.out), fmt=args.format, topk=args.topk, classes=checkpoint.classes, paths=found.images,
-                  force=args.force)
+                  force=args.force, multi_label=model_thresholds(checkpoint, args.threshold) is not None)
     pred = predict_files(checkpoint, found.images, compute=compute, batch_size=args.batch_size, workers=workers,
-                         tta=args.tta)
+                         tta=args.tta, threshold=args.threshold)
     target = write_predictions(pred, Path(args.out), fmt=args.format, topk=args.topk, force=args.force)
     screens.predictions(pred, found, target, table=not is_quiet() and not is_stdout(args.out))
     return 0

@@ -23,7 +23,7 @@ OPTIMIZERS = ("auto", "sgd", "adamw")
 SCHEDULERS = ("auto", "step", "plateau", "cosine", "onecycle", "none")
 FREEZE_MODES = ("auto", "none", "trunk")
 AUGMENTS = ("auto", "default", "light", "none")  # tlkit/augment.py says what each does
-MONITORS = ("val_loss", "val_acc")
+MONITORS = ("val_loss", "val_acc", "val_map")  # val_map: a multi-label run's mean average precision
 PRECISIONS = ("bf16", "fp32")
 DEFAULT_PRECISION = "bf16"  # of every command that runs a model, and of tlkit.api.load
 DEVICES = ("auto", "cpu", "cuda")
@@ -71,6 +71,7 @@ def _number_text(value: float) -> str:
 ABOVE_ZERO, ZERO_OR_MORE, ONE_OR_MORE = Range(0, low_included=False), Range(0), Range(1)
 FRACTION = Range(0, 1)  # [0, 1): momentum, label smoothing
 SHRINK = Range(0, 1, low_included=False)  # (0, 1): a factor that lowers the lr
+PROBABILITIES = Range(0, 1, low_included=False)  # (0, 1): predict's --threshold of a multi-label model
 SEEDS = Range(0, 2**32 - 1, high_included=True)  # what NumPy's seed takes
 # The commands' own numbers (not settings of a run), checked by checked_number as the settings are.
 BATCH_SIZES = Range(1, 2**20, high_included=True)  # images per batch; more is a slip of the keyboard
@@ -165,7 +166,8 @@ class FinetuneConfig:
                            "mirroring, for photos), light (milder crops, no mirror: digits, text), none; auto: "
                            "the data's own (light for the built-in digit datasets, default for photo folders)",
                            AUGMENTS)
-    monitor: str = setting("val_loss", "validation metric that picks the best epoch", MONITORS)
+    monitor: str = setting("val_loss", "validation metric that picks the best epoch (val_map: mean average precision, "
+                           "of a multi-label run)", MONITORS)
     patience: int | None = setting(None, "stop after this many epochs without improvement (default: never)",
                                    within=ONE_OR_MORE)
     precision: str = setting(DEFAULT_PRECISION, PRECISION_HELP, PRECISIONS)

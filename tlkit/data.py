@@ -23,6 +23,7 @@ from tlkit.decode import load_image as load_eval_image
 from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions
 from tlkit.labelfile import is_label_file
+from tlkit.multilabel import is_multi_label_split, multi_hot, read_subset_labels
 from tlkit.runtime import relpath
 from tlkit.scan import (DECODE_ERRORS, class_folders, class_images, detect_layout, is_image_name, open_photo,
                         visible_files)
@@ -99,6 +100,19 @@ def check_classes(data_dir: Path) -> list[str]:
     return train_classes
 
 
+def multi_label_classes(data_dir: Path) -> list[str]:
+    """The labels of a multi-label split (DATA/<subset>/labels.csv, tlkit/multilabel.py): training's, two at least,
+    and every label of validation among them."""
+    train_dir, val_dir = subset_dirs(data_dir)
+    held = [{name for _, labels in read_subset_labels(folder) for name in labels} for folder in (train_dir, val_dir)]
+    if len(held[0]) < 2 or not held[0] >= held[1]:
+        training, validation = (", ".join(sorted(labels)) or "none" for labels in held)
+        raise TlkitError(f"the multi-label split in {relpath(Path(data_dir))} holds the labels {training} in training "
+                         f"and {validation} in validation; a model needs two labels at least, and each validation "
+                         "label among training's. Re-run `tlkit split --multi-label`.")
+    return sorted(held[0])
+
+
 class FolderDataset(ImageFolder):
     """An ImageFolder whose items are (uint8 image, class index), or (None, path) when decoding fails.
 
@@ -113,6 +127,8 @@ class FolderDataset(ImageFolder):
         self.listed, self.given_classes = listed, classes
         super().__init__(str(root), loader=str, allow_empty=True)
         self.load = load
+        if self.targets and isinstance(self.targets[0], tuple):
+            return  # a multi-label split's 0/1 rows: its labels are checked by multi_label_classes
         empty = [name for name, count in zip(self.classes, torch.bincount(
             torch.tensor(self.targets, dtype=torch.long), minlength=len(self.classes)).tolist()) if count == 0]
         if empty:
@@ -271,13 +287,18 @@ class SplitFolders:
     root: Path
     classes: list[str]
     exclusions: Exclusions | None = None  # --exclude's reviewed list
+    multi_label: bool = False  # several labels a photo: each subset's labels.csv (tlkit/multilabel.py), not folders
 
     def subset(self, name: str) -> Path:
         return self.root / name
 
     def images(self, name: str) -> list[tuple[str, int]]:
         """(path relative to the subset folder, class index) of what a run takes from it: scan.class_images,
-        less --exclude's exclude rows, its relabel rows under their new class."""
+        less --exclude's exclude rows, its relabel rows under their new class. A multi-label split's rows give
+        each photo's 0/1 target per class (multilabel.multi_hot) in place of its class index."""
+        if self.multi_label:
+            rows = read_subset_labels(self.subset(name))
+            return [(relative, multi_hot(labels, self.classes)) for relative, labels in rows]
         listed = class_images(self.subset(name), self.classes)
         return self.exclusions.apply(listed, self.classes, prefix=f"{name}/") if self.exclusions else listed
 
@@ -285,6 +306,9 @@ class SplitFolders:
         """These folders less what a reviewed list (--exclude) leaves out, its relabel rows under their new
         class. A list that names no photo here, or relabels one as a class the folders lack, stops here, before
         anything is computed."""
+        if self.multi_label:
+            raise TlkitError(f"{option('exclude')} relabels photos with one class each; a multi-label split's labels "
+                             "are its label file's: edit that file's rows and split again.")
         every = {f"{subset}/{relative}" for subset in SUBSETS
                  for relative, _ in class_images(self.subset(subset), self.classes)}
         exclusions.check_matches(every, self.root)
@@ -296,6 +320,9 @@ def open_split(data: Path | str | SplitFolders) -> SplitFolders:
     """The checked split folders of `data` (a path, or folders already opened, as they are)."""
     if isinstance(data, SplitFolders):
         return data
+    finish_pending_split(Path(data))  # before its kind is read: a split interrupted while swapping in is finished
+    if is_multi_label_split(Path(data)):
+        return SplitFolders(Path(data), multi_label_classes(Path(data)), multi_label=True)
     return SplitFolders(Path(data), check_classes(Path(data)))
 
 
@@ -304,8 +331,8 @@ def make_data(data: Path | SplitFolders, prep, *, batch_size: int, workers: int,
     """Datasets and loaders for DATA/training (shuffled, augmented) and DATA/validation (in order)."""
     split = open_split(data)
     classes, train_dir, val_dir = split.classes, split.subset("training"), split.subset("validation")
-    train_set = FolderDataset(train_dir, train_load(prep, augment), split.images("training"))
-    val_set = FolderDataset(val_dir, EvalLoad(prep), split.images("validation"))
+    train_set = FolderDataset(train_dir, train_load(prep, augment), split.images("training"), classes)
+    val_set = FolderDataset(val_dir, EvalLoad(prep), split.images("validation"), classes)
     sampler = EpochSampler(len(train_set), seed, batch_size)
     return DataBundle(
         classes=classes, train_set=train_set, val_set=val_set, train_sampler=sampler,

@@ -126,6 +126,7 @@ class TrainingSource:
     command = "train"  # the command that trains on it (and resumes it)
     own_normalisation = True  # given, known or measured (run_backbone.resolve_preprocessing chooses)
     caches = False  # decoded into memory already: no decoded-image or feature cache
+    multi_label = False  # one class a photo (several labels a photo come from `tlkit split --multi-label`)
 
     def excluding(self, exclusions: Exclusions) -> "TrainingSource":
         """This source without the photos a reviewed list excludes (--exclude); only a split photo folder has them."""

@@ -16,6 +16,8 @@ from tlkit.calibration import expected_calibration_error, log_loss, reliability,
 from tlkit.atomic import check_writable
 from tlkit.checkpoint import EVALUATE_FILES, Checkpoint
 from tlkit.errors import TlkitError, option
+from tlkit.labelfile import SEPARATOR, is_label_file
+from tlkit.multilabel import LABELS_FILE, MULTI_LABEL, metrics, multi_hot, worst_mistakes
 from tlkit.ownership import replace_outputs, wrote_any
 from tlkit.pathtext import refuse_stdout
 from tlkit.photopage import Card, Section, write_page
@@ -69,6 +71,9 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, co
     out_dir = Path(out_dir)
     check_out_dir(out_dir, force)
     check_writable(out_dir, "out")
+    if checkpoint.meta.task == MULTI_LABEL:
+        return evaluate_multi_label(checkpoint, data_dir, out_dir, compute=compute, batch_size=batch_size,
+                                    workers=workers, tta=tta, force=force, mistakes=mistakes)
     paths, targets = labelled_images(data_dir, checkpoint.classes)
     pred = predict_files(checkpoint, paths, compute=compute, batch_size=batch_size, workers=workers, tta=tta)
     scored = [i for i in range(len(paths)) if i not in pred.failures]
@@ -140,3 +145,69 @@ def mistakes_page(path: Path, report: dict, reliability_png: Path) -> None:
                f"{report['checkpoint']}; the most confident mistakes first.",
                [Section("most confident mistakes", cards),
                 Section(f"reliability: expected calibration error {report['ece']:.4f}", figure=reliability_png)])
+
+
+# ---------------------------------------------------------------- several labels a photo (tlkit/multilabel.py)
+
+
+def label_sets(data_dir: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
+    """The photos of a multi-label split's folder (its labels.csv) or of a label file of several labels a photo
+    ('|' between them), with their 0/1 targets [N, L] in the model's order."""
+    data_dir = Path(data_dir)
+    finish_pending_split(data_dir)
+    source = data_dir / LABELS_FILE if data_dir.is_dir() else data_dir
+    if not is_label_file(source) or not source.is_file():
+        raise TlkitError(f"{relpath(data_dir)} gives no labels of a multi-label model: give DATA/validation of a split "
+                         f"made with `tlkit split --multi-label` (it holds {LABELS_FILE}), or a label file whose label "
+                         f"cells give the labels of a photo separated by '{SEPARATOR}'.")
+    scan = list_dataset(source, SEPARATOR)
+    warn_rows_left_out(scan)
+    unknown = sorted(set(scan.classes) - set(classes))
+    if unknown or not scan.images:
+        raise TlkitError(f"{relpath(source)} gives " + (f"the label(s) {', '.join(unknown)}, which the model does not "
+                         f"know (it was trained on {', '.join(classes)}); remove them" if unknown else
+                         "no photo with labels; give rows of path,label") + ".")
+    return ([path for path, _ in scan.images],
+            np.asarray([multi_hot(tuple(scan.labels_of(label)), classes) for _, label in scan.images]))
+
+
+def evaluate_multi_label(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, compute: Compute,
+                         batch_size: int | None, workers: int, tta: bool, force: bool, mistakes: int) -> dict:
+    """evaluate_folder of a multi-label model: mAP, micro and macro F1, subset accuracy and each label's precision,
+    recall and AP at the model's thresholds (multilabel.metrics); report.json and mistakes.html, whose sections
+    show each label's worst false positives and false negatives."""
+    paths, targets = label_sets(data_dir, checkpoint.classes)
+    pred = predict_files(checkpoint, paths, compute=compute, batch_size=batch_size, workers=workers, tta=tta)
+    scored = [i for i in range(len(paths)) if i not in pred.failures]
+    if not scored:
+        raise TlkitError(f"no image in {relpath(Path(data_dir))} could be decoded; check them with `tlkit check`.")
+    probabilities = pred.probabilities[scored]
+    report = {"checkpoint": str(checkpoint.path), "data": str(data_dir), "tta": tta,
+              **metrics(targets[scored], probabilities, pred.thresholds, checkpoint.classes),
+              "failed": {str(paths[i]): why for i, why in sorted(pred.failures.items())},
+              "worst_mistakes": worst_mistakes([paths[i] for i in scored], targets[scored], probabilities,
+                                               pred.thresholds, checkpoint.classes, mistakes),
+              "images_per_s": len(paths) / max(pred.seconds, 1e-9)}
+    if distributed.is_main():
+        check_out_dir(out_dir, force)
+        target = replace_outputs(out_dir, OUTPUTS, force)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_report(target["report.json"], report)
+        label_mistakes_page(target["mistakes.html"], report)
+    return report
+
+
+def label_mistakes_page(path: Path, report: dict) -> None:
+    """Each label's worst false positives (said, not held: highest probability first) and false negatives (held,
+    missed: lowest first), on the page `tlkit audit` uses."""
+    sections = []
+    for label, worst in report["worst_mistakes"].items():
+        threshold = report["per_label"][label]["threshold"]
+        for kind, words in (("false_positives", "said, not held"), ("false_negatives", "held, missed")):
+            cards = [Card(Path(m["path"]), (f"p({label}) {m['probability']:.3f}", f"labels: {m['true'] or 'none'}",
+                                            Path(m["path"]).name)) for m in worst[kind]]
+            sections.append(Section(f"{label}: {kind.replace('_', ' ')} ({words}; threshold {threshold:.2f})", cards))
+    write_page(path, f"mistakes on {Path(report['data']).resolve().name}",
+               f"mean average precision {report['mean_average_precision']:.4f}, subset accuracy "
+               f"{report['subset_accuracy']:.4f} on {report['images']} photos of {report['data']} with "
+               f"{report['checkpoint']}.", sections)

@@ -26,6 +26,7 @@ from tlkit.checkpoint import Checkpoint
 from tlkit.config import EXPORT_SUFFIXES
 from tlkit.decode import ImageBatches, draft_side, scale_size
 from tlkit.errors import TlkitError, option
+from tlkit.multilabel import MULTI_LABEL
 from tlkit.ownership import move_into_place, why_kept
 from tlkit.pathtext import refuse_stdout
 from tlkit.runtime import relpath, size_words
@@ -256,4 +257,14 @@ def _sidecar(checkpoint: Checkpoint, check: dict) -> dict:
             "preprocessing": prep.to_dict(), "decode": decode_steps(prep),
             "output": f"logits: softmax(logits / temperature) gives the calibrated probabilities (temperature "
                       f"{temperature:g}, fitted on the validation photos), the same as tlkit predict's",
-            "temperature": temperature, "check": check}
+            "temperature": temperature, "check": check, **multi_label_output(checkpoint)}
+
+
+def multi_label_output(checkpoint: Checkpoint) -> dict:
+    """A multi-label model's sidecar entries: its task, each class's threshold, and how its logits read (a sigmoid
+    each, no temperature); nothing for a single-label model."""
+    if checkpoint.meta.task != MULTI_LABEL:
+        return {}
+    return {"task": MULTI_LABEL, "thresholds": dict(zip(checkpoint.classes, checkpoint.meta.thresholds)),
+            "output": "logits: sigmoid(logit) is each class's probability, the same as tlkit predict's; a photo holds "
+                      "every class whose probability reaches its threshold (chosen on the validation photos)"}

@@ -22,7 +22,7 @@ from tlkit import distributed
 from tlkit.augment import view_seed
 from tlkit.backbone import for_inference
 from tlkit.cache import (
-    CACHE_FORMAT, commit, default_cache_root, digest_rows, file_rows, kept_rows, new_staging, read_manifest,
+    CACHE_FORMAT, commit, default_cache_root, digest_rows, file_rows, kept_rows, label_array, new_staging, read_manifest,
     subset_entry, to_device, why_stale,
 )
 from tlkit.data import EpochRows, SplitFolders, open_split, train_load
@@ -51,7 +51,7 @@ class FeatureSet:
     """One subset's cached features; rows whose image failed to decode are left out."""
 
     features: np.ndarray  # float16 [N, D], or [K, N, D] for K augmented views (memory-mapped)
-    labels: np.ndarray  # int64 [N]
+    labels: np.ndarray  # int64 [N], or a multi-label split's 0/1 float32 [N, L] (cache.label_array)
     files: list[str]  # relative to the subset folder, in row order
 
 
@@ -202,7 +202,7 @@ def load_cache(cache_dir: Path) -> dict[str, FeatureSet]:
         keep = kept_rows(entry)
         if len(keep) < len(entry["files"]):
             features = features[..., keep, :]  # copies: only when some image failed
-        sets[subset] = FeatureSet(features=features, labels=np.asarray(entry["labels"], dtype=np.int64)[keep],
+        sets[subset] = FeatureSet(features=features, labels=label_array(entry["labels"])[keep],
                                   files=[entry["files"][i] for i in keep])
     return sets
 

@@ -53,10 +53,15 @@ class Findings:
 
 def find_problems(features: np.ndarray, labels: np.ndarray, digests: list[str], *, seed: int = 0,
                   similarity: float = DUPLICATE_SIMILARITY) -> Findings:
-    """Everything audit reports, from features [N, D] (any scale), labels [N] and the files' digests."""
+    """Everything audit reports, from features [N, D] (any scale), labels [N] (or a multi-label split's 0/1 rows
+    [N, L]: judge_label_sets) and the files' digests."""
     unit = unit_rows(features)
-    probabilities = out_of_fold_probabilities(unit, labels, seed=seed)
-    quality, issue = judge_labels(labels, probabilities)
+    if labels.ndim == 2:
+        probabilities = out_of_fold_label_probabilities(unit, labels, seed=seed)
+        quality, issue = judge_label_sets(labels, probabilities)
+    else:
+        probabilities = out_of_fold_probabilities(unit, labels, seed=seed)
+        quality, issue = judge_labels(labels, probabilities)
     outlier_score, outlier = outliers(unit)
     pairs = near_duplicates(unit, digests, similarity=similarity)
     return Findings(probabilities=probabilities, label_quality=quality, label_issue=issue, outlier_score=outlier_score,
@@ -96,6 +101,34 @@ def judge_labels(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndar
 
     quality = get_label_quality_scores(labels, probabilities, method="self_confidence")
     return quality, find_label_issues(labels, probabilities, n_jobs=1)  # 1: no pool of processes for a few classes
+
+
+def out_of_fold_label_probabilities(features: np.ndarray, targets: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """[N, L] each label's probability for each photo (several labels a photo), from one logistic-regression head
+    per label (one-vs-rest, as out_of_fold_probabilities' head) trained on the other folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    held = targets.sum(axis=0)
+    if held.min() < 2 or (len(targets) - held).min() < 2:
+        raise TlkitError("a label is held by fewer than 2 photos (or missing from fewer than 2), too few to judge it "
+                         "out of fold; add photos with and without each label.")
+    head = OneVsRestClassifier(make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000)))
+    return cross_val_predict(head, features, targets.astype(np.int64), method="predict_proba",
+                             cv=KFold(min(FOLDS, len(targets)), shuffle=True, random_state=seed))
+
+
+def judge_label_sets(targets: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(label quality, is a label issue) of several labels a photo, by cleanlab.multilabel_classification: each
+    label's self-confidence aggregated over the labels, and confident learning per label."""
+    from cleanlab.multilabel_classification.filter import find_label_issues
+    from cleanlab.multilabel_classification.rank import get_label_quality_scores
+
+    given = [np.flatnonzero(row).tolist() for row in targets]
+    return get_label_quality_scores(given, probabilities), find_label_issues(given, probabilities, n_jobs=1)
 
 
 def outliers(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

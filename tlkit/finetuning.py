@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from rich.table import Table
@@ -30,6 +31,8 @@ from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dic
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError, option
 from tlkit.inputs import TrainingInput, feature_input, image_input, open_photos
+from tlkit.multilabel import (MULTI_LABEL, SINGLE_LABEL, check_monitor, choose_thresholds, metrics, sigmoid,
+                              summary_lines)
 from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, remaining, unused_settings
 from tlkit.report import class_report, plot_confusion, write_report
 from tlkit.run_backbone import create_backbone, run_config
@@ -63,7 +66,8 @@ def run_meta(config: FinetuneConfig, backbone: Backbone, classes: list[str], sou
         backbone=backbone.name, weights=backbone.weights, classes=list(classes),
         preprocessing=backbone.preprocessing, pretrained=backbone.pretrained, config=config_to_dict(config),
         monitor=config.monitor, data_source=source.settings,
-        processes=distributed.world_size(), phases=describe(phases, config))
+        processes=distributed.world_size(), phases=describe(phases, config),
+        task=MULTI_LABEL if source.multi_label else SINGLE_LABEL)
 
 
 def trackers(config: FinetuneConfig, backbone: Backbone, *, run_dir: Path | None = None,
@@ -109,7 +113,8 @@ def assemble_trainer(phase: Phase, backbone: Backbone, data: TrainingInput, comp
         total_epochs=phase.total, label_smoothing=settings.label_smoothing, callbacks=callbacks,
         train_model=distributed.wrap_model(data.module, compute.device),
         frozen=(backbone.trunk, backbone.head) if phase.trunk_frozen and not phase.on_features else None,
-        frozen_norms=norms if phase.freeze_bn else [], history=history, skipped=skipped)
+        frozen_norms=norms if phase.freeze_bn else [], history=history, skipped=skipped,
+        positive_weights=data.positive_weights)
 
 
 def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneConfig, dict]:
@@ -160,6 +165,7 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
         check_writable(Path(config.runs_dir) if resume is None else Path(resume), "runs_dir",
                        advice=None if resume is None else "Copy the run to a folder of yours and resume it there.")
     source = open_photos(config, source)
+    check_monitor(config.monitor, source.multi_label)
     classes = source.classes
     if state is not None and state["meta"].classes != classes:
         raise TlkitError(f"{relpath(Path(config.data))} holds classes {classes}, but {relpath(Path(resume))} "
@@ -320,23 +326,41 @@ def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: T
     # The final report is on the test split where the data has one (tlkit train), else on validation.
     subset, loader = ("test", data.test_loader) if data.test_loader is not None else ("validation", data.val_loader)
     result = evaluate(trainer.model, loader, trainer.normalize, autocast=trainer.autocast, collect=True)
-    report = {**class_report(result["targets"], result["predictions"], data.classes), "subset": subset}
-    calibration = _calibrate(trainer, data, result if subset == "validation" else None)
-    report["calibration"] = calibration
+    if data.multi_label:
+        report = _thresholds_report(trainer, data, result, subset, run_dir)
+    else:
+        report = {**class_report(result["targets"], result["predictions"], data.classes), "subset": subset}
+        calibration = _calibrate(trainer, data, result if subset == "validation" else None)
+        report["calibration"] = calibration
     backbone.model.to(memory_format=torch.contiguous_format)  # handed back as a checkpoint loads: plain NCHW
     # best.safetensors was written by BestWeights (when that epoch or the head phase ended); not again here.
-    if distributed.is_main():  # under torchrun rank 0 alone writes (every process holds the same results)
+    if distributed.is_main() and not data.multi_label:  # under torchrun rank 0 alone writes (all hold the results)
         save_meta(run_dir, read_meta(run_dir).calibrated(calibration))
         plot_confusion(run_dir / "confusion.png", result["targets"], result["predictions"], data.classes)
+    if distributed.is_main():
         write_report(run_dir / "report.json", report)
     skipped = sorted(set().union(*distributed.all_gather(trainer.skipped)))  # met by any process
     outputs = {name: run_dir / name for name in (
-        "config.yaml", BEST_WEIGHTS, BEST_META, RESUME, "metrics.jsonl", "curves.png", "confusion.png", "report.json")}
+        "config.yaml", BEST_WEIGHTS, BEST_META, RESUME, "metrics.jsonl", "curves.png", "confusion.png", "report.json")
+        if name != "confusion.png" or not data.multi_label}
     if (run_dir / "tb").is_dir():
         outputs["tb"] = run_dir / "tb"
     _print_summary(trainer.history, best.best_epoch, report, outputs, skipped)
     return FinetuneResult(run_dir=run_dir, classes=data.classes, history=trainer.history, best_epoch=best.best_epoch,
                           report=report, outputs=outputs, backbone=backbone, skipped=skipped, compute=trainer.compute)
+
+
+def _thresholds_report(trainer: Trainer, data: TrainingInput, result: dict, subset: str, run_dir: Path) -> dict:
+    """A multi-label run's end: each label's threshold chosen on the validation photos (multilabel.choose_thresholds,
+    from the final report's predictions when it is on validation), kept in best.json; the report's metrics at them.
+    No temperature: calibration.py scales a softmax over classes, and a label's own probability is left as trained."""
+    on_validation = result if subset == "validation" else evaluate(
+        trainer.model, data.val_loader, trainer.normalize, autocast=trainer.autocast, collect=True)
+    thresholds = choose_thresholds(np.asarray(on_validation["targets"]), sigmoid(on_validation["logits"]))
+    if distributed.is_main():
+        save_meta(run_dir, dataclasses.replace(read_meta(run_dir), thresholds=thresholds))
+    return {**metrics(np.asarray(result["targets"]), sigmoid(result["logits"]), thresholds, data.classes),
+            "subset": subset}
 
 
 def _calibrate(trainer: Trainer, data: TrainingInput, on_validation: dict | None) -> dict:
@@ -358,6 +382,23 @@ def _print_summary(history: list[dict], best_epoch: int, report: dict, outputs: 
     for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
         table.add_row(key.replace("_", " "), f"{best_row[key]:.4f}", f"{last_row[key]:.4f}")
     result(table)
+    if report.get("task") == MULTI_LABEL:
+        for line in summary_lines(report):
+            result(line)
+    else:
+        _single_label_lines(report)
+    for name, path in outputs.items():
+        result(f"  {name:<16} {relpath(path)}")
+    if skipped:
+        warn(f"images that failed to decode and were skipped: {len(skipped)}")
+        for path in skipped[:LIST_LIMIT]:
+            info(f"  {path}")
+        if len(skipped) > LIST_LIMIT:
+            info(f"  ... and {len(skipped) - LIST_LIMIT} more")
+
+
+def _single_label_lines(report: dict) -> None:
+    """What a single-label run says of its final report: accuracy, and the temperature fitted."""
     result(f"{report.get('subset', 'validation')} accuracy of the saved model: {report['accuracy']:.4f}")
     calibration = report["calibration"]
     if calibration.get("kept_at_one"):
@@ -367,11 +408,3 @@ def _print_summary(history: list[dict], best_epoch: int, report: dict, outputs: 
         result(f"temperature {calibration['temperature']:.3f} (fitted on validation): expected calibration error "
                f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} on those {calibration['images']} "
                "images")
-    for name, path in outputs.items():
-        result(f"  {name:<16} {relpath(path)}")
-    if skipped:
-        warn(f"images that failed to decode and were skipped: {len(skipped)}")
-        for path in skipped[:LIST_LIMIT]:
-            info(f"  {path}")
-        if len(skipped) > LIST_LIMIT:
-            info(f"  ... and {len(skipped) - LIST_LIMIT} more")

@@ -29,7 +29,7 @@ import torch
 from tlkit import distributed
 from tlkit.augment import POLICIES, Augmentation, crop_resize_flip, policy, random_crop_boxes
 from tlkit.cache import (
-    CACHE_FORMAT, commit, default_cache_root, digest_rows, file_rows, kept_rows, new_staging, read_manifest,
+    CACHE_FORMAT, commit, default_cache_root, digest_rows, file_rows, kept_rows, label_array, new_staging, read_manifest,
     subset_entry, to_device, why_stale,
 )
 from tlkit.data import DataBundle, EpochRows, SplitFolders, open_split
@@ -177,7 +177,7 @@ def load_images(cache_dir: Path) -> dict[str, ImageSet]:
         sizes = np.load(sizes_file) if sizes_file.is_file() else np.zeros((len(images), 2), dtype=np.int64)
         keep = np.asarray(kept_rows(entry), dtype=np.int64)
         sets[subset] = ImageSet(images=images, rows=keep, photo_sizes=sizes[keep],
-                                labels=np.asarray(entry["labels"], dtype=np.int64)[keep],
+                                labels=label_array(entry["labels"])[keep],
                                 files=[entry["files"][i] for i in keep], failed=sorted(entry["failed"]))
     return sets
 

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,6 +24,7 @@ from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions, read_exclusions
 from tlkit.features import FeatureLoader, FeatureSet, precompute, to_device_float
 from tlkit.imagecache import make_cached_data
+from tlkit.multilabel import positive_weights
 from tlkit.runtime import Compute, default_workers
 
 
@@ -41,6 +43,7 @@ class PhotoSource(Protocol):
     # whether the data has a normalisation of its own (tlkit train's datasets; run_backbone.resolve_preprocessing
     # reads it), or always takes the backbone's (photo folders)
     own_normalisation: bool
+    multi_label: bool  # several labels a photo (a split's labels.csv, tlkit/multilabel.py): one yes/no output per label
 
     def make_data(self, prep: Preprocessing, **loaders) -> DataBundle: ...
 
@@ -79,6 +82,10 @@ class SplitSource:
     def classes(self) -> list[str]:
         return self.split.classes
 
+    @property
+    def multi_label(self) -> bool:
+        return self.split.multi_label
+
     def make_data(self, prep: Preprocessing, **loaders) -> DataBundle:
         if self.cache_images:
             return make_cached_data(self.split, prep, cache_root=self.cache_root, **loaders)
@@ -100,6 +107,20 @@ class TrainingInput:
     module: nn.Module  # what trains: the whole classifier, or its head on cached features
     sizes: tuple[int, int]  # training and validation images, for the run's first line
     test_loader: object | None = None  # the final report's images, where the data has a test split
+    positive_weights: torch.Tensor | None = None  # a multi-label run's, one per label (split_positive_weights)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.positive_weights is not None
+
+
+def split_positive_weights(split: SplitFolders) -> torch.Tensor | None:
+    """A multi-label split's loss weight on each label's positives (multilabel.positive_weights of its training
+    rows); None for one class a photo."""
+    if not split.multi_label:
+        return None
+    return torch.from_numpy(positive_weights(np.asarray([target for _, target in split.images("training")],
+                                                        dtype=np.float32)))
 
 
 def image_input(config: FinetuneConfig, backbone: Backbone, compute: Compute, source) -> TrainingInput:
@@ -112,7 +133,8 @@ def image_input(config: FinetuneConfig, backbone: Backbone, compute: Compute, so
     return TrainingInput(
         classes=data.classes, train_loader=data.train_loader, val_loader=data.val_loader,
         train_sampler=data.train_sampler, normalize=Normalizer(prep, device), module=backbone.model,
-        sizes=(len(data.train_set), len(data.val_set)), test_loader=getattr(data, "test_loader", None))
+        sizes=(len(data.train_set), len(data.val_set)), test_loader=getattr(data, "test_loader", None),
+        positive_weights=split_positive_weights(source.split) if source.multi_label else None)
 
 
 def cached_features(config: FinetuneConfig, backbone: Backbone, compute: Compute, split: SplitFolders, *,
@@ -135,4 +157,4 @@ def feature_input(config: FinetuneConfig, backbone: Backbone, compute: Compute, 
     val_loader = FeatureLoader(sets["validation"], batch_size=config.batch_size, device=device, shuffle=False)
     return TrainingInput(classes=split.classes, train_loader=train_loader, val_loader=val_loader,
                          train_sampler=train_loader, normalize=to_device_float(device), module=backbone.head,
-                         sizes=(train_loader.size, val_loader.size))
+                         sizes=(train_loader.size, val_loader.size), positive_weights=split_positive_weights(split))

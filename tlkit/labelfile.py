@@ -9,21 +9,22 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlkit.errors import TlkitError
+from tlkit.errors import TlkitError, option
 from tlkit.pathtext import ENCODING, ERRORS, shown
 from tlkit.runtime import relpath
 
 SUFFIX = ".csv"  # a source path ending so is a label file; anything else is a folder of photos
 PATH, LABEL, SPLIT = "path", "label", "split"
 GIVEN_SUBSETS = ("training", "validation")  # a split cell's values: tlkit.split.SUBSETS (a test keeps them one)
-SEPARATOR = "|"  # what will separate the labels of one photo in a multi-label file; refused until that is read
+SEPARATOR = "|"  # what separates the labels of one photo in a multi-label file (--label-sep; split's own files use it)
+SEVERAL_LABELS = "gives several labels"  # a BadRow's why starts so where a single-label read meets a multi-label cell
 _HINT = "A label file's first line names its columns: path,label (and split, to keep a split of your own)."
 
 
 @dataclass(frozen=True)
 class LabelRow:
     path: Path  # the photo: the CSV's folder joined with the row's path
-    labels: tuple[str, ...]  # row_labels: one label today
+    labels: tuple[str, ...]  # row_labels: one label, or a multi-label file's several
     subset: str | None  # training or validation from the split column; None without one
     line: int
     text: str  # the path as written
@@ -53,24 +54,34 @@ def is_label_file(path: Path) -> bool:
     return Path(path).suffix.lower() == SUFFIX
 
 
-def row_labels(cell: str) -> tuple[str, ...]:
-    """The labels a label cell gives (surrounding spaces dropped), or ValueError saying why it gives none. One
-    label a photo for now: the place where a multi-label file (`cat|dog`) will be read."""
+def row_labels(cell: str, separator: str | None = None) -> tuple[str, ...]:
+    """The labels a label cell gives (surrounding spaces dropped), or ValueError saying why it gives none.
+    separator None: one label a photo, and a cell holding SEPARATOR is refused (tlkit split --multi-label reads
+    it); else the cell's labels between separators, each once, in the cell's order (a photo needs one at least)."""
     label = cell.strip()
     if not label:
         raise ValueError("has an empty label")
-    if SEPARATOR in label:
-        raise ValueError(f"gives the labels '{shown(label)}': '{SEPARATOR}' will separate the labels of a photo of "
-                         "several classes, which tlkit does not read yet (one label a photo)")
     if label != label.encode(ENCODING, ERRORS).decode(ENCODING, "replace"):
         raise ValueError(f"has a label holding bytes that are not UTF-8 ('{shown(label)}'); save the file as UTF-8")
-    return (label,)
+    if separator is None:
+        if SEPARATOR in label:
+            raise ValueError(f"{SEVERAL_LABELS} ('{shown(label)}', separated by '{SEPARATOR}'), and one label a "
+                             f"photo is read; `tlkit split` with {option('multi_label', True)} reads several")
+        return (label,)
+    labels = tuple(dict.fromkeys(part.strip() for part in label.split(separator) if part.strip()))
+    if not labels:
+        raise ValueError(f"gives no label between its separators ('{shown(label)}')")
+    if separator != SEPARATOR and any(SEPARATOR in part for part in labels):
+        raise ValueError(f"gives a label holding '{SEPARATOR}' ('{shown(label)}'), which the split's own label files "
+                         "put between the labels of a photo; rename that label")
+    return labels
 
 
-def read_label_file(path: Path) -> LabelFile:
+def read_label_file(path: Path, separator: str | None = None) -> LabelFile:
     """The rows of a label file, each checked (_read_row) and a photo listed twice kept once (_one_row_each_path);
     a file tlkit cannot read as one (empty, no header naming path and label, broken quoting, unreadable) is a
-    TlkitError. A path's bytes that are not UTF-8 are a file name's own (tlkit.pathtext)."""
+    TlkitError. A path's bytes that are not UTF-8 are a file name's own (tlkit.pathtext). separator: that of a
+    multi-label file (row_labels); None for one label a photo."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig", errors=ERRORS) as handle:
@@ -89,7 +100,7 @@ def read_label_file(path: Path) -> LabelFile:
     for number, line in enumerate(lines[1:], start=2):
         if not any(cell.strip() for cell in line):
             continue  # a blank line
-        row = _read_row(path, columns, line, number)
+        row = _read_row(path, columns, line, number, separator)
         (bad if isinstance(row, BadRow) else rows).append(row)
     kept, repeated = _one_row_each_path(rows)
     return LabelFile(path, kept, sorted(bad + repeated, key=lambda row: row.line), SPLIT in columns)
@@ -106,7 +117,8 @@ def _columns(path: Path, header: list[str]) -> dict[str, int]:
     return {name: names.index(name) for name in (PATH, LABEL, SPLIT) if name in names}
 
 
-def _read_row(path: Path, columns: dict[str, int], line: list[str], number: int) -> LabelRow | BadRow:
+def _read_row(path: Path, columns: dict[str, int], line: list[str], number: int,
+              separator: str | None) -> LabelRow | BadRow:
     text = line[columns[PATH]] if columns[PATH] < len(line) else ""
     if max(columns.values()) >= len(line):
         return BadRow(number, text, f"has {len(line)} value(s), fewer than the columns its first line names")
@@ -116,7 +128,7 @@ def _read_row(path: Path, columns: dict[str, int], line: list[str], number: int)
         why = f"gives the split '{shown(line[columns[SPLIT]])}', which is neither {' nor '.join(GIVEN_SUBSETS)}"
     if why is None:
         try:
-            return LabelRow(path.parent / text, row_labels(line[columns[LABEL]]), subset, number, text)
+            return LabelRow(path.parent / text, row_labels(line[columns[LABEL]], separator), subset, number, text)
         except ValueError as error:
             why = str(error)
     return BadRow(number, text, why)

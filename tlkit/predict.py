@@ -24,6 +24,7 @@ from tlkit.checkpoint import Checkpoint
 from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import Batch, ImageBatches
 from tlkit.errors import TlkitError, option
+from tlkit.multilabel import MULTI_LABEL, checked_threshold, decisions, predictions_csv, predictions_json
 from tlkit.ownership import why_kept
 from tlkit.pathtext import is_stdout, path_text, write_stdout
 from tlkit.runtime import Compute, inference_batch_size, progress, relpath
@@ -43,9 +44,32 @@ class Predictions:
     classes: list[str]
     failures: dict[int, str]
     seconds: float
+    thresholds: list[float] | None = None  # a multi-label model's, one per class: probabilities are sigmoids
 
     def predicted(self) -> np.ndarray:
         return np.nan_to_num(self.probabilities, nan=-1.0).argmax(axis=1)
+
+    def counts(self) -> dict[str, int]:
+        """How many photos each class was given: the most probable class, or a multi-label model's every class at
+        or above its threshold."""
+        scored = [index for index in range(len(self.paths)) if index not in self.failures]
+        if self.thresholds is not None:
+            held = decisions(self.probabilities[scored], self.thresholds).sum(axis=0)
+            return {name: int(count) for name, count in zip(self.classes, held)}
+        given = self.predicted()[scored]
+        return {name: int((given == index).sum()) for index, name in enumerate(self.classes)}
+
+
+def model_thresholds(checkpoint: Checkpoint, threshold: float | None = None) -> list[float] | None:
+    """A multi-label model's thresholds: threshold (--threshold) for every class where given, else those chosen on
+    its validation photos (best.json); None for a single-label model, which takes no threshold."""
+    threshold = checked_threshold(threshold)
+    if checkpoint.meta.task != MULTI_LABEL:
+        if threshold is not None:
+            raise TlkitError(f"{option('threshold', threshold)} decides which labels a photo holds in a multi-label "
+                             "model; this one gives each photo its one most probable class. Leave it out.")
+        return None
+    return [threshold] * len(checkpoint.classes) if threshold is not None else list(checkpoint.meta.thresholds)
 
 
 @dataclass
@@ -93,15 +117,18 @@ def _first_time(paths: list[Path], seen: set[Path]) -> list[Path]:
 
 
 def predict_files(checkpoint: Checkpoint, paths: list[Path], *, compute: Compute, batch_size: int | None = None,
-                  workers: int = 0, tta: bool = False, gpu_decode: bool | None = None) -> Predictions:
+                  workers: int = 0, tta: bool = False, gpu_decode: bool | None = None,
+                  threshold: float | None = None) -> Predictions:
     """Softmax probabilities of every image, calibrated by the checkpoint's temperature; with tta, averaged with
     the horizontally flipped view.
     compute: the device and arithmetic (runtime.compute_for).
     batch_size None: runtime.inference_batch_size. The model runs with its BatchNorm folded, once per checkpoint
     (Checkpoint.inference_model).
 
+    A multi-label model's probabilities are each class's sigmoid, decided by model_thresholds (threshold: one for all).
     Under torchrun each process predicts its share of the files; every process returns all of them.
     """
+    thresholds = model_thresholds(checkpoint, threshold)
     device = compute.device
     distributed.setup(device)
     model = checkpoint.inference_model(device)
@@ -110,12 +137,13 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, compute: Compute
                            batch_size=inference_batch_size(device, batch_size), workers=workers, gpu_decode=gpu_decode)
     started = time.perf_counter()
     probabilities = score_batches(model, batches, len(mine), len(checkpoint.classes), compute=compute, tta=tta,
-                                  temperature=checkpoint.meta.temperature)
+                                  temperature=checkpoint.meta.temperature, multi_label=thresholds is not None)
     failures = {mine[index]: why for index, why in batches.failures.items()}
     if distributed.world_size() > 1:
         probabilities, failures = distributed.unshard_rows(probabilities, failures, len(paths), everywhere=True)
     return Predictions(paths=list(paths), probabilities=probabilities, classes=list(checkpoint.classes),
-                       failures=with_unscored(probabilities, failures), seconds=time.perf_counter() - started)
+                       failures=with_unscored(probabilities, failures), seconds=time.perf_counter() - started,
+                       thresholds=thresholds)
 
 
 def with_unscored(probabilities: np.ndarray, failures: dict[int, str]) -> dict[int, str]:
@@ -126,28 +154,36 @@ def with_unscored(probabilities: np.ndarray, failures: dict[int, str]) -> dict[i
 
 
 def score_batches(model: torch.nn.Module, batches: Iterable[Batch], count: int, num_classes: int, *,
-                  compute: Compute, tta: bool = False, temperature: float = 1.0) -> np.ndarray:
+                  compute: Compute, tta: bool = False, temperature: float = 1.0,
+                  multi_label: bool = False) -> np.ndarray:
     """The one inference loop, of predict_files and tlkit.api's Classifier: softmax probabilities [count,
     num_classes] of each batch's normalised images at its indices, NaN where no batch held an index (a failed
     decode); with tta averaged with the horizontally flipped view. compute: the device's autocast. temperature:
-    the checkpoint's (tlkit/calibration.py), which divides the logits before the softmax."""
+    the checkpoint's (tlkit/calibration.py), which divides the logits before the softmax. multi_label: each class's
+    own sigmoid instead of the softmax (a multi-label model's)."""
     probabilities = np.full((count, num_classes), np.nan, dtype=np.float32)
     with progress() as bar, torch.inference_mode(), compute.autocast():
         task = bar.add_task("predicting", total=count)
         for batch in batches:
-            probabilities[batch.indices] = _class_scores(model, batch.images, tta, temperature).cpu().numpy()
+            scores = _class_scores(model, batch.images, tta, temperature, multi_label)
+            probabilities[batch.indices] = scores.cpu().numpy()
             bar.advance(task, len(batch.indices))
         bar.update(task, completed=count)
     return probabilities
 
 
 def _class_scores(model: torch.nn.Module, images: torch.Tensor, tta: bool = False,
-                  temperature: float = 1.0) -> torch.Tensor:
-    """Softmax probabilities of a normalised batch at `temperature`; with tta, averaged with the horizontally
-    flipped view. Called inside inference_mode and the autocast of the run's precision (score_batches)."""
-    scores = (model(images).float() / temperature).softmax(dim=1)
+                  temperature: float = 1.0, multi_label: bool = False) -> torch.Tensor:
+    """Softmax probabilities of a normalised batch at `temperature` (multi_label: sigmoids); with tta, averaged with
+    the horizontally flipped view. Called inside inference_mode and the autocast of the run's precision
+    (score_batches)."""
+    def scores_of(batch: torch.Tensor) -> torch.Tensor:
+        logits = model(batch).float() / temperature
+        return logits.sigmoid() if multi_label else logits.softmax(dim=1)
+
+    scores = scores_of(images)
     if tta:
-        scores = (scores + (model(images.flip(-1)).float() / temperature).softmax(dim=1)) / 2
+        scores = (scores + scores_of(images.flip(-1))) / 2
     return scores
 
 
@@ -231,10 +267,15 @@ def _check_kaggle_ids(paths: list[Path]) -> None:
 
 
 def check_request(out: Path, *, fmt: str, topk: int | None, classes: list[str], paths: list[Path],
-                  force: bool) -> None:
-    """Everything that would stop the writing, checked before any image is predicted. out `-`: standard output."""
+                  force: bool, multi_label: bool = False) -> None:
+    """Everything that would stop the writing, checked before any image is predicted. out `-`: standard output.
+    multi_label: the model gives a set of labels a photo (csv and json, every label's probability)."""
     if not is_stdout(out):
         _check_out_file(Path(out), force)
+    if multi_label and (fmt == "kaggle" or topk is not None):
+        said = option('format', 'kaggle') if fmt == "kaggle" else option('topk', topk)
+        raise TlkitError(f"{said} ranks one class a photo; this multi-label model writes each photo's labels and every "
+                         f"label's probability: use {option('format', 'csv')} or {option('format', 'json')}.")
     if topk is not None and not 1 <= topk <= len(classes):
         raise TlkitError(f"{option('topk', topk)} must be between 1 and the number of classes ({len(classes)}).")
     if fmt == "kaggle":
@@ -262,9 +303,14 @@ def write_predictions(pred: Predictions, out: Path, *, fmt: str = "csv", topk: i
     out = Path(out)
     if not distributed.is_main():
         return out
-    check_request(out, fmt=fmt, topk=topk, classes=pred.classes, paths=pred.paths, force=force)
-    text = {"csv": lambda: _csv_text(pred, topk), "json": lambda: _json_text(pred, topk),
-            "kaggle": lambda: _kaggle_text(pred)}[fmt]()
+    check_request(out, fmt=fmt, topk=topk, classes=pred.classes, paths=pred.paths, force=force,
+                  multi_label=pred.thresholds is not None)
+    if pred.thresholds is not None:
+        written = predictions_csv if fmt == "csv" else predictions_json
+        text = written(pred.paths, pred.probabilities, pred.failures, pred.classes, pred.thresholds)
+    else:
+        text = {"csv": lambda: _csv_text(pred, topk), "json": lambda: _json_text(pred, topk),
+                "kaggle": lambda: _kaggle_text(pred)}[fmt]()
     if is_stdout(out):
         write_stdout(text)
         return out

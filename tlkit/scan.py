@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from tlkit.errors import TlkitError
-from tlkit.labelfile import BadRow, bad_row_text, is_label_file, read_label_file
+from tlkit.labelfile import SEPARATOR, BadRow, bad_row_text, is_label_file, read_label_file
 from tlkit.pathtext import shown
 from tlkit.runtime import progress, relpath, warn
 
@@ -58,7 +58,7 @@ class Scan:
 
     root: Path  # the folder the photos' paths are relative to (a label file's own folder)
     layout: str  # "flat", "folders" or "labels"
-    images: list[tuple[Path, str]] = field(default_factory=list)  # (path, class)
+    images: list[tuple[Path, str]] = field(default_factory=list)  # (path, class); multi_label: its labels joined
     unlabelled: list[Path] = field(default_factory=list)  # no class in the name or place
     non_images: list[Path] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (path, why)
@@ -66,6 +66,7 @@ class Scan:
     labels_file: Path | None = None  # the label file read, for the "labels" layout
     bad_rows: list[BadRow] = field(default_factory=list)  # its rows left out, each with why
     given_subsets: dict[Path, str] = field(default_factory=dict)  # photo -> subset, from its split column
+    multi_label: bool = False  # a label file read with several labels a photo: images' labels joined by SEPARATOR
 
     @property
     def source(self) -> Path:
@@ -74,10 +75,14 @@ class Scan:
 
     @property
     def classes(self) -> list[str]:
-        return sorted({label for _, label in self.images})
+        return sorted(self.class_counts())
+
+    def labels_of(self, label: str) -> list[str]:
+        """The classes of an images row's label: itself, or a multi-label row's several."""
+        return label.split(SEPARATOR) if self.multi_label else [label]
 
     def class_counts(self) -> Counter:
-        return Counter(label for _, label in self.images)
+        return Counter(name for _, label in self.images for name in self.labels_of(label))
 
     @property
     def problems(self) -> int:
@@ -217,12 +222,13 @@ def photo_root(source: Path) -> Path:
     return source.parent if is_label_file(source) and source.is_file() else source
 
 
-def list_dataset(root: Path) -> Scan:
+def list_dataset(root: Path, label_sep: str | None = None) -> Scan:
     """Sort every file under root (a folder), or every row of a label file, into labelled images, unlabelled
-    images and non-images (and a label file's bad rows)."""
+    images and non-images (and a label file's bad rows). label_sep: a label file's separator between the
+    several labels of a photo (multi-label; labelfile.row_labels), None for one label a photo."""
     root = Path(root)
     if is_label_file(root) and root.is_file():
-        return _checked_classes(_label_file_scan(root))
+        return _checked_classes(_label_file_scan(root, label_sep))
     _require_folder(root)
     scan = Scan(root=root, layout=detect_layout(root))
     if scan.layout == "folders":
@@ -251,7 +257,8 @@ def list_dataset(root: Path) -> Scan:
 def _checked_classes(scan: Scan) -> Scan:
     files_by_class: dict[str, list[Path]] = defaultdict(list)
     for path, label in scan.images:
-        files_by_class[label].append(path)
+        for name in scan.labels_of(label):
+            files_by_class[name].append(path)
     one_spelling_each(files_by_class, scan.root)
     return scan
 
@@ -263,11 +270,12 @@ def warn_rows_left_out(scan: Scan) -> None:
              f"`tlkit check {relpath(scan.source)}` lists them all")
 
 
-def _label_file_scan(path: Path) -> Scan:
+def _label_file_scan(path: Path, label_sep: str | None = None) -> Scan:
     """A label file's rows as a Scan of its folder: a non-image passed over as in a folder, a hidden path (left
     out of every folder) a bad row; a file whose rows name no usable photo is refused, its first bad rows said."""
-    labels = read_label_file(path)
-    scan = Scan(root=path.parent, layout="labels", labels_file=path, bad_rows=list(labels.bad))
+    labels = read_label_file(path, label_sep)
+    scan = Scan(root=path.parent, layout="labels", labels_file=path, bad_rows=list(labels.bad),
+                multi_label=label_sep is not None)
     for row in labels.rows:
         if any(is_hidden(part) for part in row.path.relative_to(scan.root).parts):
             scan.bad_rows.append(BadRow(row.line, row.text, "names a hidden file or folder (a name starting with "
@@ -275,7 +283,7 @@ def _label_file_scan(path: Path) -> Scan:
         elif not is_image_name(row.path):
             scan.non_images.append(row.path)
         else:
-            scan.images.append((row.path, row.labels[0]))  # one label a photo (labelfile.row_labels)
+            scan.images.append((row.path, SEPARATOR.join(row.labels)))  # one label, or a multi-label row's several
             if row.subset:
                 scan.given_subsets[row.path] = row.subset
     scan.bad_rows.sort(key=lambda row: row.line)
@@ -387,9 +395,9 @@ def scan_dataset(root: Path, full: bool = False, on_progress=None) -> Scan:
     return verify_images(list_dataset(Path(root)), full=full, on_progress=on_progress)
 
 
-def scan_with_progress(root: Path, full: bool = False) -> Scan:
-    """scan_dataset, with a bar on stderr while the images are checked."""
-    scan = list_dataset(Path(root))
+def scan_with_progress(root: Path, full: bool = False, label_sep: str | None = None) -> Scan:
+    """scan_dataset, with a bar on stderr while the images are checked (label_sep: list_dataset's)."""
+    scan = list_dataset(Path(root), label_sep)
     with progress() as bar:
         task = bar.add_task("checking images", total=len(scan.images))
         return verify_images(scan, full=full, on_progress=lambda: bar.advance(task))

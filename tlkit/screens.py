@@ -75,7 +75,7 @@ def split_plan(scan, plan, seed: int) -> None:
     for label in scan.classes:
         n_train, n_val = counts["training"][label], counts["validation"][label]
         table.add_row(label, str(n_train), str(n_val), str(n_train + n_val))
-    totals = [sum(counts[s].values()) for s in SUBSETS]
+    totals = [sum(row[2] == subset for row in plan.rows) for subset in SUBSETS]  # photos (a multi-label one, once)
     table.add_row("[bold]all", *(f"[bold]{n}" for n in (*totals, sum(totals))))
     result(table)
 
@@ -133,7 +133,7 @@ def audit(found, show: int, out_dir: Path) -> None:
     """The counts per class, then the worst `show` of each issue (tlkit.auditing.Audit), then what was written."""
     from tlkit.auditing import ISSUES
 
-    counts, photos = found.counts(), Counter(photo.label for photo in found.photos)
+    counts, photos = found.counts(), found.photo_counts()
     table = Table(title=f"audit of {relpath(found.root)}: {len(found.photos)} photos")
     for column in ("class", "photos", *ISSUES):
         table.add_column(column, justify="left" if column == "class" else "right")
@@ -208,7 +208,7 @@ def predictions(pred, found, target: Path, *, table: bool) -> None:
     counted = Table(title=f"{len(paths)} images, {len(paths) / max(pred.seconds, 1e-9):,.0f} images/s")
     counted.add_column("predicted class")
     counted.add_column("images", justify="right")
-    predicted = Counter(pred.classes[i] for n, i in enumerate(pred.predicted()) if n not in pred.failures)
+    predicted = pred.counts()
     for label in pred.classes:
         counted.add_row(label, str(predicted[label]))
     if table:
@@ -226,6 +226,8 @@ def predictions(pred, found, target: Path, *, table: bool) -> None:
 
 def evaluation(report: dict, classes: list[str], folder: Path, out_dir: Path) -> None:
     """evaluate's report (tlkit.evaluate.evaluate_folder) as a table per class, and where it was written."""
+    if report.get("task") == "multi-label":
+        return label_evaluation(report, folder, out_dir)
     table = Table(title=f"{relpath(folder)}: accuracy {report['accuracy']:.4f} on {report['images']} images")
     for column in ("class", "precision", "recall", "f1", "images"):
         table.add_column(column, justify="left" if column == "class" else "right")
@@ -239,6 +241,23 @@ def evaluation(report: dict, classes: list[str], folder: Path, out_dir: Path) ->
            f"{report['temperature']:.3g}{before}")
     list_paths("images that could not be decoded (left out)", list(report["failed"].items()))
     info(f"wrote {relpath(out_dir)}/: report.json, confusion.png, mistakes.png, reliability.png, mistakes.html")
+
+
+def label_evaluation(report: dict, folder: Path, out_dir: Path) -> None:
+    """A multi-label model's evaluation (tlkit.evaluate.evaluate_multi_label): a row per label, then the means."""
+    from tlkit.multilabel import summary_lines
+
+    table = Table(title=f"{relpath(folder)}: {report['images']} photos")
+    for column in ("label", "precision", "recall", "AP", "threshold", "photos"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+    for label, row in report["per_label"].items():
+        ap = "-" if row["average_precision"] is None else f"{row['average_precision']:.4f}"
+        table.add_row(label, f"{row['precision']:.4f}", f"{row['recall']:.4f}", ap, f"{row['threshold']:.2f}",
+                      str(row["support"]))
+    result(table)
+    result(summary_lines({**report, "subset": relpath(folder)})[0])
+    list_paths("images that could not be decoded (left out)", list(report["failed"].items()))
+    info(f"wrote {relpath(out_dir)}/: report.json, mistakes.html (each label's worst false positives and negatives)")
 
 
 def export_check(check: dict) -> None:

@@ -26,7 +26,8 @@ from tlkit.atomic import check_writable, lock_file, unlock_file
 from tlkit.config import SEEDS, checked_number
 from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions, read_exclusions
-from tlkit.labelfile import is_label_file
+from tlkit.labelfile import SEPARATOR, SEVERAL_LABELS, bad_row_text, is_label_file
+from tlkit.multilabel import LABELS_FILE, validation_choice, write_subset_labels
 from tlkit.pathtext import ENCODING, ERRORS, path_text, refuse_stdout
 from tlkit.runtime import info, progress, relpath, warn
 from tlkit.scan import Scan, scan_with_progress
@@ -46,11 +47,12 @@ class SplitPlan:
     out: Path
     rows: list[tuple[Path, str, str, Path]]
     twins: int = 0  # files identical to another one, placed in its subset
+    multi_label: bool = False  # several labels a photo (class: them joined): photos under their own paths, LABELS_FILE
 
     def counts(self) -> dict[str, Counter]:
         counts = {subset: Counter() for subset in SUBSETS}
         for _, label, subset, _ in self.rows:
-            counts[subset][label] += 1
+            counts[subset].update(self.scan.labels_of(label))  # a multi-label photo counts for each of its labels
         return counts
 
 
@@ -101,6 +103,8 @@ def plan_split(scan: Scan, val: int | float | None, out: Path, seed: int = 0,
     unique = [(path, label) for path, label in images if path not in twin_of]
     if not images:
         raise TlkitError(f"{relpath(scan.source)} holds no usable labelled images.")
+    if scan.multi_label:
+        return _multi_label_plan(scan, val, out, seed, twin_of)
     counts = Counter(label for _, label in unique)
     if len(counts) < 2:
         raise TlkitError(
@@ -132,6 +136,59 @@ def plan_split(scan: Scan, val: int | float | None, out: Path, seed: int = 0,
         rows.append((path, label, subset, Path(subset) / label / _name_in_class(scan, path)))
     rows.sort(key=lambda row: (row[2] != "training", row[0]))
     return SplitPlan(scan=scan, out=Path(out), rows=rows, twins=len(twin_of))
+
+
+def _multi_label_plan(scan: Scan, val: int | float | None, out: Path, seed: int,
+                      twin_of: dict[Path, Path]) -> SplitPlan:
+    """A multi-label split: the split column's, or validation chosen by multilabel.validation_choice (stratified on
+    each photo's rarest label); each photo keeps its path under the source, its labels go to LABELS_FILE."""
+    images = sorted(scan.images)
+    singles = sorted(name for name, count in scan.class_counts().items() if count < 2)
+    if singles:
+        raise TlkitError(f"label {', '.join(singles)} is given to a single photo, so it cannot appear in both training "
+                         "and validation. Add photos with that label or remove it.")
+    if scan.given_subsets:
+        subset_of = scan.given_subsets
+    elif val is None:
+        raise _no_val(scan.source)
+    else:
+        unique = [(path, label) for path, label in images if path not in twin_of]
+        chosen = validation_choice([tuple(scan.labels_of(label)) for _, label in unique],
+                                   val_count(val, len(unique)), seed)
+        subset_of = {path: VALIDATION if row in chosen else TRAINING for row, (path, _) in enumerate(unique)}
+    rows = [(path, label, subset_of[twin_of.get(path, path)], Path(subset_of[twin_of.get(path, path)]) /
+             path.relative_to(scan.root)) for path, label in images]
+    plan = SplitPlan(scan=scan, out=Path(out), rows=sorted(rows, key=lambda row: (row[2] != TRAINING, row[0])),
+                     twins=len(twin_of), multi_label=True)
+    held = {subset: {name for _, label, row_subset, _ in rows if row_subset == subset for name in scan.labels_of(label)}
+            for subset in SUBSETS}
+    if not held[TRAINING] >= held[VALIDATION] or len(held[TRAINING]) < 2 or not held[VALIDATION]:
+        given = ", ".join(sorted(held[VALIDATION])) or "none: no validation photo"
+        trained = ", ".join(sorted(held[TRAINING])) or "none"
+        raise TlkitError(f"this split's training photos hold the label(s) {trained}; a model needs two labels at "
+                         f"least, and every label validation holds ({given}). Give those labels more photos, or "
+                         "training photos.")
+    if lacking := sorted(held[TRAINING] - held[VALIDATION]):
+        warn(f"no validation photo holds the label(s) {', '.join(lacking)}: their threshold stays 0.5 and their "
+             f"precision is not measured; a larger {option('val')} (or more such photos) gives them some")
+    return plan
+
+
+def multi_label_source(scan: Scan, multi_label: bool) -> None:
+    """Refuse what cannot be read as asked: a folder as multi-label (a class folder holds one label a photo), a
+    label file whose cells give several labels without multi_label."""
+    if multi_label and scan.labels_file is None:
+        raise TlkitError(f"{option('multi_label', True)} needs a label file (labels.csv, path,label rows with the "
+                         f"labels of a photo separated by '{SEPARATOR}': cat{SEPARATOR}dog); {relpath(scan.source)} is a "
+                         "folder, and a folder's names or class folders give one label a photo. Write a label file "
+                         f"of your photos, or leave out {option('multi_label', True)}.")
+    several = [row for row in scan.bad_rows if row.why.startswith(SEVERAL_LABELS)]
+    if several and not multi_label:
+        raise TlkitError(f"{relpath(scan.source)} gives several labels to {len(several)} photo(s) (such as "
+                         f"{bad_row_text(several[0])}), and a split reads one label a photo unless told: add "
+                         f"{option('multi_label', True)} to train a multi-label model (one yes/no output per label; "
+                         f"{option('label_sep')} names another separator than '{SEPARATOR}'), or give each photo one "
+                         "label.")
 
 
 def _no_val(src: Path) -> TlkitError:
@@ -203,13 +260,15 @@ def _name_in_class(scan: Scan, path: Path) -> Path:
 
 
 def prepare_split(src: Path, val: str | None, out: Path | None = None, *, seed: int = 0, force: bool = False,
-                  quick: bool = False, exclude: Path | None = None, dry_run: bool = False) -> tuple[Scan, SplitPlan]:
+                  quick: bool = False, exclude: Path | None = None, dry_run: bool = False, multi_label: bool = False,
+                  label_sep: str = SEPARATOR) -> tuple[Scan, SplitPlan]:
     """What `tlkit split` will do, nothing written yet: the outputs checked free (before any image is
     read), every image checked (decoded and hashed, or headers only when quick), and the seeded plan.
     src: a folder, or a label file (labels.csv: tlkit/labelfile.py). val: a count ("2000") or a fraction
     ("0.1"); None only for a label file whose split column gives the split. out None: beside src. exclude: a reviewed list (audit.csv
     of SRC): its exclude rows are left out, its relabel rows split under their new class, its near-duplicate
-    pairs kept in one subset. dry_run: OUT need not be writable."""
+    pairs kept in one subset. dry_run: OUT need not be writable. multi_label: a label file's cells give several
+    labels a photo, separated by label_sep (tlkit/multilabel.py; the split writes LABELS_FILE beside the photos)."""
     refuse_stdout(out, "two folders and split.csv")
     if val is None and not is_label_file(Path(src)):
         raise _no_val(Path(src))  # a label file may give its split; a folder never does
@@ -221,16 +280,33 @@ def prepare_split(src: Path, val: str | None, out: Path | None = None, *, seed: 
     check_outputs_free(out, Path(src), force)
     if not dry_run:
         check_writable(out, "out")
-    scan = scan_with_progress(Path(src), full=not quick)
+    if multi_label and is_label_file(Path(src)):
+        label_sep = checked_separator(label_sep)
+    scan = scan_with_progress(Path(src), full=not quick, label_sep=label_sep if multi_label else None)
+    multi_label_source(scan, multi_label)
     check_sources_outside(scan, out)
     if scan.given_subsets and val is not None:
         info(f"{relpath(scan.source)} gives the split in its split column; {option('val', val)} is not used")
     if exclusions is None:
         return scan, plan_split(scan, val_size, out, seed=seed)
+    if multi_label:
+        raise TlkitError(f"{option('exclude')} relabels photos with one class each, so it does not apply to a "
+                         "multi-label split; edit the label file's rows instead, or leave out "
+                         f"{option('multi_label', True)}.")
     excluded, relabelled = apply_exclusions(scan, exclusions)
     info(f"{option('exclude', relpath(Path(exclude)))}: {excluded} photo(s) left out, {relabelled} split under another class; "
          "the files themselves are untouched")
     return scan, plan_split(scan, val_size, out, seed=seed, pairs=exclusions.pairs)
+
+
+def checked_separator(label_sep) -> str:
+    """--label-sep: one or a few characters, none of them a comma, quote, space or line end (the CSV's own)."""
+    if not isinstance(label_sep, str) or not label_sep or len(label_sep) > 3 or any(
+            char in ',"\r\n' or char.isspace() for char in label_sep) or not label_sep.isprintable():
+        raise TlkitError(f"{option('label_sep', label_sep)} cannot separate the labels of a photo: give one to three "
+                         f"printable characters other than a comma, quote or space ('{SEPARATOR}' by default, as in "
+                         f"cat{SEPARATOR}dog).")
+    return label_sep
 
 
 def default_out(src: Path) -> Path:
@@ -299,17 +375,15 @@ def check_nothing_lost(plan: SplitPlan) -> None:
     delete when it is a symlink, has a hard link outside the old split (the default mode links the sources),
     or has the same bytes as the photo this split takes in its place (same class and name: a copy split).
     What is left was moved there (--mode move) or added by hand."""
-    taken = {(label, destination.relative_to(Path(subset) / label)): source
-             for source, label, subset, destination in plan.rows}
+    taken = {destination.relative_to(subset): source for source, label, subset, destination in plan.rows}
     files = [(folder, path, path.stat()) for folder in (plan.out / subset for subset in SUBSETS) if folder.is_dir()
              for path in sorted(folder.rglob("*")) if not path.is_symlink() and path.is_file()]
     names_inside = Counter((stat.st_dev, stat.st_ino) for *_, stat in files)
     only_copies = []
     for folder, path, stat in files:
-        if stat.st_nlink > names_inside[stat.st_dev, stat.st_ino]:
-            continue  # another name outside the folders that go
-        parts = path.relative_to(folder).parts
-        source = taken.get((parts[0], Path(*parts[1:])))
+        if stat.st_nlink > names_inside[stat.st_dev, stat.st_ino] or path == folder / LABELS_FILE:
+            continue  # another name outside the folders that go; a multi-label split's labels, written again
+        source = taken.get(path.relative_to(folder))
         if source is None or source.stat().st_size != stat.st_size or not filecmp.cmp(source, path, shallow=False):
             only_copies.append(path)
     if only_copies:
@@ -348,7 +422,8 @@ def _write_manifest(plan: SplitPlan, path: Path) -> None:
 
 def _verify_output(plan: SplitPlan, staging: Path) -> None:
     """Every planned file is in the output exactly once, and nothing else is."""
-    found = sorted(p.relative_to(staging) for subset in SUBSETS for p in (staging / subset).rglob("*") if not p.is_dir())
+    found = sorted(p.relative_to(staging) for subset in SUBSETS for p in (staging / subset).rglob("*")
+                   if not p.is_dir() and not (plan.multi_label and p == staging / subset / LABELS_FILE))
     expected = sorted(destination for *_, destination in plan.rows)
     if found != expected:
         raise RuntimeError(f"split output does not match its plan: {len(found)} files for {len(expected)} planned")
@@ -401,6 +476,11 @@ def _build(plan: SplitPlan, staging: Path, mode: str) -> Path:
                 _place(source, staging / destination, mode)
                 bar.advance(task)
         _write_manifest(plan, staging / MANIFEST)
+        if plan.multi_label:
+            for subset in SUBSETS:
+                write_subset_labels(staging / subset / LABELS_FILE, [
+                    (destination.relative_to(subset), label) for _, label, row_subset, destination in plan.rows
+                    if row_subset == subset])
         _verify_output(plan, staging)
     except BaseException as error:  # a full disk, Ctrl-C: the half-built copy goes, nothing else changed
         _remove_work_folder(staging)

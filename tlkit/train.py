@@ -20,6 +20,7 @@ from rich.progress import TextColumn
 from tlkit import distributed
 from tlkit.config import FinetuneConfig
 from tlkit.errors import TlkitError, option
+from tlkit.multilabel import mean_average_precision
 from tlkit.runtime import Compute, info, out_of_memory, progress
 
 # Planned over the phase's steps and stepped each batch; so a resumed run cannot change its epochs (finetuning.py).
@@ -89,20 +90,24 @@ class Trainer:
     `model` is what the optimizer trains: the whole classifier, or its head alone when the batches are
     cached features. `train_model` is what the training steps call: `model`, or under torchrun a
     DistributedDataParallel around it; evaluation, state and checkpoints use `model`. A phase that
-    continues a run starts from the `history` (and the `skipped` files) of the one before it."""
+    continues a run starts from the `history` (and the `skipped` files) of the one before it. A multi-label run's
+    labels are 0/1 rows [N, L] (its `positive_weights` given): its loss is binary cross-entropy per label."""
 
     def __init__(self, *, model: nn.Module, optimizer, scheduler, scheduler_name: str, train_loader,
                  val_loader, train_sampler, normalize, compute: Compute, epochs: int,
                  total_epochs: int | None = None, label_smoothing: float = 0.0, callbacks: list | None = None,
                  train_model: nn.Module | None = None, frozen: tuple[nn.Module, nn.Module] | None = None,
-                 frozen_norms: list[nn.Module] = (), history: list[dict] = (), skipped: set[str] = ()):
+                 frozen_norms: list[nn.Module] = (), history: list[dict] = (), skipped: set[str] = (),
+                 positive_weights: torch.Tensor | None = None):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train_model: nn.Module = train_model or model
         self.scheduler_name = scheduler_name
         self.train_loader, self.val_loader, self.train_sampler = train_loader, val_loader, train_sampler
         self.normalize, self.compute, self.epochs = normalize, compute, epochs
         self.total_epochs = total_epochs or epochs  # what "epoch 3/10" shows: the whole run's, in any phase
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # A multi-label run (positive_weights: one per label, tlkit/multilabel.py) has a yes/no output per label.
+        self.criterion = (nn.CrossEntropyLoss(label_smoothing=label_smoothing) if positive_weights is None else
+                          nn.BCEWithLogitsLoss(pos_weight=positive_weights.to(compute.device)))
         self.callbacks = list(callbacks or [])
         self.history: list[dict] = list(history)  # one row per finished epoch
         self.epoch = self.history[-1]["epoch"] if self.history else 0  # epochs finished
@@ -225,7 +230,7 @@ def train_one_epoch(trainer: Trainer) -> dict:
                 if per_batch:
                     trainer.scheduler.step()
                 loss_sum += loss.detach() * len(labels)  # mean per batch x batch size = per-sample sum
-                correct += (logits.argmax(dim=1) == labels).sum()
+                correct += hits(logits, labels)
                 seen += len(labels)
             trainer.call("on_batch_end")
             if batch_index % DISPLAY_EVERY == 0 or batch_index + 1 == len(trainer.train_loader):
@@ -242,6 +247,22 @@ def train_one_epoch(trainer: Trainer) -> dict:
             "train_images": seen, "seconds": seconds, "images_per_s": seen / seconds, "lr": lr}
 
 
+def hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The right answers of a batch: the class (argmax), or for 0/1 label rows the whole set of labels at logit 0
+    (probability 0.5; subset accuracy)."""
+    if labels.dim() == 2:
+        return ((logits > 0) == (labels > 0.5)).all(dim=1).sum()
+    return (logits.argmax(dim=1) == labels).sum()
+
+
+def _loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The summed validation loss: cross-entropy, or for 0/1 label rows binary cross-entropy averaged over the
+    labels of each photo (no positive weights: the loss the monitor compares is the plain one)."""
+    if labels.dim() == 2:
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=1).sum()
+    return nn.functional.cross_entropy(logits, labels, reduction="sum")
+
+
 def _stop_if_diverged(trainer: Trainer, loss_sum: torch.Tensor, batch_index: int) -> None:
     """Raises Diverged once the summed training loss is NaN or infinite. Summed over every process under
     torchrun, so that all of them stop at the same batch (one stopping alone would leave the others waiting)."""
@@ -254,7 +275,8 @@ def _stop_if_diverged(trainer: Trainer, loss_sum: torch.Tensor, batch_index: int
 def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, collect: bool = False,
              skipped: set | None = None) -> dict:
     """Mean loss and accuracy over a loader in eval mode; with collect, the targets, predictions and logits
-    (float32 numpy [N, C], to fit the temperature on: tlkit/calibration.py) too.
+    (float32 numpy [N, C], to fit the temperature on: tlkit/calibration.py) too. Multi-label batches (0/1 label
+    rows) add the mean average precision, val_map, and are always collected (its ranking needs every photo).
 
     Under torchrun each process evaluates its share of the loader, and the result is over all of them.
     """
@@ -262,7 +284,7 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen, targets, predictions, outputs = 0, [], [], []
+    seen, targets, predictions, outputs, multi_label = 0, [], [], [], 0
     with torch.inference_mode():
         for images, labels, bad in loader:
             if skipped is not None:
@@ -272,16 +294,18 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
             images, labels = normalize(images), labels.to(device, non_blocking=True)
             with autocast():
                 logits = model(images)
-            loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-            predicted = logits.argmax(dim=1)
-            correct += (predicted == labels).sum()
+            loss_sum += _loss_sum(logits.float(), labels)
+            predicted = logits > 0 if labels.dim() == 2 else logits.argmax(dim=1)
+            correct += hits(logits, labels)
             seen += len(labels)
-            if collect:
+            multi_label = int(labels.dim() == 2)
+            if collect or multi_label:
                 targets += labels.tolist()
                 predictions += predicted.tolist()
                 outputs.append(logits.float().cpu())
-    loss_sum, correct, seen = distributed.sum_all([loss_sum, correct, seen], device)
-    if collect and distributed.world_size() > 1:
+    # Summed with the rest: every process learns that the batches are multi-label, even one whose share was empty.
+    loss_sum, correct, seen, multi_label = distributed.sum_all([loss_sum, correct, seen, multi_label], device)
+    if (collect or multi_label) and distributed.world_size() > 1:
         shares = distributed.all_gather((targets, predictions, outputs))
         targets = [target for share, _, _ in shares for target in share]
         predictions = [predicted for _, share, _ in shares for predicted in share]
@@ -290,6 +314,8 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
         raise TlkitError("no validation image could be decoded; check them with `tlkit check`.")
     seen = int(seen)
     result = {"val_loss": loss_sum / seen, "val_acc": correct / seen, "val_images": seen}
+    if multi_label:
+        result["val_map"] = mean_average_precision(torch.tensor(targets).numpy(), torch.cat(outputs).sigmoid().numpy())
     if not collect:
         return result
     return {**result, "targets": targets, "predictions": predictions, "logits": torch.cat(outputs).numpy()}
@@ -309,6 +335,7 @@ def _run_epoch(trainer: Trainer) -> dict:
         trainer.scheduler.step()
     return {"epoch": trainer.epoch + 1, "train_loss": train["train_loss"], "train_acc": train["train_acc"],
             "val_loss": val["val_loss"], "val_acc": val["val_acc"],
+            **({"val_map": val["val_map"]} if "val_map" in val else {}),  # a multi-label run's
             "lr": train["lr"],  # of the epoch's last step (a schedule's next value may lie past its end)
             "seconds": round(train["seconds"], 3), "images_per_s": round(train["images_per_s"], 1)}
 

@@ -1,0 +1,220 @@
+"""Several labels a photo: the split's label files, its stratified choice of validation photos, the positive
+weight of each label, the threshold of each label chosen on validation, and the metrics and prediction rows.
+Arrays and files in, numbers and rows out; trains nothing, and knows no model (the stages call it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from tlkit.config import PROBABILITIES, checked_number
+from tlkit.errors import TlkitError, option
+from tlkit.labelfile import SEPARATOR, bad_row_text, read_label_file
+from tlkit.pathtext import ENCODING, ERRORS, path_text
+from tlkit.runtime import relpath
+
+MULTI_LABEL, SINGLE_LABEL = "multi-label", "single-label"  # a run's task (best.json, report.json)
+LABELS_FILE = "labels.csv"  # beside the photos of DATA/training and DATA/validation of a multi-label split
+POSITIVE_WEIGHT_CAP = 10.0  # a rare label's loss weight: negatives / positives on training, at most this
+DEFAULT_THRESHOLD = 0.5  # of a label without a positive validation photo (no F1 to maximise)
+
+
+def is_multi_label_split(data_dir: Path) -> bool:
+    """Whether DATA's split holds several labels a photo: its training folder holds LABELS_FILE."""
+    return (Path(data_dir) / "training" / LABELS_FILE).is_file()
+
+
+def write_subset_labels(path: Path, rows: list[tuple[Path, str]]) -> None:
+    """A split subset's LABELS_FILE: (photo path relative to the subset, labels joined by SEPARATOR) rows."""
+    with open(path, "w", newline="", encoding=ENCODING, errors=ERRORS) as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        writer.writerows([path_text(relative), labels] for relative, labels in rows)
+
+
+def read_subset_labels(subset_dir: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """(photo path relative to the subset in posix form, its labels) of a split subset's LABELS_FILE; a row
+    that names no photo (one removed by hand) stops here, as a class folder's missing photo would not."""
+    labels = read_label_file(Path(subset_dir) / LABELS_FILE, SEPARATOR)
+    if labels.bad:
+        raise TlkitError(f"{relpath(labels.path)} holds {len(labels.bad)} row(s) that give no photo of it (such as "
+                         f"{bad_row_text(labels.bad[0])}); it was changed after `tlkit split` wrote it. Split again "
+                         f"({option('force', True)} replaces the split).")
+    return [(row.path.relative_to(subset_dir).as_posix(), row.labels) for row in labels.rows]
+
+
+def multi_hot(labels: tuple[str, ...], classes: list[str]) -> tuple[float, ...]:
+    """A photo's labels as one 0/1 target per class, in the classes' order (float: binary cross-entropy's)."""
+    return tuple(float(name in labels) for name in classes)
+
+
+def validation_choice(label_sets: list[tuple[str, ...]], val_size: int, seed: int) -> set[int]:
+    """Which rows go to validation: stratified on each row's rarest label (the label fewest rows hold), each such
+    group giving its share of val_size (largest remainders, then names, take the rounding), its rows drawn in a
+    seeded order. So a rare label reaches validation in proportion, as single-label stratification does."""
+    counts = Counter(name for labels in label_sets for name in labels)
+    groups: dict[str, list[int]] = {}
+    for row, labels in enumerate(label_sets):
+        groups.setdefault(min(labels, key=lambda name: (counts[name], name)), []).append(row)
+    shares = {key: val_size * len(rows) / len(label_sets) for key, rows in groups.items()}
+    taken = {key: math.floor(share) for key, share in shares.items()}
+    for key in sorted(shares, key=lambda key: (taken[key] - shares[key], key))[:val_size - sum(taken.values())]:
+        taken[key] += 1
+    generator, chosen = random.Random(seed), set()
+    for key in sorted(groups):
+        rows = list(groups[key])
+        generator.shuffle(rows)
+        chosen.update(rows[:taken[key]])
+    return chosen
+
+
+def positive_weights(targets: np.ndarray) -> np.ndarray:
+    """Each label's weight on its positives in the training loss: negatives / positives of the training targets
+    [N, L], at most POSITIVE_WEIGHT_CAP (and 1 for a label no training photo holds), so a rare label counts."""
+    positives = targets.sum(axis=0)
+    ratio = (len(targets) - positives) / np.maximum(positives, 1)
+    return np.clip(ratio, 1.0, POSITIVE_WEIGHT_CAP).astype(np.float32)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """float32, as predict's probabilities are: a threshold chosen on them decides a photo alike there."""
+    return (1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
+
+
+def choose_thresholds(targets: np.ndarray, probabilities: np.ndarray) -> list[float]:
+    """Each label's threshold on the validation photos: the probability that maximises that label's F1 (a photo
+    holds the label from it up); DEFAULT_THRESHOLD for a label that no validation photo holds."""
+    from sklearn.metrics import precision_recall_curve
+
+    thresholds = []
+    for column in range(targets.shape[1]):
+        if not targets[:, column].any():
+            thresholds.append(DEFAULT_THRESHOLD)
+            continue
+        precision, recall, cuts = precision_recall_curve(targets[:, column], probabilities[:, column])
+        f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+        thresholds.append(float(cuts[int(np.argmax(f1))]))
+    return thresholds
+
+
+def decisions(probabilities: np.ndarray, thresholds) -> np.ndarray:
+    """bool [N, L]: which labels each photo holds (its probability at or above the label's threshold)."""
+    return np.asarray(probabilities) >= np.asarray(thresholds, dtype=np.float64)
+
+
+def mean_average_precision(targets: np.ndarray, probabilities: np.ndarray) -> float:
+    """The mean over labels of average precision (sklearn), of the labels some photo holds (NaN when none)."""
+    from sklearn.metrics import average_precision_score
+
+    held = [column for column in range(targets.shape[1]) if targets[:, column].any()]
+    if not held:
+        return float("nan")
+    return float(np.mean([average_precision_score(targets[:, column], probabilities[:, column]) for column in held]))
+
+
+def metrics(targets: np.ndarray, probabilities: np.ndarray, thresholds, classes: list[str]) -> dict:
+    """mAP, micro and macro F1, subset accuracy (every label of a photo right) and each label's precision,
+    recall, F1, AP, support and threshold (scikit-learn), for targets and probabilities [N, L]."""
+    from sklearn.metrics import average_precision_score, f1_score, precision_recall_fscore_support
+
+    truth, said = np.asarray(targets) > 0.5, decisions(probabilities, thresholds)
+    precision, recall, f1, support = precision_recall_fscore_support(truth, said, average=None, zero_division=0)
+    per_label = {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1-score": float(f1[i]),
+                        "average_precision": float(average_precision_score(truth[:, i], probabilities[:, i]))
+                        if truth[:, i].any() else None,
+                        "support": int(support[i]), "threshold": float(thresholds[i])}
+                 for i, name in enumerate(classes)}
+    return {"task": MULTI_LABEL, "images": len(truth),
+            "mean_average_precision": mean_average_precision(truth, probabilities),
+            "micro_f1": float(f1_score(truth, said, average="micro", zero_division=0)),
+            "macro_f1": float(f1_score(truth, said, average="macro", zero_division=0)),
+            "subset_accuracy": float((truth == said).all(axis=1).mean()), "per_label": per_label}
+
+
+def worst_mistakes(paths: list, targets: np.ndarray, probabilities: np.ndarray, thresholds, classes: list[str],
+                   limit: int) -> dict[str, dict[str, list[dict]]]:
+    """For each label, its worst false positives (the highest probabilities of photos without it that said it)
+    and false negatives (the lowest of photos with it that missed it), `limit` of each."""
+    truth, said = np.asarray(targets) > 0.5, decisions(probabilities, thresholds)
+    worst = {}
+    for column, name in enumerate(classes):
+        scores = probabilities[:, column]
+        false_positive = np.flatnonzero(said[:, column] & ~truth[:, column])
+        false_negative = np.flatnonzero(~said[:, column] & truth[:, column])
+        worst[name] = {
+            "false_positives": [_mistake(paths[i], truth[i], scores[i], classes) for i in
+                                false_positive[np.argsort(-scores[false_positive], kind="stable")][:limit]],
+            "false_negatives": [_mistake(paths[i], truth[i], scores[i], classes) for i in
+                                false_negative[np.argsort(scores[false_negative], kind="stable")][:limit]]}
+    return worst
+
+
+def _mistake(path, truth: np.ndarray, probability: float, classes: list[str]) -> dict:
+    return {"path": str(path), "true": SEPARATOR.join(name for name, held in zip(classes, truth) if held),
+            "probability": float(probability)}
+
+
+def label_set(row: np.ndarray, thresholds, classes: list[str]) -> list[str]:
+    """The labels a photo's probabilities say, in the classes' order."""
+    return [name for name, held in zip(classes, decisions(row, thresholds)) if held]
+
+
+def predictions_csv(paths: list, probabilities: np.ndarray, failures: dict[int, str], classes: list[str],
+                    thresholds) -> str:
+    """predict's CSV of a multi-label model: path, labels (joined by SEPARATOR; empty: none), each label's
+    probability (p_NAME), error."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "labels", *(f"p_{name}" for name in classes), "error"])
+    for index, path in enumerate(paths):
+        if index in failures:
+            writer.writerow([path_text(path), "", *([""] * len(classes)), failures[index]])
+            continue
+        row = probabilities[index]
+        writer.writerow([path_text(path), SEPARATOR.join(label_set(row, thresholds, classes)),
+                         *(f"{p:.6f}" for p in row), ""])
+    return buffer.getvalue()
+
+
+def predictions_json(paths: list, probabilities: np.ndarray, failures: dict[int, str], classes: list[str],
+                     thresholds) -> str:
+    """predict's JSON of a multi-label model: each photo's labels (a list) and every label's probability."""
+    records = []
+    for index, path in enumerate(paths):
+        if index in failures:
+            records.append({"path": path_text(path), "error": failures[index]})
+            continue
+        row = probabilities[index]
+        records.append({"path": path_text(path), "labels": label_set(row, thresholds, classes),
+                        "probabilities": {name: float(p) for name, p in zip(classes, row)}})
+    return json.dumps(records, indent=1)
+
+
+def checked_threshold(threshold: float | None) -> float | None:
+    """--threshold: one probability for every label, above 0 and below 1 (None: the checkpoint's own)."""
+    return None if threshold is None else checked_number("threshold", threshold, float, PROBABILITIES)
+
+
+def check_monitor(monitor: str, multi_label: bool) -> None:
+    """val_map ranks the labels of a multi-label run; a run of one class a photo has no such number."""
+    if monitor == "val_map" and not multi_label:
+        raise TlkitError(f"{option('monitor', 'val_map')} is the mean average precision of a multi-label run (a split "
+                         f"made with `tlkit split --multi-label`); this data gives one class a photo: use "
+                         f"{option('monitor', 'val_loss')} or {option('monitor', 'val_acc')}.")
+
+
+def summary_lines(report: dict) -> list[str]:
+    """What a multi-label run's end and `tlkit evaluate` say of its metrics (metrics' report)."""
+    per_label = ", ".join(f"{name} {values['threshold']:.2f}" for name, values in report["per_label"].items())
+    return [f"{report.get('subset', 'validation')} of the saved model, {report['images']} photos: mean average "
+            f"precision {report['mean_average_precision']:.4f}, micro F1 {report['micro_f1']:.4f}, macro F1 "
+            f"{report['macro_f1']:.4f}, subset accuracy {report['subset_accuracy']:.4f}",
+            f"thresholds (each label's, maximising its F1 on validation): {per_label}"]

@@ -22,6 +22,7 @@ from tlkit.version import __version__
 
 BEST_WEIGHTS = "best.safetensors"
 BEST_META = "best.json"
+FAMILIAR = "familiar.safetensors"  # the training photos' trunk features, from which tlkit/familiar.py measures
 FORMAT = "tlkit-checkpoint"
 FORMAT_VERSION = 1  # raise it when a field changes meaning; a reader refuses versions above its own
 
@@ -45,6 +46,8 @@ class CheckpointMeta:
     metrics: dict | None = None
     temperature: float = 1.0  # best.json: logits / temperature before the softmax (tlkit/calibration.py); 1 before it
     calibration: dict | None = None  # how the temperature was fitted: images, ECE and NLL before and after
+    # best.json: the reference features' file, k and the threshold of tlkit/familiar.py (None: no familiar column)
+    familiar: dict | None = None
     tlkit_version: str = __version__  # of the tlkit that wrote it
 
     @property
@@ -70,6 +73,7 @@ class CheckpointMeta:
             "config": self.config, "data_source": self.data_source, "processes": self.processes,
             "phase": self.phase, "phases": list(self.phases), "epoch": self.epoch, "metrics": self.metrics,
             "temperature": self.temperature, "calibration": self.calibration,
+            "familiar": self.familiar,
         }
 
     @classmethod
@@ -88,7 +92,8 @@ class CheckpointMeta:
                 processes=int(values.get("processes", 1)), phase=values.get("phase"),
                 phases=list(values.get("phases", [])), epoch=values.get("epoch"),
                 metrics=values.get("metrics"), temperature=_temperature(values.get("temperature", 1.0)),
-                calibration=values.get("calibration"), tlkit_version=values.get("tlkit_version", "?"),
+                calibration=values.get("calibration"), familiar=_familiar(values.get("familiar")),
+                tlkit_version=values.get("tlkit_version", "?"),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise TlkitError(f"{relpath(where)} lacks or garbles {error} of what rebuilds the model; it is not the "
@@ -97,6 +102,10 @@ class CheckpointMeta:
     def calibrated(self, calibration: dict) -> CheckpointMeta:
         """This meta with the temperature fitted at the end of the run (tlkit.calibration.calibrate's result)."""
         return replace(self, temperature=calibration["temperature"], calibration=calibration)
+
+    def with_familiar(self, familiar: dict | None) -> CheckpointMeta:
+        """This meta with the rule of tlkit/familiar.py fitted at the end of the run (None: none was)."""
+        return replace(self, familiar=familiar)
 
     def at_epoch(self, row: dict) -> CheckpointMeta:
         """This meta for the weights of one epoch (its history row)."""
@@ -109,6 +118,17 @@ def _temperature(value) -> float:
     if not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature {value!r}")
     return temperature
+
+
+def _familiar(value) -> dict | None:
+    """best.json's familiar rule: None, or a file name in the run folder, k >= 1 and a finite threshold."""
+    if value is None:
+        return None
+    file, neighbours, threshold = value["file"], value["neighbours"], float(value["threshold"])
+    if not isinstance(file, str) or Path(file).name != file or not isinstance(neighbours, int) or neighbours < 1 \
+            or not math.isfinite(threshold):
+        raise ValueError(f"familiar {value!r}")
+    return dict(value)
 
 
 def save_best(run_dir: Path, state_dict: dict, meta: CheckpointMeta) -> Path:

@@ -37,7 +37,8 @@ def test_the_threshold_is_the_quantile_of_the_validation_photos_novelty():
     rng = np.random.default_rng(0)
     training, validation = rng.normal(size=(200, 8)), rng.normal(size=(100, 8))
     reference, rule = familiar.fit(training, validation, seconds=1.5, source="test")
-    assert reference.dtype == np.float16 and np.allclose(np.linalg.norm(reference.astype(np.float32), axis=1), 1, atol=1e-3)
+    assert reference.dtype == np.float16
+    assert np.allclose(np.linalg.norm(reference.astype(np.float32), axis=1), 1, atol=1e-3)
     scores = familiar.novelty(torch.from_numpy(validation).float(), torch.from_numpy(reference)).numpy()
     assert rule["threshold"] == pytest.approx(np.quantile(scores, familiar.QUANTILE))
     assert rule["validation_flagged"] == pytest.approx(0.01) and rule["neighbours"] == familiar.NEIGHBOURS

@@ -205,7 +205,9 @@ class Classifier:
         [N, C, H, W]: uint8 raw pixels (resized and cropped as files are) or float already normalised at
         the model's input size. Files go through `tlkit predict`'s decode (a file that fails is a row with
         its error); PIL images are read as files are (EXIF orientation, RGB or L), at the same geometry.
-        tta: average with the horizontally flipped view. batch_size None: 256 on a GPU, 32 on a CPU."""
+        tta: average with the horizontally flipped view. batch_size None: 256 on a GPU, 32 on a CPU.
+        Each row says whether the input looks like the training photos (familiar, novelty), where the run kept
+        their features (tlkit/familiar.py)."""
         with _call(quiet):
             tta = _switch("tta", tta)
             if batch_size is not None:

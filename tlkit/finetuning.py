@@ -23,7 +23,8 @@ from rich.table import Table
 
 from tlkit import callbacks as cbs, distributed, models
 from tlkit.backbone import Backbone
-from tlkit.checkpoint import RESUME, Checkpoint, ResumeWriter, claim_run, discard_untrained, load_resume, new_run_dir, release_run
+from tlkit.checkpoint import (RESUME, Checkpoint, ResumeWriter, claim_run, discard_untrained, load_resume, new_run_dir,
+                              release_run)
 from tlkit.calibration import calibrate
 from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, FAMILIAR, CheckpointMeta, read_meta, save_meta
 from tlkit.atomic import atomic_write_text, check_writable
@@ -369,7 +370,8 @@ def _familiar(trainer: Trainer, backbone: Backbone, data: TrainingInput, run_dir
         return None
     started = time.perf_counter()
     if isinstance(data.train_loader, FeatureLoader) and not data.train_loader.views:
-        training, validation = (loader.features.float().cpu().numpy() for loader in (data.train_loader, data.val_loader))
+        training, validation = (loader.features.float().cpu().numpy()
+                                for loader in (data.train_loader, data.val_loader))
         how = "the cached features"
     else:
         checkpoint = Checkpoint(backbone=backbone, classes=data.classes, meta=read_meta(run_dir),

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from tlkit import models
 from tlkit.atomic import atomic_write, atomic_write_text, lock_file, unlock_file

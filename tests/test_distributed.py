@@ -26,6 +26,7 @@ import torch.multiprocessing as mp
 from conftest import make_learnable
 from tlkit import finetune
 from tlkit.checkpoint import LATEST, load_checkpoint
+from tlkit.checkpoint_format import FAMILIAR
 from tlkit.cli import main
 
 WORLD = 2
@@ -127,7 +128,7 @@ def test_finetune_matches_one_process_and_rank_0_alone_writes(two_processes, one
     from tlkit.callbacks import tensorboard_available
 
     expected = ["config.yaml", "best.safetensors", "best.json", "resume.pt", "metrics.jsonl", "curves.png",
-                "confusion.png", "report.json", RECORD, *(["tb"] if tensorboard_available() else [])]
+                "confusion.png", "report.json", FAMILIAR, RECORD, *(["tb"] if tensorboard_available() else [])]
     # no leftover temporary files of a second writer
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(expected)
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -175,6 +176,8 @@ def test_predict_gives_one_process_rows_in_order(two_processes, tmp_path):
     assert [row["label"] for row in ours] == [row["label"] for row in theirs]
     for mine, one in zip(ours, theirs):
         assert float(mine["p_cat"]) == pytest.approx(float(one["p_cat"]), abs=2e-6)
+        assert mine["familiar"] == one["familiar"]  # the run's reference, made by two processes, and each row's
+        assert float(mine["novelty"]) == pytest.approx(float(one["novelty"]), abs=1e-4)
 
 
 def test_cached_images_train_as_one_process_does(two_processes, tmp_path):

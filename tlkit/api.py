@@ -37,6 +37,7 @@ from tlkit.decode import pixel_batches, resize_crop
 from tlkit.errors import PYTHON, TlkitError, naming, option
 from tlkit.evaluate import default_out_dir, evaluate_folder
 from tlkit.export import export_checkpoint
+from tlkit.familiar import is_familiar
 from tlkit.features import FeatureSet
 from tlkit.findings import DUPLICATE_SIMILARITY
 from tlkit.backbone import Backbone
@@ -138,7 +139,9 @@ def split(src: Path | str, val: str | int | float | None = "0.2", out: Path | st
 class Prediction:
     """One input's prediction. source: its path, or its index in a list of images or a tensor batch.
     A file that failed to decode has error set (why), label and confidence None, probabilities {}. A multi-label
-    model's: labels holds every label at or above its threshold, label them joined by '|', confidence None."""
+    model's: labels holds every label at or above its threshold, label them joined by '|', confidence None.
+    familiar: whether the input looks like the training photos, from its novelty (the mean cosine distance of its
+    features to the nearest training photos'; tlkit/familiar.py); both None for a checkpoint without them."""
 
     source: Path | int
     label: str | None
@@ -146,10 +149,13 @@ class Prediction:
     probabilities: dict[str, float]
     error: str | None = None
     labels: tuple[str, ...] | None = None
+    familiar: bool | None = None
+    novelty: float | None = None
 
 
 def _rows(sources: list, probabilities: np.ndarray, classes: list[str], failures: dict[int, str],
-          thresholds: list[float] | None = None) -> list[Prediction]:
+          thresholds: list[float] | None = None, novelty: np.ndarray | None = None,
+          threshold: float | None = None) -> list[Prediction]:
     rows = []
     for index, source in enumerate(sources):
         if index in failures:
@@ -157,17 +163,20 @@ def _rows(sources: list, probabilities: np.ndarray, classes: list[str], failures
             continue
         row = probabilities[index]
         every = dict(zip(classes, map(float, row)))
+        said = {} if novelty is None else {"familiar": bool(is_familiar(novelty[index], threshold)),
+                                           "novelty": float(novelty[index])}
         if thresholds is not None:  # multi-label
             labels = tuple(label_set(row, thresholds, classes))
-            rows.append(Prediction(source, SEPARATOR.join(labels), None, every, labels=labels))
+            rows.append(Prediction(source, SEPARATOR.join(labels), None, every, labels=labels, **said))
             continue
         best = int(row.argmax())
-        rows.append(Prediction(source, classes[best], float(row[best]), every))
+        rows.append(Prediction(source, classes[best], float(row[best]), every, **said))
     return rows
 
 
 def predictions_frame(rows: list[Prediction]):
-    """The rows as a pandas DataFrame: source, label, confidence, p_<class> for each class, error.
+    """The rows as a pandas DataFrame: source, label, confidence, familiar and novelty (where the model has
+    them), p_<class> for each class, error.
     pandas comes with cleanlab (what `audit` uses); where it is missing this raises TlkitError.
 
         >>> predictions_frame(classifier.predict("photos/test")).groupby("label").size()
@@ -177,8 +186,10 @@ def predictions_frame(rows: list[Prediction]):
     except ImportError:
         raise TlkitError("predictions_frame needs pandas, which is not installed here: `pip install pandas`, or "
                          "use the list of Prediction rows as it is.") from None
+    familiar = any(row.novelty is not None for row in rows)
     return pandas.DataFrame([{"source": str(row.source) if isinstance(row.source, Path) else row.source,
                               "label": row.label, "confidence": row.confidence,
+                              **({"familiar": row.familiar, "novelty": row.novelty} if familiar else {}),
                               **{f"p_{name}": p for name, p in row.probabilities.items()}, "error": row.error}
                              for row in rows])
 
@@ -208,7 +219,9 @@ class Classifier:
         the model's input size. Files go through `tlkit predict`'s decode (a file that fails is a row with
         its error); PIL images are read as files are (EXIF orientation, RGB or L), at the same geometry.
         tta: average with the horizontally flipped view. batch_size None: 256 on a GPU, 32 on a CPU. threshold: a
-        multi-label model's one threshold for every label (None: each label's own, chosen on validation)."""
+        multi-label model's one threshold for every label (None: each label's own, chosen on validation).
+        Each row says whether the input looks like the training photos (familiar, novelty), where the run kept
+        their features (tlkit/familiar.py)."""
         with _call(quiet):
             tta = _switch("tta", tta)
             thresholds = model_thresholds(self.checkpoint, threshold)
@@ -231,7 +244,8 @@ class Classifier:
         images = find_images([Path(path) for path in paths]).images
         pred = predict_files(self.checkpoint, images, compute=self.compute, batch_size=batch_size,
                              workers=default_workers(), tta=tta, threshold=threshold)
-        return _rows(pred.paths, pred.probabilities, pred.classes, pred.failures, pred.thresholds)
+        return _rows(pred.paths, pred.probabilities, pred.classes, pred.failures, pred.thresholds, pred.novelty,
+                     pred.threshold)
 
     def _predict_pil(self, images: list[Image.Image], tta: bool, batch_size: int | None,
                      thresholds: list[float] | None) -> list[Prediction]:
@@ -282,11 +296,13 @@ class Classifier:
         predict_files' loop (score_batches), on the checkpoint's model prepared once."""
         batches = pixel_batches(images, self.checkpoint.backbone.preprocessing, self.device,
                                 inference_batch_size(self.device, batch_size))
-        probabilities = score_batches(self.checkpoint.inference_model(self.device), batches, count, len(self.classes),
-                                      compute=self.compute, tta=tta, temperature=self.checkpoint.meta.temperature,
-                                      multi_label=thresholds is not None)
-        return _rows(list(range(count)), probabilities, self.classes, with_unscored(probabilities, failures or {}),
-                     thresholds)
+        reference = self.checkpoint.reference(self.device)
+        scores = score_batches(self.checkpoint.inference_model(self.device), batches, count, len(self.classes),
+                               compute=self.compute, tta=tta, temperature=self.checkpoint.meta.temperature,
+                               multi_label=thresholds is not None, reference=reference)
+        return _rows(list(range(count)), scores.probabilities, self.classes,
+                     with_unscored(scores.probabilities, failures or {}), thresholds, scores.novelty,
+                     None if reference is None else reference.threshold)
 
     def evaluate(self, folder: Path | str, *, out: Path | str | None = None, force: bool = False,
                  quiet: bool = False) -> dict:

@@ -92,6 +92,17 @@ class Backbone:
         return [group for group in groups if group["params"]]
 
 
+class TrunkHead(nn.Module):
+    """A Backbone's model as head(trunk(images)), which it equals exactly: inference can then keep the features
+    between the two (the head's input) from the same forward pass."""
+
+    def __init__(self, trunk: nn.Module, head: nn.Module):
+        super().__init__()
+        self.trunk, self.head = trunk, head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(images))
+
 
 def per_channel(values, in_chans: int, *, given_as: str | None = None) -> tuple[float, ...]:
     """A mean or std for `in_chans` channels: as many values as channels, or one value repeated.

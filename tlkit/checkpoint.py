@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from tlkit import models
 from tlkit.atomic import atomic_write, atomic_write_text, lock_file, unlock_file
-from tlkit.backbone import Backbone, for_inference
-from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta, checkpoint_paths, read_meta
+from tlkit.backbone import Backbone, TrunkHead, for_inference
+from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, FAMILIAR, CheckpointMeta, checkpoint_paths, read_meta
 from tlkit.errors import TlkitError, option
+from tlkit.familiar import Reference, load_reference
 from tlkit.ownership import clear, survey, wrote_any
 from tlkit.runtime import relpath
 from tlkit.weights import pickled_global
@@ -30,13 +30,13 @@ RESUME = "resume.pt"
 LATEST = "latest"
 # What a run folder holds: finetune's files, evaluate's evaluate-<data>/ folders, export's model.* files, and
 # temporary names of their atomic writes. --force replaces a folder that holds nothing else.
-RUN_FILES = ("config.yaml", BEST_WEIGHTS, BEST_META, RESUME, "metrics.jsonl", "curves.png", "confusion.png",
+RUN_FILES = ("config.yaml", BEST_WEIGHTS, BEST_META, FAMILIAR, RESUME, "metrics.jsonl", "curves.png", "confusion.png",
              "report.json", "tb")
 # in evaluate-<data>/
 EVALUATE_FILES = ("report.json", "confusion.png", "mistakes.png", "reliability.png", "mistakes.html")
 # What else a run folder written before tlkit kept records (tlkit/ownership.py) held: evaluate's evaluate-<data>/
 # folders, export's model.* files, and temporary names of their atomic writes.
-_RUN_NAMES = re.compile(r"evaluate-.+|model\.(onnx|pt)(\.json)?|\..+\.tmp-\d+|\.model\.(onnx|pt)(\.json)?\.unverified")
+_RUN_NAMES = re.compile(r"evaluate-.+|model\.(onnx|pt)(\.json|\.familiar\.safetensors)?|\..+\.tmp-\d+|\.model\.(onnx|pt)(\.json)?\.unverified")
 _RUN_CONFIG_KEYS = {"backbone", "weights", "runs_dir", "seed"}  # in every config.yaml a run writes
 
 _claims: dict[Path, tuple] = {}  # run folder -> (the open lock file that holds it for this process, its path)
@@ -50,15 +50,25 @@ class Checkpoint:
     classes: list[str]
     meta: CheckpointMeta
     path: Path  # the .safetensors file
-    _prepared: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # device -> inference_model
+    # device -> inference_model; ("reference", device) -> reference
+    _prepared: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def inference_model(self, device: torch.device) -> nn.Module:
+    def inference_model(self, device: torch.device) -> TrunkHead:
         """The model as inference runs it on `device` (backbone.for_inference: eval mode, its layout, BatchNorm
-        folded), made once per checkpoint and device: predicting again (api.Classifier, evaluate) folds nothing
-        again."""
+        folded), cut into trunk and head so that predict keeps the features between them (tlkit/familiar.py);
+        made once per checkpoint and device: predicting again (api.Classifier, evaluate) folds nothing again."""
         if device not in self._prepared:
-            self._prepared[device] = for_inference(self.backbone.model, self.backbone.preprocessing, device)
+            whole = TrunkHead(self.backbone.trunk, self.backbone.head)
+            self._prepared[device] = for_inference(whole, self.backbone.preprocessing, device)
         return self._prepared[device]
+
+    def reference(self, device: torch.device) -> Reference | None:
+        """The training photos' features that predict measures each photo against (tlkit/familiar.py), read once
+        per checkpoint and device; None for a checkpoint without them (said once)."""
+        key = ("reference", device)
+        if key not in self._prepared:
+            self._prepared[key] = load_reference(self.path, self.meta.familiar, device)
+        return self._prepared[key]
 
 
 # ---------------------------------------------------------------- best weights

@@ -22,6 +22,7 @@ from tlkit.version import __version__
 
 BEST_WEIGHTS = "best.safetensors"
 BEST_META = "best.json"
+FAMILIAR = "familiar.safetensors"  # the training photos' trunk features, from which tlkit/familiar.py measures
 FORMAT = "tlkit-checkpoint"
 FORMAT_VERSION = 1  # raise it when a field changes meaning; a reader refuses versions above its own
 
@@ -47,6 +48,8 @@ class CheckpointMeta:
     calibration: dict | None = None  # how the temperature was fitted: images, ECE and NLL before and after
     task: str = "single-label"  # or "multi-label": a sigmoid per class, a photo holds each above its threshold
     thresholds: list[float] | None = None  # best.json of a multi-label run: each class's, chosen on validation
+    # best.json: the reference features' file, k and the threshold of tlkit/familiar.py (None: no familiar column)
+    familiar: dict | None = None
     tlkit_version: str = __version__  # of the tlkit that wrote it
 
     @property
@@ -72,7 +75,7 @@ class CheckpointMeta:
             "config": self.config, "data_source": self.data_source, "processes": self.processes,
             "phase": self.phase, "phases": list(self.phases), "epoch": self.epoch, "metrics": self.metrics,
             "temperature": self.temperature, "calibration": self.calibration, "task": self.task,
-            "thresholds": self.thresholds,
+            "thresholds": self.thresholds, "familiar": self.familiar,
         }
 
     @classmethod
@@ -94,6 +97,7 @@ class CheckpointMeta:
                 calibration=values.get("calibration"), tlkit_version=values.get("tlkit_version", "?"),
                 task=_task(values.get("task", "single-label")), thresholds=_thresholds(values.get("thresholds"),
                                                                                        len(values["classes"])),
+                familiar=_familiar(values.get("familiar")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise TlkitError(f"{relpath(where)} lacks or garbles {error} of what rebuilds the model; it is not the "
@@ -102,6 +106,10 @@ class CheckpointMeta:
     def calibrated(self, calibration: dict) -> CheckpointMeta:
         """This meta with the temperature fitted at the end of the run (tlkit.calibration.calibrate's result)."""
         return replace(self, temperature=calibration["temperature"], calibration=calibration)
+
+    def with_familiar(self, familiar: dict | None) -> CheckpointMeta:
+        """This meta with the rule of tlkit/familiar.py fitted at the end of the run (None: none was)."""
+        return replace(self, familiar=familiar)
 
     def at_epoch(self, row: dict) -> CheckpointMeta:
         """This meta for the weights of one epoch (its history row)."""
@@ -130,6 +138,17 @@ def _thresholds(values, classes: int) -> list[float] | None:
     if len(thresholds) != classes or not all(0 <= value <= 1 for value in thresholds):
         raise ValueError(f"thresholds {values!r}")
     return thresholds
+
+
+def _familiar(value) -> dict | None:
+    """best.json's familiar rule: None, or a file name in the run folder, k >= 1 and a finite threshold."""
+    if value is None:
+        return None
+    file, neighbours, threshold = value["file"], value["neighbours"], float(value["threshold"])
+    if not isinstance(file, str) or Path(file).name != file or not isinstance(neighbours, int) or neighbours < 1 \
+            or not math.isfinite(threshold):
+        raise ValueError(f"familiar {value!r}")
+    return dict(value)
 
 
 def save_best(run_dir: Path, state_dict: dict, meta: CheckpointMeta) -> Path:

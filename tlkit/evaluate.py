@@ -75,7 +75,8 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, co
         return evaluate_multi_label(checkpoint, data_dir, out_dir, compute=compute, batch_size=batch_size,
                                     workers=workers, tta=tta, force=force, mistakes=mistakes)
     paths, targets = labelled_images(data_dir, checkpoint.classes)
-    pred = predict_files(checkpoint, paths, compute=compute, batch_size=batch_size, workers=workers, tta=tta)
+    pred = predict_files(checkpoint, paths, compute=compute, batch_size=batch_size, workers=workers, tta=tta,
+                         familiar=False)  # a report of the labels: no familiar column to fill
     scored = [i for i in range(len(paths)) if i not in pred.failures]
     if not scored:
         raise TlkitError(f"no image in {relpath(Path(data_dir))} could be decoded; check them with `tlkit check`.")

@@ -3,7 +3,8 @@ upstream, kept while it works), with its preprocessing beside it.
 
 Every export is checked before it is kept: the exported model's outputs on real images (or,
 without any that decode, on random ones, said plainly with the files that failed) must match
-PyTorch's, at two batch sizes.
+PyTorch's, at two batch sizes. The training photos' reference features (tlkit/familiar.py) go beside it,
+with their threshold in the sidecar.
 ONNX is checked with onnxruntime when it is installed; otherwise the export says so.
 """
 
@@ -23,6 +24,7 @@ import torch
 
 from tlkit.atomic import atomic_write, atomic_write_text, check_writable
 from tlkit.checkpoint import Checkpoint
+from tlkit.checkpoint_format import FAMILIAR
 from tlkit.config import EXPORT_SUFFIXES
 from tlkit.decode import ImageBatches, draft_side, scale_size
 from tlkit.errors import TlkitError, option
@@ -191,6 +193,11 @@ def sidecar_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
+def reference_path(out: Path) -> Path:
+    """`model.onnx` -> `model.onnx.familiar.safetensors`: the reference features of an export."""
+    return out.with_name(f"{out.name}.{FAMILIAR}")
+
+
 def _verified(fmt: str, path: Path, samples: torch.Tensor, expected: np.ndarray, source: str) -> dict:
     """Run the exported file at batch 1 and at the full sample batch; compare with PyTorch."""
     check = {"format": fmt, "verified_on": source, "batch_sizes": [1, len(samples)]}
@@ -213,8 +220,8 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None,
     refuse_stdout(out, "a model file and its sidecar", python="path")
     out = Path(out) if out is not None else checkpoint.path.with_name(f"model{FORMATS[fmt]}")
     images = list(images) or validation_images(checkpoint)
-    sidecar = sidecar_path(out)
-    for target in (out, sidecar):
+    sidecar, reference = sidecar_path(out), _reference_source(checkpoint)
+    for target in (out, sidecar, *([reference_path(out)] if reference else [])):
         if target.exists() and not force:
             raise TlkitError(f"{relpath(target)} already exists; nothing was written. Use {option('force', True)}, "
                              f"or {option('out', 'FILE', python='path')}.")
@@ -231,33 +238,49 @@ def export_checkpoint(checkpoint: Checkpoint, fmt: str, out: Path | None = None,
     out.parent.mkdir(parents=True, exist_ok=True)
     # The model and its sidecar are written and checked under other names first, and renamed in together: a
     # failed check or write leaves an earlier export in place, and never a model without its sidecar.
-    staged, staged_sidecar = (path.with_name(f".{path.name}.unverified") for path in (out, sidecar))
+    staged, staged_sidecar, staged_reference = (path.with_name(f".{path.name}.unverified")
+                                                for path in (out, sidecar, reference_path(out)))
     try:
         EXPORTERS[fmt](model, samples, staged)
         check = {**_verified(fmt, staged, samples, expected, source), "file": str(out),
                  "images_failed": {str(path): why for path, why in failed.items()}}
-        atomic_write_text(staged_sidecar, json.dumps(_sidecar(checkpoint, check), indent=2))
+        atomic_write_text(staged_sidecar, json.dumps(_sidecar(checkpoint, check, out if reference else None), indent=2))
+        if reference:
+            atomic_write(staged_reference, lambda tmp: shutil.copyfile(reference, tmp))
+            move_into_place(staged_reference, reference_path(out))
         move_into_place(staged, out)
         move_into_place(staged_sidecar, sidecar)
     finally:
-        staged.unlink(missing_ok=True)
-        staged_sidecar.unlink(missing_ok=True)
+        for path in (staged, staged_sidecar, staged_reference):
+            path.unlink(missing_ok=True)
     return check
 
 
-def _sidecar(checkpoint: Checkpoint, check: dict) -> dict:
-    """What a user of the exported model needs beside it: classes, input, preprocessing and decode steps, and the
-    temperature. The exported model outputs the logits as PyTorch does (its check compares them), the division
-    left to the user, as the sidecar says: the labels need no softmax, and a runtime's model stays the network."""
+def _reference_source(checkpoint: Checkpoint) -> Path | None:
+    """The checkpoint's reference features, to go beside the export; None where it has none (said)."""
+    rule = checkpoint.meta.familiar
+    path = checkpoint.path.with_name(rule["file"]) if rule else None
+    if rule and not path.is_file():
+        raise TlkitError(f"{relpath(path)} is missing: it holds the training photos' features that the export's "
+                         "`familiar` signal needs. Copy it back beside the weights, or retrain; nothing was written.")
+    return path
+
+
+def _sidecar(checkpoint: Checkpoint, check: dict, out: Path | None) -> dict:
+    """What a user of the exported model needs beside it: classes, input, preprocessing and decode steps, the
+    temperature, and (out: with reference features beside it) the familiar rule. The exported model outputs the
+    logits as PyTorch does (its check compares them), the division left to the user, as the sidecar says: the
+    labels need no softmax, and a runtime's model stays the network."""
     prep = checkpoint.backbone.preprocessing
     temperature = checkpoint.meta.temperature
+    familiar = {} if out is None else {"familiar": _familiar_words(checkpoint.meta.familiar, out)}
     return {"backbone": checkpoint.meta.backbone, "classes": checkpoint.classes,
             "input": {"layout": "NCHW", "dtype": "float32", "batch": "dynamic", "channels": prep.in_chans,
                       "height": prep.input_size[0], "width": prep.input_size[1]},
             "preprocessing": prep.to_dict(), "decode": decode_steps(prep),
             "output": f"logits: softmax(logits / temperature) gives the calibrated probabilities (temperature "
                       f"{temperature:g}, fitted on the validation photos), the same as tlkit predict's",
-            "temperature": temperature, "check": check, **multi_label_output(checkpoint)}
+            "temperature": temperature, "check": check, **familiar, **multi_label_output(checkpoint)}
 
 
 def multi_label_output(checkpoint: Checkpoint) -> dict:
@@ -268,3 +291,13 @@ def multi_label_output(checkpoint: Checkpoint) -> dict:
     return {"task": MULTI_LABEL, "thresholds": dict(zip(checkpoint.classes, checkpoint.meta.thresholds)),
             "output": "logits: sigmoid(logit) is each class's probability, the same as tlkit predict's; a photo holds "
                       "every class whose probability reaches its threshold (chosen on the validation photos)"}
+
+
+def _familiar_words(rule: dict, out: Path) -> dict:
+    """The familiar rule of tlkit/familiar.py for a user of the export: the file, k, the threshold and how."""
+    return {"file": reference_path(out).name, "neighbours": rule["neighbours"], "threshold": rule["threshold"],
+            "rule": f"features: the trunk's output, the classifier layer's input ({FAMILIAR}'s `features` holds "
+                    "the training photos', float16, each of length 1); novelty: the mean of 1 - cosine similarity "
+                    "to the `neighbours` most similar of them; a photo whose novelty is above `threshold` is unlike "
+                    "the training photos (tlkit predict's familiar false). The exported model outputs the logits "
+                    "only: the features come from the checkpoint's trunk."}

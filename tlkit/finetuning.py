@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,21 +23,25 @@ from rich.table import Table
 
 from tlkit import callbacks as cbs, distributed, models
 from tlkit.backbone import Backbone
-from tlkit.checkpoint import RESUME, ResumeWriter, claim_run, discard_untrained, load_resume, new_run_dir, release_run
+from tlkit.checkpoint import (RESUME, Checkpoint, ResumeWriter, claim_run, discard_untrained, load_resume, new_run_dir,
+                              release_run)
 from tlkit.calibration import calibrate
-from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, CheckpointMeta, read_meta, save_meta
+from tlkit.checkpoint_format import BEST_META, BEST_WEIGHTS, FAMILIAR, CheckpointMeta, read_meta, save_meta
 from tlkit.atomic import atomic_write_text, check_writable
 from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dict, config_yaml, make_config,
                           resolve_config, setting_name)
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError, option
+from tlkit.familiar import fit as fit_familiar, save_reference
+from tlkit.features import FeatureLoader
 from tlkit.inputs import TrainingInput, feature_input, image_input, open_photos
 from tlkit.multilabel import (MULTI_LABEL, SINGLE_LABEL, check_monitor, choose_thresholds, metrics, sigmoid,
                               summary_lines)
+from tlkit.predict import predict_files
 from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, remaining, unused_settings
 from tlkit.report import class_report, plot_confusion, write_report
 from tlkit.run_backbone import create_backbone, run_config
-from tlkit.runtime import Compute, compute_for, info, relpath, result, warn
+from tlkit.runtime import Compute, compute_for, default_workers, info, relpath, result, warn
 from tlkit.train import (PER_BATCH_SCHEDULERS, Diverged, Trainer, evaluate, fit, make_optimizer, make_scheduler,
                          unused_momentum)
 
@@ -199,7 +204,7 @@ def finetune(config_file: Path | str | None = None, *, resume: Path | str | None
                      f"optimizer and {config.scheduler} schedule of its own over the {phase.epochs} epoch(s) left")
             shared[0].enter(phase)
             _fit(trainer, run_dir, source.command, config, dataclasses.replace(meta, phase=phase.name))
-        result = _finish(trainer, shared[0], backbone, data, run_dir)
+        result = _finish(trainer, shared[0], backbone, data, run_dir, source, workers=default_workers(config.workers))
         distributed.barrier()  # every process returns once rank 0 has written the run folder
         return result
 
@@ -318,8 +323,9 @@ def _announce(config: FinetuneConfig, backbone: Backbone, data: TrainingInput, c
 
 
 def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: TrainingInput,
-            run_dir: Path) -> FinetuneResult:
-    """Best weights are back in the model: write the checkpoint, confusion matrix and report; show the summary."""
+            run_dir: Path, source, *, workers: int) -> FinetuneResult:
+    """Best weights are back in the model: write the checkpoint (its temperature and reference features), confusion
+    matrix and report; show the summary."""
     if best.best_state is None:
         raise TlkitError(f"no epoch gave a usable {best.monitor} (NaN: the training diverged); try a lower "
                          f"{option('lr')}.")
@@ -327,15 +333,18 @@ def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: T
     subset, loader = ("test", data.test_loader) if data.test_loader is not None else ("validation", data.val_loader)
     result = evaluate(trainer.model, loader, trainer.normalize, autocast=trainer.autocast, collect=True)
     if data.multi_label:
-        report = _thresholds_report(trainer, data, result, subset, run_dir)
+        report, calibration = _thresholds_report(trainer, data, result, subset, run_dir), None
     else:
         report = {**class_report(result["targets"], result["predictions"], data.classes), "subset": subset}
         calibration = _calibrate(trainer, data, result if subset == "validation" else None)
         report["calibration"] = calibration
+    familiar = _familiar(trainer, backbone, data, run_dir, source, workers)
     backbone.model.to(memory_format=torch.contiguous_format)  # handed back as a checkpoint loads: plain NCHW
     # best.safetensors was written by BestWeights (when that epoch or the head phase ended); not again here.
-    if distributed.is_main() and not data.multi_label:  # under torchrun rank 0 alone writes (all hold the results)
-        save_meta(run_dir, read_meta(run_dir).calibrated(calibration))
+    if distributed.is_main():  # under torchrun rank 0 alone writes (every process holds the same results)
+        meta = read_meta(run_dir).with_familiar(familiar)
+        save_meta(run_dir, meta if data.multi_label else meta.calibrated(calibration))
+    if distributed.is_main() and not data.multi_label:
         plot_confusion(run_dir / "confusion.png", result["targets"], result["predictions"], data.classes)
     if distributed.is_main():
         write_report(run_dir / "report.json", report)
@@ -343,6 +352,8 @@ def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: T
     outputs = {name: run_dir / name for name in (
         "config.yaml", BEST_WEIGHTS, BEST_META, RESUME, "metrics.jsonl", "curves.png", "confusion.png", "report.json")
         if name != "confusion.png" or not data.multi_label}
+    if familiar is not None:
+        outputs["familiar"] = run_dir / FAMILIAR
     if (run_dir / "tb").is_dir():
         outputs["tb"] = run_dir / "tb"
     _print_summary(trainer.history, best.best_epoch, report, outputs, skipped)
@@ -370,6 +381,44 @@ def _calibrate(trainer: Trainer, data: TrainingInput, on_validation: dict | None
         on_validation = evaluate(trainer.model, data.val_loader, trainer.normalize, autocast=trainer.autocast,
                                  collect=True)
     return calibrate(on_validation["logits"], on_validation["targets"])
+
+
+def _familiar(trainer: Trainer, backbone: Backbone, data: TrainingInput, run_dir: Path, source,
+              workers: int) -> dict | None:
+    """The training photos' trunk features under the final weights, written as familiar.safetensors, and the
+    threshold set on the validation photos' (tlkit/familiar.py), for best.json. They are the cached features where
+    the trunk stayed as it made them (the head trained on them alone, without augmented views); else one pass of
+    predict's loop over the photos (docs/benchmarks.md, "Familiar": its cost). None for a source that is not
+    photo folders (tlkit train's datasets)."""
+    if not source.caches:
+        info("no reference features for `familiar` at predict time: they are kept for runs on photo folders")
+        return None
+    started = time.perf_counter()
+    if isinstance(data.train_loader, FeatureLoader) and not data.train_loader.views:
+        training, validation = (loader.features.float().cpu().numpy()
+                                for loader in (data.train_loader, data.val_loader))
+        how = "the cached features"
+    else:
+        checkpoint = Checkpoint(backbone=backbone, classes=data.classes, meta=read_meta(run_dir),
+                                path=run_dir / BEST_WEIGHTS)
+        training, validation = (_photo_features(checkpoint, source.split, subset, trainer.compute, workers)
+                                for subset in ("training", "validation"))
+        how = "a pass over the training and validation photos"
+    reference, rule = fit_familiar(training, validation, seconds=time.perf_counter() - started, source=how)
+    if distributed.is_main():
+        save_reference(run_dir / FAMILIAR, reference)
+    info(f"familiar: {len(reference)} training photos' features from {how} ({rule['seconds']:.1f} s); photos "
+         f"further from them than {rule['threshold']:.4f} (mean cosine distance to the {rule['neighbours']} "
+         f"nearest) are marked unfamiliar, as {rule['validation_flagged']:.1%} of the validation photos are")
+    return rule
+
+
+def _photo_features(checkpoint: Checkpoint, split, subset: str, compute: Compute, workers: int) -> np.ndarray:
+    """The trunk's features of a subset's photos as predict computes them; those that fail to decode left out."""
+    paths = [split.subset(subset) / relative for relative, _ in split.images(subset)]
+    pred = predict_files(checkpoint, paths, compute=compute, workers=workers, familiar=False,
+                         keep_features=True)
+    return pred.features[[index for index in range(len(paths)) if index not in pred.failures]]
 
 
 def _print_summary(history: list[dict], best_epoch: int, report: dict, outputs: dict, skipped: list[str]) -> None:

@@ -2,7 +2,8 @@
 
 The model comes from a checkpoint alone (tlkit.checkpoint.load_checkpoint); images go
 through the same batched decode as precompute (tlkit.decode). A file that fails to decode
-is a row with an error, never the end of the run. Writes only the outputs it is asked for.
+is a row with an error, never the end of the run. The same forward pass keeps the trunk's features, which say
+how unlike the training photos each one is (tlkit/familiar.py). Writes only the outputs it is asked for.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ import torch
 
 from tlkit import distributed
 from tlkit.atomic import atomic_write_text, check_writable
+from tlkit.backbone import TrunkHead
 from tlkit.checkpoint import Checkpoint
 from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import Batch, ImageBatches
 from tlkit.errors import TlkitError, option
+from tlkit.familiar import Reference, is_familiar
 from tlkit.multilabel import MULTI_LABEL, checked_threshold, decisions, predictions_csv, predictions_json
 from tlkit.ownership import why_kept
 from tlkit.pathtext import is_stdout, path_text, write_stdout
@@ -45,6 +48,9 @@ class Predictions:
     failures: dict[int, str]
     seconds: float
     thresholds: list[float] | None = None  # a multi-label model's, one per class: probabilities are sigmoids
+    novelty: np.ndarray | None = None  # float32 [N]: with the checkpoint's reference features (tlkit/familiar.py)
+    threshold: float | None = None  # novelty above it: unlike the training photos
+    features: np.ndarray | None = None  # float32 [N, D] the trunk's, when asked for (keep_features)
 
     def predicted(self) -> np.ndarray:
         return np.nan_to_num(self.probabilities, nan=-1.0).argmax(axis=1)
@@ -60,6 +66,11 @@ class Predictions:
         return {name: int((given == index).sum()) for index, name in enumerate(self.classes)}
 
 
+    def familiar(self) -> np.ndarray | None:
+        """[N] bool: whether each photo is like the training photos (its novelty at most the threshold)."""
+        return None if self.novelty is None else is_familiar(self.novelty, self.threshold)
+
+
 def model_thresholds(checkpoint: Checkpoint, threshold: float | None = None) -> list[float] | None:
     """A multi-label model's thresholds: threshold (--threshold) for every class where given, else those chosen on
     its validation photos (best.json); None for a single-label model, which takes no threshold."""
@@ -70,6 +81,14 @@ def model_thresholds(checkpoint: Checkpoint, threshold: float | None = None) -> 
                              "model; this one gives each photo its one most probable class. Leave it out.")
         return None
     return [threshold] * len(checkpoint.classes) if threshold is not None else list(checkpoint.meta.thresholds)
+
+@dataclass
+class Scores:
+    """score_batches' rows: NaN where no batch held the index (a failed decode)."""
+
+    probabilities: np.ndarray  # float32 [N, C]
+    novelty: np.ndarray | None  # float32 [N]: with a reference
+    features: np.ndarray | None  # float32 [N, D]: with keep_features
 
 
 @dataclass
@@ -118,9 +137,10 @@ def _first_time(paths: list[Path], seen: set[Path]) -> list[Path]:
 
 def predict_files(checkpoint: Checkpoint, paths: list[Path], *, compute: Compute, batch_size: int | None = None,
                   workers: int = 0, tta: bool = False, gpu_decode: bool | None = None,
-                  threshold: float | None = None) -> Predictions:
+                  threshold: float | None = None, familiar: bool = True, keep_features: bool = False) -> Predictions:
     """Softmax probabilities of every image, calibrated by the checkpoint's temperature; with tta, averaged with
-    the horizontally flipped view.
+    the horizontally flipped view. familiar: each image's novelty too, where the checkpoint has reference
+    features (Checkpoint.reference); keep_features: the trunk's features of each image.
     compute: the device and arithmetic (runtime.compute_for).
     batch_size None: runtime.inference_batch_size. The model runs with its BatchNorm folded, once per checkpoint
     (Checkpoint.inference_model).
@@ -132,18 +152,30 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, compute: Compute
     device = compute.device
     distributed.setup(device)
     model = checkpoint.inference_model(device)
+    reference = checkpoint.reference(device) if familiar else None
     mine = distributed.shard(range(len(paths)))  # every file in a single process
     batches = ImageBatches([paths[index] for index in mine], checkpoint.backbone.preprocessing, device=device,
                            batch_size=inference_batch_size(device, batch_size), workers=workers, gpu_decode=gpu_decode)
     started = time.perf_counter()
-    probabilities = score_batches(model, batches, len(mine), len(checkpoint.classes), compute=compute, tta=tta,
-                                  temperature=checkpoint.meta.temperature, multi_label=thresholds is not None)
+    scores = score_batches(model, batches, len(mine), len(checkpoint.classes), compute=compute, tta=tta,
+                           temperature=checkpoint.meta.temperature, multi_label=thresholds is not None,
+                           reference=reference, keep_features=keep_features)
     failures = {mine[index]: why for index, why in batches.failures.items()}
     if distributed.world_size() > 1:
-        probabilities, failures = distributed.unshard_rows(probabilities, failures, len(paths), everywhere=True)
-    return Predictions(paths=list(paths), probabilities=probabilities, classes=list(checkpoint.classes),
-                       failures=with_unscored(probabilities, failures), seconds=time.perf_counter() - started,
-                       thresholds=thresholds)
+        scores, failures = _unshard(scores, failures, len(paths))
+    return Predictions(paths=list(paths), probabilities=scores.probabilities, classes=list(checkpoint.classes),
+                       failures=with_unscored(scores.probabilities, failures), seconds=time.perf_counter() - started,
+                       thresholds=thresholds, novelty=scores.novelty,
+                       threshold=None if reference is None else reference.threshold, features=scores.features)
+
+
+def _unshard(scores: Scores, failures: dict[int, str], count: int) -> tuple[Scores, dict[int, str]]:
+    """Every process's rows of each score, in file order (distributed.unshard_rows), on every process."""
+    parts = [scores.probabilities, scores.novelty, scores.features]
+    whole = [None if part is None else distributed.unshard_rows(part.reshape(len(part), -1), failures, count,
+                                                                everywhere=True) for part in parts]
+    probabilities, novelty, features = [None if part is None else part[0] for part in whole]
+    return Scores(probabilities, None if novelty is None else novelty[:, 0], features), whole[0][1]
 
 
 def with_unscored(probabilities: np.ndarray, failures: dict[int, str]) -> dict[int, str]:
@@ -153,38 +185,47 @@ def with_unscored(probabilities: np.ndarray, failures: dict[int, str]) -> dict[i
     return {**{int(index): UNSCORED for index in unscored}, **failures}
 
 
-def score_batches(model: torch.nn.Module, batches: Iterable[Batch], count: int, num_classes: int, *,
-                  compute: Compute, tta: bool = False, temperature: float = 1.0,
-                  multi_label: bool = False) -> np.ndarray:
+def score_batches(model: TrunkHead, batches: Iterable[Batch], count: int, num_classes: int, *,
+                  compute: Compute, tta: bool = False, temperature: float = 1.0, multi_label: bool = False,
+                  reference: Reference | None = None, keep_features: bool = False) -> Scores:
     """The one inference loop, of predict_files and tlkit.api's Classifier: softmax probabilities [count,
     num_classes] of each batch's normalised images at its indices, NaN where no batch held an index (a failed
     decode); with tta averaged with the horizontally flipped view. compute: the device's autocast. temperature:
     the checkpoint's (tlkit/calibration.py), which divides the logits before the softmax. multi_label: each class's
-    own sigmoid instead of the softmax (a multi-label model's)."""
+    own sigmoid instead of the softmax (a multi-label model's). From the same forward pass, the trunk's features:
+    each image's novelty against a reference (tlkit/familiar.py), and the features themselves with keep_features."""
     probabilities = np.full((count, num_classes), np.nan, dtype=np.float32)
+    novelty = None if reference is None else np.full(count, np.nan, dtype=np.float32)
+    kept = None
     with progress() as bar, torch.inference_mode(), compute.autocast():
         task = bar.add_task("predicting", total=count)
         for batch in batches:
-            scores = _class_scores(model, batch.images, tta, temperature, multi_label)
+            scores, features = _class_scores(model, batch.images, tta, temperature, multi_label)
             probabilities[batch.indices] = scores.cpu().numpy()
+            if reference is not None:
+                novelty[batch.indices] = reference.novelty(features).cpu().numpy()
+            if keep_features:
+                kept = np.full((count, features.shape[1]), np.nan, dtype=np.float32) if kept is None else kept
+                kept[batch.indices] = features.cpu().numpy()
             bar.advance(task, len(batch.indices))
         bar.update(task, completed=count)
-    return probabilities
+    return Scores(probabilities, novelty, kept)
 
 
-def _class_scores(model: torch.nn.Module, images: torch.Tensor, tta: bool = False,
-                  temperature: float = 1.0, multi_label: bool = False) -> torch.Tensor:
-    """Softmax probabilities of a normalised batch at `temperature` (multi_label: sigmoids); with tta, averaged with
-    the horizontally flipped view. Called inside inference_mode and the autocast of the run's precision
-    (score_batches)."""
-    def scores_of(batch: torch.Tensor) -> torch.Tensor:
-        logits = model(batch).float() / temperature
+def _class_scores(model: TrunkHead, images: torch.Tensor, tta: bool = False, temperature: float = 1.0,
+                  multi_label: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax probabilities of a normalised batch at `temperature` (multi_label: sigmoids), with tta averaged with
+    the horizontally flipped view; the trunk's float32 features of the unflipped view, as the reference's were
+    made). Called inside inference_mode and the autocast of the run's precision (score_batches)."""
+    def scores_of(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float() / temperature
         return logits.sigmoid() if multi_label else logits.softmax(dim=1)
 
-    scores = scores_of(images)
+    features = model.trunk(images)
+    scores = scores_of(model.head(features))
     if tta:
-        scores = (scores + scores_of(images.flip(-1))) / 2
-    return scores
+        scores = (scores + scores_of(model(images.flip(-1)))) / 2
+    return scores, features.float()
 
 
 # ---------------------------------------------------------------- writing predictions
@@ -202,10 +243,12 @@ def _csv_text(pred: Predictions, topk: int | None) -> str:
         extra = [name for rank in range(1, topk + 1) for name in (f"top{rank}", f"p{rank}")]
     else:
         extra = [f"p_{name}" for name in pred.classes]
-    writer.writerow(["path", "label", "confidence", *extra, "error"])
+    familiar = pred.familiar()
+    novelty = [] if familiar is None else ["familiar", "novelty"]
+    writer.writerow(["path", "label", "confidence", *novelty, *extra, "error"])
     for index, path in enumerate(pred.paths):
         if index in pred.failures:
-            writer.writerow([path_text(path), "", "", *([""] * len(extra)), pred.failures[index]])
+            writer.writerow([path_text(path), "", "", *([""] * (len(novelty) + len(extra))), pred.failures[index]])
             continue
         row = pred.probabilities[index]
         (label, confidence), *_ = _top(row, pred.classes, 1)
@@ -213,20 +256,23 @@ def _csv_text(pred: Predictions, topk: int | None) -> str:
             values = [v for name, p in _top(row, pred.classes, topk) for v in (name, f"{p:.6f}")]
         else:
             values = [f"{p:.6f}" for p in row]
-        writer.writerow([path_text(path), label, f"{confidence:.6f}", *values, ""])
+        said = [] if familiar is None else [str(bool(familiar[index])).lower(), f"{pred.novelty[index]:.6f}"]
+        writer.writerow([path_text(path), label, f"{confidence:.6f}", *said, *values, ""])
     return buffer.getvalue()
 
 
 def _json_text(pred: Predictions, topk: int | None) -> str:
-    records = []
+    records, familiar = [], pred.familiar()
     for index, path in enumerate(pred.paths):
         if index in pred.failures:
             records.append({"path": path_text(path), "error": pred.failures[index]})
             continue
         row = pred.probabilities[index]
         ranked = _top(row, pred.classes, topk or len(pred.classes))
-        records.append({"path": path_text(path), "label": ranked[0][0], "confidence": ranked[0][1],
-                        "probabilities": dict(ranked)})
+        record = {"path": path_text(path), "label": ranked[0][0], "confidence": ranked[0][1]}
+        if familiar is not None:
+            record.update(familiar=bool(familiar[index]), novelty=float(pred.novelty[index]))
+        records.append({**record, "probabilities": dict(ranked)})
     return json.dumps(records, indent=1)
 
 

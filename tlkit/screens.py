@@ -213,6 +213,12 @@ def predictions(pred, found, target: Path, *, table: bool) -> None:
         counted.add_row(label, str(predicted[label]))
     if table:
         result(counted)
+    familiar = pred.familiar()
+    if familiar is not None:
+        scored = [n for n in range(len(paths)) if n not in pred.failures]
+        unlike = sum(not familiar[n] for n in scored)
+        info(f"unlike the training photos (familiar false: novelty above {pred.threshold:.4f}): {unlike} of "
+             f"{len(scored)}")
     if found.non_images:
         info(f"non-image files passed over: {found.non_images}")
     list_paths("hidden files and folders passed over (name a file to predict it)",

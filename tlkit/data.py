@@ -112,6 +112,11 @@ class FolderDataset(ImageFolder):
         if empty:
             raise TlkitError(f"class folder(s) {', '.join(empty)} of {relpath(root)} hold no images.")
 
+    @property
+    def labels(self) -> list[int]:
+        """The class index of every image, as the other datasets name it (ImageFolder's `targets`)."""
+        return self.targets
+
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         classes = class_folders(Path(directory))
         return classes, {name: index for index, name in enumerate(classes)}
@@ -168,8 +173,10 @@ class EpochRows:
     The image sampler and the loaders of cached rows (features, decoded images) are built on it, so
     an epoch is the same rows in the same order whichever of them serves it."""
 
-    def __init__(self, size: int, *, batch_size: int, shuffle: bool, seed: int):
+    def __init__(self, size: int, *, batch_size: int, shuffle: bool, seed: int,
+                 draw_weights: torch.Tensor | None = None):
         self.size, self.batch_size, self.shuffle, self.seed, self.epoch = size, batch_size, shuffle, seed, 1
+        self.draw_weights = draw_weights  # rows drawn with replacement in proportion to these (balanced_draw)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -189,12 +196,20 @@ class EpochRows:
         """The epoch's generator and whole order. Draw per-row randomness from the generator next, for
         every row, before _mine(): what a row gets must not depend on the number of processes."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.draw_weights is not None:  # torch's WeightedRandomSampler draws so
+            return generator, torch.multinomial(self.draw_weights, self.size, replacement=True, generator=generator)
         order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
         return generator, order
 
     def _mine(self, order: torch.Tensor) -> torch.Tensor:
         """This process's rows of the order, in batches' order."""
         return order[self._share()][:self._rows()]
+
+
+def balanced_draw(labels) -> torch.Tensor:
+    """Each row's chance of being drawn, such that every class is drawn equally often (--class-weights sampler)."""
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    return (1.0 / torch.bincount(labels).double())[labels]
 
 
 class EpochSampler(EpochRows, torch.utils.data.Sampler):

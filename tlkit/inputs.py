@@ -99,6 +99,7 @@ class TrainingInput:
     normalize: Callable[[torch.Tensor], torch.Tensor]  # a loader's batch -> the module's input, on the device
     module: nn.Module  # what trains: the whole classifier, or its head on cached features
     sizes: tuple[int, int]  # training and validation images, for the run's first line
+    train_labels: list[int]  # the class index of every training image: the loss's class weights count them
     test_loader: object | None = None  # the final report's images, where the data has a test split
 
 
@@ -112,7 +113,8 @@ def image_input(config: FinetuneConfig, backbone: Backbone, compute: Compute, so
     return TrainingInput(
         classes=data.classes, train_loader=data.train_loader, val_loader=data.val_loader,
         train_sampler=data.train_sampler, normalize=Normalizer(prep, device), module=backbone.model,
-        sizes=(len(data.train_set), len(data.val_set)), test_loader=getattr(data, "test_loader", None))
+        sizes=(len(data.train_set), len(data.val_set)), train_labels=[int(label) for label in data.train_set.labels],
+        test_loader=getattr(data, "test_loader", None))
 
 
 def cached_features(config: FinetuneConfig, backbone: Backbone, compute: Compute, split: SplitFolders, *,
@@ -131,8 +133,8 @@ def feature_input(config: FinetuneConfig, backbone: Backbone, compute: Compute, 
     device = compute.device
     backbone.model.to(device)
     train_loader = FeatureLoader(sets["training"], batch_size=config.batch_size, device=device, shuffle=True,
-                                 seed=config.seed)
+                                 seed=config.seed, balanced=config.class_weights == "sampler")
     val_loader = FeatureLoader(sets["validation"], batch_size=config.batch_size, device=device, shuffle=False)
     return TrainingInput(classes=split.classes, train_loader=train_loader, val_loader=val_loader,
                          train_sampler=train_loader, normalize=to_device_float(device), module=backbone.head,
-                         sizes=(train_loader.size, val_loader.size))
+                         sizes=(train_loader.size, val_loader.size), train_labels=sets["training"].labels.tolist())

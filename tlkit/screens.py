@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from tlkit.imbalance import imbalance_note
 from tlkit.pathtext import is_stdout, shown
 from tlkit.runtime import info, relpath, reporter, result, warn
 
@@ -64,6 +65,13 @@ def split_plan(scan, plan, seed: int) -> None:
     totals = [sum(counts[s].values()) for s in SUBSETS]
     table.add_row("[bold]all", *(f"[bold]{n}" for n in (*totals, sum(totals))))
     result(table)
+    _imbalance({label: counts["training"][label] for label in scan.classes})
+
+
+def _imbalance(counts) -> None:
+    """One line when the classes are imbalanced (tlkit.imbalance.imbalance_note), below their table."""
+    if (note := imbalance_note(dict(counts))) is not None:
+        warn(note)
 
 
 def split_written(plan) -> None:
@@ -84,6 +92,7 @@ def folder_check(check) -> None:
         table.add_row(label, str(count))
     table.add_row("[bold]all", f"[bold]{len(scan.images)}")
     result(table)
+    _imbalance(scan.class_counts())
     infos = scan.details.values()
     widths, heights = [i.width for i in infos], [i.height for i in infos]
     modes = ", ".join(f"{mode} {n}" for mode, n in sorted(Counter(i.mode for i in infos).items()))
@@ -212,7 +221,8 @@ def predictions(pred, found, target: Path, *, table: bool) -> None:
 
 def evaluation(report: dict, classes: list[str], folder: Path, out_dir: Path) -> None:
     """evaluate's report (tlkit.evaluate.evaluate_folder) as a table per class, and where it was written."""
-    table = Table(title=f"{relpath(folder)}: accuracy {report['accuracy']:.4f} on {report['images']} images")
+    table = Table(title=f"{relpath(folder)}: accuracy {report['accuracy']:.4f} (balanced {report['balanced_accuracy']:.4f}, "
+                        f"macro F1 {report['macro_f1']:.4f}) on {report['images']} images")
     for column in ("class", "precision", "recall", "f1", "images"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for label in classes:

@@ -1,0 +1,81 @@
+"""Class imbalance (issue 32): --class-weights none, balanced and sampler on imbalanced cats-vs-dogs.
+
+From the shared photos (1,001 cats, 1,001 dogs): a balanced validation set (200 + 200, seeded), and training sets
+of every remaining dog (801) with 1/3, 1/10 and 1/50 as many cats (267, 80, 16; drawn by --draws seeds), linked
+into a temporary folder. Each is one feature cache: `tlkit finetune --backbone efficientnet_lite0
+--precompute-features` computes it in the first run, and every setting compared trains on it. Validation is
+balanced, so its accuracy is the balanced accuracy; the cats' recall is the minority's.
+
+    python scripts/bench_imbalance.py [--photos ../shared/data/dogs-vs-cats-2k/train] [--draws 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+from tlkit import cli
+
+SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "dogs-vs-cats-2k" / "train"
+VAL_PER_CLASS = 200
+RATIOS = (3, 10, 50)  # dogs over cats in training
+SETTINGS = ("none", "balanced", "sampler", "auto")
+
+
+def link(photos: list[Path], folder: Path) -> None:
+    for photo in photos:
+        target = folder / photo.name.split(".")[0] / photo.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(photo, target)
+        except OSError:  # another file system, or one without hard links
+            shutil.copy2(photo, target)
+
+
+def make_split(photos: Path, folder: Path, ratio: int, draw: int) -> Path:
+    """folder/training (every dog of the pool, 1/ratio as many cats) and folder/validation (balanced)."""
+    by_class = {name: sorted(photos.glob(f"{name}.*.jpg")) for name in ("cat", "dog")}
+    for name, files in by_class.items():
+        random.Random(0).shuffle(files)  # the same validation photos in every case
+    link([p for files in by_class.values() for p in files[:VAL_PER_CLASS]], folder / "validation")
+    dogs, cats = (by_class[name][VAL_PER_CLASS:] for name in ("dog", "cat"))
+    random.Random(draw).shuffle(cats)
+    link(dogs + cats[:len(dogs) // ratio], folder / "training")
+    return folder
+
+
+def run(data: Path, runs: Path, name: str, setting: str) -> dict:
+    argv = ["-q", "finetune", "--data", str(data), "--backbone", "efficientnet_lite0", "--precompute-features",
+            "--class-weights", setting, "--runs-dir", str(runs), "--name", name]
+    if cli.main(argv) != 0:
+        raise SystemExit(f"tlkit {' '.join(argv)} failed")
+    return json.loads((runs / name / "report.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photos", type=Path, default=SHARED_PHOTOS)
+    parser.add_argument("--draws", type=int, default=2, help="draws of the minority's photos per ratio")
+    args = parser.parse_args()
+    rows = ["| training dogs:cats | draw | --class-weights | balanced accuracy | macro F1 | cat recall | dog recall |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    with tempfile.TemporaryDirectory() as scratch:
+        for ratio in RATIOS:
+            for draw in range(args.draws):
+                data = make_split(args.photos, Path(scratch) / f"r{ratio}-d{draw}", ratio, draw)
+                for setting in SETTINGS:
+                    report = run(data, Path(scratch) / "runs", f"r{ratio}-d{draw}-{setting}", setting)
+                    rows.append(f"| {ratio}:1 | {draw} | {setting} | {report['balanced_accuracy']:.4f} | "
+                                f"{report['macro_f1']:.4f} | {report['recall']['cat']:.4f} | "
+                                f"{report['recall']['dog']:.4f} |")
+                    print(rows[-1], flush=True)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -148,3 +148,17 @@ def test_check_and_split_say_when_the_classes_are_imbalanced(tmp_path, capsys):
     even = make_flat(tmp_path / "even", {"cat": 8, "dog": 8})
     assert cli.main(["check", str(even)]) == 0
     assert "imbalanced" not in capsys.readouterr().err
+
+
+def test_the_sampler_draws_every_class_equally_often_on_the_images_and_the_cache(imbalanced, tmp_path):
+    for cached in (False, True):
+        run = finetune_on(imbalanced, tmp_path, f"sampler-{cached}", class_weights="sampler", epochs=1,
+                          precompute_features=cached, freeze="trunk")
+        assert run.report["recall"]["cat"] > 0
+    from tlkit.data import EpochSampler
+
+    sampler = EpochSampler(44, seed=0)
+    sampler.balance_classes([0] * 4 + [1] * 40)
+    drawn = [row for row, _ in sampler]
+    cats = sum(row < 4 for row in drawn)
+    assert len(drawn) == 44 and 15 <= cats <= 29  # about half, where the order without it holds 4

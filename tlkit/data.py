@@ -173,10 +173,15 @@ class EpochRows:
     The image sampler and the loaders of cached rows (features, decoded images) are built on it, so
     an epoch is the same rows in the same order whichever of them serves it."""
 
-    def __init__(self, size: int, *, batch_size: int, shuffle: bool, seed: int,
-                 draw_weights: torch.Tensor | None = None):
+    def __init__(self, size: int, *, batch_size: int, shuffle: bool, seed: int):
         self.size, self.batch_size, self.shuffle, self.seed, self.epoch = size, batch_size, shuffle, seed, 1
-        self.draw_weights = draw_weights  # rows drawn with replacement in proportion to these (balanced_draw)
+        self.draw_weights: torch.Tensor | None = None  # rows drawn with replacement in proportion to these
+
+    def balance_classes(self, labels) -> None:
+        """From now on each epoch draws its rows with replacement, every class as often as the others
+        (--class-weights sampler), as torch's WeightedRandomSampler draws them. `labels`: each row's class."""
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        self.draw_weights = (1.0 / torch.bincount(labels).double())[labels]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -204,12 +209,6 @@ class EpochRows:
     def _mine(self, order: torch.Tensor) -> torch.Tensor:
         """This process's rows of the order, in batches' order."""
         return order[self._share()][:self._rows()]
-
-
-def balanced_draw(labels) -> torch.Tensor:
-    """Each row's chance of being drawn, such that every class is drawn equally often (--class-weights sampler)."""
-    labels = torch.as_tensor(labels, dtype=torch.long)
-    return (1.0 / torch.bincount(labels).double())[labels]
 
 
 class EpochSampler(EpochRows, torch.utils.data.Sampler):

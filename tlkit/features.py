@@ -25,7 +25,7 @@ from tlkit.cache import (
     CACHE_FORMAT, commit, default_cache_root, digest_rows, file_rows, kept_rows, new_staging, read_manifest,
     subset_entry, to_device, why_stale,
 )
-from tlkit.data import EpochRows, SplitFolders, balanced_draw, open_split, train_load
+from tlkit.data import EpochRows, SplitFolders, open_split, train_load
 from tlkit.decode import ImageBatches
 from tlkit.errors import option
 from tlkit.runtime import (
@@ -218,13 +218,12 @@ class FeatureLoader(EpochRows):
     """
 
     def __init__(self, feature_set: FeatureSet, *, batch_size: int, device: torch.device, shuffle: bool,
-                 seed: int = 0, balanced: bool = False):
+                 seed: int = 0):
         features = to_device(feature_set.features, device, "cached features")
         if isinstance(features, np.ndarray):  # on the CPU, or too large for the GPU: host memory
             features = torch.from_numpy(np.array(features))  # a writable copy of the memory map
             features = features.pin_memory() if device.type == "cuda" else features
-        super().__init__(len(feature_set.labels), batch_size=batch_size, shuffle=shuffle, seed=seed,
-                         draw_weights=balanced_draw(feature_set.labels) if balanced else None)
+        super().__init__(len(feature_set.labels), batch_size=batch_size, shuffle=shuffle, seed=seed)
         self.features, self.device = features, device
         self.labels = torch.from_numpy(feature_set.labels).to(features.device)
         self.views = features.shape[0] if features.dim() == 3 else 0

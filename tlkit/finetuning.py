@@ -122,6 +122,7 @@ def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneC
                          f"{option('config', python='config_file')}.")
     state = load_resume(resume)
     saved, settings = state["meta"].config, checked_settings(settings, FLAGS)
+    saved.setdefault("class_weights", "none")  # a run from before --class-weights trained unweighted, and goes on so
     asked = settings.get("backbone")
     if asked is not None and asked != saved["backbone"]:
         raise TlkitError(

@@ -1,5 +1,5 @@
-"""Class imbalance: --class-weights (the loss's weights, the balanced sampler), the balanced accuracy, macro F1 and
-recall per class in what a run and evaluate report, --monitor on them, and the line check and split say."""
+"""Class imbalance: --class-weights (the loss's weights), the balanced accuracy, macro F1 and recall per class in
+what a run and evaluate report, --monitor on them, and the line check and split say."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_auto_weighs_from_the_stated_ratio_on_and_none_never():
     at = [0] * 30 + [1] * 10
     assert loss_weights("auto", below, 2) is None and IMBALANCE_RATIO == 3
     assert np.allclose(loss_weights("auto", at, 2), loss_weights("balanced", at, 2))
-    assert loss_weights("none", at, 2) is None and loss_weights("sampler", at, 2) is None
+    assert loss_weights("none", at, 2) is None
 
 
 def test_the_weighted_loss_is_torchs_without_smoothing_and_smooths_each_image_as_unweighted():
@@ -95,21 +95,23 @@ def test_balance_scores_are_scikit_learns():
 # ---------------------------------------------------------------- what a run shows
 
 
-@pytest.fixture(scope="module")
-def unweighted(imbalanced, tmp_path_factory) -> api.Run:
-    return finetune_on(imbalanced, tmp_path_factory.mktemp("runs"), "none", class_weights="none")
-
-
-@pytest.mark.parametrize("how", ["balanced", "sampler"])
-def test_weights_or_the_sampler_raise_the_minority_recall_of_an_imbalanced_run(imbalanced, unweighted, tmp_path, how):
-    evened = finetune_on(imbalanced, tmp_path, how, class_weights=how)
-    assert evened.report["recall"]["cat"] > unweighted.report["recall"]["cat"]
-    assert evened.report["balanced_accuracy"] > unweighted.report["balanced_accuracy"]
-    report = json.loads((evened.path / "report.json").read_text())
-    assert report["balanced_accuracy"] == evened.report["balanced_accuracy"]
+def test_balanced_weights_raise_the_minority_recall_of_an_imbalanced_run(imbalanced, tmp_path):
+    unweighted = finetune_on(imbalanced, tmp_path, "none", class_weights="none")
+    weighted = finetune_on(imbalanced, tmp_path, "balanced", class_weights="balanced")
+    assert weighted.report["recall"]["cat"] > unweighted.report["recall"]["cat"]
+    assert weighted.report["balanced_accuracy"] > unweighted.report["balanced_accuracy"]
+    report = json.loads((weighted.path / "report.json").read_text())
+    assert report["balanced_accuracy"] == weighted.report["balanced_accuracy"]
     assert set(report["recall"]) == {"cat", "dog"} and "macro_f1" in report
-    rows = [json.loads(line) for line in (evened.path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (weighted.path / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= row["val_balanced_acc"] <= 1 and 0 <= row["val_macro_f1"] <= 1 for row in rows)
+
+
+def test_balanced_weights_act_on_the_images_too(imbalanced, tmp_path):
+    on_images = dict(precompute_features=False, freeze="trunk", epochs=1)
+    unweighted = finetune_on(imbalanced, tmp_path, "none", class_weights="none", **on_images)
+    weighted = finetune_on(imbalanced, tmp_path, "balanced", class_weights="balanced", **on_images)
+    assert weighted.history[0]["train_loss"] != unweighted.history[0]["train_loss"]
 
 
 def test_auto_weighs_an_imbalanced_run_and_says_so_in_its_first_lines(imbalanced, tmp_path, capsys):
@@ -154,15 +156,3 @@ def test_check_and_split_say_when_the_classes_are_imbalanced(tmp_path, capsys):
     assert cli.main(["check", str(even)]) == 0
     assert "imbalanced" not in capsys.readouterr().err
 
-
-def test_the_sampler_draws_every_class_about_equally_often_on_images_too(imbalanced, tmp_path):
-    from tlkit.data import EpochSampler
-
-    sampler = EpochSampler(44, seed=0)
-    sampler.balance_classes([0] * 4 + [1] * 40)
-    drawn = [row for row, _ in sampler]
-    assert len(drawn) == 44 and 15 <= sum(row < 4 for row in drawn) <= 29  # about half; 4 in an unbalanced epoch
-    on_images = dict(precompute_features=False, freeze="trunk", epochs=1)
-    plain = finetune_on(imbalanced, tmp_path, "plain", class_weights="none", **on_images)
-    sampled = finetune_on(imbalanced, tmp_path, "sampled", class_weights="sampler", **on_images)
-    assert sampled.history[0]["train_loss"] != plain.history[0]["train_loss"]  # other images in its epoch

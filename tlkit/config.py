@@ -25,7 +25,7 @@ SCHEDULERS = ("auto", "step", "plateau", "cosine", "onecycle", "none")
 FREEZE_MODES = ("auto", "none", "trunk")
 AUGMENTS = ("auto", "default", "light", "none")  # tlkit/augment.py says what each does
 MONITORS = ("val_loss", "val_acc", "val_balanced_acc", "val_macro_f1")  # losses are minimised, the rest maximised
-CLASS_WEIGHTS = ("auto", "none", "balanced", "sampler")  # tlkit/imbalance.py: loss_weights
+CLASS_WEIGHTS = ("auto", "none", "balanced")  # tlkit/imbalance.py: loss_weights
 PRECISIONS = ("bf16", "fp32")
 DEFAULT_PRECISION = "bf16"  # of every command that runs a model, and of tlkit.api.load
 DEVICES = ("auto", "cpu", "cuda")
@@ -164,8 +164,8 @@ class FinetuneConfig:
                                      "scratch)")
     label_smoothing: float = setting(0.0, "label smoothing of the training loss", within=FRACTION)
     class_weights: str = setting("auto", "balanced: each class weighs the same in the training loss (scikit-learn's "
-                                 "'balanced' weights: images / (classes x images of the class)); sampler: batches "
-                                 "drawn with replacement, each class equally often; none: every image counts once; "
+                                 "'balanced' weights: images / (classes x images of the class)); none: every image "
+                                 "counts once; "
                                  f"auto: balanced where the largest class has {IMBALANCE_RATIO:g} times the smallest's "
                                  "images or more, else none", CLASS_WEIGHTS)
     augment: str = setting("auto", "training augmentation (tlkit/augment.py): default (random resized crops and "

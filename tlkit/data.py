@@ -175,13 +175,6 @@ class EpochRows:
 
     def __init__(self, size: int, *, batch_size: int, shuffle: bool, seed: int):
         self.size, self.batch_size, self.shuffle, self.seed, self.epoch = size, batch_size, shuffle, seed, 1
-        self.draw_weights: torch.Tensor | None = None  # rows drawn with replacement in proportion to these
-
-    def balance_classes(self, labels) -> None:
-        """From now on each epoch draws its rows with replacement, every class as often as the others
-        (--class-weights sampler), as torch's WeightedRandomSampler draws them. `labels`: each row's class."""
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        self.draw_weights = (1.0 / torch.bincount(labels).double())[labels]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -201,8 +194,6 @@ class EpochRows:
         """The epoch's generator and whole order. Draw per-row randomness from the generator next, for
         every row, before _mine(): what a row gets must not depend on the number of processes."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        if self.draw_weights is not None:  # torch's WeightedRandomSampler draws so
-            return generator, torch.multinomial(self.draw_weights, self.size, replacement=True, generator=generator)
         order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
         return generator, order
 

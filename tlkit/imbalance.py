@@ -37,12 +37,12 @@ def imbalance_note(counts: Mapping[str, int]) -> str | None:
 
 
 def loss_weights(how: str, labels: Sequence[int], class_count: int) -> np.ndarray | None:
-    """The training loss's weight of each class: None (every image counts once) for `none` and `sampler` (which
-    evens the classes out in the batches instead), and for `auto` below IMBALANCE_RATIO; else scikit-learn's
-    'balanced' weights, n_images / (n_classes x n_images_of_class), which give each class the same total weight.
-    `labels`: the class index of every training image."""
+    """The training loss's weight of each class: None (every image counts once) for `none`, and for `auto` below
+    IMBALANCE_RATIO; else scikit-learn's 'balanced' weights, n_images / (n_classes x n_images_of_class), which give
+    each class the same total weight. `labels`: the class index of every training image. (A balanced sampler
+    measured no better than these weights: docs/benchmarks.md, "Class imbalance".)"""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=class_count)
-    if how in ("none", "sampler") or (how == "auto" and imbalance_ratio(counts) < IMBALANCE_RATIO):
+    if how == "none" or (how == "auto" and imbalance_ratio(counts) < IMBALANCE_RATIO):
         return None
     from sklearn.utils.class_weight import compute_class_weight
 
@@ -71,8 +71,6 @@ def describe_weights(how: str, labels: Sequence[int], classes: Sequence[str]) ->
     """What --class-weights does on these training labels, for the run's first lines."""
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
     ratio = f"the training classes are {imbalance_ratio(counts):.1f}:1 (largest over smallest)"
-    if how == "sampler":
-        return f"sampler: batches drawn with replacement, each class equally often; {ratio}"
     weights = loss_weights(how, labels, len(classes))
     if weights is None:
         rule = f", below auto's {IMBALANCE_RATIO:g}:1" if how == "auto" else ""

@@ -110,11 +110,11 @@ def image_input(config: FinetuneConfig, backbone: Backbone, compute: Compute, so
                    augment=config.augment)
     data = source.make_data(prep, **loaders)
     backbone.model.to(device, memory_format=compute.layout)
-    return _sampled(config, TrainingInput(
+    return TrainingInput(
         classes=data.classes, train_loader=data.train_loader, val_loader=data.val_loader,
         train_sampler=data.train_sampler, normalize=Normalizer(prep, device), module=backbone.model,
         sizes=(len(data.train_set), len(data.val_set)), train_labels=[int(label) for label in data.train_set.labels],
-        test_loader=getattr(data, "test_loader", None)))
+        test_loader=getattr(data, "test_loader", None))
 
 
 def cached_features(config: FinetuneConfig, backbone: Backbone, compute: Compute, split: SplitFolders, *,
@@ -135,15 +135,6 @@ def feature_input(config: FinetuneConfig, backbone: Backbone, compute: Compute, 
     train_loader = FeatureLoader(sets["training"], batch_size=config.batch_size, device=device, shuffle=True,
                                  seed=config.seed)
     val_loader = FeatureLoader(sets["validation"], batch_size=config.batch_size, device=device, shuffle=False)
-    return _sampled(config, TrainingInput(
-        classes=split.classes, train_loader=train_loader, val_loader=val_loader, train_sampler=train_loader,
-        normalize=to_device_float(device), module=backbone.head, sizes=(train_loader.size, val_loader.size),
-        train_labels=sets["training"].labels.tolist()))
-
-
-def _sampled(config: FinetuneConfig, data: TrainingInput) -> TrainingInput:
-    """The input, its training rows drawn every class equally often where --class-weights says sampler (each
-    loader's order is its train_sampler's: data.EpochRows)."""
-    if config.class_weights == "sampler":
-        data.train_sampler.balance_classes(data.train_labels)
-    return data
+    return TrainingInput(classes=split.classes, train_loader=train_loader, val_loader=val_loader,
+                         train_sampler=train_loader, normalize=to_device_float(device), module=backbone.head,
+                         sizes=(train_loader.size, val_loader.size), train_labels=sets["training"].labels.tolist())

@@ -45,6 +45,7 @@ class NoEffect:
 # The run's folders are relative to each run's own folder (R): tests fill in the paths.
 FEATURES = ("--precompute-features",)
 STEP = ("--optimizer", "sgd", "--scheduler", "step", "--step-size", "1", "--epochs", "2")
+FEWER_CATS = ("--exclude", "R/fewer-cats.csv")  # 4 cats and 6 dogs: imbalanced, below auto's ratio
 FROZEN = ("--lr", "1e-12", "--epochs", "3", "--patience", "1")  # AdamW moves no weight: no epoch improves
 RUN_EFFECTS = {
     "data": Effect("R/three", "trained_on"),
@@ -67,6 +68,7 @@ RUN_EFFECTS = {
     "trunk_lr_mult": Effect("0.01", "weights"),
     "freeze_bn": Effect("true", "weights", ("--backbone", "mlp-bn")),
     "label_smoothing": Effect("0.2", "history"),
+    "class_weights": Effect("balanced", "weights", FEWER_CATS),  # auto leaves 4 cats to 6 dogs unweighted
     "augment": Effect("none", "weights"),
     "monitor": Effect("val_acc", "said", FROZEN),
     "patience": Effect("1", "history", FROZEN[:4]),
@@ -111,6 +113,7 @@ SWEEP_EFFECTS = {
     "trunk_lr_mult": Effect("0.01", "sweep"),
     "freeze_bn": Effect("true", "sweep", ("--backbone", "mlp-bn")),
     "label_smoothing": Effect("0.2", "sweep"),
+    "class_weights": Effect("balanced", "sweep", FEWER_CATS),
     "augment": Effect("none", "sweep"),
     "precision": Effect("fp32", "sweep"),
     "device": RUN_EFFECTS["device"],
@@ -192,6 +195,7 @@ def _world(root: Path) -> Path:
         for n in range(count):
             write_image(root / "three" / subset / "bird" / f"{n}.png", size=(24, 24), color=100 + n)
     (root / "audit.csv").write_text("path,action\ntraining/cat/0.png,exclude\ntraining/dog/1.png,exclude\n")
+    (root / "fewer-cats.csv").write_text("path,action\ntraining/cat/0.png,exclude\ntraining/cat/1.png,exclude\n")
     torch.manual_seed(7)
     made = models.create("simple-cnn", num_classes=2, weights="none", img_size=24)
     save_file({k: v.contiguous() for k, v in made.model.state_dict().items()}, str(root / "start.safetensors"))
@@ -238,8 +242,8 @@ def _digest(path: Path) -> str:
 
 def _observe(root: Path, code: int, out: str, err: str, resume_writes: list[int]) -> dict:
     """What a user can see of one command: what it said and wrote, and what trained on what."""
-    inputs = {"data", "three", "audit.csv", "start.safetensors", "flat", "flat-audit.csv", "other-runs", "multi-runs",
-              "labels.csv"}
+    inputs = {"data", "three", "audit.csv", "fewer-cats.csv", "start.safetensors", "flat", "flat-audit.csv",
+              "other-runs", "multi-runs", "labels.csv"}
     written = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                      if p.is_file() and p.relative_to(root).parts[0] not in inputs and "tb" not in p.parts)
     written += sorted(p.relative_to(root).as_posix() for p in root.glob("*/.tlkit-cache/**/*") if p.is_file())

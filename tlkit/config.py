@@ -18,12 +18,15 @@ from pathlib import Path
 import yaml
 
 from tlkit.errors import TlkitError, option
+from tlkit.imbalance import IMBALANCE_RATIO
 
 OPTIMIZERS = ("auto", "sgd", "adamw")
 SCHEDULERS = ("auto", "step", "plateau", "cosine", "onecycle", "none")
 FREEZE_MODES = ("auto", "none", "trunk")
 AUGMENTS = ("auto", "default", "light", "none")  # tlkit/augment.py says what each does
-MONITORS = ("val_loss", "val_acc", "val_map")  # val_map: a multi-label run's mean average precision
+MONITORS = ("val_loss", "val_acc", "val_balanced_acc", "val_macro_f1", "val_map")  # losses are minimised, the rest
+# maximised; val_map: a multi-label run's mean average precision (val_balanced_acc and val_macro_f1: one label a photo)
+CLASS_WEIGHTS = ("auto", "none", "balanced")  # tlkit/imbalance.py: loss_weights
 PRECISIONS = ("bf16", "fp32")
 DEFAULT_PRECISION = "bf16"  # of every command that runs a model, and of tlkit.api.load
 DEVICES = ("auto", "cpu", "cuda")
@@ -162,6 +165,11 @@ class FinetuneConfig:
                                      "they follow the new photos (default: true on a pretrained trunk, false from "
                                      "scratch)")
     label_smoothing: float = setting(0.0, "label smoothing of the training loss", within=FRACTION)
+    class_weights: str = setting("auto", "balanced: each class weighs the same in the training loss (scikit-learn's "
+                                 "'balanced' weights: images / (classes x images of the class)); none: every image "
+                                 "counts once; "
+                                 f"auto: balanced where the largest class has {IMBALANCE_RATIO:g} times the smallest's "
+                                 "images or more, else none", CLASS_WEIGHTS)
     augment: str = setting("auto", "training augmentation (tlkit/augment.py): default (random resized crops and "
                            "mirroring, for photos), light (milder crops, no mirror: digits, text), none; auto: "
                            "the data's own (light for the built-in digit datasets, default for photo folders)",

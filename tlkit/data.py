@@ -134,6 +134,11 @@ class FolderDataset(ImageFolder):
         if empty:
             raise TlkitError(f"class folder(s) {', '.join(empty)} of {relpath(root)} hold no images.")
 
+    @property
+    def labels(self) -> list[int]:
+        """The class index of every image, as the other datasets name it (ImageFolder's `targets`)."""
+        return self.targets
+
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         classes = self.given_classes or class_folders(Path(directory))
         return classes, {name: index for index, name in enumerate(classes)}

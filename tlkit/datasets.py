@@ -75,6 +75,10 @@ class IndexedSubset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    @property
+    def labels(self) -> list[int]:
+        return [int(self.dataset.labels[index]) for index in self.indices]
+
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, None)
         return self.dataset[(self.indices[index], seed)]

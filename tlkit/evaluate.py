@@ -85,7 +85,8 @@ def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, co
     per_class = class_report(y_true, y_pred, checkpoint.classes)
     report = {
         "checkpoint": str(checkpoint.path), "data": str(data_dir), "images": len(scored), "tta": tta,
-        "accuracy": per_class["accuracy"], "per_class": per_class,
+        "accuracy": per_class["accuracy"], "balanced_accuracy": per_class["balanced_accuracy"],
+        "macro_f1": per_class["macro_f1"], "recall": per_class["recall"], "per_class": per_class,
         **calibration_report(pred.probabilities[scored], y_true, checkpoint.meta.temperature, tta),
         "failed": {str(paths[i]): why for i, why in sorted(pred.failures.items())},
         "most_confident_mistakes": most_confident_mistakes(pred, targets, mistakes),

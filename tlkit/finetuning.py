@@ -34,9 +34,10 @@ from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError, option
 from tlkit.familiar import fit as fit_familiar, save_reference
 from tlkit.features import FeatureLoader
+from tlkit.imbalance import describe_weights, loss_weights
 from tlkit.inputs import TrainingInput, feature_input, image_input, open_photos
-from tlkit.multilabel import (MULTI_LABEL, SINGLE_LABEL, check_monitor, choose_thresholds, metrics, sigmoid,
-                              summary_lines)
+from tlkit.multilabel import (MULTI_LABEL, POSITIVE_WEIGHT_CAP, SINGLE_LABEL, check_monitor, choose_thresholds,
+                              metrics, sigmoid, summary_lines)
 from tlkit.predict import predict_files
 from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, remaining, unused_settings
 from tlkit.report import class_report, plot_confusion, write_report
@@ -111,11 +112,15 @@ def assemble_trainer(phase: Phase, backbone: Backbone, data: TrainingInput, comp
     scheduler = make_scheduler(optimizer, settings, steps_per_epoch=len(data.train_loader))
     norms = [module for module in backbone.trunk.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
     torch.backends.cudnn.benchmark = compute.device.type == "cuda"
+    # A multi-label run weighs each label's positives instead (data.positive_weights: tlkit/multilabel.py).
+    class_weights = None if data.multi_label else loss_weights(settings.class_weights, data.train_labels,
+                                                               len(data.classes))
     return Trainer(
         model=data.module, optimizer=optimizer, scheduler=scheduler, scheduler_name=settings.scheduler,
         train_loader=data.train_loader, val_loader=data.val_loader, train_sampler=data.train_sampler,
         normalize=data.normalize, compute=compute, epochs=phase.last,
         total_epochs=phase.total, label_smoothing=settings.label_smoothing, callbacks=callbacks,
+        class_weights=None if class_weights is None else torch.from_numpy(class_weights),
         train_model=distributed.wrap_model(data.module, compute.device),
         frozen=(backbone.trunk, backbone.head) if phase.trunk_frozen and not phase.on_features else None,
         frozen_norms=norms if phase.freeze_bn else [], history=history, skipped=skipped,
@@ -129,6 +134,7 @@ def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneC
                          f"{option('config', python='config_file')}.")
     state = load_resume(resume)
     saved, settings = state["meta"].config, checked_settings(settings, FLAGS)
+    saved.setdefault("class_weights", "none")  # a run from before --class-weights trained unweighted, and goes on so
     asked = settings.get("backbone")
     if asked is not None and asked != saved["backbone"]:
         raise TlkitError(
@@ -312,6 +318,9 @@ def _announce(config: FinetuneConfig, backbone: Backbone, data: TrainingInput, c
          f"{config.seed} (all in config.yaml)")
     for line in describe(phases, config):
         info(f"  {line}")
+    info("class weights: none; each label's positives weigh negatives / positives of the training photos (at most "
+         f"{POSITIVE_WEIGHT_CAP:g})" if data.multi_label else
+         f"class weights: {describe_weights(config.class_weights, data.train_labels, data.classes)}")
     if (unused := unused_momentum(config)) is not None:
         warn(unused)
     world = distributed.world_size()
@@ -428,8 +437,9 @@ def _print_summary(history: list[dict], best_epoch: int, report: dict, outputs: 
     table.add_column("")
     table.add_column(f"best: epoch {best_epoch} (saved)", justify="right")
     table.add_column(f"last: epoch {last_row['epoch']}", justify="right")
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
-        table.add_row(key.replace("_", " "), f"{best_row[key]:.4f}", f"{last_row[key]:.4f}")
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "val_macro_f1"):
+        # a run resumed from a tlkit before the balanced scores has epochs without them
+        table.add_row(key.replace("_", " "), *(f"{row[key]:.4f}" if key in row else "-" for row in (best_row, last_row)))
     result(table)
     if report.get("task") == MULTI_LABEL:
         for line in summary_lines(report):
@@ -448,7 +458,10 @@ def _print_summary(history: list[dict], best_epoch: int, report: dict, outputs: 
 
 def _single_label_lines(report: dict) -> None:
     """What a single-label run says of its final report: accuracy, and the temperature fitted."""
-    result(f"{report.get('subset', 'validation')} accuracy of the saved model: {report['accuracy']:.4f}")
+    recall = ", ".join(f"{name} {value:.4f}" for name, value in list(report["recall"].items())[:LIST_LIMIT])
+    more = f", ... ({len(report['recall'])} classes in report.json)" if len(report["recall"]) > LIST_LIMIT else ""
+    result(f"{report.get('subset', 'validation')} accuracy of the saved model: {report['accuracy']:.4f}; balanced "
+           f"accuracy {report['balanced_accuracy']:.4f}, macro F1 {report['macro_f1']:.4f}; recall {recall}{more}")
     calibration = report["calibration"]
     if calibration.get("kept_at_one"):
         result(f"temperature kept at 1: every one of the {calibration['images']} validation images is right, so no "

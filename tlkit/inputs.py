@@ -106,6 +106,7 @@ class TrainingInput:
     normalize: Callable[[torch.Tensor], torch.Tensor]  # a loader's batch -> the module's input, on the device
     module: nn.Module  # what trains: the whole classifier, or its head on cached features
     sizes: tuple[int, int]  # training and validation images, for the run's first line
+    train_labels: list[int]  # the class index of every training image: the loss's class weights count them
     test_loader: object | None = None  # the final report's images, where the data has a test split
     positive_weights: torch.Tensor | None = None  # a multi-label run's, one per label (split_positive_weights)
 
@@ -134,6 +135,7 @@ def image_input(config: FinetuneConfig, backbone: Backbone, compute: Compute, so
         classes=data.classes, train_loader=data.train_loader, val_loader=data.val_loader,
         train_sampler=data.train_sampler, normalize=Normalizer(prep, device), module=backbone.model,
         sizes=(len(data.train_set), len(data.val_set)), test_loader=getattr(data, "test_loader", None),
+        train_labels=[] if source.multi_label else [int(label) for label in data.train_set.labels],
         positive_weights=split_positive_weights(source.split) if source.multi_label else None)
 
 
@@ -157,4 +159,5 @@ def feature_input(config: FinetuneConfig, backbone: Backbone, compute: Compute, 
     val_loader = FeatureLoader(sets["validation"], batch_size=config.batch_size, device=device, shuffle=False)
     return TrainingInput(classes=split.classes, train_loader=train_loader, val_loader=val_loader,
                          train_sampler=train_loader, normalize=to_device_float(device), module=backbone.head,
-                         sizes=(train_loader.size, val_loader.size), positive_weights=split_positive_weights(split))
+                         sizes=(train_loader.size, val_loader.size), positive_weights=split_positive_weights(split),
+                         train_labels=[] if split.multi_label else sets["training"].labels.tolist())

@@ -203,12 +203,19 @@ def checked_threshold(threshold: float | None) -> float | None:
     return None if threshold is None else checked_number("threshold", threshold, float, PROBABILITIES)
 
 
+ONE_LABEL_MONITORS = ("val_balanced_acc", "val_macro_f1")  # scores of one class a photo (tlkit/imbalance.py)
+
+
 def check_monitor(monitor: str, multi_label: bool) -> None:
-    """val_map ranks the labels of a multi-label run; a run of one class a photo has no such number."""
+    """val_map ranks the labels of a multi-label run; a run of one class a photo has no such number, and the
+    balanced scores (tlkit/imbalance.py) are of one class a photo."""
     if monitor == "val_map" and not multi_label:
         raise TlkitError(f"{option('monitor', 'val_map')} is the mean average precision of a multi-label run (a split "
                          f"made with `tlkit split --multi-label`); this data gives one class a photo: use "
                          f"{option('monitor', 'val_loss')} or {option('monitor', 'val_acc')}.")
+    if monitor in ONE_LABEL_MONITORS and multi_label:
+        raise TlkitError(f"{option('monitor', monitor)} scores one class a photo; this split gives a photo several "
+                         f"labels: use {option('monitor', 'val_loss')} or {option('monitor', 'val_map')}.")
 
 
 def summary_lines(report: dict) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.atomic import atomic_write, atomic_write_text
+from tlkit.imbalance import balance_scores
 from tlkit.pathtext import shown
 from tlkit.scan import open_photo
 
@@ -69,7 +70,8 @@ def plot_confusion(path: Path, targets: list[int], predictions: list[int], class
 
 
 def class_report(targets: list[int], predictions: list[int], classes: list[str]) -> dict:
-    """scikit-learn's per-class precision / recall / F1 (as a dict), plus the accuracy."""
+    """scikit-learn's per-class precision / recall / F1 (as a dict), plus the accuracy, the balanced accuracy,
+    the macro F1 and `recall` of each class by name (tlkit/imbalance.py: balance_scores)."""
     from sklearn.metrics import accuracy_score, classification_report
 
     report = classification_report(
@@ -77,7 +79,8 @@ def class_report(targets: list[int], predictions: list[int], classes: list[str])
         output_dict=True, zero_division=0,
     )
     report["accuracy"] = float(accuracy_score(targets, predictions))
-    return report
+    balance = balance_scores(targets, predictions, len(classes))
+    return {**report, **balance, "recall": dict(zip(classes, balance["recall"]))}
 
 
 def write_report(path: Path, report: dict) -> None:

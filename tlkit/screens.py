@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlkit.labelfile import bad_row_text
+from tlkit.imbalance import imbalance_note
 from tlkit.pathtext import is_stdout, shown
 from tlkit.runtime import info, relpath, reporter, result, warn
 
@@ -78,6 +79,13 @@ def split_plan(scan, plan, seed: int) -> None:
     totals = [sum(row[2] == subset for row in plan.rows) for subset in SUBSETS]  # photos (a multi-label one, once)
     table.add_row("[bold]all", *(f"[bold]{n}" for n in (*totals, sum(totals))))
     result(table)
+    _imbalance({label: counts["training"][label] for label in scan.classes})
+
+
+def _imbalance(counts) -> None:
+    """One line when the classes are imbalanced (tlkit.imbalance.imbalance_note), below their table."""
+    if (note := imbalance_note(dict(counts))) is not None:
+        warn(note)
 
 
 def split_written(plan) -> None:
@@ -98,6 +106,7 @@ def folder_check(check) -> None:
         table.add_row(label, str(count))
     table.add_row("[bold]all", f"[bold]{len(scan.images)}")
     result(table)
+    _imbalance(scan.class_counts())
     infos = scan.details.values()
     widths, heights = [i.width for i in infos], [i.height for i in infos]
     modes = ", ".join(f"{mode} {n}" for mode, n in sorted(Counter(i.mode for i in infos).items()))
@@ -234,7 +243,8 @@ def evaluation(report: dict, classes: list[str], folder: Path, out_dir: Path) ->
     """evaluate's report (tlkit.evaluate.evaluate_folder) as a table per class, and where it was written."""
     if report.get("task") == "multi-label":
         return label_evaluation(report, folder, out_dir)
-    table = Table(title=f"{relpath(folder)}: accuracy {report['accuracy']:.4f} on {report['images']} images")
+    table = Table(title=f"{relpath(folder)}: accuracy {report['accuracy']:.4f} (balanced {report['balanced_accuracy']:.4f}, "
+                        f"macro F1 {report['macro_f1']:.4f}) on {report['images']} images")
     for column in ("class", "precision", "recall", "f1", "images"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for label in classes:

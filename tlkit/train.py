@@ -21,6 +21,7 @@ from tlkit import distributed
 from tlkit.config import FinetuneConfig
 from tlkit.errors import TlkitError, option
 from tlkit.multilabel import mean_average_precision
+from tlkit.imbalance import balance_scores
 from tlkit.runtime import Compute, info, out_of_memory, progress
 
 # Planned over the phase's steps and stepped each batch; so a resumed run cannot change its epochs (finetuning.py).
@@ -84,6 +85,24 @@ def unused_momentum(config) -> str | None:
     return None
 
 
+class WeightedCrossEntropy(nn.Module):
+    """Cross-entropy in which each image counts by its class's weight (None: once), averaged over the batch's
+    weights as CrossEntropyLoss(weight=) averages. A smoothed target stays the unweighted loss's: torch's own
+    weight= with label_smoothing would weigh the smoothed share of each class by that class's weight instead,
+    pulling every image's target towards the small classes."""
+
+    def __init__(self, class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.class_weights, self.label_smoothing = class_weights, label_smoothing
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.class_weights is None:
+            return nn.functional.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        per_image = nn.functional.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="none")
+        weights = self.class_weights[labels]
+        return (per_image * weights).sum() / weights.sum()
+
+
 class Trainer:
     """The state of one run (or one phase of it): what trains, on what, and what it has done so far.
 
@@ -95,7 +114,8 @@ class Trainer:
 
     def __init__(self, *, model: nn.Module, optimizer, scheduler, scheduler_name: str, train_loader,
                  val_loader, train_sampler, normalize, compute: Compute, epochs: int,
-                 total_epochs: int | None = None, label_smoothing: float = 0.0, callbacks: list | None = None,
+                 total_epochs: int | None = None, label_smoothing: float = 0.0,
+                 class_weights: torch.Tensor | None = None, callbacks: list | None = None,
                  train_model: nn.Module | None = None, frozen: tuple[nn.Module, nn.Module] | None = None,
                  frozen_norms: list[nn.Module] = (), history: list[dict] = (), skipped: set[str] = (),
                  positive_weights: torch.Tensor | None = None):
@@ -105,9 +125,11 @@ class Trainer:
         self.train_loader, self.val_loader, self.train_sampler = train_loader, val_loader, train_sampler
         self.normalize, self.compute, self.epochs = normalize, compute, epochs
         self.total_epochs = total_epochs or epochs  # what "epoch 3/10" shows: the whole run's, in any phase
-        # A multi-label run (positive_weights: one per label, tlkit/multilabel.py) has a yes/no output per label.
-        self.criterion = (nn.CrossEntropyLoss(label_smoothing=label_smoothing) if positive_weights is None else
-                          nn.BCEWithLogitsLoss(pos_weight=positive_weights.to(compute.device)))
+        if positive_weights is not None:  # a multi-label run: a yes/no output per label (tlkit/multilabel.py)
+            self.criterion = nn.BCEWithLogitsLoss(pos_weight=positive_weights.to(compute.device))
+        else:
+            weights = None if class_weights is None else class_weights.to(compute.device, torch.float32)
+            self.criterion = WeightedCrossEntropy(weights, label_smoothing)
         self.callbacks = list(callbacks or [])
         self.history: list[dict] = list(history)  # one row per finished epoch
         self.epoch = self.history[-1]["epoch"] if self.history else 0  # epochs finished
@@ -274,9 +296,10 @@ def _stop_if_diverged(trainer: Trainer, loss_sum: torch.Tensor, batch_index: int
 
 def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, collect: bool = False,
              skipped: set | None = None) -> dict:
-    """Mean loss and accuracy over a loader in eval mode; with collect, the targets, predictions and logits
-    (float32 numpy [N, C], to fit the temperature on: tlkit/calibration.py) too. Multi-label batches (0/1 label
-    rows) add the mean average precision, val_map, and are always collected (its ranking needs every photo).
+    """Mean loss, accuracy, balanced accuracy and macro F1 (tlkit/imbalance.py) over a loader in eval mode; with
+    collect, the targets, predictions and logits (float32 numpy [N, C], to fit the temperature on:
+    tlkit/calibration.py) too. Multi-label batches (0/1 label rows) give the mean average precision, val_map,
+    instead of the balanced scores, and always keep the logits (its ranking needs every photo).
 
     Under torchrun each process evaluates its share of the loader, and the result is over all of them.
     """
@@ -284,7 +307,7 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen, targets, predictions, outputs, multi_label = 0, [], [], [], 0
+    seen, targets, predictions, outputs, class_count, multi_label = 0, [], [], [], 0, 0
     with torch.inference_mode():
         for images, labels, bad in loader:
             if skipped is not None:
@@ -299,23 +322,29 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
             correct += hits(logits, labels)
             seen += len(labels)
             multi_label = int(labels.dim() == 2)
+            targets.append(labels)  # on the device: read back once, after the loop
+            predictions.append(predicted)
+            class_count = logits.shape[1]
             if collect or multi_label:
-                targets += labels.tolist()
-                predictions += predicted.tolist()
                 outputs.append(logits.float().cpu())
     # Summed with the rest: every process learns that the batches are multi-label, even one whose share was empty.
     loss_sum, correct, seen, multi_label = distributed.sum_all([loss_sum, correct, seen, multi_label], device)
-    if (collect or multi_label) and distributed.world_size() > 1:
-        shares = distributed.all_gather((targets, predictions, outputs))
-        targets = [target for share, _, _ in shares for target in share]
-        predictions = [predicted for _, share, _ in shares for predicted in share]
-        outputs = [rows for _, _, share in shares for rows in share]
+    targets, predictions = (torch.cat(rows).tolist() if rows else [] for rows in (targets, predictions))
+    if distributed.world_size() > 1:
+        shares = distributed.all_gather((targets, predictions, outputs, class_count))
+        targets = [target for share, _, _, _ in shares for target in share]
+        predictions = [predicted for _, share, _, _ in shares for predicted in share]
+        outputs = [rows for _, _, share, _ in shares for rows in share]
+        class_count = max(count for _, _, _, count in shares)
     if seen == 0:
         raise TlkitError("no validation image could be decoded; check them with `tlkit check`.")
     seen = int(seen)
     result = {"val_loss": loss_sum / seen, "val_acc": correct / seen, "val_images": seen}
     if multi_label:
         result["val_map"] = mean_average_precision(torch.tensor(targets).numpy(), torch.cat(outputs).sigmoid().numpy())
+    else:
+        balance = balance_scores(targets, predictions, class_count)
+        result.update(val_balanced_acc=balance["balanced_accuracy"], val_macro_f1=balance["macro_f1"])
     if not collect:
         return result
     return {**result, "targets": targets, "predictions": predictions, "logits": torch.cat(outputs).numpy()}
@@ -335,7 +364,8 @@ def _run_epoch(trainer: Trainer) -> dict:
         trainer.scheduler.step()
     return {"epoch": trainer.epoch + 1, "train_loss": train["train_loss"], "train_acc": train["train_acc"],
             "val_loss": val["val_loss"], "val_acc": val["val_acc"],
-            **({"val_map": val["val_map"]} if "val_map" in val else {}),  # a multi-label run's
+            # a single-label run's balanced scores, or a multi-label run's val_map
+            **{key: val[key] for key in ("val_balanced_acc", "val_macro_f1", "val_map") if key in val},
             "lr": train["lr"],  # of the epoch's last step (a schedule's next value may lie past its end)
             "seconds": round(train["seconds"], 3), "images_per_s": round(train["images_per_s"], 1)}
 

@@ -1,5 +1,6 @@
 """What is wrong in a dataset, told from its photos' features: labels that the other photos contradict,
-near-identical photos (above all across training and validation), and photos unlike every class.
+near-identical photos (above all across training and validation), photos unlike every class, and photos
+whose parts (tiles) show different classes.
 
 Works on arrays (features, labels, file digests) and returns per-row scores and flags; reads no photo,
 writes nothing, prints nothing (tlkit/auditing.py does). scikit-learn gives the out-of-fold heads and
@@ -22,6 +23,9 @@ SEARCH_MEMORY_MB = 64  # what one block of the neighbour search's distances may 
 # cleanlab Datalab's default for outliers on features: an average distance to the k nearest neighbours above
 # Q3 + (1 / 0.37037 - 1) x IQR of all of them (cleanlab.datalab ... OutlierIssueManager.DEFAULT_THRESHOLDS).
 OUTLIER_IQR_SCALE = 1 / 0.37037 - 1
+# Out-of-fold probability of a class from which a photo's tile shows it; a photo whose tiles show two classes
+# so holds several (docs/benchmarks.md, "Audit": tuned on one set of planted composites, measured on another).
+SEVERAL_ABOVE = 0.9
 
 
 @dataclass(frozen=True)
@@ -45,22 +49,35 @@ class Findings:
     outlier: np.ndarray  # [N] bool: Datalab's rule on the same distances
     pairs: list[DuplicatePair]  # most similar first
     groups: np.ndarray  # [N] a group number shared by photos joined by pairs, -1 for a photo in none
+    tile_probabilities: np.ndarray  # [N, T, C] out of fold, of each tile of the photo (by the photo's fold's head)
+    shown: np.ndarray  # [N, C] bool: a tile shows the class (P >= SEVERAL_ABOVE)
+    several_score: np.ndarray  # [N] the second most shown class's strongest tile probability: high = two classes
 
     @property
     def suggested(self) -> np.ndarray:
         return self.probabilities.argmax(axis=1)
 
+    @property
+    def several(self) -> np.ndarray:
+        """[N] bool: tiles of the photo show different classes."""
+        return self.shown.sum(axis=1) >= 2
 
-def find_problems(features: np.ndarray, labels: np.ndarray, digests: list[str], *, seed: int = 0,
-                  similarity: float = DUPLICATE_SIMILARITY) -> Findings:
-    """Everything audit reports, from features [N, D] (any scale), labels [N] and the files' digests."""
+
+def find_problems(features: np.ndarray, labels: np.ndarray, digests: list[str], *, tiles: np.ndarray | None = None,
+                  seed: int = 0, similarity: float = DUPLICATE_SIMILARITY) -> Findings:
+    """Everything audit reports, from features [N, D] (any scale), labels [N], the files' digests and the features
+    of each photo's tiles [N, T, D] (None: each photo is its one tile, and none shows several classes)."""
     unit = unit_rows(features)
-    probabilities = out_of_fold_probabilities(unit, labels, seed=seed)
+    heads = fold_heads(unit, labels, seed=seed)
+    probabilities = out_of_fold_probabilities(unit, labels, heads=heads)
+    tile_probabilities = out_of_fold_tiles(unit[:, None] if tiles is None else tiles, heads)
+    shown, several_score = several_classes(tile_probabilities)
     quality, issue = judge_labels(labels, probabilities)
     outlier_score, outlier = outliers(unit)
     pairs = near_duplicates(unit, digests, similarity=similarity)
     return Findings(probabilities=probabilities, label_quality=quality, label_issue=issue, outlier_score=outlier_score,
-                    outlier=outlier, pairs=pairs, groups=duplicate_groups(pairs, len(labels)))
+                    outlier=outlier, pairs=pairs, groups=duplicate_groups(pairs, len(labels)),
+                    tile_probabilities=tile_probabilities, shown=shown, several_score=several_score)
 
 
 def unit_rows(features: np.ndarray) -> np.ndarray:
@@ -69,10 +86,22 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
-def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> np.ndarray:
-    """[N, C] class probabilities of each photo from a logistic-regression head trained on the other folds."""
+def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, *, seed: int = 0,
+                              heads: list | None = None) -> np.ndarray:
+    """[N, C] class probabilities of each photo from a logistic-regression head trained on the other folds
+    (heads: fold_heads of these features and labels, when made already)."""
+    heads = heads if heads is not None else fold_heads(features, labels, seed=seed)
+    probabilities = np.zeros((len(features), len(heads[0][1].classes_)))
+    for held_out, head in heads:
+        probabilities[held_out] = head.predict_proba(features[held_out])
+    return probabilities
+
+
+def fold_heads(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> list[tuple[np.ndarray, object]]:
+    """(the rows of a fold, the head fitted on every other fold) for each of min(FOLDS, smallest class) folds."""
+    from sklearn.base import clone
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -84,8 +113,27 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, *, seed:
     # C=0.1: a stronger L2 than scikit-learn's default; a trunk's 1,280 features separate a few thousand photos,
     # and an unregularised head's probabilities saturate at 0 and 1, where a ranking can no longer tell them apart.
     head = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-    return cross_val_predict(head, features, labels, method="predict_proba",
-                             cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels)
+    return [(held_out, clone(head).fit(features[kept], labels[kept])) for kept, held_out in splits]
+
+
+def out_of_fold_tiles(tiles: np.ndarray, heads: list[tuple[np.ndarray, object]]) -> np.ndarray:
+    """[N, T, C] class probabilities of each photo's T tiles (features [N, T, D], any scale), each by the head
+    that never saw the photo: its fold's."""
+    count, per_photo, dim = tiles.shape
+    probabilities = np.zeros((count, per_photo, len(heads[0][1].classes_)))
+    for held_out, head in heads:
+        flat = unit_rows(tiles[held_out].reshape(-1, dim))
+        probabilities[held_out] = head.predict_proba(flat).reshape(len(held_out), per_photo, -1)
+    return probabilities
+
+
+def several_classes(tile_probabilities: np.ndarray, above: float = SEVERAL_ABOVE) -> tuple[np.ndarray, np.ndarray]:
+    """(shown [N, C]: some tile gives the class a probability >= above; score [N]: the strongest tile probability
+    of the photo's second most shown class). Above 0.5 a tile shows one class at most, so two shown classes are
+    two tiles that disagree, each of them sure."""
+    strongest = tile_probabilities.max(axis=1)  # [N, C]: each class's best tile
+    return strongest >= above, np.sort(strongest, axis=1)[:, -2]
 
 
 def judge_labels(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

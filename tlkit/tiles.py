@@ -1,0 +1,68 @@
+"""The frozen trunk's features of a few parts (tiles) of each photo, for `tlkit audit`'s question whether a
+photo's parts show different classes. Each photo is decoded once and its tiles cut from the decoded pixels,
+then put in the eval geometry and run through the trunk in batches, as precompute runs whole photos. It
+caches nothing and judges nothing (tlkit/findings.py does).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as F
+
+from tlkit.backbone import Backbone, for_inference
+from tlkit.decode import draft_side, pixel_batches, resize_crop
+from tlkit.runtime import Compute, inference_batch_size, map_ahead, progress
+from tlkit.scan import DECODE_ERRORS, decode_failure, open_photo
+
+# (left, top, right, bottom) as fractions of the photo: its halves, side by side and one above the other, where
+# two subjects of a photo stand apart (docs/benchmarks.md, "Audit", measures them against a 2 x 2 grid).
+TILES = {"left": (0, 0, 0.5, 1), "right": (0.5, 0, 1, 1), "top": (0, 0, 1, 0.5), "bottom": (0, 0.5, 1, 1)}
+
+
+def tile_pixels(path: Path, prep) -> list[torch.Tensor]:
+    """uint8 [C, H, W] of each of TILES of the photo at path, each in the model's eval geometry (resize_crop)."""
+    # Decoded at twice the side a whole photo needs: a half of it is then still resized down, not blown up.
+    image = open_photo(path, "RGB" if prep.in_chans == 3 else "L", draft_side=2 * draft_side(prep))
+    width, height = image.size
+    boxes = [(round(left * width), round(top * height), round(right * width), round(bottom * height))
+             for left, top, right, bottom in TILES.values()]
+    return [F.pil_to_tensor(resize_crop(image.crop(box), prep)) for box in boxes]
+
+
+def tile_features(backbone: Backbone, paths: list[Path], *, compute: Compute, batch_size: int | None = None,
+                  workers: int = 1) -> tuple[np.ndarray, dict[int, str]]:
+    """([N, T, D] float32 features of each photo's T = len(TILES) tiles, {photo index: why it failed to decode});
+    a failed photo's rows stay zero. workers: decoding threads beside the trunk."""
+    prep = backbone.preprocessing
+    trunk = for_inference(backbone.trunk, prep, compute.device)
+    batch_size = inference_batch_size(compute.device, batch_size)
+    features = np.zeros((len(paths), len(TILES), backbone.feature_dim), np.float32)
+    rows = features.reshape(-1, backbone.feature_dim)  # a view: row photo * T + tile
+    photos_per_batch = max(1, batch_size // len(TILES))
+    decoded = map_ahead(lambda index: _decode(paths[index], prep), range(len(paths)), threads=max(1, workers),
+                        ahead=2 * photos_per_batch)
+    failed: dict[int, str] = {}
+    with progress() as bar, torch.inference_mode(), compute.autocast():
+        task = bar.add_task("features of tiles", total=len(paths))
+        for start in range(0, len(paths), photos_per_batch):
+            tiles = {}
+            for index, (pixels, why) in zip(range(start, len(paths)), itertools.islice(decoded, photos_per_batch)):
+                if why:
+                    failed[index] = why
+                tiles.update({index * len(TILES) + tile: image for tile, image in enumerate(pixels)})
+            for batch in pixel_batches(tiles, prep, compute.device, batch_size):
+                rows[batch.indices] = trunk(batch.images).float().cpu().numpy()
+            bar.advance(task, min(photos_per_batch, len(paths) - start))
+    return features, failed
+
+
+def _decode(path: Path, prep) -> tuple[list[torch.Tensor], str]:
+    """(the tiles' pixels, "") or ([], why the photo failed to decode)."""
+    try:
+        return tile_pixels(path, prep), ""
+    except DECODE_ERRORS as error:
+        return [], decode_failure(error)

@@ -75,6 +75,8 @@ def neither_class(rng) -> list[Image.Image]:
 def plant_composites(photos: Path, data: Path, seed: int) -> set[str]:
     """data: links to the photos, less 2 x COMPOSITES of them that are pasted in pairs (a cat and a dog, in a
     drawn order) into COMPOSITES composites, each named as one of its two classes; returns their names."""
+    if data.is_dir():  # planted by an earlier run (--keep): its feature cache is still valid
+        return {path.name for path in data.glob("*.composite*.jpg")}
     rng = np.random.default_rng(seed)
     cats, dogs = sorted(photos.glob("cat.*.jpg")), sorted(photos.glob("dog.*.jpg"))
     pairs = list(zip(rng.choice(cats, COMPOSITES, replace=False), rng.choice(dogs, COMPOSITES, replace=False)))
@@ -104,23 +106,28 @@ def side_by_side(paths) -> Image.Image:
 
 def several_figures(photos: Path, work: Path, seed: int) -> list[str]:
     """The "several classes" rows of an audit of composites planted with seed: how many composites they hold and
-    how many ordinary photos, at SEVERAL_ABOVE and at each threshold of SWEEP (from the same tile probabilities)."""
+    how many ordinary photos, at SEVERAL_ABOVE and at each threshold of SWEEP (from the same tile probabilities), by
+    all of TILES and by the left and right halves alone; the probabilities are kept in the work folder (tiles.npz)."""
     import tlkit
     from tlkit.findings import SEVERAL_ABOVE, several_classes
+    from tlkit.tiles import TILES
 
     planted = plant_composites(photos, work / "data", seed)
     start = time.perf_counter()
-    report = tlkit.audit(work / "data", out=work / "audit", device="cpu", quiet=True)
+    report = tlkit.audit(work / "data", out=work / "audit", force=True, device="cpu", quiet=True)
     seconds = time.perf_counter() - start
     names = np.array([photo.path.as_posix() for photo in report.photos])
     is_planted = np.isin(names, sorted(planted))
     lines = [f"seed {seed}: {len(names):,} photos ({is_planted.sum()} composites), audit {seconds:.0f} s"]
-    for above in sorted({*SWEEP, SEVERAL_ABOVE}):
-        flagged = several_classes(report.findings.tile_probabilities, above)[0].sum(axis=1) >= 2
-        lines.append(f"seed {seed}, P >= {above}{' (the default)' if above == SEVERAL_ABOVE else ''}: composites "
-                     f"found {(flagged & is_planted).sum()} of {is_planted.sum()}, ordinary photos flagged "
-                     f"{(flagged & ~is_planted).sum()} of {(~is_planted).sum()} "
-                     f"({(flagged & ~is_planted).sum() / (~is_planted).sum():.1%})")
+    np.savez(work / "tiles.npz", names=names, tile_probabilities=report.findings.tile_probabilities)
+    for tiles, chosen in (("all tiles", list(TILES)), ("left and right only", ["left", "right"])):
+        probabilities = report.findings.tile_probabilities[:, [list(TILES).index(name) for name in chosen]]
+        for above in sorted({*SWEEP, SEVERAL_ABOVE}):
+            flagged = several_classes(probabilities, above)[0].sum(axis=1) >= 2
+            lines.append(f"seed {seed}, {tiles}, P >= {above}{' (the default)' if above == SEVERAL_ABOVE else ''}: "
+                         f"composites found {(flagged & is_planted).sum()} of {is_planted.sum()}, ordinary photos "
+                         f"flagged {(flagged & ~is_planted).sum()} of {(~is_planted).sum()} "
+                         f"({(flagged & ~is_planted).sum() / (~is_planted).sum():.1%})")
     ordinary = [f"{row.path.as_posix()} ({row.label}: shows {row.suggested}, {row.score:.3f})"
                 for row in report.of("several-classes") if row.path.as_posix() not in planted]
     return [*lines, f"seed {seed}: ordinary photos flagged at the default: {', '.join(ordinary) or 'none'}"]

@@ -28,7 +28,7 @@ from tlkit.run_backbone import create_backbone, run_config
 from tlkit.runtime import compute_for, default_workers, info, relpath
 from tlkit.scan import list_dataset
 from tlkit.split import SUBSETS, finish_pending_split
-from tlkit.tiles import tile_features
+from tlkit.tiles import TILES, tile_features
 
 ISSUES = ("label", "near-duplicate", "identical", "outlier", "several-classes")
 WHOLE = "all"  # the one subset of a folder not split yet
@@ -134,6 +134,7 @@ def photo_tiles(data: Path, photos: list[Photo], features: np.ndarray, backbone:
     """[N, T, D] features of each photo's tiles (tlkit/tiles.py). A photo that decoded for the cache but no
     longer does has its whole-photo features as every tile: tiles that agree, so it is not judged on them."""
     compute = compute_for(config.device, config.precision)
+    info(f"audit: the trunk over {len(TILES)} tiles of each photo (halves; not cached); {compute.words()}")
     tiles, failed = tile_features(backbone, [data / photo.path for photo in photos], compute=compute,
                                   workers=default_workers(config.workers))
     for row in failed:

@@ -28,9 +28,15 @@ def tile_pixels(path: Path, prep) -> list[torch.Tensor]:
     # Decoded at twice the side a whole photo needs: a half of it is then still resized down, not blown up.
     image = open_photo(path, "RGB" if prep.in_chans == 3 else "L", draft_side=2 * draft_side(prep))
     width, height = image.size
-    boxes = [(round(left * width), round(top * height), round(right * width), round(bottom * height))
-             for left, top, right, bottom in TILES.values()]
+    boxes = [_box(fractions, width, height) for fractions in TILES.values()]
     return [F.pil_to_tensor(resize_crop(image.crop(box), prep)) for box in boxes]
+
+
+def _box(fractions: tuple[float, ...], width: int, height: int) -> tuple[int, int, int, int]:
+    """A tile's pixel box, at least 1 x 1: the half of a photo 1 pixel wide is that pixel."""
+    left, top, right, bottom = fractions
+    left, top = min(round(left * width), width - 1), min(round(top * height), height - 1)
+    return left, top, max(round(right * width), left + 1), max(round(bottom * height), top + 1)
 
 
 def tile_features(backbone: Backbone, paths: list[Path], *, compute: Compute, batch_size: int | None = None,

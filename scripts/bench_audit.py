@@ -106,11 +106,8 @@ def side_by_side(paths) -> Image.Image:
 
 def several_figures(photos: Path, work: Path, seed: int) -> list[str]:
     """The "several classes" rows of an audit of composites planted with seed: how many composites they hold and
-    how many ordinary photos, at SEVERAL_ABOVE and at each threshold of SWEEP (from the same tile probabilities), by
-    all of TILES and by the left and right halves alone; the probabilities are kept in the work folder (tiles.npz)."""
+    how many ordinary photos; then rule_figures from the tile probabilities, kept in the work folder (tiles.npz)."""
     import tlkit
-    from tlkit.findings import SEVERAL_ABOVE, several_classes
-    from tlkit.tiles import TILES
 
     planted = plant_composites(photos, work / "data", seed)
     start = time.perf_counter()
@@ -118,19 +115,35 @@ def several_figures(photos: Path, work: Path, seed: int) -> list[str]:
     seconds = time.perf_counter() - start
     names = np.array([photo.path.as_posix() for photo in report.photos])
     is_planted = np.isin(names, sorted(planted))
-    lines = [f"seed {seed}: {len(names):,} photos ({is_planted.sum()} composites), audit {seconds:.0f} s"]
+    found = {row.path.as_posix() for row in report.of("several-classes")}
     np.savez(work / "tiles.npz", names=names, tile_probabilities=report.findings.tile_probabilities)
-    for tiles, chosen in (("all tiles", list(TILES)), ("left and right only", ["left", "right"])):
-        probabilities = report.findings.tile_probabilities[:, [list(TILES).index(name) for name in chosen]]
+    return [f"seed {seed}: {len(names):,} photos ({is_planted.sum()} composites), audit {seconds:.0f} s; its rows: "
+            f"composites {len(found & planted)} of {len(planted)}, ordinary photos {len(found - planted)}",
+            *rule_figures(work / "tiles.npz")]
+
+
+def rule_figures(saved: Path) -> list[str]:
+    """From tile probabilities saved by several_figures: composites found and ordinary photos flagged by both pairs
+    of halves and by left | right alone, at each threshold of SWEEP, and the ordinary photos the default flags."""
+    from tlkit.findings import SEVERAL_ABOVE, several_classes
+    from tlkit.tiles import HALVES
+
+    saved = np.load(saved)
+    names = saved["names"].astype(str)
+    probabilities = saved["tile_probabilities"].reshape(len(names), len(HALVES), 2, -1)
+    is_planted = np.char.find(names, ".composite") >= 0
+    lines = []
+    for pairs, chosen in (("both pairs of halves", slice(None)), ("left | right alone", slice(0, 1))):
         for above in sorted({*SWEEP, SEVERAL_ABOVE}):
-            flagged = several_classes(probabilities, above)[0].sum(axis=1) >= 2
-            lines.append(f"seed {seed}, {tiles}, P >= {above}{' (the default)' if above == SEVERAL_ABOVE else ''}: "
-                         f"composites found {(flagged & is_planted).sum()} of {is_planted.sum()}, ordinary photos "
-                         f"flagged {(flagged & ~is_planted).sum()} of {(~is_planted).sum()} "
+            flagged = several_classes(probabilities[:, chosen], above)[0].sum(axis=1) >= 2
+            lines.append(f"{pairs}, P >= {above}{' (the default)' if above == SEVERAL_ABOVE else ''}: composites "
+                         f"found {(flagged & is_planted).sum()} of {is_planted.sum()}, ordinary photos flagged "
+                         f"{(flagged & ~is_planted).sum()} of {(~is_planted).sum()} "
                          f"({(flagged & ~is_planted).sum() / (~is_planted).sum():.1%})")
-    ordinary = [f"{row.path.as_posix()} ({row.label}: shows {row.suggested}, {row.score:.3f})"
-                for row in report.of("several-classes") if row.path.as_posix() not in planted]
-    return [*lines, f"seed {seed}: ordinary photos flagged at the default: {', '.join(ordinary) or 'none'}"]
+    shown, score = several_classes(probabilities)
+    ordinary = [f"{names[row]} ({score[row]:.3f})" for row in np.argsort(-score)
+                if shown[row].sum() >= 2 and not is_planted[row]]
+    return [*lines, f"ordinary photos flagged at the default: {', '.join(ordinary) or 'none'}"]
 
 
 def timed_audit(data: Path, out: Path, force: bool) -> float:
@@ -236,10 +249,16 @@ def main() -> None:
                         help="also fine-tune on a clean split with and without the audit's exclude rows (a few minutes)")
     parser.add_argument("--several", type=int, metavar="SEED",
                         help="only plant two-class composites drawn by SEED and measure the several-classes rows")
+    parser.add_argument("--rescore", type=Path, metavar="DIR",
+                        help="only the figures of --several from the tiles.npz it kept in DIR (--keep), by today's rule")
     parser.add_argument("--search-rows", type=int, help=argparse.SUPPRESS)  # search_in_child's own call
     args = parser.parse_args()
     if args.search_rows:
         print(search_cost(args.search_rows))
+        return
+    if args.rescore:
+        for line in rule_figures(args.rescore / "tiles.npz"):
+            print(f"figure: {line}")
         return
     if args.several is not None:
         work = args.keep or Path(tempfile.mkdtemp(prefix="bench-several-"))

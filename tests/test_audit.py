@@ -48,8 +48,8 @@ def test_a_vector_far_from_all_is_the_outlier():
 
 def test_a_vector_whose_tiles_are_of_two_classes_shows_both():
     features, labels = _clusters()
-    tiles = features[:, None] + np.random.default_rng(2).normal(0, 0.5, (len(features), 2, features.shape[1]))
-    tiles[3] = [features[0], features[70]]  # a class-0 photo whose right half looks like class 1
+    tiles = features[:, None, None] + np.random.default_rng(2).normal(0, 0.5, (len(features), 1, 2, features.shape[1]))
+    tiles[3, 0] = [features[0], features[70]]  # a class-0 photo whose right half looks like class 1
     found = find_problems(features, labels, [""] * len(labels), tiles=tiles)
     assert found.shown[3].tolist() == [True, True] and found.several.nonzero()[0].tolist() == [3]
     assert int(np.argmax(found.several_score)) == 3
@@ -234,7 +234,7 @@ def test_a_photo_that_no_longer_decodes_for_the_tiles_is_its_own_tiles(tmp_path)
     from tlkit.auditing import Photo, photo_tiles
     from tlkit.config import resolve_config
     from tlkit.run_backbone import create_backbone, run_config
-    from tlkit.tiles import TILES
+    from tlkit.tiles import HALVES
 
     photos = shared_photos(tmp_path / "train", per_class=1)
     (photos / "dog.0.jpg").write_bytes(b"no longer a photo")
@@ -243,8 +243,8 @@ def test_a_photo_that_no_longer_decodes_for_the_tiles_is_its_own_tiles(tmp_path)
     whole = np.full((2, backbone.feature_dim), 7.0, np.float32)
     listed = [Photo(Path("cat.0.jpg"), "all", "cat"), Photo(Path("dog.0.jpg"), "all", "dog")]
     tiles = photo_tiles(photos, listed, whole, backbone, config)
-    assert tiles.shape == (2, len(TILES), backbone.feature_dim)
-    assert (tiles[1] == 7.0).all() and not np.allclose(tiles[0, 0], tiles[0, 1])
+    assert tiles.shape == (2, len(HALVES), 2, backbone.feature_dim)
+    assert (tiles[1] == 7.0).all() and not np.allclose(tiles[0, 0, 0], tiles[0, 0, 1])
 
 
 def test_a_folder_of_one_class_is_one_clear_message(tmp_path, capsys):

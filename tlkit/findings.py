@@ -49,9 +49,9 @@ class Findings:
     outlier: np.ndarray  # [N] bool: Datalab's rule on the same distances
     pairs: list[DuplicatePair]  # most similar first
     groups: np.ndarray  # [N] a group number shared by photos joined by pairs, -1 for a photo in none
-    tile_probabilities: np.ndarray  # [N, T, C] out of fold, of each tile of the photo (by the photo's fold's head)
-    shown: np.ndarray  # [N, C] bool: a tile shows the class (P >= SEVERAL_ABOVE)
-    several_score: np.ndarray  # [N] the second most shown class's strongest tile probability: high = two classes
+    tile_probabilities: np.ndarray  # [N, P, 2, C] out of fold (the photo's fold's head), of each half of P pairs
+    shown: np.ndarray  # [N, C] bool: the halves of a pair disagree, each sure (P >= SEVERAL_ABOVE), and one says it
+    several_score: np.ndarray  # [N] the best pair's less sure half's P when the halves disagree, else 0
 
     @property
     def suggested(self) -> np.ndarray:
@@ -59,18 +59,18 @@ class Findings:
 
     @property
     def several(self) -> np.ndarray:
-        """[N] bool: tiles of the photo show different classes."""
+        """[N] bool: two halves of the photo show different classes."""
         return self.shown.sum(axis=1) >= 2
 
 
 def find_problems(features: np.ndarray, labels: np.ndarray, digests: list[str], *, tiles: np.ndarray | None = None,
                   seed: int = 0, similarity: float = DUPLICATE_SIMILARITY) -> Findings:
     """Everything audit reports, from features [N, D] (any scale), labels [N], the files' digests and the features
-    of each photo's tiles [N, T, D] (None: each photo is its one tile, and none shows several classes)."""
+    of each photo's pairs of halves [N, P, 2, D] (None: each photo is both its halves; none shows two classes)."""
     unit = unit_rows(features)
     heads = fold_heads(unit, labels, seed=seed)
     probabilities = out_of_fold_probabilities(unit, labels, heads=heads)
-    tile_probabilities = out_of_fold_tiles(unit[:, None] if tiles is None else tiles, heads)
+    tile_probabilities = out_of_fold_tiles(unit[:, None, None].repeat(2, axis=2) if tiles is None else tiles, heads)
     shown, several_score = several_classes(tile_probabilities)
     quality, issue = judge_labels(labels, probabilities)
     outlier_score, outlier = outliers(unit)
@@ -118,22 +118,25 @@ def fold_heads(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> li
 
 
 def out_of_fold_tiles(tiles: np.ndarray, heads: list[tuple[np.ndarray, object]]) -> np.ndarray:
-    """[N, T, C] class probabilities of each photo's T tiles (features [N, T, D], any scale), each by the head
+    """[N, ..., C] class probabilities of each photo's tiles (features [N, ..., D], any scale), each by the head
     that never saw the photo: its fold's."""
-    count, per_photo, dim = tiles.shape
-    probabilities = np.zeros((count, per_photo, len(heads[0][1].classes_)))
+    probabilities = np.zeros((*tiles.shape[:-1], len(heads[0][1].classes_)))
     for held_out, head in heads:
-        flat = unit_rows(tiles[held_out].reshape(-1, dim))
-        probabilities[held_out] = head.predict_proba(flat).reshape(len(held_out), per_photo, -1)
+        flat = unit_rows(tiles[held_out].reshape(-1, tiles.shape[-1]))
+        probabilities[held_out] = head.predict_proba(flat).reshape(probabilities[held_out].shape)
     return probabilities
 
 
-def several_classes(tile_probabilities: np.ndarray, above: float = SEVERAL_ABOVE) -> tuple[np.ndarray, np.ndarray]:
-    """(shown [N, C]: some tile gives the class a probability >= above; score [N]: the strongest tile probability
-    of the photo's second most shown class). Above 0.5 a tile shows one class at most, so two shown classes are
-    two tiles that disagree, each of them sure."""
-    strongest = tile_probabilities.max(axis=1)  # [N, C]: each class's best tile
-    return strongest >= above, np.sort(strongest, axis=1)[:, -2]
+def several_classes(half_probabilities: np.ndarray, above: float = SEVERAL_ABOVE) -> tuple[np.ndarray, np.ndarray]:
+    """(shown [N, C], score [N]) from [N, P, 2, C] class probabilities of the two halves of P pairs of each photo:
+    a pair whose halves name different classes scores its less sure half's probability, and at `above` or more
+    both classes are shown; a photo scores its best pair's. Halves that share no pixel: two parts of one animal
+    seldom both look surely like different classes (docs/benchmarks.md, "Audit", against any two tiles)."""
+    said, sure = half_probabilities.argmax(axis=-1), half_probabilities.max(axis=-1)  # [N, P, 2]
+    pair_score = np.where(said[..., 0] != said[..., 1], sure.min(axis=-1), 0.0)  # [N, P]
+    apart = pair_score >= above
+    one_hot = np.eye(half_probabilities.shape[-1], dtype=bool)[said]  # [N, P, 2, C]
+    return (one_hot & apart[..., None, None]).any(axis=(1, 2)), pair_score.max(axis=1)
 
 
 def judge_labels(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,9 +18,11 @@ from tlkit.decode import draft_side, pixel_batches, resize_crop
 from tlkit.runtime import Compute, inference_batch_size, map_ahead, progress
 from tlkit.scan import DECODE_ERRORS, decode_failure, open_photo
 
-# (left, top, right, bottom) as fractions of the photo: its halves, side by side and one above the other, where
-# two subjects of a photo stand apart (docs/benchmarks.md, "Audit", measures them against a 2 x 2 grid).
-TILES = {"left": (0, 0, 0.5, 1), "right": (0.5, 0, 1, 1), "top": (0, 0, 1, 0.5), "bottom": (0, 0.5, 1, 1)}
+# Pairs of halves of a photo that share no pixel, as (left, top, right, bottom) fractions: side by side and one
+# above the other, where two subjects of a photo stand apart. A photo shows two classes where the two halves of a
+# pair each surely show another (tlkit/findings.py: several_classes; docs/benchmarks.md, "Audit").
+HALVES = {"left | right": ((0, 0, 0.5, 1), (0.5, 0, 1, 1)), "top / bottom": ((0, 0, 1, 0.5), (0, 0.5, 1, 1))}
+TILES = [box for pair in HALVES.values() for box in pair]  # in the order of the features' rows
 
 
 def tile_pixels(path: Path, prep) -> list[torch.Tensor]:
@@ -28,7 +30,7 @@ def tile_pixels(path: Path, prep) -> list[torch.Tensor]:
     # Decoded at twice the side a whole photo needs: a half of it is then still resized down, not blown up.
     image = open_photo(path, "RGB" if prep.in_chans == 3 else "L", draft_side=2 * draft_side(prep))
     width, height = image.size
-    boxes = [_box(fractions, width, height) for fractions in TILES.values()]
+    boxes = [_box(fractions, width, height) for fractions in TILES]
     return [F.pil_to_tensor(resize_crop(image.crop(box), prep)) for box in boxes]
 
 
@@ -41,8 +43,8 @@ def _box(fractions: tuple[float, ...], width: int, height: int) -> tuple[int, in
 
 def tile_features(backbone: Backbone, paths: list[Path], *, compute: Compute, batch_size: int | None = None,
                   workers: int = 1) -> tuple[np.ndarray, dict[int, str]]:
-    """([N, T, D] float32 features of each photo's T = len(TILES) tiles, {photo index: why it failed to decode});
-    a failed photo's rows stay zero. workers: decoding threads beside the trunk."""
+    """([N, P, 2, D] float32 features of the two halves of each of the P = len(HALVES) pairs of each photo,
+    {photo index: why it failed to decode}); a failed photo's rows stay zero. workers: decoding threads."""
     prep = backbone.preprocessing
     trunk = for_inference(backbone.trunk, prep, compute.device)
     batch_size = inference_batch_size(compute.device, batch_size)
@@ -63,7 +65,7 @@ def tile_features(backbone: Backbone, paths: list[Path], *, compute: Compute, ba
             for batch in pixel_batches(tiles, prep, compute.device, batch_size):
                 rows[batch.indices] = trunk(batch.images).float().cpu().numpy()
             bar.advance(task, min(photos_per_batch, len(paths) - start))
-    return features, failed
+    return features.reshape(len(paths), len(HALVES), 2, backbone.feature_dim), failed
 
 
 def _decode(path: Path, prep) -> tuple[list[torch.Tensor], str]:

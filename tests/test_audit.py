@@ -230,7 +230,8 @@ def test_a_cat_pasted_beside_a_dog_is_listed_with_both_classes_and_an_ordinary_p
 
 @pytest.mark.usefixtures("offline_caches")
 def test_a_photo_that_no_longer_decodes_for_the_tiles_is_its_own_tiles(tmp_path):
-    """Decoded for the cached features, then changed: its tiles are its whole-photo features, which agree."""
+    """Decoded for the cached features, then changed: its tiles are its whole-photo features, which agree. A photo
+    1 pixel wide has that pixel as its left and right half."""
     from tlkit.auditing import Photo, photo_tiles
     from tlkit.config import resolve_config
     from tlkit.run_backbone import create_backbone, run_config
@@ -238,13 +239,15 @@ def test_a_photo_that_no_longer_decodes_for_the_tiles_is_its_own_tiles(tmp_path)
 
     photos = shared_photos(tmp_path / "train", per_class=1)
     (photos / "dog.0.jpg").write_bytes(b"no longer a photo")
+    Image.new("RGB", (1, 40), (200, 30, 30)).save(photos / "cat.thin.png")
     config = run_config(resolve_config(None, {"backbone": "efficientnet_lite0", "device": "cpu", "data": str(photos)}))
     backbone = create_backbone(config, ["cat", "dog"])
-    whole = np.full((2, backbone.feature_dim), 7.0, np.float32)
-    listed = [Photo(Path("cat.0.jpg"), "all", "cat"), Photo(Path("dog.0.jpg"), "all", "dog")]
+    whole = np.full((3, backbone.feature_dim), 7.0, np.float32)
+    listed = [Photo(Path(name), "all", name.split(".")[0]) for name in ("cat.0.jpg", "dog.0.jpg", "cat.thin.png")]
     tiles = photo_tiles(photos, listed, whole, backbone, config)
-    assert tiles.shape == (2, len(HALVES), 2, backbone.feature_dim)
+    assert tiles.shape == (3, len(HALVES), 2, backbone.feature_dim)
     assert (tiles[1] == 7.0).all() and not np.allclose(tiles[0, 0, 0], tiles[0, 0, 1])
+    assert np.allclose(tiles[2, 0, 0], tiles[2, 0, 1]) and not (tiles[2] == 7.0).any()
 
 
 def test_a_folder_of_one_class_is_one_clear_message(tmp_path, capsys):

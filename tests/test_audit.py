@@ -222,6 +222,8 @@ def test_a_cat_pasted_beside_a_dog_is_listed_with_both_classes_and_an_ordinary_p
     several = [row for row in _rows(tmp_path / "train-audit" / "audit.csv") if row["issue"] == "several-classes"]
     assert {"path": "cat.pair.jpg", "class": "cat", "suggested": "cat|dog", "action": "exclude"}.items() <= {
         key: value for row in several if row["path"] == "cat.pair.jpg" for key, value in row.items()}.items()
+    labels = [row for row in _rows(tmp_path / "train-audit" / "audit.csv") if row["path"] == "cat.pair.jpg"]
+    assert all(row["action"] == "exclude" for row in labels)  # not relabelled dog: it is a photo of both
     assert "cat.0.jpg" not in {row["path"] for row in several} and len(several) <= 2
     summary = json.loads((tmp_path / "train-audit" / "audit.json").read_text())
     assert summary["counts"]["cat"]["several-classes"] >= 1

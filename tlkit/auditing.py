@@ -173,14 +173,15 @@ def issue_rows(photos: list[Photo], classes: list[str], findings: Findings) -> l
 
 def _label_rows(photos: list[Photo], classes: list[str], findings: Findings) -> list[Issue]:
     """A flagged label is relabelled where the other photos agree on another class (RELABEL_ABOVE) and the photo
-    is no outlier, else excluded (the photo may hold both classes, or neither)."""
+    is no outlier nor of several classes, else excluded (the photo may hold both classes, or neither)."""
     rows = []
     for row in np.argsort(findings.label_quality, kind="stable"):
         if not findings.label_issue[row]:
             continue
         photo, suggested = photos[row], int(findings.suggested[row])
         sure = (findings.probabilities[row, suggested] >= RELABEL_ABOVE and classes[suggested] != photo.label
-                and not findings.outlier[row])  # a photo of no class is no photo of the other class either
+                and not findings.outlier[row]  # a photo of no class is no photo of the other class either
+                and not findings.several[row])  # nor is a cat beside a dog a photo of a dog
         rows.append(Issue(photo.path, photo.subset, photo.label, "label", float(findings.label_quality[row]),
                           classes[suggested], "relabel" if sure else "exclude"))
     return rows

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 FLIPS, LEAKS, OUTLIERS = 30, 10, 5
 COMPOSITES = 50
-SWEEP = (0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99)  # the several-classes thresholds whose figures are printed
+SWEEP = (0.8, 0.9, 0.95, 0.97, 0.99)  # the several-classes thresholds whose figures are printed
 LABEL_TOP, OUTLIER_TOP = 60, 20
 
 
@@ -123,23 +123,24 @@ def several_figures(photos: Path, work: Path, seed: int) -> list[str]:
 
 
 def rule_figures(saved: Path) -> list[str]:
-    """From tile probabilities saved by several_figures: composites found and ordinary photos flagged by both pairs
-    of halves and by left | right alone, at each threshold of SWEEP, and the ordinary photos the default flags."""
+    """From tile probabilities saved by several_figures: composites found and ordinary photos flagged at each
+    threshold of SWEEP, and the ordinary photos the default flags. Probabilities kept by a run that scored more
+    pairs of halves (left | right, then top / bottom) are read for today's HALVES, the first pairs."""
     from tlkit.findings import SEVERAL_ABOVE, several_classes
     from tlkit.tiles import HALVES
 
     saved = np.load(saved)
     names = saved["names"].astype(str)
-    probabilities = saved["tile_probabilities"].reshape(len(names), len(HALVES), 2, -1)
+    probabilities = saved["tile_probabilities"].reshape(len(names), -1, 2, saved["tile_probabilities"].shape[-1])
+    probabilities = probabilities[:, :len(HALVES)]
     is_planted = np.char.find(names, ".composite") >= 0
     lines = []
-    for pairs, chosen in (("both pairs of halves", slice(None)), ("left | right alone", slice(0, 1))):
-        for above in sorted({*SWEEP, SEVERAL_ABOVE}):
-            flagged = several_classes(probabilities[:, chosen], above)[0].sum(axis=1) >= 2
-            lines.append(f"{pairs}, P >= {above}{' (the default)' if above == SEVERAL_ABOVE else ''}: composites "
-                         f"found {(flagged & is_planted).sum()} of {is_planted.sum()}, ordinary photos flagged "
-                         f"{(flagged & ~is_planted).sum()} of {(~is_planted).sum()} "
-                         f"({(flagged & ~is_planted).sum() / (~is_planted).sum():.1%})")
+    for above in sorted({*SWEEP, SEVERAL_ABOVE}):
+        flagged = several_classes(probabilities, above)[0].sum(axis=1) >= 2
+        lines.append(f"P >= {above}{' (the default)' if above == SEVERAL_ABOVE else ''}: composites found "
+                     f"{(flagged & is_planted).sum()} of {is_planted.sum()}, ordinary photos flagged "
+                     f"{(flagged & ~is_planted).sum()} of {(~is_planted).sum()} "
+                     f"({(flagged & ~is_planted).sum() / (~is_planted).sum():.1%})")
     shown, score = several_classes(probabilities)
     ordinary = [f"{names[row]} ({score[row]:.3f})" for row in np.argsort(-score)
                 if shown[row].sum() >= 2 and not is_planted[row]]

@@ -134,7 +134,7 @@ def photo_tiles(data: Path, photos: list[Photo], features: np.ndarray, backbone:
     """[N, P, 2, D] features of each photo's pairs of halves (tlkit/tiles.py). A photo that decoded for the cache
     but no longer does has its whole-photo features as every half: halves that agree, so it is not judged on them."""
     compute = compute_for(config.device, config.precision)
-    info(f"audit: the trunk over {len(TILES)} halves of each photo (not cached); {compute.words()}")
+    info(f"audit: the trunk over the {len(TILES)} halves of each photo (not cached); {compute.words()}")
     tiles, failed = tile_features(backbone, [data / photo.path for photo in photos], compute=compute,
                                   workers=default_workers(config.workers))
     for row in failed:

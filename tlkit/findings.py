@@ -25,7 +25,7 @@ SEARCH_MEMORY_MB = 64  # what one block of the neighbour search's distances may 
 OUTLIER_IQR_SCALE = 1 / 0.37037 - 1
 # Out-of-fold probability of a class from which a photo's tile shows it; a photo whose tiles show two classes
 # so holds several (docs/benchmarks.md, "Audit": tuned on one set of planted composites, measured on another).
-SEVERAL_ABOVE = 0.9
+SEVERAL_ABOVE = 0.93
 
 
 @dataclass(frozen=True)

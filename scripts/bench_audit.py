@@ -7,8 +7,11 @@ training (3 real MNIST digits and 2 textures, at photo size). Then times `tlkit 
 first with no feature cache, then with it, and prints each acceptance figure. Last, the near-duplicate
 search alone on 2,002 and 25,000 synthetic feature vectors, each in a fresh process: time and peak memory.
 --finetune: on the same split with nothing planted, fine-tune with and without the audit's exclude rows.
+--several SEED: only the "several classes" finding, on the photos (linked) less 100 of them, pasted in pairs
+(a cat beside a dog, resized to one height) into 50 composites, each labelled as one of its two classes; the
+pairs are drawn by SEED (the rule was tuned on seed 1 and is reported on seed 2: docs/benchmarks.md).
 
-    python scripts/bench_audit.py [--photos DIR] [--keep DIR] [--search-only] [--finetune]
+    python scripts/bench_audit.py [--photos DIR] [--keep DIR] [--search-only] [--finetune] [--several SEED]
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 FLIPS, LEAKS, OUTLIERS = 30, 10, 5
+COMPOSITES = 50
+SWEEP = (0.8, 0.9, 0.95, 0.97, 0.99)  # the several-classes thresholds whose figures are printed
 LABEL_TOP, OUTLIER_TOP = 60, 20
 
 
@@ -65,6 +70,81 @@ def neither_class(rng) -> list[Image.Image]:
     stripes = (127 + 120 * np.sin(np.arange(400) / 6.0))[None, :, None].repeat(300, 0).repeat(3, 2)
     images.append(Image.fromarray(stripes.astype(np.uint8)))
     return images
+
+
+def plant_composites(photos: Path, data: Path, seed: int) -> set[str]:
+    """data: links to the photos, less 2 x COMPOSITES of them that are pasted in pairs (a cat and a dog, in a
+    drawn order) into COMPOSITES composites, each named as one of its two classes; returns their names."""
+    if data.is_dir():  # planted by an earlier run (--keep): its feature cache is still valid
+        return {path.name for path in data.glob("*.composite*.jpg")}
+    rng = np.random.default_rng(seed)
+    cats, dogs = sorted(photos.glob("cat.*.jpg")), sorted(photos.glob("dog.*.jpg"))
+    pairs = list(zip(rng.choice(cats, COMPOSITES, replace=False), rng.choice(dogs, COMPOSITES, replace=False)))
+    pasted = {path for pair in pairs for path in pair}
+    data.mkdir(parents=True)
+    for path in cats + dogs:
+        if path not in pasted:  # a pasted photo stays out: its composite's half would be its near-copy
+            (data / path.name).symlink_to(path.resolve())
+    planted = set()
+    for number, pair in enumerate(pairs):
+        name = f"{('cat', 'dog')[rng.integers(2)]}.composite{number}.jpg"
+        side_by_side(pair[::-1] if rng.integers(2) else pair).save(data / name, quality=90)
+        planted.add(name)
+    return planted
+
+
+def side_by_side(paths) -> Image.Image:
+    """The photos resized to the smaller one's height and pasted left to right."""
+    images = [Image.open(path).convert("RGB") for path in paths]
+    height = min(image.height for image in images)
+    images = [image.resize((round(image.width * height / image.height), height), Image.BICUBIC) for image in images]
+    canvas = Image.new("RGB", (sum(image.width for image in images), height))
+    for image, left in zip(images, np.cumsum([0] + [image.width for image in images[:-1]])):
+        canvas.paste(image, (int(left), 0))
+    return canvas
+
+
+def several_figures(photos: Path, work: Path, seed: int) -> list[str]:
+    """The "several classes" rows of an audit of composites planted with seed: how many composites they hold and
+    how many ordinary photos; then rule_figures from the tile probabilities, kept in the work folder (tiles.npz)."""
+    import tlkit
+
+    planted = plant_composites(photos, work / "data", seed)
+    start = time.perf_counter()
+    report = tlkit.audit(work / "data", out=work / "audit", force=True, device="cpu", quiet=True)
+    seconds = time.perf_counter() - start
+    names = np.array([photo.path.as_posix() for photo in report.photos])
+    is_planted = np.isin(names, sorted(planted))
+    found = {row.path.as_posix() for row in report.of("several-classes")}
+    np.savez(work / "tiles.npz", names=names, tile_probabilities=report.findings.tile_probabilities)
+    return [f"seed {seed}: {len(names):,} photos ({is_planted.sum()} composites), audit {seconds:.0f} s; its rows: "
+            f"composites {len(found & planted)} of {len(planted)}, ordinary photos {len(found - planted)}",
+            *rule_figures(work / "tiles.npz")]
+
+
+def rule_figures(saved: Path) -> list[str]:
+    """From tile probabilities saved by several_figures: composites found and ordinary photos flagged at each
+    threshold of SWEEP, and the ordinary photos the default flags. Probabilities kept by a run that scored more
+    pairs of halves (left | right, then top / bottom) are read for today's HALVES, the first pairs."""
+    from tlkit.findings import SEVERAL_ABOVE, several_classes
+    from tlkit.tiles import HALVES
+
+    saved = np.load(saved)
+    names = saved["names"].astype(str)
+    probabilities = saved["tile_probabilities"].reshape(len(names), -1, 2, saved["tile_probabilities"].shape[-1])
+    probabilities = probabilities[:, :len(HALVES)]
+    is_planted = np.char.find(names, ".composite") >= 0
+    lines = []
+    for above in sorted({*SWEEP, SEVERAL_ABOVE}):
+        flagged = several_classes(probabilities, above)[0].sum(axis=1) >= 2
+        lines.append(f"P >= {above}{' (the default)' if above == SEVERAL_ABOVE else ''}: composites found "
+                     f"{(flagged & is_planted).sum()} of {is_planted.sum()}, ordinary photos flagged "
+                     f"{(flagged & ~is_planted).sum()} of {(~is_planted).sum()} "
+                     f"({(flagged & ~is_planted).sum() / (~is_planted).sum():.1%})")
+    shown, score = several_classes(probabilities)
+    ordinary = [f"{names[row]} ({score[row]:.3f})" for row in np.argsort(-score)
+                if shown[row].sum() >= 2 and not is_planted[row]]
+    return [*lines, f"ordinary photos flagged at the default: {', '.join(ordinary) or 'none'}"]
 
 
 def timed_audit(data: Path, out: Path, force: bool) -> float:
@@ -168,10 +248,27 @@ def main() -> None:
     parser.add_argument("--search-only", action="store_true", help="only time the near-duplicate search")
     parser.add_argument("--finetune", action="store_true",
                         help="also fine-tune on a clean split with and without the audit's exclude rows (a few minutes)")
+    parser.add_argument("--several", type=int, metavar="SEED",
+                        help="only plant two-class composites drawn by SEED and measure the several-classes rows")
+    parser.add_argument("--rescore", type=Path, metavar="DIR",
+                        help="only the figures of --several from the tiles.npz it kept in DIR (--keep), by today's rule")
     parser.add_argument("--search-rows", type=int, help=argparse.SUPPRESS)  # search_in_child's own call
     args = parser.parse_args()
     if args.search_rows:
         print(search_cost(args.search_rows))
+        return
+    if args.rescore:
+        for line in rule_figures(args.rescore / "tiles.npz"):
+            print(f"figure: {line}")
+        return
+    if args.several is not None:
+        work = args.keep or Path(tempfile.mkdtemp(prefix="bench-several-"))
+        try:
+            for line in several_figures(args.photos, work, args.several):
+                print(f"figure: {line}")
+        finally:
+            if args.keep is None:
+                shutil.rmtree(work, ignore_errors=True)
         return
     lines = []
     if not args.search_only:

@@ -46,6 +46,16 @@ def test_a_vector_far_from_all_is_the_outlier():
     assert int(np.argmin(found.outlier_score)) == 7 and found.outlier[7]
 
 
+def test_a_vector_whose_tiles_are_of_two_classes_shows_both():
+    features, labels = _clusters()
+    tiles = features[:, None, None] + np.random.default_rng(2).normal(0, 0.5, (len(features), 1, 2, features.shape[1]))
+    tiles[3, 0] = [features[0], features[70]]  # a class-0 photo whose right half looks like class 1
+    found = find_problems(features, labels, [""] * len(labels), tiles=tiles)
+    assert found.shown[3].tolist() == [True, True] and found.several.nonzero()[0].tolist() == [3]
+    assert int(np.argmax(found.several_score)) == 3
+    assert find_problems(features, labels, [""] * len(labels)).several.sum() == 0  # no tiles: each photo its own
+
+
 def test_near_duplicates_and_identical_files_are_paired_and_grouped():
     features = np.random.default_rng(0).normal(0, 1, (120, 32))  # unlike one another: cosine about 0 +- 0.2
     features[10] = features[3] * 1.01 + 0.01  # a re-encoded copy: nearly the same vector
@@ -194,6 +204,52 @@ def test_a_folder_not_split_yet_is_audited_whole_with_its_cache_beside_it(tmp_pa
         row["issue"] == "identical" and {row["path"], row["other"]} == {"cat.0.jpg", "cat.100.jpg"} for row in rows)
     assert _snapshot(photos) == before and not (photos / ".tlkit-cache").exists()
     assert (tmp_path / ".tlkit-cache" / "train-efficientnet_lite0" / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("offline_caches")
+def test_a_cat_pasted_beside_a_dog_is_listed_with_both_classes_and_an_ordinary_photo_is_not(tmp_path):
+    photos = shared_photos(tmp_path / "train", per_class=31)
+    cat, dog = (Image.open(photos / f"{label}.30.jpg").convert("RGB") for label in ("cat", "dog"))
+    for path in (photos / "cat.30.jpg", photos / "dog.30.jpg"):
+        path.unlink()  # pasted, not kept: a half of the composite would be its near-copy
+    dog = dog.resize((round(dog.width * cat.height / dog.height), cat.height))
+    composite = Image.new("RGB", (cat.width + dog.width, cat.height))
+    composite.paste(cat, (0, 0))
+    composite.paste(dog, (cat.width, 0))
+    composite.save(photos / "cat.pair.jpg", quality=90)
+    assert cli.main(["-q", "audit", str(photos), "--device", "cpu"]) == 0
+    several = [row for row in _rows(tmp_path / "train-audit" / "audit.csv") if row["issue"] == "several-classes"]
+    assert {"path": "cat.pair.jpg", "class": "cat", "suggested": "cat|dog", "action": "exclude"}.items() <= {
+        key: value for row in several if row["path"] == "cat.pair.jpg" for key, value in row.items()}.items()
+    labels = [row for row in _rows(tmp_path / "train-audit" / "audit.csv") if row["path"] == "cat.pair.jpg"]
+    assert all(row["action"] == "exclude" for row in labels)  # not relabelled dog: it is a photo of both
+    assert "cat.0.jpg" not in {row["path"] for row in several} and len(several) <= 2
+    summary = json.loads((tmp_path / "train-audit" / "audit.json").read_text())
+    assert summary["counts"]["cat"]["several-classes"] >= 1
+    assert "several classes in one photo" in (tmp_path / "train-audit" / "audit.html").read_text()
+
+
+@pytest.mark.usefixtures("offline_caches")
+def test_a_photo_that_no_longer_decodes_for_the_tiles_is_its_own_tiles(tmp_path):
+    """Decoded for the cached features, then changed: its tiles are its whole-photo features, which agree. A photo
+    1 pixel wide has that pixel as its left and right half."""
+    from tlkit.auditing import Photo, photo_tiles
+    from tlkit.config import resolve_config
+    from tlkit.run_backbone import create_backbone, run_config
+    from tlkit.tiles import HALVES
+
+    photos = shared_photos(tmp_path / "train", per_class=1)
+    (photos / "dog.0.jpg").write_bytes(b"no longer a photo")
+    Image.new("RGB", (1, 40), (200, 30, 30)).save(photos / "cat.thin.png")
+    config = run_config(resolve_config(None, {"backbone": "efficientnet_lite0", "device": "cpu", "data": str(photos)}))
+    backbone = create_backbone(config, ["cat", "dog"])
+    whole = np.full((3, backbone.feature_dim), 7.0, np.float32)
+    listed = [Photo(Path(name), "all", name.split(".")[0]) for name in ("cat.0.jpg", "dog.0.jpg", "cat.thin.png")]
+    tiles = photo_tiles(photos, listed, whole, backbone, config)
+    assert tiles.shape == (3, len(HALVES), 2, backbone.feature_dim)
+    assert (tiles[1] == 7.0).all() and not np.allclose(tiles[0, 0, 0], tiles[0, 0, 1])
+    assert np.allclose(tiles[2, 0, 0], tiles[2, 0, 1]) and not (tiles[2] == 7.0).any()
 
 
 def test_a_folder_of_one_class_is_one_clear_message(tmp_path, capsys):

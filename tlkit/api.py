@@ -424,9 +424,9 @@ def finetune(data: Path | str | None = None, *, config_file: Path | str | None =
 def audit(data: Path | str, *, out: Path | str | None = None, force: bool = False, config_file: Path | str | None = None,
           similarity: float = DUPLICATE_SIMILARITY, quiet: bool = False, **settings) -> Audit:
     """`tlkit audit`: likely label errors, near-duplicates (across training and validation above all),
-    identical files and outliers of a split folder or of a folder not split yet, judged by the backbone's
-    cached features (efficientnet_lite0 unless settings say otherwise: backbone=, weights=, device=, ...; the
-    settings config.AUDIT_READS names, and no other).
+    identical files, outliers and photos showing several classes of a split folder or of a folder not split
+    yet, judged by the backbone's cached features and those of each photo's halves (efficientnet_lite0 unless
+    settings say otherwise: backbone=, weights=, device=, ...; the settings config.AUDIT_READS names, and no other).
     Writes OUT/audit.csv, audit.json, audit.html and audit.png (out None: DATA-audit beside DATA) and
     returns the Audit: its
     `issues` are audit.csv's rows, `counts()` the table per class, `findings` every photo's scores.

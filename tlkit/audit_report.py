@@ -1,6 +1,6 @@
 """The folder `tlkit audit` writes: audit.csv (one reviewable row per photo and issue, with the suggested
-action: exclude / relabel / keep), audit.json (what was audited, the counts), audit.html (thumbnails, pairs
-side by side) and audit.png (the worst of each).
+action: exclude / relabel / keep; a photo of several classes names them in `suggested`), audit.json (what was
+audited, the counts), audit.html (thumbnails, pairs side by side) and audit.png (the worst of each).
 
 Every file is written atomically; an existing folder is written into only with --force, and only over an
 earlier audit's files that are unchanged (tlkit/ownership.py): an audit.csv the user edited stays.
@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from tlkit.atomic import atomic_write_text, check_writable
-from tlkit.auditing import ISSUES, Audit, Issue
+from tlkit.auditing import ISSUES, SHOWN_SEPARATOR, Audit, Issue
 from tlkit.errors import TlkitError, option
 from tlkit.ownership import replace_outputs, wrote_any
 from tlkit.pathtext import path_text, refuse_stdout
@@ -131,7 +131,18 @@ def page_sections(audit: Audit) -> list[Section]:
     sections.append(Section(f"outliers ({len(outliers)}): unlike every other photo, lowest score first",
                             [_card(audit, row, f"{row.label}?", f"score {row.score:.3f}, {row.action}")
                              for row in outliers[:PAGE_LIMIT]]))
+    several = audit.of("several-classes")
+    sections.append(Section(f"several classes in one photo ({len(several)}): parts of it show each class named; "
+                            "P out of fold of the less sure class's surest part",
+                            [_card(audit, row, f"{row.label}: shows {_classes(row)}", f"{row.score:.3f}, {row.action}")
+                             for row in several[:PAGE_LIMIT]]))
     return sections
+
+
+def _classes(row: Issue) -> str:
+    """The classes a photo of several shows, in words: "cat and dog"."""
+    shown = row.suggested.split(SHOWN_SEPARATOR)
+    return " and ".join([", ".join(shown[:-1]), shown[-1]] if len(shown) > 1 else shown)
 
 
 def sheet_photos(audit: Audit) -> list[tuple[Path, str]]:
@@ -139,6 +150,7 @@ def sheet_photos(audit: Audit) -> list[tuple[Path, str]]:
     photos = []
     for kind in ISSUES:
         for row in audit.of(kind)[:SHEET_LIMIT]:
-            what = f"{row.label} -> {row.suggested}" if kind == "label" else row.label
+            what = {"label": f"{row.label} -> {row.suggested}",
+                    "several-classes": f"{row.label}: shows {_classes(row)}"}.get(kind, row.label)
             photos.append((audit.root / row.path, f"{kind}: {what}\n{row.score:.3f} {row.action}"))
     return photos

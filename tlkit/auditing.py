@@ -1,10 +1,10 @@
 """`tlkit audit`: what is wrong in a dataset before it costs accuracy: likely label errors, leaks and
-near-duplicates, photos of no class; found in the frozen trunk's features, from the feature cache.
+near-duplicates, photos of no class, photos showing several classes; found in the frozen trunk's features.
 
 Gathers the features (a split's cache, the one `finetune --precompute-features` reads; an unsplit folder's
-own cache, all its photos as one subset), asks tlkit/findings.py, and turns its flags into one reviewable
-row per photo and issue with a suggested action (tlkit/audit_report.py writes them). Never moves, renames or
-deletes a photo.
+own cache, all its photos as one subset) and those of each photo's tiles (tlkit/tiles.py, not cached), asks
+tlkit/findings.py, and turns its flags into one reviewable row per photo and issue with a suggested action
+(tlkit/audit_report.py writes them). Never moves, renames or deletes a photo.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tlkit.backbone import Backbone
 from tlkit.cache import default_cache_root, file_rows
 from tlkit.config import FinetuneConfig, resolve_config
 from tlkit.data import open_split
@@ -29,8 +30,9 @@ from tlkit.run_backbone import create_backbone, run_config
 from tlkit.runtime import compute_for, default_workers, info, relpath
 from tlkit.scan import list_dataset, photo_root, warn_rows_left_out
 from tlkit.split import SUBSETS, finish_pending_split
+from tlkit.tiles import TILES, tile_features
 
-ISSUES = ("label", "near-duplicate", "identical", "outlier")
+ISSUES = ("label", "near-duplicate", "identical", "outlier", "several-classes")
 WHOLE = "all"  # the one subset of a folder not split yet
 RELABEL_ABOVE = 0.9  # out-of-fold probability of the suggested class from which a label issue is relabelled
 
@@ -50,8 +52,9 @@ class Issue:
     subset: str
     label: str
     issue: str  # one of ISSUES
-    score: float  # label: P(own label) out of fold; pairs: similarity; outlier: OOD score (low = unlike)
-    suggested: str  # label issues: the class the other photos point to; else ""
+    score: float  # label: P(own label) out of fold; pairs: similarity; outlier: OOD score (low = unlike);
+    # several-classes: the second class's strongest tile probability (findings.several_classes)
+    suggested: str  # label issues: the class the other photos point to; several-classes: the classes shown, "cat|dog"
     action: str  # exclude, relabel or keep (tlkit.exclusions.ACTIONS: what --exclude acts on)
     other: Path | None = None  # the pair's other photo
 
@@ -101,14 +104,17 @@ def audit_folder(data: Path, settings: dict, *, config_file: Path | None = None,
     finish_pending_split(data)
     defaults = {} if config_file else {"backbone": AUDIT_BACKBONE}
     config = run_config(resolve_config(config_file, {**defaults, **settings, "data": str(data), "precompute_views": 0}))
-    photos, classes, features = gather_features(data, config)
-    labels = photo_labels(photos, classes, multi_label=is_multi_label_split(data))
-    info(f"audit: judging {len(photos)} photos' labels ({len(classes)} classes), near-duplicates and outliers")
+    photos, classes, features, backbone = gather_features(data, config)
+    multi_label = is_multi_label_split(data)
+    labels = photo_labels(photos, classes, multi_label=multi_label)
     root = photo_root(data)  # a label file's paths are relative to its folder
-    findings = find_problems(features, labels, file_digests(root, photos), similarity=similarity, seed=config.seed)
+    tiles = None if multi_label else photo_tiles(root, photos, features, backbone, config)
+    info(f"audit: judging {len(photos)} photos' labels ({len(classes)} classes), near-duplicates, outliers"
+         + ("" if multi_label else " and photos of several classes"))
+    findings = find_problems(features, labels, file_digests(root, photos), tiles=tiles, similarity=similarity,
+                             seed=config.seed)
     return Audit(root=root, classes=classes, backbone=config.backbone, photos=photos, findings=findings,
-                 issues=issue_rows(photos, classes, findings, multi_label=labels.ndim == 2),
-                 multi_label=labels.ndim == 2)
+                 issues=issue_rows(photos, classes, findings, multi_label=multi_label), multi_label=multi_label)
 
 
 def photo_labels(photos: list[Photo], classes: list[str], *, multi_label: bool) -> np.ndarray:
@@ -122,9 +128,9 @@ def is_split(data: Path) -> bool:
     return all((Path(data) / subset).is_dir() for subset in SUBSETS)
 
 
-def gather_features(data: Path, config: FinetuneConfig) -> tuple[list[Photo], list[str], np.ndarray]:
-    """(photos, classes, features [N, D]) of every photo that decoded, the trunk's as config sets it up: from
-    the cache, or computed into it."""
+def gather_features(data: Path, config: FinetuneConfig) -> tuple[list[Photo], list[str], np.ndarray, Backbone]:
+    """(photos, classes, features [N, D], the backbone) of every photo that decoded, the trunk's as config sets
+    it up: from the cache, or computed into it."""
     compute = compute_for(config.device, config.precision)
     if is_split(data):
         split = open_split(data)
@@ -138,7 +144,21 @@ def gather_features(data: Path, config: FinetuneConfig) -> tuple[list[Photo], li
         cache_dir = cache_dir_for(cache_root, f"{data.resolve().name}-{backbone.name}")
         sets = precompute_folders(backbone, folders, files, classes, cache_dir, compute=compute,
                                   workers=default_workers(config.workers), views=0, dtype=config.cache_dtype)
-    return _photos(sets, classes), classes, np.concatenate([np.asarray(s.features) for s in sets.values()])
+    features = np.concatenate([np.asarray(s.features) for s in sets.values()])
+    return _photos(sets, classes), classes, features, backbone
+
+
+def photo_tiles(data: Path, photos: list[Photo], features: np.ndarray, backbone: Backbone,
+                config: FinetuneConfig) -> np.ndarray:
+    """[N, P, 2, D] features of each photo's pairs of halves (tlkit/tiles.py). A photo that decoded for the cache
+    but no longer does has its whole-photo features as every half: halves that agree, so it is not judged on them."""
+    compute = compute_for(config.device, config.precision)
+    info(f"audit: the trunk over the {len(TILES)} halves of each photo (not cached); {compute.words()}")
+    tiles, failed = tile_features(backbone, [data / photo.path for photo in photos], compute=compute,
+                                  workers=default_workers(config.workers))
+    for row in failed:
+        tiles[row] = features[row]
+    return tiles
 
 
 def _unsplit_files(data: Path) -> tuple[list[str], dict[str, Path], dict[str, list]]:
@@ -168,9 +188,11 @@ def file_digests(data: Path, photos: list[Photo]) -> list[str]:
 
 def issue_rows(photos: list[Photo], classes: list[str], findings: Findings, *,
                multi_label: bool = False) -> list[Issue]:
-    """audit.csv's rows: label issues, then near-duplicate and identical pairs, then outliers; each worst first."""
+    """audit.csv's rows: label issues, then near-duplicate and identical pairs, then outliers, then photos of several
+    classes; each worst first."""
     labels = _label_set_rows(photos, classes, findings) if multi_label else _label_rows(photos, classes, findings)
-    return [*labels, *_pair_rows(photos, findings), *_outlier_rows(photos, findings)]
+    return [*labels, *_pair_rows(photos, findings), *_outlier_rows(photos, findings),
+            *_several_rows(photos, classes, findings)]
 
 
 def _label_set_rows(photos: list[Photo], classes: list[str], findings: Findings) -> list[Issue]:
@@ -183,14 +205,15 @@ def _label_set_rows(photos: list[Photo], classes: list[str], findings: Findings)
 
 def _label_rows(photos: list[Photo], classes: list[str], findings: Findings) -> list[Issue]:
     """A flagged label is relabelled where the other photos agree on another class (RELABEL_ABOVE) and the photo
-    is no outlier, else excluded (the photo may hold both classes, or neither)."""
+    is no outlier nor of several classes, else excluded (the photo may hold both classes, or neither)."""
     rows = []
     for row in np.argsort(findings.label_quality, kind="stable"):
         if not findings.label_issue[row]:
             continue
         photo, suggested = photos[row], int(findings.suggested[row])
         sure = (findings.probabilities[row, suggested] >= RELABEL_ABOVE and classes[suggested] != photo.label
-                and not findings.outlier[row])  # a photo of no class is no photo of the other class either
+                and not findings.outlier[row]  # a photo of no class is no photo of the other class either
+                and not findings.several[row])  # nor is a cat beside a dog a photo of a dog
         rows.append(Issue(photo.path, photo.subset, photo.label, "label", float(findings.label_quality[row]),
                           classes[suggested], "relabel" if sure else "exclude"))
     return rows
@@ -215,3 +238,15 @@ def _outlier_rows(photos: list[Photo], findings: Findings) -> list[Issue]:
     order = np.argsort(findings.outlier_score, kind="stable")
     return [Issue(photos[row].path, photos[row].subset, photos[row].label, "outlier",
                   float(findings.outlier_score[row]), "", "exclude") for row in order if findings.outlier[row]]
+
+
+def _several_rows(photos: list[Photo], classes: list[str], findings: Findings) -> list[Issue]:
+    """Photos whose tiles show different classes, surest first: excluded, as no one class is the photo's."""
+    order = np.argsort(-findings.several_score, kind="stable")
+    return [Issue(photos[row].path, photos[row].subset, photos[row].label, "several-classes",
+                  float(findings.several_score[row]), _shown(classes, findings.shown[row]), "exclude")
+            for row in order if findings.several[row]]
+
+
+def _shown(classes: list[str], shown: np.ndarray) -> str:
+    return SEPARATOR.join(label for label, is_shown in zip(classes, shown) if is_shown)

@@ -179,10 +179,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-@_command("audit", "find likely label errors, leaks, near-duplicates and photos of no class",
+@_command("audit", "find likely label errors, leaks, near-duplicates, photos of no class and of several",
           "Judge every photo by the frozen trunk's features (from the feature cache, computed once): labels that heads "
           "trained on the other photos contradict (out of fold), near-identical pairs (above all across training/ and "
-          "validation/) and identical files, photos unlike every other. DATA is a split folder or a flat or "
+          "validation/) and identical files, photos unlike every other, photos whose halves show different classes "
+          "(the halves' features are computed on each run). DATA is a split folder or a flat or "
           "class-foldered folder not split yet (audited as one set). Writes OUT/audit.csv (path, issue, suggested "
           "action: exclude / relabel / keep), audit.html (thumbnails to look at), audit.png and audit.json; moves no "
           "photo. Give the reviewed audit.csv to --exclude of finetune (or of split, for a folder not split yet).",

@@ -1,5 +1,6 @@
 """What is wrong in a dataset, told from its photos' features: labels that the other photos contradict,
-near-identical photos (above all across training and validation), and photos unlike every class.
+near-identical photos (above all across training and validation), photos unlike every class, and photos
+whose parts (tiles) show different classes.
 
 Works on arrays (features, labels, file digests) and returns per-row scores and flags; reads no photo,
 writes nothing, prints nothing (tlkit/auditing.py does). scikit-learn gives the out-of-fold heads and
@@ -22,6 +23,9 @@ SEARCH_MEMORY_MB = 64  # what one block of the neighbour search's distances may 
 # cleanlab Datalab's default for outliers on features: an average distance to the k nearest neighbours above
 # Q3 + (1 / 0.37037 - 1) x IQR of all of them (cleanlab.datalab ... OutlierIssueManager.DEFAULT_THRESHOLDS).
 OUTLIER_IQR_SCALE = 1 / 0.37037 - 1
+# Out-of-fold probability of a class from which a photo's tile shows it; a photo whose tiles show two classes
+# so holds several (docs/benchmarks.md, "Audit": tuned on one set of planted composites, measured on another).
+SEVERAL_ABOVE = 0.93
 
 
 @dataclass(frozen=True)
@@ -45,27 +49,42 @@ class Findings:
     outlier: np.ndarray  # [N] bool: Datalab's rule on the same distances
     pairs: list[DuplicatePair]  # most similar first
     groups: np.ndarray  # [N] a group number shared by photos joined by pairs, -1 for a photo in none
+    tile_probabilities: np.ndarray  # [N, P, 2, C] out of fold (the photo's fold's head), of each half of P pairs
+    shown: np.ndarray  # [N, C] bool: the halves of a pair disagree, each sure (P >= SEVERAL_ABOVE), and one says it
+    several_score: np.ndarray  # [N] the best pair's less sure half's P when the halves disagree, else 0
 
     @property
     def suggested(self) -> np.ndarray:
         return self.probabilities.argmax(axis=1)
 
+    @property
+    def several(self) -> np.ndarray:
+        """[N] bool: two halves of the photo show different classes."""
+        return self.shown.sum(axis=1) >= 2
 
-def find_problems(features: np.ndarray, labels: np.ndarray, digests: list[str], *, seed: int = 0,
-                  similarity: float = DUPLICATE_SIMILARITY) -> Findings:
+def find_problems(features: np.ndarray, labels: np.ndarray, digests: list[str], *, tiles: np.ndarray | None = None,
+                  seed: int = 0, similarity: float = DUPLICATE_SIMILARITY) -> Findings:
     """Everything audit reports, from features [N, D] (any scale), labels [N] (or a multi-label split's 0/1 rows
-    [N, L]: judge_label_sets) and the files' digests."""
+    [N, L]: judge_label_sets), the files' digests and the features of each photo's pairs of halves [N, P, 2, D]
+    (None: each photo is both its halves, and none shows two classes; a multi-label split's photos are not judged
+    on their halves: their labels say which classes they show)."""
     unit = unit_rows(features)
     if labels.ndim == 2:
         probabilities = out_of_fold_label_probabilities(unit, labels, seed=seed)
         quality, issue = judge_label_sets(labels, probabilities)
+        tile_probabilities = np.zeros((len(labels), 0, 2, labels.shape[1]))
+        shown, several_score = np.zeros(labels.shape, dtype=bool), np.zeros(len(labels))
     else:
-        probabilities = out_of_fold_probabilities(unit, labels, seed=seed)
+        heads = fold_heads(unit, labels, seed=seed)
+        probabilities = out_of_fold_probabilities(unit, labels, heads=heads)
+        tile_probabilities = out_of_fold_tiles(unit[:, None, None].repeat(2, axis=2) if tiles is None else tiles, heads)
+        shown, several_score = several_classes(tile_probabilities)
         quality, issue = judge_labels(labels, probabilities)
     outlier_score, outlier = outliers(unit)
     pairs = near_duplicates(unit, digests, similarity=similarity)
     return Findings(probabilities=probabilities, label_quality=quality, label_issue=issue, outlier_score=outlier_score,
-                    outlier=outlier, pairs=pairs, groups=duplicate_groups(pairs, len(labels)))
+                    outlier=outlier, pairs=pairs, groups=duplicate_groups(pairs, len(labels)),
+                    tile_probabilities=tile_probabilities, shown=shown, several_score=several_score)
 
 
 def unit_rows(features: np.ndarray) -> np.ndarray:
@@ -74,10 +93,22 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
-def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> np.ndarray:
-    """[N, C] class probabilities of each photo from a logistic-regression head trained on the other folds."""
+def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, *, seed: int = 0,
+                              heads: list | None = None) -> np.ndarray:
+    """[N, C] class probabilities of each photo from a logistic-regression head trained on the other folds
+    (heads: fold_heads of these features and labels, when made already)."""
+    heads = heads if heads is not None else fold_heads(features, labels, seed=seed)
+    probabilities = np.zeros((len(features), len(heads[0][1].classes_)))
+    for held_out, head in heads:
+        probabilities[held_out] = head.predict_proba(features[held_out])
+    return probabilities
+
+
+def fold_heads(features: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> list[tuple[np.ndarray, object]]:
+    """(the rows of a fold, the head fitted on every other fold) for each of min(FOLDS, smallest class) folds."""
+    from sklearn.base import clone
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -89,8 +120,30 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, *, seed:
     # C=0.1: a stronger L2 than scikit-learn's default; a trunk's 1,280 features separate a few thousand photos,
     # and an unregularised head's probabilities saturate at 0 and 1, where a ranking can no longer tell them apart.
     head = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-    return cross_val_predict(head, features, labels, method="predict_proba",
-                             cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels)
+    return [(held_out, clone(head).fit(features[kept], labels[kept])) for kept, held_out in splits]
+
+
+def out_of_fold_tiles(tiles: np.ndarray, heads: list[tuple[np.ndarray, object]]) -> np.ndarray:
+    """[N, ..., C] class probabilities of each photo's tiles (features [N, ..., D], any scale), each by the head
+    that never saw the photo: its fold's."""
+    probabilities = np.zeros((*tiles.shape[:-1], len(heads[0][1].classes_)))
+    for held_out, head in heads:
+        flat = unit_rows(tiles[held_out].reshape(-1, tiles.shape[-1]))
+        probabilities[held_out] = head.predict_proba(flat).reshape(probabilities[held_out].shape)
+    return probabilities
+
+
+def several_classes(half_probabilities: np.ndarray, above: float = SEVERAL_ABOVE) -> tuple[np.ndarray, np.ndarray]:
+    """(shown [N, C], score [N]) from [N, P, 2, C] class probabilities of the two halves of P pairs of each photo:
+    a pair whose halves name different classes scores its less sure half's probability, and at `above` or more
+    both classes are shown; a photo scores its best pair's. Halves that share no pixel: two parts of one animal
+    seldom both look surely like different classes (docs/benchmarks.md, "Audit", against any two tiles)."""
+    said, sure = half_probabilities.argmax(axis=-1), half_probabilities.max(axis=-1)  # [N, P, 2]
+    pair_score = np.where(said[..., 0] != said[..., 1], sure.min(axis=-1), 0.0)  # [N, P]
+    apart = pair_score >= above
+    one_hot = np.eye(half_probabilities.shape[-1], dtype=bool)[said]  # [N, P, 2, C]
+    return (one_hot & apart[..., None, None]).any(axis=(1, 2)), pair_score.max(axis=1)
 
 
 def judge_labels(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -156,11 +156,12 @@ def audit(found, show: int, out_dir: Path) -> None:
         if not rows:
             continue
         worst = Table(title=f"worst {len(rows)} of {len(found.of(issue))}: {issue}", title_justify="left")
-        beside = {"label": ("suggested",), "outlier": ()}.get(issue, ("other",))
+        beside = {"label": ("suggested",), "outlier": (), "several-classes": ("shows",)}.get(issue, ("other",))
         for column in ("photo", "class", "score", *beside, "action"):
             worst.add_column(column, justify="right" if column == "score" else "left", overflow="fold")
         for row in rows:
-            cells = {"label": (row.suggested,), "outlier": ()}.get(issue, (str(row.other and row.other.as_posix()),))
+            cells = {"label": (row.suggested,), "outlier": (), "several-classes": (row.suggested,)}.get(
+                issue, (str(row.other and row.other.as_posix()),))
             worst.add_row(row.path.as_posix(), row.label, f"{row.score:.3f}", *cells, row.action)
         result(worst)
     actions = ", ".join(f"{n} {action}" for action, n in Counter(issue.action for issue in found.issues).items())

@@ -15,8 +15,9 @@ from collections import Counter
 from pathlib import Path
 
 from tlkit.atomic import atomic_write_text, check_writable
-from tlkit.auditing import ISSUES, SHOWN_SEPARATOR, Audit, Issue
+from tlkit.auditing import ISSUES, Audit, Issue
 from tlkit.errors import TlkitError, option
+from tlkit.labelfile import SEPARATOR
 from tlkit.ownership import replace_outputs, wrote_any
 from tlkit.pathtext import path_text, refuse_stdout
 from tlkit.photopage import Card, Section, write_page
@@ -141,7 +142,7 @@ def page_sections(audit: Audit) -> list[Section]:
 
 def _classes(row: Issue) -> str:
     """The classes a photo of several shows, in words: "cat and dog"."""
-    shown = row.suggested.split(SHOWN_SEPARATOR)
+    shown = row.suggested.split(SEPARATOR)
     return " and ".join([", ".join(shown[:-1]), shown[-1]] if len(shown) > 1 else shown)
 
 

@@ -102,11 +102,15 @@ class TrainingInput:
     test_loader: object | None = None  # the final report's images, where the data has a test split
 
 
-def image_input(config: FinetuneConfig, backbone: Backbone, compute: Compute, source) -> TrainingInput:
-    """The images of `source`: a SplitSource, or a tlkit.datasets.TrainingSource (`tlkit train`)."""
+def image_input(config: FinetuneConfig, backbone: Backbone, compute: Compute, source, *,
+                train_scale: float = 1.0) -> TrainingInput:
+    """The images of `source`: a SplitSource, or a tlkit.datasets.TrainingSource (`tlkit train`). train_scale:
+    the training crops' side as a share of the input's (recipe.Phase; only a SplitSource's crops take another)."""
     prep, device = backbone.preprocessing, compute.device
     loaders = dict(batch_size=config.batch_size, workers=default_workers(config.workers), device=device, seed=config.seed,
                    augment=config.augment)
+    if train_scale != 1:
+        loaders["train_size"] = tuple(round(side * train_scale) for side in prep.input_size)
     data = source.make_data(prep, **loaders)
     backbone.model.to(device, memory_format=compute.layout)
     return TrainingInput(

@@ -7,7 +7,7 @@ slows each alike: the training side in px, the precision (bf16 or fp32), how muc
 first parameters frozen: no backward through them). The trunk's BatchNorm statistics stay frozen, as the recipe
 keeps them.
 
-    python scripts/profile_every_layer.py --photos DIR [--sizes 224 176 160] [--frozen 0 0.02] [--rounds 4]
+    python scripts/profile_every_layer.py --photos DIR [--sizes 224 168] [--frozen 0 0.02] [--precisions bf16 fp32]
 """
 
 from __future__ import annotations
@@ -20,41 +20,46 @@ from pathlib import Path
 import torch
 
 from tlkit import models
-from tlkit.augment import policy
 from tlkit.backbone import Backbone
-from tlkit.data import EvalLoad, TrainLoad
+from tlkit.data import EvalLoad, train_load
 from tlkit.decode import Normalizer
-from tlkit.train import make_optimizer
 from tlkit.config import FinetuneConfig
+from tlkit.train import make_optimizer
 
 
 def photos_of(folder: Path, count: int) -> list[Path]:
     return sorted(folder.glob("*.jpg"))[:count]
 
 
-def decoded(load, paths: list[Path], size: int) -> tuple[torch.Tensor, float]:
-    """The photos as one uint8 batch at `size` px, and the seconds per photo that decoding and augmenting took."""
+def decoded(load, paths: list[Path]) -> tuple[torch.Tensor, float]:
+    """The photos as one uint8 batch, as `load` reads them, and the seconds per photo that reading took."""
     start = time.perf_counter()
     images = torch.stack([load(path, seed) for seed, path in enumerate(paths)])
     return images, (time.perf_counter() - start) / len(paths)
 
 
-def train_load_at(prep, size: int) -> TrainLoad:
-    from dataclasses import replace
-
-    return TrainLoad(replace(prep, input_size=(size, size)), policy("default"))
-
-
-def freeze_first(backbone: Backbone, fraction: float) -> None:
-    """requires_grad False on the trunk's first parameters, up to `fraction` of its parameter count."""
+def thaw(backbone: Backbone, share: float) -> None:
+    """Every parameter trainable but the trunk's first `share` of them, as recipe.Phase.frozen_share keeps them."""
     backbone.unfreeze()
-    total = sum(p.numel() for p in backbone.trunk_parameters())
-    counted = 0
-    for parameter in backbone.trunk_parameters():
-        counted += parameter.numel()
-        if counted > fraction * total:
-            break
-        parameter.requires_grad_(False)
+    backbone.freeze_first(share)
+
+
+def training_mode(backbone: Backbone) -> None:
+    """Training mode with the trunk's BatchNorm statistics frozen, as the recipe's every-layer phase has it."""
+    backbone.model.train()
+    for module in backbone.trunk.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def validation_seconds(backbone: Backbone, normalize, images: torch.Tensor) -> float:
+    """Seconds per image of a validation forward pass (eval mode, bf16)."""
+    start = time.perf_counter()
+    backbone.model.eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        backbone.model(normalize(images))
+    training_mode(backbone)
+    return (time.perf_counter() - start) / len(images)
 
 
 def step_times(backbone, optimizer, normalize, images, labels, bf16: bool) -> dict[str, float]:
@@ -78,8 +83,8 @@ def step_times(backbone, optimizer, normalize, images, labels, bf16: bool) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, required=True)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 176, 160])
-    parser.add_argument("--frozen", type=float, nargs="+", default=[0.0],
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 168])
+    parser.add_argument("--frozen", type=float, nargs="+", default=[0.0, 0.02],
                         help="fractions of the trunk's parameters frozen, first ones first")
     parser.add_argument("--precisions", nargs="+", default=["bf16"])
     parser.add_argument("--batch", type=int, default=64)
@@ -92,44 +97,35 @@ def main() -> None:
     normalize = Normalizer(prep, torch.device("cpu"))
     paths = photos_of(args.photos, max(args.batch, args.decode))
     labels = torch.tensor([0 if path.name.startswith("cat") else 1 for path in paths[:args.batch]])
-    batches = {size: decoded(train_load_at(prep, size), paths[:args.batch], size)[0] for size in args.sizes}
-    val_batch = decoded(EvalLoad(prep), paths[:args.batch], 224)[0]
+    crops = {size: train_load(prep, "default", (size, size)) for size in args.sizes}
+    batches = {size: decoded(crops[size], paths[:args.batch])[0] for size in args.sizes}
+    val_batch = decoded(EvalLoad(prep), paths[:args.batch])[0]
     variants = [(size, frozen, precision) for precision in args.precisions for frozen in args.frozen
                 for size in args.sizes]
     optimizers = {}
     for frozen in args.frozen:
-        freeze_first(backbone, frozen)
+        thaw(backbone, frozen)
         optimizers[frozen] = make_optimizer(backbone.param_groups(5e-4, 0.1),
                                             FinetuneConfig(optimizer="adamw", lr=5e-4, weight_decay=0.01))
-    backbone.model.train()
-    for module in backbone.trunk.modules():  # the recipe's frozen BatchNorm statistics
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.eval()
+    training_mode(backbone)
     parts = {variant: {"forward": [], "backward": [], "optimizer": []} for variant in variants}
     decode = {size: [] for size in args.sizes}
     validation = []
     for round_number in range(args.rounds + 1):  # round 0 warms up
         for size in args.sizes:
-            seconds = decoded(train_load_at(prep, size), paths[:args.decode], size)[1]
+            seconds = decoded(crops[size], paths[:args.decode])[1]
             if round_number:
                 decode[size].append(seconds)
         for variant in variants:
             size, frozen, precision = variant
-            freeze_first(backbone, frozen)
+            thaw(backbone, frozen)
             times = step_times(backbone, optimizers[frozen], normalize, batches[size], labels, precision == "bf16")
             if round_number:
                 for part, value in times.items():
                     parts[variant][part].append(value / args.batch)
-        start = time.perf_counter()
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            backbone.model.eval()
-            backbone.model(normalize(val_batch))
-            backbone.model.train()
-            for module in backbone.trunk.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+        seconds = validation_seconds(backbone, normalize, val_batch)
         if round_number:
-            validation.append((time.perf_counter() - start) / args.batch)
+            validation.append(seconds)
     ms = lambda values: statistics.median(values) * 1000  # noqa: E731
     print(f"torch threads {torch.get_num_threads()}, batch {args.batch}, {args.rounds} rounds (medians, ms per image)")
     for size in args.sizes:

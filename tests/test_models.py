@@ -177,7 +177,8 @@ def test_freeze_first_keeps_the_trunks_first_parameters():
     assert frozen == list(trunk)[:len(frozen)] and frozen[0] == "stem.0.weight"  # the stem first, then in order
     share = sum(trunk[name].numel() for name in frozen) / sum(p.numel() for p in trunk.values())
     assert 0.01 < share <= 0.02 and all(p.requires_grad for p in backbone.head_parameters())
-    backbone.freeze_first(0.0)
+    backbone.unfreeze()
+    backbone.freeze_first(0.0)  # a share of 0 keeps nothing
     assert all(p.requires_grad for p in backbone.model.parameters())
 
 

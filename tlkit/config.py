@@ -100,8 +100,8 @@ HEAD_EPOCHS_ON_IMAGES = 1  # each an epoch of decoding: fastai's fine_tune train
 CACHED_HEAD_EPOCHS = 30
 EPOCHS = 10  # every layer from scratch, or a pretrained run on the images
 # Every layer on the images after the head on the cache: the slow part (an epoch of EfficientNet-Lite0 on 1,602
-# photos takes about 2 minutes on 2 CPU cores), and the first such epoch is the best one (docs/benchmarks.md:
-# "The default recipe"), as in fastai's fine_tune(1).
+# photos took about 2 minutes on 2 CPU cores at 224 px, every layer trained), and the first such epoch is the best
+# one (docs/benchmarks.md: "The default recipe"), as in fastai's fine_tune(1).
 EPOCHS_AFTER_CACHED_HEAD = 1
 # That epoch, made cheaper with accuracy kept (docs/benchmarks.md: "The every-layer epoch at a fraction of its
 # cost"). Its random crops are cut at 3/4 of the input side (168 px of 224) and validated at the full side, as

@@ -7,11 +7,15 @@ very same cached features (the ceiling a linear head can be held to). `--unfreez
 runs then continue the cached head end to end on the images, to show that the defaults for a
 pretrained trunk keep (or improve) what the head reached. `--plain` times the default recipe alone
 (`tlkit finetune --backbone efficientnet_lite0`, no other flag: the head on the cache to convergence,
-then every layer) from a split of its own, its feature cache built inside the time. Each run's saved
+then every layer) from a split of its own, its feature cache built inside the time, and its time as a multiple
+of the `--precompute-features` run's; `--before` adds the default recipe with its every-layer epoch as it was
+before issue 34 (full-size crops, every layer of the trunk trained), for that epoch's training images a second
+before and after in one run. Each run's saved
 model is also scored on `--holdout` (photos of cats and dogs no run trains on: by default the 370
 Oxford-IIIT Pet photos, another source than Kaggle's): accuracy and mean log loss.
 
-    python scripts/bench_transfer.py [--photos DIR] [--val 400] [--subset N] [--unfreeze 1] [--plain] [--holdout DIR]
+    python scripts/bench_transfer.py [--photos DIR] [--val 400] [--subset N] [--unfreeze 1] [--plain [--before]]
+                                     [--holdout DIR]
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import yaml
 
+from tlkit import recipe
 from tlkit.api import load
 from tlkit.cli import main as cli
 from tlkit.features import load_cache
@@ -78,20 +84,27 @@ def holdout_scores(run_dir: Path, photos: Path | None) -> str:
     return f"{correct / len(rows):.4f} (loss {log_loss:.4f}, {correct} of {len(rows)})"
 
 
-def plain_recipe(data: Path, runs: Path, backbone: str, device: str, figures: list[str], holdout: Path | None) -> str:
-    """The default recipe on a fresh split (its cache built in the time): the table row, and a figure."""
+def plain_recipe(data: Path, runs: Path, backbone: str, device: str, figures: list[str], holdout: Path | None,
+                 name: str = "plain") -> tuple[str, float]:
+    """The default recipe on a fresh split (its cache built in the time): the table row, and a figure; its seconds."""
     start = time.perf_counter()
-    result = finetune(data=str(data), backbone=backbone, runs_dir=str(runs), name="plain", device=device)
+    result = finetune(data=str(data), backbone=backbone, runs_dir=str(runs), name=name, device=device)
     seconds = time.perf_counter() - start
     head_epochs = yaml.safe_load((result.run_dir / "config.yaml").read_text())["unfreeze_after"]
     head_best = min(result.history[:head_epochs], key=lambda row: row["val_loss"])
-    every_layer = ", ".join(f"{row['val_acc']:.4f} (loss {row['val_loss']:.4f})" for row in result.history[head_epochs:])
-    figures.append(f"plain finetune {result.report['accuracy']:.4f} in {seconds:.1f} s (head phase's best "
+    every_layer = ", ".join(f"{row['val_acc']:.4f} (loss {row['val_loss']:.4f}, {row['images_per_s']:.1f} training "
+                            "images/s)" for row in result.history[head_epochs:])
+    figures.append(f"{name} finetune {result.report['accuracy']:.4f} in {seconds:.1f} s (head phase's best "
                    f"{head_best['val_acc']:.4f})")
-    return (f"| plain `finetune --backbone {backbone}` (head's best epoch {head_best['epoch']}: "
+    return (f"| {name} `finetune --backbone {backbone}` (head's best epoch {head_best['epoch']}: "
             f"{head_best['val_acc']:.4f} (loss {head_best['val_loss']:.4f}); every layer: {every_layer}) | "
             f"{result.report['accuracy']:.4f} | {best_loss(result)} | {holdout_scores(result.run_dir, holdout)} | "
-            f"{result.best_epoch} | {seconds:.1f} |")
+            f"{result.best_epoch} | {seconds:.1f} |"), seconds
+
+
+def before_issue_34():
+    """The default recipe's every-layer epoch as it was before issue 34: full-size crops, every trunk layer trained."""
+    return mock.patch.multiple(recipe, AFTER_CACHED_HEAD_TRAIN_SCALE=1.0, AFTER_CACHED_HEAD_FROZEN_SHARE=0.0)
 
 
 def main() -> None:
@@ -105,6 +118,8 @@ def main() -> None:
     parser.add_argument("--e2e-epochs", type=int, default=2, help="epochs of every layer after the head")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--plain", action="store_true", help="also time the default recipe, no flag but --backbone")
+    parser.add_argument("--before", action="store_true",
+                        help="with --plain: also the default recipe's every-layer epoch as before issue 34")
     parser.add_argument("--holdout", type=Path, default=Path("../shared/data/oxford-pets-370"),
                         help="photos no run trains on, scored by each run's saved model (missing: not scored)")
     args = parser.parse_args()
@@ -120,11 +135,11 @@ def main() -> None:
                       runs_dir=str(work / "runs"), device=args.device)
         start = time.perf_counter()
         result = finetune(name="defaults", **common)
-        seconds = time.perf_counter() - start
+        head_seconds = time.perf_counter() - start
         rows.append(f"| finetune --precompute-features, defaults (cache built) | {result.report['accuracy']:.4f} | "
                     f"{best_loss(result)} | {holdout_scores(result.run_dir, holdout)} | {result.best_epoch} | "
-                    f"{seconds:.1f} |")
-        figures = [f"{args.backbone} --precompute-features {result.report['accuracy']:.4f} in {seconds:.1f} s"]
+                    f"{head_seconds:.1f} |")
+        figures = [f"{args.backbone} --precompute-features {result.report['accuracy']:.4f} in {head_seconds:.1f} s"]
         cache = next((work / "data" / ".tlkit-cache").iterdir())
         start = time.perf_counter()
         ceiling = logistic_regression(cache)
@@ -144,7 +159,17 @@ def main() -> None:
                            f"{result.report['accuracy']:.4f} in {time.perf_counter() - start:.1f} s")
         if args.plain:
             assert cli(["split", str(photos), "--val", args.val, "--out", str(work / "plain"), "--quiet"]) == 0
-            rows.append(plain_recipe(work / "plain", work / "runs", args.backbone, args.device, figures, holdout))
+            row, plain_seconds = plain_recipe(work / "plain", work / "runs", args.backbone, args.device, figures,
+                                              holdout)
+            rows.append(row)
+            figures.append(f"plain / --precompute-features time {plain_seconds / head_seconds:.2f}x")
+        if args.plain and args.before:
+            assert cli(["split", str(photos), "--val", args.val, "--out", str(work / "before"), "--quiet"]) == 0
+            with before_issue_34():
+                row, before_seconds = plain_recipe(work / "before", work / "runs", args.backbone, args.device,
+                                                   figures, holdout, name="before-issue-34")
+            rows.append(row)
+            figures.append(f"before-issue-34 / --precompute-features time {before_seconds / head_seconds:.2f}x")
     print("\n".join(rows))
     print(f"figure: transfer, validation accuracy: {'; '.join(figures)}")
 

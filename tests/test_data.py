@@ -67,6 +67,9 @@ def test_batches_follow_the_preprocessing(tmp_path):
     gray = data(tmp_path, prep=GRAY)  # RGB photos become L for a 1-channel net
     assert next(iter(gray.val_loader))[0].shape == (4, 1, 12, 12)
     assert bundle.classes == ["a", "b"] and bundle.val_set.classes == ["a", "b"]
+    smaller = data(tmp_path, train_size=(12, 12))  # the training crops alone (recipe.Phase.train_scale)
+    assert next(iter(smaller.train_loader))[0].shape == (4, 3, 12, 12)
+    assert next(iter(smaller.val_loader))[0].shape == (4, 3, 16, 16)
 
 
 def test_validation_is_deterministic_and_in_order(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from tlkit import finetune
 from tlkit.cli import main
 from tlkit.decode import load_image
-from tlkit.imagecache import cache_images, storage_side
+from tlkit.imagecache import cache_images, make_cached_data, storage_side
 from tlkit.backbone import Preprocessing
 
 from conftest import interrupt_at, make_foldered, shared_data, write_image
@@ -152,3 +152,11 @@ def test_cached_features_then_cached_images(data_dir, tmp_path):
                                cache_images=True, name="both"))
     assert len(result.history) == 2 and math.isfinite(result.history[-1]["val_loss"])
     assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["images", "simple"]
+
+
+def test_training_crops_can_be_cut_smaller_than_the_input(data_dir, tmp_path):
+    """recipe.Phase.train_scale: the training crops at another side, validation at the input's."""
+    bundle = make_cached_data(data_dir, PREP, batch_size=4, workers=0, device=torch.device("cpu"), seed=0,
+                              cache_root=tmp_path / "cache", train_size=(24, 24))
+    assert next(iter(bundle.train_loader))[0].shape[-2:] == (24, 24)
+    assert next(iter(bundle.val_loader))[0].shape[-2:] == (32, 32)

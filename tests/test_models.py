@@ -169,6 +169,19 @@ def test_freeze_unfreeze_and_parameter_groups():
     assert head_group["lr"] == 0.01 and head_no_decay["lr"] == 0.01
 
 
+def test_freeze_first_keeps_the_trunks_first_parameters():
+    backbone = models.create("resnet18", 2, weights="none")
+    backbone.freeze_first(0.02)
+    trunk = dict(backbone.trunk.named_parameters())
+    frozen = [name for name, parameter in trunk.items() if not parameter.requires_grad]
+    assert frozen == list(trunk)[:len(frozen)] and frozen[0] == "stem.0.weight"  # the stem first, then in order
+    share = sum(trunk[name].numel() for name in frozen) / sum(p.numel() for p in trunk.values())
+    assert 0.01 < share <= 0.02 and all(p.requires_grad for p in backbone.head_parameters())
+    backbone.unfreeze()
+    backbone.freeze_first(0.0)  # a share of 0 keeps nothing
+    assert all(p.requires_grad for p in backbone.model.parameters())
+
+
 def test_biases_and_batchnorm_weights_are_not_decayed():
     """timm's rule (param_groups_weight_decay): every parameter of one dimension (biases, BatchNorm's and
     LayerNorm's scales) goes without weight decay; weight matrices and kernels keep the optimizer's."""

@@ -47,6 +47,18 @@ def test_a_pretrained_run_trains_the_head_on_the_cache_to_convergence_then_every
     assert [(p.name, p.epochs) for p in phases] == [(HEAD_ON_IMAGES, 1), (EVERY_LAYER, 9)]
 
 
+def test_every_layer_after_the_cached_head_trains_on_smaller_crops_with_the_first_layers_kept():
+    # The default recipe's every-layer epoch: crops at 3/4 of the side, the trunk's first 2% of parameters kept.
+    _, (_, every) = planned({})
+    assert (every.train_scale, every.frozen_share) == (0.75, 0.02)
+    _, (_, unaugmented) = planned({"augment": "none"})  # no random crops to cut smaller
+    assert (unaugmented.train_scale, unaugmented.frozen_share) == (1.0, 0.02)
+    # Every other every-layer phase trains at the whole side, every layer: from scratch, after a head on the images.
+    for settings, situation in (({}, {"pretrained": False}), ({"precompute_features": False}, {})):
+        _, phases = planned(settings, **situation)
+        assert [(p.train_scale, p.frozen_share) for p in phases] == [(1.0, 0.0)] * len(phases)
+
+
 def test_precompute_features_alone_trains_the_head_alone_and_records_no_lr_it_did_not_use():
     config, phases = planned({"precompute_features": True})
     assert [(p.name, p.epochs) for p in phases] == [(HEAD, 30)]

@@ -77,6 +77,18 @@ class Backbone:
         for parameter in self.model.parameters():
             parameter.requires_grad_(True)
 
+    def freeze_first(self, share: float) -> None:
+        """requires_grad False on the trunk's first parameters (in the order the forward pass meets them, as
+        modules are registered), up to `share` of the trunk's parameter count: no gradient flows back through
+        the layers below the first trainable one."""
+        total = sum(parameter.numel() for parameter in self.trunk_parameters())
+        counted = 0
+        for parameter in self.trunk_parameters():
+            counted += parameter.numel()
+            if counted > share * total:
+                return
+            parameter.requires_grad_(False)
+
     def param_groups(self, lr: float, trunk_lr_mult: float = 1.0) -> list[dict]:
         """Optimizer groups of the trainable parameters: the trunk at lr * trunk_lr_mult, the head at lr (last).
         Each part's biases and normalisation weights (every parameter of one dimension) form a group of their

@@ -104,9 +104,16 @@ HEAD_EPOCHS_ON_IMAGES = 1  # each an epoch of decoding: fastai's fine_tune train
 CACHED_HEAD_EPOCHS = 30
 EPOCHS = 10  # every layer from scratch, or a pretrained run on the images
 # Every layer on the images after the head on the cache: the slow part (an epoch of EfficientNet-Lite0 on 1,602
-# photos takes about 2 minutes on 2 CPU cores), and the first such epoch is the best one (docs/benchmarks.md:
-# "The default recipe"), as in fastai's fine_tune(1).
+# photos took about 2 minutes on 2 CPU cores at 224 px, every layer trained), and the first such epoch is the best
+# one (docs/benchmarks.md: "The default recipe"), as in fastai's fine_tune(1).
 EPOCHS_AFTER_CACHED_HEAD = 1
+# That epoch, made cheaper with accuracy kept (docs/benchmarks.md: "The every-layer epoch at a fraction of its
+# cost"). Its random crops are cut at 3/4 of the input side (168 px of 224) and validated at the full side, as
+# FixRes and fastai's progressive resizing do: the forward and backward passes cost about the square of the side.
+# And the trunk's first 2% of parameters (its stem and earliest blocks: the layers at the highest resolutions,
+# where the backward pass costs most per parameter) stay as pretrained, so no gradient flows through them.
+AFTER_CACHED_HEAD_TRAIN_SCALE = 0.75
+AFTER_CACHED_HEAD_FROZEN_SHARE = 0.02
 ADAMW_WEIGHT_DECAY = 0.01  # torch.optim.AdamW's own default, which a weight decay left unset keeps
 
 

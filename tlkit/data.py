@@ -278,10 +278,13 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, sampler: tor
     )
 
 
-def train_load(prep, augment: str) -> TrainLoad | EvalLoad:
-    """How a training image is read: augmented as `augment` names (tlkit/augment.py), or the eval view."""
+def train_load(prep, augment: str, size: tuple[int, int] | None = None) -> TrainLoad | EvalLoad:
+    """How a training image is read: augmented as `augment` names (tlkit/augment.py), its crops resized to
+    `size` (default: the input size), or the eval view."""
     augmentation = policy(augment)
-    return TrainLoad(prep, augmentation) if augmentation else EvalLoad(prep)
+    if augmentation is None:
+        return EvalLoad(prep)
+    return TrainLoad(dataclasses.replace(prep, input_size=size) if size else prep, augmentation)
 
 
 @dataclass(frozen=True)
@@ -332,11 +335,12 @@ def open_split(data: Path | str | SplitFolders) -> SplitFolders:
 
 
 def make_data(data: Path | SplitFolders, prep, *, batch_size: int, workers: int, device: torch.device,
-              seed: int, augment: str = "default") -> DataBundle:
-    """Datasets and loaders for DATA/training (shuffled, augmented) and DATA/validation (in order)."""
+              seed: int, augment: str = "default", train_size: tuple[int, int] | None = None) -> DataBundle:
+    """Datasets and loaders for DATA/training (shuffled, augmented; its crops at train_size, default the input
+    size) and DATA/validation (in order)."""
     split = open_split(data)
     classes, train_dir, val_dir = split.classes, split.subset("training"), split.subset("validation")
-    train_set = FolderDataset(train_dir, train_load(prep, augment), split.images("training"), classes)
+    train_set = FolderDataset(train_dir, train_load(prep, augment, train_size), split.images("training"), classes)
     val_set = FolderDataset(val_dir, EvalLoad(prep), split.images("validation"), classes)
     sampler = EpochSampler(len(train_set), seed, batch_size)
     return DataBundle(

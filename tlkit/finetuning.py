@@ -95,7 +95,7 @@ def phase_input(phase: Phase, config: FinetuneConfig, backbone: Backbone, comput
     """What the phase trains on: the cached features of the split folders, or the source's images."""
     if phase.on_features:
         return feature_input(config, backbone, compute, source.split)
-    return image_input(config, backbone, compute, source)
+    return image_input(config, backbone, compute, source, train_scale=phase.train_scale)
 
 
 def assemble_trainer(phase: Phase, backbone: Backbone, data: TrainingInput, compute: Compute, callbacks: list,
@@ -108,6 +108,7 @@ def assemble_trainer(phase: Phase, backbone: Backbone, data: TrainingInput, comp
         backbone.freeze_trunk()
     else:
         backbone.unfreeze()
+        backbone.freeze_first(phase.frozen_share)
     optimizer = make_optimizer(backbone.param_groups(phase.lr, settings.trunk_lr_mult), settings)
     scheduler = make_scheduler(optimizer, settings, steps_per_epoch=len(data.train_loader))
     norms = [module for module in backbone.trunk.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]

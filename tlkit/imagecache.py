@@ -240,7 +240,8 @@ class CachedImageLoader(EpochRows):
 
 
 def make_cached_data(data: Path | SplitFolders, prep, *, batch_size: int, workers: int, device: torch.device, seed: int,
-                     augment: str = "default", cache_root: Path | None = None):
+                     augment: str = "default", cache_root: Path | None = None,
+                     train_size: tuple[int, int] | None = None):
     """data.make_data's DataBundle, served from the decoded-image cache (built now if stale)."""
     split = open_split(data)
     data_dir, augmentation = split.root, policy(augment)
@@ -249,7 +250,7 @@ def make_cached_data(data: Path | SplitFolders, prep, *, batch_size: int, worker
     train_set, val_set = sets["training"], sets["validation"]
     train_loader = CachedImageLoader(train_set, subset_dir=data_dir / "training", batch_size=batch_size,
                                      device=device, shuffle=True, augmentation=augmentation,
-                                     augment_to=prep.input_size if augmentation else None,
+                                     augment_to=(train_size or prep.input_size) if augmentation else None,
                                      seed=seed)
     val_loader = CachedImageLoader(val_set, subset_dir=data_dir / "validation", batch_size=batch_size,
                                    device=device, shuffle=False)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlkit import models
 from tlkit.backbone import Backbone, Preprocessing
 from tlkit.config import FinetuneConfig
 from tlkit.data import DataBundle, SplitFolders, make_data, open_split
@@ -124,11 +125,16 @@ def split_positive_weights(split: SplitFolders) -> torch.Tensor | None:
                                                         dtype=np.float32)))
 
 
-def image_input(config: FinetuneConfig, backbone: Backbone, compute: Compute, source) -> TrainingInput:
-    """The images of `source`: a SplitSource, or a tlkit.datasets.TrainingSource (`tlkit train`)."""
+def image_input(config: FinetuneConfig, backbone: Backbone, compute: Compute, source, *,
+                train_scale: float = 1.0) -> TrainingInput:
+    """The images of `source`: a SplitSource, or a tlkit.datasets.TrainingSource (`tlkit train`). train_scale:
+    the training crops' side as a share of the input's (recipe.Phase), where the net takes any size (the classic
+    nets flatten a map of their one input size: they keep it)."""
     prep, device = backbone.preprocessing, compute.device
     loaders = dict(batch_size=config.batch_size, workers=default_workers(config.workers), device=device, seed=config.seed,
                    augment=config.augment)
+    if train_scale != 1 and not models.is_classic(backbone.name):
+        loaders["train_size"] = tuple(round(side * train_scale) for side in prep.input_size)
     data = source.make_data(prep, **loaders)
     backbone.model.to(device, memory_format=compute.layout)
     return TrainingInput(

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from tlkit.config import (ADAMW_WEIGHT_DECAY, AFTER_HEAD_LR, AUTO_OPTIMIZER, AUTO_SCHEDULER, CACHED_HEAD_EPOCHS,
+from tlkit.config import (ADAMW_WEIGHT_DECAY, AFTER_CACHED_HEAD_FROZEN_SHARE, AFTER_CACHED_HEAD_TRAIN_SCALE,
+                          AFTER_HEAD_LR, AUTO_OPTIMIZER, AUTO_SCHEDULER, CACHED_HEAD_EPOCHS,
                           CACHED_HEAD_LR, CACHED_HEAD_WEIGHT_DECAY, EPOCHS, EPOCHS_AFTER_CACHED_HEAD,
                           HEAD_EPOCHS_ON_IMAGES, HEAD_LR, PRETRAINED_TRUNK_LR_MULT, SCRATCH_LR, FinetuneConfig)
 from tlkit.errors import TlkitError, option
@@ -102,7 +103,9 @@ class Phase:
 
     `settings` is what its optimizer and schedule read: the run's, with the phase's own lr (the head's,
     scaled for the number of processes), weight decay and epochs. `augment` is what its training batches
-    get ("none" on cached features without views)."""
+    get ("none" on cached features without views). After the head on cached features, every layer trains on
+    crops cut at `train_scale` of the input side (validation keeps the whole side), with the trunk's first
+    `frozen_share` of parameters left as they are (Backbone.freeze_first)."""
 
     name: str  # HEAD (on cached features), HEAD_ON_IMAGES or EVERY_LAYER
     first: int
@@ -110,6 +113,8 @@ class Phase:
     total: int  # the run's epochs, for "epoch 3/33"
     augment: str
     settings: FinetuneConfig
+    train_scale: float = 1.0  # the training crops' side, as a share of the input's
+    frozen_share: float = 0.0  # the trunk's first parameters that stay frozen, as a share of their count
 
     @property
     def on_features(self) -> bool:
@@ -149,8 +154,16 @@ def plan_phases(config: FinetuneConfig, *, processes: int = 1) -> list[Phase]:
     if head_epochs:
         phases.append(_phase(config, HEAD if config.precompute_features else HEAD_ON_IMAGES, 0, head_epochs, processes))
     if head_epochs < config.epochs:
-        phases.append(_phase(config, EVERY_LAYER, head_epochs, config.epochs, processes))
+        every_layer = _phase(config, EVERY_LAYER, head_epochs, config.epochs, processes)
+        phases.append(_after_cached_head(every_layer) if phases and phases[0].on_features else every_layer)
     return phases
+
+
+def _after_cached_head(phase: Phase) -> Phase:
+    """The every-layer phase after a head trained on cached features (a pretrained trunk's): its crops smaller
+    than the input (where there are random crops) and the trunk's first layers kept, for a fraction of the cost."""
+    scale = AFTER_CACHED_HEAD_TRAIN_SCALE if phase.augment != "none" else 1.0
+    return dataclasses.replace(phase, train_scale=scale, frozen_share=AFTER_CACHED_HEAD_FROZEN_SHARE)
 
 
 def _phase(config: FinetuneConfig, name: str, first: int, last: int, processes: int) -> Phase:
@@ -181,6 +194,10 @@ _WHAT = {HEAD: "the head on cached features", HEAD_ON_IMAGES: "the head on the i
 def describe(phases: list[Phase], config: FinetuneConfig) -> list[str]:
     """Each phase in words, with what it uses: the run's first lines and config.yaml's comment."""
     return [f"{_epochs(p)}: {_WHAT[p.name]}: {_rates(p, config)}, {config.scheduler} schedule, augment {p.augment}"
+            + (f", crops at {p.train_scale:g} of the input side (validation at the whole side)"
+               if p.train_scale != 1 else "")
+            + (f", the trunk's first {p.frozen_share:.0%} of parameters (its earliest layers) kept as they are"
+               if p.frozen_share else "")
             + (", BatchNorm statistics frozen" if p.freeze_bn else "") for p in phases]
 
 

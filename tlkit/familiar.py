@@ -21,6 +21,10 @@ NEIGHBOURS = 10  # k: as the audit's outlier score (cleanlab's OutOfDistribution
 # The threshold: this quantile of the validation photos' novelty, so that about 1% of in-class photos are flagged
 # (docs/benchmarks.md, "Familiar": out-of-class photos flagged at it).
 QUANTILE = 0.99
+# Where the trunk changed (the every-layer phase), the reference is one pass of predict's loop over at most this many
+# training photos (a seeded sample): kNN novelty needs the photos' spread, not each photo, and the pass is then a few
+# seconds of the default recipe rather than a fifth of it (docs/benchmarks.md, "Familiar").
+REFERENCE_PHOTOS = 500
 QUERY_ROWS = 1024  # photos scored at once: a block of QUERY_ROWS x reference similarities in memory, never N x N
 
 

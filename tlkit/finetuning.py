@@ -32,7 +32,7 @@ from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dic
                           resolve_config, setting_name)
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError, option
-from tlkit.familiar import fit as fit_familiar, save_reference
+from tlkit.familiar import REFERENCE_PHOTOS, fit as fit_familiar, save_reference
 from tlkit.features import FeatureLoader
 from tlkit.imbalance import describe_weights, loss_weights
 from tlkit.inputs import TrainingInput, feature_input, image_input, open_photos
@@ -411,9 +411,9 @@ def _familiar(trainer: Trainer, backbone: Backbone, data: TrainingInput, run_dir
     else:
         checkpoint = Checkpoint(backbone=backbone, classes=data.classes, meta=read_meta(run_dir),
                                 path=run_dir / BEST_WEIGHTS)
-        training, validation = (_photo_features(checkpoint, source.split, subset, trainer.compute, workers)
-                                for subset in ("training", "validation"))
-        how = "a pass over the training and validation photos"
+        training, validation = (_photo_features(checkpoint, source.split, subset, trainer.compute, workers, limit)
+                                for subset, limit in (("training", REFERENCE_PHOTOS), ("validation", None)))
+        how = f"a pass over at most {REFERENCE_PHOTOS} training photos and the validation photos"
     reference, rule = fit_familiar(training, validation, seconds=time.perf_counter() - started, source=how)
     if distributed.is_main():
         save_reference(run_dir / FAMILIAR, reference)
@@ -423,9 +423,14 @@ def _familiar(trainer: Trainer, backbone: Backbone, data: TrainingInput, run_dir
     return rule
 
 
-def _photo_features(checkpoint: Checkpoint, split, subset: str, compute: Compute, workers: int) -> np.ndarray:
-    """The trunk's features of a subset's photos as predict computes them; those that fail to decode left out."""
+def _photo_features(checkpoint: Checkpoint, split, subset: str, compute: Compute, workers: int,
+                    limit: int | None = None) -> np.ndarray:
+    """The trunk's features of a subset's photos (at most `limit` of them, a sample seeded by the run's seed) as
+    predict computes them; those that fail to decode left out."""
     paths = [split.subset(subset) / relative for relative, _ in split.images(subset)]
+    if limit is not None and len(paths) > limit:
+        rows = np.random.default_rng(checkpoint.meta.config.get("seed") or 0).choice(len(paths), limit, replace=False)
+        paths = [paths[row] for row in sorted(rows)]
     pred = predict_files(checkpoint, paths, compute=compute, workers=workers, familiar=False,
                          keep_features=True)
     return pred.features[[index for index in range(len(paths)) if index not in pred.failures]]

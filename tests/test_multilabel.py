@@ -85,12 +85,14 @@ def test_predict_writes_each_photos_label_set_and_every_probability(trained, cap
     assert cli.main(["predict", str(root / "photos"), "--checkpoint", str(run.path), "--device", "cpu", "--out",
                      str(out), "--threshold", "0.01"]) == 0
     rows = list(csv.DictReader(open(out)))
-    assert len(rows) == 28 and {"labels", "p_cat", "p_dog"} <= set(rows[0])
+    assert len(rows) == 28 and {"labels", "familiar", "novelty", "p_cat", "p_dog"} <= set(rows[0])
     assert all(row["labels"] == "cat|dog" for row in rows)  # every probability of a sigmoid is above 0.01
+    assert {row["familiar"] for row in rows} <= {"true", "false"} and all(float(row["novelty"]) >= 0 for row in rows)
     assert cli.main(["predict", str(root / "photos" / "both.0.jpg"), "--checkpoint", str(run.path), "--device", "cpu",
                      "--out", str(root / "p.json"), "--format", "json", "--threshold", "0.999999"]) == 0
     record, = json.loads((root / "p.json").read_text())
     assert record["labels"] == [] and set(record["probabilities"]) == {"cat", "dog"}  # none reaches 0.999999
+    assert isinstance(record["familiar"], bool) and record["novelty"] >= 0
     classifier = api.load(run.path, device="cpu")
     rows = classifier.predict(root / "photos" / "both.0.jpg", quiet=True)
     thresholds = json.loads((run.path / "best.json").read_text())["thresholds"]

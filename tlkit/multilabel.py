@@ -168,32 +168,36 @@ def label_set(row: np.ndarray, thresholds, classes: list[str]) -> list[str]:
 
 
 def predictions_csv(paths: list, probabilities: np.ndarray, failures: dict[int, str], classes: list[str],
-                    thresholds) -> str:
-    """predict's CSV of a multi-label model: path, labels (joined by SEPARATOR; empty: none), each label's
-    probability (p_NAME), error."""
+                    thresholds, familiar: np.ndarray | None = None, novelty: np.ndarray | None = None) -> str:
+    """predict's CSV of a multi-label model: path, labels (joined by SEPARATOR; empty: none), familiar and novelty
+    where the model keeps reference features (tlkit/familiar.py), each label's probability (p_NAME), error."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "labels", *(f"p_{name}" for name in classes), "error"])
+    said = [] if familiar is None else ["familiar", "novelty"]
+    writer.writerow(["path", "labels", *said, *(f"p_{name}" for name in classes), "error"])
     for index, path in enumerate(paths):
         if index in failures:
-            writer.writerow([path_text(path), "", *([""] * len(classes)), failures[index]])
+            writer.writerow([path_text(path), "", *([""] * (len(said) + len(classes))), failures[index]])
             continue
         row = probabilities[index]
-        writer.writerow([path_text(path), SEPARATOR.join(label_set(row, thresholds, classes)),
+        like = [] if familiar is None else [str(bool(familiar[index])).lower(), f"{novelty[index]:.6f}"]
+        writer.writerow([path_text(path), SEPARATOR.join(label_set(row, thresholds, classes)), *like,
                          *(f"{p:.6f}" for p in row), ""])
     return buffer.getvalue()
 
 
 def predictions_json(paths: list, probabilities: np.ndarray, failures: dict[int, str], classes: list[str],
-                     thresholds) -> str:
-    """predict's JSON of a multi-label model: each photo's labels (a list) and every label's probability."""
+                     thresholds, familiar: np.ndarray | None = None, novelty: np.ndarray | None = None) -> str:
+    """predict's JSON of a multi-label model: each photo's labels (a list), familiar and novelty (where the model
+    keeps reference features) and every label's probability."""
     records = []
     for index, path in enumerate(paths):
         if index in failures:
             records.append({"path": path_text(path), "error": failures[index]})
             continue
         row = probabilities[index]
-        records.append({"path": path_text(path), "labels": label_set(row, thresholds, classes),
+        like = {} if familiar is None else {"familiar": bool(familiar[index]), "novelty": float(novelty[index])}
+        records.append({"path": path_text(path), "labels": label_set(row, thresholds, classes), **like,
                         "probabilities": {name: float(p) for name, p in zip(classes, row)}})
     return json.dumps(records, indent=1)
 

@@ -353,7 +353,8 @@ def write_predictions(pred: Predictions, out: Path, *, fmt: str = "csv", topk: i
                   multi_label=pred.thresholds is not None)
     if pred.thresholds is not None:
         written = predictions_csv if fmt == "csv" else predictions_json
-        text = written(pred.paths, pred.probabilities, pred.failures, pred.classes, pred.thresholds)
+        text = written(pred.paths, pred.probabilities, pred.failures, pred.classes, pred.thresholds, pred.familiar(),
+                       pred.novelty)
     else:
         text = {"csv": lambda: _csv_text(pred, topk), "json": lambda: _json_text(pred, topk),
                 "kaggle": lambda: _kaggle_text(pred)}[fmt]()

@@ -97,7 +97,7 @@ def test_interrupted_precompute_leaves_no_valid_cache(data, capsys, monkeypatch)
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(features_module, "_run_trunk", crash)
+    monkeypatch.setattr(features_module, "run_trunk", crash)
     with pytest.raises(KeyboardInterrupt):
         _run(data)
     monkeypatch.undo()

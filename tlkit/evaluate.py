@@ -179,7 +179,8 @@ def evaluate_multi_label(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, 
     recall and AP at the model's thresholds (multilabel.metrics); report.json and mistakes.html, whose sections
     show each label's worst false positives and false negatives."""
     paths, targets = label_sets(data_dir, checkpoint.classes)
-    pred = predict_files(checkpoint, paths, compute=compute, batch_size=batch_size, workers=workers, tta=tta)
+    pred = predict_files(checkpoint, paths, compute=compute, batch_size=batch_size, workers=workers, tta=tta,
+                         familiar=False)  # as evaluate_folder: the report has no familiar column
     scored = [i for i in range(len(paths)) if i not in pred.failures]
     if not scored:
         raise TlkitError(f"no image in {relpath(Path(data_dir))} could be decoded; check them with `tlkit check`.")

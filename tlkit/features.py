@@ -87,7 +87,7 @@ def cache_dir_for(cache_root: Path, backbone_name: str) -> Path:
     return Path(cache_root) / backbone_name.replace(":", "-").replace("/", "-")
 
 
-def _run_trunk(trunk: torch.nn.Module, batches: ImageBatches, rows: np.ndarray, compute: Compute,
+def run_trunk(trunk: torch.nn.Module, batches: ImageBatches, rows: np.ndarray, compute: Compute,
                on_progress) -> None:
     """Fill rows[i] with the trunk's features of image i (images that fail to decode stay zero)."""
     with torch.inference_mode(), compute.autocast():
@@ -117,7 +117,7 @@ def _compute_subset(backbone, trunk: torch.nn.Module, subset_dir: Path, rows: li
     for view, load in enumerate(loads):
         batches = ImageBatches(paths, backbone.preprocessing, device=compute.device, batch_size=batch_size,
                                workers=workers, load=load)
-        _run_trunk(trunk, batches, array[view] if views else array, compute, on_progress)
+        run_trunk(trunk, batches, array[view] if views else array, compute, on_progress)
         failures.update({mine[index]: why for index, why in batches.failures.items()})
     if distributed.world_size() > 1:  # rank 0 writes every process's share into target, in row order
         array, failures = distributed.unshard_rows(array, failures, len(rows), everywhere=False,

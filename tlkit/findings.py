@@ -76,7 +76,7 @@ def find_problems(features: np.ndarray, labels: np.ndarray, digests: list[str], 
         shown, several_score = np.zeros(labels.shape, dtype=bool), np.zeros(len(labels))
     else:
         heads = fold_heads(unit, labels, seed=seed)
-        probabilities = out_of_fold_probabilities(unit, labels, heads=heads)
+        probabilities = out_of_fold_probabilities(unit, heads)
         tile_probabilities = out_of_fold_tiles(unit[:, None, None].repeat(2, axis=2) if tiles is None else tiles, heads)
         shown, several_score = several_classes(tile_probabilities)
         quality, issue = judge_labels(labels, probabilities)
@@ -93,11 +93,9 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
-def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, *, seed: int = 0,
-                              heads: list | None = None) -> np.ndarray:
+def out_of_fold_probabilities(features: np.ndarray, heads: list[tuple[np.ndarray, object]]) -> np.ndarray:
     """[N, C] class probabilities of each photo from a logistic-regression head trained on the other folds
-    (heads: fold_heads of these features and labels, when made already)."""
-    heads = heads if heads is not None else fold_heads(features, labels, seed=seed)
+    (heads: fold_heads of these features)."""
     probabilities = np.zeros((len(features), len(heads[0][1].classes_)))
     for held_out, head in heads:
         probabilities[held_out] = head.predict_proba(features[held_out])

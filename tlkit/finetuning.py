@@ -342,27 +342,26 @@ def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: T
     # The final report is on the test split where the data has one (tlkit train), else on validation.
     subset, loader = ("test", data.test_loader) if data.test_loader is not None else ("validation", data.val_loader)
     result = evaluate(trainer.model, loader, trainer.normalize, autocast=trainer.autocast, collect=True)
+    meta = read_meta(run_dir)  # best.json as BestWeights wrote it; written again once, below, with what the end adds
     if data.multi_label:
-        report, calibration = _thresholds_report(trainer, data, result, subset, run_dir), None
+        report, meta = _thresholds_report(trainer, data, result, subset, meta)
     else:
         report = {**class_report(result["targets"], result["predictions"], data.classes), "subset": subset}
-        calibration = _calibrate(trainer, data, result if subset == "validation" else None)
-        report["calibration"] = calibration
-    familiar = _familiar(trainer, backbone, data, run_dir, source, workers)
+        report["calibration"] = _calibrate(trainer, data, result if subset == "validation" else None)
+        meta = meta.calibrated(report["calibration"])
+    meta = meta.with_familiar(_familiar(trainer, backbone, data, run_dir, source, workers, meta))
     backbone.model.to(memory_format=torch.contiguous_format)  # handed back as a checkpoint loads: plain NCHW
     # best.safetensors was written by BestWeights (when that epoch or the head phase ended); not again here.
     if distributed.is_main():  # under torchrun rank 0 alone writes (every process holds the same results)
-        meta = read_meta(run_dir).with_familiar(familiar)
-        save_meta(run_dir, meta if data.multi_label else meta.calibrated(calibration))
-    if distributed.is_main() and not data.multi_label:
-        plot_confusion(run_dir / "confusion.png", result["targets"], result["predictions"], data.classes)
-    if distributed.is_main():
+        save_meta(run_dir, meta)
+        if not data.multi_label:
+            plot_confusion(run_dir / "confusion.png", result["targets"], result["predictions"], data.classes)
         write_report(run_dir / "report.json", report)
     skipped = sorted(set().union(*distributed.all_gather(trainer.skipped)))  # met by any process
     outputs = {name: run_dir / name for name in (
         "config.yaml", BEST_WEIGHTS, BEST_META, RESUME, "metrics.jsonl", "curves.png", "confusion.png", "report.json")
         if name != "confusion.png" or not data.multi_label}
-    if familiar is not None:
+    if meta.familiar is not None:
         outputs["familiar"] = run_dir / FAMILIAR
     if (run_dir / "tb").is_dir():
         outputs["tb"] = run_dir / "tb"
@@ -371,17 +370,18 @@ def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: T
                           report=report, outputs=outputs, backbone=backbone, skipped=skipped, compute=trainer.compute)
 
 
-def _thresholds_report(trainer: Trainer, data: TrainingInput, result: dict, subset: str, run_dir: Path) -> dict:
-    """A multi-label run's end: each label's threshold chosen on the validation photos (multilabel.choose_thresholds,
-    from the final report's predictions when it is on validation), kept in best.json; the report's metrics at them.
-    No temperature: calibration.py scales a softmax over classes, and a label's own probability is left as trained."""
+def _thresholds_report(trainer: Trainer, data: TrainingInput, result: dict, subset: str,
+                       meta: CheckpointMeta) -> tuple[dict, CheckpointMeta]:
+    """A multi-label run's end: the report's metrics at each label's threshold chosen on the validation photos
+    (multilabel.choose_thresholds, from the final report's predictions when it is on validation), and the meta
+    holding them (for best.json). No temperature: calibration.py scales a softmax over classes, and a label's own
+    probability is left as trained."""
     on_validation = result if subset == "validation" else evaluate(
         trainer.model, data.val_loader, trainer.normalize, autocast=trainer.autocast, collect=True)
     thresholds = choose_thresholds(np.asarray(on_validation["targets"]), sigmoid(on_validation["logits"]))
-    if distributed.is_main():
-        save_meta(run_dir, dataclasses.replace(read_meta(run_dir), thresholds=thresholds))
-    return {**metrics(np.asarray(result["targets"]), sigmoid(result["logits"]), thresholds, data.classes),
-            "subset": subset}
+    report = {**metrics(np.asarray(result["targets"]), sigmoid(result["logits"]), thresholds, data.classes),
+              "subset": subset}
+    return report, dataclasses.replace(meta, thresholds=thresholds)
 
 
 def _calibrate(trainer: Trainer, data: TrainingInput, on_validation: dict | None) -> dict:
@@ -394,9 +394,9 @@ def _calibrate(trainer: Trainer, data: TrainingInput, on_validation: dict | None
 
 
 def _familiar(trainer: Trainer, backbone: Backbone, data: TrainingInput, run_dir: Path, source,
-              workers: int) -> dict | None:
+              workers: int, meta: CheckpointMeta) -> dict | None:
     """The training photos' trunk features under the final weights, written as familiar.safetensors, and the
-    threshold set on the validation photos' (tlkit/familiar.py), for best.json. They are the cached features where
+    threshold set on the validation photos' (tlkit/familiar.py), for best.json (meta: what it will hold besides). They are the cached features where
     the trunk stayed as it made them (the head trained on them alone, without augmented views); else one pass of
     predict's loop over the photos (docs/benchmarks.md, "Familiar": its cost). None for a source that is not
     photo folders (tlkit train's datasets)."""
@@ -409,8 +409,7 @@ def _familiar(trainer: Trainer, backbone: Backbone, data: TrainingInput, run_dir
                                 for loader in (data.train_loader, data.val_loader))
         how = "the cached features"
     else:
-        checkpoint = Checkpoint(backbone=backbone, classes=data.classes, meta=read_meta(run_dir),
-                                path=run_dir / BEST_WEIGHTS)
+        checkpoint = Checkpoint(backbone=backbone, classes=data.classes, meta=meta, path=run_dir / BEST_WEIGHTS)
         training, validation = (_photo_features(checkpoint, source.split, subset, trainer.compute, workers, limit)
                                 for subset, limit in (("training", REFERENCE_PHOTOS), ("validation", None)))
         how = f"a pass over at most {REFERENCE_PHOTOS} training photos and the validation photos"

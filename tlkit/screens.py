@@ -42,13 +42,7 @@ def skipped(scan) -> None:
 
 def bad_rows(scan) -> None:
     """A label file's rows left out (tlkit.scan.Scan.bad_rows), one line each."""
-    if not scan.bad_rows:
-        return
-    warn(f"rows of {escape(relpath(scan.source))} left out: {len(scan.bad_rows)}")
-    for row in scan.bad_rows[:LIST_LIMIT]:
-        info(f"  {escape(bad_row_text(row))}")
-    if len(scan.bad_rows) > LIST_LIMIT:
-        info(f"  ... and {len(scan.bad_rows) - LIST_LIMIT} more")
+    list_paths(f"rows of {escape(relpath(scan.source))} left out", [bad_row_text(row) for row in scan.bad_rows])
 
 
 def _identical_groups(groups: list, root: Path) -> None:

@@ -275,6 +275,10 @@ def prepare_split(src: Path, val: str | None, out: Path | None = None, *, seed: 
     val_size = parse_val(val) if val is not None else None
     seed = checked_number("seed", seed, int, SEEDS)
     exclusions = read_exclusions(exclude) if exclude else None  # a bad list stops before any photo is read
+    if exclusions is not None and multi_label:
+        raise TlkitError(f"{option('exclude')} relabels photos with one class each, so it does not apply to a "
+                         "multi-label split; edit the label file's rows instead, or leave out "
+                         f"{option('multi_label', True)}.")
     out = Path(out) if out else default_out(src)
     finish_interrupted_swap(out)  # a split killed while swapping in is finished before it is judged
     check_outputs_free(out, Path(src), force)
@@ -289,10 +293,6 @@ def prepare_split(src: Path, val: str | None, out: Path | None = None, *, seed: 
         info(f"{relpath(scan.source)} gives the split in its split column; {option('val', val)} is not used")
     if exclusions is None:
         return scan, plan_split(scan, val_size, out, seed=seed)
-    if multi_label:
-        raise TlkitError(f"{option('exclude')} relabels photos with one class each, so it does not apply to a "
-                         "multi-label split; edit the label file's rows instead, or leave out "
-                         f"{option('multi_label', True)}.")
     excluded, relabelled = apply_exclusions(scan, exclusions)
     info(f"{option('exclude', relpath(Path(exclude)))}: {excluded} photo(s) left out, {relabelled} split under another class; "
          "the files themselves are untouched")

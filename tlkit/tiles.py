@@ -15,6 +15,7 @@ from torchvision.transforms.v2 import functional as F
 
 from tlkit.backbone import Backbone, for_inference
 from tlkit.decode import draft_side, pixel_batches, resize_crop
+from tlkit.features import run_trunk
 from tlkit.runtime import Compute, inference_batch_size, map_ahead, progress
 from tlkit.scan import DECODE_ERRORS, decode_failure, open_photo
 
@@ -55,7 +56,7 @@ def tile_features(backbone: Backbone, paths: list[Path], *, compute: Compute, ba
     decoded = map_ahead(lambda index: _decode(paths[index], prep), range(len(paths)), threads=max(1, workers),
                         ahead=2 * photos_per_batch)
     failed: dict[int, str] = {}
-    with progress() as bar, torch.inference_mode(), compute.autocast():
+    with progress() as bar:
         task = bar.add_task("features of tiles", total=len(paths))
         for start in range(0, len(paths), photos_per_batch):
             tiles = {}
@@ -63,8 +64,7 @@ def tile_features(backbone: Backbone, paths: list[Path], *, compute: Compute, ba
                 if why:
                     failed[index] = why
                 tiles.update({index * len(TILES) + tile: image for tile, image in enumerate(pixels)})
-            for batch in pixel_batches(tiles, prep, compute.device, batch_size):
-                rows[batch.indices] = trunk(batch.images).float().cpu().numpy()
+            run_trunk(trunk, pixel_batches(tiles, prep, compute.device, batch_size), rows, compute, lambda count: None)
             bar.advance(task, min(photos_per_batch, len(paths) - start))
     return features.reshape(len(paths), len(HALVES), 2, backbone.feature_dim), failed
 

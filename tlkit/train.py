@@ -252,7 +252,7 @@ def train_one_epoch(trainer: Trainer) -> dict:
                 if per_batch:
                     trainer.scheduler.step()
                 loss_sum += loss.detach() * len(labels)  # mean per batch x batch size = per-sample sum
-                correct += hits(logits, labels)
+                correct += hits(decide(logits, labels), labels)
                 seen += len(labels)
             trainer.call("on_batch_end")
             if batch_index % DISPLAY_EVERY == 0 or batch_index + 1 == len(trainer.train_loader):
@@ -269,12 +269,18 @@ def train_one_epoch(trainer: Trainer) -> dict:
             "train_images": seen, "seconds": seconds, "images_per_s": seen / seconds, "lr": lr}
 
 
-def hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The right answers of a batch: the class (argmax), or for 0/1 label rows the whole set of labels at logit 0
-    (probability 0.5; subset accuracy)."""
+def decide(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """What the model says of a batch: the class (argmax), or for 0/1 label rows each label at logit 0
+    (probability 0.5)."""
+    return logits > 0 if labels.dim() == 2 else logits.argmax(dim=1)
+
+
+def hits(predicted: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The right answers among a batch's decisions (decide): the class, or for 0/1 label rows the whole set of
+    labels (subset accuracy)."""
     if labels.dim() == 2:
-        return ((logits > 0) == (labels > 0.5)).all(dim=1).sum()
-    return (logits.argmax(dim=1) == labels).sum()
+        return (predicted == (labels > 0.5)).all(dim=1).sum()
+    return (predicted == labels).sum()
 
 
 def _loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -318,8 +324,8 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
             with autocast():
                 logits = model(images)
             loss_sum += _loss_sum(logits.float(), labels)
-            predicted = logits > 0 if labels.dim() == 2 else logits.argmax(dim=1)
-            correct += hits(logits, labels)
+            predicted = decide(logits, labels)
+            correct += hits(predicted, labels)
             seen += len(labels)
             multi_label = int(labels.dim() == 2)
             targets.append(labels)  # on the device: read back once, after the loop

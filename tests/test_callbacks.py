@@ -24,7 +24,7 @@ def row(epoch: int, val_loss: float, val_acc: float = 0.5) -> dict:
 
 def fake_trainer(model=None):
     model = model or torch.nn.Linear(2, 2)
-    return SimpleNamespace(model=model, history=[], stop_reason=None, epoch=0, frozen=None)
+    return SimpleNamespace(model=model, history=[], stop_reason=None, epoch=0, frozen=None, last_validation=None)
 
 
 def test_best_weights_are_a_true_copy_and_come_back_at_the_end():

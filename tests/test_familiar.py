@@ -44,6 +44,23 @@ def test_the_threshold_is_the_quantile_of_the_validation_photos_novelty():
     assert rule["validation_flagged"] == pytest.approx(0.01) and rule["neighbours"] == familiar.NEIGHBOURS
 
 
+def test_without_training_features_each_validation_photo_is_scored_against_the_others():
+    validation = np.random.default_rng(0).normal(size=(300, 8))
+    reference, rule = familiar.fit(None, validation, seconds=0.1, source="test")
+    assert rule["reference"] == "validation" and rule["reference_photos"] == rule["validation_photos"] == 300
+    as_reference = torch.from_numpy(reference)
+    left_out = familiar.novelty(torch.from_numpy(validation).float(), as_reference, itself=True)
+    assert rule["threshold"] == pytest.approx(float(np.quantile(left_out.numpy(), familiar.QUANTILE)))
+    # Each photo's distance to the others: never 0 (itself), the same as a fit on the other 299 alone would give.
+    assert left_out.min() > 0.1
+    others = torch.from_numpy(np.delete(reference, 7, axis=0))
+    assert left_out[7] == pytest.approx(float(familiar.novelty(torch.from_numpy(validation[7:8]).float(), others)[0]),
+                                        abs=1e-5)
+    many = torch.nn.functional.normalize(torch.randn(familiar.QUERY_ROWS + 5, 4), dim=1)  # in blocks: the same
+    last = familiar.novelty(many[-1:], many[:-1], 3)
+    assert familiar.novelty(many, many, 3, itself=True)[-1] == pytest.approx(float(last[0]), abs=1e-6)
+
+
 # ---------------------------------------------------------------- on a tiny real run
 
 
@@ -87,18 +104,22 @@ def test_a_run_keeps_the_reference_and_the_threshold_from_its_validation_photos(
     run, data = request.getfixturevalue(f"{recipe.replace('-', '_')}_run")
     rule = read_meta(run.path).familiar
     validation = len(list((data / "validation").rglob("*.png")))
-    assert rule["file"] == FAMILIAR and rule["reference_photos"] == 32 and rule["validation_photos"] == validation
-    assert rule["validation_flagged"] <= 0.1 and rule["quantile"] == familiar.QUANTILE
+    # The head alone keeps the training photos' cached features; once the trunk changed, the reference is the
+    # validation photos' features, kept by the best epoch's validation (no pass over the photos at the end).
+    subset = "training" if recipe == "head" else "validation"
+    assert rule["reference"] == subset and rule["validation_photos"] == validation
+    assert rule["reference_photos"] == {"training": 32, "validation": validation}[subset]
+    source = {"training": "the cached features", "validation": "the validation pass of the best weights"}[subset]
+    assert rule["features"] == source
+    assert rule["file"] == FAMILIAR and rule["validation_flagged"] <= 0.1 and rule["quantile"] == familiar.QUANTILE
     assert (run.path / FAMILIAR).is_file() and run.outputs["familiar"] == run.path / FAMILIAR
     checkpoint = load_checkpoint(run.path)
     reference = checkpoint.reference(torch.device("cpu")).features
-    training = sorted((data / "training").rglob("*.png"))
-    pred = predict_files(checkpoint, training, compute=compute_for("cpu", "fp32"), familiar=False, keep_features=True)
-    # The reference is the training photos' features as predict computes them, whichever way it was made.
+    photos = sorted((data / subset).rglob("*.png"))
+    pred = predict_files(checkpoint, photos, compute=compute_for("cpu", "fp32"), familiar=False, keep_features=True)
+    # The reference is those photos' features as predict computes them, whichever way it was made.
     unit = torch.nn.functional.normalize(torch.from_numpy(pred.features), dim=1)
-    assert torch.allclose((unit @ reference.T).max(dim=1).values, torch.ones(len(training)), atol=2e-3)
-    # The head alone leaves the trunk as it made the cache: no second pass over the photos.
-    assert (rule["features"] == "the cached features") == (recipe == "head")
+    assert torch.allclose((unit @ reference.T).max(dim=1).values, torch.ones(len(photos)), atol=2e-3)
 
 
 def test_predict_marks_a_photo_unlike_the_training_photos(head_run, tmp_path):

@@ -358,3 +358,18 @@ def test_out_of_memory_on_the_cpu_suggests_a_smaller_batch(data_dir, monkeypatch
     monkeypatch.setattr(trainer, "train_model", exhausted)
     with pytest.raises(TlkitError, match=r"out of memory \(the computer's.*--batch-size 4"):
         fit(trainer)
+
+
+def test_the_runs_end_reads_the_best_epochs_validation_rather_than_predicting_it_again(data_dir, tmp_path,
+                                                                                        monkeypatch):
+    import tlkit.finetuning as finetuning
+
+    passes = []
+    for name in ("evaluate", "predict_files"):  # what the end would call to predict the validation photos again
+        monkeypatch.setattr(finetuning, name, lambda *args, _name=name, _real=getattr(finetuning, name), **kw:
+                            passes.append(_name) or _real(*args, **kw))
+    result = finetune(**settings(data_dir, epochs=3, runs_dir=str(tmp_path / "runs"), name="once"))
+    best_row = next(row for row in result.history if row["epoch"] == result.best_epoch)
+    assert passes == [] and result.report["accuracy"] == best_row["val_acc"]
+    rule = json.loads((result.run_dir / "best.json").read_text())["familiar"]
+    assert rule["reference"] == "validation" and rule["features"] == "the validation pass of the best weights"

@@ -66,6 +66,9 @@ class BestWeights(Callback):
         self.best_epoch: int | None = None
         self.best_state: dict | None = None  # {name: tensor} of what trains, copies on the CPU
         self.on_features = False  # the phase trains the head alone on cached features
+        # The best epoch's validation results (train.evaluate's, collected): the run's end reads them rather than
+        # predicting the validation photos again. Not in the resume file: a resumed run without them predicts.
+        self.validation: dict | None = None
 
     def enter(self, phase) -> None:
         """The phase that trains from now on (a recipe.Phase)."""
@@ -78,6 +81,7 @@ class BestWeights(Callback):
         # A copy: state_dict() returns live references that the next optimizer step would change.
         self.best_state = _cpu_copy(trainer.model)
         self.best_value, self.best_epoch = row[self.monitor], row["epoch"]  # after the copy: a Ctrl-C in it
+        self.validation = trainer.last_validation
         if not self.on_features:
             self._write(trainer)
 

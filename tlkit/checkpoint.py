@@ -63,8 +63,8 @@ class Checkpoint:
         return self._prepared[device]
 
     def reference(self, device: torch.device) -> Reference | None:
-        """The training photos' features that predict measures each photo against (tlkit/familiar.py), read once
-        per checkpoint and device; None for a checkpoint without them (said once)."""
+        """The reference photos' features (training or validation) that predict measures each photo against
+        (tlkit/familiar.py), read once per checkpoint and device; None for a checkpoint without them (said once)."""
         key = ("reference", device)
         if key not in self._prepared:
             self._prepared[key] = load_reference(self.path, self.meta.familiar, device)

@@ -3,7 +3,7 @@ upstream, kept while it works), with its preprocessing beside it.
 
 Every export is checked before it is kept: the exported model's outputs on real images (or,
 without any that decode, on random ones, said plainly with the files that failed) must match
-PyTorch's, at two batch sizes. The training photos' reference features (tlkit/familiar.py) go beside it,
+PyTorch's, at two batch sizes. The reference photos' features (tlkit/familiar.py) go beside it,
 with their threshold in the sidecar.
 ONNX is checked with onnxruntime when it is installed; otherwise the export says so.
 """
@@ -261,7 +261,7 @@ def _reference_source(checkpoint: Checkpoint) -> Path | None:
     rule = checkpoint.meta.familiar
     path = checkpoint.path.with_name(rule["file"]) if rule else None
     if rule and not path.is_file():
-        raise TlkitError(f"{relpath(path)} is missing: it holds the training photos' features that the export's "
+        raise TlkitError(f"{relpath(path)} is missing: it holds the reference photos' features that the export's "
                          "`familiar` signal needs. Copy it back beside the weights, or retrain; nothing was written.")
     return path
 
@@ -295,9 +295,10 @@ def multi_label_output(checkpoint: Checkpoint) -> dict:
 
 def _familiar_words(rule: dict, out: Path) -> dict:
     """The familiar rule of tlkit/familiar.py for a user of the export: the file, k, the threshold and how."""
+    photos = f"the {rule.get('reference', 'training')} photos'"  # a checkpoint from before validation ones
     return {"file": reference_path(out).name, "neighbours": rule["neighbours"], "threshold": rule["threshold"],
             "rule": f"features: the trunk's output, the classifier layer's input ({FAMILIAR}'s `features` holds "
-                    "the training photos', float16, each of length 1); novelty: the mean of 1 - cosine similarity "
+                    f"{photos}, float16, each of length 1); novelty: the mean of 1 - cosine similarity "
                     "to the `neighbours` most similar of them; a photo whose novelty is above `threshold` is unlike "
                     "the training photos (tlkit predict's familiar false). The exported model outputs the logits "
                     "only: the features come from the checkpoint's trunk."}

@@ -1,5 +1,6 @@
 """Whether a photo looks like the photos a model was trained on: the mean cosine distance of its trunk
-features (the head's input) to its k nearest training photos', the distance the audit's outlier score is
+features (the head's input) to its k nearest reference photos' (the training photos', or the validation
+photos' where the trunk changed after the feature cache), the distance the audit's outlier score is
 made of (tlkit/findings.py), above a threshold set on the validation photos. The score, the threshold's
 rule and the reference file; computes no features (tlkit/predict.py's loop does, in its forward pass).
 """
@@ -21,16 +22,12 @@ NEIGHBOURS = 10  # k: as the audit's outlier score (cleanlab's OutOfDistribution
 # The threshold: this quantile of the validation photos' novelty, so that about 1% of in-class photos are flagged
 # (docs/benchmarks.md, "Familiar": out-of-class photos flagged at it).
 QUANTILE = 0.99
-# Where the trunk changed (the every-layer phase), the reference is one pass of predict's loop over at most this many
-# training photos (a seeded sample): kNN novelty needs the photos' spread, not each photo, and the pass is then a few
-# seconds of the default recipe rather than a fifth of it (docs/benchmarks.md, "Familiar").
-REFERENCE_PHOTOS = 500
 QUERY_ROWS = 1024  # photos scored at once: a block of QUERY_ROWS x reference similarities in memory, never N x N
 
 
 @dataclass
 class Reference:
-    """The training photos' unit-length trunk features on a device, and the rule read from best.json."""
+    """The reference photos' unit-length trunk features on a device, and the rule read from best.json."""
 
     features: torch.Tensor  # float32 [R, D], rows of length 1
     threshold: float
@@ -40,17 +37,24 @@ class Reference:
         return novelty(features, self.features, self.neighbours)
 
 
-def novelty(features: torch.Tensor, reference: torch.Tensor, neighbours: int = NEIGHBOURS) -> torch.Tensor:
+def novelty(features: torch.Tensor, reference: torch.Tensor, neighbours: int = NEIGHBOURS, *,
+            itself: bool = False) -> torch.Tensor:
     """[N] the mean cosine distance (1 - cosine similarity) of each row of features to its `neighbours` nearest
-    rows of the unit-length reference; 0 for a photo among them, up to 2."""
+    rows of the unit-length reference; 0 for a photo among them, up to 2. itself: the features are the reference's
+    own rows, in its order, and no row counts as its own neighbour (leave-one-out)."""
     unit = torch.nn.functional.normalize(features.float(), dim=1)
     reference = reference.to(unit.device, torch.float32)
-    nearest = min(neighbours, len(reference))
+    nearest = min(neighbours, len(reference) - itself)
+    blocks = []
     # In float32 even inside predict's bf16 autocast: near 1, bf16 rounds a similarity in steps of 0.004, about
     # the distance that tells photos apart. Clamped: rounding can put a similarity a hair above 1.
     with torch.autocast(unit.device.type, enabled=False):
-        blocks = [(1 - (block @ reference.T).topk(nearest, dim=1).values).clamp(min=0).mean(dim=1)
-                  for block in unit.split(QUERY_ROWS)]
+        for first, block in zip(range(0, len(unit), QUERY_ROWS), unit.split(QUERY_ROWS)):
+            similarity = block @ reference.T
+            if itself:
+                rows = torch.arange(len(block), device=unit.device)
+                similarity[rows, first + rows] = -2.0  # below any cosine: never among the nearest
+            blocks.append((1 - similarity.topk(nearest, dim=1).values).clamp(min=0).mean(dim=1))
     return torch.cat(blocks) if blocks else unit.new_zeros(0)
 
 
@@ -59,14 +63,19 @@ def is_familiar(novelty: np.ndarray, threshold: float) -> np.ndarray:
     return np.asarray(novelty) <= threshold
 
 
-def fit(training: np.ndarray, validation: np.ndarray, *, seconds: float, source: str) -> tuple[np.ndarray, dict]:
-    """(the reference: training features as float16 unit rows, and what best.json records of the rule): the
-    threshold is QUANTILE of the validation photos' novelty against the training photos. source, seconds: where
-    the training features came from and what they cost, in words and seconds (said, and recorded)."""
-    reference = unit_rows(training).astype(np.float16)
-    scores = novelty(torch.from_numpy(np.asarray(validation, dtype=np.float32)), torch.from_numpy(reference)).numpy()
+def fit(training: np.ndarray | None, validation: np.ndarray, *, seconds: float,
+        source: str) -> tuple[np.ndarray, dict]:
+    """(the reference as float16 unit rows, and what best.json records of the rule): the threshold is QUANTILE of
+    the validation photos' novelty against the reference. The reference is the training photos' features; or, with
+    training None, the validation photos' own, each scored against the others (leave-one-out: a new photo like
+    them is as far from them as one of them is from the rest). source, seconds: where the features came from and
+    what they cost, in words and seconds (said, and recorded)."""
+    reference = unit_rows(validation if training is None else training).astype(np.float16)
+    scores = novelty(torch.from_numpy(np.asarray(validation, dtype=np.float32)), torch.from_numpy(reference),
+                     itself=training is None).numpy()
     threshold = float(np.quantile(scores, QUANTILE))
     return reference, {"file": FAMILIAR, "neighbours": NEIGHBOURS, "threshold": threshold, "quantile": QUANTILE,
+                       "reference": "validation" if training is None else "training",
                        "reference_photos": len(reference), "validation_photos": len(scores),
                        "validation_flagged": float(1 - is_familiar(scores, threshold).mean()), "features": source,
                        "seconds": round(seconds, 3)}

@@ -32,7 +32,7 @@ from tlkit.config import (FLAGS, FinetuneConfig, checked_settings, config_to_dic
                           resolve_config, setting_name)
 from tlkit.datasets import open_source, resolve_train_settings, split_settings
 from tlkit.errors import TlkitError, option
-from tlkit.familiar import REFERENCE_PHOTOS, fit as fit_familiar, save_reference
+from tlkit.familiar import fit as fit_familiar, save_reference
 from tlkit.features import FeatureLoader
 from tlkit.imbalance import describe_weights, loss_weights
 from tlkit.inputs import TrainingInput, feature_input, image_input, open_photos
@@ -125,7 +125,7 @@ def assemble_trainer(phase: Phase, backbone: Backbone, data: TrainingInput, comp
         train_model=distributed.wrap_model(data.module, compute.device),
         frozen=(backbone.trunk, backbone.head) if phase.trunk_frozen and not phase.on_features else None,
         frozen_norms=norms if phase.freeze_bn else [], history=history, skipped=skipped,
-        positive_weights=data.positive_weights)
+        positive_weights=data.positive_weights, features_of=backbone.head)
 
 
 def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneConfig, dict]:
@@ -339,17 +339,20 @@ def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: T
     if best.best_state is None:
         raise TlkitError(f"no epoch gave a usable {best.monitor} (NaN: the training diverged); try a lower "
                          f"{option('lr')}.")
+    # The best epoch's own validation results (the restored weights would predict the same), else predicted now.
+    validation = best.validation or evaluate(trainer.model, data.val_loader, trainer.normalize,
+                                             autocast=trainer.autocast, collect=True, features_of=backbone.head)
     # The final report is on the test split where the data has one (tlkit train), else on validation.
-    subset, loader = ("test", data.test_loader) if data.test_loader is not None else ("validation", data.val_loader)
-    result = evaluate(trainer.model, loader, trainer.normalize, autocast=trainer.autocast, collect=True)
+    subset, result = ("test", evaluate(trainer.model, data.test_loader, trainer.normalize, autocast=trainer.autocast,
+                                       collect=True)) if data.test_loader is not None else ("validation", validation)
     meta = read_meta(run_dir)  # best.json as BestWeights wrote it; written again once, below, with what the end adds
     if data.multi_label:
-        report, meta = _thresholds_report(trainer, data, result, subset, meta)
+        report, meta = _thresholds_report(data, result, validation, subset, meta)
     else:
-        report = {**class_report(result["targets"], result["predictions"], data.classes), "subset": subset}
-        report["calibration"] = _calibrate(trainer, data, result if subset == "validation" else None)
+        report = {**class_report(result["targets"], result["predictions"], data.classes), "subset": subset,
+                  "calibration": calibrate(validation["logits"], validation["targets"])}
         meta = meta.calibrated(report["calibration"])
-    meta = meta.with_familiar(_familiar(trainer, backbone, data, run_dir, source, workers, meta))
+    meta = meta.with_familiar(_familiar(trainer, backbone, data, run_dir, source, workers, meta, validation))
     backbone.model.to(memory_format=torch.contiguous_format)  # handed back as a checkpoint loads: plain NCHW
     # best.safetensors was written by BestWeights (when that epoch or the head phase ended); not again here.
     if distributed.is_main():  # under torchrun rank 0 alone writes (every process holds the same results)
@@ -370,68 +373,51 @@ def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: T
                           report=report, outputs=outputs, backbone=backbone, skipped=skipped, compute=trainer.compute)
 
 
-def _thresholds_report(trainer: Trainer, data: TrainingInput, result: dict, subset: str,
+def _thresholds_report(data: TrainingInput, result: dict, validation: dict, subset: str,
                        meta: CheckpointMeta) -> tuple[dict, CheckpointMeta]:
     """A multi-label run's end: the report's metrics at each label's threshold chosen on the validation photos
-    (multilabel.choose_thresholds, from the final report's predictions when it is on validation), and the meta
-    holding them (for best.json). No temperature: calibration.py scales a softmax over classes, and a label's own
-    probability is left as trained."""
-    on_validation = result if subset == "validation" else evaluate(
-        trainer.model, data.val_loader, trainer.normalize, autocast=trainer.autocast, collect=True)
-    thresholds = choose_thresholds(np.asarray(on_validation["targets"]), sigmoid(on_validation["logits"]))
+    (multilabel.choose_thresholds), and the meta holding them (for best.json). No temperature: calibration.py
+    scales a softmax over classes, and a label's own probability is left as trained."""
+    thresholds = choose_thresholds(np.asarray(validation["targets"]), sigmoid(validation["logits"]))
     report = {**metrics(np.asarray(result["targets"]), sigmoid(result["logits"]), thresholds, data.classes),
               "subset": subset}
     return report, dataclasses.replace(meta, thresholds=thresholds)
 
 
-def _calibrate(trainer: Trainer, data: TrainingInput, on_validation: dict | None) -> dict:
-    """The temperature of the best weights, fitted on the validation logits (those of the final report when it
-    is on validation: not predicted twice), with the validation ECE before and after (tlkit/calibration.py)."""
-    if on_validation is None:  # the final report is on the test split: the temperature is still fitted on validation
-        on_validation = evaluate(trainer.model, data.val_loader, trainer.normalize, autocast=trainer.autocast,
-                                 collect=True)
-    return calibrate(on_validation["logits"], on_validation["targets"])
-
-
 def _familiar(trainer: Trainer, backbone: Backbone, data: TrainingInput, run_dir: Path, source,
-              workers: int, meta: CheckpointMeta) -> dict | None:
-    """The training photos' trunk features under the final weights, written as familiar.safetensors, and the
-    threshold set on the validation photos' (tlkit/familiar.py), for best.json (meta: what it will hold besides). They are the cached features where
-    the trunk stayed as it made them (the head trained on them alone, without augmented views); else one pass of
-    predict's loop over the photos (docs/benchmarks.md, "Familiar": its cost). None for a source that is not
-    photo folders (tlkit train's datasets)."""
+              workers: int, meta: CheckpointMeta, validation: dict) -> dict | None:
+    """The reference features for `familiar` at predict time, written as familiar.safetensors, and the threshold
+    set on the validation photos' (tlkit/familiar.py), for best.json (meta: what it will hold besides). Where the
+    trunk stayed as it made the feature cache (the head trained on it alone, without augmented views), the
+    training photos' cached features; else the validation photos' features under the final weights, from the best
+    epoch's validation (validation: train.evaluate's results) or, where it kept none, a pass of predict's loop.
+    None for a source that is not photo folders (tlkit train's datasets)."""
     if not source.caches:
         info("no reference features for `familiar` at predict time: they are kept for runs on photo folders")
         return None
     started = time.perf_counter()
     if isinstance(data.train_loader, FeatureLoader) and not data.train_loader.views:
-        training, validation = (loader.features.float().cpu().numpy()
-                                for loader in (data.train_loader, data.val_loader))
+        training, features = (loader.features.float().cpu().numpy() for loader in (data.train_loader, data.val_loader))
         how = "the cached features"
+    elif "features" in validation:
+        training, features, how = None, validation["features"], "the validation pass of the best weights"
     else:
         checkpoint = Checkpoint(backbone=backbone, classes=data.classes, meta=meta, path=run_dir / BEST_WEIGHTS)
-        training, validation = (_photo_features(checkpoint, source.split, subset, trainer.compute, workers, limit)
-                                for subset, limit in (("training", REFERENCE_PHOTOS), ("validation", None)))
-        how = f"a pass over at most {REFERENCE_PHOTOS} training photos and the validation photos"
-    reference, rule = fit_familiar(training, validation, seconds=time.perf_counter() - started, source=how)
+        training, features = None, _photo_features(checkpoint, source.split, trainer.compute, workers)
+        how = "a pass over the validation photos"
+    reference, rule = fit_familiar(training, features, seconds=time.perf_counter() - started, source=how)
     if distributed.is_main():
         save_reference(run_dir / FAMILIAR, reference)
-    info(f"familiar: {len(reference)} training photos' features from {how} ({rule['seconds']:.1f} s); photos "
-         f"further from them than {rule['threshold']:.4f} (mean cosine distance to the {rule['neighbours']} "
+    info(f"familiar: {len(reference)} {rule['reference']} photos' features from {how} ({rule['seconds']:.1f} s); "
+         f"photos further from them than {rule['threshold']:.4f} (mean cosine distance to the {rule['neighbours']} "
          f"nearest) are marked unfamiliar, as {rule['validation_flagged']:.1%} of the validation photos are")
     return rule
 
 
-def _photo_features(checkpoint: Checkpoint, split, subset: str, compute: Compute, workers: int,
-                    limit: int | None = None) -> np.ndarray:
-    """The trunk's features of a subset's photos (at most `limit` of them, a sample seeded by the run's seed) as
-    predict computes them; those that fail to decode left out."""
-    paths = [split.subset(subset) / relative for relative, _ in split.images(subset)]
-    if limit is not None and len(paths) > limit:
-        rows = np.random.default_rng(checkpoint.meta.config.get("seed") or 0).choice(len(paths), limit, replace=False)
-        paths = [paths[row] for row in sorted(rows)]
-    pred = predict_files(checkpoint, paths, compute=compute, workers=workers, familiar=False,
-                         keep_features=True)
+def _photo_features(checkpoint: Checkpoint, split, compute: Compute, workers: int) -> np.ndarray:
+    """The trunk's features of the validation photos as predict computes them; those that fail to decode left out."""
+    paths = [split.subset("validation") / relative for relative, _ in split.images("validation")]
+    pred = predict_files(checkpoint, paths, compute=compute, workers=workers, familiar=False, keep_features=True)
     return pred.features[[index for index in range(len(paths)) if index not in pred.failures]]
 
 

@@ -118,8 +118,10 @@ class Trainer:
                  class_weights: torch.Tensor | None = None, callbacks: list | None = None,
                  train_model: nn.Module | None = None, frozen: tuple[nn.Module, nn.Module] | None = None,
                  frozen_norms: list[nn.Module] = (), history: list[dict] = (), skipped: set[str] = (),
-                 positive_weights: torch.Tensor | None = None):
+                 positive_weights: torch.Tensor | None = None, features_of: nn.Module | None = None):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        # The head whose input each validation keeps (the trunk's features), and the latest validation's results.
+        self.features_of, self.last_validation = features_of, None
         self.train_model: nn.Module = train_model or model
         self.scheduler_name = scheduler_name
         self.train_loader, self.val_loader, self.train_sampler = train_loader, val_loader, train_sampler
@@ -301,11 +303,13 @@ def _stop_if_diverged(trainer: Trainer, loss_sum: torch.Tensor, batch_index: int
 
 
 def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, collect: bool = False,
-             skipped: set | None = None) -> dict:
+             skipped: set | None = None, features_of: nn.Module | None = None) -> dict:
     """Mean loss, accuracy, balanced accuracy and macro F1 (tlkit/imbalance.py) over a loader in eval mode; with
     collect, the targets, predictions and logits (float32 numpy [N, C], to fit the temperature on:
-    tlkit/calibration.py) too. Multi-label batches (0/1 label rows) give the mean average precision, val_map,
-    instead of the balanced scores, and always keep the logits (its ranking needs every photo).
+    tlkit/calibration.py) too, and with features_of (the model's head) the head's input for each image, the
+    trunk's features as predict keeps them (float32 numpy [N, D]: "features"). Multi-label batches (0/1 label
+    rows) give the mean average precision, val_map, instead of the balanced scores, and always keep the logits
+    (its ranking needs every photo).
 
     Under torchrun each process evaluates its share of the loader, and the result is over all of them.
     """
@@ -314,7 +318,10 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen, targets, predictions, outputs, class_count, multi_label = 0, [], [], [], 0, 0
-    with torch.inference_mode():
+    features = []
+    hook = None if features_of is None else features_of.register_forward_pre_hook(
+        lambda _, inputs: features.append(inputs[0].float().cpu()))
+    with torch.inference_mode(), hook or nullcontext():  # a RemovableHandle removes the hook on leaving
         for images, labels, bad in loader:
             if skipped is not None:
                 skipped.update(bad)
@@ -337,11 +344,12 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
     loss_sum, correct, seen, multi_label = distributed.sum_all([loss_sum, correct, seen, multi_label], device)
     targets, predictions = (torch.cat(rows).tolist() if rows else [] for rows in (targets, predictions))
     if distributed.world_size() > 1:
-        shares = distributed.all_gather((targets, predictions, outputs, class_count))
-        targets = [target for share, _, _, _ in shares for target in share]
-        predictions = [predicted for _, share, _, _ in shares for predicted in share]
-        outputs = [rows for _, _, share, _ in shares for rows in share]
-        class_count = max(count for _, _, _, count in shares)
+        shares = distributed.all_gather((targets, predictions, outputs, class_count, features))
+        targets = [target for share, *_ in shares for target in share]
+        predictions = [predicted for _, share, *_ in shares for predicted in share]
+        outputs = [rows for _, _, share, *_ in shares for rows in share]
+        class_count = max(count for _, _, _, count, _ in shares)
+        features = [rows for *_, share in shares for rows in share]
     if seen == 0:
         raise TlkitError("no validation image could be decoded; check them with `tlkit check`.")
     seen = int(seen)
@@ -353,7 +361,11 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
         result.update(val_balanced_acc=balance["balanced_accuracy"], val_macro_f1=balance["macro_f1"])
     if not collect:
         return result
-    return {**result, "targets": targets, "predictions": predictions, "logits": torch.cat(outputs).numpy()}
+    logits = torch.cat(outputs).numpy()
+    features = torch.cat(features).numpy() if features else None
+    # A head that model.forward does not call itself (a wrapper around timm's 1x1 convolution) saw no batch.
+    kept = {"features": features} if features is not None and len(features) == len(logits) else {}
+    return {**result, "targets": targets, "predictions": predictions, "logits": logits, **kept}
 
 
 def _run_epoch(trainer: Trainer) -> dict:
@@ -361,7 +373,8 @@ def _run_epoch(trainer: Trainer) -> dict:
     trainer.call("on_epoch_start")
     train = train_one_epoch(trainer)
     val = evaluate(trainer.model, trainer.val_loader, trainer.normalize, autocast=trainer.autocast,
-                   skipped=trainer.skipped)
+                   skipped=trainer.skipped, collect=True, features_of=trainer.features_of)
+    trainer.last_validation = val  # the run's end reports the best epoch's, not predicted again
     if not math.isfinite(val["val_loss"]):  # the last steps of the epoch broke the weights
         raise diverged(trainer, f"the validation after epoch {trainer.epoch + 1}", val["val_loss"])
     if trainer.scheduler_name == "plateau":

@@ -51,6 +51,17 @@ def read_subset_labels(subset_dir: Path) -> list[tuple[str, tuple[str, ...]]]:
     return [(row.path.relative_to(subset_dir).as_posix(), row.labels) for row in labels.rows]
 
 
+def check_subset_labels(training: set[str], validation: set[str], where: str, mend: str) -> None:
+    """The labels a multi-label split's subsets hold make a model: two at least in training, some in validation,
+    and each validation label among training's. where: the split as the message names it; mend: what to do."""
+    if len(training) >= 2 and validation and training >= validation:
+        return
+    trained = ", ".join(sorted(training)) or "none"
+    given = ", ".join(sorted(validation)) or "none: no validation photo"
+    raise TlkitError(f"{where} holds the label(s) {trained} in training and {given} in validation; a model needs two "
+                     f"labels at least, and each validation label among training's. {mend}")
+
+
 def multi_hot(labels: tuple[str, ...], classes: list[str]) -> tuple[float, ...]:
     """A photo's labels as one 0/1 target per class, in the classes' order (float: binary cross-entropy's)."""
     return tuple(float(name in labels) for name in classes)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,14 +38,14 @@ from tlkit.decode import pixel_batches, resize_crop
 from tlkit.errors import PYTHON, TlkitError, naming, option
 from tlkit.evaluate import default_out_dir, evaluate_folder
 from tlkit.export import export_checkpoint
-from tlkit.familiar import is_familiar
 from tlkit.features import FeatureSet
 from tlkit.findings import DUPLICATE_SIMILARITY
 from tlkit.backbone import Backbone
 from tlkit.lrfind import LrFindResult, find_lr
 from tlkit.labelfile import SEPARATOR
 from tlkit.multilabel import label_set
-from tlkit.predict import find_images, model_thresholds, predict_files, score_batches, with_unscored
+from tlkit.predict import (Predictions, find_images, model_thresholds, predict_files, predictions_of,
+                           score_batches)
 from tlkit.run_backbone import precompute_features
 from tlkit.runtime import (Compute, compute_for, default_workers, inference_batch_size, info, relpath, reporting,
                            warn)
@@ -153,24 +154,23 @@ class Prediction:
     novelty: float | None = None
 
 
-def _rows(sources: list, probabilities: np.ndarray, classes: list[str], failures: dict[int, str],
-          thresholds: list[float] | None = None, novelty: np.ndarray | None = None,
-          threshold: float | None = None) -> list[Prediction]:
-    rows = []
-    for index, source in enumerate(sources):
-        if index in failures:
-            rows.append(Prediction(source, None, None, {}, failures[index]))
+def _rows(pred: Predictions) -> list[Prediction]:
+    """predict's result as a row per input (pred.paths: a file, or an image's index), with the familiar and
+    novelty it holds."""
+    rows, familiar = [], pred.familiar()
+    for index, source in enumerate(pred.paths):
+        if index in pred.failures:
+            rows.append(Prediction(source, None, None, {}, pred.failures[index]))
             continue
-        row = probabilities[index]
-        every = dict(zip(classes, map(float, row)))
-        said = {} if novelty is None else {"familiar": bool(is_familiar(novelty[index], threshold)),
-                                           "novelty": float(novelty[index])}
-        if thresholds is not None:  # multi-label
-            labels = tuple(label_set(row, thresholds, classes))
+        row = pred.probabilities[index]
+        every = dict(zip(pred.classes, map(float, row)))
+        said = {} if familiar is None else {"familiar": bool(familiar[index]), "novelty": float(pred.novelty[index])}
+        if pred.thresholds is not None:  # multi-label
+            labels = tuple(label_set(row, pred.thresholds, pred.classes))
             rows.append(Prediction(source, SEPARATOR.join(labels), None, every, labels=labels, **said))
             continue
         best = int(row.argmax())
-        rows.append(Prediction(source, classes[best], float(row[best]), every, **said))
+        rows.append(Prediction(source, pred.classes[best], float(row[best]), every, **said))
     return rows
 
 
@@ -244,8 +244,7 @@ class Classifier:
         images = find_images([Path(path) for path in paths]).images
         pred = predict_files(self.checkpoint, images, compute=self.compute, batch_size=batch_size,
                              workers=default_workers(), tta=tta, threshold=threshold)
-        return _rows(pred.paths, pred.probabilities, pred.classes, pred.failures, pred.thresholds, pred.novelty,
-                     pred.threshold)
+        return _rows(pred)
 
     def _predict_pil(self, images: list[Image.Image], tta: bool, batch_size: int | None,
                      thresholds: list[float] | None) -> list[Prediction]:
@@ -297,12 +296,12 @@ class Classifier:
         batches = pixel_batches(images, self.checkpoint.backbone.preprocessing, self.device,
                                 inference_batch_size(self.device, batch_size))
         reference = self.checkpoint.reference(self.device)
+        started = time.perf_counter()
         scores = score_batches(self.checkpoint.inference_model(self.device), batches, count, len(self.classes),
                                compute=self.compute, tta=tta, temperature=self.checkpoint.meta.temperature,
                                multi_label=thresholds is not None, reference=reference)
-        return _rows(list(range(count)), scores.probabilities, self.classes,
-                     with_unscored(scores.probabilities, failures or {}), thresholds, scores.novelty,
-                     None if reference is None else reference.threshold)
+        return _rows(predictions_of(range(count), scores, failures or {}, classes=self.classes, thresholds=thresholds,
+                                    reference=reference, seconds=time.perf_counter() - started))
 
     def evaluate(self, folder: Path | str, *, out: Path | str | None = None, force: bool = False,
                  quiet: bool = False) -> dict:

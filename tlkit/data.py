@@ -23,11 +23,11 @@ from tlkit.decode import load_image as load_eval_image
 from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions
 from tlkit.labelfile import is_label_file
-from tlkit.multilabel import is_multi_label_split, multi_hot, read_subset_labels
+from tlkit.multilabel import check_subset_labels, is_multi_label_split, multi_hot, read_subset_labels
 from tlkit.runtime import relpath
 from tlkit.scan import (DECODE_ERRORS, class_folders, class_images, detect_layout, is_image_name, open_photo,
                         visible_files)
-from tlkit.split import SUBSETS, finish_pending_split
+from tlkit.split import SUBSETS, TRAINING, VALIDATION, finish_pending_split
 
 
 
@@ -100,17 +100,14 @@ def check_classes(data_dir: Path) -> list[str]:
     return train_classes
 
 
-def multi_label_classes(data_dir: Path) -> list[str]:
-    """The labels of a multi-label split (DATA/<subset>/labels.csv, tlkit/multilabel.py): training's, two at least,
-    and every label of validation among them."""
-    train_dir, val_dir = subset_dirs(data_dir)
-    held = [{name for _, labels in read_subset_labels(folder) for name in labels} for folder in (train_dir, val_dir)]
-    if len(held[0]) < 2 or not held[0] >= held[1]:
-        training, validation = (", ".join(sorted(labels)) or "none" for labels in held)
-        raise TlkitError(f"the multi-label split in {relpath(Path(data_dir))} holds the labels {training} in training "
-                         f"and {validation} in validation; a model needs two labels at least, and each validation "
-                         "label among training's. Re-run `tlkit split --multi-label`.")
-    return sorted(held[0])
+def open_multi_label(data_dir: Path) -> SplitFolders:
+    """A multi-label split (DATA/<subset>/labels.csv, tlkit/multilabel.py) with each subset's rows, read once here
+    for every stage; its classes are training's labels (multilabel.check_subset_labels)."""
+    label_rows = {subset: tuple(read_subset_labels(data_dir / subset)) for subset in SUBSETS}
+    held = {subset: {name for _, labels in rows for name in labels} for subset, rows in label_rows.items()}
+    check_subset_labels(held[TRAINING], held[VALIDATION], f"the multi-label split in {relpath(data_dir)}",
+                        "Re-run `tlkit split --multi-label`.")
+    return SplitFolders(data_dir, sorted(held[TRAINING]), label_rows=label_rows)
 
 
 class FolderDataset(ImageFolder):
@@ -128,7 +125,7 @@ class FolderDataset(ImageFolder):
         super().__init__(str(root), loader=str, allow_empty=True)
         self.load = load
         if self.targets and isinstance(self.targets[0], tuple):
-            return  # a multi-label split's 0/1 rows: its labels are checked by multi_label_classes
+            return  # a multi-label split's 0/1 rows: its labels are checked by open_multi_label
         empty = [name for name, count in zip(self.classes, torch.bincount(
             torch.tensor(self.targets, dtype=torch.long), minlength=len(self.classes)).tolist()) if count == 0]
         if empty:
@@ -295,7 +292,12 @@ class SplitFolders:
     root: Path
     classes: list[str]
     exclusions: Exclusions | None = None  # --exclude's reviewed list
-    multi_label: bool = False  # several labels a photo: each subset's labels.csv (tlkit/multilabel.py), not folders
+    # several labels a photo: each subset's labels.csv rows (tlkit/multilabel.py), not folders; None: one class
+    label_rows: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.label_rows is not None
 
     def subset(self, name: str) -> Path:
         return self.root / name
@@ -305,8 +307,7 @@ class SplitFolders:
         less --exclude's exclude rows, its relabel rows under their new class. A multi-label split's rows give
         each photo's 0/1 target per class (multilabel.multi_hot) in place of its class index."""
         if self.multi_label:
-            rows = read_subset_labels(self.subset(name))
-            return [(relative, multi_hot(labels, self.classes)) for relative, labels in rows]
+            return [(relative, multi_hot(labels, self.classes)) for relative, labels in self.label_rows[name]]
         listed = class_images(self.subset(name), self.classes)
         return self.exclusions.apply(listed, self.classes, prefix=f"{name}/") if self.exclusions else listed
 
@@ -330,7 +331,7 @@ def open_split(data: Path | str | SplitFolders) -> SplitFolders:
         return data
     finish_pending_split(Path(data))  # before its kind is read: a split interrupted while swapping in is finished
     if is_multi_label_split(Path(data)):
-        return SplitFolders(Path(data), multi_label_classes(Path(data)), multi_label=True)
+        return open_multi_label(Path(data))
     return SplitFolders(Path(data), check_classes(Path(data)))
 
 

@@ -66,43 +66,57 @@ def most_confident_mistakes(pred: Predictions, targets: list[int], limit: int) -
 def evaluate_folder(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, compute: Compute,
                     batch_size: int | None = None, workers: int = 0, tta: bool = False, force: bool = False,
                     mistakes: int = 16) -> dict:
-    """Predict every labelled image of data_dir, write report.json, confusion.png and mistakes.png."""
+    """Predict every labelled image of data_dir, write report.json, and the plots and page of the model's task:
+    one class a photo (_class_numbers, _class_pages) or several (_label_set_numbers, label_mistakes_page)."""
     refuse_stdout(out_dir, "a folder of a report, plots and a page")
     out_dir = Path(out_dir)
     check_out_dir(out_dir, force)
     check_writable(out_dir, "out")
-    if checkpoint.meta.task == MULTI_LABEL:
-        return evaluate_multi_label(checkpoint, data_dir, out_dir, compute=compute, batch_size=batch_size,
-                                    workers=workers, tta=tta, force=force, mistakes=mistakes)
-    paths, targets = labelled_images(data_dir, checkpoint.classes)
+    multi_label = checkpoint.meta.task == MULTI_LABEL
+    paths, targets = (label_sets if multi_label else labelled_images)(data_dir, checkpoint.classes)
     pred = predict_files(checkpoint, paths, compute=compute, batch_size=batch_size, workers=workers, tta=tta,
                          familiar=False)  # a report of the labels: no familiar column to fill
     scored = [i for i in range(len(paths)) if i not in pred.failures]
     if not scored:
         raise TlkitError(f"no image in {relpath(Path(data_dir))} could be decoded; check them with `tlkit check`.")
-    y_true = [targets[i] for i in scored]
-    y_pred = pred.predicted()[scored].tolist()
-    per_class = class_report(y_true, y_pred, checkpoint.classes)
-    report = {
-        "checkpoint": str(checkpoint.path), "data": str(data_dir), "images": len(scored), "tta": tta,
-        "accuracy": per_class["accuracy"], "balanced_accuracy": per_class["balanced_accuracy"],
-        "macro_f1": per_class["macro_f1"], "recall": per_class["recall"], "per_class": per_class,
-        **calibration_report(pred.probabilities[scored], y_true, checkpoint.meta.temperature, tta),
-        "failed": {str(paths[i]): why for i, why in sorted(pred.failures.items())},
-        "most_confident_mistakes": most_confident_mistakes(pred, targets, mistakes),
-        "images_per_s": len(paths) / max(pred.seconds, 1e-9),
-    }
+    numbers, worst = (_label_set_numbers if multi_label else _class_numbers)(checkpoint, pred, targets, scored,
+                                                                             tta=tta, mistakes=mistakes)
+    report = {"checkpoint": str(checkpoint.path), "data": str(data_dir), **numbers,
+              "failed": {str(paths[i]): why for i, why in sorted(pred.failures.items())}, **worst,
+              "images_per_s": len(paths) / max(pred.seconds, 1e-9)}
     if distributed.is_main():  # under torchrun every process holds every prediction; rank 0 alone writes
         check_out_dir(out_dir, force)  # again: the folder may have changed while the photos were predicted
         target = replace_outputs(out_dir, OUTPUTS, force)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_report(target["report.json"], report)
-        plot_confusion(target["confusion.png"], y_true, y_pred, checkpoint.classes,
-                       subset=Path(data_dir).resolve().name)
-        plot_mistakes(target["mistakes.png"], report["most_confident_mistakes"])
-        plot_reliability(target["reliability.png"], report)
-        mistakes_page(target["mistakes.html"], report, target["reliability.png"])
+        if multi_label:
+            label_mistakes_page(target["mistakes.html"], report)
+        else:
+            _class_pages(target, report, [targets[i] for i in scored], pred.predicted()[scored].tolist(),
+                         checkpoint.classes)
     return report
+
+
+def _class_numbers(checkpoint: Checkpoint, pred: Predictions, targets: list[int], scored: list[int], *, tta: bool,
+                   mistakes: int) -> tuple[dict, dict]:
+    """A single-label model's numbers on the scored photos (accuracy, per-class scores, calibration), and its
+    most confident mistakes."""
+    y_true = [targets[i] for i in scored]
+    per_class = class_report(y_true, pred.predicted()[scored].tolist(), checkpoint.classes)
+    numbers = {"images": len(scored), "tta": tta, "accuracy": per_class["accuracy"],
+               "balanced_accuracy": per_class["balanced_accuracy"], "macro_f1": per_class["macro_f1"],
+               "recall": per_class["recall"], "per_class": per_class,
+               **calibration_report(pred.probabilities[scored], y_true, checkpoint.meta.temperature, tta)}
+    return numbers, {"most_confident_mistakes": most_confident_mistakes(pred, targets, mistakes)}
+
+
+def _class_pages(target: dict[str, Path], report: dict, y_true: list[int], y_pred: list[int],
+                 classes: list[str]) -> None:
+    """confusion.png, mistakes.png, reliability.png and mistakes.html of a single-label model's report."""
+    plot_confusion(target["confusion.png"], y_true, y_pred, classes, subset=Path(report["data"]).resolve().name)
+    plot_mistakes(target["mistakes.png"], report["most_confident_mistakes"])
+    plot_reliability(target["reliability.png"], report)
+    mistakes_page(target["mistakes.html"], report, target["reliability.png"])
 
 
 def calibration_report(probabilities: np.ndarray, targets: list[int], temperature: float, tta: bool) -> dict:
@@ -173,31 +187,15 @@ def label_sets(data_dir: Path, classes: list[str]) -> tuple[list[Path], np.ndarr
             np.asarray([multi_hot(tuple(scan.labels_of(label)), classes) for _, label in scan.images]))
 
 
-def evaluate_multi_label(checkpoint: Checkpoint, data_dir: Path, out_dir: Path, *, compute: Compute,
-                         batch_size: int | None, workers: int, tta: bool, force: bool, mistakes: int) -> dict:
-    """evaluate_folder of a multi-label model: mAP, micro and macro F1, subset accuracy and each label's precision,
-    recall and AP at the model's thresholds (multilabel.metrics); report.json and mistakes.html, whose sections
-    show each label's worst false positives and false negatives."""
-    paths, targets = label_sets(data_dir, checkpoint.classes)
-    pred = predict_files(checkpoint, paths, compute=compute, batch_size=batch_size, workers=workers, tta=tta,
-                         familiar=False)  # as evaluate_folder: the report has no familiar column
-    scored = [i for i in range(len(paths)) if i not in pred.failures]
-    if not scored:
-        raise TlkitError(f"no image in {relpath(Path(data_dir))} could be decoded; check them with `tlkit check`.")
+def _label_set_numbers(checkpoint: Checkpoint, pred: Predictions, targets: np.ndarray, scored: list[int], *,
+                       tta: bool, mistakes: int) -> tuple[dict, dict]:
+    """A multi-label model's numbers on the scored photos at its thresholds (multilabel.metrics: mAP, micro and
+    macro F1, subset accuracy, each label's precision, recall and AP), and each label's worst false positives and
+    false negatives."""
     probabilities = pred.probabilities[scored]
-    report = {"checkpoint": str(checkpoint.path), "data": str(data_dir), "tta": tta,
-              **metrics(targets[scored], probabilities, pred.thresholds, checkpoint.classes),
-              "failed": {str(paths[i]): why for i, why in sorted(pred.failures.items())},
-              "worst_mistakes": worst_mistakes([paths[i] for i in scored], targets[scored], probabilities,
-                                               pred.thresholds, checkpoint.classes, mistakes),
-              "images_per_s": len(paths) / max(pred.seconds, 1e-9)}
-    if distributed.is_main():
-        check_out_dir(out_dir, force)
-        target = replace_outputs(out_dir, OUTPUTS, force)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_report(target["report.json"], report)
-        label_mistakes_page(target["mistakes.html"], report)
-    return report
+    numbers = {"tta": tta, **metrics(targets[scored], probabilities, pred.thresholds, checkpoint.classes)}
+    return numbers, {"worst_mistakes": worst_mistakes([pred.paths[i] for i in scored], targets[scored], probabilities,
+                                                      pred.thresholds, checkpoint.classes, mistakes)}
 
 
 def label_mistakes_page(path: Path, report: dict) -> None:

@@ -1,13 +1,11 @@
 """Several labels a photo: the split's label files, its stratified choice of validation photos, the positive
-weight of each label, the threshold of each label chosen on validation, and the metrics and prediction rows.
+weight of each label, the threshold of each label chosen on validation, the metrics, and a photo's label set.
 Arrays and files in, numbers and rows out; trains nothing, and knows no model (the stages call it).
 """
 
 from __future__ import annotations
 
 import csv
-import io
-import json
 import math
 import random
 from collections import Counter
@@ -49,6 +47,17 @@ def read_subset_labels(subset_dir: Path) -> list[tuple[str, tuple[str, ...]]]:
                          f"{bad_row_text(labels.bad[0])}); it was changed after `tlkit split` wrote it. Split again "
                          f"({option('force', True)} replaces the split).")
     return [(row.path.relative_to(subset_dir).as_posix(), row.labels) for row in labels.rows]
+
+
+def check_subset_labels(training: set[str], validation: set[str], where: str, mend: str) -> None:
+    """The labels a multi-label split's subsets hold make a model: two at least in training, some in validation,
+    and each validation label among training's. where: the split as the message names it; mend: what to do."""
+    if len(training) >= 2 and validation and training >= validation:
+        return
+    trained = ", ".join(sorted(training)) or "none"
+    given = ", ".join(sorted(validation)) or "none: no validation photo"
+    raise TlkitError(f"{where} holds the label(s) {trained} in training and {given} in validation; a model needs two "
+                     f"labels at least, and each validation label among training's. {mend}")
 
 
 def multi_hot(labels: tuple[str, ...], classes: list[str]) -> tuple[float, ...]:
@@ -165,41 +174,6 @@ def _mistake(path, truth: np.ndarray, probability: float, classes: list[str]) ->
 def label_set(row: np.ndarray, thresholds, classes: list[str]) -> list[str]:
     """The labels a photo's probabilities say, in the classes' order."""
     return [name for name, held in zip(classes, decisions(row, thresholds)) if held]
-
-
-def predictions_csv(paths: list, probabilities: np.ndarray, failures: dict[int, str], classes: list[str],
-                    thresholds, familiar: np.ndarray | None = None, novelty: np.ndarray | None = None) -> str:
-    """predict's CSV of a multi-label model: path, labels (joined by SEPARATOR; empty: none), familiar and novelty
-    where the model keeps reference features (tlkit/familiar.py), each label's probability (p_NAME), error."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    said = [] if familiar is None else ["familiar", "novelty"]
-    writer.writerow(["path", "labels", *said, *(f"p_{name}" for name in classes), "error"])
-    for index, path in enumerate(paths):
-        if index in failures:
-            writer.writerow([path_text(path), "", *([""] * (len(said) + len(classes))), failures[index]])
-            continue
-        row = probabilities[index]
-        like = [] if familiar is None else [str(bool(familiar[index])).lower(), f"{novelty[index]:.6f}"]
-        writer.writerow([path_text(path), SEPARATOR.join(label_set(row, thresholds, classes)), *like,
-                         *(f"{p:.6f}" for p in row), ""])
-    return buffer.getvalue()
-
-
-def predictions_json(paths: list, probabilities: np.ndarray, failures: dict[int, str], classes: list[str],
-                     thresholds, familiar: np.ndarray | None = None, novelty: np.ndarray | None = None) -> str:
-    """predict's JSON of a multi-label model: each photo's labels (a list), familiar and novelty (where the model
-    keeps reference features) and every label's probability."""
-    records = []
-    for index, path in enumerate(paths):
-        if index in failures:
-            records.append({"path": path_text(path), "error": failures[index]})
-            continue
-        row = probabilities[index]
-        like = {} if familiar is None else {"familiar": bool(familiar[index]), "novelty": float(novelty[index])}
-        records.append({"path": path_text(path), "labels": label_set(row, thresholds, classes), **like,
-                        "probabilities": {name: float(p) for name, p in zip(classes, row)}})
-    return json.dumps(records, indent=1)
 
 
 def checked_threshold(threshold: float | None) -> float | None:

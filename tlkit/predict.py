@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,8 @@ from tlkit.config import PREDICT_FORMATS
 from tlkit.decode import Batch, ImageBatches
 from tlkit.errors import TlkitError, option
 from tlkit.familiar import Reference, is_familiar
-from tlkit.multilabel import MULTI_LABEL, checked_threshold, decisions, predictions_csv, predictions_json
+from tlkit.labelfile import SEPARATOR
+from tlkit.multilabel import MULTI_LABEL, checked_threshold, decisions, label_set
 from tlkit.ownership import why_kept
 from tlkit.pathtext import is_stdout, path_text, write_stdout
 from tlkit.runtime import Compute, inference_batch_size, progress, relpath
@@ -42,7 +43,7 @@ UNSCORED = "the model gave no finite score (NaN or infinite pixels, or damaged w
 class Predictions:
     """Class probabilities for each file; the rows of failed files are NaN, with the reason in `failures`."""
 
-    paths: list[Path]
+    paths: list[Path]  # the files; api.Classifier's images or tensor rows: their indices
     probabilities: np.ndarray  # float32 [N, C]
     classes: list[str]
     failures: dict[int, str]
@@ -163,10 +164,18 @@ def predict_files(checkpoint: Checkpoint, paths: list[Path], *, compute: Compute
     failures = {mine[index]: why for index, why in batches.failures.items()}
     if distributed.world_size() > 1:
         scores, failures = _unshard(scores, failures, len(paths))
-    return Predictions(paths=list(paths), probabilities=scores.probabilities, classes=list(checkpoint.classes),
-                       failures=with_unscored(scores.probabilities, failures), seconds=time.perf_counter() - started,
-                       thresholds=thresholds, novelty=scores.novelty,
-                       threshold=None if reference is None else reference.threshold, features=scores.features)
+    return predictions_of(paths, scores, failures, classes=checkpoint.classes, thresholds=thresholds,
+                          reference=reference, seconds=time.perf_counter() - started)
+
+
+def predictions_of(paths: list, scores: Scores, failures: dict[int, str], *, classes: list[str],
+                   thresholds: list[float] | None, reference: Reference | None, seconds: float) -> Predictions:
+    """score_batches' scores as predict's result, of predict_files and api.Classifier alike: failures with every
+    unscored row (with_unscored), the novelty judged at the reference's threshold."""
+    return Predictions(paths=list(paths), probabilities=scores.probabilities, classes=list(classes),
+                       failures=with_unscored(scores.probabilities, failures), seconds=seconds, thresholds=thresholds,
+                       novelty=scores.novelty, threshold=None if reference is None else reference.threshold,
+                       features=scores.features)
 
 
 def _unshard(scores: Scores, failures: dict[int, str], count: int) -> tuple[Scores, dict[int, str]]:
@@ -236,43 +245,74 @@ def _top(row: np.ndarray, classes: list[str], k: int) -> list[tuple[str, float]]
     return [(classes[i], float(row[i])) for i in order]
 
 
-def _csv_text(pred: Predictions, topk: int | None) -> str:
+@dataclass(frozen=True)
+class _Columns:
+    """What a predictions file says of a scored photo besides its path, familiar and novelty: the CSV's columns
+    before those two (lead) and after (tail, then error), with each photo's cells of them, and its JSON fields
+    before them and probabilities after. The writing (_csv_text, _json_text) is one for every model."""
+
+    lead: list[str]
+    tail: list[str]
+    cells: Callable[[np.ndarray], tuple[list[str], list[str]]]  # a photo's probabilities -> lead and tail cells
+    fields: Callable[[np.ndarray], tuple[dict, dict[str, float]]]  # -> JSON fields, probabilities by class
+
+
+def _one_class_columns(classes: list[str], topk: int | None) -> _Columns:
+    """A single-label model's: the most probable class and its confidence; every class's probability, or with
+    topk the topk classes ranked with theirs."""
+    def cells(row: np.ndarray) -> tuple[list[str], list[str]]:
+        (label, confidence), *_ = _top(row, classes, 1)
+        if topk:
+            return [label, f"{confidence:.6f}"], [v for name, p in _top(row, classes, topk) for v in (name, f"{p:.6f}")]
+        return [label, f"{confidence:.6f}"], [f"{p:.6f}" for p in row]
+
+    def fields(row: np.ndarray) -> tuple[dict, dict[str, float]]:
+        ranked = _top(row, classes, topk or len(classes))
+        return {"label": ranked[0][0], "confidence": ranked[0][1]}, dict(ranked)
+
+    tail = ([name for rank in range(1, topk + 1) for name in (f"top{rank}", f"p{rank}")] if topk
+            else [f"p_{name}" for name in classes])
+    return _Columns(["label", "confidence"], tail, cells, fields)
+
+
+def _label_set_columns(classes: list[str], thresholds: list[float]) -> _Columns:
+    """A multi-label model's: the labels at or above their thresholds (the CSV's joined by SEPARATOR; empty:
+    none), and every label's probability."""
+    def cells(row: np.ndarray) -> tuple[list[str], list[str]]:
+        return [SEPARATOR.join(label_set(row, thresholds, classes))], [f"{p:.6f}" for p in row]
+
+    def fields(row: np.ndarray) -> tuple[dict, dict[str, float]]:
+        return {"labels": label_set(row, thresholds, classes)}, {name: float(p) for name, p in zip(classes, row)}
+
+    return _Columns(["labels"], [f"p_{name}" for name in classes], cells, fields)
+
+
+def _csv_text(pred: Predictions, columns: _Columns) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    if topk:
-        extra = [name for rank in range(1, topk + 1) for name in (f"top{rank}", f"p{rank}")]
-    else:
-        extra = [f"p_{name}" for name in pred.classes]
     familiar = pred.familiar()
     novelty = [] if familiar is None else ["familiar", "novelty"]
-    writer.writerow(["path", "label", "confidence", *novelty, *extra, "error"])
+    writer.writerow(["path", *columns.lead, *novelty, *columns.tail, "error"])
     for index, path in enumerate(pred.paths):
         if index in pred.failures:
-            writer.writerow([path_text(path), "", "", *([""] * (len(novelty) + len(extra))), pred.failures[index]])
+            blank = [""] * (len(columns.lead) + len(novelty) + len(columns.tail))
+            writer.writerow([path_text(path), *blank, pred.failures[index]])
             continue
-        row = pred.probabilities[index]
-        (label, confidence), *_ = _top(row, pred.classes, 1)
-        if topk:
-            values = [v for name, p in _top(row, pred.classes, topk) for v in (name, f"{p:.6f}")]
-        else:
-            values = [f"{p:.6f}" for p in row]
+        lead, tail = columns.cells(pred.probabilities[index])
         said = [] if familiar is None else [str(bool(familiar[index])).lower(), f"{pred.novelty[index]:.6f}"]
-        writer.writerow([path_text(path), label, f"{confidence:.6f}", *said, *values, ""])
+        writer.writerow([path_text(path), *lead, *said, *tail, ""])
     return buffer.getvalue()
 
 
-def _json_text(pred: Predictions, topk: int | None) -> str:
+def _json_text(pred: Predictions, columns: _Columns) -> str:
     records, familiar = [], pred.familiar()
     for index, path in enumerate(pred.paths):
         if index in pred.failures:
             records.append({"path": path_text(path), "error": pred.failures[index]})
             continue
-        row = pred.probabilities[index]
-        ranked = _top(row, pred.classes, topk or len(pred.classes))
-        record = {"path": path_text(path), "label": ranked[0][0], "confidence": ranked[0][1]}
-        if familiar is not None:
-            record.update(familiar=bool(familiar[index]), novelty=float(pred.novelty[index]))
-        records.append({**record, "probabilities": dict(ranked)})
+        fields, probabilities = columns.fields(pred.probabilities[index])
+        said = {} if familiar is None else {"familiar": bool(familiar[index]), "novelty": float(pred.novelty[index])}
+        records.append({"path": path_text(path), **fields, **said, "probabilities": probabilities})
     return json.dumps(records, indent=1)
 
 
@@ -351,13 +391,12 @@ def write_predictions(pred: Predictions, out: Path, *, fmt: str = "csv", topk: i
         return out
     check_request(out, fmt=fmt, topk=topk, classes=pred.classes, paths=pred.paths, force=force,
                   multi_label=pred.thresholds is not None)
-    if pred.thresholds is not None:
-        written = predictions_csv if fmt == "csv" else predictions_json
-        text = written(pred.paths, pred.probabilities, pred.failures, pred.classes, pred.thresholds, pred.familiar(),
-                       pred.novelty)
+    if fmt == "kaggle":
+        text = _kaggle_text(pred)
     else:
-        text = {"csv": lambda: _csv_text(pred, topk), "json": lambda: _json_text(pred, topk),
-                "kaggle": lambda: _kaggle_text(pred)}[fmt]()
+        columns = (_one_class_columns(pred.classes, topk) if pred.thresholds is None
+                   else _label_set_columns(pred.classes, pred.thresholds))
+        text = (_csv_text if fmt == "csv" else _json_text)(pred, columns)
     if is_stdout(out):
         write_stdout(text)
         return out

@@ -255,7 +255,7 @@ def evaluation(report: dict, classes: list[str], folder: Path, out_dir: Path) ->
 
 
 def label_evaluation(report: dict, folder: Path, out_dir: Path) -> None:
-    """A multi-label model's evaluation (tlkit.evaluate.evaluate_multi_label): a row per label, then the means."""
+    """A multi-label model's evaluation (tlkit.evaluate.evaluate_folder): a row per label, then the means."""
     from tlkit.multilabel import summary_lines
 
     table = Table(title=f"{relpath(folder)}: {report['images']} photos")

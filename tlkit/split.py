@@ -27,7 +27,7 @@ from tlkit.config import SEEDS, checked_number
 from tlkit.errors import TlkitError, option
 from tlkit.exclusions import Exclusions, read_exclusions
 from tlkit.labelfile import SEPARATOR, SEVERAL_LABELS, bad_row_text, is_label_file
-from tlkit.multilabel import LABELS_FILE, validation_choice, write_subset_labels
+from tlkit.multilabel import LABELS_FILE, check_subset_labels, validation_choice, write_subset_labels
 from tlkit.pathtext import ENCODING, ERRORS, path_text, refuse_stdout
 from tlkit.runtime import info, progress, relpath, warn
 from tlkit.scan import Scan, scan_with_progress
@@ -104,7 +104,7 @@ def plan_split(scan: Scan, val: int | float | None, out: Path, seed: int = 0,
     if not images:
         raise TlkitError(f"{relpath(scan.source)} holds no usable labelled images.")
     if scan.multi_label:
-        return _multi_label_plan(scan, val, out, seed, twin_of)
+        return _multi_label_plan(scan, images, unique, val=val, out=out, seed=seed, twin_of=twin_of)
     counts = Counter(label for _, label in unique)
     if len(counts) < 2:
         raise TlkitError(
@@ -138,11 +138,11 @@ def plan_split(scan: Scan, val: int | float | None, out: Path, seed: int = 0,
     return SplitPlan(scan=scan, out=Path(out), rows=rows, twins=len(twin_of))
 
 
-def _multi_label_plan(scan: Scan, val: int | float | None, out: Path, seed: int,
-                      twin_of: dict[Path, Path]) -> SplitPlan:
+def _multi_label_plan(scan: Scan, images: list[tuple[Path, str]], unique: list[tuple[Path, str]], *,
+                      val: int | float | None, out: Path, seed: int, twin_of: dict[Path, Path]) -> SplitPlan:
     """A multi-label split: the split column's, or validation chosen by multilabel.validation_choice (stratified on
-    each photo's rarest label); each photo keeps its path under the source, its labels go to LABELS_FILE."""
-    images = sorted(scan.images)
+    each photo's rarest label); each photo keeps its path under the source, its labels go to LABELS_FILE.
+    images: plan_split's, sorted there (the split must not depend on listing order); unique: less the twins."""
     singles = sorted(name for name, count in scan.class_counts().items() if count < 2)
     if singles:
         raise TlkitError(f"label {', '.join(singles)} is given to a single photo, so it cannot appear in both training "
@@ -152,22 +152,18 @@ def _multi_label_plan(scan: Scan, val: int | float | None, out: Path, seed: int,
     elif val is None:
         raise _no_val(scan.source)
     else:
-        unique = [(path, label) for path, label in images if path not in twin_of]
         chosen = validation_choice([tuple(scan.labels_of(label)) for _, label in unique],
                                    val_count(val, len(unique)), seed)
         subset_of = {path: VALIDATION if row in chosen else TRAINING for row, (path, _) in enumerate(unique)}
     rows = [(path, label, subset_of[twin_of.get(path, path)], Path(subset_of[twin_of.get(path, path)]) /
              path.relative_to(scan.root)) for path, label in images]
-    plan = SplitPlan(scan=scan, out=Path(out), rows=sorted(rows, key=lambda row: (row[2] != TRAINING, row[0])),
+    # The plan lists training first (as plan_split's does); within a subset, images' sorted order holds.
+    plan = SplitPlan(scan=scan, out=Path(out), rows=sorted(rows, key=lambda row: row[2] != TRAINING),
                      twins=len(twin_of), multi_label=True)
     held = {subset: {name for _, label, row_subset, _ in rows if row_subset == subset for name in scan.labels_of(label)}
             for subset in SUBSETS}
-    if not held[TRAINING] >= held[VALIDATION] or len(held[TRAINING]) < 2 or not held[VALIDATION]:
-        given = ", ".join(sorted(held[VALIDATION])) or "none: no validation photo"
-        trained = ", ".join(sorted(held[TRAINING])) or "none"
-        raise TlkitError(f"this split's training photos hold the label(s) {trained}; a model needs two labels at "
-                         f"least, and every label validation holds ({given}). Give those labels more photos, or "
-                         "training photos.")
+    check_subset_labels(held[TRAINING], held[VALIDATION], "this split",
+                        "Give those labels more photos, or training photos.")
     if lacking := sorted(held[TRAINING] - held[VALIDATION]):
         warn(f"no validation photo holds the label(s) {', '.join(lacking)}: their threshold stays 0.5 and their "
              f"precision is not measured; a larger {option('val')} (or more such photos) gives them some")

@@ -252,6 +252,26 @@ def test_a_photo_that_no_longer_decodes_for_the_tiles_is_its_own_tiles(tmp_path)
     assert np.allclose(tiles[2, 0, 0], tiles[2, 0, 1]) and not (tiles[2] == 7.0).any()
 
 
+@pytest.mark.usefixtures("offline_caches")
+def test_a_second_audit_reads_the_halves_from_their_cache_and_a_changed_photo_computes_them_again(
+        tmp_path, monkeypatch):
+    from tlkit import tiles
+
+    photos = shared_photos(tmp_path / "train", per_class=6)
+    trunk_runs = []
+    counted = tiles.tile_features
+    monkeypatch.setattr(tiles, "tile_features", lambda backbone, paths, **kwargs: trunk_runs.append(len(paths))
+                        or counted(backbone, paths, **kwargs))
+    assert cli.main(["-q", "audit", str(photos), "--device", "cpu"]) == 0
+    first = (tmp_path / "train-audit" / "audit.csv").read_text()
+    assert (tmp_path / ".tlkit-cache" / "train-efficientnet_lite0-halves" / tiles.TILES_FILE).is_file()
+    assert cli.main(["-q", "audit", str(photos), "--device", "cpu", "--force"]) == 0
+    assert trunk_runs == [12] and (tmp_path / "train-audit" / "audit.csv").read_text() == first
+    Image.open(photos / "dog.5.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photos / "dog.5.jpg")
+    assert cli.main(["-q", "audit", str(photos), "--device", "cpu", "--force"]) == 0
+    assert trunk_runs == [12, 12]
+
+
 def test_a_folder_of_one_class_is_one_clear_message(tmp_path, capsys):
     from conftest import make_flat
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tlkit
 from tlkit import cli
-from tlkit.findings import duplicate_groups, find_problems, near_duplicates, unit_rows
+from tlkit.findings import SEVERAL_SIMILARITY_BELOW, duplicate_groups, find_problems, near_duplicates, unit_rows
 from tlkit.ownership import RECORD
 
 from conftest import shared_photos
@@ -228,6 +229,10 @@ def test_a_cat_pasted_beside_a_dog_is_listed_with_both_classes_and_an_ordinary_p
     summary = json.loads((tmp_path / "train-audit" / "audit.json").read_text())
     assert summary["counts"]["cat"]["several-classes"] >= 1
     assert "several classes in one photo" in (tmp_path / "train-audit" / "audit.html").read_text()
+    report = tlkit.audit(photos, force=True, device="cpu", quiet=True)  # from the caches
+    similarity = {photo.path.name: value for photo, value in zip(report.photos, report.findings.half_similarity[:, 0])}
+    ordinary = [value for name, value in similarity.items() if name != "cat.pair.jpg"]
+    assert similarity["cat.pair.jpg"] < SEVERAL_SIMILARITY_BELOW < np.median(ordinary)  # two scenes; one scene
 
 
 @pytest.mark.usefixtures("offline_caches")

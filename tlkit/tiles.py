@@ -23,9 +23,9 @@ from tlkit.runtime import Compute, inference_batch_size, info, map_ahead, progre
 from tlkit.scan import DECODE_ERRORS, decode_failure, open_photo
 
 # Pairs of halves of a photo that share no pixel, as (left, top, right, bottom) fractions. A photo shows two
-# classes where the two halves of a pair each surely show another (tlkit/findings.py: several_classes). Side by
-# side only: the top and bottom halves as well flagged twice the ordinary photos and found no more of the planted
-# composites, at twice the cost (docs/benchmarks.md, "Audit").
+# classes where the two halves of a pair each surely show another and are unlike (tlkit/findings.py:
+# several_classes). Side by side only: the top and bottom halves as well flagged twice the ordinary photos and
+# found no more of the planted composites, at twice the cost (docs/benchmarks.md, "Several classes in one photo").
 HALVES = {"left | right": ((0, 0, 0.5, 1), (0.5, 0, 1, 1))}
 TILES = [box for pair in HALVES.values() for box in pair]  # in the order of the features' rows
 TILES_FILE = "tiles.npy"  # a tile cache's one array: [N, P, 2, D]

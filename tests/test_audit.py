@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tlkit
 from tlkit import cli
-from tlkit.findings import duplicate_groups, find_problems, near_duplicates, unit_rows
+from tlkit.findings import SEVERAL_SIMILARITY_BELOW, duplicate_groups, find_problems, near_duplicates, unit_rows
 from tlkit.ownership import RECORD
 
 from conftest import shared_photos
@@ -228,6 +229,10 @@ def test_a_cat_pasted_beside_a_dog_is_listed_with_both_classes_and_an_ordinary_p
     summary = json.loads((tmp_path / "train-audit" / "audit.json").read_text())
     assert summary["counts"]["cat"]["several-classes"] >= 1
     assert "several classes in one photo" in (tmp_path / "train-audit" / "audit.html").read_text()
+    report = tlkit.audit(photos, force=True, device="cpu", quiet=True)  # from the caches
+    similarity = {photo.path.name: value for photo, value in zip(report.photos, report.findings.half_similarity[:, 0])}
+    ordinary = [value for name, value in similarity.items() if name != "cat.pair.jpg"]
+    assert similarity["cat.pair.jpg"] < SEVERAL_SIMILARITY_BELOW < np.median(ordinary)  # two scenes; one scene
 
 
 @pytest.mark.usefixtures("offline_caches")
@@ -250,6 +255,26 @@ def test_a_photo_that_no_longer_decodes_for_the_tiles_is_its_own_tiles(tmp_path)
     assert tiles.shape == (3, len(HALVES), 2, backbone.feature_dim)
     assert (tiles[1] == 7.0).all() and not np.allclose(tiles[0, 0, 0], tiles[0, 0, 1])
     assert np.allclose(tiles[2, 0, 0], tiles[2, 0, 1]) and not (tiles[2] == 7.0).any()
+
+
+@pytest.mark.usefixtures("offline_caches")
+def test_a_second_audit_reads_the_halves_from_their_cache_and_a_changed_photo_computes_them_again(
+        tmp_path, monkeypatch):
+    from tlkit import tiles
+
+    photos = shared_photos(tmp_path / "train", per_class=6)
+    trunk_runs = []
+    counted = tiles.tile_features
+    monkeypatch.setattr(tiles, "tile_features", lambda backbone, paths, **kwargs: trunk_runs.append(len(paths))
+                        or counted(backbone, paths, **kwargs))
+    assert cli.main(["-q", "audit", str(photos), "--device", "cpu"]) == 0
+    first = (tmp_path / "train-audit" / "audit.csv").read_text()
+    assert (tmp_path / ".tlkit-cache" / "train-efficientnet_lite0-halves" / tiles.TILES_FILE).is_file()
+    assert cli.main(["-q", "audit", str(photos), "--device", "cpu", "--force"]) == 0
+    assert trunk_runs == [12] and (tmp_path / "train-audit" / "audit.csv").read_text() == first
+    Image.open(photos / "dog.5.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photos / "dog.5.jpg")
+    assert cli.main(["-q", "audit", str(photos), "--device", "cpu", "--force"]) == 0
+    assert trunk_runs == [12, 12]
 
 
 def test_a_folder_of_one_class_is_one_clear_message(tmp_path, capsys):

@@ -2,7 +2,7 @@
 near-duplicates, photos of no class, photos showing several classes; found in the frozen trunk's features.
 
 Gathers the features (a split's cache, the one `finetune --precompute-features` reads; an unsplit folder's
-own cache, all its photos as one subset) and those of each photo's tiles (tlkit/tiles.py, not cached), asks
+own cache, all its photos as one subset) and those of each photo's tiles (tlkit/tiles.py, cached beside), asks
 tlkit/findings.py, and turns its flags into one reviewable row per photo and issue with a suggested action
 (tlkit/audit_report.py writes them). Never moves, renames or deletes a photo.
 """
@@ -21,7 +21,7 @@ from tlkit.cache import default_cache_root, file_rows
 from tlkit.config import FinetuneConfig, resolve_config
 from tlkit.data import open_split
 from tlkit.errors import TlkitError
-from tlkit.features import FeatureSet, cache_dir_for, precompute_folders
+from tlkit.features import FeatureSet, cache_dir_for, precompute_folders, split_cache_dir
 from tlkit.findings import AUDIT_BACKBONE, DUPLICATE_SIMILARITY, Findings, find_problems
 from tlkit.inputs import cached_features
 from tlkit.labelfile import SEPARATOR
@@ -30,7 +30,7 @@ from tlkit.run_backbone import create_backbone, run_config
 from tlkit.runtime import compute_for, default_workers, info, relpath
 from tlkit.scan import list_dataset, photo_root, warn_rows_left_out
 from tlkit.split import SUBSETS, finish_pending_split
-from tlkit.tiles import TILES, tile_features
+from tlkit.tiles import cached_tile_features
 
 ISSUES = ("label", "near-duplicate", "identical", "outlier", "several-classes")
 WHOLE = "all"  # the one subset of a folder not split yet
@@ -108,7 +108,7 @@ def audit_folder(data: Path, settings: dict, *, config_file: Path | None = None,
     multi_label = is_multi_label_split(data)
     labels = photo_labels(photos, classes, multi_label=multi_label)
     root = photo_root(data)  # a label file's paths are relative to its folder
-    tiles = None if multi_label else photo_tiles(root, photos, features, backbone, config)
+    tiles = None if multi_label else photo_tiles(data, photos, features, backbone, config)
     info(f"audit: judging {len(photos)} photos' labels ({len(classes)} classes), near-duplicates, outliers"
          + ("" if multi_label else " and photos of several classes"))
     findings = find_problems(features, labels, file_digests(root, photos), tiles=tiles, similarity=similarity,
@@ -140,22 +140,33 @@ def gather_features(data: Path, config: FinetuneConfig) -> tuple[list[Photo], li
     else:
         classes, folders, files = _unsplit_files(data)
         backbone = create_backbone(config, classes)
-        cache_root = Path(config.cache_dir) if config.cache_dir else default_cache_root(data.resolve().parent)
-        cache_dir = cache_dir_for(cache_root, f"{data.resolve().name}-{backbone.name}")
-        sets = precompute_folders(backbone, folders, files, classes, cache_dir, compute=compute,
-                                  workers=default_workers(config.workers), views=0, dtype=config.cache_dtype)
+        sets = precompute_folders(backbone, folders, files, classes, features_cache_dir(data, config, backbone.name),
+                                  compute=compute, workers=default_workers(config.workers), views=0,
+                                  dtype=config.cache_dtype)
     features = np.concatenate([np.asarray(s.features) for s in sets.values()])
     return _photos(sets, classes), classes, features, backbone
 
 
+def features_cache_dir(data: Path, config: FinetuneConfig, backbone_name: str) -> Path:
+    """The whole photos' feature cache an audit reads: a split's own (finetune's), or one beside a folder or label
+    file not split yet, named after it."""
+    if is_split(data):
+        return split_cache_dir(data, config.cache_dir, backbone_name)
+    cache_root = Path(config.cache_dir) if config.cache_dir else default_cache_root(data.resolve().parent)
+    return cache_dir_for(cache_root, f"{data.resolve().name}-{backbone_name}")
+
+
 def photo_tiles(data: Path, photos: list[Photo], features: np.ndarray, backbone: Backbone,
                 config: FinetuneConfig) -> np.ndarray:
-    """[N, P, 2, D] features of each photo's pairs of halves (tlkit/tiles.py). A photo that decoded for the cache
-    but no longer does has its whole-photo features as every half: halves that agree, so it is not judged on them."""
-    compute = compute_for(config.device, config.precision)
-    info(f"audit: the trunk over the {len(TILES)} halves of each photo (not cached); {compute.words()}")
-    tiles, failed = tile_features(backbone, [data / photo.path for photo in photos], compute=compute,
-                                  workers=default_workers(config.workers))
+    """[N, P, 2, D] features of each photo's pairs of halves (tlkit/tiles.py), cached beside the whole photos'
+    (features_cache_dir, -halves). A photo that decoded for the cache but no longer does has its whole-photo
+    features as every half: halves that agree, so it is not judged on them."""
+    whole_cache = features_cache_dir(data, config, backbone.name)
+    root = photo_root(data)
+    rows = file_rows(root, [(photo.path.as_posix(), 0) for photo in photos])  # 0: the halves hold no label
+    tiles, failed = cached_tile_features(backbone, root, rows, whole_cache.with_name(f"{whole_cache.name}-halves"),
+                                         compute=compute_for(config.device, config.precision),
+                                         workers=default_workers(config.workers), dtype=config.cache_dtype)
     for row in failed:
         tiles[row] = features[row]
     return tiles

@@ -87,6 +87,11 @@ def cache_dir_for(cache_root: Path, backbone_name: str) -> Path:
     return Path(cache_root) / backbone_name.replace(":", "-").replace("/", "-")
 
 
+def split_cache_dir(split_root: Path, cache_root: Path | str | None, backbone_name: str) -> Path:
+    """Where precompute keeps a split's features: under cache_root (default: the split's own), one per backbone."""
+    return cache_dir_for(cache_root or default_cache_root(split_root), backbone_name)
+
+
 def run_trunk(trunk: torch.nn.Module, batches: ImageBatches, rows: np.ndarray, compute: Compute,
                on_progress) -> None:
     """Fill rows[i] with the trunk's features of image i (images that fail to decode stay zero)."""
@@ -147,7 +152,7 @@ def precompute(backbone, data: Path | SplitFolders, *, compute: Compute, cache_r
     split = open_split(data)
     folders = {subset: split.subset(subset) for subset in SUBSETS}
     files = {subset: file_rows(folder, split.images(subset)) for subset, folder in folders.items()}
-    cache_dir = cache_dir_for(cache_root or default_cache_root(split.root), backbone.name)
+    cache_dir = split_cache_dir(split.root, cache_root, backbone.name)
     return precompute_folders(backbone, folders, files, split.classes, cache_dir, compute=compute,
                               batch_size=batch_size, workers=workers, views=views, augment=augment, dtype=dtype,
                               force=force)

@@ -23,9 +23,12 @@ SEARCH_MEMORY_MB = 64  # what one block of the neighbour search's distances may 
 # cleanlab Datalab's default for outliers on features: an average distance to the k nearest neighbours above
 # Q3 + (1 / 0.37037 - 1) x IQR of all of them (cleanlab.datalab ... OutlierIssueManager.DEFAULT_THRESHOLDS).
 OUTLIER_IQR_SCALE = 1 / 0.37037 - 1
-# Out-of-fold probability of a class from which a photo's tile shows it; a photo whose tiles show two classes
-# so holds several (docs/benchmarks.md, "Audit": tuned on one set of planted composites, measured on another).
-SEVERAL_ABOVE = 0.93
+# Out-of-fold probability of a class from which a photo's half shows it, and the cosine similarity of two halves'
+# features below which they are two scenes: a photo whose two halves so show two classes holds several. A head
+# fitted on whole photos reads a dog's hindquarters as a cat, but the halves of one photo share its scene and stay
+# alike (docs/benchmarks.md, "Several classes in one photo": tuned on seed 1's planted composites, reported on 2, 3).
+SEVERAL_ABOVE = 0.9
+SEVERAL_SIMILARITY_BELOW = 0.5
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ class Findings:
     pairs: list[DuplicatePair]  # most similar first
     groups: np.ndarray  # [N] a group number shared by photos joined by pairs, -1 for a photo in none
     tile_probabilities: np.ndarray  # [N, P, 2, C] out of fold (the photo's fold's head), of each half of P pairs
-    shown: np.ndarray  # [N, C] bool: the halves of a pair disagree, each sure (P >= SEVERAL_ABOVE), and one says it
+    half_similarity: np.ndarray  # [N, P] cosine similarity of the two halves' features of each pair
+    shown: np.ndarray  # [N, C] bool: the halves of a pair are unlike, disagree, each sure, and one says it
     several_score: np.ndarray  # [N] the best pair's less sure half's P when the halves disagree, else 0
 
     @property
@@ -73,18 +77,21 @@ def find_problems(features: np.ndarray, labels: np.ndarray, digests: list[str], 
         probabilities = out_of_fold_label_probabilities(unit, labels, seed=seed)
         quality, issue = judge_label_sets(labels, probabilities)
         tile_probabilities = np.zeros((len(labels), 0, 2, labels.shape[1]))
+        similarity_of_halves = np.zeros((len(labels), 0))
         shown, several_score = np.zeros(labels.shape, dtype=bool), np.zeros(len(labels))
     else:
         heads = fold_heads(unit, labels, seed=seed)
         probabilities = out_of_fold_probabilities(unit, heads)
-        tile_probabilities = out_of_fold_tiles(unit[:, None, None].repeat(2, axis=2) if tiles is None else tiles, heads)
-        shown, several_score = several_classes(tile_probabilities)
+        tiles = unit[:, None, None].repeat(2, axis=2) if tiles is None else tiles
+        tile_probabilities, similarity_of_halves = out_of_fold_tiles(tiles, heads), half_similarity(tiles)
+        shown, several_score = several_classes(tile_probabilities, similarity_of_halves)
         quality, issue = judge_labels(labels, probabilities)
     outlier_score, outlier = outliers(unit)
     pairs = near_duplicates(unit, digests, similarity=similarity)
     return Findings(probabilities=probabilities, label_quality=quality, label_issue=issue, outlier_score=outlier_score,
                     outlier=outlier, pairs=pairs, groups=duplicate_groups(pairs, len(labels)),
-                    tile_probabilities=tile_probabilities, shown=shown, several_score=several_score)
+                    tile_probabilities=tile_probabilities, half_similarity=similarity_of_halves, shown=shown,
+                    several_score=several_score)
 
 
 def unit_rows(features: np.ndarray) -> np.ndarray:
@@ -132,13 +139,21 @@ def out_of_fold_tiles(tiles: np.ndarray, heads: list[tuple[np.ndarray, object]])
     return probabilities
 
 
-def several_classes(half_probabilities: np.ndarray, above: float = SEVERAL_ABOVE) -> tuple[np.ndarray, np.ndarray]:
-    """(shown [N, C], score [N]) from [N, P, 2, C] class probabilities of the two halves of P pairs of each photo:
-    a pair whose halves name different classes scores its less sure half's probability, and at `above` or more
-    both classes are shown; a photo scores its best pair's. Halves that share no pixel: two parts of one animal
-    seldom both look surely like different classes (docs/benchmarks.md, "Audit", against any two tiles)."""
+def half_similarity(tiles: np.ndarray) -> np.ndarray:
+    """[N, P] cosine similarity of the two halves of each pair, from their features [N, P, 2, D] (any scale)."""
+    unit = unit_rows(tiles.reshape(-1, tiles.shape[-1])).reshape(tiles.shape)
+    return (unit[..., 0, :] * unit[..., 1, :]).sum(axis=-1)
+
+
+def several_classes(half_probabilities: np.ndarray, similarity: np.ndarray, above: float = SEVERAL_ABOVE,
+                    below: float = SEVERAL_SIMILARITY_BELOW) -> tuple[np.ndarray, np.ndarray]:
+    """(shown [N, C], score [N]) from [N, P, 2, C] class probabilities of the two halves of P pairs of each photo
+    and their similarity [N, P] (half_similarity): a pair whose halves are unlike (similarity below `below`) and
+    name different classes scores its less sure half's probability, and at `above` or more both classes are shown;
+    a photo scores its best pair's. Halves that share no pixel: two parts of one animal seldom both look surely like
+    different classes (docs/benchmarks.md, "Several classes in one photo", against any two tiles)."""
     said, sure = half_probabilities.argmax(axis=-1), half_probabilities.max(axis=-1)  # [N, P, 2]
-    pair_score = np.where(said[..., 0] != said[..., 1], sure.min(axis=-1), 0.0)  # [N, P]
+    pair_score = np.where((said[..., 0] != said[..., 1]) & (similarity < below), sure.min(axis=-1), 0.0)  # [N, P]
     apart = pair_score >= above
     one_hot = np.eye(half_probabilities.shape[-1], dtype=bool)[said]  # [N, P, 2, C]
     return (one_hot & apart[..., None, None]).any(axis=(1, 2)), pair_score.max(axis=1)

@@ -1,12 +1,14 @@
 """The frozen trunk's features of a few parts (tiles) of each photo, for `tlkit audit`'s question whether a
 photo's parts show different classes. Each photo is decoded once and its tiles cut from the decoded pixels,
-then put in the eval geometry and run through the trunk in batches, as precompute runs whole photos. It
-caches nothing and judges nothing (tlkit/findings.py does).
+then put in the eval geometry and run through the trunk in batches, as precompute runs whole photos, and
+cached as the whole photos' features are (tlkit/cache.py: a changed photo or trunk computes them again). It
+judges nothing (tlkit/findings.py does).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +16,19 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from tlkit.backbone import Backbone, for_inference
+from tlkit.cache import commit, new_staging, read_manifest, why_stale
 from tlkit.decode import draft_side, pixel_batches, resize_crop
-from tlkit.features import run_trunk
-from tlkit.runtime import Compute, inference_batch_size, map_ahead, progress
+from tlkit.features import STALE_REASONS, cache_identity, run_trunk
+from tlkit.runtime import Compute, inference_batch_size, info, map_ahead, progress, relpath
 from tlkit.scan import DECODE_ERRORS, decode_failure, open_photo
 
 # Pairs of halves of a photo that share no pixel, as (left, top, right, bottom) fractions. A photo shows two
-# classes where the two halves of a pair each surely show another (tlkit/findings.py: several_classes). Side by
-# side only: the top and bottom halves as well flagged twice the ordinary photos and found no more of the planted
-# composites, at twice the cost (docs/benchmarks.md, "Audit").
+# classes where the two halves of a pair each surely show another and are unlike (tlkit/findings.py:
+# several_classes). Side by side only: the top and bottom halves as well flagged twice the ordinary photos and
+# found no more of the planted composites, at twice the cost (docs/benchmarks.md, "Several classes in one photo").
 HALVES = {"left | right": ((0, 0, 0.5, 1), (0.5, 0, 1, 1))}
 TILES = [box for pair in HALVES.values() for box in pair]  # in the order of the features' rows
+TILES_FILE = "tiles.npy"  # a tile cache's one array: [N, P, 2, D]
 
 
 def tile_pixels(path: Path, prep) -> list[torch.Tensor]:
@@ -75,3 +79,33 @@ def _decode(path: Path, prep) -> tuple[list[torch.Tensor], str]:
         return tile_pixels(path, prep), ""
     except DECODE_ERRORS as error:
         return [], decode_failure(error)
+
+
+def cached_tile_features(backbone: Backbone, folder: Path, rows: list, cache_dir: Path, *, compute: Compute,
+                         workers: int = 1, dtype: str = "float16") -> tuple[np.ndarray, dict[int, str]]:
+    """tile_features of the files of rows (cache.file_rows, relative to folder), from the cache in cache_dir, or
+    computed into it: valid for the very trunk, preprocessing, TILES and files (paths, sizes, modification times)."""
+    identity = {**cache_identity(backbone, [], {"all": rows}, 0, dtype, compute.arithmetic),
+                "tiles": json.loads(json.dumps(HALVES))}
+    reason = why_stale(cache_dir, identity, {**STALE_REASONS, "tiles": "other tiles"})
+    if reason is None:
+        info(f"audit: the features of each photo's {len(TILES)} halves from the cache in {relpath(cache_dir)}")
+        return _load_tiles(cache_dir)
+    info(f"audit: the trunk over the {len(TILES)} halves of each photo ({reason}) into {relpath(cache_dir)}; "
+         f"{compute.words()}")
+    features, failed = tile_features(backbone, [folder / row[0] for row in rows], compute=compute, workers=workers)
+    staging = new_staging(cache_dir, features.size * np.dtype(dtype).itemsize, "the halves' features")
+    np.save(staging / TILES_FILE, features.astype(dtype))
+    entry = {"files": [row[0] for row in rows], "labels": [row[1] for row in rows],
+             "failed": {rows[index][0]: why for index, why in sorted(failed.items())}}
+    summary = {"holds": f"{backbone.name} features of halves", "input_size": list(backbone.preprocessing.input_size),
+               "views": 0}
+    commit(staging, cache_dir, identity=identity, subsets={"all": entry}, summary=summary)
+    return _load_tiles(cache_dir)  # as a later audit reads them: both judge the same numbers
+
+
+def _load_tiles(cache_dir: Path) -> tuple[np.ndarray, dict[int, str]]:
+    """(the cached tile features as float32, {row: why its photo failed to decode}: its rows are zero)."""
+    entry = read_manifest(cache_dir)["subsets"]["all"]
+    failed = {row: entry["failed"][name] for row, name in enumerate(entry["files"]) if name in entry["failed"]}
+    return np.load(cache_dir / TILES_FILE).astype(np.float32), failed

@@ -259,7 +259,7 @@ def test_a_photo_that_no_longer_decodes_for_the_tiles_is_its_own_tiles(tmp_path)
 
 @pytest.mark.usefixtures("offline_caches")
 def test_a_second_audit_reads_the_halves_from_their_cache_and_a_changed_photo_computes_them_again(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, capsys):
     from tlkit import tiles
 
     photos = shared_photos(tmp_path / "train", per_class=6)
@@ -275,6 +275,10 @@ def test_a_second_audit_reads_the_halves_from_their_cache_and_a_changed_photo_co
     Image.open(photos / "dog.5.jpg").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photos / "dog.5.jpg")
     assert cli.main(["-q", "audit", str(photos), "--device", "cpu", "--force"]) == 0
     assert trunk_runs == [12, 12]
+    capsys.readouterr()
+    assert cli.main(["cache", "ls", "--cache-dir", str(tmp_path / ".tlkit-cache")]) == 0
+    listing = capsys.readouterr().out  # both audit caches, with their 12 photos in the column of a folder not split
+    assert "features of halves" in listing and "all" in listing and listing.count(" 12 ") >= 2
 
 
 def test_a_folder_of_one_class_is_one_clear_message(tmp_path, capsys):

@@ -188,12 +188,13 @@ def caches(root: Path, listed: list[dict]) -> None:
         result(f"no caches in {relpath(root)}")
         return
     table = Table(title=f"caches in {relpath(root)}")
-    for column in ("holds", "input", "views", "training", "validation", "MB"):
+    # An audit of a folder not split yet caches its photos as one subset, "all" (tlkit/auditing.py: WHOLE).
+    subsets = ["training", "validation"] + (["all"] if any("all" in cache["images"] for cache in listed) else [])
+    for column in ("holds", "input", "views", *subsets, "MB"):
         table.add_column(column, justify="left" if column == "holds" else "right")
     for cache in listed:
         table.add_row(cache["holds"], "x".join(map(str, cache["input_size"])), str(cache["views"]),
-                      str(cache["images"].get("training", 0)), str(cache["images"].get("validation", 0)),
-                      f"{cache['bytes'] / 1e6:,.1f}")
+                      *(str(cache["images"].get(subset, 0)) for subset in subsets), f"{cache['bytes'] / 1e6:,.1f}")
     result(table)
 
 

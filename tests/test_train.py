@@ -373,3 +373,21 @@ def test_the_runs_end_reads_the_best_epochs_validation_rather_than_predicting_it
     assert passes == [] and result.report["accuracy"] == best_row["val_acc"]
     rule = json.loads((result.run_dir / "best.json").read_text())["familiar"]
     assert rule["reference"] == "validation" and rule["features"] == "the validation pass of the best weights"
+
+
+@pytest.mark.parametrize("name", ["timm:resnetv2_18", "timm:test_efficientnet", "vgg16", "simple-cnn"])
+def test_validation_keeps_the_trunks_features_as_predict_computes_them_whatever_the_head(name):
+    """A 1x1 convolution head (ResNetV2) that the model calls without the cut's wrapper, a Linear, a head of
+    several layers (VGG): the first layer's input is the trunk's output."""
+    from tlkit import models
+    from tlkit.backbone import first_layer
+
+    torch.manual_seed(0)
+    backbone = models.create(name, 3, weights="none", img_size=32 if name != "vgg16" else 64)
+    backbone.model.eval()
+    images = torch.randn(5, 3, *backbone.preprocessing.input_size)
+    result = evaluate(backbone.model, [(images, torch.tensor([0, 1, 2, 0, 1]), [])], lambda batch: batch,
+                      collect=True, features_of=first_layer(backbone.head))
+    with torch.inference_mode():
+        expected = backbone.trunk(images)
+    torch.testing.assert_close(torch.from_numpy(result["features"]), expected.flatten(1), rtol=1e-4, atol=1e-5)

@@ -139,9 +139,15 @@ def head_keys(model: nn.Module, head: nn.Module) -> set[str]:
     return {name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if id(tensor) in head_ids}
 
 
+def first_layer(head: nn.Module) -> nn.Linear | nn.Conv2d:
+    """The head's first Linear or 1x1 convolution: what takes the features at the cut. The model's own forward
+    calls it even where it calls no wrapper the cut put around it (timm's 1x1 convolution heads)."""
+    return next(m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+
+
 def in_features(head: nn.Module) -> int:
-    """The feature size at the cut: what the head's first Linear or 1x1 convolution takes."""
-    first = next(m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    """The feature size at the cut: what the head's first layer takes."""
+    first = first_layer(head)
     return first.in_features if isinstance(first, nn.Linear) else first.in_channels
 
 

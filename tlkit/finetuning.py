@@ -22,7 +22,7 @@ import yaml
 from rich.table import Table
 
 from tlkit import callbacks as cbs, distributed, models
-from tlkit.backbone import Backbone
+from tlkit.backbone import Backbone, first_layer
 from tlkit.checkpoint import (RESUME, Checkpoint, ResumeWriter, claim_run, discard_untrained, load_resume, new_run_dir,
                               release_run)
 from tlkit.calibration import calibrate
@@ -125,7 +125,7 @@ def assemble_trainer(phase: Phase, backbone: Backbone, data: TrainingInput, comp
         train_model=distributed.wrap_model(data.module, compute.device),
         frozen=(backbone.trunk, backbone.head) if phase.trunk_frozen and not phase.on_features else None,
         frozen_norms=norms if phase.freeze_bn else [], history=history, skipped=skipped,
-        positive_weights=data.positive_weights, features_of=backbone.head)
+        positive_weights=data.positive_weights, features_of=first_layer(backbone.head))
 
 
 def _resume_config(resume: Path, config_file, settings: dict) -> tuple[FinetuneConfig, dict]:
@@ -340,8 +340,8 @@ def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: T
         raise TlkitError(f"no epoch gave a usable {best.monitor} (NaN: the training diverged); try a lower "
                          f"{option('lr')}.")
     # The best epoch's own validation results (the restored weights would predict the same), else predicted now.
-    validation = best.validation or evaluate(trainer.model, data.val_loader, trainer.normalize,
-                                             autocast=trainer.autocast, collect=True, features_of=backbone.head)
+    validation = best.validation or evaluate(trainer.model, data.val_loader, trainer.normalize, collect=True,
+                                             autocast=trainer.autocast, features_of=first_layer(backbone.head))
     # The final report is on the test split where the data has one (tlkit train), else on validation.
     subset, result = ("test", evaluate(trainer.model, data.test_loader, trainer.normalize, autocast=trainer.autocast,
                                        collect=True)) if data.test_loader is not None else ("validation", validation)

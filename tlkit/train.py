@@ -120,7 +120,7 @@ class Trainer:
                  frozen_norms: list[nn.Module] = (), history: list[dict] = (), skipped: set[str] = (),
                  positive_weights: torch.Tensor | None = None, features_of: nn.Module | None = None):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        # The head whose input each validation keeps (the trunk's features), and the latest validation's results.
+        # The layer whose input each validation keeps (the trunk's features), and the latest validation's results.
         self.features_of, self.last_validation = features_of, None
         self.train_model: nn.Module = train_model or model
         self.scheduler_name = scheduler_name
@@ -306,10 +306,10 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
              skipped: set | None = None, features_of: nn.Module | None = None) -> dict:
     """Mean loss, accuracy, balanced accuracy and macro F1 (tlkit/imbalance.py) over a loader in eval mode; with
     collect, the targets, predictions and logits (float32 numpy [N, C], to fit the temperature on:
-    tlkit/calibration.py) too, and with features_of (the model's head) the head's input for each image, the
-    trunk's features as predict keeps them (float32 numpy [N, D]: "features"). Multi-label batches (0/1 label
-    rows) give the mean average precision, val_map, instead of the balanced scores, and always keep the logits
-    (its ranking needs every photo).
+    tlkit/calibration.py) too, and with features_of (the head's first layer: backbone.first_layer) its input for
+    each image, the trunk's features as predict keeps them (float32 numpy [N, D]: "features"). Multi-label batches
+    (0/1 label rows) give the mean average precision, val_map, instead of the balanced scores, and always keep the
+    logits (its ranking needs every photo).
 
     Under torchrun each process evaluates its share of the loader, and the result is over all of them.
     """
@@ -320,7 +320,7 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
     seen, targets, predictions, outputs, class_count, multi_label = 0, [], [], [], 0, 0
     features = []
     hook = None if features_of is None else features_of.register_forward_pre_hook(
-        lambda _, inputs: features.append(inputs[0].float().cpu()))
+        lambda _, inputs: features.append(inputs[0].flatten(1).float().cpu()))  # [N, D, 1, 1] into a 1x1 conv
     with torch.inference_mode(), hook or nullcontext():  # a RemovableHandle removes the hook on leaving
         for images, labels, bad in loader:
             if skipped is not None:
@@ -363,7 +363,7 @@ def evaluate(model: nn.Module, loader, normalize, *, autocast=nullcontext, colle
         return result
     logits = torch.cat(outputs).numpy()
     features = torch.cat(features).numpy() if features else None
-    # A head that model.forward does not call itself (a wrapper around timm's 1x1 convolution) saw no batch.
+    # Not where the layer ran other than once an image (a model that calls its head twice): predict computes them.
     kept = {"features": features} if features is not None and len(features) == len(logits) else {}
     return {**result, "targets": targets, "predictions": predictions, "logits": logits, **kept}
 

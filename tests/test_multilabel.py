@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import make_flat, shared_data
 from tlkit import api, cli
+from tlkit.config import CACHED_HEAD_LR, MULTI_LABEL_HEAD_LR
 from tlkit.errors import TlkitError
 from tlkit.multilabel import choose_thresholds, metrics, positive_weights, validation_choice
 
@@ -120,6 +121,20 @@ def test_export_sidecar_holds_the_task_and_thresholds(trained):
     best = json.loads((run.path / "best.json").read_text())
     assert sidecar["task"] == "multi-label" and list(sidecar["thresholds"].values()) == best["thresholds"]
     assert "sigmoid" in sidecar["output"]
+
+
+def test_a_multi_label_run_gets_the_multi_label_head_defaults_and_a_single_label_one_does_not(trained, tmp_path):
+    # Both start from the fixture's weights (a file: a pretrained trunk, whose cached head has the recipe's defaults).
+    root, _, run = trained
+    api.split(labelled_photos(tmp_path, composites=0), val=0.3, out=tmp_path / "single", quiet=True)
+    for name, data, lr in (("multi", root / "data", MULTI_LABEL_HEAD_LR), ("single", tmp_path / "single", CACHED_HEAD_LR)):
+        again = api.finetune(data, backbone="timm:test_resnet", weights=str(run.path / "best.safetensors"),
+                             img_size=32, epochs=2, precompute_features=True, batch_size=8,
+                             runs_dir=str(tmp_path / "runs"), name=name, device="cpu", precision="fp32", workers=0,
+                             cache_dir=str(tmp_path / "cache"), quiet=True)
+        # what trained: each epoch's last lr, on the one-cycle towards the phase's lr (5x apart, the two)
+        assert lr / 2 < max(row["lr"] for row in again.history) <= lr
+        assert f"the head on cached features: adamw lr {lr:g}, weight decay 2," in (again.path / "config.yaml").read_text()
 
 
 def test_several_labels_without_multi_label_is_one_message_saying_to_add_it(tmp_path, capsys):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tlkit import recipe
-from tlkit.config import config_yaml, make_config
+from tlkit.config import MULTI_LABEL_HEAD_EPOCHS, MULTI_LABEL_HEAD_LR, config_yaml, make_config
 from tlkit.errors import TlkitError
 from tlkit.recipe import EVERY_LAYER, HEAD, HEAD_ON_IMAGES, plan_phases, resolve_auto
 
@@ -77,6 +77,29 @@ def test_every_resolved_config_plans_the_same_phases_when_read_back():
         config, phases = planned(given, pretrained=pretrained)
         again = resolve_auto(make_config(dict(config.__dict__)), pretrained=pretrained)
         assert plan_phases(again) == phases, given
+
+
+def test_a_one_layer_head_on_a_multi_label_splits_cache_has_defaults_of_its_own_and_nothing_else_changes():
+    _, (single,) = planned({"precompute_features": True})
+    _, (multi,) = planned({"precompute_features": True}, multi_label=True)
+    assert (single.lr, single.weight_decay, single.epochs) == (1e-2, 2.0, 30)
+    assert (multi.lr, multi.weight_decay, multi.epochs) == (MULTI_LABEL_HEAD_LR, 2.0, MULTI_LABEL_HEAD_EPOCHS)
+    # The default recipe: the head to convergence at those, then the same every-layer epoch as one class a photo.
+    _, (head, every) = planned({}, multi_label=True)
+    _, (_, single_every) = planned({})
+    assert (head.lr, head.epochs) == (MULTI_LABEL_HEAD_LR, MULTI_LABEL_HEAD_EPOCHS) and every.epochs == 1
+    assert [(p.lr, p.trunk_lr, p.weight_decay, p.augment, p.train_scale, p.frozen_share, p.freeze_bn)
+            for p in (every, single_every)] == [(5e-4, 5e-5, None, "default", 0.75, 0.02, True)] * 2
+    # Not measured, so kept: VGG/AlexNet's head of several layers, a head on the images, from scratch; given values.
+    mlp, (mlp_head,) = planned({"precompute_features": True}, linear_head=False, multi_label=True)
+    assert (mlp.head_lr, mlp_head.epochs) == (1e-3, 30)
+    assert planned({"precompute_features": False}, multi_label=True) == planned({"precompute_features": False})
+    assert planned({}, pretrained=False, multi_label=True) == planned({}, pretrained=False)
+    given, _ = planned({"precompute_features": True, "head_lr": 0.02, "epochs": 5}, multi_label=True)
+    assert (given.head_lr, given.epochs) == (0.02, 5)
+    for _, settings in recipe.MULTI_LABEL_SITUATIONS:  # read back (a resumed run), the same phases
+        config, phases = planned(settings, multi_label=True)
+        assert plan_phases(resolve_auto(make_config(dict(config.__dict__)), pretrained=True, multi_label=True)) == phases
 
 
 @pytest.mark.parametrize("settings, words", [

@@ -19,30 +19,34 @@ from dataclasses import dataclass
 from tlkit.config import (ADAMW_WEIGHT_DECAY, AFTER_CACHED_HEAD_FROZEN_SHARE, AFTER_CACHED_HEAD_TRAIN_SCALE,
                           AFTER_HEAD_LR, AUTO_OPTIMIZER, AUTO_SCHEDULER, CACHED_HEAD_EPOCHS,
                           CACHED_HEAD_LR, CACHED_HEAD_WEIGHT_DECAY, EPOCHS, EPOCHS_AFTER_CACHED_HEAD,
-                          HEAD_EPOCHS_ON_IMAGES, HEAD_LR, PRETRAINED_TRUNK_LR_MULT, SCRATCH_LR, FinetuneConfig)
+                          HEAD_EPOCHS_ON_IMAGES, HEAD_LR, MULTI_LABEL_HEAD_EPOCHS, MULTI_LABEL_HEAD_LR,
+                          PRETRAINED_TRUNK_LR_MULT, SCRATCH_LR, FinetuneConfig)
 from tlkit.errors import TlkitError, option
 
 HEAD, HEAD_ON_IMAGES, EVERY_LAYER = "head", "head-images", "images"  # phase names, as resume files record them
 
 
 def resolve_auto(config: FinetuneConfig, *, pretrained: bool, data_augment: str = "default", linear_head: bool = True,
-                 features_possible: bool = True) -> FinetuneConfig:
+                 features_possible: bool = True, multi_label: bool = False) -> FinetuneConfig:
     """The config with every `auto` and unset value chosen for the situation, so that config.yaml records
     what the run uses and repeats it; values given (flags, a config file) are kept. `pretrained`: the
     trunk starts from trained tensors; `data_augment`: what the data declares (no mirror for digits);
     `linear_head`: the head is one layer; `features_possible`: the run reads split folders, whose
-    features can be cached (not a `tlkit train` dataset). Contradictory settings are a TlkitError."""
+    features can be cached (not a `tlkit train` dataset); `multi_label`: the data gives several labels a photo
+    (a sigmoid output per label), whose one-layer head on cached features has defaults of its own
+    (MULTI_LABEL_HEAD_LR, MULTI_LABEL_HEAD_EPOCHS). Contradictory settings are a TlkitError."""
     _refuse_contradictions(config)
     every_layer = config.freeze != "trunk"
     precompute = config.precompute_features
     if precompute is None:  # auto: the head first on cached features, where a head trains first at all
         precompute = pretrained and features_possible and config.freeze == "auto"
+    cached_head_epochs = MULTI_LABEL_HEAD_EPOCHS if multi_label and linear_head else CACHED_HEAD_EPOCHS
     head_first = config.unfreeze_after
     if head_first is None and precompute and config.precompute_features is None:
-        head_first = CACHED_HEAD_EPOCHS  # the default recipe: the head to convergence, then every layer
+        head_first = cached_head_epochs  # the default recipe: the head to convergence, then every layer
     elif head_first is None and pretrained and not precompute and config.freeze == "auto":
         head_first = HEAD_EPOCHS_ON_IMAGES
-    epochs = config.epochs or _default_epochs(precompute, head_first, every_layer)
+    epochs = config.epochs or _default_epochs(precompute, head_first, every_layer, cached_head_epochs)
     head_only = not every_layer or (precompute and head_first is None) or (head_first or 0) >= epochs
     trains_head = head_only or bool(head_first)
     return dataclasses.replace(
@@ -50,7 +54,7 @@ def resolve_auto(config: FinetuneConfig, *, pretrained: bool, data_augment: str 
         freeze="trunk" if head_only else "none",  # as config.yaml records it: what trains, plainly
         lr=config.lr or (None if head_only else SCRATCH_LR if not pretrained else
                          AFTER_HEAD_LR if trains_head else HEAD_LR),
-        head_lr=_head_lr(config, precompute, linear_head, pretrained) if trains_head else None,
+        head_lr=_head_lr(config, precompute, linear_head, pretrained, multi_label) if trains_head else None,
         head_weight_decay=_head_weight_decay(config, precompute, linear_head) if trains_head else None,
         weight_decay=None if head_only else config.weight_decay,
         optimizer=AUTO_OPTIMIZER if config.optimizer == "auto" else config.optimizer,
@@ -74,20 +78,23 @@ def _refuse_contradictions(config: FinetuneConfig) -> None:
                          "epochs, then every layer.")
 
 
-def _default_epochs(precompute: bool, head_first: int | None, every_layer: bool) -> int:
+def _default_epochs(precompute: bool, head_first: int | None, every_layer: bool, cached_head_epochs: int) -> int:
     if not precompute:
         return EPOCHS
     if head_first is None or not every_layer:
-        return CACHED_HEAD_EPOCHS  # the head alone, on the cache
+        return cached_head_epochs  # the head alone, on the cache
     return head_first + EPOCHS_AFTER_CACHED_HEAD
 
 
-def _head_lr(config: FinetuneConfig, on_features: bool, linear_head: bool, pretrained: bool) -> float:
+def _head_lr(config: FinetuneConfig, on_features: bool, linear_head: bool, pretrained: bool,
+             multi_label: bool) -> float:
     if config.head_lr or config.lr:
         return config.head_lr or config.lr
     if not pretrained:
         return SCRATCH_LR
-    return CACHED_HEAD_LR if on_features and linear_head else HEAD_LR
+    if not (on_features and linear_head):
+        return HEAD_LR
+    return MULTI_LABEL_HEAD_LR if multi_label else CACHED_HEAD_LR
 
 
 def _head_weight_decay(config: FinetuneConfig, on_features: bool, linear_head: bool) -> float | None:
@@ -238,13 +245,19 @@ SITUATIONS = (
     ("pretrained, `--precompute-features false`", {"precompute_features": False}, True),
     ("pretrained, `--freeze trunk`", {"freeze": "trunk"}, True),
 )
+# A split of several labels a photo (`tlkit split --multi-label`), pretrained: its cached head has defaults of its own.
+MULTI_LABEL_SITUATIONS = (
+    ("a multi-label split, pretrained (the default)", {}),
+    ("a multi-label split, pretrained, `--precompute-features`", {"precompute_features": True}),
+)
 
 
 def defaults_table() -> str:
     """The README's table of defaults, from plan_phases on each situation."""
     rows = ["| situation | epochs | phases (each with its own optimizer and schedule) |", "| --- | --- | --- |"]
-    for situation, given, pretrained in SITUATIONS:
-        config = resolve_auto(FinetuneConfig(**given), pretrained=pretrained)
+    situations = [(*row, False) for row in SITUATIONS] + [(*row, True, True) for row in MULTI_LABEL_SITUATIONS]
+    for situation, given, pretrained, multi_label in situations:
+        config = resolve_auto(FinetuneConfig(**given), pretrained=pretrained, multi_label=multi_label)
         phases = plan_phases(config)
         rows.append(f"| {situation} | {config.epochs} | {'; then '.join(describe(phases, config))} |")
     return "\n".join(rows) + "\n"

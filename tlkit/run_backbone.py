@@ -16,6 +16,7 @@ from tlkit.backbone import Backbone, Preprocessing, per_channel
 from tlkit.config import FinetuneConfig, resolve_config
 from tlkit.errors import option
 from tlkit.inputs import SplitSource, cached_features, open_photos
+from tlkit.multilabel import is_multi_label_split
 from tlkit.recipe import resolve_auto
 from tlkit.runtime import compute_for, seed_everything
 from tlkit.summary import check_input_fits
@@ -33,15 +34,17 @@ def run_config(config: FinetuneConfig, source=None) -> FinetuneConfig:
     """The config with every `auto` chosen for this backbone and data (recipe.resolve_auto), and its folders
     absolute: config.yaml and best.json then repeat the run, resume it and find its validation photos from any
     working directory (messages still show them relative). source None: split folders (a SplitSource, whose
-    class says what every one declares)."""
+    class says what every one declares; the split's own files whether it gives several labels a photo)."""
     kind = source or SplitSource
     absolute = os.path.abspath
     config = dataclasses.replace(config, data=absolute(config.data), runs_dir=absolute(config.runs_dir),
                                  cache_dir=config.cache_dir and absolute(config.cache_dir),
                                  exclude=config.exclude and absolute(config.exclude),
                                  weights=absolute(config.weights) if Path(config.weights).exists() else config.weights)
+    multi_label = is_multi_label_split(Path(config.data)) if source is None else source.multi_label
     return resolve_auto(config, pretrained=starts_pretrained(config), data_augment=kind.augment,
-                        linear_head=models.has_linear_head(config.backbone), features_possible=kind.caches)
+                        linear_head=models.has_linear_head(config.backbone), features_possible=kind.caches,
+                        multi_label=multi_label)
 
 
 def create_backbone(config: FinetuneConfig, classes: list[str], source=SplitSource) -> Backbone:

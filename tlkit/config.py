@@ -116,10 +116,12 @@ EPOCHS_AFTER_CACHED_HEAD = 1
 # That epoch, made cheaper with accuracy kept (docs/benchmarks.md: "The every-layer epoch at a fraction of its
 # cost"). Its random crops are cut at 3/4 of the input side (168 px of 224) and validated at the full side, as
 # FixRes and fastai's progressive resizing do: the forward and backward passes cost about the square of the side.
-# And the trunk's first 2% of parameters (its stem and earliest blocks: the layers at the highest resolutions,
-# where the backward pass costs most per parameter) stay as pretrained, so no gradient flows through them.
+# And the trunk's first 21% of parameters stay as pretrained, so no gradient flows through them: for
+# EfficientNet-Lite0 its stem and blocks 0-4 (the layers at 1/2 to 1/16 of the input side, where the backward pass
+# costs most per parameter); its last two blocks and final convolution train. Paired against the first 2% kept, a
+# training step took 9.8 against 15.5 ms an image, with the same validation and hold-out figures.
 AFTER_CACHED_HEAD_TRAIN_SCALE = 0.75
-AFTER_CACHED_HEAD_FROZEN_SHARE = 0.02
+AFTER_CACHED_HEAD_FROZEN_SHARE = 0.21
 ADAMW_WEIGHT_DECAY = 0.01  # torch.optim.AdamW's own default, which a weight decay left unset keeps
 
 

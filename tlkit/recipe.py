@@ -203,7 +203,7 @@ def describe(phases: list[Phase], config: FinetuneConfig) -> list[str]:
     return [f"{_epochs(p)}: {_WHAT[p.name]}: {_rates(p, config)}, {config.scheduler} schedule, augment {p.augment}"
             + (f", crops at {p.train_scale:g} of the input side (validation at the whole side)"
                if p.train_scale != 1 else "")
-            + (f", the trunk's first {p.frozen_share:.0%} of parameters (its earliest layers) kept as they are"
+            + (f", the trunk's first {p.frozen_share:.0%} of parameters (its lower layers) kept as they are"
                if p.frozen_share else "")
             + (", BatchNorm statistics frozen" if p.freeze_bn else "") for p in phases]
 

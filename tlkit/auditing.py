@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tlkit.backbone import Backbone
-from tlkit.cache import default_cache_root, file_rows
+from tlkit.cache import WHOLE, default_cache_root, file_rows
 from tlkit.config import FinetuneConfig, resolve_config
 from tlkit.data import open_split
 from tlkit.errors import TlkitError
@@ -33,7 +33,6 @@ from tlkit.split import SUBSETS, finish_pending_split
 from tlkit.tiles import cached_tile_features
 
 ISSUES = ("label", "near-duplicate", "identical", "outlier", "several-classes")
-WHOLE = "all"  # the one subset of a folder not split yet
 RELABEL_ABOVE = 0.9  # out-of-fold probability of the suggested class from which a label issue is relabelled
 
 

@@ -25,6 +25,7 @@ from tlkit.runtime import relpath, size_words, warn
 from tlkit.version import __version__
 
 MANIFEST = "manifest.json"
+WHOLE = "all"  # the one subset of a folder not split yet (the audit's caches: tlkit/auditing.py, tiles.py)
 CACHE_FORMAT = 2  # of both caches' arrays; 2: photos read upright (EXIF orientation) and 16-bit samples scaled
 _CHUNK_BYTES = 256 * 2**20  # host memory a copy to the GPU goes through at a time
 GPU_RESERVE = 0.3  # share of the GPU's memory a cache must leave free for the model and its batches

@@ -341,7 +341,7 @@ def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: T
                          f"{option('lr')}.")
     # The best epoch's own validation results (the restored weights would predict the same), else predicted now.
     validation = best.validation or evaluate(trainer.model, data.val_loader, trainer.normalize, collect=True,
-                                             autocast=trainer.autocast, features_of=first_layer(backbone.head))
+                                             autocast=trainer.autocast, features_of=trainer.features_of)
     # The final report is on the test split where the data has one (tlkit train), else on validation.
     subset, result = ("test", evaluate(trainer.model, data.test_loader, trainer.normalize, autocast=trainer.autocast,
                                        collect=True)) if data.test_loader is not None else ("validation", validation)

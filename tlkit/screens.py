@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from tlkit.cache import WHOLE
 from tlkit.labelfile import bad_row_text
 from tlkit.imbalance import imbalance_note
 from tlkit.pathtext import is_stdout, shown
@@ -188,8 +189,8 @@ def caches(root: Path, listed: list[dict]) -> None:
         result(f"no caches in {relpath(root)}")
         return
     table = Table(title=f"caches in {relpath(root)}")
-    # An audit of a folder not split yet caches its photos as one subset, "all" (tlkit/auditing.py: WHOLE).
-    subsets = ["training", "validation"] + (["all"] if any("all" in cache["images"] for cache in listed) else [])
+    # An audit of a folder not split yet caches its photos as one subset (cache.WHOLE).
+    subsets = ["training", "validation"] + ([WHOLE] if any(WHOLE in cache["images"] for cache in listed) else [])
     for column in ("holds", "input", "views", *subsets, "MB"):
         table.add_column(column, justify="left" if column == "holds" else "right")
     for cache in listed:

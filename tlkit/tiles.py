@@ -16,7 +16,7 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from tlkit.backbone import Backbone, for_inference
-from tlkit.cache import commit, new_staging, read_manifest, why_stale
+from tlkit.cache import WHOLE, commit, new_staging, read_manifest, why_stale
 from tlkit.decode import draft_side, pixel_batches, resize_crop
 from tlkit.features import STALE_REASONS, cache_identity, run_trunk
 from tlkit.runtime import Compute, inference_batch_size, info, map_ahead, progress, relpath
@@ -85,7 +85,7 @@ def cached_tile_features(backbone: Backbone, folder: Path, rows: list, cache_dir
                          workers: int = 1, dtype: str = "float16") -> tuple[np.ndarray, dict[int, str]]:
     """tile_features of the files of rows (cache.file_rows, relative to folder), from the cache in cache_dir, or
     computed into it: valid for the very trunk, preprocessing, TILES and files (paths, sizes, modification times)."""
-    identity = {**cache_identity(backbone, [], {"all": rows}, 0, dtype, compute.arithmetic),
+    identity = {**cache_identity(backbone, [], {WHOLE: rows}, 0, dtype, compute.arithmetic),
                 "tiles": json.loads(json.dumps(HALVES))}
     reason = why_stale(cache_dir, identity, {**STALE_REASONS, "tiles": "other tiles"})
     if reason is None:
@@ -100,12 +100,12 @@ def cached_tile_features(backbone: Backbone, folder: Path, rows: list, cache_dir
              "failed": {rows[index][0]: why for index, why in sorted(failed.items())}}
     summary = {"holds": f"{backbone.name} features of halves", "input_size": list(backbone.preprocessing.input_size),
                "views": 0}
-    commit(staging, cache_dir, identity=identity, subsets={"all": entry}, summary=summary)
+    commit(staging, cache_dir, identity=identity, subsets={WHOLE: entry}, summary=summary)
     return _load_tiles(cache_dir)  # as a later audit reads them: both judge the same numbers
 
 
 def _load_tiles(cache_dir: Path) -> tuple[np.ndarray, dict[int, str]]:
     """(the cached tile features as float32, {row: why its photo failed to decode}: its rows are zero)."""
-    entry = read_manifest(cache_dir)["subsets"]["all"]
+    entry = read_manifest(cache_dir)["subsets"][WHOLE]
     failed = {row: entry["failed"][name] for row, name in enumerate(entry["files"]) if name in entry["failed"]}
     return np.load(cache_dir / TILES_FILE).astype(np.float32), failed

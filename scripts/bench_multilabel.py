@@ -107,18 +107,18 @@ def at_half(run, val) -> dict:
     return {key: scores[key] for key in KEYS[1:]}
 
 
-def compare(root: Path, seed: int) -> dict:
-    source, _ = labelled(root, singles=150, composites=100)
+def compare(root: Path, seed: int, recipe: str, singles: int, composites: int) -> dict:
+    source, _ = labelled(root, singles=singles, composites=composites)
     api.split(source, val=0.3, out=root / "data", multi_label=True, seed=seed, quiet=True)
     settings = dict(backbone="efficientnet_lite0", device="cpu", cache_dir=str(root / "cache"), seed=seed)
     started = time.time()
-    run = api.finetune(root / "data", freeze="trunk", precompute_features=True, runs_dir=str(root / "runs"),
-                       name="ml", quiet=True, **settings)
+    trains = dict(freeze="trunk", precompute_features=True) if recipe == "head" else {}
+    run = api.finetune(root / "data", runs_dir=str(root / "runs"), name="ml", quiet=True, **trains, **settings)
     seconds = time.time() - started
     sets = api.precompute(root / "data", quiet=True, **settings).sets
     c, chosen, half = reference(sets)
     cv_c, by_cv = reference_by_cross_validation(sets, seed)
-    return {"seed": seed, "validation photos": chosen["images"], "tlkit seconds (features included)": round(seconds),
+    return {"seed": seed, "recipe": recipe, "validation photos": chosen["images"], "tlkit seconds (features included)": round(seconds),
             "tlkit": {key: round(run.report[key], 4) for key in KEYS},
             "tlkit at 0.5": {key: round(value, 4) for key, value in at_half(run, sets["validation"]).items()},
             "reference C": c,
@@ -143,11 +143,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("compare", "audit"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipe", choices=("head", "default"), default="head",
+                        help="compare: the head alone on the cache (--freeze trunk --precompute-features), or the "
+                             "default recipe (the head on the cache, then every layer)")
+    parser.add_argument("--singles", type=int, default=150, help="compare: photos of each class with one label")
+    parser.add_argument("--composites", type=int, default=100, help="compare: cat|dog composites (at most 501)")
     parser.add_argument("--keep", type=Path, help="work here (kept) instead of a temporary folder")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-multilabel-"))
     try:
-        print(json.dumps((compare if args.what == "compare" else audit)(root, args.seed)))
+        print(json.dumps(compare(root, args.seed, args.recipe, args.singles, args.composites)
+                         if args.what == "compare" else audit(root, args.seed)))
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)

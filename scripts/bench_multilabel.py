@@ -119,6 +119,8 @@ def compare(root: Path, seed: int, recipe: str, singles: int, composites: int) -
     c, chosen, half = reference(sets)
     cv_c, by_cv = reference_by_cross_validation(sets, seed)
     return {"seed": seed, "recipe": recipe, "validation photos": chosen["images"], "tlkit seconds (features included)": round(seconds),
+            "tlkit best epoch": f"{run.best_epoch} of {len(run.history)} (by "
+                                f"{json.loads((run.path / 'best.json').read_text())['monitor']})",
             "tlkit": {key: round(run.report[key], 4) for key in KEYS},
             "tlkit at 0.5": {key: round(value, 4) for key, value in at_half(run, sets["validation"]).items()},
             "reference C": c,

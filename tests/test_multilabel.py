@@ -78,6 +78,8 @@ def test_the_run_is_multi_label_with_thresholds_and_metrics(trained):
     assert [report["per_label"][name]["threshold"] for name in ("cat", "dog")] == best["thresholds"]
     assert "val_map" in json.loads((run.path / "metrics.jsonl").read_text().splitlines()[0])
     assert not (run.path / "confusion.png").exists()
+    # by default the best epoch is the one of the highest validation mAP (the first of equals), not the lowest loss
+    assert best["monitor"] == "val_map" and run.best_epoch == max(run.history, key=lambda row: row["val_map"])["epoch"]
 
 
 def test_predict_writes_each_photos_label_set_and_every_probability(trained, capsys):

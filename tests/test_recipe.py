@@ -3,6 +3,8 @@ and schedule, contradictions refused, and the README's table of defaults."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -84,17 +86,28 @@ def test_a_one_layer_head_on_a_multi_label_splits_cache_has_defaults_of_its_own_
     _, (multi,) = planned({"precompute_features": True}, multi_label=True)
     assert (single.lr, single.weight_decay, single.epochs) == (1e-2, 2.0, 30)
     assert (multi.lr, multi.weight_decay, multi.epochs) == (MULTI_LABEL_HEAD_LR, 2.0, MULTI_LABEL_HEAD_EPOCHS)
-    # The default recipe: the head to convergence at those, then the same every-layer epoch as one class a photo.
+    # The default recipe: the head to convergence at those, then every layer as for one class a photo, but for 3
+    # epochs on crops that keep most of each photo (its labelled things stay in the crop).
     _, (head, every) = planned({}, multi_label=True)
     _, (_, single_every) = planned({})
-    assert (head.lr, head.epochs) == (MULTI_LABEL_HEAD_LR, MULTI_LABEL_HEAD_EPOCHS) and every.epochs == 1
-    assert [(p.lr, p.trunk_lr, p.weight_decay, p.augment, p.train_scale, p.frozen_share, p.freeze_bn)
-            for p in (every, single_every)] == [(5e-4, 5e-5, None, "default", 0.75, 0.21, True)] * 2
+    assert (head.lr, head.epochs) == (MULTI_LABEL_HEAD_LR, MULTI_LABEL_HEAD_EPOCHS)
+    assert (every.epochs, every.augment, single_every.epochs, single_every.augment) == (3, "light", 1, "default")
+    assert [(p.lr, p.trunk_lr, p.weight_decay, p.train_scale, p.frozen_share, p.freeze_bn)
+            for p in (every, single_every)] == [(5e-4, 5e-5, None, 0.75, 0.21, True)] * 2
+    assert (planned({}, multi_label=True)[0].monitor, planned({})[0].monitor) == ("val_map", "val_loss")
+    config, (_, given) = planned({"augment": "default", "epochs": 101, "monitor": "val_loss"}, multi_label=True)
+    assert (given.epochs, given.augment, config.monitor) == (1, "default", "val_loss")  # given values are kept
     # Not measured, so kept: VGG/AlexNet's head of several layers, a head on the images, from scratch; given values.
+    # Their crops keep most of each photo too: a tight crop cuts a labelled thing out on any multi-label run.
     mlp, (mlp_head,) = planned({"precompute_features": True}, linear_head=False, multi_label=True)
     assert (mlp.head_lr, mlp_head.epochs) == (1e-3, 30)
-    assert planned({"precompute_features": False}, multi_label=True) == planned({"precompute_features": False})
-    assert planned({}, pretrained=False, multi_label=True) == planned({}, pretrained=False)
+    for given, pretrained in (({"precompute_features": False}, True), ({}, False)):
+        (multi, multi_phases), (single, single_phases) = (planned(given, pretrained=pretrained, multi_label=multi)
+                                                          for multi in (True, False))
+        assert (multi.augment, single.augment) == ("light", "default")
+        assert [phase.augment for phase in multi_phases] == ["light"] * len(single_phases)
+        assert [dataclasses.replace(phase, augment=None, settings=None) for phase in multi_phases] == [
+            dataclasses.replace(phase, augment=None, settings=None) for phase in single_phases]
     given, _ = planned({"precompute_features": True, "head_lr": 0.02, "epochs": 5}, multi_label=True)
     assert (given.head_lr, given.epochs) == (0.02, 5)
     for _, settings in recipe.MULTI_LABEL_SITUATIONS:  # read back (a resumed run), the same phases

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from tlkit.config import (ADAMW_WEIGHT_DECAY, AFTER_CACHED_HEAD_FROZEN_SHARE, AFTER_CACHED_HEAD_TRAIN_SCALE,
                           AFTER_HEAD_LR, AUTO_OPTIMIZER, AUTO_SCHEDULER, CACHED_HEAD_EPOCHS,
                           CACHED_HEAD_LR, CACHED_HEAD_WEIGHT_DECAY, EPOCHS, EPOCHS_AFTER_CACHED_HEAD,
-                          HEAD_EPOCHS_ON_IMAGES, HEAD_LR, MULTI_LABEL_HEAD_EPOCHS, MULTI_LABEL_HEAD_LR,
-                          PRETRAINED_TRUNK_LR_MULT, SCRATCH_LR, FinetuneConfig)
+                          HEAD_EPOCHS_ON_IMAGES, HEAD_LR, MULTI_LABEL_AUGMENT, MULTI_LABEL_EPOCHS_AFTER_CACHED_HEAD,
+                          MULTI_LABEL_HEAD_EPOCHS, MULTI_LABEL_HEAD_LR, MULTI_LABEL_MONITOR, PRETRAINED_TRUNK_LR_MULT,
+                          SCRATCH_LR, FinetuneConfig)
 from tlkit.errors import TlkitError, option
 
 HEAD, HEAD_ON_IMAGES, EVERY_LAYER = "head", "head-images", "images"  # phase names, as resume files record them
@@ -34,7 +35,9 @@ def resolve_auto(config: FinetuneConfig, *, pretrained: bool, data_augment: str 
     `linear_head`: the head is one layer; `features_possible`: the run reads split folders, whose
     features can be cached (not a `tlkit train` dataset); `multi_label`: the data gives several labels a photo
     (a sigmoid output per label), whose one-layer head on cached features has defaults of its own
-    (MULTI_LABEL_HEAD_LR, MULTI_LABEL_HEAD_EPOCHS). Contradictory settings are a TlkitError."""
+    (MULTI_LABEL_HEAD_LR, MULTI_LABEL_HEAD_EPOCHS), as have its every-layer epochs after that head, its
+    augmentation and the metric that picks its best epoch (MULTI_LABEL_EPOCHS_AFTER_CACHED_HEAD,
+    MULTI_LABEL_AUGMENT, MULTI_LABEL_MONITOR). Contradictory settings are a TlkitError."""
     _refuse_contradictions(config)
     every_layer = config.freeze != "trunk"
     precompute = config.precompute_features
@@ -46,7 +49,9 @@ def resolve_auto(config: FinetuneConfig, *, pretrained: bool, data_augment: str 
         head_first = cached_head_epochs  # the default recipe: the head to convergence, then every layer
     elif head_first is None and pretrained and not precompute and config.freeze == "auto":
         head_first = HEAD_EPOCHS_ON_IMAGES
-    epochs = config.epochs or _default_epochs(precompute, head_first, every_layer, cached_head_epochs)
+    every_layer_epochs = MULTI_LABEL_EPOCHS_AFTER_CACHED_HEAD if multi_label else EPOCHS_AFTER_CACHED_HEAD
+    epochs = config.epochs or _default_epochs(precompute, head_first, every_layer, cached_head_epochs,
+                                              every_layer_epochs)
     head_only = not every_layer or (precompute and head_first is None) or (head_first or 0) >= epochs
     trains_head = head_only or bool(head_first)
     return dataclasses.replace(
@@ -61,7 +66,8 @@ def resolve_auto(config: FinetuneConfig, *, pretrained: bool, data_augment: str 
         scheduler=AUTO_SCHEDULER if config.scheduler == "auto" else config.scheduler,
         trunk_lr_mult=config.trunk_lr_mult or (PRETRAINED_TRUNK_LR_MULT if pretrained else 1.0),
         freeze_bn=pretrained if config.freeze_bn is None else config.freeze_bn,
-        augment=data_augment if config.augment == "auto" else config.augment,
+        augment=config.augment if config.augment != "auto" else MULTI_LABEL_AUGMENT if multi_label else data_augment,
+        monitor=config.monitor if config.monitor != "auto" else MULTI_LABEL_MONITOR if multi_label else "val_loss",
     )
 
 
@@ -78,12 +84,13 @@ def _refuse_contradictions(config: FinetuneConfig) -> None:
                          "epochs, then every layer.")
 
 
-def _default_epochs(precompute: bool, head_first: int | None, every_layer: bool, cached_head_epochs: int) -> int:
+def _default_epochs(precompute: bool, head_first: int | None, every_layer: bool, cached_head_epochs: int,
+                    every_layer_epochs: int) -> int:
     if not precompute:
         return EPOCHS
     if head_first is None or not every_layer:
         return cached_head_epochs  # the head alone, on the cache
-    return head_first + EPOCHS_AFTER_CACHED_HEAD
+    return head_first + every_layer_epochs
 
 
 def _head_lr(config: FinetuneConfig, on_features: bool, linear_head: bool, pretrained: bool,

@@ -2,13 +2,15 @@
 side by side, labelled cat|dog), split with `--multi-label`.
 
 compare: tlkit's head on the cached efficientnet_lite0 features (`--freeze trunk --precompute-features`, the
-recipe's defaults otherwise) against a one-vs-rest logistic regression on the very same features (standardised, C
+recipe's defaults otherwise; `--recipe default`: plain finetune, the head on the cache, then every layer;
+`--singles` and `--composites` set the size) against a one-vs-rest logistic regression on the very same features (standardised, C
 in 0.01 / 0.1 / 1 chosen by validation mAP: the reference's best case, and chosen by 5-fold cross-validation on
 the training photos: as a practitioner would, without the photos it is scored on); both with thresholds chosen on
 validation, and both at 0.5. audit: 4 cats and 4 dogs given the other label and 4 composites given one label, in 150
 photos; how many the multi-label audit flags.
 
-    python scripts/bench_multilabel.py compare|audit [--seed N] [--keep DIR]
+    python scripts/bench_multilabel.py compare|audit [--seed N] [--keep DIR] [--recipe head|default]
+                                      [--singles N] [--composites N]
 """
 
 from __future__ import annotations
@@ -148,10 +150,12 @@ def main() -> None:
     parser.add_argument("--recipe", choices=("head", "default"), default="head",
                         help="compare: the head alone on the cache (--freeze trunk --precompute-features), or the "
                              "default recipe (the head on the cache, then every layer)")
-    parser.add_argument("--singles", type=int, default=150, help="compare: photos of each class with one label")
-    parser.add_argument("--composites", type=int, default=100, help="compare: cat|dog composites (at most 501)")
+    parser.add_argument("--singles", type=int, default=150, help="compare: photos of each class with one label (at most 500: cat.0-499, dog.0-499)")
+    parser.add_argument("--composites", type=int, default=100, help="compare: cat|dog composites (at most 501: of cat.500+n and dog.500+n)")
     parser.add_argument("--keep", type=Path, help="work here (kept) instead of a temporary folder")
     args = parser.parse_args()
+    if not (1 <= args.singles <= 500 and 1 <= args.composites <= 501):
+        parser.error("--singles takes 1-500 and --composites 1-501: the composites use cat.500+ and dog.500+")
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench-multilabel-"))
     try:
         print(json.dumps(compare(root, args.seed, args.recipe, args.singles, args.composites)

@@ -3,10 +3,10 @@ side by side, labelled cat|dog), split with `--multi-label`.
 
 compare: tlkit's head on the cached efficientnet_lite0 features (`--freeze trunk --precompute-features`, the
 recipe's defaults otherwise; `--recipe default`: plain finetune, the head on the cache, then every layer;
-`--singles` and `--composites` set the size) against a one-vs-rest logistic regression on the very same features (standardised, C
-in 0.01 / 0.1 / 1 chosen by validation mAP: the reference's best case, and chosen by 5-fold cross-validation on
-the training photos: as a practitioner would, without the photos it is scored on); both with thresholds chosen on
-validation, and both at 0.5. audit: 4 cats and 4 dogs given the other label and 4 composites given one label, in 150
+`--singles` and `--composites` set the size) against a one-vs-rest logistic regression on the very same features
+(standardised, C in 0.01 / 0.1 / 1 chosen by validation mAP: the reference's best case, and chosen by 5-fold
+cross-validation on the training photos: as a practitioner would, without the photos it is scored on); both with
+thresholds chosen on validation, and both at 0.5. audit: 4 cats and 4 dogs given the other label and 4 composites given one label, in 150
 photos; how many the multi-label audit flags.
 
     python scripts/bench_multilabel.py compare|audit [--seed N] [--keep DIR] [--recipe head|default]
@@ -120,7 +120,8 @@ def compare(root: Path, seed: int, recipe: str, singles: int, composites: int) -
     sets = api.precompute(root / "data", quiet=True, **settings).sets
     c, chosen, half = reference(sets)
     cv_c, by_cv = reference_by_cross_validation(sets, seed)
-    return {"seed": seed, "recipe": recipe, "validation photos": chosen["images"], "tlkit seconds (features included)": round(seconds),
+    return {"seed": seed, "recipe": recipe, "validation photos": chosen["images"],
+            "tlkit seconds (features included)": round(seconds),
             "tlkit best epoch": f"{run.best_epoch} of {len(run.history)} (by "
                                 f"{json.loads((run.path / 'best.json').read_text())['monitor']})",
             "tlkit": {key: round(run.report[key], 4) for key in KEYS},
@@ -150,8 +151,10 @@ def main() -> None:
     parser.add_argument("--recipe", choices=("head", "default"), default="head",
                         help="compare: the head alone on the cache (--freeze trunk --precompute-features), or the "
                              "default recipe (the head on the cache, then every layer)")
-    parser.add_argument("--singles", type=int, default=150, help="compare: photos of each class with one label (at most 500: cat.0-499, dog.0-499)")
-    parser.add_argument("--composites", type=int, default=100, help="compare: cat|dog composites (at most 501: of cat.500+n and dog.500+n)")
+    parser.add_argument("--singles", type=int, default=150,
+                        help="compare: photos of each class with one label (at most 500: cat.0-499, dog.0-499)")
+    parser.add_argument("--composites", type=int, default=100,
+                        help="compare: cat|dog composites (at most 501: of cat.500+n and dog.500+n)")
     parser.add_argument("--keep", type=Path, help="work here (kept) instead of a temporary folder")
     args = parser.parse_args()
     if not (1 <= args.singles <= 500 and 1 <= args.composites <= 501):

@@ -6,8 +6,8 @@ recipe's defaults otherwise; `--recipe default`: plain finetune, the head on the
 `--singles` and `--composites` set the size) against a one-vs-rest logistic regression on the very same features
 (standardised, C in 0.01 / 0.1 / 1 chosen by validation mAP: the reference's best case, and chosen by 5-fold
 cross-validation on the training photos: as a practitioner would, without the photos it is scored on); both with
-thresholds chosen on validation, and both at 0.5. audit: 4 cats and 4 dogs given the other label and 4 composites given one label, in 150
-photos; how many the multi-label audit flags.
+thresholds chosen on validation, and both at 0.5. audit: 4 cats and 4 dogs given the other label and 4
+composites given one label, in 150 photos; how many the multi-label audit flags.
 
     python scripts/bench_multilabel.py compare|audit [--seed N] [--keep DIR] [--recipe head|default]
                                       [--singles N] [--composites N]

@@ -16,7 +16,7 @@ from conftest import make_flat, shared_data
 from tlkit import api, cli
 from tlkit.config import CACHED_HEAD_LR, MULTI_LABEL_HEAD_LR
 from tlkit.errors import TlkitError
-from tlkit.multilabel import choose_thresholds, metrics, positive_weights, validation_choice
+from tlkit.multilabel import calibrate_labels, choose_thresholds, metrics, positive_weights, sigmoid, validation_choice
 
 SIDE = 48  # px of each photo written: small, so the trunk runs fast on a CPU
 
@@ -186,6 +186,46 @@ def test_stratification_thresholds_weights_and_metrics_by_hand():
     assert thresholds == [0.8, 0.6]  # the lowest probability of each label's positives: F1 1
     report = metrics(targets, probabilities, thresholds, ["cat", "dog"])
     assert report["subset_accuracy"] == 1.0 and report["mean_average_precision"] == 1.0 and report["macro_f1"] == 1.0
+
+
+def test_each_labels_platt_scaling_is_fitted_where_validation_has_enough_of_both():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, size=(400, 3))
+    # label 0 as a model whose logits run low and flat would give; label 1 with 3 positives; label 2 backwards
+    targets = np.stack([rng.random(400) < sigmoid(2 * logits[:, 0] + 1), np.arange(400) < 3,
+                        rng.random(400) < sigmoid(-2 * logits[:, 2])], axis=1).astype(np.float32)
+    scaling = calibrate_labels(logits, targets)
+    assert abs(scaling["scale"][0] - 2) < 0.5 and abs(scaling["shift"][0] - 1) < 0.5
+    assert scaling["log_loss_after"][0] < scaling["log_loss_before"][0]
+    assert (scaling["scale"][1:], scaling["shift"][1:]) == ([1.0, 1.0], [0.0, 0.0])  # too few; it would reverse
+
+
+def test_the_run_fits_a_scaling_and_predict_evaluate_and_export_apply_it(trained, tmp_path):
+    root, _, run = trained
+    best = json.loads((run.path / "best.json").read_text())
+    assert set(best["label_scaling"]) >= {"scale", "shift", "images", "log_loss_before", "log_loss_after"}
+    assert len(best["label_scaling"]["scale"]) == 2
+    photo = root / "photos" / "both.0.jpg"
+    before = api.load(run.path, device="cpu").predict(photo, quiet=True)[0].probabilities
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("best.safetensors", "familiar.safetensors"):
+        (copy / name).write_bytes((run.path / name).read_bytes())
+    planted = {**best["label_scaling"], "scale": [2.0, 0.5], "shift": [1.0, -1.0]}
+    (copy / "best.json").write_text(json.dumps({**best, "label_scaling": planted}))
+    after = api.load(copy, device="cpu").predict(photo, quiet=True)[0].probabilities
+    for k, name in enumerate(("cat", "dog")):  # the same logit, scaled as best.json says
+        old_scale, old_shift = best["label_scaling"]["scale"][k], best["label_scaling"]["shift"][k]
+        logit = (np.log(before[name] / (1 - before[name])) - old_shift) / old_scale
+        assert after[name] == pytest.approx(float(sigmoid(planted["scale"][k] * logit + planted["shift"][k])), abs=1e-4)
+    path = api.load(copy, device="cpu").export("onnx", tmp_path / "model.onnx", quiet=True)
+    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    assert (sidecar["scale"], sidecar["shift"]) == ({"cat": 2.0, "dog": 0.5}, {"cat": 1.0, "dog": -1.0})
+    assert "sigmoid(logit x scale + shift)" in sidecar["output"]
+    for bad in ({"scale": [0.0, 1.0], "shift": [0, 0]}, {"scale": [1.0], "shift": [0]}, {"scale": "x", "shift": 0}):
+        (copy / "best.json").write_text(json.dumps({**best, "label_scaling": bad}))
+        with pytest.raises(TlkitError, match="lacks or garbles"):
+            api.load(copy, device="cpu")
 
 
 def test_the_audit_of_a_multi_label_split_judges_each_photos_label_set(trained):

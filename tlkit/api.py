@@ -298,7 +298,7 @@ class Classifier:
         reference = self.checkpoint.reference(self.device)
         started = time.perf_counter()
         scores = score_batches(self.checkpoint.inference_model(self.device), batches, count, len(self.classes),
-                               compute=self.compute, tta=tta, temperature=self.checkpoint.meta.temperature,
+                               compute=self.compute, tta=tta, scaling=self.checkpoint.meta.logit_scaling(),
                                multi_label=thresholds is not None, reference=reference)
         return _rows(predictions_of(range(count), scores, failures or {}, classes=self.classes, thresholds=thresholds,
                                     reference=reference, seconds=time.perf_counter() - started))

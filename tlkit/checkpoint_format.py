@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from tlkit.atomic import atomic_write, atomic_write_text
 from tlkit.ownership import move_into_place
 from tlkit.backbone import Preprocessing
@@ -48,6 +50,9 @@ class CheckpointMeta:
     calibration: dict | None = None  # how the temperature was fitted: images, ECE and NLL before and after
     task: str = "single-label"  # or "multi-label": a sigmoid per class, a photo holds each above its threshold
     thresholds: list[float] | None = None  # best.json of a multi-label run: each class's, chosen on validation
+    # best.json of a multi-label run: each class's Platt scaling, sigmoid(scale x logit + shift), fitted on validation
+    # (multilabel.calibrate_labels: also the images and log losses); None: scale 1, shift 0 (a run from before it)
+    label_scaling: dict | None = None
     # best.json: the reference features' file, k and the threshold of tlkit/familiar.py (None: no familiar column)
     familiar: dict | None = None
     tlkit_version: str = __version__  # of the tlkit that wrote it
@@ -75,7 +80,7 @@ class CheckpointMeta:
             "config": self.config, "data_source": self.data_source, "processes": self.processes,
             "phase": self.phase, "phases": list(self.phases), "epoch": self.epoch, "metrics": self.metrics,
             "temperature": self.temperature, "calibration": self.calibration, "task": self.task,
-            "thresholds": self.thresholds, "familiar": self.familiar,
+            "thresholds": self.thresholds, "label_scaling": self.label_scaling, "familiar": self.familiar,
         }
 
     @classmethod
@@ -97,6 +102,7 @@ class CheckpointMeta:
                 calibration=values.get("calibration"), tlkit_version=values.get("tlkit_version", "?"),
                 task=_task(values.get("task", "single-label")), thresholds=_thresholds(values.get("thresholds"),
                                                                                        len(values["classes"])),
+                label_scaling=_label_scaling(values.get("label_scaling"), len(values["classes"])),
                 familiar=_familiar(values.get("familiar")),
             )
         except (KeyError, TypeError, ValueError) as error:
@@ -106,6 +112,15 @@ class CheckpointMeta:
     def calibrated(self, calibration: dict) -> CheckpointMeta:
         """This meta with the temperature fitted at the end of the run (tlkit.calibration.calibrate's result)."""
         return replace(self, temperature=calibration["temperature"], calibration=calibration)
+
+    def logit_scaling(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, shift) [num_classes] float32: predict's probabilities are softmax or sigmoid of logits x scale +
+        shift: 1 / temperature for one class a photo, each label's Platt scaling for several."""
+        scale = np.full(self.num_classes, 1.0 / self.temperature, dtype=np.float32)
+        shift = np.zeros(self.num_classes, dtype=np.float32)
+        if self.label_scaling is not None:
+            scale, shift = (np.asarray(self.label_scaling[key], dtype=np.float32) for key in ("scale", "shift"))
+        return scale, shift
 
     def with_familiar(self, familiar: dict | None) -> CheckpointMeta:
         """This meta with the rule of tlkit/familiar.py fitted at the end of the run (None: none was)."""
@@ -138,6 +153,17 @@ def _thresholds(values, classes: int) -> list[float] | None:
     if len(thresholds) != classes or not all(0 <= value <= 1 for value in thresholds):
         raise ValueError(f"thresholds {values!r}")
     return thresholds
+
+
+def _label_scaling(value, classes: int) -> dict | None:
+    """best.json's label scaling: None, or a finite scale above 0 and a finite shift for each class."""
+    if value is None:
+        return None
+    scale, shift = [float(number) for number in value["scale"]], [float(number) for number in value["shift"]]
+    finite = all(math.isfinite(number) for number in scale + shift)
+    if len(scale) != classes or len(shift) != classes or not finite or min(scale) <= 0:
+        raise ValueError(f"label_scaling {value!r}")
+    return dict(value)
 
 
 def _familiar(value) -> dict | None:

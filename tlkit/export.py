@@ -284,13 +284,16 @@ def _sidecar(checkpoint: Checkpoint, check: dict, out: Path | None) -> dict:
 
 
 def multi_label_output(checkpoint: Checkpoint) -> dict:
-    """A multi-label model's sidecar entries: its task, each class's threshold, and how its logits read (a sigmoid
-    each, no temperature); nothing for a single-label model."""
+    """A multi-label model's sidecar entries: its task, each class's threshold, its Platt scaling and how its logits
+    read (a sigmoid each, no temperature); nothing for a single-label model."""
     if checkpoint.meta.task != MULTI_LABEL:
         return {}
+    scale, shift = (dict(zip(checkpoint.classes, part.tolist())) for part in checkpoint.meta.logit_scaling())
     return {"task": MULTI_LABEL, "thresholds": dict(zip(checkpoint.classes, checkpoint.meta.thresholds)),
-            "output": "logits: sigmoid(logit) is each class's probability, the same as tlkit predict's; a photo holds "
-                      "every class whose probability reaches its threshold (chosen on the validation photos)"}
+            "scale": scale, "shift": shift,
+            "output": "logits: sigmoid(logit x scale + shift) is each class's probability (its scale and shift fitted "
+                      "on the validation photos), the same as tlkit predict's; a photo holds every class whose "
+                      "probability reaches its threshold (chosen on the validation photos)"}
 
 
 def _familiar_words(rule: dict, out: Path) -> dict:

@@ -36,8 +36,8 @@ from tlkit.familiar import fit as fit_familiar, save_reference
 from tlkit.features import FeatureLoader
 from tlkit.imbalance import describe_weights, loss_weights
 from tlkit.inputs import TrainingInput, feature_input, image_input, open_photos
-from tlkit.multilabel import (MULTI_LABEL, POSITIVE_WEIGHT_CAP, SINGLE_LABEL, check_monitor, choose_thresholds,
-                              metrics, sigmoid, summary_lines)
+from tlkit.multilabel import (MULTI_LABEL, POSITIVE_WEIGHT_CAP, SINGLE_LABEL, calibrate_labels, check_monitor,
+                              choose_thresholds, metrics, sigmoid, summary_lines)
 from tlkit.predict import predict_files
 from tlkit.recipe import EVERY_LAYER, Phase, describe, plan_phases, remaining, unused_settings
 from tlkit.report import class_report, plot_confusion, write_report
@@ -375,13 +375,15 @@ def _finish(trainer: Trainer, best: cbs.BestWeights, backbone: Backbone, data: T
 
 def _thresholds_report(data: TrainingInput, result: dict, validation: dict, subset: str,
                        meta: CheckpointMeta) -> tuple[dict, CheckpointMeta]:
-    """A multi-label run's end: the report's metrics at each label's threshold chosen on the validation photos
-    (multilabel.choose_thresholds), and the meta holding them (for best.json). No temperature: calibration.py
-    scales a softmax over classes, and a label's own probability is left as trained."""
-    thresholds = choose_thresholds(np.asarray(validation["targets"]), sigmoid(validation["logits"]))
-    report = {**metrics(np.asarray(result["targets"]), sigmoid(result["logits"]), thresholds, data.classes),
-              "subset": subset}
-    return report, dataclasses.replace(meta, thresholds=thresholds)
+    """A multi-label run's end: each label's Platt scaling fitted on the validation photos
+    (multilabel.calibrate_labels), the threshold chosen on its calibrated probabilities there
+    (multilabel.choose_thresholds), the report's metrics at them, and the meta holding both (for best.json)."""
+    scaling = calibrate_labels(validation["logits"], np.asarray(validation["targets"]))
+    scale, shift = (np.asarray(scaling[key]) for key in ("scale", "shift"))
+    thresholds = choose_thresholds(np.asarray(validation["targets"]), sigmoid(validation["logits"] * scale + shift))
+    report = {**metrics(np.asarray(result["targets"]), sigmoid(result["logits"] * scale + shift), thresholds,
+                        data.classes), "subset": subset, "label_scaling": scaling}
+    return report, dataclasses.replace(meta, thresholds=thresholds, label_scaling=scaling)
 
 
 def _familiar(trainer: Trainer, backbone: Backbone, data: TrainingInput, run_dir: Path, source,

@@ -23,6 +23,7 @@ MULTI_LABEL, SINGLE_LABEL = "multi-label", "single-label"  # a run's task (best.
 LABELS_FILE = "labels.csv"  # beside the photos of DATA/training and DATA/validation of a multi-label split
 POSITIVE_WEIGHT_CAP = 10.0  # a rare label's loss weight: negatives / positives on training, at most this
 DEFAULT_THRESHOLD = 0.5  # of a label without a positive validation photo (no F1 to maximise)
+MIN_CALIBRATION_PHOTOS = 5  # validation photos with a label, and without it, that its calibration is fitted on
 
 
 def is_multi_label_split(data_dir: Path) -> bool:
@@ -96,6 +97,35 @@ def positive_weights(targets: np.ndarray) -> np.ndarray:
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """float32, as predict's probabilities are: a threshold chosen on them decides a photo alike there."""
     return (1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
+
+
+def calibrate_labels(logits: np.ndarray, targets: np.ndarray) -> dict:
+    """Each label's Platt scaling fitted on the validation photos: sigmoid(scale x logit + shift) is its calibrated
+    probability (a one-feature logistic regression on the logit, scikit-learn's L2 at C=1 keeping the scale finite
+    where validation separates the label). The every-layer epochs shift a label's probabilities (docs/benchmarks.md:
+    "Every layer on a multi-label split"), as a softmax's temperature does for one class a photo. A label with fewer
+    than MIN_CALIBRATION_PHOTOS photos with it or without it keeps scale 1, shift 0. Monotone in the logit: a label's
+    ranking, average precision and decisions at its thresholds chosen after are the same (a scale above 0: one
+    that would reverse the ranking is not applied)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    logits, targets = np.asarray(logits, dtype=np.float64), np.asarray(targets)
+    scale, shift, before, after = [], [], [], []
+    for column in range(targets.shape[1]):
+        z, y = logits[:, [column]], targets[:, column].astype(int)
+        if min(y.sum(), len(y) - y.sum()) < MIN_CALIBRATION_PHOTOS:
+            fitted = (1.0, 0.0)
+        else:
+            platt = LogisticRegression(C=1.0).fit(z, y)
+            fitted = (float(platt.coef_[0, 0]), float(platt.intercept_[0]))
+            fitted = fitted if fitted[0] > 0 else (1.0, 0.0)  # a logit that ranks the label backwards: left alone
+        scale.append(fitted[0])
+        shift.append(fitted[1])
+        for losses, (a, b) in ((before, (1.0, 0.0)), (after, fitted)):
+            losses.append(float(log_loss(y, sigmoid(a * z[:, 0] + b), labels=[0, 1])))
+    return {"scale": scale, "shift": shift, "images": len(targets), "log_loss_before": before,
+            "log_loss_after": after}
 
 
 def choose_thresholds(targets: np.ndarray, probabilities: np.ndarray) -> list[float]:
@@ -202,4 +232,16 @@ def summary_lines(report: dict) -> list[str]:
     return [f"{report.get('subset', 'validation')} of the saved model, {report['images']} photos: mean average "
             f"precision {report['mean_average_precision']:.4f}, micro F1 {report['micro_f1']:.4f}, macro F1 "
             f"{report['macro_f1']:.4f}, subset accuracy {report['subset_accuracy']:.4f}",
-            f"thresholds (each label's, maximising its F1 on validation): {per_label}"]
+            f"thresholds (each label's, maximising its F1 on validation): {per_label}",
+            *_scaling_lines(report.get("label_scaling"), list(report["per_label"]))]
+
+
+def _scaling_lines(scaling: dict | None, labels: list[str]) -> list[str]:
+    """The run's end: each label's Platt scaling and the validation log loss it brought (evaluate has none)."""
+    if scaling is None:
+        return []
+    each = ", ".join(f"{name} x{a:.2f} {b:+.2f} (log loss {before:.4f} -> {after:.4f})" for name, a, b, before, after
+                     in zip(labels, scaling["scale"], scaling["shift"], scaling["log_loss_before"],
+                            scaling["log_loss_after"]))
+    return [f"probabilities calibrated on the {scaling['images']} validation photos, sigmoid(logit x scale + shift): "
+            f"{each}"]

@@ -379,11 +379,12 @@ def _thresholds_report(data: TrainingInput, result: dict, validation: dict, subs
     (multilabel.calibrate_labels), the threshold chosen on its calibrated probabilities there
     (multilabel.choose_thresholds), the report's metrics at them, and the meta holding both (for best.json)."""
     scaling = calibrate_labels(validation["logits"], np.asarray(validation["targets"]))
-    scale, shift = (np.asarray(scaling[key]) for key in ("scale", "shift"))
+    meta = dataclasses.replace(meta, label_scaling=scaling)
+    scale, shift = meta.logit_scaling()  # float32, as predict applies them: a threshold then decides alike there
     thresholds = choose_thresholds(np.asarray(validation["targets"]), sigmoid(validation["logits"] * scale + shift))
     report = {**metrics(np.asarray(result["targets"]), sigmoid(result["logits"] * scale + shift), thresholds,
                         data.classes), "subset": subset, "label_scaling": scaling}
-    return report, dataclasses.replace(meta, thresholds=thresholds, label_scaling=scaling)
+    return report, dataclasses.replace(meta, thresholds=thresholds)
 
 
 def _familiar(trainer: Trainer, backbone: Backbone, data: TrainingInput, run_dir: Path, source,

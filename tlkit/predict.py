@@ -195,20 +195,19 @@ def with_unscored(probabilities: np.ndarray, failures: dict[int, str]) -> dict[i
 
 
 def score_batches(model: TrunkHead, batches: Iterable[Batch], count: int, num_classes: int, *,
-                  compute: Compute, tta: bool = False, scaling: tuple[np.ndarray, np.ndarray] | None = None,
+                  compute: Compute, scaling: tuple[np.ndarray, np.ndarray], tta: bool = False,
                   multi_label: bool = False, reference: Reference | None = None, keep_features: bool = False) -> Scores:
     """The one inference loop, of predict_files and tlkit.api's Classifier: softmax probabilities [count,
     num_classes] of each batch's normalised images at its indices, NaN where no batch held an index (a failed
     decode); with tta averaged with the horizontally flipped view. compute: the device's autocast. scaling: the
     checkpoint's (scale, shift) of each logit before the softmax (CheckpointMeta.logit_scaling: 1 / its temperature,
-    tlkit/calibration.py) or, with multi_label, before each class's own sigmoid (its Platt scaling); None: as is.
+    tlkit/calibration.py) or, with multi_label, before each class's own sigmoid (its Platt scaling).
     From the same forward pass, the trunk's features: each image's novelty against a reference (tlkit/familiar.py),
     and the features themselves with keep_features."""
     probabilities = np.full((count, num_classes), np.nan, dtype=np.float32)
     novelty = None if reference is None else np.full(count, np.nan, dtype=np.float32)
     kept = None
-    scale, shift = (None, None) if scaling is None else (torch.as_tensor(part, device=compute.device)
-                                                         for part in scaling)
+    scale, shift = (torch.as_tensor(part, device=compute.device) for part in scaling)
     with progress() as bar, torch.inference_mode(), compute.autocast():
         task = bar.add_task("predicting", total=count)
         for batch in batches:
@@ -224,16 +223,15 @@ def score_batches(model: TrunkHead, batches: Iterable[Batch], count: int, num_cl
     return Scores(probabilities, novelty, kept)
 
 
-def _class_scores(model: TrunkHead, images: torch.Tensor, tta: bool = False, scaling: tuple = (None, None),
-                  multi_label: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax probabilities of a normalised batch, its logits x scale + shift where scaling gives them (multi_label:
-    sigmoids), with tta averaged with the horizontally flipped view; the trunk's float32 features of the unflipped
-    view, as the reference's were made). Called inside inference_mode and the autocast of the run's precision
-    (score_batches)."""
+def _class_scores(model: TrunkHead, images: torch.Tensor, tta: bool, scaling: tuple[torch.Tensor, torch.Tensor],
+                  multi_label: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax probabilities of a normalised batch's logits x scale + shift (multi_label: sigmoids), with tta
+    averaged with the horizontally flipped view; the trunk's float32 features of the unflipped view, as the
+    reference's were made). Called inside inference_mode and the autocast of the run's precision (score_batches)."""
     scale, shift = scaling
 
     def scores_of(logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float() if scale is None else logits.float() * scale + shift
+        logits = logits.float() * scale + shift
         return logits.sigmoid() if multi_label else logits.softmax(dim=1)
 
     features = model.trunk(images)
